@@ -1,0 +1,94 @@
+"""The constraint IR a hole carries from the checker to the runtime.
+
+Torch-free and hashable: these objects sit inside graph node specs, so the
+compiler can dedupe them and the disk cache can key on them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Constraint:
+    def describe(self) -> str:  # pragma: no cover - overridden
+        return type(self).__name__
+
+
+@dataclass(frozen=True)
+class Choice(Constraint):
+    """`x in ["a", "b"]`: the hole's text is exactly one option."""
+    options: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Regex(Constraint):
+    """`x matches r"..."`: full match of a Python-style regex (no lookaround/backrefs)."""
+    pattern: str
+
+
+@dataclass(frozen=True)
+class IntType(Constraint):
+    """`x is int`; optional inclusive bounds come from `int(0..150)` in JSON types."""
+
+
+@dataclass(frozen=True)
+class FloatType(Constraint):
+    pass
+
+
+@dataclass(frozen=True)
+class BoolType(Constraint):
+    """`x is bool`: "true" or "false"."""
+
+
+@dataclass(frozen=True)
+class JsonSchema(Constraint):
+    """`x is json {...}` or `x is json "schema.json"`: canonical JSON text of a JSON Schema."""
+    schema: str  # json.dumps(schema, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Grammar(Constraint):
+    """`x is grammar "file.lark"`: a Lark grammar text (start rule `start`)."""
+    lark: str
+
+
+@dataclass(frozen=True)
+class Stop(Constraint):
+    """`stops at "s"` (include=True: s is part of the value) / `stops before "s"` (include=False)."""
+    text: str
+    include: bool
+
+
+@dataclass(frozen=True)
+class MaxTokens(Constraint):
+    """`tokens(x) <= n` (also < n, normalised to <=)."""
+    n: int
+
+
+@dataclass(frozen=True)
+class MaxChars(Constraint):
+    """`len(x) <= n` (also < n, normalised to <=)."""
+    n: int
+
+
+@dataclass(frozen=True)
+class All(Constraint):
+    """Conjunction. The checker normalises: at most one 'shape' constraint
+    (Choice/Regex/Int/Float/Bool/JsonSchema/Grammar), any number of Stop,
+    at most one MaxTokens and one MaxChars (the tightest)."""
+    parts: tuple[Constraint, ...]
+
+
+SHAPES = (Choice, Regex, IntType, FloatType, BoolType, JsonSchema, Grammar)
+
+
+def flatten(c: Constraint | None) -> tuple[Constraint, ...]:
+    if c is None:
+        return ()
+    if isinstance(c, All):
+        out: list[Constraint] = []
+        for p in c.parts:
+            out.extend(flatten(p))
+        return tuple(out)
+    return (c,)
