@@ -45,6 +45,7 @@ class LmlangError(Exception):
         self.hint = hint
         self.code = code
         self.source: Source | None = None
+        self.sources: dict[str, Source] = {}   # other files (imports) by filename
 
     @property
     def diagnostics(self) -> list[Diagnostic]:
@@ -55,9 +56,14 @@ class LmlangError(Exception):
             self.source = source
         return self
 
-    def render(self, source: Source | None = None) -> str:
+    def source_for(self, d: Diagnostic, source: Source | None = None) -> Source | None:
         src = source or self.source
-        return "\n".join(d.render(src) for d in self.diagnostics)
+        if src is not None and d.span.filename == src.filename:
+            return src
+        return self.sources.get(d.span.filename, src)
+
+    def render(self, source: Source | None = None) -> str:
+        return "\n".join(d.render(self.source_for(d, source)) for d in self.diagnostics)
 
     def __str__(self) -> str:
         return self.render()
@@ -87,8 +93,7 @@ class CheckError(ScriptError):
         return self._diagnostics
 
     def render(self, source: Source | None = None) -> str:
-        src = source or self.source
-        body = "\n".join(d.render(src) for d in self._diagnostics)
+        body = "\n".join(d.render(self.source_for(d, source)) for d in self._diagnostics)
         n = len(self._diagnostics)
         return body + (f"\n{n} errors" if n > 1 else "")
 

@@ -1,0 +1,69 @@
+"""Decoder names and their options, with ranges: one table the checker validates
+against and the runtime reads defaults from. Torch-free."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Opt:
+    type: type
+    default: object
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False       # lo itself excluded (temperature > 0)
+    doc: str = ""
+
+
+SAMPLING = {
+    "temperature": Opt(float, 1.0, 0.0, 10.0, lo_open=True, doc="softmax temperature"),
+    "top_p": Opt(float, 1.0, 0.0, 1.0, lo_open=True, doc="nucleus mass"),
+    "top_k": Opt(int, 0, 0, 1_000_000, doc="keep the k most likely tokens (0 = all)"),
+    "seed": Opt(int, 0, 0, 2**63 - 1, doc="random seed; equal seeds give equal outputs"),
+}
+
+DECODERS: dict[str, dict[str, Opt]] = {
+    "argmax": {},
+    "sample": dict(SAMPLING),
+    "beam": {"width": Opt(int, 4, 1, 64, doc="beams kept per step")},
+    "best_of": {"n": Opt(int, 4, 1, 64, doc="samples drawn; the most likely wins"), **SAMPLING},
+    "vote": {"n": Opt(int, 5, 1, 64, doc="samples drawn; the most frequent last hole wins"), **SAMPLING},
+}
+
+
+def resolve(name: str, given: dict) -> dict:
+    """Defaults filled in; assumes `given` passed validate()."""
+    spec = DECODERS[name]
+    out = {k: o.default for k, o in spec.items()}
+    out.update(given)
+    for k, o in spec.items():
+        if o.type is float:
+            out[k] = float(out[k])
+    return out
+
+
+def validate(name: str, given: dict) -> list[tuple[str, str, str]]:
+    """Problems as (option or '', message, hint)."""
+    import difflib
+
+    if name not in DECODERS:
+        close = difflib.get_close_matches(name, list(DECODERS), n=1)
+        return [("", f"unknown decoder '{name}'", f"did you mean '{close[0]}'?" if close else "decoders: " + ", ".join(DECODERS))]
+    spec = DECODERS[name]
+    problems = []
+    for key, value in given.items():
+        if key not in spec:
+            close = difflib.get_close_matches(key, list(spec), n=1)
+            hint = f"did you mean '{key and close[0]}'?" if close else (f"{name} takes: " + ", ".join(spec) if spec else f"{name} takes no options")
+            problems.append((key, f"unknown option '{key}' for decoder {name}", hint))
+            continue
+        o = spec[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (o.type is int and not isinstance(value, int)):
+            problems.append((key, f"{name}({key}) must be {'an integer' if o.type is int else 'a number'}", ""))
+            continue
+        low_bad = o.lo is not None and (value <= o.lo if o.lo_open else value < o.lo)
+        high_bad = o.hi is not None and value > o.hi
+        if low_bad or high_bad:
+            lo = f"> {o.lo}" if o.lo_open else f">= {o.lo}"
+            problems.append((key, f"{name}({key}: {value}) is out of range", f"{key} must be {lo} and <= {o.hi}"))
+    return problems

@@ -1,0 +1,236 @@
+"""Graph node specs: immutable, hashable, serialisable.
+
+Each spec declares its inputs (`deps()`), so the graph's edges follow from the
+nodes and equal sub-expressions (the same merge used twice) collapse into one
+node with one deterministic id. Torch-free.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from .constraints import spec as C
+
+
+@dataclass(frozen=True)
+class Spec:
+    kind = "spec"
+
+    def deps(self) -> tuple[str, ...]:
+        return ()
+
+    def label(self) -> str:
+        return self.kind
+
+
+@dataclass(frozen=True)
+class InputSpec(Spec):
+    kind = "input"
+    name: str
+    type: str
+    default: object = None           # JSON-able default or None
+    has_default: bool = False
+
+    def label(self) -> str:
+        return f"input {self.name}: {self.type}"
+
+
+@dataclass(frozen=True)
+class ModelSpec(Spec):
+    """A base model source: the bundled default, a hub id, a folder or a .gguf."""
+    kind = "model"
+    source: str                       # "default" | hub id | absolute path
+    loc: str = ""
+
+    def label(self) -> str:
+        return f"model {self.source if len(self.source) < 40 else '...' + self.source[-37:]}"
+
+
+@dataclass(frozen=True)
+class LoraSpec(Spec):
+    kind = "lora"
+    path: str
+    loc: str = ""
+
+    def label(self) -> str:
+        return f"lora {self.path.rsplit('/', 1)[-1]}"
+
+
+@dataclass(frozen=True)
+class TrainSpec(Spec):
+    kind = "train"
+    base: str                         # node id
+    data: str                         # absolute path
+    options: tuple                    # sorted (key, value)
+    loc: str = ""
+
+    def deps(self):
+        return (self.base,)
+
+    def label(self) -> str:
+        return f"train lora on {self.data.rsplit('/', 1)[-1]}"
+
+
+@dataclass(frozen=True)
+class AdapterMergeSpec(Spec):
+    kind = "adapter_merge"
+    method: str
+    adapters: tuple                   # ((node id, params tuple), ...)
+    options: tuple
+    loc: str = ""
+
+    def deps(self):
+        return tuple(a for a, _ in self.adapters)
+
+    def label(self) -> str:
+        return f"merge {self.method} (adapters)"
+
+
+@dataclass(frozen=True)
+class ApplySpec(Spec):
+    """Adapters applied to a base at scales, not merged (switchable per query)."""
+    kind = "apply"
+    base: str
+    adapters: tuple                   # ((adapter node id, scale), ...)
+
+    def deps(self):
+        return (self.base, *(a for a, _ in self.adapters))
+
+    def label(self) -> str:
+        return "apply " + " + ".join(f"*{s:g}" for _, s in self.adapters)
+
+
+@dataclass(frozen=True)
+class MergeSpec(Spec):
+    kind = "merge"
+    method: str
+    base: str | None
+    models: tuple                     # ((node id, params tuple), ...)
+    options: tuple
+    loc: str = ""
+
+    def deps(self):
+        return ((self.base,) if self.base else ()) + tuple(m for m, _ in self.models)
+
+    def label(self) -> str:
+        return f"merge {self.method}"
+
+
+@dataclass(frozen=True)
+class FuseSpec(Spec):
+    kind = "fuse"
+    mode: str
+    members: tuple                    # ((node id, weight), ...)
+    options: tuple
+    loc: str = ""
+
+    def deps(self):
+        return tuple(m for m, _ in self.members)
+
+    def label(self) -> str:
+        return f"fuse {self.mode}"
+
+
+@dataclass(frozen=True)
+class RouterSpec(Spec):
+    kind = "router"
+    name: str
+    mode: str                         # embedding | classify | rules
+    experts: tuple                    # ((node id, payload), ...); payload: examples tuple / description / rule
+    default: str | None
+    using: str | None
+    options: tuple
+    loc: str = ""
+
+    def deps(self):
+        ids = [e for e, _ in self.experts]
+        if self.default:
+            ids.append(self.default)
+        if self.using:
+            ids.append(self.using)
+        return tuple(dict.fromkeys(ids))
+
+    def label(self) -> str:
+        return f"router {self.name} ({self.mode})"
+
+
+@dataclass(frozen=True)
+class QuerySpec(Spec):
+    kind = "query"
+    name: str
+    params: tuple                     # ((name, type), ...)
+    model: str                        # node id of a model-like node or a router
+    router_args: tuple                # expression IR of the router's arguments
+    chat: bool
+    segments: tuple                   # ((role|None, ((part kind, value), ...)), ...)
+    holes: tuple
+    constraints: tuple                # ((hole, Constraint|None), ...)
+    decoder: tuple                    # (name, ((key, value), ...))
+    distribution: tuple | None        # (hole, options) | None
+    loc: str = ""
+
+    def deps(self):
+        return (self.model,)
+
+    def label(self) -> str:
+        return f"query {self.name}"
+
+
+@dataclass(frozen=True)
+class StepSpec(Spec):
+    """One top-level flow statement, in expression IR; run in `index` order."""
+    kind = "step"
+    index: int
+    stmt: tuple
+    reads: tuple                      # variable names it reads
+    writes: tuple                     # variable names it assigns
+    calls: tuple                      # query node ids it may call
+    loc: str = ""
+
+    def deps(self):
+        return self.calls
+
+    def label(self) -> str:
+        head = self.stmt[0]
+        if head == "assign":
+            return f"{self.stmt[1]} = ..."
+        if head == "emit":
+            return "emit " + ", ".join(n for n, _ in self.stmt[1])
+        return head
+
+
+SPEC_TYPES = {cls.__name__: cls for cls in (InputSpec, ModelSpec, LoraSpec, TrainSpec, AdapterMergeSpec, ApplySpec,
+                                           MergeSpec, FuseSpec, RouterSpec, QuerySpec, StepSpec)}
+CONSTRAINT_TYPES = {cls.__name__: cls for cls in (C.Choice, C.Regex, C.IntType, C.FloatType, C.BoolType, C.JsonSchema,
+                                                 C.Grammar, C.Stop, C.MaxTokens, C.MaxChars, C.All)}
+
+
+# ---------------------------------------------------------------- ids and JSON
+
+def to_jsonable(v):
+    if dataclasses.is_dataclass(v):
+        return {"$type": type(v).__name__, **{f.name: to_jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)}}
+    if isinstance(v, (tuple, list)):
+        return [to_jsonable(x) for x in v]
+    return v
+
+
+def from_jsonable(v):
+    if isinstance(v, dict) and "$type" in v:
+        cls = SPEC_TYPES.get(v["$type"]) or CONSTRAINT_TYPES.get(v["$type"])
+        if cls is None:
+            raise ValueError(f"unknown node type {v['$type']!r}")
+        return cls(**{k: from_jsonable(x) for k, x in v.items() if k != "$type"})
+    if isinstance(v, list):
+        return tuple(from_jsonable(x) for x in v)
+    return v
+
+
+def node_id(spec: Spec, hint: str = "") -> str:
+    """Deterministic: kind + a hash of the spec's content (locations excluded,
+    so the same expression written twice is one node)."""
+    content = {k: v for k, v in to_jsonable(spec).items() if k != "loc"}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{spec.kind}:{hint + ':' if hint else ''}{digest}"

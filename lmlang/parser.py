@@ -1,0 +1,603 @@
+"""Source text -> lmlang AST.
+
+Lark (LALR, contextual lexer, propagate_positions) builds a parse tree; a
+Transformer turns it into frozen AST nodes with spans. Prompt strings are
+scanned here too, into Text / Interp / Hole parts, each with its own span, so
+later diagnostics can point inside a prompt. Lark's exceptions are translated
+into LmlangSyntaxError with a span and a hint: nothing of Lark escapes.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from . import ast as A
+from .errors import LmlangSyntaxError
+from .grammar_file import grammar_text
+from .source import Source, Span
+
+MAX_NESTING = 200          # deeper brackets are refused before Lark sees them
+MAX_SOURCE_BYTES = 16 * 1024 * 1024
+
+IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0": "\0"}
+PROMPT_ESCAPES = {"{": "{", "}": "}", "[": "[", "]": "]"}
+
+TERMINAL_NAMES = {
+    "NAME": "a name", "STRING": "a string", "LONG_STRING": "a string", "NUMBER": "a number",
+    "INT": "an integer", "ROLE": "a role (system, user, assistant)", "LENFN": "tokens() or len()",
+    "CMP_OP": "a comparison", "ADD_OP": "'+' or '-'", "MUL_OP": "'*', '/' or '%'", "SIGN": "'-'",
+    "OPTIONAL": "'?'", "RANGE_DOTS": "'..'", "$END": "the end of the file",
+}
+
+
+@lru_cache(maxsize=1)
+def _lark():
+    import lark
+
+    return lark.Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+def parse(text: str, filename: str = "<string>") -> A.Program:
+    source = Source(text, filename)
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
+        raise LmlangSyntaxError(f"script is larger than {MAX_SOURCE_BYTES // (1024 * 1024)} MB",
+                                source.span(1, 1), "split it into files joined with `use`").with_source(source)
+    _check_nesting(source)
+    import lark
+
+    try:
+        tree = _lark().parse(text)
+        return _ToAst(source).transform(tree)
+    except lark.exceptions.UnexpectedInput as e:
+        raise _syntax_error(e, source) from None
+    except LmlangSyntaxError as e:
+        raise e.with_source(source) from None
+    except lark.exceptions.VisitError as e:
+        if isinstance(e.orig_exc, LmlangSyntaxError):
+            raise e.orig_exc.with_source(source) from None
+        raise
+    except RecursionError:
+        raise LmlangSyntaxError("expression nested too deeply", source.span(1, 1),
+                                f"keep nesting under {MAX_NESTING} levels").with_source(source) from None
+
+
+def _check_nesting(source: Source) -> None:
+    """Refuse pathological nesting up front, so no stage can hit RecursionError.
+
+    Brackets inside strings and comments are skipped; the scan is linear."""
+    depth, line, col = 0, 1, 1
+    text, i, n = source.text, 0, len(source.text)
+    while i < n:
+        ch = text[i]
+        if ch == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if ch == '"':
+            if text.startswith('"""', i):
+                j = text.find('"""', i + 3)
+                j = n if j < 0 else j + 3
+            else:
+                j = i + 1
+                while j < n and text[j] not in '"\n':
+                    j += 2 if text[j] == "\\" else 1
+                j += 1
+            seg = text[i:min(j, n)]
+            nl = seg.count("\n")
+            if nl:
+                line += nl
+                col = len(seg) - seg.rfind("\n")
+            else:
+                col += len(seg)
+            i = j
+            continue
+        if ch in "([{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise LmlangSyntaxError("nesting too deep", source.span(line, col),
+                                        f"keep brackets nested under {MAX_NESTING} levels").with_source(source)
+        elif ch in ")]}":
+            depth = max(depth - 1, 0)
+        if ch == "\n":
+            line, col = line + 1, 1
+        else:
+            col += 1
+        i += 1
+
+
+def _describe_terminal(name: str) -> str:
+    if name in TERMINAL_NAMES:
+        return TERMINAL_NAMES[name]
+    try:
+        term = _lark().get_terminal(name)
+        if term.pattern.type == "str":
+            return f"'{term.pattern.value}'"
+    except KeyError:
+        pass
+    return name.lower()
+
+
+def _syntax_error(e, source: Source) -> LmlangSyntaxError:
+    import lark
+
+    line = getattr(e, "line", 1) or 1
+    col = getattr(e, "column", 1) or 1
+    expected = sorted({_describe_terminal(t) for t in (getattr(e, "expected", None) or getattr(e, "allowed", None) or ())})
+    if isinstance(e, lark.exceptions.UnexpectedCharacters):
+        ch = source.text[e.pos_in_stream] if e.pos_in_stream < len(source.text) else ""
+        message = f"unexpected character {ch!r}"
+        span = source.span(line, col)
+        if ch == '"':
+            message = "unterminated string"
+    elif isinstance(e, lark.exceptions.UnexpectedEOF) or getattr(getattr(e, "token", None), "type", "") == "$END":
+        lines = source.text.splitlines() or [""]
+        line, col = len(lines), len(lines[-1]) + 1
+        message = "unexpected end of file"
+        span = source.span(line, col)
+    else:
+        tok = e.token
+        width = max(len(str(tok)), 1)
+        span = Span(line, col, getattr(tok, "end_line", line) or line, getattr(tok, "end_column", col + width) or col + width, source.filename)
+        message = f"unexpected {_describe_terminal(tok.type) if tok.type != 'NAME' else repr(str(tok))}"
+    hint = ""
+    if expected:
+        shown = expected[:8]
+        hint = "expected " + ", ".join(shown) + (" ..." if len(expected) > 8 else "")
+    return LmlangSyntaxError(message, span, hint).with_source(source)
+
+
+# ---------------------------------------------------------------- strings
+
+def _token_span(tok, source: Source) -> Span:
+    return Span(tok.line, tok.column, tok.end_line, tok.end_column, source.filename)
+
+
+def _string_body(tok) -> tuple[str, bool, int]:
+    """(raw body, is_raw, offset of body from token start)."""
+    text = str(tok)
+    raw = text.startswith("r")
+    q = 3 if text[int(raw):].startswith('"""') else 1
+    start = int(raw) + q
+    return text[start:len(text) - q], raw, start
+
+
+def _positions(tok, body_offset: int, body: str):
+    """(line, col) of each body index and one past the end."""
+    line, col = tok.line, tok.column + body_offset
+    out = []
+    for ch in body:
+        out.append((line, col))
+        if ch == "\n":
+            line, col = line + 1, 1
+        else:
+            col += 1
+    out.append((line, col))
+    return out
+
+
+def decode_string(tok, source: Source) -> str:
+    body, raw, _ = _string_body(tok)
+    if raw:
+        return body
+    out, i = [], 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            if nxt in SIMPLE_ESCAPES:
+                out.append(SIMPLE_ESCAPES[nxt])
+            elif nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", body[i + 2:i + 6] or ""):
+                out.append(chr(int(body[i + 2:i + 6], 16)))
+                i += 6
+                continue
+            else:
+                out.append(ch + nxt)        # unknown escapes keep the backslash (regexes)
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def scan_prompt(tok, source: Source) -> tuple:
+    """Split a prompt string into Text / Interp / Hole parts with spans."""
+    body, raw, offset = _string_body(tok)
+    pos = _positions(tok, offset, body)
+
+    def span(a: int, b: int) -> Span:
+        (l1, c1), (l2, c2) = pos[a], pos[b]
+        return Span(l1, c1, l2, c2, source.filename)
+
+    parts: list = []
+    buf: list[str] = []
+    buf_start = 0
+    i = 0
+
+    def flush(end: int) -> None:
+        if buf:
+            parts.append(A.Text("".join(buf), span=span(buf_start, end)))
+            buf.clear()
+
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and not raw and i + 1 < len(body):
+            if not buf:
+                buf_start = i
+            nxt = body[i + 1]
+            if nxt in PROMPT_ESCAPES:
+                buf.append(PROMPT_ESCAPES[nxt])
+            elif nxt in SIMPLE_ESCAPES:
+                buf.append(SIMPLE_ESCAPES[nxt])
+            else:
+                buf.append(ch + nxt)
+            i += 2
+            continue
+        if ch in "{[":
+            close = "}" if ch == "{" else "]"
+            j = body.find(close, i + 1)
+            nl = body.find("\n", i + 1)
+            if j < 0 or (0 <= nl < j):
+                raise LmlangSyntaxError(f"unclosed '{ch}' in prompt", span(i, i + 1),
+                                        f"close it with '{close}', or write \\{ch} for a literal '{ch}'")
+            inner = body[i + 1:j]
+            if ch == "{":
+                path = inner.strip().split(".")
+                if not all(IDENT.fullmatch(p) for p in path):
+                    raise LmlangSyntaxError(f"invalid interpolation {{{inner}}}", span(i, j + 1),
+                                            "write {name} or {name.field}; write \\{ for a literal '{'")
+                flush(i)
+                parts.append(A.Interp(tuple(path), span=span(i, j + 1)))
+            else:
+                name = inner.strip()
+                if not IDENT.fullmatch(name):
+                    raise LmlangSyntaxError(f"invalid hole [{inner}]", span(i, j + 1),
+                                            "a hole is [name]; write \\[ for a literal '['")
+                flush(i)
+                parts.append(A.Hole(name, span=span(i, j + 1)))
+            i = j + 1
+            continue
+        if ch in "}]":
+            raise LmlangSyntaxError(f"unmatched '{ch}' in prompt", span(i, i + 1),
+                                    f"write \\{ch} for a literal '{ch}'")
+        if not buf:
+            buf_start = i
+        buf.append(ch)
+        i += 1
+    flush(len(body))
+    return tuple(parts)
+
+
+# ---------------------------------------------------------------- tree -> AST
+
+def _lark_transformer():
+    import lark
+
+    return lark.Transformer
+
+
+class _StringTok:
+    """A decoded string that remembers its token (for prompt scanning)."""
+
+    __slots__ = ("tok", "value", "span")
+
+    def __init__(self, tok, value: str, span: Span):
+        self.tok, self.value, self.span = tok, value, span
+
+
+def _make_transformer_class():
+    import lark
+    from lark import v_args
+
+    @v_args(meta=True)
+    class ToAst(lark.Transformer):
+        def __init__(self, source: Source):
+            super().__init__()
+            self.source = source
+
+        def sp(self, meta) -> Span:
+            if getattr(meta, "empty", True):
+                return Span(1, 1, 1, 1, self.source.filename)
+            return Span(meta.line, meta.column, meta.end_line, meta.end_column, self.source.filename)
+
+        def tsp(self, tok) -> Span:
+            return _token_span(tok, self.source)
+
+        # -- terminals and small pieces
+        def string(self, meta, ch):
+            tok = ch[0]
+            return _StringTok(tok, decode_string(tok, self.source), self.tsp(tok))
+
+        def signed_number(self, meta, ch):
+            sign, num = ch
+            v = _number(str(num))
+            return A.Literal(-v if sign else v, span=self.sp(meta))
+
+        def true(self, meta, ch):
+            return A.Literal(True, span=self.sp(meta))
+
+        def false(self, meta, ch):
+            return A.Literal(False, span=self.sp(meta))
+
+        def list_value(self, meta, ch):
+            return A.ListValue(tuple(self._value(c) for c in ch if c is not None), span=self.sp(meta))
+
+        def _value(self, v):
+            if isinstance(v, _StringTok):
+                return A.Literal(v.value, span=v.span)
+            return v
+
+        def block(self, meta, ch):
+            return A.Block(tuple(ch), span=self.sp(meta))
+
+        def entry(self, meta, ch):
+            key, value = ch
+            if isinstance(key, _StringTok):
+                key = A.Literal(key.value, span=key.span)
+            return A.Entry(key, self._value(value), span=self.sp(meta))
+
+        def matches_value(self, meta, ch):
+            return A.MatchesValue(ch[0].value, span=self.sp(meta))
+
+        def contains_value(self, meta, ch):
+            return A.ContainsValue(ch[0], span=self.sp(meta))
+
+        def call_opts(self, meta, ch):
+            return tuple(c for c in ch if c is not None)
+
+        def kwarg(self, meta, ch):
+            return A.KwArg(str(ch[0]), self._value(ch[1]), span=self.sp(meta))
+
+        def type_ref(self, meta, ch):
+            return A.TypeRef(str(ch[0]), ch[1], span=self.sp(meta))
+
+        # -- declarations
+        def start(self, meta, ch):
+            return A.Program(tuple(ch), self.source.filename, span=self.sp(meta))
+
+        def use_decl(self, meta, ch):
+            return A.UseDecl(ch[0].value, span=self.sp(meta))
+
+        def input_decl(self, meta, ch):
+            name, typ, default = ch
+            return A.InputDecl(str(name), typ, self._value(default) if default is not None else None, span=self.sp(meta))
+
+        def model_decl(self, meta, ch):
+            name, expr = ch
+            if isinstance(expr, _StringTok):
+                expr = A.PathModel(expr.value, span=expr.span)
+            return A.ModelDecl(str(name), expr, span=self.sp(meta))
+
+        def model_expr(self, meta, ch):
+            base, adapters = ch[0], tuple(ch[1:])
+            if not adapters:
+                return base
+            return A.Adapted(base, adapters, span=self.sp(meta))
+
+        def scaled_adapter(self, meta, ch):
+            name, scale = ch
+            return A.ScaledAdapter(str(name), float(scale.value) if scale is not None else 1.0, span=self.sp(meta))
+
+        def default_model(self, meta, ch):
+            return A.DefaultModel(span=self.sp(meta))
+
+        def model_ref(self, meta, ch):
+            return A.ModelRef(str(ch[0]), span=self.sp(meta))
+
+        def router_call(self, meta, ch):
+            return A.RouterCall(str(ch[0]), tuple(c for c in ch[1:] if c is not None), span=self.sp(meta))
+
+        def merge_expr(self, meta, ch):
+            return A.MergeExpr(str(ch[0]), ch[1], span=self.sp(meta))
+
+        def fuse_expr(self, meta, ch):
+            mode, opts, block = ch
+            return A.FuseExpr(str(mode) if mode is not None else "linear", opts or (), block, span=self.sp(meta))
+
+        def lora_source(self, meta, ch):
+            return A.LoraSource(ch[0].value, span=self.sp(meta))
+
+        def train_source(self, meta, ch):
+            data, block = ch
+            return A.TrainSource(data.value, block or A.Block((), span=self.sp(meta)), span=self.sp(meta))
+
+        def adapter_merge(self, meta, ch):
+            return A.AdapterMerge(str(ch[0]), ch[1], span=self.sp(meta))
+
+        def adapter_decl(self, meta, ch):
+            return A.AdapterDecl(str(ch[0]), ch[1], span=self.sp(meta))
+
+        def router_decl(self, meta, ch):
+            name, kind, opts, using, block = ch
+            return A.RouterDecl(str(name), str(kind), opts or (), using, block, span=self.sp(meta))
+
+        # -- queries
+        def param(self, meta, ch):
+            return A.Param(str(ch[0]), ch[1], span=self.sp(meta))
+
+        def decoder(self, meta, ch):
+            return A.Decoder(str(ch[0]), ch[1] or (), span=self.sp(meta))
+
+        def segment(self, meta, ch):
+            role, s = ch
+            return A.Segment(str(role) if role is not None else None, scan_prompt(s.tok, self.source), span=self.sp(meta))
+
+        def where_clause(self, meta, ch):
+            return A.Where(tuple(ch), span=self.sp(meta))
+
+        def distribution_clause(self, meta, ch):
+            return A.Distribution(str(ch[0]), ch[1], span=self.sp(meta))
+
+        def c_in(self, meta, ch):
+            return A.CIn(str(ch[0]), ch[1], span=self.sp(meta))
+
+        def c_matches(self, meta, ch):
+            return A.CMatches(str(ch[0]), ch[1].value, span=self.sp(meta))
+
+        def c_json(self, meta, ch):
+            hole, t = ch
+            if isinstance(t, _StringTok):
+                return A.CJson(str(hole), None, t.value, span=self.sp(meta))
+            return A.CJson(str(hole), t, None, span=self.sp(meta))
+
+        def c_grammar(self, meta, ch):
+            return A.CGrammar(str(ch[0]), ch[1].value, span=self.sp(meta))
+
+        def c_is(self, meta, ch):
+            return A.CIs(str(ch[0]), str(ch[1]), span=self.sp(meta))
+
+        def c_stops_at(self, meta, ch):
+            return A.CStop(str(ch[0]), ch[1].value, True, span=self.sp(meta))
+
+        def c_stops_before(self, meta, ch):
+            return A.CStop(str(ch[0]), ch[1].value, False, span=self.sp(meta))
+
+        def c_len(self, meta, ch):
+            fn, hole, op, n = ch
+            return A.CLen(str(fn), str(hole), str(op), int(n), span=self.sp(meta))
+
+        def j_object(self, meta, ch):
+            return A.JObject(tuple(ch), span=self.sp(meta))
+
+        def json_field(self, meta, ch):
+            name, opt, t = ch
+            return A.JField(str(name), opt is not None, t, span=self.sp(meta))
+
+        def j_array(self, meta, ch):
+            return A.JArray(ch[0], ch[1], span=self.sp(meta))
+
+        def j_scalar(self, meta, ch):
+            return A.JScalar(str(ch[0]), ch[1], span=self.sp(meta))
+
+        def j_enum(self, meta, ch):
+            return A.JEnum(tuple(s.value for s in ch), span=self.sp(meta))
+
+        def range(self, meta, ch):
+            lo, _dots, hi = ch
+            return A.JRange(lo.value if lo is not None else None, hi.value if hi is not None else None, span=self.sp(meta))
+
+        def query_decl(self, meta, ch):
+            name, *rest = ch
+            params = tuple(c for c in rest if isinstance(c, A.Param))
+            using = next((c for c in rest if c is not None and isinstance(c, (A.DefaultModel, A.ModelRef, A.RouterCall, A.Adapted, A.MergeExpr, A.FuseExpr))), None)
+            decoder = next((c for c in rest if isinstance(c, A.Decoder)), None)
+            segments = tuple(c for c in rest if isinstance(c, A.Segment))
+            wheres = tuple(c for c in rest if isinstance(c, A.Where))
+            dists = [c for c in rest if isinstance(c, A.Distribution)]
+            if len(dists) > 1:
+                raise LmlangSyntaxError("a query has at most one distribution clause", dists[1].span,
+                                        "ask for the distribution of one hole")
+            return A.QueryDecl(str(name), params, using, decoder, segments, wheres, dists[0] if dists else None, span=self.sp(meta))
+
+        # -- flow
+        def flow_decl(self, meta, ch):
+            return A.FlowDecl(ch[0], span=self.sp(meta))
+
+        def stmt_block(self, meta, ch):
+            return tuple(ch)
+
+        def assign(self, meta, ch):
+            return A.Assign(str(ch[0]), ch[1], span=self.sp(meta))
+
+        def if_stmt(self, meta, ch):
+            cond, then, orelse = ch
+            if isinstance(orelse, A.If):
+                orelse = (orelse,)
+            return A.If(cond, then, orelse or (), span=self.sp(meta))
+
+        def for_stmt(self, meta, ch):
+            return A.For(str(ch[0]), ch[1], ch[2], span=self.sp(meta))
+
+        def emit_stmt(self, meta, ch):
+            return A.Emit(tuple(ch), span=self.sp(meta))
+
+        def emit_item(self, meta, ch):
+            name, value = ch
+            if value is None:
+                value = A.Var(str(name), span=self.tsp(name))
+            return A.EmitItem(str(name), value, span=self.sp(meta))
+
+        def _chain(self, meta, ch, op_of):
+            left = ch[0]
+            i = 1
+            while i < len(ch):
+                if op_of is None:
+                    op, right = str(ch[i]), ch[i + 1]
+                    i += 2
+                else:
+                    op, right = op_of, ch[i]
+                    i += 1
+                left = A.BinOp(op, left, right, span=Span(left.span.line, left.span.col, right.span.end_line, right.span.end_col, self.source.filename))
+            return left
+
+        def or_expr(self, meta, ch):
+            return self._chain(meta, ch, "or")
+
+        def and_expr(self, meta, ch):
+            return self._chain(meta, ch, "and")
+
+        def comparison(self, meta, ch):
+            return self._chain(meta, ch, None)
+
+        def arith(self, meta, ch):
+            return self._chain(meta, ch, None)
+
+        def term(self, meta, ch):
+            return self._chain(meta, ch, None)
+
+        def in_op(self, meta, ch):
+            return A.BinOp("in", ch[0], ch[1], span=self.sp(meta))
+
+        def not_op(self, meta, ch):
+            return A.UnaryOp("not", ch[0], span=self.sp(meta))
+
+        def neg(self, meta, ch):
+            return A.UnaryOp("-", ch[0], span=self.sp(meta))
+
+        def attr(self, meta, ch):
+            return A.Attr(ch[0], str(ch[1]), span=self.sp(meta))
+
+        def index(self, meta, ch):
+            return A.Index(ch[0], ch[1], span=self.sp(meta))
+
+        def call(self, meta, ch):
+            name, *args = ch
+            pos = tuple(a for a in args if a is not None and not isinstance(a, tuple))
+            kws = tuple(a for a in args if isinstance(a, tuple))
+            return A.Call(str(name), pos, kws, span=self.sp(meta))
+
+        def arg(self, meta, ch):
+            return ch[0]
+
+        def kwarg_expr(self, meta, ch):
+            return (str(ch[0]), ch[1])
+
+        def number(self, meta, ch):
+            return A.Lit(_number(str(ch[0])), span=self.sp(meta))
+
+        def string_lit(self, meta, ch):
+            return A.Lit(ch[0].value, span=ch[0].span)
+
+        def var(self, meta, ch):
+            return A.Var(str(ch[0]), span=self.sp(meta))
+
+        def list_expr(self, meta, ch):
+            return A.ListExpr(tuple(c for c in ch if c is not None), span=self.sp(meta))
+
+    return ToAst
+
+
+def _number(text: str):
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    return float(text)
+
+
+_TO_AST = None
+
+
+def _ToAst(source: Source):
+    global _TO_AST
+    if _TO_AST is None:
+        _TO_AST = _make_transformer_class()
+    return _TO_AST(source)
