@@ -1,0 +1,218 @@
+"""lmlang's constraint engine: constraint -> plan -> backend -> token masks.
+
+Public API (what the runtime calls)
+-----------------------------------
+
+    TokenizerInfo.from_hf(hf_tokenizer) -> TokenizerInfo          # vocab.py
+        .hash: str  .vocab_size: int  .eos_token_id: int  .token_bytes: list[bytes]
+        .encode(text) -> list[int]
+    compile_constraint(c: Constraint | None, tok: TokenizerInfo, backend: str | None = None)
+        -> CompiledConstraint                                      # cached in memory + on disk
+    CompiledConstraint
+        .backend: str ("none" for free text)  .compile_seconds: float  .from_cache: str ("", "memory", "disk")
+        .plan: Plan  .start() -> Guide
+    Guide                                                          # guide.py; one decoding of one hole
+        .apply(logits: torch.Tensor) -> None    1-D, len >= vocab_size, in place; EOS allowed iff the value may end
+        .allowed_mask() -> np.ndarray[bool]     the same decision without torch
+        .advance(token_id: int) -> None         EOS ends the value; a disallowed token raises ValueError
+        .is_finished() -> bool                  EOS taken, stop seen, budget spent, or only EOS could follow
+        .forced_tokens() -> list[int]           unique continuation (canonical tokenization) or []
+        .value() -> str                         stop trimming applied;  .text() everything generated
+        .clone() -> Guide                       for beams / best_of
+        .tokens_generated: int  .ended_by: str | None  .stop_matched: str | None  .truncated: bool
+    allowed_tokens_batch(guides, logits_2d) -> None                # apply row i of guides[i]
+
+Backends and why (measured on SmolLM2's 49,152-token byte-level BPE, 2 CPU cores;
+bench/maskbench.py and the numbers in the helper's report):
+
+    kind     chain                                     reason
+    regex    llguidance -> outlines_core -> xgrammar   llguidance compiles a choice/int/regex in ~1 ms
+                                                       lazily; outlines_core's eager index costs
+                                                       0.1-5 s per regex (disk-cached) for masks
+                                                       only tens of us faster, which is <1% of a
+                                                       ~40 ms forward step
+    json     llguidance -> xgrammar -> outlines_core   llguidance passes the most MaskBench schemas;
+                                                       fallbacks only for schemas whose keywords
+                                                       they enforce (never silently ignore one)
+    lark     llguidance -> xgrammar
+    free     no backend: special tokens masked, plus Stop / MaxChars masks when present
+
+Caching: compile results are keyed by (tokenizer hash, plan, backend) in memory
+and, for backends whose artifacts are expensive (outlines_core indexes, xgrammar
+compiled grammars), on disk under cache_dir("constraints"). The prepared
+vocabulary is on disk too (vocab.py), so a new process pays: hashing the
+tokenizer, one unpickle, the backend's tokenizer setup, then a ms compile.
+
+Token healing: a Guide starts at a token boundary. The runtime should end the
+prompt on a boundary before a hole (the prompt text before a hole is tokenized
+on its own), which every backend here assumes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from ..errors import LmlangRuntimeError
+from .backends import CHAINS, BackendCannot, get_backend
+from .guide import Guide
+from .lower import Plan, lower
+from .spec import Constraint
+from .vocab import TokenizerInfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["TokenizerInfo", "CompiledConstraint", "Guide", "compile_constraint", "allowed_tokens_batch",
+           "ConstraintCompileError", "clear_memory_cache"]
+
+_CACHE_FORMAT = "1"
+
+
+class ConstraintCompileError(LmlangRuntimeError):
+    """No backend could compile a constraint (each backend's reason is in the message)."""
+
+
+class CompiledConstraint:
+    def __init__(self, plan: Plan, tok: TokenizerInfo, backend: str, artifact: Any, compile_seconds: float,
+                 from_cache: str = ""):
+        self.plan = plan
+        self.tok = tok
+        self.backend = backend
+        self.artifact = artifact
+        self.compile_seconds = compile_seconds
+        self.from_cache = from_cache
+        self.stop_bytes: tuple[tuple[bytes, bool], ...] = tuple(
+            (s.text.encode("utf-8"), s.include) for s in plan.stops if s.text)
+        self.unmasked = plan.kind == "free" and not plan.stops
+        self._free_base: np.ndarray | None = None
+        self._special_index_t = None
+        self._crossing: dict[tuple[bytes, int], np.ndarray] = {}
+
+    def start(self) -> Guide:
+        matcher = None if self.backend == "none" else get_backend(self.backend).matcher(self.artifact, self.tok)
+        return Guide(self, matcher)
+
+    # helpers the Guide uses -------------------------------------------------
+    @property
+    def free_base(self) -> np.ndarray:
+        """Free text: every non-special token, and EOS."""
+        if self._free_base is None:
+            base = np.ones(self.tok.vocab_size, dtype=bool)
+            base[list(self.tok.special_ids)] = False
+            base[self.tok.eos_token_id] = True
+            self._free_base = base
+        return self._free_base
+
+    @property
+    def special_index_t(self):
+        if self._special_index_t is None:
+            import torch
+
+            ids = [i for i in self.tok.special_ids if i != self.tok.eos_token_id]
+            self._special_index_t = torch.tensor(ids, dtype=torch.long)
+        return self._special_index_t
+
+    def stop_crossing(self, stop: bytes, k: int) -> np.ndarray:
+        """Tokens that would complete `stop` before their own end, when the text ends with stop[:k]."""
+        key = (stop, k)
+        arr = self._crossing.get(key)
+        if arr is None:
+            shared = self.tok._backend_objects.setdefault("_crossing", {})
+            arr = shared.get(key)
+            if arr is None:
+                prefix = stop[:k]
+                n = len(stop)
+                arr = np.zeros(self.tok.vocab_size, dtype=bool)
+                for i, b in enumerate(self.tok.token_bytes):
+                    if b:
+                        s = prefix + b
+                        p = s.find(stop)
+                        if p >= 0 and p + n < len(s):
+                            arr[i] = True
+                shared[key] = arr
+            self._crossing[key] = arr
+        return arr
+
+    def forced_choice_bytes(self, text: bytes) -> bytes:
+        """For a Choice: the common continuation of every option consistent with the text so far."""
+        if self.plan.options is None:
+            return b""
+        rest = [o.encode("utf-8")[len(text):] for o in self.plan.options if o.encode("utf-8").startswith(text)]
+        if not rest or any(not r for r in rest):
+            return b""
+        return os.path.commonprefix(rest)
+
+    def __repr__(self) -> str:
+        return f"CompiledConstraint(kind={self.plan.kind}, backend={self.backend}, {self.compile_seconds * 1e3:.1f} ms)"
+
+
+_MEMORY: dict[str, CompiledConstraint] = {}
+
+
+def clear_memory_cache() -> None:
+    _MEMORY.clear()
+
+
+def _key(tok: TokenizerInfo, plan: Plan, backend: str | None) -> str:
+    h = hashlib.sha256(f"{_CACHE_FORMAT}|{tok.hash}|{backend}|".encode() + plan.key().encode())
+    return h.hexdigest()[:32]
+
+
+def compile_constraint(c: Constraint | None, tok: TokenizerInfo, backend: str | None = None) -> CompiledConstraint:
+    """Compile a constraint for one tokenizer. `backend` forces one backend (no fallback)."""
+    t0 = time.perf_counter()
+    plan = lower(c)
+    key = _key(tok, plan, backend)
+    hit = _MEMORY.get(key)
+    if hit is not None:
+        out = CompiledConstraint(hit.plan, hit.tok, hit.backend, hit.artifact, time.perf_counter() - t0, "memory")
+        out._free_base, out._crossing = hit._free_base, hit._crossing
+        return out
+    if plan.kind == "free":
+        out = CompiledConstraint(plan, tok, "none", None, time.perf_counter() - t0)
+        _MEMORY[key] = out
+        return out
+    chain = (backend,) if backend else CHAINS[plan.kind]
+    from ..home import cache_dir
+
+    disk = cache_dir("constraints") / f"cc-{key}.bin"
+    if disk.exists():
+        try:
+            raw = disk.read_bytes()
+            name, _, data = raw.partition(b"\n")
+            b = get_backend(name.decode())
+            artifact = b.load(data, tok)
+            out = CompiledConstraint(plan, tok, b.name, artifact, time.perf_counter() - t0, "disk")
+            _MEMORY[key] = out
+            return out
+        except Exception:
+            pass
+    reasons = []
+    for name in chain:
+        b = get_backend(name)
+        try:
+            artifact = b.compile(plan, tok)
+        except BackendCannot as e:
+            reasons.append(f"{name}: {e}")
+            continue
+        out = CompiledConstraint(plan, tok, name, artifact, time.perf_counter() - t0)
+        data = b.dump(artifact)
+        if data is not None:
+            tmp = disk.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(name.encode() + b"\n" + data)
+            tmp.replace(disk)
+        _MEMORY[key] = out
+        return out
+    raise ConstraintCompileError("no constraint backend can enforce this constraint: " + "; ".join(reasons),
+                                 hint="simplify the schema/grammar, or check it with `lmlang check`")
+
+
+def allowed_tokens_batch(guides: Sequence[Guide | None], logits: "torch.Tensor") -> None:
+    """Mask a [B, V'] logits tensor in place, row i by guides[i] (None rows are left alone)."""
+    for i, g in enumerate(guides):
+        if g is not None:
+            g.apply(logits[i])

@@ -1,0 +1,288 @@
+"""Lowering: an lmlang constraint -> a `Plan` the mask backends understand.
+
+A Plan has one *shape* (what the value's text must be) and *limits* that are
+enforced by lmlang's own Guide around any backend:
+
+    kind     "free"   no shape: no backend, no mask beyond special tokens
+             "regex"  full-match regex (Rust/derivre syntax); Choice, Int,
+                      Float, Bool and `matches` all lower here
+             "json"   a JSON Schema (canonical JSON text)
+             "lark"   a Lark grammar; also a regex intersected with a length
+                      bound (`matches r"..." and len(x) <= n` -> exact, by
+                      llguidance's lexeme `&`)
+    stops, max_tokens, max_chars
+
+Torch-free, backend-free: the checker uses it too.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from .spec import (All, BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, MaxChars,
+                   MaxTokens, Regex, Stop, flatten)
+
+INT_REGEX = r"-?(?:0|[1-9][0-9]*)"
+FLOAT_REGEX = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+BOOL_REGEX = r"true|false"
+
+# JSON text layout lmlang generates and accepts: exactly what json.dumps writes.
+JSON_ITEM_SEPARATOR = ", "
+JSON_KEY_SEPARATOR = ": "
+
+# Greedy closing (guide.py, check.py) prefers bytes that end structures, then short scalars.
+CLOSING_PRIORITY = (b'}]"0' + b"123456789" + b":" + b"tfnle" + b"abcdghijkmopqrsuvwxyz" +
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ" + b" .-+_/@#$%^&*!?~`'|\\;<>=" + b",[{")
+
+CLOSING_PRIORITY_IN_STRING = b'"' + CLOSING_PRIORITY.replace(b'"', b"")
+
+
+def json_string_state(data: bytes, state: tuple[bool, bool] = (False, False)) -> tuple[bool, bool]:
+    """(inside a JSON string, after a backslash) after reading `data` from `state`."""
+    inside, escaped = state
+    for b in data:
+        if escaped:
+            escaped = False
+        elif inside and b == 0x5C:
+            escaped = True
+        elif b == 0x22:
+            inside = not inside
+    return inside, escaped
+
+
+_META = set(".^$*+?()[]{}|\\#&-~ ")
+
+
+def escape_regex(text: str) -> str:
+    """Escape text as a literal for Rust-syntax regexes (also valid in Python)."""
+    out = []
+    for ch in text:
+        if ch in _META:
+            out.append(f"\\x{ord(ch):02x}" if ch in "#&-~ " else "\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def choice_regex(options: tuple[str, ...]) -> str:
+    return "|".join(escape_regex(o) for o in options) if options else r"[^\s\S]"
+
+
+def strip_anchors(pattern: str) -> str:
+    """`matches` is a full match already: drop a leading ^/\\A and a trailing $/\\Z."""
+    p = pattern
+    if p.startswith("^"):
+        p = p[1:]
+    elif p.startswith("\\A"):
+        p = p[2:]
+    if p.endswith("\\Z") and not p.endswith("\\\\Z"):
+        p = p[:-2]
+    elif p.endswith("$") and not p.endswith("\\$"):
+        p = p[:-1]
+    return p
+
+
+def lark_string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def lark_regex(pattern: str) -> str:
+    """A regex as a Lark /.../ literal."""
+    return "/" + pattern.replace("/", "\\/") + "/"
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: str                       # "free" | "regex" | "json" | "lark"
+    text: str = ""                  # the regex, schema JSON, or lark grammar
+    options: tuple[str, ...] | None = None   # set when the shape is a Choice
+    stops: tuple[Stop, ...] = ()
+    max_tokens: int | None = None
+    max_chars: int | None = None
+    source: str = ""                # what the shape came from: "choice", "int", "regex", ...
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    def key(self) -> str:
+        return json.dumps([self.kind, self.text, self.options, [(s.text, s.include) for s in self.stops],
+                           self.max_tokens, self.max_chars, self.source])
+
+    @property
+    def has_shape(self) -> bool:
+        return self.kind != "free"
+
+
+class LoweringError(ValueError):
+    """A constraint combination lmlang cannot turn into one mask."""
+
+
+def _shape_regex(c: Constraint) -> tuple[str, str] | None:
+    if isinstance(c, Regex):
+        return strip_anchors(c.pattern), "regex"
+    if isinstance(c, IntType):
+        return INT_REGEX, "int"
+    if isinstance(c, FloatType):
+        return FLOAT_REGEX, "float"
+    if isinstance(c, BoolType):
+        return BOOL_REGEX, "bool"
+    if isinstance(c, Choice):
+        return choice_regex(c.options), "choice"
+    return None
+
+
+def _int_bounds(c: IntType) -> tuple[int | None, int | None]:
+    return getattr(c, "lo", None), getattr(c, "hi", None)
+
+
+def option_fits(option: str, other: Constraint) -> bool:
+    """Whether a Choice option satisfies another shape (used to intersect shapes)."""
+    if isinstance(other, Choice):
+        return option in other.options
+    if isinstance(other, IntType):
+        if not re.fullmatch(INT_REGEX, option):
+            return False
+        lo, hi = _int_bounds(other)
+        v = int(option)
+        return (lo is None or v >= lo) and (hi is None or v <= hi)
+    if isinstance(other, (Regex, FloatType, BoolType)):
+        pat = _shape_regex(other)[0]
+        try:
+            return re.fullmatch(pat, option) is not None
+        except re.error:
+            return False
+    if isinstance(other, JsonSchema):
+        try:
+            import jsonschema
+            jsonschema.validate(json.loads(option), json.loads(other.schema))
+            return json.dumps(json.loads(option), ensure_ascii=False) == option
+        except Exception:
+            return False
+    if isinstance(other, Grammar):
+        try:
+            import lark
+            lark.Lark(other.lark, start="start").parse(option)
+            return True
+        except Exception:
+            return False
+    return True
+
+
+def option_survives_stops(option: str, stops: tuple[Stop, ...]) -> bool:
+    """A Choice option can be produced only if no stop ends the value before it is complete."""
+    for s in stops:
+        if not s.text:
+            continue
+        i = option.find(s.text)
+        if i < 0:
+            continue
+        if not s.include or i + len(s.text) < len(option):
+            return False
+    return True
+
+
+def lower(c: Constraint | None) -> Plan:
+    parts = flatten(c)
+    stops = tuple(p for p in parts if isinstance(p, Stop))
+    max_tokens = min((p.n for p in parts if isinstance(p, MaxTokens)), default=None)
+    max_chars = min((p.n for p in parts if isinstance(p, MaxChars)), default=None)
+    shapes = [p for p in parts if not isinstance(p, (Stop, MaxTokens, MaxChars, All))]
+    limits = dict(stops=stops, max_tokens=max_tokens, max_chars=max_chars)
+    if not shapes:
+        return Plan("free", **limits, source="free")
+
+    choices = [s for s in shapes if isinstance(s, Choice)]
+    if choices:
+        options = list(dict.fromkeys(choices[0].options))
+        for other in shapes:
+            if other is not choices[0]:
+                options = [o for o in options if option_fits(o, other)]
+        options = [o for o in options if option_survives_stops(o, stops)]
+        if max_chars is not None:
+            options = [o for o in options if len(o) <= max_chars]
+        opts = tuple(options)
+        return Plan("regex", choice_regex(opts), options=opts, **limits, source="choice")
+
+    if len(shapes) > 1:
+        if any(isinstance(s, (JsonSchema, Grammar)) for s in shapes):
+            raise LoweringError("a JSON or grammar shape cannot be combined with another shape")
+        # regex-like shapes intersect exactly as lark lexemes
+        regexes = [_shape_regex(s)[0] for s in shapes]
+        return _bounded_lark(regexes, max_chars, limits, source="+".join(_shape_regex(s)[1] for s in shapes))
+
+    shape = shapes[0]
+    if isinstance(shape, IntType) and any(b is not None for b in _int_bounds(shape)):
+        lo, hi = _int_bounds(shape)
+        schema: dict = {"type": "integer"}
+        if lo is not None:
+            schema["minimum"] = lo
+        if hi is not None:
+            schema["maximum"] = hi
+        return Plan("json", json.dumps(schema, sort_keys=True), **limits, source="int")
+    rx = _shape_regex(shape)
+    if rx is not None:
+        pattern, source = rx
+        if max_chars is not None:
+            return _bounded_lark([pattern], max_chars, limits, source=source)
+        return Plan("regex", pattern, **limits, source=source)
+    if isinstance(shape, JsonSchema):
+        return Plan("json", shape.schema, **limits, source="json")
+    if isinstance(shape, Grammar):
+        return Plan("lark", shape.lark, **limits, source="grammar")
+    raise LoweringError(f"unknown constraint {type(shape).__name__}")
+
+
+def _bounded_lark(regexes: list[str], max_chars: int | None, limits: dict, source: str) -> Plan:
+    terms = [lark_regex(r) for r in regexes]
+    if max_chars is not None:
+        terms.append(lark_regex(f"(?s:.{{0,{max_chars}}})"))
+    grammar = "start: VALUE\nVALUE: " + " & ".join(terms) + "\n"
+    return Plan("lark", grammar, **limits, source=source + "&len" if max_chars is not None else source)
+
+
+# --------------------------------------------------------------------- JSON Schema keyword support
+# Keywords each backend *enforces* (not merely parses). A schema may fall back to a
+# backend only when all of its keywords are in that backend's set; otherwise
+# the backend would silently accept invalid values.
+ANNOTATIONS = {"$schema", "$id", "id", "$comment", "title", "description", "default", "examples", "deprecated",
+               "readOnly", "writeOnly", "$defs", "definitions", "contentMediaType", "contentEncoding", "$anchor",
+               "discriminator", "nullable", "x-guidance"}
+XGRAMMAR_ENFORCED = ANNOTATIONS | {"type", "properties", "required", "additionalProperties", "items", "prefixItems",
+                                   "enum", "const", "anyOf", "oneOf", "$ref", "minLength", "maxLength", "pattern",
+                                   "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
+OUTLINES_ENFORCED = ANNOTATIONS | {"type", "properties", "required", "additionalProperties", "items", "prefixItems",
+                                   "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "minLength", "maxLength",
+                                   "pattern", "minItems", "maxItems", "format"}
+# keywords whose *values* are schemas or maps of schemas (walked recursively)
+_SUBSCHEMA = {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+_SUBSCHEMA_ONE = {"items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames",
+                  "additionalItems", "unevaluatedProperties", "unevaluatedItems"}
+_SUBSCHEMA_LIST = {"anyOf", "oneOf", "allOf", "prefixItems", "items"}
+
+
+def schema_keywords(schema) -> set[str]:
+    """Every keyword used anywhere in a schema (property names excluded)."""
+    found: set[str] = set()
+
+    def walk(s) -> None:
+        if not isinstance(s, dict):
+            return
+        for k, v in s.items():
+            found.add(k)
+            if k in _SUBSCHEMA and isinstance(v, dict):
+                for sub in v.values():
+                    walk(sub)
+            elif k in _SUBSCHEMA_LIST and isinstance(v, list):
+                for sub in v:
+                    walk(sub)
+            elif k in _SUBSCHEMA_ONE and isinstance(v, dict):
+                walk(v)
+
+    walk(schema)
+    return found
+
+
+def llguidance_json_options() -> dict:
+    return {"whitespace_flexible": False, "item_separator": JSON_ITEM_SEPARATOR,
+            "key_separator": JSON_KEY_SEPARATOR}

@@ -1,0 +1,235 @@
+"""A tokenizer's vocabulary as raw bytes: what every mask backend needs.
+
+Backends disagree on how to read a Hugging Face tokenizer (and transformers 5
+dropped `bytes_to_unicode`), so lmlang reads it once, itself, into
+`token_bytes[i]` = the exact bytes token i contributes to the text, and feeds
+every backend from that list. Special tokens (other than EOS) are never part of
+a constrained value: they get empty bytes and are always masked.
+
+The prepared vocabulary is cached on disk (cache_dir("constraints")) under the
+tokenizer's content hash, so a new process pays a hash and an unpickle, not a
+walk over the vocabulary. Backend tokenizer objects are built lazily, once per
+process, and kept on the TokenizerInfo.
+
+Torch-free (numpy only).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+from typing import Any, Callable
+
+import numpy as np
+
+_FORMAT = 1  # bump when the cached layout changes
+
+
+def _byte_decoder() -> dict[str, int]:
+    """The GPT-2 byte <-> printable-unicode table, inverted (unicode char -> byte)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+_BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+def _kinds(component: Any) -> list[str]:
+    if not isinstance(component, dict):
+        return []
+    if component.get("type") == "Sequence":
+        out: list[str] = []
+        for key in ("decoders", "pretokenizers", "normalizers"):
+            for sub in component.get(key, []) or []:
+                out.extend(_kinds(sub))
+        return out
+    return [str(component.get("type"))]
+
+
+def _char_lengths(token_bytes: list[bytes]) -> np.ndarray:
+    """Code points each token adds to the text: its bytes that are not UTF-8
+    continuation bytes. Exact once the text is complete, even when a token
+    holds half a character."""
+    out = np.zeros(len(token_bytes), dtype=np.int32)
+    for i, b in enumerate(token_bytes):
+        if b:
+            out[i] = sum(1 for x in b if (x & 0xC0) != 0x80)
+    return out
+
+
+class TokenizerInfo:
+    """Everything the mask backends need from one tokenizer.
+
+    `token_bytes[i]` is b"" for special tokens (never allowed in a value) and for
+    EOS (which ends the value). `vocab_size` is the tokenizer's size; the model's
+    logits may be wider (padding): `Guide.apply` masks the extra columns."""
+
+    def __init__(self, token_bytes: list[bytes], eos_token_id: int, special_ids: list[int] | tuple[int, ...] = (),
+                 *, hash: str | None = None, encode: Callable[[str], list[int]] | None = None):
+        self.token_bytes = list(token_bytes)
+        self.vocab_size = len(self.token_bytes)
+        self.eos_token_id = int(eos_token_id)
+        self.special_ids = tuple(sorted(set(int(i) for i in special_ids) | {self.eos_token_id}))
+        self.token_bytes[self.eos_token_id] = b""
+        for i in self.special_ids:
+            self.token_bytes[i] = b""
+        if hash is None:
+            h = hashlib.sha256()
+            for b in self.token_bytes:
+                h.update(len(b).to_bytes(2, "little"))
+                h.update(b)
+            h.update(str(self.special_ids).encode())
+            hash = h.hexdigest()[:24]
+        self.hash = hash
+        self._encode = encode
+        self.char_len = _char_lengths(self.token_bytes)
+        self._backend_objects: dict[str, Any] = {}
+        self._single_byte: dict[int, int] | None = None
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def from_hf(cls, tokenizer: Any) -> "TokenizerInfo":
+        """From a transformers fast tokenizer. Cached in memory (on the tokenizer
+        object) and on disk (by content hash)."""
+        cached = getattr(tokenizer, "_lmlang_tokenizer_info", None)
+        if cached is not None:
+            return cached
+        backend = tokenizer.backend_tokenizer
+        spec = backend.to_str()
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError("the tokenizer has no EOS token; constrained decoding needs one to end a value")
+        n = len(tokenizer)
+        digest = hashlib.sha256(f"{_FORMAT}|{n}|{eos}|".encode() + spec.encode()).hexdigest()[:24]
+
+        def encode(text: str) -> list[int]:
+            return list(tokenizer.encode(text, add_special_tokens=False))
+
+        from ..home import cache_dir
+
+        path = cache_dir("constraints") / f"vocab-{digest}.pkl"
+        data = None
+        if path.exists():
+            try:
+                data = pickle.loads(path.read_bytes())
+            except Exception:
+                data = None
+        if data is None:
+            data = _read_vocab(json.loads(spec), tokenizer, n)
+            tmp = path.with_suffix(f".tmp{id(data)}")
+            tmp.write_bytes(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+            tmp.replace(path)
+        info = cls(data["token_bytes"], eos, data["special_ids"], hash=digest, encode=encode)
+        try:
+            tokenizer._lmlang_tokenizer_info = info
+        except Exception:  # pragma: no cover - exotic tokenizer objects
+            pass
+        return info
+
+    # ------------------------------------------------------------------ helpers
+    def encode(self, text: str) -> list[int]:
+        """Canonical tokenization of `text` (no special tokens)."""
+        if self._encode is not None:
+            return self._encode(text)
+        return self.greedy_encode(text.encode("utf-8"))
+
+    def greedy_encode(self, data: bytes) -> list[int]:
+        """Longest-match tokenization; used only without an HF tokenizer (tests)."""
+        table = self._longest_table()
+        out: list[int] = []
+        i = 0
+        maxlen = max(len(b) for b in self.token_bytes)
+        while i < len(data):
+            for ln in range(min(maxlen, len(data) - i), 0, -1):
+                tid = table.get(data[i:i + ln])
+                if tid is not None:
+                    out.append(tid)
+                    i += ln
+                    break
+            else:
+                raise ValueError(f"no token for byte {data[i]:#x}")
+        return out
+
+    def _longest_table(self) -> dict[bytes, int]:
+        t = self._backend_objects.get("_table")
+        if t is None:
+            t = {}
+            for i, b in enumerate(self.token_bytes):
+                if b and b not in t:
+                    t[b] = i
+            self._backend_objects["_table"] = t
+        return t
+
+    def single_byte_tokens(self) -> dict[int, int]:
+        """byte value -> a token that is exactly that byte (byte-level vocabularies have all 256)."""
+        if self._single_byte is None:
+            self._single_byte = {}
+            for i, b in enumerate(self.token_bytes):
+                if len(b) == 1 and b[0] not in self._single_byte:
+                    self._single_byte[b[0]] = i
+        return self._single_byte
+
+    def backend_object(self, name: str, build: Callable[[], Any]) -> Any:
+        obj = self._backend_objects.get(name)
+        if obj is None:
+            obj = build()
+            self._backend_objects[name] = obj
+        return obj
+
+    def decode(self, ids: list[int]) -> str:
+        return b"".join(self.token_bytes[i] for i in ids).decode("utf-8", errors="replace")
+
+    def __repr__(self) -> str:
+        return f"TokenizerInfo(vocab_size={self.vocab_size}, eos={self.eos_token_id}, hash={self.hash})"
+
+
+def _read_vocab(spec: dict, tokenizer: Any, n: int) -> dict:
+    """Raw bytes of every token, read from the tokenizer.json model."""
+    model = spec.get("model", {})
+    decoder_kinds = _kinds(spec.get("decoder")) + _kinds(spec.get("pre_tokenizer"))
+    byte_level = "ByteLevel" in decoder_kinds
+    metaspace = "Metaspace" in decoder_kinds or "Replace" in decoder_kinds or model.get("byte_fallback", False)
+    vocab: dict[str, int] = dict(model.get("vocab", {})) if isinstance(model.get("vocab"), dict) else {}
+    if isinstance(model.get("vocab"), list):  # Unigram: [[piece, score], ...]
+        vocab = {piece: i for i, (piece, _score) in enumerate(model["vocab"])}
+    token_bytes: list[bytes] = [b""] * n
+    dec = _byte_decoder()
+    for text, i in vocab.items():
+        if i >= n:
+            continue
+        if byte_level:
+            try:
+                token_bytes[i] = bytes(dec[c] for c in text)
+            except KeyError:
+                token_bytes[i] = text.encode("utf-8")
+        elif metaspace:
+            m = _BYTE_FALLBACK.match(text)
+            token_bytes[i] = bytes([int(m.group(1), 16)]) if m else text.replace("\u2581", " ").encode("utf-8")
+        else:
+            token_bytes[i] = tokenizer.convert_tokens_to_string([text]).encode("utf-8")
+    special: list[int] = []
+    for added in spec.get("added_tokens", []):
+        i = added["id"]
+        if i >= n:
+            continue
+        if added.get("special", False):
+            special.append(i)
+            token_bytes[i] = b""
+        else:
+            token_bytes[i] = added["content"].encode("utf-8")
+    for i in getattr(tokenizer, "all_special_ids", []) or []:
+        if i < n and i not in special:
+            special.append(i)
+    # ids the model file lacks (holes) can never be produced
+    for i, b in enumerate(token_bytes):
+        if not b and i not in special:
+            special.append(i)
+    return {"token_bytes": token_bytes, "special_ids": sorted(special)}

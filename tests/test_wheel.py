@@ -1,0 +1,16 @@
+"""The grammar ships inside the wheel as package data."""
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_contains_grammar(tmp_path):
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(REPO)],
+                   check=True, capture_output=True)
+    wheel = next(tmp_path.glob("lmlang-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "lmlang/grammar/lmlang.lark" in names
+    assert zipfile.ZipFile(wheel).read("lmlang/grammar/lmlang.lark").decode() == (REPO / "grammar" / "lmlang.lark").read_text()
