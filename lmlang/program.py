@@ -58,6 +58,18 @@ class Program:
         """Run the flow once; returns the emitted values by name."""
         return self._executor().run(inputs)
 
+    def run_batch(self, rows: list[dict], *, errors: str = "raise") -> list:
+        """Run the flow for many input rows, batching queries across rows.
+
+        errors="raise" raises the first row's error after all rows ran;
+        errors="return" puts the LmlangError in that row's place."""
+        outcomes = self._executor().run_rows([dict(r) for r in rows])
+        if errors == "raise":
+            for o in outcomes:
+                if o.error is not None:
+                    raise o.error
+        return [o.values if o.error is None else o.error for o in outcomes]
+
     @property
     def trace(self):
         return self._executor().trace

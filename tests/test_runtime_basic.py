@@ -51,3 +51,26 @@ query q(t: str) using m {
     a = program(tiny_model_dir, body, 'r = q("hi") emit x = r.x').run()
     b = program(tiny_model_dir, body, 'r = q("hi") emit x = r.x').run()
     assert a == b
+
+
+def test_batch_equals_one_by_one_under_argmax(tiny_model_dir):
+    prog = program(tiny_model_dir, '''
+input t: str
+query q(x: str) using m {
+    "Text: {x}\\nLabel: [a] and [b]."
+    where a in ["positive", "negative"]
+    where b stops at "." and tokens(b) <= 6
+}''', 'r = q(t) emit a = r.a, b = r.b')
+    texts = ["I loved it", "terrible", "Great food!", "x", "The capital of France is Paris."]
+    batched = prog.run_batch([{"t": t} for t in texts])
+    single = [prog.run(t=t) for t in texts]
+    assert batched == single
+
+
+def test_row_errors_are_isolated(tiny_model_dir):
+    prog = program(tiny_model_dir, '''
+input t: str
+query q(x: str) using m { "{x} [a]" where a in ["yes", "no"] }''', 'r = q(t) emit a = r.a')
+    out = prog.run_batch([{"t": "ok"}, {"nope": 1}, {"t": "fine"}], errors="return")
+    assert out[0]["a"] in ("yes", "no") and out[2]["a"] in ("yes", "no")
+    assert isinstance(out[1], lmlang.LmlangError) and "unknown input 'nope'" in str(out[1])

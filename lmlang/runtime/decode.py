@@ -1,11 +1,12 @@
-"""The decoding loop: one query, one input row, any decoder.
+"""The decoding loop: queries x input rows x any decoder, over one Batch.
 
-The loop owns the KV cache: it feeds the literal chunk before a hole,
-decodes the hole token by token under its Guide's mask (fast-forwarding
-whatever the constraint forces, in one forward pass), then feeds the next
-chunk into the same cache. A value ends on EOS, when its guide finishes, or
-when the model writes the first token of the literal text that follows the
-hole (so `[n].` ends n at the period without asking the model for EOS).
+The loop owns the KV cache. Per row it feeds the literal chunk before a hole,
+decodes the hole token by token under the hole's Guide (fast-forwarding, in
+one forward pass, whatever the constraint forces), then feeds the next chunk
+into the same cache. Rows advance independently inside one batched forward
+pass per step. A value ends on EOS, when its guide finishes, or when the
+model writes the first token of the literal text that follows the hole (so
+`[n].` ends n at the period without asking the model for EOS).
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..constraints import spec as C
 from ..constraints.engine import compile_constraint
 from ..errors import LmlangRuntimeError
-from .lm import LM, State
+from .lm import LM, Batch
+from .prefix import prefill
 from .prompt import RenderedPrompt
 
 DEFAULT_MAX_TOKENS = 256     # a hole with no token budget stops here (reported in the trace)
@@ -48,7 +51,7 @@ class Decoded:
 class Sampler:
     """argmax, or seeded sampling with temperature / top-k / top-p."""
 
-    def __init__(self, greedy: bool, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0, device: str = "cpu"):
+    def __init__(self, greedy: bool = True, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0):
         self.greedy = greedy
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.generator = None
@@ -66,16 +69,21 @@ class Sampler:
         probs = torch.softmax(logits, dim=-1)
         if self.top_p < 1.0:
             sorted_p, order = torch.sort(probs, descending=True)
-            cum = torch.cumsum(sorted_p, dim=-1)
-            drop = cum - sorted_p > self.top_p
+            drop = torch.cumsum(sorted_p, dim=-1) - sorted_p > self.top_p
             sorted_p = torch.where(drop, torch.zeros_like(sorted_p), sorted_p)
             probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
         return int(torch.multinomial(probs.cpu(), 1, generator=self.generator))
 
 
-def typed_value(text: str, constraint) -> object:
-    from ..constraints import spec as C
+def sampler_for(decoder: tuple, k: int = 0) -> Sampler:
+    name, opts = decoder
+    opts = dict(opts)
+    if name in ("argmax", "beam"):
+        return Sampler(True)
+    return Sampler(False, opts["temperature"], opts["top_p"], opts["top_k"], opts["seed"] + k)
 
+
+def typed_value(text: str, constraint) -> object:
     for part in C.flatten(constraint):
         try:
             if isinstance(part, C.IntType):
@@ -92,7 +100,7 @@ def typed_value(text: str, constraint) -> object:
 
 
 class QueryRun:
-    """Everything one decoding of one rendered prompt needs."""
+    """One rendered prompt with its compiled hole constraints."""
 
     def __init__(self, lm: LM, prompt: RenderedPrompt, constraints: dict):
         self.lm = lm
@@ -111,22 +119,6 @@ class QueryRun:
         # token can outscore the whole right answer under greedy decoding.
         self.choice_paths = {h: _choice_paths(constraints.get(h), lm) for h in prompt.holes}
 
-    def restrict_choice(self, hole: str, gen: list[int], masked: torch.Tensor) -> None:
-        paths = self.choice_paths.get(hole)
-        if not paths:
-            return
-        n = len(gen)
-        nxt = {p[n] for p in paths if len(p) > n and p[:n] == gen}
-        keep = torch.full_like(masked, NEG_INF)
-        idx = torch.tensor(sorted(nxt), dtype=torch.long)
-        if len(idx):
-            keep[idx] = masked[idx]
-        if any(p == gen for p in paths):
-            for e in self.lm.eos_ids:
-                if e < masked.shape[0]:
-                    keep[e] = masked[e]
-        masked.copy_(keep)
-
     def terminators(self, i: int) -> set[int]:
         """Tokens that end hole i: EOS, or the first token of the text after it."""
         ends = set(self.lm.eos_ids)
@@ -135,227 +127,256 @@ class QueryRun:
             ends.add(nxt[0])
         return ends
 
-    # -------------------------------------------------------------- one pass
-    def decode(self, sampler: Sampler, state: State | None = None) -> Decoded:
-        lm = self.lm
-        if state is None:
-            state = lm.new_state()
-            logits = lm.feed(state, self.chunk_ids[0])
-        else:
-            logits = state.last_logits
-        values, texts, total_lp = {}, {}, 0.0
-        traces = [HoleTrace(t.name, t.backend, t.compile_seconds) for t in self.hole_traces]
-        for i, hole in enumerate(self.prompt.holes):
-            logits, text, lp = self.decode_hole(i, state, logits, sampler, traces[i])
-            total_lp += lp
-            texts[hole] = text
-            values[hole] = typed_value(text, self.constraints.get(hole))
-        return Decoded(values, texts, total_lp, state.forward_passes, traces)
-
-    def decode_hole(self, i: int, state: State, logits, sampler: Sampler, trace: HoleTrace):
-        lm = self.lm
-        guide = self.compiled[self.prompt.holes[i]].start()
-        ends = self.terminators(i)
-        start_len = len(state.ids)
-        gen: list[int] = []
-        lp_total = 0.0
-        budget = DEFAULT_MAX_TOKENS
-        ended_by = "budget"
-        while len(gen) < budget:
-            if guide.is_finished():
-                ended_by = guide.ended_by or "constraint"
-                break
-            forced = guide.forced_tokens()
-            if forced:
-                for t in forced:
-                    guide.advance(t)
-                gen.extend(forced)
-                trace.forced += len(forced)
-                logits = lm.feed(state, forced)
-                continue
-            masked = logits.clone()
-            guide.apply(masked)
-            self.restrict_choice(self.prompt.holes[i], gen, masked)
-            eos_ok = any(masked[e] > NEG_INF for e in lm.eos_ids if e < masked.shape[0])
-            if eos_ok:
-                for t in ends:
-                    if masked[t] == NEG_INF:
-                        masked[t] = logits[t]
-            if not torch.isfinite(masked).any():
-                raise LmlangRuntimeError(f"hole [{self.prompt.holes[i]}]: no token satisfies the constraint here",
-                                         hint=f"generated so far: {lm.decode(gen)!r}")
-            tok = sampler.pick(masked)
-            lp_total += float(torch.log_softmax(masked, dim=-1)[tok])
-            if tok in lm.eos_ids or (tok in ends and eos_ok and guide_disallows(guide, tok)):
-                ended_by = "eos" if tok in lm.eos_ids else "next-text"
-                eos = next(iter(lm.eos_ids))
-                guide.advance(eos if tok not in lm.eos_ids else tok)
-                break
-            guide.advance(tok)
-            gen.append(tok)
-            trace.generated += 1
-            logits = lm.feed(state, [tok])
-        else:
-            ended_by = "budget"
-        trace.ended_by = ended_by
-        text = guide.text()
-        value = guide.value()
-        # Make the cache hold exactly value + the next chunk: drop tokens past
-        # the value (a `stops before` string, text after a stop inside a token).
-        nxt = self.chunk_ids[i + 1] if i + 1 < len(self.chunk_ids) else None
-        if value != text and nxt is not None:
-            keep, prefix = 0, ""
-            for k in range(len(gen) + 1):
-                piece = lm.decode(gen[:k])
-                if len(piece) <= len(value) and value.startswith(piece):
-                    keep, prefix = k, piece
-                else:
-                    break
-            lm.crop(state, start_len + keep)
-            rest = value[len(prefix):] + self.prompt.chunks[i + 1]
-            logits = lm.feed(state, lm.encode(rest))
-        elif nxt:
-            logits = lm.feed(state, nxt)
-        return logits, value, lp_total
+    def restrict_choice(self, hole: str, gen: list[int], masked: torch.Tensor) -> None:
+        paths = self.choice_paths.get(hole)
+        if not paths:
+            return
+        n = len(gen)
+        nxt = sorted({p[n] for p in paths if len(p) > n and p[:n] == gen})
+        keep = torch.full_like(masked, NEG_INF)
+        if nxt:
+            idx = torch.tensor(nxt, dtype=torch.long)
+            keep[idx] = masked[idx]
+        if any(p == gen for p in paths):
+            for e in self.lm.eos_ids:
+                if e < masked.shape[0]:
+                    keep[e] = masked[e]
+        masked.copy_(keep)
 
 
 def _choice_paths(constraint, lm) -> list[list[int]] | None:
-    from ..constraints import spec as C
-
-    parts = C.flatten(constraint)
-    choice = next((p for p in parts if isinstance(p, C.Choice)), None)
+    choice = next((p for p in C.flatten(constraint) if isinstance(p, C.Choice)), None)
     if choice is None:
         return None
     return [lm.tok_info.encode(o) for o in choice.options]
 
 
-def guide_disallows(guide, tok: int) -> bool:
+class RowDecoder:
+    """The per-row state machine: which hole, its guide, what was generated."""
+
+    def __init__(self, run: QueryRun, sampler: Sampler):
+        self.run, self.sampler = run, sampler
+        self.hole = -1
+        self.values, self.texts = {}, {}
+        self.logprob = 0.0
+        self.traces = [HoleTrace(t.name, t.backend, t.compile_seconds) for t in run.hole_traces]
+        self.done = False
+        self._start_hole()
+
+    def _start_hole(self) -> None:
+        self.hole += 1
+        if self.hole >= len(self.run.prompt.holes):
+            self.done = True
+            return
+        name = self.run.prompt.holes[self.hole]
+        self.guide = self.run.compiled[name].start()
+        self.ends = self.run.terminators(self.hole)
+        self.gen: list[int] = []
+
+    def step(self, logits: torch.Tensor, batch: Batch, row: int) -> list[int]:
+        """Decide this row's next block of tokens to feed ([] when done)."""
+        run, lm, guide = self.run, self.run.lm, self.guide
+        trace = self.traces[self.hole]
+        while True:
+            if guide.is_finished() or len(self.gen) >= DEFAULT_MAX_TOKENS:
+                trace.ended_by = guide.ended_by or ("budget" if len(self.gen) >= DEFAULT_MAX_TOKENS else "constraint")
+                return self._finish_hole(batch, row)
+            forced = guide.forced_tokens()
+            if forced:
+                for t in forced:
+                    guide.advance(t)
+                self.gen.extend(forced)
+                trace.forced += len(forced)
+                return forced
+            masked = logits.clone()
+            guide.apply(masked)
+            run.restrict_choice(run.prompt.holes[self.hole], self.gen, masked)
+            eos_ok = any(masked[e] > NEG_INF for e in lm.eos_ids if e < masked.shape[0])
+            if eos_ok:
+                for t in self.ends:
+                    if masked[t] == NEG_INF:
+                        masked[t] = logits[t]
+            if not torch.isfinite(masked).any():
+                raise LmlangRuntimeError(f"hole [{run.prompt.holes[self.hole]}]: no token satisfies the constraint here",
+                                         hint=f"generated so far: {lm.decode(self.gen)!r}")
+            tok = self.sampler.pick(masked)
+            self.logprob += float(torch.log_softmax(masked, dim=-1)[tok])
+            if tok in lm.eos_ids or (tok in self.ends and eos_ok and not _allows(guide, tok)):
+                trace.ended_by = "eos" if tok in lm.eos_ids else "next-text"
+                guide.advance(tok if tok in lm.eos_ids else next(iter(lm.eos_ids)))
+                return self._finish_hole(batch, row)
+            guide.advance(tok)
+            self.gen.append(tok)
+            trace.generated += 1
+            return [tok]
+
+    def _finish_hole(self, batch: Batch, row: int) -> list[int]:
+        run, lm = self.run, self.run.lm
+        name = run.prompt.holes[self.hole]
+        text, value = self.guide.text(), self.guide.value()
+        self.texts[name] = value
+        self.values[name] = typed_value(value, run.constraints.get(name))
+        i = self.hole
+        last = i + 1 >= len(run.prompt.holes)
+        feed: list[int] = []
+        if not last:
+            if value != text:
+                # The cache must hold exactly value + next chunk: forget tokens
+                # past the value (a `stops before` string, text after a stop).
+                keep, prefix = 0, ""
+                for k in range(len(self.gen) + 1):
+                    piece = lm.decode(self.gen[:k])
+                    if len(piece) <= len(value) and value.startswith(piece):
+                        keep, prefix = k, piece
+                    else:
+                        break
+                batch.drop_last(row, len(self.gen) - keep)
+                feed = lm.encode(value[len(prefix):] + run.prompt.chunks[i + 1])
+            else:
+                feed = list(run.chunk_ids[i + 1])
+        self._start_hole()
+        if not self.done and not feed:
+            raise LmlangRuntimeError("two holes touch with no text between them",
+                                     hint="put literal text between holes so the first one can end")
+        return feed
+
+    def result(self, passes: int) -> Decoded:
+        return Decoded(dict(self.values), dict(self.texts), self.logprob, passes, self.traces)
+
+
+def _allows(guide, tok: int) -> bool:
     m = guide.allowed_mask()
-    return tok >= len(m) or not bool(m[tok])
+    return tok < len(m) and bool(m[tok])
+
+
+def decode_rows(lm: LM, runs: list[QueryRun], samplers: list[Sampler], batch: Batch | None = None) -> list[Decoded]:
+    """Decode every row to the end of its last hole, batched."""
+    if batch is None:
+        batch = prefill(lm, [r.chunk_ids[0] for r in runs])
+    rows = [RowDecoder(run, s) for run, s in zip(runs, samplers)]
+    while True:
+        blocks = [[] if row.done else row.step(batch.logits[r], batch, r) for r, row in enumerate(rows)]
+        if all(row.done for row in rows) and not any(blocks):
+            break
+        if any(blocks):
+            batch.feed(blocks)
+    return [row.result(batch.forward_passes) for row in rows]
 
 
 # ---------------------------------------------------------------- decoders
 
-def run_decoder(run: QueryRun, decoder: tuple, distribution: tuple | None) -> Decoded:
+def run_decoder(lm: LM, runs: list[QueryRun], decoder: tuple, distribution: tuple | None) -> list[Decoded]:
     name, opts = decoder
     opts = dict(opts)
     if distribution is not None:
-        return score_distribution(run, distribution)
-    if name == "argmax":
-        return run.decode(Sampler(True))
-    if name == "sample":
-        return run.decode(Sampler(False, opts["temperature"], opts["top_p"], opts["top_k"], opts["seed"]))
+        return [score_distribution(run, distribution) for run in runs]
+    if name in ("argmax", "sample"):
+        return decode_rows(lm, runs, [sampler_for(decoder) for _ in runs])
     if name in ("best_of", "vote"):
-        # One prefill shared by all samples: fork the cache after the first chunk.
-        base = run.lm.new_state()
-        run.lm.feed(base, run.chunk_ids[0])
-        results = []
-        for k in range(opts["n"]):
-            sampler = Sampler(False, opts["temperature"], opts["top_p"], opts["top_k"], opts["seed"] + k)
-            results.append(run.decode(sampler, run.lm.fork(base)))
-        passes = sum(r.forward_passes for r in results) + base.forward_passes
-        if name == "best_of":
-            best = max(results, key=lambda r: r.logprob)
-        else:
-            last = run.prompt.holes[-1]
-            counts = Counter(json.dumps(r.values[last], sort_keys=True) for r in results)
-            winner = counts.most_common(1)[0][0]
-            best = next(r for r in results if json.dumps(r.values[last], sort_keys=True) == winner)
-        best.forward_passes = passes
-        return best
+        out = []
+        for run in runs:
+            n = opts["n"]
+            results = decode_rows(lm, [run] * n, [sampler_for(decoder, k) for k in range(n)])
+            if name == "best_of":
+                best = max(results, key=lambda r: r.logprob)
+            else:
+                last = run.prompt.holes[-1]
+                counts = Counter(json.dumps(r.values[last], sort_keys=True) for r in results)
+                winner = counts.most_common(1)[0][0]
+                best = next(r for r in results if json.dumps(r.values[last], sort_keys=True) == winner)
+            out.append(best)
+        return out
     if name == "beam":
-        return beam_search(run, opts["width"])
+        return [beam_search(run, opts["width"]) for run in runs]
     raise LmlangRuntimeError(f"unknown decoder {name}")
 
 
 def score_distribution(run: QueryRun, distribution: tuple) -> Decoded:
-    """Exact probabilities of whole options: P(option tokens, then the end of
-    the value) under the model, normalised over the options."""
+    """Exact probabilities of whole options: P(option's tokens, then the end
+    of the value) under the model, normalised over the options. The holes
+    before it are decoded greedily first."""
     hole, options = distribution
     lm = run.lm
     idx = run.prompt.holes.index(hole)
-    prefix = lm.new_state()
-    logits = lm.feed(prefix, run.chunk_ids[0])
-    earlier = None
-    if idx > 0:   # decode the holes before it greedily, then score
-        earlier = run.decode(Sampler(True), prefix)   # pragma: no cover - checker puts it last
+    batch = prefill(lm, [run.chunk_ids[0]])
+    values, texts = {}, {}
+    if idx > 0:
+        raise LmlangRuntimeError("distribution must be over the last hole")  # the checker enforces it
     end_ids = sorted(run.terminators(idx))
+    prefix_logp = torch.log_softmax(batch.logits[0], -1)
+    opt_ids = [lm.tok_info.encode(o) for o in options]
+    batch.select([0] * len(options))
+    block = batch.feed(opt_ids, all_logits=True)
+    width = block.shape[1]
     scores = []
-    for opt in options:
-        ids = lm.encode(opt)
-        st = lm.fork(prefix)
-        lp = float(torch.log_softmax(logits, -1)[ids[0]])
-        for a, b in zip(ids, ids[1:]):
-            step = lm.feed(st, [a])
-            lp += float(torch.log_softmax(step, -1)[b])
-        step = lm.feed(st, [ids[-1]])
-        lps = torch.log_softmax(step, -1)
-        lp += float(torch.logsumexp(lps[end_ids], 0))
+    for r, ids in enumerate(opt_ids):
+        lp = float(prefix_logp[ids[0]])
+        start = width - len(ids)
+        logps = torch.log_softmax(block[r, start:], -1)
+        for j in range(1, len(ids)):
+            lp += float(logps[j - 1, ids[j]])
+        lp += float(torch.logsumexp(logps[-1, end_ids], 0))
         scores.append(lp)
     t = torch.tensor(scores)
     probs = torch.softmax(t, 0).tolist()
-    dist = {o: p for o, p in zip(options, probs)}
     best = options[int(torch.argmax(t))]
-    values = dict(earlier.values) if earlier else {}
-    values[hole] = best
-    return Decoded(values, {hole: best}, float(max(scores)), prefix.forward_passes + len(options) * 2, [], dist)
+    values[hole], texts[hole] = best, best
+    return Decoded(values, texts, float(max(scores)), batch.forward_passes, [], dict(zip(options, probs)))
 
 
 def beam_search(run: QueryRun, width: int) -> Decoded:
-    """Beam search per hole: the best finished beam of one hole continues
-    into the next chunk."""
+    """Beam search per hole, beams as batch rows. The best finished beam
+    (length-normalised log-probability) of a hole continues: the cache is
+    re-anchored from the hole's start on value + next chunk."""
     lm = run.lm
-    state = lm.new_state()
-    logits = lm.feed(state, run.chunk_ids[0])
+    batch = prefill(lm, [run.chunk_ids[0]])
     values, texts, total = {}, {}, 0.0
+    traces = [HoleTrace(t.name, t.backend, t.compile_seconds) for t in run.hole_traces]
     passes = 0
     for i, hole in enumerate(run.prompt.holes):
-        guide0 = run.compiled[hole].start()
-        ends = run.terminators(i)
-        beams = [(0.0, state, guide0, logits, [])]
-        finished = []
+        at_start = batch.fork()
+        beams = [(0.0, run.compiled[hole].start(), [])]       # (logprob, guide, generated), one per batch row
+        finished: list[tuple[float, object, list]] = []
         for _ in range(DEFAULT_MAX_TOKENS):
             cands = []
-            for lp, st, g, lg, gen in beams:
-                if g.is_finished():
-                    finished.append((lp, st, g, gen))
-                    continue
-                masked = lg.clone()
+            for r, (lp, g, gen) in enumerate(beams):
+                masked = batch.logits[r].clone()
                 g.apply(masked)
-                eos_ok = any(masked[e] > NEG_INF for e in lm.eos_ids if e < masked.shape[0])
+                run.restrict_choice(hole, gen, masked)
                 logp = torch.log_softmax(masked, -1)
-                top = torch.topk(logp, min(width, int(torch.isfinite(logp).sum()))).indices.tolist()
-                for t in top:
-                    cands.append((lp + float(logp[t]), st, g, t, gen, eos_ok))
-            if not cands:
-                break
+                k = min(width, int(torch.isfinite(logp).sum()))
+                for t in torch.topk(logp, k).indices.tolist():
+                    cands.append((lp + float(logp[t]), r, t))
             cands.sort(key=lambda c: -c[0])
-            beams = []
-            for lp, st, g, t, gen, eos_ok in cands[:width]:
-                if t in lm.eos_ids:
-                    g2 = g.clone()
-                    g2.advance(t)
-                    finished.append((lp, st, g2, gen))
-                    continue
-                st2, g2 = lm.fork(st), g.clone()
-                g2.advance(t)
-                lg2 = lm.feed(st2, [t])
-                passes += 1
-                beams.append((lp, st2, g2, lg2, gen + [t]))
-            if len(finished) >= width or not beams:
+            keep = []
+            for lp, r, t in cands:
+                if len(keep) + len(finished) >= width * 2 or len(keep) >= width:
+                    break
+                g = beams[r][1].clone()
+                g.advance(t)
+                gen = beams[r][2] + ([] if t in lm.eos_ids else [t])
+                if t in lm.eos_ids or g.is_finished():
+                    finished.append((lp, g, gen))
+                else:
+                    keep.append((lp, g, gen, r))
+            best_open = max((b[0] for b in keep), default=NEG_INF)
+            best_done = max((b[0] for b in finished), default=NEG_INF)
+            # Log-probabilities only fall: once a finished beam beats every open one, stop.
+            if not keep or len(finished) >= width or best_done >= best_open:
                 break
-        pool = finished or [(lp, st, g, gen) for lp, st, g, _lg, gen in beams]
-        lp, st, g, gen = max(pool, key=lambda b: b[0] / max(len(b[3]), 1))
+            batch.select([r for *_, r in keep])
+            beams = [(lp, g, gen) for lp, g, gen, _ in keep]
+            batch.feed([[gen[-1]] for _, _, gen in beams])
+        pool = finished or [(lp, g, gen) for lp, g, gen in beams]
+        lp, g, gen = max(pool, key=lambda b: b[0] / max(len(b[2]), 1))
+        passes += batch.forward_passes
         total += lp
         value = g.value()
         texts[hole] = value
         values[hole] = typed_value(value, run.constraints.get(hole))
-        state = st
-        nxt = run.chunk_ids[i + 1] if i + 1 < len(run.chunk_ids) else None
-        if nxt and i + 1 < len(run.prompt.holes):
-            if value != g.text():
-                lm.crop(state, len(state.ids) - len(gen))
-                logits = lm.feed(state, lm.encode(value + run.prompt.chunks[i + 1]))
-            else:
-                logits = lm.feed(state, nxt)
-    return Decoded(values, texts, total, passes + state.forward_passes)
+        traces[i].generated = len(gen)
+        traces[i].ended_by = g.ended_by or "beam"
+        if i + 1 < len(run.prompt.holes):
+            batch = at_start
+            batch.feed([lm.encode(value + run.prompt.chunks[i + 1])])
+    return Decoded(values, texts, total, passes + batch.forward_passes, traces)

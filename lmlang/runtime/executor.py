@@ -4,9 +4,11 @@ order."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 from ..compiler import Compiled
-from ..errors import LmlangRuntimeError, NotSupportedYet, ScriptError
+from ..errors import LmlangError, LmlangRuntimeError, NotSupportedYet, ScriptError
 from ..graph import InputSpec, ModelSpec, QuerySpec
 from .decode import QueryRun, run_decoder
 from .flow import Interpreter
@@ -47,13 +49,21 @@ def coerce_input(name: str, value, type_name: str):
     return value
 
 
+@dataclass
+class RowOutcome:
+    index: int
+    values: dict | None = None
+    error: LmlangError | None = None
+
+
 class Executor:
     def __init__(self, compiled: Compiled, functions: dict | None = None, device: str = "auto",
-                 trace: Trace | None = None):
+                 trace: Trace | None = None, batch_size: int = 32):
         self.c = compiled
         self.functions = dict(functions or {})
         self.device = device
         self.trace = trace or Trace()
+        self.batch_size = batch_size
         self._lms: dict[str, LM] = {}
         self.query_ids = {self.c.spec(n).name: n for n in self.c.graph.nodes if isinstance(self.c.spec(n), QuerySpec)}
 
@@ -78,46 +88,142 @@ class Executor:
         return lm
 
     # ------------------------------------------------------------ queries
-    def call_query(self, name: str, args: list, kwargs: dict, loc: str = "") -> dict:
-        nid = self.query_ids.get(name)
-        if nid is None:
-            raise LmlangRuntimeError(f"undefined function '{name}'", hint=f"at {loc}" if loc else "")
-        spec: QuerySpec = self.c.spec(nid)
+    def bind_args(self, spec: QuerySpec, args: list, kwargs: dict) -> dict:
         params = [p for p, _ in spec.params]
+        if len(args) > len(params):
+            raise LmlangRuntimeError(f"{spec.name}() takes {len(params)} arguments, got {len(args)}")
         env = dict(zip(params, args))
-        env.update(kwargs)
+        for k, v in kwargs.items():
+            if k not in params:
+                raise LmlangRuntimeError(f"{spec.name}() has no parameter '{k}'")
+            env[k] = v
         missing = [p for p in params if p not in env]
         if missing:
-            raise LmlangRuntimeError(f"{name}() is missing {', '.join(missing)}")
+            raise LmlangRuntimeError(f"{spec.name}() is missing {', '.join(missing)}")
         for p, t in spec.params:
-            if t in ("int", "float", "bool", "str"):
-                env[p] = coerce_input(p, env[p], t) if not isinstance(env[p], (dict, list)) else env[p]
-        return self.run_query(spec, env)
+            if t in ("int", "float", "bool", "str") and not isinstance(env[p], (dict, list)):
+                env[p] = coerce_input(p, env[p], t)
+        return env
 
-    def run_query(self, spec: QuerySpec, env: dict) -> dict:
-        t0 = time.perf_counter()
+    def call_query(self, name: str, args: list, kwargs: dict, loc: str = "") -> dict:
+        """One query on one row (the API's program.queries[name](...))."""
+        (out,) = self.run_query_rows(name, [(list(args), dict(kwargs))])
+        if isinstance(out, LmlangError):
+            raise out
+        return out
+
+    def run_query_rows(self, name: str, calls: list[tuple[list, dict]], rows: list[int] | None = None) -> list:
+        """Run one query for many rows, batched; each entry is a result dict
+        or the LmlangError of that row (other rows go on)."""
+        nid = self.query_ids.get(name)
+        if nid is None:
+            raise LmlangRuntimeError(f"undefined function '{name}'")
+        spec: QuerySpec = self.c.spec(nid)
+        results: list = [None] * len(calls)
+        envs = {}
+        for i, (args, kwargs) in enumerate(calls):
+            try:
+                envs[i] = self.bind_args(spec, args, kwargs)
+            except LmlangError as e:
+                results[i] = e
         if self.c.spec(spec.model).kind == "router":
             raise NotSupportedYet(f"routing is not supported yet (query {spec.name})", hint=f"at {spec.loc}")
         lm = self.lm(spec.model)
-        prompt = render(spec.segments, env, lm.tokenizer, spec.chat, spec.loc)
-        run = QueryRun(lm, prompt, dict(spec.constraints))
-        result = run_decoder(run, spec.decoder, spec.distribution)
-        out = dict(result.values)
-        if result.distribution is not None:
-            out["distribution"] = result.distribution
-        holes = [vars(h) for h in result.holes]
-        self.trace.add(QueryTrace(
-            query=spec.name, model=lm.name, prompt=prompt.display(), values=dict(result.texts), holes=holes,
-            forward_passes=result.forward_passes, tokens_generated=sum(h["generated"] for h in holes),
-            tokens_forced=sum(h["forced"] for h in holes), wall_seconds=time.perf_counter() - t0,
-            decoder=spec.decoder[0]))
-        return out
+        todo = sorted(envs)
+        for start in range(0, len(todo), self.batch_size):
+            group = todo[start:start + self.batch_size]
+            self._decode_group(spec, lm, group, envs, results, rows)
+        return results
+
+    def _decode_group(self, spec: QuerySpec, lm: LM, group: list[int], envs: dict, results: list, rows) -> None:
+        t0 = time.perf_counter()
+        runs, ok = [], []
+        for i in group:
+            try:
+                prompt = render(spec.segments, envs[i], lm.tokenizer, spec.chat, spec.loc)
+                runs.append(QueryRun(lm, prompt, dict(spec.constraints)))
+                ok.append(i)
+            except LmlangError as e:
+                results[i] = e
+        if not runs:
+            return
+        try:
+            decoded = run_decoder(lm, runs, spec.decoder, spec.distribution)
+        except LmlangError as e:
+            if len(runs) == 1:
+                results[ok[0]] = e
+                return
+            # Isolate the failing row: decode the group one by one.
+            for i in ok:
+                self._decode_group(spec, lm, [i], envs, results, rows)
+            return
+        wall = (time.perf_counter() - t0) / len(runs)
+        for i, run, d in zip(ok, runs, decoded):
+            out = dict(d.values)
+            if d.distribution is not None:
+                out["distribution"] = d.distribution
+            results[i] = out
+            holes = [vars(h) for h in d.holes]
+            self.trace.add(QueryTrace(
+                query=spec.name, model=lm.name, prompt=run.prompt.display(), values=dict(d.texts), holes=holes,
+                forward_passes=d.forward_passes, tokens_generated=sum(h["generated"] for h in holes),
+                tokens_forced=sum(h["forced"] for h in holes), wall_seconds=wall,
+                decoder=spec.decoder[0], row=rows[i] if rows else None))
 
     # ------------------------------------------------------------ flow
     def run(self, inputs: dict) -> dict:
-        env = self.bind_inputs(inputs)
+        (outcome,) = self.run_rows([inputs])
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.values
+
+    def run_rows(self, rows: list[dict], on_done: Callable[[RowOutcome], None] | None = None,
+                 row_ids: list[int] | None = None) -> list[RowOutcome]:
+        """Run the flow for many input rows. Rows advance together: whenever
+        several rows wait on the same query, they decode as one batch."""
+        row_ids = row_ids or list(range(len(rows)))
         steps = [self.c.spec(n).stmt for n in self.c.steps]
-        return Interpreter(self.call_query, self.functions).run_steps(steps, env)
+        interp = Interpreter(self.functions, set(self.query_ids))
+        outcomes = [RowOutcome(rid) for rid in row_ids]
+        gens, pending = {}, {}
+
+        def finish(r: int, values=None, error=None):
+            outcomes[r].values, outcomes[r].error = values, error
+            if on_done:
+                on_done(outcomes[r])
+
+        def advance(r: int, value=None, error=None):
+            try:
+                req = gens[r].throw(error) if error is not None else gens[r].send(value)
+                pending[r] = req
+            except StopIteration as stop:
+                finish(r, values=stop.value)
+            except LmlangError as e:
+                finish(r, error=e)
+
+        for r, inputs in enumerate(rows):
+            try:
+                env = self.bind_inputs(inputs)
+            except LmlangError as e:
+                finish(r, error=e)
+                continue
+            gens[r] = interp.run_steps(steps, env)
+            advance(r)
+        while pending:
+            name = next(iter(pending.values())).name
+            waiting = [r for r, req in pending.items() if req.name == name]
+            calls = [(pending[r].args, pending[r].kwargs) for r in waiting]
+            try:
+                results = self.run_query_rows(name, calls, [row_ids[r] for r in waiting])
+            except LmlangError as e:
+                results = [e] * len(waiting)
+            for r, res in zip(waiting, results):
+                del pending[r]
+                if isinstance(res, LmlangError):
+                    advance(r, error=res)
+                else:
+                    advance(r, value=res)
+        return outcomes
 
     def bind_inputs(self, inputs: dict) -> dict:
         declared = {s.name: s for n in self.c.graph.nodes if isinstance(s := self.c.spec(n), InputSpec)}

@@ -38,36 +38,48 @@ class FlowError(LmlangRuntimeError):
     pass
 
 
-class Interpreter:
-    def __init__(self, call_query: Callable, functions: dict):
-        self.call_query = call_query        # (name, args, kwargs, loc) -> dict
-        self.functions = functions
+class QueryCall:
+    """A request the flow yields when it needs a query's result; the driver
+    batches requests from many rows and sends each row its result back."""
 
-    def run_steps(self, steps, env: dict) -> dict:
+    __slots__ = ("name", "args", "kwargs", "loc")
+
+    def __init__(self, name, args, kwargs, loc):
+        self.name, self.args, self.kwargs, self.loc = name, args, kwargs, loc
+
+
+class Interpreter:
+    """Runs the statement IR as a generator per row (yielding QueryCalls)."""
+
+    def __init__(self, functions: dict, queries: set):
+        self.functions = functions
+        self.queries = queries
+
+    def run_steps(self, steps, env: dict):
         emitted: dict = {}
         for stmt in steps:
-            self.stmt(stmt, env, emitted)
+            yield from self.stmt(stmt, env, emitted)
         return emitted
 
-    def stmt(self, s, env: dict, emitted: dict) -> None:
+    def stmt(self, s, env: dict, emitted: dict):
         tag = s[0]
         if tag == "assign":
-            env[s[1]] = self.expr(s[2], env)
+            env[s[1]] = yield from self.expr(s[2], env)
         elif tag == "if":
-            branch = s[2] if _truthy(self.expr(s[1], env)) else s[3]
-            for x in branch:
-                self.stmt(x, env, emitted)
+            cond = yield from self.expr(s[1], env)
+            for x in (s[2] if _truthy(cond) else s[3]):
+                yield from self.stmt(x, env, emitted)
         elif tag == "for":
-            items = self.expr(s[2], env)
+            items = yield from self.expr(s[2], env)
             if not isinstance(items, (list, tuple)):
                 raise FlowError(f"for loops over lists, got {type(items).__name__}")
             for item in items:
                 env[s[1]] = item
                 for x in s[3]:
-                    self.stmt(x, env, emitted)
+                    yield from self.stmt(x, env, emitted)
         elif tag == "emit":
             for name, e in s[1]:
-                emitted[name] = self.expr(e, env)
+                emitted[name] = yield from self.expr(e, env)
 
     def expr(self, e, env: dict):
         tag = e[0]
@@ -78,39 +90,50 @@ class Interpreter:
                 raise FlowError(f"'{e[1]}' has no value here", hint="it is assigned only on some paths")
             return env[e[1]]
         if tag == "attr":
-            obj = self.expr(e[1], env)
+            obj = yield from self.expr(e[1], env)
             if isinstance(obj, dict) and e[2] in obj:
                 return obj[e[2]]
             raise FlowError(f"no field '{e[2]}' in {_short(obj)}")
         if tag == "index":
-            obj, idx = self.expr(e[1], env), self.expr(e[2], env)
+            obj = yield from self.expr(e[1], env)
+            idx = yield from self.expr(e[2], env)
             try:
                 if isinstance(obj, dict):
                     return obj[idx]
                 if isinstance(obj, (list, tuple, str)) and isinstance(idx, int) and not isinstance(idx, bool):
                     return obj[idx]
-            except (KeyError, IndexError):
+            except (KeyError, IndexError, TypeError):
                 raise FlowError(f"index {idx!r} out of range for {_short(obj)}") from None
             raise FlowError(f"cannot index {_short(obj)} with {idx!r}")
         if tag == "list":
-            return [self.expr(x, env) for x in e[1]]
+            out = []
+            for x in e[1]:
+                out.append((yield from self.expr(x, env)))
+            return out
         if tag == "un":
-            v = self.expr(e[2], env)
-            return (not _truthy(v)) if e[1] == "not" else -v
+            v = yield from self.expr(e[2], env)
+            if e[1] == "not":
+                return not _truthy(v)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise FlowError(f"cannot negate {_short(v)}")
+            return -v
         if tag == "bin":
             op = e[1]
+            left = yield from self.expr(e[2], env)
             if op == "and":
-                left = self.expr(e[2], env)
-                return self.expr(e[3], env) if _truthy(left) else left
+                return (yield from self.expr(e[3], env)) if _truthy(left) else left
             if op == "or":
-                left = self.expr(e[2], env)
-                return left if _truthy(left) else self.expr(e[3], env)
-            a, b = self.expr(e[2], env), self.expr(e[3], env)
-            return _binop(op, a, b)
+                return left if _truthy(left) else (yield from self.expr(e[3], env))
+            right = yield from self.expr(e[3], env)
+            return _binop(op, left, right)
         if tag == "call":
             _, name, args, kwargs, loc = e
-            argv = [self.expr(a, env) for a in args]
-            kw = {k: self.expr(v, env) for k, v in kwargs}
+            argv = []
+            for a in args:
+                argv.append((yield from self.expr(a, env)))
+            kw = {}
+            for k, v in kwargs:
+                kw[k] = yield from self.expr(v, env)
             if name in self.functions:
                 try:
                     return self.functions[name](*argv, **kw)
@@ -121,9 +144,11 @@ class Interpreter:
             if name in BUILTINS:
                 try:
                     return BUILTINS[name](*argv, **kw)
-                except (TypeError, ValueError) as exc:
+                except (TypeError, ValueError, AttributeError) as exc:
                     raise FlowError(f"{name}(): {exc}", hint=f"at {loc}") from None
-            return self.call_query(name, argv, kw, loc)
+            if name in self.queries:
+                return (yield QueryCall(name, argv, kw, loc))
+            raise FlowError(f"undefined function '{name}'", hint=f"at {loc}")
         raise FlowError(f"unknown expression {tag}")  # pragma: no cover
 
 

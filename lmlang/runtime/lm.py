@@ -1,28 +1,59 @@
 """The model backend interface the decoding loop talks to.
 
-A backend owns a tokenizer and a forward pass over a growing KV cache. The
-loop never calls `generate()`: it feeds prompt chunks and chosen tokens
-itself, so literal text after a hole extends the same cache and fast-forwarded
-tokens go through in one forward pass. A serving engine (vLLM) could sit
-behind this interface; HFModel is the transformers implementation.
+A backend hands out Batches: rows that decode together over one KV cache.
+The loop never calls `generate()`: it feeds prompt chunks, chosen tokens and
+fast-forwarded runs itself, so literal text after a hole extends the same
+cache. Rows advance by different amounts each step (one sampled token here,
+a forced run or the next prompt chunk there): each step's block is padded on
+the left, per row, and an attention mask plus explicit position ids keep
+every row's view exact. Dropping tokens from one row (text generated past a
+`stops before` string) masks them out instead of rewriting the cache.
+
+HFModel is the transformers implementation; a serving engine (vLLM) could
+implement the same two classes.
 """
 from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 
-@dataclass
-class State:
-    """One sequence's decoding state: token ids fed so far and the KV cache."""
-    ids: list[int] = field(default_factory=list)
-    cache: Any = None
-    last_logits: torch.Tensor | None = None   # next-token logits after `ids`
-    forward_passes: int = 0
+class Batch(ABC):
+    rows: int
+
+    @abstractmethod
+    def feed(self, blocks: list[list[int]], all_logits: bool = False) -> torch.Tensor:
+        """Extend row r by blocks[r] (may be empty) in one forward pass.
+        Returns next-token logits [rows, V] (fp32) after each row's last real
+        token, or [rows, L, V] for the whole block when all_logits."""
+
+    @abstractmethod
+    def drop_last(self, row: int, n: int) -> None:
+        """Forget row's last n real tokens (masked out; the next feed re-anchors)."""
+
+    @abstractmethod
+    def select(self, indices: list[int]) -> None:
+        """Keep (and reorder / duplicate) these rows."""
+
+    @abstractmethod
+    def fork(self) -> "Batch":
+        """An independent copy."""
+
+    @abstractmethod
+    def crop(self, length: int) -> None:
+        """Keep the first `length` positions of every row (prefix caching)."""
+
+    @property
+    @abstractmethod
+    def logits(self) -> torch.Tensor:
+        """Latest next-token logits per row [rows, V]."""
+
+    @property
+    def forward_passes(self) -> int:
+        return self._passes
 
 
 class LM(ABC):
@@ -30,25 +61,14 @@ class LM(ABC):
     tok_info: Any          # constraints.TokenizerInfo
     device: str
     name: str
+    vocab_size: int
 
     @property
     def eos_ids(self) -> set[int]:
         return self._eos_ids
 
     @abstractmethod
-    def new_state(self) -> State: ...
-
-    @abstractmethod
-    def feed(self, state: State, ids: list[int]) -> torch.Tensor:
-        """Extend the state by `ids` in one forward pass; return next-token logits (fp32, 1-D)."""
-
-    @abstractmethod
-    def crop(self, state: State, length: int) -> None:
-        """Forget everything after the first `length` tokens."""
-
-    @abstractmethod
-    def fork(self, state: State) -> State:
-        """An independent copy (beams, samples sharing a prefix)."""
+    def new_batch(self, rows: int) -> Batch: ...
 
     def encode(self, text: str, first: bool = False) -> list[int]:
         return self.tokenizer(text, add_special_tokens=first).input_ids
@@ -64,7 +84,7 @@ def _cache_kwarg(model) -> str:
 
 
 class HFModel(LM):
-    def __init__(self, loaded, name: str = ""):
+    def __init__(self, loaded, name: str = "", forward_hook=None):
         from ..constraints.vocab import TokenizerInfo
 
         self.loaded = loaded
@@ -73,7 +93,8 @@ class HFModel(LM):
         self.device = str(loaded.device)
         self.name = name or loaded.name
         self.tok_info = TokenizerInfo.from_hf(self.tokenizer)
-        self._kw = _cache_kwarg(self.model)
+        self.cache_kw = _cache_kwarg(self.model)
+        self.forward_hook = forward_hook          # context manager factory (adapters)
         eos = {self.tokenizer.eos_token_id}
         gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
         if isinstance(gen_eos, int):
@@ -82,39 +103,118 @@ class HFModel(LM):
             eos.update(gen_eos)
         self._eos_ids = {e for e in eos if e is not None}
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self._eos_ids))
 
-    def new_state(self) -> State:
+    def new_batch(self, rows: int) -> "HFBatch":
+        return HFBatch(self, rows)
+
+    def with_hook(self, name: str, hook) -> "HFModel":
+        """The same weights, forward passes wrapped in `hook()` (adapter stacks)."""
+        clone = object.__new__(HFModel)
+        clone.__dict__.update(self.__dict__)
+        clone.name, clone.forward_hook = name, hook
+        return clone
+
+
+class HFBatch(Batch):
+    def __init__(self, lm: HFModel, rows: int):
         from transformers import DynamicCache
 
-        return State(cache=DynamicCache(config=self.model.config))
+        self.lm = lm
+        self.rows = rows
+        self.cache = DynamicCache(config=lm.model.config)
+        self.mask = torch.zeros((rows, 0), dtype=torch.long, device=lm.device)
+        self.next_pos = [0] * rows
+        self._logits: torch.Tensor | None = None
+        self._passes = 0
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self._logits
 
     @torch.inference_mode()
-    def feed(self, state: State, ids: list[int]) -> torch.Tensor:
-        if not ids:
-            if state.last_logits is None:
-                raise ValueError("nothing fed yet")
-            return state.last_logits
-        x = torch.tensor([ids], device=self.device)
-        out = self.model(input_ids=x, use_cache=True, logits_to_keep=1, **{self._kw: state.cache})
-        state.ids.extend(ids)
-        state.forward_passes += 1
-        state.last_logits = out.logits[0, -1].float()
-        return state.last_logits
+    def feed(self, blocks: list[list[int]], all_logits: bool = False) -> torch.Tensor:
+        lm = self.lm
+        width = max((len(b) for b in blocks), default=0)
+        if width == 0:
+            return self._logits
+        ids = torch.full((self.rows, width), lm.pad_id, dtype=torch.long)
+        block_mask = torch.zeros((self.rows, width), dtype=torch.long)
+        pos = torch.zeros((self.rows, width), dtype=torch.long)
+        for r, b in enumerate(blocks):
+            n = len(b)
+            if n:
+                ids[r, width - n:] = torch.tensor(b, dtype=torch.long)
+                block_mask[r, width - n:] = 1
+                pos[r, width - n:] = torch.arange(self.next_pos[r], self.next_pos[r] + n)
+                self.next_pos[r] += n
+            else:
+                # A row with nothing to feed keeps a pad; give it a harmless position.
+                pos[r, :] = max(self.next_pos[r] - 1, 0)
+        dev = lm.device
+        self.mask = torch.cat([self.mask, block_mask.to(dev)], dim=1)
+        attention = self.mask.clone()
+        # A fully padded row (nothing fed yet) would attend to nothing; let it
+        # see its own pad so softmax stays finite. Those keys stay masked for
+        # every real query.
+        empty = attention.sum(dim=1) == 0
+        if empty.any():
+            attention[empty, -1] = 1
+        kwargs = {lm.cache_kw: self.cache}
+        hook = lm.forward_hook() if lm.forward_hook else _null()
+        with hook:
+            out = lm.model(input_ids=ids.to(dev), attention_mask=attention, position_ids=pos.to(dev),
+                           use_cache=True, logits_to_keep=0 if all_logits else 1, **kwargs)
+        self._passes += 1
+        last = out.logits[:, -1].float()
+        if self._logits is not None:
+            fed = torch.tensor([len(b) > 0 for b in blocks], device=last.device)
+            last = torch.where(fed[:, None], last, self._logits)
+        self._logits = last
+        return out.logits.float() if all_logits else last
 
-    def crop(self, state: State, length: int) -> None:
-        if length >= len(state.ids):
+    def drop_last(self, row: int, n: int) -> None:
+        if n <= 0:
             return
-        if length <= 0:
-            fresh = self.new_state()
-            state.ids, state.cache, state.last_logits = [], fresh.cache, None
-            return
-        state.cache.crop(length - 1)
-        tail = state.ids[length - 1]
-        state.ids = state.ids[:length - 1]
-        self.feed(state, [tail])     # recompute logits at the new end
+        real = (self.mask[row] == 1).nonzero().flatten()
+        self.mask[row, real[-n:]] = 0
+        self.next_pos[row] -= n
 
-    def fork(self, state: State) -> State:
+    def select(self, indices: list[int]) -> None:
+        idx = torch.tensor(indices, dtype=torch.long, device=self.lm.device)
+        self.cache.batch_select_indices(idx)
+        self.mask = self.mask[idx]
+        self.next_pos = [self.next_pos[i] for i in indices]
+        if self._logits is not None:
+            self._logits = self._logits[idx]
+        self.rows = len(indices)
+
+    def fork(self) -> "HFBatch":
         import copy
 
-        return State(list(state.ids), copy.deepcopy(state.cache),
-                     state.last_logits.clone() if state.last_logits is not None else None, 0)
+        other = object.__new__(HFBatch)
+        other.lm, other.rows = self.lm, self.rows
+        other.cache = copy.deepcopy(self.cache)
+        other.mask = self.mask.clone()
+        other.next_pos = list(self.next_pos)
+        other._logits = None if self._logits is None else self._logits.clone()
+        other._passes = 0
+        return other
+
+    def crop(self, length: int) -> None:
+        """Keep the first `length` positions of every row (prefix caching)."""
+        cur = self.mask.shape[1]
+        if length >= cur:
+            return
+        self.cache.crop(length - cur)          # negative: tokens to remove (all transformers 5.x)
+        self.mask = self.mask[:, :length]
+        self.next_pos = [int(m.sum()) for m in self.mask]
+        self._logits = None
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

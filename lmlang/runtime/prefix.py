@@ -1,0 +1,109 @@
+"""Prefill with KV prefix reuse.
+
+Rows of one batch that share a prefix (the system prompt, a few-shot block,
+the chat template's header) compute it once and fan out. Across queries, a
+small LRU of prefix caches per model lets the next query skip whatever it
+shares with an earlier one (the same system prompt, row after row).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from .lm import LM, Batch
+
+MIN_REUSE = 8            # shorter shared prefixes are not worth a cache copy
+MAX_ENTRIES = 8          # per model
+
+
+def _common_prefix(seqs: list[list[int]]) -> list[int]:
+    first = seqs[0]
+    n = len(first)
+    for s in seqs[1:]:
+        n = min(n, len(s))
+        for i in range(n):
+            if s[i] != first[i]:
+                n = i
+                break
+    return first[:n]
+
+
+def _match(a: tuple, b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class PrefixCache:
+    def __init__(self):
+        self.entries: OrderedDict[tuple, Batch] = OrderedDict()
+        self.hits = 0
+        self.tokens_saved = 0
+
+    def lookup(self, ids: list[int]) -> tuple[Batch | None, int]:
+        """A private copy of the best cached prefix state and how many of
+        `ids` it covers (always leaves at least one token to feed unless the
+        entry ends exactly at the end of `ids`)."""
+        best, best_n = None, 0
+        for key, batch in self.entries.items():
+            n = _match(key, ids)
+            if n > best_n:
+                best, best_n = key, n
+        if best is None or best_n < MIN_REUSE:
+            return None, 0
+        self.entries.move_to_end(best)
+        batch = self.entries[best].fork()
+        if best_n == len(best) and best_n == len(ids):
+            return batch, best_n
+        keep = min(best_n, len(ids) - 1)
+        batch.crop(keep)
+        return batch, keep
+
+    def store(self, ids: list[int], batch: Batch) -> None:
+        key = tuple(ids)
+        if len(key) < MIN_REUSE or key in self.entries:
+            return
+        # A longer entry makes its own prefixes redundant.
+        for k in [k for k in self.entries if len(k) < len(key) and key[:len(k)] == k]:
+            del self.entries[k]
+        self.entries[key] = batch.fork()
+        while len(self.entries) > MAX_ENTRIES:
+            self.entries.popitem(last=False)
+
+
+def prefix_cache(lm: LM) -> PrefixCache:
+    pc = getattr(lm, "_prefix_cache", None)
+    if pc is None:
+        pc = PrefixCache()
+        lm._prefix_cache = pc
+    return pc
+
+
+def prefill(lm: LM, first_chunks: list[list[int]], reuse: bool = True) -> Batch:
+    """A batch with row r holding first_chunks[r], logits ready."""
+    common = _common_prefix(first_chunks) if first_chunks else []
+    if len(first_chunks) > 1 and len(common) < MIN_REUSE:
+        common = []
+    batch, covered = (prefix_cache(lm).lookup(common) if reuse and common else (None, 0))
+    if batch is None:
+        batch, covered = lm.new_batch(1), 0
+    else:
+        pc = prefix_cache(lm)
+        pc.hits += 1
+        pc.tokens_saved += covered * len(first_chunks)
+    if common:
+        if covered < len(common):
+            batch.feed([common[covered:]])
+        if reuse:
+            prefix_cache(lm).store(common, batch)
+        if len(first_chunks) > 1:
+            batch.select([0] * len(first_chunks))
+        rest = [c[len(common):] for c in first_chunks]
+        if any(rest):
+            batch.feed(rest)
+        return batch
+    # Nothing shared: one padded prefill.
+    batch = lm.new_batch(len(first_chunks))
+    batch.feed(first_chunks)
+    return batch
