@@ -46,6 +46,7 @@ class Decoded:
     forward_passes: int = 0
     holes: list = field(default_factory=list)
     distribution: dict | None = None
+    token_ids: list = field(default_factory=list)    # everything the row's cache holds, in order
 
 
 class Sampler:
@@ -114,10 +115,25 @@ class QueryRun:
             self.compiled[h] = cc
             self.hole_traces.append(HoleTrace(h, cc.backend, time.perf_counter() - t0))
         self.chunk_ids = [lm.encode(c, first=(i == 0)) if c else [] for i, c in enumerate(prompt.chunks)]
+        if not self.chunk_ids[0]:
+            self.chunk_ids[0] = [next(iter(lm.eos_ids))]   # a prompt that opens with a hole starts after EOS
+        # Token healing: a chunk that ends in a bare space token would make the
+        # model write "42" after " " instead of its natural " 42". Hold the
+        # space back; the hole's first token must start with it.
+        self.heal: list[str] = []
+        for i in range(len(prompt.holes)):
+            ids = self.chunk_ids[i]
+            tail = lm.decode(ids[-1:]) if len(ids) > 1 else ""
+            if tail and tail.isspace() and "\n" not in tail and ids[-1] not in lm.eos_ids and heal_table(lm, tail) is not None:
+                self.chunk_ids[i] = ids[:-1]
+                self.heal.append(tail)
+            else:
+                self.heal.append("")
         # A choice is decoded along its options' canonical tokenizations only:
         # the backends also accept odd splits ("L" + "ondon"), whose first
         # token can outscore the whole right answer under greedy decoding.
-        self.choice_paths = {h: _choice_paths(constraints.get(h), lm) for h in prompt.holes}
+        self.choice_paths = {h: _choice_paths(constraints.get(h), lm, heal)
+                             for h, heal in zip(prompt.holes, self.heal)}
 
     def terminators(self, i: int) -> set[int]:
         """Tokens that end hole i: EOS, or the first token of the text after it."""
@@ -144,11 +160,34 @@ class QueryRun:
         masked.copy_(keep)
 
 
-def _choice_paths(constraint, lm) -> list[list[int]] | None:
+def _choice_paths(constraint, lm, heal: str = "") -> list[list[int]] | None:
     choice = next((p for p in C.flatten(constraint) if isinstance(p, C.Choice)), None)
     if choice is None:
         return None
-    return [lm.tok_info.encode(o) for o in choice.options]
+    return [lm.tok_info.encode(heal + o) for o in choice.options]
+
+
+def heal_table(lm, prefix: str):
+    """(healed token ids, remainder token ids) for tokens that are `prefix`
+    followed by exactly one other token's bytes; cached per model."""
+    tables = getattr(lm, "_heal_tables", None)
+    if tables is None:
+        tables = lm._heal_tables = {}
+    if prefix not in tables:
+        pb = prefix.encode()
+        by_bytes = {}
+        for i, b in enumerate(lm.tok_info.token_bytes):
+            if b and b not in by_bytes:
+                by_bytes[b] = i
+        healed, rest = [], []
+        for i, b in enumerate(lm.tok_info.token_bytes):
+            if len(b) > len(pb) and b.startswith(pb):
+                r = by_bytes.get(b[len(pb):])
+                if r is not None:
+                    healed.append(i)
+                    rest.append(r)
+        tables[prefix] = (torch.tensor(healed, dtype=torch.long), torch.tensor(rest, dtype=torch.long)) if healed else None
+    return tables[prefix]
 
 
 class RowDecoder:
@@ -172,6 +211,8 @@ class RowDecoder:
         self.guide = self.run.compiled[name].start()
         self.ends = self.run.terminators(self.hole)
         self.gen: list[int] = []
+        self.healing = self.run.heal[self.hole]     # text still owed to the held-back seam token
+        self.heal_text = self.run.heal[self.hole]   # what gen's text starts with beyond the value
 
     def step(self, logits: torch.Tensor, batch: Batch, row: int) -> list[int]:
         """Decide this row's next block of tokens to feed ([] when done)."""
@@ -188,6 +229,8 @@ class RowDecoder:
                 self.gen.extend(forced)
                 trace.forced += len(forced)
                 return forced
+            if self.healing:
+                return self._heal_step(logits)
             masked = logits.clone()
             guide.apply(masked)
             run.restrict_choice(run.prompt.holes[self.hole], self.gen, masked)
@@ -210,6 +253,35 @@ class RowDecoder:
             trace.generated += 1
             return [tok]
 
+    def _heal_step(self, logits: torch.Tensor) -> list[int]:
+        """The first token after a held-back space: " 42" (healed) or the
+        bare space itself, never a token the constraint could not continue."""
+        run, lm, guide = self.run, self.run.lm, self.guide
+        healed, rest = heal_table(lm, self.healing)
+        allowed = torch.from_numpy(guide.allowed_mask())
+        ok = allowed[rest]
+        masked = torch.full_like(logits, NEG_INF)
+        masked[healed[ok]] = logits[healed[ok]]
+        space = lm.tok_info.encode(self.healing)
+        if len(space) == 1:
+            masked[space[0]] = logits[space[0]]
+        run.restrict_choice(run.prompt.holes[self.hole], self.gen, masked)
+        if not torch.isfinite(masked).any():
+            # Nothing healed fits (a choice whose options cannot follow a space
+            # token): give the space back and decode plainly.
+            self.healing, self.heal_text = "", ""
+            return space
+        tok = self.sampler.pick(masked)
+        self.logprob += float(torch.log_softmax(masked, dim=-1)[tok])
+        self.healing = ""
+        self.gen.append(tok)
+        if len(space) == 1 and tok == space[0]:
+            return [tok]
+        idx = int((healed == tok).nonzero()[0])
+        guide.advance(int(rest[idx]))
+        self.traces[self.hole].generated += 1
+        return [tok]
+
     def _finish_hole(self, batch: Batch, row: int) -> list[int]:
         run, lm = self.run, self.run.lm
         name = run.prompt.holes[self.hole]
@@ -220,20 +292,21 @@ class RowDecoder:
         last = i + 1 >= len(run.prompt.holes)
         feed: list[int] = []
         if not last:
-            if value != text:
-                # The cache must hold exactly value + next chunk: forget tokens
-                # past the value (a `stops before` string, text after a stop).
-                keep, prefix = 0, ""
-                for k in range(len(self.gen) + 1):
-                    piece = lm.decode(self.gen[:k])
-                    if len(piece) <= len(value) and value.startswith(piece):
-                        keep, prefix = k, piece
-                    else:
-                        break
-                batch.drop_last(row, len(self.gen) - keep)
-                feed = lm.encode(value[len(prefix):] + run.prompt.chunks[i + 1])
-            else:
-                feed = list(run.chunk_ids[i + 1])
+            # The cache must hold the canonical tokens of value + next chunk:
+            # forget generated tokens past the value (a `stops before`
+            # string, text after a stop) or across a seam that tokenizes
+            # differently as one text.
+            target = self.heal_text + value
+            chunk = run.prompt.chunks[i + 1]
+            canon = lm.encode(target + chunk)
+            keep = 0
+            while keep < len(self.gen) and keep < len(canon) and self.gen[keep] == canon[keep]:
+                keep += 1
+            batch.drop_last(row, len(self.gen) - keep)
+            feed = canon[keep:]
+            if run.heal[i + 1] and feed:
+                feed = feed[:-1]                     # the next hole heals its own seam
+
         self._start_hole()
         if not self.done and not feed:
             raise LmlangRuntimeError("two holes touch with no text between them",
@@ -260,7 +333,10 @@ def decode_rows(lm: LM, runs: list[QueryRun], samplers: list[Sampler], batch: Ba
             break
         if any(blocks):
             batch.feed(blocks)
-    return [row.result(batch.forward_passes) for row in rows]
+    out = [row.result(batch.forward_passes) for row in rows]
+    for r, d in enumerate(out):
+        d.token_ids = list(batch.ids[r])
+    return out
 
 
 # ---------------------------------------------------------------- decoders

@@ -125,6 +125,7 @@ class HFBatch(Batch):
         self.cache = DynamicCache(config=lm.model.config)
         self.mask = torch.zeros((rows, 0), dtype=torch.long, device=lm.device)
         self.next_pos = [0] * rows
+        self.ids: list[list[int]] = [[] for _ in range(rows)]   # real tokens per row, for traces and tests
         self._logits: torch.Tensor | None = None
         self._passes = 0
 
@@ -132,7 +133,7 @@ class HFBatch(Batch):
     def logits(self) -> torch.Tensor:
         return self._logits
 
-    @torch.inference_mode()
+    @torch.no_grad()   # not inference_mode: masks and caches are edited in place later
     def feed(self, blocks: list[list[int]], all_logits: bool = False) -> torch.Tensor:
         lm = self.lm
         width = max((len(b) for b in blocks), default=0)
@@ -148,6 +149,7 @@ class HFBatch(Batch):
                 block_mask[r, width - n:] = 1
                 pos[r, width - n:] = torch.arange(self.next_pos[r], self.next_pos[r] + n)
                 self.next_pos[r] += n
+                self.ids[r].extend(b)
             else:
                 # A row with nothing to feed keeps a pad; give it a harmless position.
                 pos[r, :] = max(self.next_pos[r] - 1, 0)
@@ -179,12 +181,14 @@ class HFBatch(Batch):
         real = (self.mask[row] == 1).nonzero().flatten()
         self.mask[row, real[-n:]] = 0
         self.next_pos[row] -= n
+        del self.ids[row][-n:]
 
     def select(self, indices: list[int]) -> None:
         idx = torch.tensor(indices, dtype=torch.long, device=self.lm.device)
         self.cache.batch_select_indices(idx)
         self.mask = self.mask[idx]
         self.next_pos = [self.next_pos[i] for i in indices]
+        self.ids = [list(self.ids[i]) for i in indices]
         if self._logits is not None:
             self._logits = self._logits[idx]
         self.rows = len(indices)
@@ -197,6 +201,7 @@ class HFBatch(Batch):
         other.cache = copy.deepcopy(self.cache)
         other.mask = self.mask.clone()
         other.next_pos = list(self.next_pos)
+        other.ids = [list(x) for x in self.ids]
         other._logits = None if self._logits is None else self._logits.clone()
         other._passes = 0
         return other
@@ -209,6 +214,7 @@ class HFBatch(Batch):
         self.cache.crop(length - cur)          # negative: tokens to remove (all transformers 5.x)
         self.mask = self.mask[:, :length]
         self.next_pos = [int(m.sum()) for m in self.mask]
+        self.ids = [x[:n] for x, n in zip(self.ids, self.next_pos)]
         self._logits = None
 
 
