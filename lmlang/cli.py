@@ -59,23 +59,48 @@ def main():
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a program input (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print the emitted values as JSON.")
-@click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Write a JSONL trace of every query.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-def run(file, sets, as_json, trace_path, device):
-    """Run FILE's flow and print what it emits."""
+@click.option("--data", "data", type=click.Path(dir_okay=False), help="Run once per row of a .jsonl or .csv file (columns map to inputs).")
+@click.option("--data-format", type=click.Choice(["jsonl", "csv"]), help="Format of --data when its suffix does not say.")
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="Append each row's result to this JSONL file (default: stdout).")
+@click.option("--resume", is_flag=True, help="Skip the rows already in --out and append the rest.")
+@click.option("--overwrite", is_flag=True, help="Start --out afresh even if it has results.")
+@click.option("--limit", type=click.IntRange(min=0), metavar="N", help="Use only the first N data rows.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Rows decoded together (and rows per chunk of a data run).")
+@click.option("--seed", type=click.IntRange(min=0), help="Override the seed of every sampling decoder (sample, best_of, vote).")
+@click.option("--json", "as_json", is_flag=True, help="Print the emitted values (or a data run's summary) as JSON.")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Append a JSONL trace of every query to this file.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--no-progress", is_flag=True, help="Do not draw the progress bar of a data run.")
+def run(file, sets, data, data_format, out, resume, overwrite, limit, batch_size, seed, as_json, trace_path, device,
+        no_progress):
+    """Run FILE's flow and print what it emits.
+
+    With --data, run it once per row and write one JSON line per row:
+    {"row": i, "input": {...}, "output": {...}} or {"row": i, "input": {...}, "error": {...}}.
+    """
     from . import program as P
     from .runtime.trace import Trace
 
+    if not data:
+        for flag, given in (("--out", out), ("--resume", resume), ("--overwrite", overwrite), ("--limit", limit is not None),
+                            ("--data-format", data_format)):
+            if given:
+                raise click.UsageError(f"{flag} needs --data")
     prog = P.compile_file(file, device=device)
     for w in prog.warnings:
         click.echo(w.render(prog.frontend.source), err=True)
-    inputs = _parse_sets(sets)
+    if seed is not None:
+        prog.set_seed(seed)
     execu = prog._executor()
+    execu.batch_size = batch_size
     if trace_path:
         execu.trace = Trace(trace_path)
     try:
-        result = prog.run(**inputs)
+        if data:
+            code = _run_data(prog, file, data, data_format, out, resume, overwrite, limit, batch_size, sets, as_json,
+                             not no_progress)
+            sys.exit(code)
+        result = prog.run(**_parse_sets(sets))
     finally:
         execu.trace.close()
     if as_json:
@@ -85,6 +110,59 @@ def run(file, sets, as_json, trace_path, device):
 
         for k, v in result.items():
             click.echo(f"{k}: {value_text(v)}")
+
+
+def _run_data(prog, file, data, data_format, out, resume, overwrite, limit, batch_size, sets, as_json, progress) -> int:
+    """The --data half of `lmlang run`; returns the exit code."""
+    from . import datarun as D
+    from .errors import DataError
+
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
+    if resume and not out:
+        raise click.UsageError("--resume needs --out")
+    fixed = _parse_sets(sets)          # --set values apply to every row unless a column gives one
+    done: set = set()
+    if out:
+        outp = os.path.abspath(out)
+        if os.path.abspath(data) == outp:
+            raise DataError("--out must not be the --data file")
+        if resume:
+            state = D.resume_state(out)
+            done = state.done
+            if state.dropped_partial:
+                click.echo(f"{out}: dropped a partial last line (the previous run was killed mid-write)", err=True)
+        elif overwrite:
+            open(out, "w").close()
+        elif os.path.exists(out) and os.path.getsize(out) > 0:
+            raise DataError(f"{out} already has results", hint="pass --resume to continue it or --overwrite to start over")
+    rows = D.read_rows(data, data_format)
+    if fixed:
+        rows = (D.DataRow(r.index, {**fixed, **r.values}, r.error) if r.values is not None else r for r in rows)
+    total = D.count_rows(data) if data_format is None or data_format == D._format_of_or_none(data) else None
+    if total is not None and limit is not None:
+        total = min(total, limit)
+    writer = D.OutputWriter(out)
+    bar = None
+    if progress:
+        bar = D.RowProgress(None if total is None else max(total - len(done), 0), description=os.path.basename(data))
+        bar.start()
+    try:
+        summary = D.run_data(prog, rows, writer.write, done=done, limit=limit, chunk_size=batch_size,
+                             on_progress=(lambda n, _t: bar.update(n)) if bar else None)
+    finally:
+        if bar:
+            bar.stop()
+        writer.close()
+    if summary.ignored_columns:
+        click.echo("ignored columns that name no input: " + ", ".join(sorted(summary.ignored_columns)), err=True)
+    line = (f"{summary.ok} ok, {summary.failed} failed"
+            + (f", {summary.skipped} already done" if summary.skipped else "") + (f" -> {out}" if out else ""))
+    if as_json:
+        click.echo(json.dumps({**summary.to_dict(), "out": out}), err=not out)
+    else:
+        click.echo(line, err=True)
+    return 0 if summary.failed == 0 else max(summary.worst_exit, 1)
 
 
 @main.command()
@@ -141,12 +219,71 @@ def graph(file, fmt, out):
 
 
 @main.command()
-def models():
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def models(as_json):
     """List the bundled default model and the models in local caches."""
     from .models.loader import list_models
 
-    for m in list_models():
-        click.echo("  ".join(f"{k}={v}" for k, v in m.items()))
+    rows = list_models()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(models_table(rows), nl=False)
+
+
+def models_table(rows: list[dict], width: int | None = None) -> str:
+    """`lmlang models` as a rich table (also the REPL's :models)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rich import box
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold", pad_edge=False)
+    for col in ("name", "kind", "ready", "size", "path"):
+        table.add_column(col, overflow="fold", no_wrap=col != "path")
+    for m in rows:
+        ready = "yes" if m["ready"] else ("converts on first use" if m["kind"] == "default" and m.get("source") else "no")
+        table.add_row(m["name"], m["kind"], ready, _size_text(m.get("size")), m.get("path") or "-")
+    with open(os.devnull, "w") as sink:   # render once, wide enough that paths never fold
+        console = Console(width=width or 400, record=True, file=sink, color_system=None)
+        console.print(table)
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
+
+
+def _size_text(n) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@main.command()
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def repl(file, device):
+    """Enter declarations, statements and expressions one at a time.
+
+    On a terminal: syntax highlighting, multi-line blocks and a history file
+    (LMLANG_HOME/repl_history). Otherwise entries are read from stdin, so
+    `lmlang repl < session.txt` works; the exit code is then the worst of
+    the failed entries (2 script error, 1 runtime error), 0 if none failed.
+    """
+    from .repl import run_repl
+
+    sys.exit(run_repl(file, device=device))
+
+
+def _register_lazy_commands() -> None:
+    # The merge engine's click command lives with the merge package.
+    from .merge.cli import merge_command
+
+    main.add_command(merge_command, "merge")
+
+
+_register_lazy_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover
