@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from ..compiler import Compiled
@@ -64,28 +65,50 @@ class Executor:
         self.device = device
         self.trace = trace or Trace()
         self.batch_size = batch_size
-        self._lms: dict[str, LM] = {}
+        self._lms: dict = {}
+        from .build import Builder
+
+        self.builder = Builder(compiled)
         self.query_ids = {self.c.spec(n).name: n for n in self.c.graph.nodes if isinstance(self.c.spec(n), QuerySpec)}
 
     # ------------------------------------------------------------ models
     def lm(self, nid: str) -> LM:
-        if nid in self._lms:
-            return self._lms[nid]
-        spec = self.c.spec(nid)
-        if isinstance(spec, ModelSpec):
-            from transformers.utils import logging as hf_logging
+        if nid not in self._lms:
+            self._lms[nid] = self.lm_for_value(self.builder.value(nid), _display_name(self.c, nid))
+        return self._lms[nid]
 
-            from ..models.loader import load_model, resolve_model
+    def lm_for_value(self, value, name: str) -> LM:
+        from transformers.utils import logging as hf_logging
 
-            hf_logging.disable_progress_bar()    # lmlang prints its own progress
-            path = resolve_model(spec.source)
-            lm = HFModel(load_model(path, device=self.device), name=_display_name(spec, self.c, nid))
-        else:
-            names = self.c.graph.nodes[nid]["names"]
-            raise NotSupportedYet(f"running a {spec.kind} node{' (' + ', '.join(names) + ')' if names else ''} is not supported yet",
-                                  hint=f"declared at {getattr(spec, 'loc', '') or 'unknown position'}")
-        self._lms[nid] = lm
-        return lm
+        from ..models.loader import load_model
+        from .build import Folder, Fused, Stacked
+
+        hf_logging.disable_progress_bar()    # lmlang prints its own progress
+        if isinstance(value, Folder):
+            return HFModel(load_model(value.path, device=self.device), name=name)
+        if isinstance(value, Stacked):
+            from ..models.adapters import AdapterHost
+
+            loaded = load_model(value.base, device=self.device)
+            host = AdapterHost.for_model(loaded)
+            stack = []
+            for folder, scale in value.stack:
+                key = str(folder)
+                if key not in host.names:
+                    host.add(key, Path(folder))
+                stack.append((key, scale))
+            stack = tuple(stack)
+            base_lm = self._base_lm(loaded, value.base)
+            return base_lm.with_hook(name, lambda: host.activate(stack))
+        if isinstance(value, Fused):
+            raise NotSupportedYet(f"fusion ({value.mode}) is not supported by the runtime yet")
+        raise LmlangRuntimeError(f"cannot run {value!r}")
+
+    def _base_lm(self, loaded, path) -> HFModel:
+        key = ("base", str(path))
+        if key not in self._lms:
+            self._lms[key] = HFModel(loaded, name=Path(path).name)
+        return self._lms[key]
 
     # ------------------------------------------------------------ queries
     def bind_args(self, spec: QuerySpec, args: list, kwargs: dict) -> dict:
@@ -247,6 +270,6 @@ def _thaw(v):
     return v
 
 
-def _display_name(spec: ModelSpec, c: Compiled, nid: str) -> str:
+def _display_name(c: Compiled, nid: str) -> str:
     names = c.graph.nodes[nid]["names"]
-    return names[0] if names else spec.source
+    return names[0] if names else c.spec(nid).label()

@@ -111,7 +111,8 @@ class HFModel(LM):
     def with_hook(self, name: str, hook) -> "HFModel":
         """The same weights, forward passes wrapped in `hook()` (adapter stacks)."""
         clone = object.__new__(HFModel)
-        clone.__dict__.update(self.__dict__)
+        # Other weights in effect: the base's cached prefixes do not apply.
+        clone.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_prefix_cache"})
         clone.name, clone.forward_hook = name, hook
         return clone
 
@@ -126,6 +127,7 @@ class HFBatch(Batch):
         self.mask = torch.zeros((rows, 0), dtype=torch.long, device=lm.device)
         self.next_pos = [0] * rows
         self.ids: list[list[int]] = [[] for _ in range(rows)]   # real tokens per row, for traces and tests
+        self.dense = True      # no pad or dropped position anywhere: plain causal attention applies
         self._logits: torch.Tensor | None = None
         self._passes = 0
 
@@ -155,18 +157,22 @@ class HFBatch(Batch):
                 pos[r, :] = max(self.next_pos[r] - 1, 0)
         dev = lm.device
         self.mask = torch.cat([self.mask, block_mask.to(dev)], dim=1)
-        attention = self.mask.clone()
-        # A fully padded row (nothing fed yet) would attend to nothing; let it
-        # see its own pad so softmax stays finite. Those keys stay masked for
-        # every real query.
-        empty = attention.sum(dim=1) == 0
-        if empty.any():
-            attention[empty, -1] = 1
+        self.dense = self.dense and bool(block_mask.all())
         kwargs = {lm.cache_kw: self.cache}
+        if not self.dense:
+            attention = self.mask.clone()
+            # A fully padded row (nothing fed yet) would attend to nothing; let
+            # it see its own pad so softmax stays finite. Those keys stay
+            # masked for every real query.
+            empty = attention.sum(dim=1) == 0
+            if empty.any():
+                attention[empty, -1] = 1
+            kwargs.update(attention_mask=attention, position_ids=pos.to(dev))
+        # Dense batches (one row, or rows in lockstep) take the plain causal
+        # path: no mask tensor, the fast attention kernel.
         hook = lm.forward_hook() if lm.forward_hook else _null()
         with hook:
-            out = lm.model(input_ids=ids.to(dev), attention_mask=attention, position_ids=pos.to(dev),
-                           use_cache=True, logits_to_keep=0 if all_logits else 1, **kwargs)
+            out = lm.model(input_ids=ids.to(dev), use_cache=True, logits_to_keep=0 if all_logits else 1, **kwargs)
         self._passes += 1
         last = out.logits[:, -1].float()
         if self._logits is not None:
@@ -180,6 +186,7 @@ class HFBatch(Batch):
             return
         real = (self.mask[row] == 1).nonzero().flatten()
         self.mask[row, real[-n:]] = 0
+        self.dense = False
         self.next_pos[row] -= n
         del self.ids[row][-n:]
 
@@ -202,6 +209,7 @@ class HFBatch(Batch):
         other.mask = self.mask.clone()
         other.next_pos = list(self.next_pos)
         other.ids = [list(x) for x in self.ids]
+        other.dense = self.dense
         other._logits = None if self._logits is None else self._logits.clone()
         other._passes = 0
         return other
@@ -215,6 +223,7 @@ class HFBatch(Batch):
         self.mask = self.mask[:, :length]
         self.next_pos = [int(m.sum()) for m in self.mask]
         self.ids = [x[:n] for x, n in zip(self.ids, self.next_pos)]
+        self.dense = bool(self.mask.all())
         self._logits = None
 
 

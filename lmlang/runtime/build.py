@@ -1,0 +1,150 @@
+"""Builds the model side of the graph: sources, adapters (loaded or trained),
+applications, merges and fusions, each node once per process.
+
+A model node evaluates to a ModelValue: a plain folder of safetensors
+(sources and merge outputs), a base with an adapter stack applied at query
+time (never merged), or a fusion of members. Adapter nodes evaluate to PEFT
+folders. Derived artefacts (trained adapters, merges) are cached on disk by
+their builders, keyed by content, so a second run reuses them.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import LmlangRuntimeError, MergeError
+from ..graph import (AdapterMergeSpec, ApplySpec, FuseSpec, LoraSpec, MergeSpec, ModelSpec, RouterSpec, TrainSpec)
+
+NON_METHOD_OPTIONS = ("compat", "dtype", "rank", "tokenizer_policy")
+
+
+@dataclass(frozen=True)
+class Folder:
+    path: Path
+
+
+@dataclass(frozen=True)
+class Stacked:
+    base: Path
+    stack: tuple          # ((adapter folder, scale), ...)
+
+
+@dataclass(frozen=True)
+class Fused:
+    mode: str
+    members: tuple        # ((ModelValue, weight), ...)
+    options: tuple
+
+
+def say(msg: str) -> None:
+    print(f"lmlang: {msg}", file=sys.stderr, flush=True)
+
+
+class Builder:
+    def __init__(self, compiled):
+        self.c = compiled
+        self.values: dict[str, object] = {}
+
+    def value(self, nid: str):
+        if nid not in self.values:
+            self.values[nid] = self._build(nid)
+        return self.values[nid]
+
+    def _names(self, nid: str) -> str:
+        names = self.c.graph.nodes[nid]["names"]
+        return names[0] if names else nid
+
+    def _build(self, nid: str):
+        spec = self.c.spec(nid)
+        if isinstance(spec, ModelSpec):
+            from ..models.loader import resolve_model
+
+            return Folder(resolve_model(spec.source))
+        if isinstance(spec, LoraSpec):
+            return Path(spec.path)
+        if isinstance(spec, TrainSpec):
+            from ..models.training import train_lora
+
+            base = self.value(spec.base)
+            if not isinstance(base, Folder):
+                raise LmlangRuntimeError(f"adapter {self._names(nid)}: train on a plain model, not an adapted or fused one",
+                                         hint=f"at {spec.loc}")
+            options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.options}
+            say(f"training adapter {self._names(nid)} on {Path(spec.data).name} (cached after the first run)")
+            result = train_lora(base.path, Path(spec.data), options, progress=True)
+            return Path(result.path)
+        if isinstance(spec, AdapterMergeSpec):
+            from ..merge.lora import merge_loras
+
+            opts = dict(spec.options)
+            params = {k: v for k, v in opts.items() if k not in NON_METHOD_OPTIONS}
+            adapters = [(self.value(a), dict(p)) for a, p in spec.adapters]
+            say(f"merging adapters ({spec.method}) for {self._names(nid)}")
+            res = merge_loras(spec.method, adapters, params, output="lora", rank=opts.get("rank"),
+                              compat=opts.get("compat", "lmlang"))
+            return Path(res.path)
+        if isinstance(spec, ApplySpec):
+            base = self.value(spec.base)
+            stack = tuple((self.value(a), float(s)) for a, s in spec.adapters)
+            if isinstance(base, Folder):
+                return Stacked(base.path, stack)
+            if isinstance(base, Stacked):
+                return Stacked(base.base, base.stack + stack)
+            raise LmlangRuntimeError("adapters apply to a model, not to a fusion", hint=f"node {self._names(nid)}")
+        if isinstance(spec, MergeSpec):
+            return self._merge(nid, spec)
+        if isinstance(spec, FuseSpec):
+            return Fused(spec.mode, tuple((self.value(m), w) for m, w in spec.members), spec.options)
+        if isinstance(spec, RouterSpec):
+            raise LmlangRuntimeError("a router is not a model", hint=f"at {spec.loc}")
+        raise LmlangRuntimeError(f"cannot build a {spec.kind} node")
+
+    def _merge(self, nid: str, spec: MergeSpec):
+        from ..merge.lora import merge_loras
+        from ..merge.stream import merge_models
+
+        opts = dict(spec.options)
+        params = {k: v for k, v in opts.items() if k not in NON_METHOD_OPTIONS}
+        compat = opts.get("compat", "lmlang")
+        dtype = opts.get("dtype")
+        base = self.value(spec.base) if spec.base else None
+        inputs = [(self.value(m), dict(p)) for m, p in spec.models]
+        if isinstance(base, Stacked) or isinstance(base, Fused):
+            raise MergeError(f"merge {self._names(nid)}: the base must be a plain model", hint=f"at {spec.loc}")
+        base_path = base.path if base else None
+        # Fine-tunes given as `base + adapter` on the merge's own base merge by
+        # exact delta algebra (delta W = scale * B @ A), never by averaging
+        # A and B; that needs one adapter per input on one shared base.
+        stacked = [v for v, _ in inputs if isinstance(v, Stacked)]
+        if stacked and len(stacked) == len(inputs) and all(len(v.stack) == 1 for v in stacked):
+            bases = {v.base for v in stacked}
+            if len(bases) == 1 and (base_path is None or base_path in bases):
+                adapters = []
+                for v, p in inputs:
+                    (folder, scale), = v.stack
+                    p = dict(p)
+                    p["weight"] = float(p.get("weight", 1.0)) * scale
+                    adapters.append((folder, p))
+                say(f"merging {self._names(nid)} ({spec.method} over adapter deltas)")
+                res = merge_loras(spec.method, adapters, params, base_model=bases.pop(), output="full", compat=compat, dtype=dtype)
+                return Folder(Path(res.path))
+        folders = []
+        for v, p in inputs:
+            if isinstance(v, Fused):
+                raise MergeError(f"merge {self._names(nid)}: cannot merge a fusion", hint=f"at {spec.loc}")
+            if isinstance(v, Stacked):
+                v = self._materialise(v)
+            folders.append((v.path, p))
+        say(f"merging {self._names(nid)} ({spec.method}, streamed tensor by tensor; cached)")
+        res = merge_models(spec.method, folders, base=base_path, params=params, compat=compat, dtype=dtype)
+        return Folder(Path(res.path))
+
+    def _materialise(self, v: Stacked) -> Folder:
+        """base + adapters as a full folder (cached), for merges that mix
+        full models and adapted ones."""
+        from ..merge.lora import merge_loras
+
+        adapters = [(folder, {"weight": scale}) for folder, scale in v.stack]
+        res = merge_loras("task_arithmetic", adapters, {}, base_model=v.base, output="full")
+        return Folder(Path(res.path))
