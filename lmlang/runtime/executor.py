@@ -14,7 +14,7 @@ from ..graph import InputSpec, ModelSpec, QuerySpec
 from .decode import QueryRun, run_decoder
 from .flow import Interpreter
 from .lm import HFModel, LM
-from .prompt import render
+from .prompt import render, value_text
 from .trace import QueryTrace, Trace
 
 
@@ -101,8 +101,46 @@ class Executor:
             base_lm = self._base_lm(loaded, value.base)
             return base_lm.with_hook(name, lambda: host.activate(stack))
         if isinstance(value, Fused):
-            raise NotSupportedYet(f"fusion ({value.mode}) is not supported by the runtime yet")
+            from .fusion import FusedLM
+
+            members = [(self.lm_for_value(v, f"{name}[{i}]"), float(w)) for i, (v, w) in enumerate(value.members)]
+            return FusedLM(members, value.mode, dict(value.options), name=name)
         raise LmlangRuntimeError(f"cannot run {value!r}")
+
+    def base_lm(self, nid: str) -> HFModel:
+        """The plain model under a model node (for hidden-state embeddings)."""
+        from ..models.loader import load_model
+        from .build import Folder, Stacked
+
+        value = self.builder.value(nid)
+        if isinstance(value, Stacked):
+            value = Folder(value.base)
+        if not isinstance(value, Folder):
+            raise LmlangRuntimeError("encoder: base needs experts built on a plain model, not fusions")
+        return self._base_lm(load_model(value.path, device=self.device), value.path)
+
+    def expert_name(self, nid: str) -> str:
+        names = self.c.graph.nodes[nid]["names"]
+        if names:
+            return names[0]
+        spec = self.c.spec(nid)
+        if spec.kind == "apply":
+            parts = [self.expert_name(spec.base)]
+            for a, scale in spec.adapters:
+                n = self.expert_name(a)
+                parts.append(n if scale == 1.0 else f"{n} * {scale:g}")
+            return " + ".join(parts)
+        return spec.label()
+
+    def router(self, nid: str):
+        key = ("router", nid)
+        if key not in self._lms:
+            from .routing import Router
+
+            spec = self.c.spec(nid)
+            names = {e: self.expert_name(e) for e, _ in spec.experts}
+            self._lms[key] = Router(spec, names, self.lm, self.base_lm)
+        return self._lms[key]
 
     def _base_lm(self, loaded, path) -> HFModel:
         key = ("base", str(path))
@@ -150,15 +188,39 @@ class Executor:
             except LmlangError as e:
                 results[i] = e
         if self.c.spec(spec.model).kind == "router":
-            raise NotSupportedYet(f"routing is not supported yet (query {spec.name})", hint=f"at {spec.loc}")
-        lm = self.lm(spec.model)
-        todo = sorted(envs)
-        for start in range(0, len(todo), self.batch_size):
-            group = todo[start:start + self.batch_size]
-            self._decode_group(spec, lm, group, envs, results, rows)
+            by_expert = self._route(spec, envs, results)
+        else:
+            by_expert = {spec.model: sorted(envs)}
+        for expert, todo in by_expert.items():
+            lm = self.lm(expert)
+            routed = self.expert_name(expert) if expert != spec.model else None
+            for start in range(0, len(todo), self.batch_size):
+                group = todo[start:start + self.batch_size]
+                self._decode_group(spec, lm, group, envs, results, rows, routed)
         return results
 
-    def _decode_group(self, spec: QuerySpec, lm: LM, group: list[int], envs: dict, results: list, rows) -> None:
+    def _route(self, spec: QuerySpec, envs: dict, results: list) -> dict:
+        """Route each row, then group rows by chosen expert (each expert decodes its rows batched)."""
+        from .flow import Interpreter
+
+        interp = Interpreter(self.functions, set())
+        texts, ok = [], []
+        for i in sorted(envs):
+            try:
+                (arg,) = [_eval_pure(interp, a, envs[i]) for a in spec.router_args]
+                texts.append(arg if isinstance(arg, str) else value_text(arg))
+                ok.append(i)
+            except LmlangError as e:
+                results[i] = e
+        groups: dict = {}
+        if ok:
+            choices = self.router(spec.model).route(texts)
+            for i, nid in zip(ok, choices):
+                groups.setdefault(nid, []).append(i)
+        return groups
+
+    def _decode_group(self, spec: QuerySpec, lm: LM, group: list[int], envs: dict, results: list, rows,
+                      expert: str | None = None) -> None:
         t0 = time.perf_counter()
         runs, ok = [], []
         for i in group:
@@ -178,20 +240,22 @@ class Executor:
                 return
             # Isolate the failing row: decode the group one by one.
             for i in ok:
-                self._decode_group(spec, lm, [i], envs, results, rows)
+                self._decode_group(spec, lm, [i], envs, results, rows, expert)
             return
         wall = (time.perf_counter() - t0) / len(runs)
         for i, run, d in zip(ok, runs, decoded):
             out = dict(d.values)
             if d.distribution is not None:
                 out["distribution"] = d.distribution
+            if expert is not None:
+                out["expert"] = expert
             results[i] = out
             holes = [vars(h) for h in d.holes]
             self.trace.add(QueryTrace(
                 query=spec.name, model=lm.name, prompt=run.prompt.display(), values=dict(d.texts), holes=holes,
                 forward_passes=d.forward_passes, tokens_generated=sum(h["generated"] for h in holes),
                 tokens_forced=sum(h["forced"] for h in holes), wall_seconds=wall,
-                decoder=spec.decoder[0], row=rows[i] if rows else None))
+                decoder=spec.decoder[0], expert=expert, row=rows[i] if rows else None))
 
     # ------------------------------------------------------------ flow
     def run(self, inputs: dict) -> dict:
@@ -262,6 +326,16 @@ class Executor:
             else:
                 raise InputError(f"missing input '{name}'", hint=f"pass it with --set {name}=... or a --data column")
         return env
+
+
+def _eval_pure(interp, ir, env):
+    """Evaluate an expression that may not call queries (router arguments)."""
+    gen = interp.expr(ir, env)
+    try:
+        next(gen)
+    except StopIteration as stop:
+        return stop.value
+    raise LmlangRuntimeError("a router's argument cannot call a query")
 
 
 def _thaw(v):
