@@ -134,6 +134,7 @@ class QueryRun:
         # token can outscore the whole right answer under greedy decoding.
         self.choice_paths = {h: _choice_paths(constraints.get(h), lm, heal)
                              for h, heal in zip(prompt.holes, self.heal)}
+        self.plain_paths = {h: _choice_paths(constraints.get(h), lm) for h in prompt.holes}
 
     def terminators(self, i: int) -> set[int]:
         """Tokens that end hole i: EOS, or the first token of the text after it."""
@@ -143,8 +144,8 @@ class QueryRun:
             ends.add(nxt[0])
         return ends
 
-    def restrict_choice(self, hole: str, gen: list[int], masked: torch.Tensor) -> None:
-        paths = self.choice_paths.get(hole)
+    def restrict_choice(self, hole: str, gen: list[int], masked: torch.Tensor, healed: bool = True) -> None:
+        paths = (self.choice_paths if healed else self.plain_paths).get(hole)
         if not paths:
             return
         n = len(gen)
@@ -380,7 +381,9 @@ def score_distribution(run: QueryRun, distribution: tuple) -> Decoded:
         raise LmlangRuntimeError("distribution must be over the last hole")  # the checker enforces it
     end_ids = sorted(run.terminators(idx))
     prefix_logp = torch.log_softmax(batch.logits[0], -1)
-    opt_ids = [lm.tok_info.encode(o) for o in options]
+    # With a held-back seam space the options are scored as " option" (their
+    # natural tokenization after the prompt text).
+    opt_ids = [lm.tok_info.encode(run.heal[idx] + o) for o in options]
     batch.select([0] * len(options))
     block = batch.feed(opt_ids, all_logits=True)
     width = block.shape[1]
@@ -410,6 +413,8 @@ def beam_search(run: QueryRun, width: int) -> Decoded:
     traces = [HoleTrace(t.name, t.backend, t.compile_seconds) for t in run.hole_traces]
     passes = 0
     for i, hole in enumerate(run.prompt.holes):
+        if run.heal[i]:
+            batch.feed([lm.encode(run.heal[i])])     # beams start on a token boundary: give the seam space back
         at_start = batch.fork()
         beams = [(0.0, run.compiled[hole].start(), [])]       # (logprob, guide, generated), one per batch row
         finished: list[tuple[float, object, list]] = []
@@ -418,7 +423,7 @@ def beam_search(run: QueryRun, width: int) -> Decoded:
             for r, (lp, g, gen) in enumerate(beams):
                 masked = batch.logits[r].clone()
                 g.apply(masked)
-                run.restrict_choice(hole, gen, masked)
+                run.restrict_choice(hole, gen, masked, healed=False)
                 logp = torch.log_softmax(masked, -1)
                 k = min(width, int(torch.isfinite(logp).sum()))
                 for t in torch.topk(logp, k).indices.tolist():
@@ -454,5 +459,8 @@ def beam_search(run: QueryRun, width: int) -> Decoded:
         traces[i].ended_by = g.ended_by or "beam"
         if i + 1 < len(run.prompt.holes):
             batch = at_start
-            batch.feed([lm.encode(value + run.prompt.chunks[i + 1])])
+            nxt = lm.encode(value + run.prompt.chunks[i + 1])
+            if run.heal[i + 1]:
+                nxt = nxt[:-1]
+            batch.feed([nxt])
     return Decoded(values, texts, total, passes + batch.forward_passes, traces)

@@ -80,10 +80,15 @@ def prefix_cache(lm: LM) -> PrefixCache:
     return pc
 
 
-def prefill(lm: LM, first_chunks: list[list[int]], reuse: bool = True) -> Batch:
-    """A batch with row r holding first_chunks[r], logits ready."""
+def prefill(lm: LM, first_chunks: list[list[int]], reuse: bool | None = None) -> Batch:
+    """A batch with row r holding first_chunks[r], logits ready.
+
+    reuse defaults to the model's `prefix_reuse` attribute (True), which
+    bench/prefix.py turns off to measure what reuse buys."""
+    if reuse is None:
+        reuse = getattr(lm, "prefix_reuse", True)
     common = _common_prefix(first_chunks) if first_chunks else []
-    if len(first_chunks) > 1 and len(common) < MIN_REUSE:
+    if len(first_chunks) > 1 and (len(common) < MIN_REUSE or not reuse):
         common = []
     batch, covered = (prefix_cache(lm).lookup(common) if reuse and common else (None, 0))
     if batch is None:
