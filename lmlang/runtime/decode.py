@@ -76,12 +76,14 @@ class Sampler:
         return int(torch.multinomial(probs.cpu(), 1, generator=self.generator))
 
 
-def sampler_for(decoder: tuple, k: int = 0) -> Sampler:
+def sampler_for(decoder: tuple, k: int = 0, seed: int | None = None) -> Sampler:
+    """k: the sample's index (best_of / vote); seed overrides the script's
+    seed (`lmlang run --seed`)."""
     name, opts = decoder
     opts = dict(opts)
     if name in ("argmax", "beam"):
         return Sampler(True)
-    return Sampler(False, opts["temperature"], opts["top_p"], opts["top_k"], opts["seed"] + k)
+    return Sampler(False, opts["temperature"], opts["top_p"], opts["top_k"], (opts["seed"] if seed is None else seed) + k)
 
 
 def typed_value(text: str, constraint) -> object:
@@ -194,8 +196,10 @@ def heal_table(lm, prefix: str):
 class RowDecoder:
     """The per-row state machine: which hole, its guide, what was generated."""
 
-    def __init__(self, run: QueryRun, sampler: Sampler):
+    def __init__(self, run: QueryRun, sampler: Sampler, on_text=None):
         self.run, self.sampler = run, sampler
+        self.on_text = on_text            # (hole, text piece) as the value grows: streaming
+        self._streamed = 0
         self.hole = -1
         self.values, self.texts = {}, {}
         self.logprob = 0.0
@@ -212,11 +216,21 @@ class RowDecoder:
         self.guide = self.run.compiled[name].start()
         self.ends = self.run.terminators(self.hole)
         self.gen: list[int] = []
+        self._streamed = 0
         self.healing = self.run.heal[self.hole]     # text still owed to the held-back seam token
         self.heal_text = self.run.heal[self.hole]   # what gen's text starts with beyond the value
 
     def step(self, logits: torch.Tensor, batch: Batch, row: int) -> list[int]:
         """Decide this row's next block of tokens to feed ([] when done)."""
+        block = self._step(logits, batch, row)
+        if self.on_text is not None and not self.done:
+            text = self.guide.text()
+            if len(text) > self._streamed:
+                self.on_text(self.run.prompt.holes[self.hole], text[self._streamed:])
+                self._streamed = len(text)
+        return block
+
+    def _step(self, logits: torch.Tensor, batch: Batch, row: int) -> list[int]:
         run, lm, guide = self.run, self.run.lm, self.guide
         trace = self.traces[self.hole]
         while True:
@@ -323,11 +337,14 @@ def _allows(guide, tok: int) -> bool:
     return tok < len(m) and bool(m[tok])
 
 
-def decode_rows(lm: LM, runs: list[QueryRun], samplers: list[Sampler], batch: Batch | None = None) -> list[Decoded]:
-    """Decode every row to the end of its last hole, batched."""
+def decode_rows(lm: LM, runs: list[QueryRun], samplers: list[Sampler], batch: Batch | None = None,
+                on_token=None) -> list[Decoded]:
+    """Decode every row to the end of its last hole, batched.
+    on_token(row, hole, text) streams each value's text as it grows."""
     if batch is None:
         batch = prefill(lm, [r.chunk_ids[0] for r in runs])
-    rows = [RowDecoder(run, s) for run, s in zip(runs, samplers)]
+    rows = [RowDecoder(run, s, (lambda h, t, r=r: on_token(r, h, t)) if on_token else None)
+            for r, (run, s) in enumerate(zip(runs, samplers))]
     while True:
         blocks = [[] if row.done else row.step(batch.logits[r], batch, r) for r, row in enumerate(rows)]
         if all(row.done for row in rows) and not any(blocks):
@@ -342,18 +359,19 @@ def decode_rows(lm: LM, runs: list[QueryRun], samplers: list[Sampler], batch: Ba
 
 # ---------------------------------------------------------------- decoders
 
-def run_decoder(lm: LM, runs: list[QueryRun], decoder: tuple, distribution: tuple | None) -> list[Decoded]:
+def run_decoder(lm: LM, runs: list[QueryRun], decoder: tuple, distribution: tuple | None,
+                seed: int | None = None, on_token=None) -> list[Decoded]:
     name, opts = decoder
     opts = dict(opts)
     if distribution is not None:
         return [score_distribution(run, distribution) for run in runs]
     if name in ("argmax", "sample"):
-        return decode_rows(lm, runs, [sampler_for(decoder) for _ in runs])
+        return decode_rows(lm, runs, [sampler_for(decoder, seed=seed) for _ in runs], on_token=on_token)
     if name in ("best_of", "vote"):
         out = []
         for run in runs:
             n = opts["n"]
-            results = decode_rows(lm, [run] * n, [sampler_for(decoder, k) for k in range(n)])
+            results = decode_rows(lm, [run] * n, [sampler_for(decoder, k, seed) for k in range(n)])
             if name == "best_of":
                 best = max(results, key=lambda r: r.logprob)
             else:

@@ -65,6 +65,7 @@ class Executor:
         self.device = device
         self.trace = trace or Trace()
         self.batch_size = batch_size
+        self.seed: int | None = None          # overrides sampling decoders' seeds (lmlang run --seed)
         self._lms: dict = {}
         from .build import Builder
 
@@ -173,9 +174,11 @@ class Executor:
             raise out
         return out
 
-    def run_query_rows(self, name: str, calls: list[tuple[list, dict]], rows: list[int] | None = None) -> list:
+    def run_query_rows(self, name: str, calls: list[tuple[list, dict]], rows: list[int] | None = None,
+                       on_token=None) -> list:
         """Run one query for many rows, batched; each entry is a result dict
-        or the LmlangError of that row (other rows go on)."""
+        or the LmlangError of that row (other rows go on). on_token(i, hole,
+        text) streams values as they grow (i indexes `calls`)."""
         nid = self.query_ids.get(name)
         if nid is None:
             raise LmlangRuntimeError(f"undefined function '{name}'")
@@ -196,7 +199,7 @@ class Executor:
             routed = self.expert_name(expert) if expert != spec.model else None
             for start in range(0, len(todo), self.batch_size):
                 group = todo[start:start + self.batch_size]
-                self._decode_group(spec, lm, group, envs, results, rows, routed)
+                self._decode_group(spec, lm, group, envs, results, rows, routed, on_token)
         return results
 
     def _route(self, spec: QuerySpec, envs: dict, results: list) -> dict:
@@ -220,7 +223,7 @@ class Executor:
         return groups
 
     def _decode_group(self, spec: QuerySpec, lm: LM, group: list[int], envs: dict, results: list, rows,
-                      expert: str | None = None) -> None:
+                      expert: str | None = None, stream=None) -> None:
         t0 = time.perf_counter()
         runs, ok = [], []
         for i in group:
@@ -232,15 +235,16 @@ class Executor:
                 results[i] = e
         if not runs:
             return
+        on_token = (lambda r, h, t: stream(ok[r], h, t)) if stream else None
         try:
-            decoded = run_decoder(lm, runs, spec.decoder, spec.distribution)
+            decoded = run_decoder(lm, runs, spec.decoder, spec.distribution, seed=self.seed, on_token=on_token)
         except LmlangError as e:
             if len(runs) == 1:
                 results[ok[0]] = e
                 return
             # Isolate the failing row: decode the group one by one.
             for i in ok:
-                self._decode_group(spec, lm, [i], envs, results, rows, expert)
+                self._decode_group(spec, lm, [i], envs, results, rows, expert, stream)
             return
         wall = (time.perf_counter() - t0) / len(runs)
         for i, run, d in zip(ok, runs, decoded):
