@@ -18,6 +18,17 @@ class Node:
     span: Span = field(compare=False, repr=False, kw_only=True)
 
 
+@dataclass(frozen=True)
+class Named(Node):
+    """A node that introduces a name; `name_span` covers just the name, so a
+    diagnostic about the name underlines the name, not the whole block."""
+    name_span: Span | None = field(default=None, compare=False, repr=False, kw_only=True)
+
+    @property
+    def at(self) -> Span:
+        return self.name_span or self.span
+
+
 # ------------------------------------------------------------------ types
 
 @dataclass(frozen=True)
@@ -64,7 +75,7 @@ class ContainsValue(Node):
 
 
 @dataclass(frozen=True)
-class KwArg(Node):
+class KwArg(Named):
     name: str
     value: "Value"
 
@@ -132,14 +143,14 @@ class UseDecl(Node):
 
 
 @dataclass(frozen=True)
-class InputDecl(Node):
+class InputDecl(Named):
     name: str
     type: TypeRef
     default: "Value | None" = None
 
 
 @dataclass(frozen=True)
-class ModelDecl(Node):
+class ModelDecl(Named):
     name: str
     expr: ModelExpr
 
@@ -162,13 +173,13 @@ class AdapterMerge(Node):
 
 
 @dataclass(frozen=True)
-class AdapterDecl(Node):
+class AdapterDecl(Named):
     name: str
     source: Union[LoraSource, TrainSource, AdapterMerge]
 
 
 @dataclass(frozen=True)
-class RouterDecl(Node):
+class RouterDecl(Named):
     name: str
     kind: str                           # embedding | classify | rules
     options: tuple[KwArg, ...]
@@ -201,7 +212,7 @@ class Segment(Node):
 
 
 @dataclass(frozen=True)
-class Param(Node):
+class Param(Named):
     name: str
     type: TypeRef | None
 
@@ -230,6 +241,7 @@ class CMatches(Node):
 class CIs(Node):
     hole: str
     type: str                           # int | float | bool
+    range: "JRange | None" = None       # `is int(0..10)`: inclusive bounds
 
 
 @dataclass(frozen=True)
@@ -315,7 +327,7 @@ JsonType = Union[JScalar, JArray, JEnum, JObject]
 
 
 @dataclass(frozen=True)
-class QueryDecl(Node):
+class QueryDecl(Named):
     name: str
     params: tuple[Param, ...]
     using: ModelExpr | None
@@ -378,7 +390,7 @@ Expr = Union[Lit, Var, Attr, Index, ListExpr, Call, BinOp, UnaryOp]
 
 
 @dataclass(frozen=True)
-class Assign(Node):
+class Assign(Named):
     name: str
     value: Expr
 
@@ -391,14 +403,14 @@ class If(Node):
 
 
 @dataclass(frozen=True)
-class For(Node):
+class For(Named):
     var: str
     iter: Expr
     body: tuple["Stmt", ...]
 
 
 @dataclass(frozen=True)
-class EmitItem(Node):
+class EmitItem(Named):
     name: str
     value: Expr
 

@@ -1,5 +1,6 @@
-"""AST -> checked program. Collects every diagnostic (up to a cap) before
-stopping, so one `lmlang check` shows all that is wrong.
+"""AST -> checked program. Collects every diagnostic (up to MAX_DIAGNOSTICS)
+before stopping, so one `lmlang check` shows all that is wrong; diagnostics
+are sorted by position.
 
 What it owns: one namespace for declarations (imports merged in), reference
 resolution and kinds, cycles, query shape (roles, holes, interpolations),
@@ -7,11 +8,30 @@ constraint lowering to lmlang.constraints.spec with contradiction checks,
 decoder and merge option validation, flow scoping and light typing, file
 references resolved relative to the script's folder. It never loads weights
 and never imports torch.
+
+The rules it enforces that are choices, not facts:
+
+* Holes. Every hole is written by the model, so it sits in an assistant
+  message or a plain prompt, and a query has at least one. A hole needs
+  something that says where it ends (a shape, a stop string or a length
+  bound) unless it is the last thing in an assistant message or in a plain
+  prompt: there the model's end-of-turn token ends it. A where-constraint or
+  distribution on a name that is not a hole of the prompt is an error.
+* Interpolation. `{name}` and `{name.field}` look up the query's parameters
+  only (a query is a function, also callable from the API without the flow):
+  program inputs reach it as arguments. Fields starting with `_` are refused.
+* `using` omitted: the first declared model, else the bundled default.
+* Imports. `use "file.lm"` joins the file's declarations (and its imports')
+  into one namespace; its flow does not run; a file reached along two paths
+  counts once; paths inside it stay relative to its own folder.
+* Anything a constraint backend cannot enforce while decoding is an error
+  here (lmlang.constraints.check), never a silent post-hoc check.
 """
 from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +44,7 @@ from .jsontypes import JsonTypeError, to_schema
 from .source import NO_SPAN, Source, Span
 
 MAX_DIAGNOSTICS = 50
+MAX_CHECKED_DATA_BYTES = 16 * 1024 * 1024
 ROLES = ("system", "user", "assistant")
 ROUTER_KINDS = ("embedding", "classify", "rules")
 FUSE_MODES = {"linear": {}, "contrastive": {"plausibility": (0.0, 1.0, 0.1)}}
@@ -38,7 +59,16 @@ BUILTINS = {  # name -> (min args, max args, result type)
     "join": (1, 2, T.STR), "split": (1, 2, T.list_of(T.STR)), "range": (1, 2, T.list_of(T.INT)),
     "contains": (2, 2, T.BOOL), "replace": (3, 3, T.STR), "round": (1, 2, T.FLOAT),
 }
+BUILTIN_ARGS = {  # name -> accepted type names per positional argument (unlisted: anything)
+    "len": (("str", "list", "record"),), "lower": (("str",),), "upper": (("str",),), "strip": (("str",),),
+    "join": (("list",), ("str",)), "split": (("str",), ("str",)), "range": (("int",), ("int",)),
+    "contains": (("str", "list"),), "replace": (("str",), ("str",), ("str",)),
+    "round": (("int", "float"), ("int",)), "int": (("str", "int", "float", "bool"),),
+    "float": (("str", "int", "float", "bool"),),
+}
 RESERVED_FIELDS = ("distribution", "expert")
+MERGE_COMPAT = ("lmlang", "mergekit")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 class _Stop(Exception):
@@ -110,8 +140,12 @@ class Checker:
         if len(self.errors) >= MAX_DIAGNOSTICS:
             raise _Stop()
 
-    def warn(self, message: str, node, hint: str = "", code: str = "") -> None:
-        self.warnings.append(Diagnostic(message, node.span, hint, "warning", code))
+    def warn(self, message: str, node_or_span, hint: str = "", code: str = "") -> None:
+        span = node_or_span if isinstance(node_or_span, Span) else getattr(node_or_span, "span", NO_SPAN)
+        self.warnings.append(Diagnostic(message, span, hint, "warning", code))
+
+    def reported_hole(self, node) -> bool:
+        return any(d.span == node.span for d in self.errors)
 
     def did_you_mean(self, name: str, candidates) -> str:
         close = difflib.get_close_matches(name, list(candidates), n=1)
@@ -129,15 +163,22 @@ class Checker:
             self.check_routers(out)
             for q in [d for d in decls if isinstance(d, A.QueryDecl)]:
                 info = self.check_query(q, out)
-                if info is not None:
+                if info is not None and out.query_decls.get(q.name) is q:
                     out.queries[q.name] = info
             if out.flow is not None:
                 self.check_flow(out.flow, out)
             self.check_unused(out)
         except _Stop:
             pass
+        main = self.source.filename
+        order = lambda d: (d.span.filename != main, d.span.filename, d.span.line, d.span.col)  # noqa: E731
+        self.errors.sort(key=order)
+        self.warnings.sort(key=order)
         out.warnings = self.warnings
         if self.errors:
+            if len(self.errors) >= MAX_DIAGNOSTICS:
+                self.errors.append(Diagnostic(f"stopped after {MAX_DIAGNOSTICS} errors", NO_SPAN,
+                                              "fix these and check again", "error", "too-many-errors"))
             err = CheckError(self.errors, self.warnings)
             err.source = self.source
             err.sources = dict(out.sources)
@@ -161,6 +202,8 @@ class Checker:
                     out.flow = d
                 continue
             name = d.name
+            if name in seen and seen[name].span == d.span:
+                continue      # one file imported along two paths
             if name in seen:
                 prev = seen[name].span
                 self.error(f"'{name}' is already defined at line {prev.line}" + ("" if prev.filename == d.span.filename else f" of {prev.filename}"),
@@ -175,19 +218,28 @@ class Checker:
     def load_import(self, use: A.UseDecl, out: CheckedProgram) -> list:
         from .parser import parse
 
-        path = (self.base_dir / use.path).resolve()
-        if path in self.import_stack or path == Path(self.source.filename).resolve():
-            chain = " -> ".join(p.name for p in (*self.import_stack, path))
+        try:
+            path = resolve_path(use.path, use, self.base_dir)
+        except (OSError, ValueError, RuntimeError):
+            self.error(f"invalid path {use.path!r}", use)
+            return []
+        here = Path(self.source.filename).resolve()
+        if path in self.import_stack or path == here:
+            chain = " -> ".join(p.name for p in (*self.import_stack, here, path))
             self.error(f"import cycle: {chain}", use, "remove one of the `use` lines")
             return []
-        if not path.is_file():
+        if not _probe(path, "file"):
             self.error(f"imported file not found: {use.path}", use, f"looked for {path}")
             return []
         try:
             text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            self.error(f"cannot read {use.path}: {getattr(e, 'strerror', None) or e}", use)
+            return []
+        try:
             sub = parse(text, str(path))
             sub_checker = Checker(Source(text, str(path)), path.parent, self.functions,
-                                  (*self.import_stack, Path(self.source.filename).resolve(), path))
+                                  (*self.import_stack, here))
             sub_out = sub_checker.check(sub)
         except CheckError as e:
             for d in e.diagnostics:
@@ -214,7 +266,7 @@ class Checker:
             if d.default is not None:
                 dv = _plain_value(d.default)
                 if dv is _NOT_PLAIN or not T.assignable(T.of_python(dv), t):
-                    self.error(f"default for input '{d.name}' is not a {t}", d.default)
+                    self.error(f"default for input '{d.name}' is not {_a(t)}", d.default)
 
     def type_of_ref(self, ref: A.TypeRef | None) -> T.T | None:
         if ref is None:
@@ -229,9 +281,12 @@ class Checker:
 
     # ------------------------------------------------------------ models, adapters
     def file_ref(self, kind: str, text: str, node, must: str = "file") -> Path | None:
-        path = self.out.path_for(text, node)
-        ok = path.is_file() if must == "file" else path.is_dir()
-        if not ok:
+        try:
+            path = self.out.path_for(text, node)
+        except (OSError, ValueError, RuntimeError):
+            self.error(f"invalid {kind} path {text!r}", node)
+            return None
+        if not _probe(path, must):
             self.error(f"{kind} not found: {text}", node, f"paths resolve relative to the script's folder (looked for {path})")
             return None
         return path
@@ -243,14 +298,30 @@ class Checker:
             src = d.source
             if isinstance(src, A.LoraSource):
                 path = self.file_ref("adapter", src.path, src, must="dir")
-                if path is not None and not (path / "adapter_config.json").is_file():
+                if path is not None and not _probe(path / "adapter_config.json", "file"):
                     self.error(f"'{src.path}' is not a PEFT LoRA folder (no adapter_config.json)", src)
             elif isinstance(src, A.TrainSource):
-                self.file_ref("training data", src.data, src)
+                data = self.file_ref("training data", src.data, src)
+                if data is not None:
+                    self.check_train_data(data, src)
                 self.check_train_options(src.options, out)
             elif isinstance(src, A.AdapterMerge):
                 self.check_merge(src.method, src.options, out, over_adapters=True)
         self.check_cycles(out)
+
+    def check_train_data(self, path: Path, src: A.TrainSource) -> None:
+        """The rows' shape, with the same reader training uses (torch-free),
+        so a bad row is a check error naming its line, before any training."""
+        from .models import training
+
+        try:
+            if path.stat().st_size > MAX_CHECKED_DATA_BYTES:
+                return                   # big data: checked row by row when training starts
+            training.read_rows(path)
+        except LmlangError as e:
+            self.error(f"bad training data: {e.message}", src, e.hint or f"see the data format in {training.__name__}")
+        except OSError as e:
+            self.error(f"cannot read training data {src.data}: {e.strerror}", src)
 
     def check_train_options(self, block: A.Block, out: CheckedProgram) -> None:
         seen = set()
@@ -277,6 +348,12 @@ class Checker:
                 self.error(f"training option '{key}' must be positive", e.value)
             elif key == "dropout" and not (0 <= v < 1):
                 self.error("dropout must be in [0, 1)", e.value)
+            elif key == "lr" and not (0 < v < 1):
+                self.error("training option 'lr' must be in (0, 1)", e.value, "a typical LoRA learning rate is 1e-4 to 1e-3")
+            elif key == "max_length" and v < 8:
+                self.error("training option 'max_length' must be at least 8", e.value)
+            elif key == "target_modules" and (not v or not all(isinstance(m, str) and m for m in v)):
+                self.error("target_modules takes a non-empty list of module names", e.value, 'for example ["q_proj", "v_proj"]')
 
     def check_merge(self, method: str, block: A.Block, out: CheckedProgram, over_adapters: bool = False) -> None:
         from .merge import options as merge_options
@@ -288,49 +365,96 @@ class Checker:
         global_opts: dict = {}
         per_model: list[tuple[object, dict]] = []
         has_models = False
+        has_base = False
+        n_models = 0
+        seen: set[str] = set()
         for e in block.entries:
             key = _key_name(e.key)
+            text = _key_text(e.key)
+            if text in seen:
+                self.error(f"merge option '{text}' given twice", e.key)
+                continue
+            seen.add(text)
             if key == "base":
                 if over_adapters:
-                    self.error("an adapter merge takes no base (adapters are deltas of one base)", e.key)
+                    self.error("an adapter merge takes no base (adapters are deltas of one base)", e.key,
+                               "list the adapters under models: { ... }")
                 else:
+                    has_base = True
                     self.check_model_expr(e.value, out, allow_router=False)
                 continue
             if key == "models":
                 has_models = True
-                if not isinstance(e.value, A.Block) or not e.value.entries:
-                    self.error("models: expects a map { model: weight, ... }", e.value)
+                members = merge_members(e.value)
+                if not members:
+                    self.error("models: expects a map { model: weight, ... } or a list [model, ...]", e.value)
                     continue
-                for me in e.value.entries:
+                for key_node, value in members:
+                    n_models += 1
                     if over_adapters:
-                        name = _key_name(me.key)
+                        name = _key_name(key_node)
                         if name not in out.adapters:
-                            self.error(f"'{_key_text(me.key)}' is not an adapter", me.key,
-                                       self.did_you_mean(_key_text(me.key), out.adapters))
+                            kind = _kind_of(name, out) if name else ""
+                            self.error(f"'{_key_text(key_node)}' is {kind or 'not an adapter'}" + (", not an adapter" if kind else ""),
+                                       key_node, self.did_you_mean(_key_text(key_node), out.adapters))
                     else:
-                        self.check_model_expr(me.key, out, allow_router=False)
-                    params = self.merge_model_params(me.value)
+                        self.check_model_expr(key_node, out, allow_router=False)
+                    params = self.merge_model_params(value) if value is not None else {}
                     if params is not None:
-                        per_model.append((me.key, params))
+                        per_model.append((key_node, params))
                 continue
             v = _plain_value(e.value)
             if v is _NOT_PLAIN:
                 if isinstance(e.value, A.ModelRef):
                     v = e.value.name       # bare words such as `compat: mergekit`
                 else:
-                    self.error(f"merge option '{_key_text(e.key)}' must be a number, string, bool or list", e.value)
+                    self.error(f"merge option '{text}' must be a number, string, bool or list", e.value)
                     continue
-            global_opts[_key_text(e.key)] = (v, e)
+            global_opts[text] = (v, e)
         if not has_models:
             self.error(f"merge {method} needs models: {{ ... }}", block, "list the models with their weights")
+            return
+        compat = "lmlang"
+        if "compat" in global_opts:
+            v, e = global_opts.pop("compat")
+            if v not in MERGE_COMPAT:
+                self.error(f"unknown merge compat {v!r}", e.value, self.did_you_mean(str(v), MERGE_COMPAT) or "compat: lmlang or mergekit")
+            else:
+                compat = v
         plain_global = {k: v for k, (v, _e) in global_opts.items()}
-        for problem in merge_options.validate_options(method, plain_global, [p for _, p in per_model]):
+        info = merge_options.METHODS[method]
+        models_params = [p for _, p in per_model]
+        offset = 0
+        if over_adapters:
+            # As lmlang.merge.lora does: adapters are deltas of one shared
+            # base; for two-model methods (slerp) the first adapter plays the base.
+            pseudo_base = info.base == "required" and info.max_models == 2
+            offset = int(pseudo_base)
+            problems = merge_options.validate_options(
+                method, plain_global, models_params[1:] if pseudo_base else models_params, compat=compat,
+                n_models=n_models - (1 if pseudo_base else 0), has_base=info.base != "ignored")
+        else:
+            problems = merge_options.validate_options(method, plain_global, models_params, compat=compat,
+                                                      n_models=n_models, has_base=has_base)
+        for problem in problems:
+            message, _, suggestion = problem.partition("; did you mean ")
+            hint = f"did you mean {suggestion}" if suggestion else ""
             node = block
-            for k, (_v, e) in global_opts.items():
-                if f"'{k}'" in problem:
-                    node = e
-                    break
-            self.error(problem if problem.startswith("merge") else f"merge {method}: {problem}", node)
+            m = re.match(r"model (\d+): ", message)
+            if m and 0 < int(m.group(1)) + offset <= len(per_model):
+                node = per_model[int(m.group(1)) - 1 + offset][0]
+                message = message[m.end():]
+            else:
+                for k, (_v, e) in global_opts.items():
+                    if f"'{k}'" in message:
+                        node = e.key if "unknown option" in message else e
+                        break
+            if "unknown option 'weight'" in message:
+                hint = f"{method} takes no per-model weight: write models: [a, b]"
+            elif "unknown option" in message and not hint:
+                names = ", ".join(info.options) or "none"
+                hint = f"{method} takes: {names}"
+            self.error(message if message.startswith("merge") else f"merge {method}: {message}", node, hint)
 
     def merge_model_params(self, value) -> dict | None:
         if isinstance(value, A.Block):
@@ -349,7 +473,28 @@ class Checker:
         return None
 
     def check_model_expr(self, e, out: CheckedProgram, allow_router: bool) -> None:
-        if isinstance(e, (A.DefaultModel, A.PathModel)):
+        if isinstance(e, A.DefaultModel):
+            return
+        if isinstance(e, A.PathModel):
+            # A hub id is resolved from the local cache when the model is
+            # built; a string that can only be a path must exist now.
+            if not e.path.strip():
+                self.error("empty model source", e, 'write a hub id ("org/name"), a folder or a .gguf file')
+            elif e.path.startswith((".", "/", "~")) or e.path.endswith(".gguf"):
+                try:
+                    path = self.out.path_for(e.path, e)
+                except (OSError, ValueError, RuntimeError):
+                    path = None
+                if path is None or not _probe(path, "any"):
+                    self.error(f"model not found: {e.path}", e, f"paths resolve relative to the script's folder (looked for {path})")
+            elif not HUB_ID.fullmatch(e.path):
+                try:
+                    local = _probe(self.out.path_for(e.path, e), "any")
+                except (OSError, ValueError, RuntimeError):
+                    local = False
+                if not local:
+                    self.error(f"{e.path!r} is not a hub id, a folder or a .gguf file", e,
+                               'hub ids look like "org/name"; write folders as "./path"')
             return
         if isinstance(e, A.ModelRef):
             if e.name in out.models:
@@ -407,6 +552,10 @@ class Checker:
                 if not any(isinstance(w, (int, float)) and w > 0 for w in weights) or not any(isinstance(w, (int, float)) and w < 0 for w in weights):
                     self.error("contrastive fusion needs an expert (positive weight) and an amateur (negative weight)", e.members)
             return
+        if isinstance(e, A.Literal) and isinstance(e.value, str):
+            self.error("a model source string can only start a declaration", e,
+                       f'declare it first: model NAME = "{e.value}", then use NAME here')
+            return
         self.error("expected a model", e)
 
     def check_cycles(self, out: CheckedProgram) -> None:
@@ -421,8 +570,8 @@ class Checker:
                         refs.extend(_model_refs(e.value))
             elif isinstance(d.source, A.AdapterMerge):
                 for e in d.source.options.entries:
-                    if _key_name(e.key) == "models" and isinstance(e.value, A.Block):
-                        refs.extend((_key_name(me.key), me.key) for me in e.value.entries if _key_name(me.key))
+                    if _key_name(e.key) == "models":
+                        refs.extend((_key_name(k), k) for k, _v in merge_members(e.value) if _key_name(k))
             graph[name] = refs
         state: dict[str, int] = {}
         reported = set()
@@ -450,7 +599,7 @@ class Checker:
     def check_routers(self, out: CheckedProgram) -> None:
         for r in out.routers.values():
             if r.kind not in ROUTER_KINDS:
-                self.error(f"unknown router kind '{r.kind}'", r, self.did_you_mean(r.kind, ROUTER_KINDS) or "kinds: " + ", ".join(ROUTER_KINDS))
+                self.error(f"unknown router kind '{r.kind}'", _name_span(r), self.did_you_mean(r.kind, ROUTER_KINDS) or "kinds: " + ", ".join(ROUTER_KINDS))
                 continue
             for kw in r.options:
                 if r.kind == "embedding" and kw.name == "encoder":
@@ -463,7 +612,7 @@ class Checker:
                     self.error(f"unknown option '{kw.name}' for route {r.kind}", kw, "route embedding takes encoder: minilm|base" if r.kind == "embedding" else f"route {r.kind} takes no options")
             if r.kind == "classify":
                 if r.using is None:
-                    self.error("route classify needs `using MODEL` to classify with", r)
+                    self.error("route classify needs `using MODEL` to classify with", _name_span(r), "for example: route classify using base { ... }")
                 else:
                     self.check_model_expr(r.using, out, allow_router=False)
             elif r.using is not None:
@@ -471,7 +620,12 @@ class Checker:
             if len(r.experts.entries) < (2 if r.kind != "rules" else 1):
                 self.error("a router needs at least two experts", r.experts)
             defaults = 0
+            seen_experts: dict = {}
             for e in r.experts.entries:
+                if e.key in seen_experts:       # AST equality ignores spans: same expression
+                    self.error("this expert is listed twice", e.key, f"first at line {seen_experts[e.key].span.line}")
+                    continue
+                seen_experts[e.key] = e.key
                 if r.kind == "rules" and _key_name(e.key) == "default":
                     defaults += 1
                     self.check_model_expr(e.value, out, allow_router=False)
@@ -506,7 +660,7 @@ class Checker:
         params: dict[str, T.T] = {}
         for p in q.params:
             if p.name in params:
-                self.error(f"duplicate parameter '{p.name}'", p)
+                self.error(f"duplicate parameter '{p.name}'", _name_span(p), "name each parameter once")
             params[p.name] = self.type_of_ref(p.type) or T.ANY
         # model
         using = q.using
@@ -516,7 +670,9 @@ class Checker:
             self.check_model_expr(using, out, allow_router=True)
             if isinstance(using, A.RouterCall):
                 for a in using.args:
-                    self.check_expr(a, {k: v for k, v in params.items()}, out, in_query=True)
+                    t = self.check_expr(a, {k: v for k, v in params.items()}, out, in_query=True)
+                    if t.name not in ("str", "any", "json"):
+                        self.error(f"a router routes on text, got {_a(t)}", a, "pass a str parameter of the query")
         # decoder
         decoder = q.decoder or A.Decoder("argmax", (), span=q.span)
         given = {}
@@ -554,6 +710,9 @@ class Checker:
                     hole_nodes[part.name] = part
                 elif isinstance(part, A.Interp):
                     self.check_interp(part, params, out)
+        if q.segments and not holes:
+            self.error(f"query '{q.name}' has no hole, so there is nothing to decode", _name_span(q),
+                       'add a hole for the model to fill, such as assistant "[answer]"')
         # constraints
         conds: dict[str, list] = {h: [] for h in holes}
         for w in q.wheres:
@@ -604,17 +763,23 @@ class Checker:
         if head in params:
             t = params[head]
         elif head in out.inputs:
-            t = self.type_of_ref(out.inputs[head].type) or T.ANY
+            # A query is a function of its parameters (it is also callable
+            # from the API without running the flow), so inputs reach it as
+            # arguments.
+            self.error(f"'{head}' is a program input, not a parameter of this query", part,
+                       f"add a parameter ({head}: {out.inputs[head].type.describe()}) and pass {head} in the flow")
+            return
         else:
             self.error(f"'{head}' is not in scope in this prompt", part,
-                       self.did_you_mean(head, [*params, *out.inputs]) or "interpolate a parameter of the query or a program input")
+                       self.did_you_mean(head, params) or
+                       ("the query's parameters: " + ", ".join(params) if params else "declare it as a parameter of the query"))
             return
         for f in rest:
             if f.startswith("_"):
                 self.error(f"field '{f}' is not allowed", part, "fields starting with '_' are never looked up")
                 return
             if t.name not in ("json", "any", "record"):
-                self.error(f"'{head}' is a {t} and has no field '{f}'", part)
+                self.error(f"'{head}' is {_a(t)} and has no field '{f}'", part)
                 return
             if t.name == "record":
                 ft = t.field(f)
@@ -643,7 +808,20 @@ class Checker:
                     hint = self.did_you_mean(c.type, kinds) or "write `is int`, `is float`, `is bool`, `is json {...}` or `is grammar \"file.lark\"`"
                     self.error(f"unknown type '{c.type}' in constraint", c, hint)
                     continue
-                shapes.append((kinds[c.type], c))
+                shape = kinds[c.type]
+                if c.range is not None:
+                    lo, hi = c.range.lo, c.range.hi
+                    if c.type != "int":
+                        self.error(f"`is {c.type}` takes no range", c.range, f"write `{hole} is int(lo..hi)`, or a JSON type")
+                        continue
+                    if any(v is not None and float(v) != int(v) for v in (lo, hi)):
+                        self.error("an int range takes integers", c.range)
+                        continue
+                    if lo is not None and hi is not None and lo > hi:
+                        self.error(f"empty range {lo:g}..{hi:g}", c.range, "write the lower bound first")
+                        continue
+                    shape = C.IntType(int(lo) if lo is not None else None, int(hi) if hi is not None else None)
+                shapes.append((shape, c))
             elif isinstance(c, A.CJson):
                 if c.inline is not None:
                     try:
@@ -665,7 +843,10 @@ class Checker:
                 path = self.file_ref("grammar", c.file, c)
                 if path is None:
                     continue
-                shapes.append((C.Grammar(path.read_text(encoding="utf-8")), c))
+                try:
+                    shapes.append((C.Grammar(path.read_text(encoding="utf-8")), c))
+                except (OSError, UnicodeDecodeError) as e:
+                    self.error(f"cannot read grammar {c.file}: {getattr(e, 'strerror', None) or e}", c)
             elif isinstance(c, A.CStop):
                 if not c.text:
                     self.error("a stop string cannot be empty", c)
@@ -704,15 +885,20 @@ class Checker:
         if max_chars is not None:
             parts.append(C.MaxChars(max_chars))
         if not parts:
-            seg_end = _hole_ends_turn(q, hole)
-            if not seg_end:
+            if conds or self.reported_hole(node):
+                return None          # its constraints (or the hole) already have errors
+            if not _hole_ends_turn(q, hole):
                 self.error(f"hole [{hole}] has no constraint, so nothing says where it ends", node,
                            f"add `where {hole} stops at \"...\"`, `tokens({hole}) <= N` or a shape")
             return None
         constraint = parts[0] if len(parts) == 1 else C.All(tuple(parts))
+        at = _span_over(conds) if conds else node.span
         for problem in _constraint_problems(constraint):
-            at = conds[0] if conds else node
-            self.error(f"[{hole}]: {problem.message}", at, problem.hint)
+            message = f"[{hole}]: " + problem.message.replace("(x)", f"({hole})")
+            if getattr(problem, "severity", "error") == "warning":
+                self.warn(message, at, problem.hint, code=getattr(problem, "code", ""))
+            else:
+                self.error(message, at, problem.hint, code=getattr(problem, "code", ""))
         return constraint
 
     # ------------------------------------------------------------ flow
@@ -727,8 +913,9 @@ class Checker:
         for s in stmts:
             if isinstance(s, A.Assign):
                 t = self.check_expr(s.value, scope, out)
-                if s.name in out.queries or s.name in out.models or s.name in out.routers or s.name in out.adapters:
-                    self.error(f"'{s.name}' is a declared name and cannot be assigned", s)
+                kind = _kind_of(s.name, out)
+                if kind and kind != "an input":
+                    self.error(f"'{s.name}' is {kind} and cannot be assigned", _name_span(s), "pick another variable name")
                 scope[s.name] = t
             elif isinstance(s, A.If):
                 self.check_expr(s.cond, scope, out)
@@ -740,7 +927,7 @@ class Checker:
             elif isinstance(s, A.For):
                 it = self.check_expr(s.iter, scope, out)
                 if it.name not in ("list", "any", "json"):
-                    self.error(f"cannot loop over a {it}", s.iter, "for loops over lists")
+                    self.error(f"cannot loop over {_a(it)}", s.iter, "for loops over lists")
                 inner = dict(scope)
                 inner[s.var] = it.item or T.ANY if it.name == "list" else T.ANY
                 self.check_block(s.body, inner, out)
@@ -779,7 +966,7 @@ class Checker:
                 return ft
             if t.name in ("json", "any"):
                 return T.ANY
-            self.error(f"a {t} has no field '{e.name}'", e)
+            self.error(f"{_a(t).capitalize()} has no field '{e.name}'", e)
             return T.ANY
         if isinstance(e, A.Index):
             t = self.check_expr(e.obj, scope, out)
@@ -791,7 +978,7 @@ class Checker:
             if t.name == "str":
                 return T.STR
             if t.name not in ("json", "any", "record"):
-                self.error(f"cannot index a {t}", e)
+                self.error(f"cannot index {_a(t)}", e)
             return T.ANY
         if isinstance(e, A.ListExpr):
             items = {self.check_expr(x, scope, out) for x in e.items}
@@ -801,7 +988,7 @@ class Checker:
             if e.op == "not":
                 return T.BOOL
             if t.name not in ("int", "float", "any", "json"):
-                self.error(f"cannot negate a {t}", e)
+                self.error(f"cannot negate {_a(t)}", e)
             return t
         if isinstance(e, A.BinOp):
             lt = self.check_expr(e.left, scope, out)
@@ -859,6 +1046,11 @@ class Checker:
             if not (lo <= len(e.args) <= hi):
                 n = f"{lo}" if lo == hi else f"{lo} to {hi}"
                 self.error(f"{e.func}() takes {n} argument{'s' * (hi != 1)}, got {len(e.args)}", e)
+                return result
+            for i, (arg, t) in enumerate(zip(e.args, arg_types)):
+                wants = BUILTIN_ARGS.get(e.func, ())[i:i + 1]
+                if wants and t.name not in ("any", "json") and t.name not in wants[0]:
+                    self.error(f"{e.func}() argument {i + 1} must be {' or '.join(wants[0])}, got {t}", arg)
             return result
         kind = _kind_of(e.func, out)
         if kind:
@@ -875,7 +1067,7 @@ class Checker:
         called = {c.func for c in _walk_calls(out.flow.body)}
         for name, d in out.queries.items():
             if name not in called and d.decl.span.filename == self.source.filename:
-                self.warn(f"query '{name}' is never called", d.decl, "call it in the flow or remove it", code="unused-query")
+                self.warn(f"query '{name}' is never called", _name_span(d.decl), "call it in the flow or remove it", code="unused-query")
 
 
 # ---------------------------------------------------------------- helpers
@@ -891,6 +1083,17 @@ def _plain_value(v):
         items = [_plain_value(x) for x in v.items]
         return _NOT_PLAIN if any(x is _NOT_PLAIN for x in items) else items
     return _NOT_PLAIN
+
+
+def merge_members(value) -> list:
+    """A merge's `models:` as (model expression, weight value or None):
+    a map `{ m: 1.0, n: { weight: 0.5 } }`, or a list `[m, n]` for methods
+    that take no per-model weight (slerp, model_stock). [] if neither."""
+    if isinstance(value, A.Block):
+        return [(e.key, e.value) for e in value.entries]
+    if isinstance(value, A.ListValue):
+        return [(item, None) for item in value.items]
+    return []
 
 
 def _key_name(key) -> str | None:
@@ -909,13 +1112,18 @@ def _key_text(key) -> str:
     return "<expression>"
 
 
+def _a(t) -> str:
+    text = str(t)
+    return ("an " if text[:1] in "aeiou" else "a ") + text
+
+
 def _type_words(types) -> str:
     words = {int: "an integer", float: "a number", list: "a list", str: "a string"}
     return " or ".join(words.get(t, t.__name__) for t in types)
 
 
 def _name_span(d) -> Span:
-    return d.span
+    return getattr(d, "name_span", None) or d.span
 
 
 def _kind_of(name: str, out: CheckedProgram) -> str:
@@ -949,9 +1157,9 @@ def _model_refs(e):
         for entry in e.options.entries:
             if _key_name(entry.key) == "base":
                 yield from _model_refs(entry.value)
-            elif _key_name(entry.key) == "models" and isinstance(entry.value, A.Block):
-                for me in entry.value.entries:
-                    yield from _model_refs(me.key)
+            elif _key_name(entry.key) == "models":
+                for key_node, _v in merge_members(entry.value):
+                    yield from _model_refs(key_node)
     elif isinstance(e, A.FuseExpr):
         for m in e.members.entries:
             yield from _model_refs(m.key)
@@ -1014,7 +1222,8 @@ def _merge_shapes(a: C.Constraint, b: C.Constraint):
         tests = {C.IntType: r"-?(0|[1-9][0-9]*)", C.FloatType: r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?",
                  C.BoolType: r"true|false"}
         if type(b) in tests:
-            keep = tuple(o for o in a.options if re.fullmatch(tests[type(b)], o))
+            keep = tuple(o for o in a.options if re.fullmatch(tests[type(b)], o)
+                         and (not isinstance(b, C.IntType) or _in_bounds(int(o), b)))
         elif isinstance(b, C.Regex):
             try:
                 keep = tuple(o for o in a.options if re.fullmatch(b.pattern, o))
@@ -1030,11 +1239,18 @@ def _merge_shapes(a: C.Constraint, b: C.Constraint):
     return None
 
 
+def _in_bounds(n: int, c) -> bool:
+    lo, hi = getattr(c, "lo", None), getattr(c, "hi", None)
+    return (lo is None or n >= lo) and (hi is None or n <= hi)
+
+
 def _shape_words(c: C.Constraint) -> str:
     if isinstance(c, C.Choice):
         return "in [" + ", ".join(repr(o) for o in c.options[:3]) + (", ..." if len(c.options) > 3 else "") + "]"
     if isinstance(c, C.Regex):
         return f"matches {c.pattern!r}"
+    if isinstance(c, C.IntType) and (getattr(c, "lo", None) is not None or getattr(c, "hi", None) is not None):
+        return f"is int({'' if c.lo is None else c.lo}..{'' if c.hi is None else c.hi})"
     if isinstance(c, (C.IntType, C.FloatType, C.BoolType)):
         return "is " + {C.IntType: "int", C.FloatType: "float", C.BoolType: "bool"}[type(c)]
     if isinstance(c, C.JsonSchema):
@@ -1057,6 +1273,27 @@ def _hole_type(c) -> T.T:
     return T.STR
 
 
+def _probe(path: Path, must: str) -> bool:
+    """Does a file (or folder, or anything) exist there? Never raises: odd
+    names (NUL bytes, too long) simply do not exist."""
+    try:
+        if must == "file":
+            return path.is_file()
+        if must == "dir":
+            return path.is_dir()
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _span_over(nodes) -> Span:
+    """The span from the first node's start to the last node's end (one file)."""
+    a, b = nodes[0].span, nodes[-1].span
+    if a.filename != b.filename or (b.end_line, b.end_col) < (a.line, a.col):
+        return a
+    return Span(a.line, a.col, b.end_line, b.end_col, a.filename)
+
+
 def _regex_problems(pattern: str) -> list[str]:
     import re
 
@@ -1068,10 +1305,8 @@ def _regex_problems(pattern: str) -> list[str]:
 
 
 def _constraint_problems(constraint) -> list:
-    try:
-        from .constraints import check as constraint_check
-    except ImportError:  # TEMP: until the constraint checker lands
-        return []
+    from .constraints import check as constraint_check
+
     return constraint_check.check_constraint(constraint)
 
 

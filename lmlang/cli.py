@@ -142,10 +142,19 @@ def _run_data(prog, file, data, data_format, out, resume, overwrite, limit, batc
     total = D.count_rows(data) if data_format is None or data_format == D._format_of_or_none(data) else None
     if total is not None and limit is not None:
         total = min(total, limit)
+    # Load base models before the first row: a model that cannot load stops the
+    # run at once (exit 1) instead of failing every row, and the bar's rows/s
+    # and ETA measure rows, not loading.
+    if progress:
+        with D.status("loading models"):
+            prog.load_models()
+    else:
+        prog.load_models()
     writer = D.OutputWriter(out)
     bar = None
     if progress:
-        bar = D.RowProgress(None if total is None else max(total - len(done), 0), description=os.path.basename(data))
+        left = None if total is None else max(total - sum(1 for i in done if i < total), 0)
+        bar = D.RowProgress(left, description=os.path.basename(data))
         bar.start()
     try:
         summary = D.run_data(prog, rows, writer.write, done=done, limit=limit, chunk_size=batch_size,
@@ -274,6 +283,63 @@ def repl(file, device):
     from .repl import run_repl
 
     sys.exit(run_repl(file, device=device))
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--data", "data", required=True, type=click.Path(dir_okay=False), help="Labelled rows, .jsonl or .csv (columns map to inputs).")
+@click.option("--expected", required=True, metavar="COLUMN", help="The column holding the right answer (not an input).")
+@click.option("--output", "output", metavar="NAME", help="The emitted value to compare (default: the only one).")
+@click.option("--swap", metavar="OLD=NEW", help="With one FILE: compare it as is against it with model OLD rebound to model NEW.")
+@click.option("--data-format", type=click.Choice(["jsonl", "csv"]), help="Format of --data when its suffix does not say.")
+@click.option("--limit", type=click.IntRange(min=0), metavar="N", help="Use only the first N data rows.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Rows decoded together.")
+@click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, metavar="N", help="Flipped rows listed per kind.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (with every flipped row).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def compare(files, data, expected, output, swap, data_format, limit, batch_size, show, as_json, device):
+    """Compare an old and a new program on labelled rows (model-update compatibility).
+
+    lmlang compare OLD.lm NEW.lm --data rows.jsonl --expected label
+
+    lmlang compare FILE.lm --swap OLD_MODEL=NEW_MODEL --data rows.jsonl --expected label
+
+    Reports each one's accuracy on the emitted value against the expected
+    column, and the negative flips (rows right before and wrong after) and
+    positive flips, listing the flipped rows. Exit 0 when both ran (rows that
+    fail count as wrong), 2 for script or data errors.
+    """
+    from . import compare as C
+    from . import program as P
+    from .errors import DataError
+
+    if swap and len(files) != 1:
+        raise click.UsageError("--swap takes exactly one FILE")
+    if not swap and len(files) != 2:
+        raise click.UsageError("give OLD.lm NEW.lm, or one FILE with --swap OLD=NEW")
+    try:
+        rows = C.read_labelled_rows(data, expected, data_format, limit)
+        old = P.compile_file(files[0], device=device)
+        if swap:
+            old_model, sep, new_model = swap.partition("=")
+            if not sep or not old_model.strip() or not new_model.strip():
+                raise click.BadParameter(f"expected OLD=NEW, got {swap!r}", param_hint="--swap")
+            old_model, new_model = old_model.strip(), new_model.strip()
+            new = C.swap_model(old, old_model, new_model)
+            names = (f"{files[0]} ({old_model})", f"{files[0]} ({old_model}={new_model})")
+        else:
+            new = P.compile_file(files[1], device=device)
+            names = (files[0], files[1])
+        for prog in (old, new):
+            prog._executor().batch_size = batch_size
+        report = C.compare(old, new, rows, expected, output, old_name=names[0], new_name=names[1])
+    except DataError as e:          # a bad data file is the caller's mistake, like a script error
+        _print_error(e)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False, default=str))
+    else:
+        click.echo(report.render(max_rows=show))
 
 
 def _register_lazy_commands() -> None:

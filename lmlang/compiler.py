@@ -1,51 +1,94 @@
 """Checked program -> networkx.DiGraph of immutable node specs.
 
 Names are aliases, not nodes: `model tuned = base + polite` and an inline
-`base + polite` in a router become one ApplySpec node. Flow statements are
-lowered to a small expression IR (tuples) so the graph alone is enough to run
-the program and round-trips through JSON. Torch-free.
+`base + polite` in a router become one ApplySpec node. A node's id is its kind,
+a readable hint and a hash of its content (source locations excluded), so equal
+sub-expressions collapse into one node and ids are stable across runs. Flow
+statements are lowered to a small expression IR (tuples) so the graph alone is
+enough to run the program and round-trips through JSON. Torch-free.
+
+The graph is held as plain dicts and turned into a `networkx.DiGraph` on first
+use of `Compiled.graph`: `lmlang check` compiles every script without paying
+for the networkx import.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-
-import networkx as nx
 
 from . import ast as A
-from .checker import CheckedProgram, QueryInfo, _key_name, _plain_value, resolve_path
+from .checker import CheckedProgram, QueryInfo, _key_name, _plain_value, merge_members, resolve_path
 from .graph import (AdapterMergeSpec, ApplySpec, FuseSpec, InputSpec, LoraSpec, MergeSpec, ModelSpec, QuerySpec,
-                    RouterSpec, Spec, StepSpec, TrainSpec, from_jsonable, node_id, to_jsonable)
+                    RouterSpec, Spec, StepSpec, TrainSpec, content_digest, from_jsonable, to_jsonable)
 
 GRAPH_FORMAT_VERSION = 1
 
 
-@dataclass
 class Compiled:
-    graph: nx.DiGraph
-    names: dict            # declared name -> node id (models, adapters, routers, queries, inputs)
-    steps: list            # step node ids in execution order
+    """The compiled program: node specs by id, their declared names, edges,
+    the declared-name -> node table and the flow steps in order."""
+
+    def __init__(self, nodes: dict, node_names: dict, edges, names: dict, steps: list):
+        self.nodes: dict[str, Spec] = dict(nodes)
+        self.node_names: dict[str, list[str]] = {n: list(node_names.get(n, ())) for n in self.nodes}
+        self.edges: list[tuple[str, str]] = sorted(set(map(tuple, edges)))
+        self.names: dict[str, str] = dict(names)
+        self.steps: list[str] = list(steps)
+        self._graph = None
 
     def spec(self, nid: str) -> Spec:
-        return self.graph.nodes[nid]["spec"]
+        return self.nodes[nid]
+
+    @property
+    def graph(self):
+        """The networkx view (built once; each node has `spec` and `names`)."""
+        if self._graph is None:
+            import networkx as nx
+
+            g = nx.DiGraph()
+            for nid in sorted(self.nodes):
+                g.add_node(nid, spec=self.nodes[nid], names=self.node_names[nid])
+            g.add_edges_from(self.edges)
+            self._graph = g
+        return self._graph
+
+    def display_name(self, nid: str) -> str:
+        """How a node reads in labels: its first declared name, else its label."""
+        names = self.node_names.get(nid)
+        return names[0] if names else node_label(self, nid)
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, Compiled) and self.nodes == other.nodes and self.node_names == other.node_names
+                and self.edges == other.edges and self.names == other.names and self.steps == other.steps)
+
+    __hash__ = None
 
 
 class Compiler:
     def __init__(self, checked: CheckedProgram):
         self.c = checked
-        self.g = nx.DiGraph()
+        self.nodes: dict[str, Spec] = {}
+        self.node_names: dict[str, list[str]] = {}
+        self.edges: set[tuple[str, str]] = set()
+        self.by_content: dict[str, str] = {}
         self.names: dict[str, str] = {}
-        self._building: set[str] = set()
 
     def add(self, spec: Spec, hint: str = "", name: str | None = None) -> str:
-        nid = node_id(spec, hint)
-        if nid not in self.g:
-            self.g.add_node(nid, spec=spec, names=[])
+        digest = content_digest(spec)
+        nid = self.by_content.get(digest)
+        if nid is None:
+            nid = f"{spec.kind}:{_clean_hint(hint) + ':' if hint else ''}{digest}"
+            self.by_content[digest] = nid
+            self.nodes[nid] = spec
+            self.node_names[nid] = []
             for dep in spec.deps():
-                self.g.add_edge(dep, nid)
-        if name and name not in self.g.nodes[nid]["names"]:
-            self.g.nodes[nid]["names"].append(name)
+                self.edges.add((dep, nid))
+        if name:
+            self.name(nid, name)
         return nid
+
+    def name(self, nid: str, name: str) -> None:
+        if name not in self.node_names[nid]:
+            self.node_names[nid].append(name)
 
     def loc(self, node) -> str:
         return node.span.location() if getattr(node, "span", None) else ""
@@ -57,14 +100,14 @@ class Compiler:
         if isinstance(e, A.PathModel):
             p = e.path
             local = resolve_path(p, e, self.c.base_dir)
-            src = str(local) if (local.exists() or p.endswith(".gguf") or p.startswith((".", "/", "~"))) else p
+            src = str(local) if (_exists(local) or p.endswith(".gguf") or p.startswith((".", "/", "~"))) else p
             return self.add(ModelSpec(src, self.loc(e)), _short(p))
         if isinstance(e, A.ModelRef):
             return self.named_model(e.name)
         if isinstance(e, A.Adapted):
             base = self.model(e.base)
             adapters = tuple((self.adapter(a.adapter), float(a.scale)) for a in e.adapters)
-            return self.add(ApplySpec(base, adapters))
+            return self.add(ApplySpec(base, adapters), "+".join(a.adapter for a in e.adapters))
         if isinstance(e, A.MergeExpr):
             base, models, options = None, [], []
             for entry in e.options.entries:
@@ -72,8 +115,8 @@ class Compiler:
                 if key == "base":
                     base = self.model(entry.value)
                 elif key == "models":
-                    for me in entry.value.entries:
-                        models.append((self.model(me.key), _params(me.value)))
+                    for key_node, value in merge_members(entry.value):
+                        models.append((self.model(key_node), _params(value)))
                 else:
                     options.append((key or str(getattr(entry.key, "value", "")), _option_value(entry.value)))
             return self.add(MergeSpec(e.method, base, tuple(models), tuple(sorted(options)), self.loc(e)), e.method)
@@ -89,7 +132,7 @@ class Compiler:
         decl = self.c.models[name]
         nid = self.model(decl.expr)
         self.names[name] = nid
-        self.g.nodes[nid]["names"].append(name)
+        self.name(nid, name)
         return nid
 
     def adapter(self, name: str) -> str:
@@ -116,14 +159,13 @@ class Compiler:
             for e in src.options.entries:
                 key = _key_name(e.key)
                 if key == "models":
-                    for me in e.value.entries:
-                        adapters.append((self.adapter(_key_name(me.key)), _params(me.value)))
+                    for key_node, value in merge_members(e.value):
+                        adapters.append((self.adapter(_key_name(key_node)), _params(value)))
                 else:
                     opts.append((key, _option_value(e.value)))
             nid = self.add(AdapterMergeSpec(src.method, tuple(adapters), tuple(sorted(opts)), self.loc(src)), name)
         self.names[name] = nid
-        if name not in self.g.nodes[nid]["names"]:
-            self.g.nodes[nid]["names"].append(name)
+        self.name(nid, name)
         return nid
 
     def router(self, name: str) -> str:
@@ -184,13 +226,13 @@ class Compiler:
                 nid = self.add(spec, str(i))
                 for r in reads:
                     if r in defined:
-                        self.g.add_edge(defined[r], nid)
+                        self.edges.add((defined[r], nid))
                     elif r in self.c.inputs:
-                        self.g.add_edge(self.names[r], nid)
+                        self.edges.add((self.names[r], nid))
                 for w in writes:
                     defined[w] = nid
                 steps.append(nid)
-        return Compiled(self.g, dict(self.names), steps)
+        return Compiled(self.nodes, self.node_names, self.edges, self.names, steps)
 
 
 # ---------------------------------------------------------------- expression IR
@@ -296,6 +338,8 @@ def _freeze(v):
 
 
 def _params(value) -> tuple:
+    if value is None:
+        return ()
     if isinstance(value, A.Block):
         return tuple(sorted((_key_name(e.key), _freeze(_plain_value(e.value))) for e in value.entries))
     return (("weight", float(_plain_value(value))),)
@@ -318,66 +362,167 @@ def _router_payload(v) -> tuple:
     return ("examples", _freeze(pv))
 
 
+def _exists(path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _short(p: str) -> str:
     return p.rstrip("/").rsplit("/", 1)[-1][:24]
+
+
+# ---------------------------------------------------------------- labels
+
+def node_label(compiled: Compiled, nid: str) -> str:
+    """A one-line description of a node, naming its inputs by their
+    declared names (`apply base + polite*0.8`, `merge ties(base; tuned, math)`)."""
+    spec = compiled.spec(nid)
+
+    def name(ref: str) -> str:
+        text = compiled.display_name(ref)
+        return f"({text})" if " " in text and not compiled.node_names.get(ref) else text
+
+    if isinstance(spec, ApplySpec):
+        return f"{name(spec.base)} + " + " + ".join(f"{name(a)}{'' if s == 1 else f'*{s:g}'}" for a, s in spec.adapters)
+    if isinstance(spec, MergeSpec):
+        models = ", ".join(f"{name(m)}{_weight_text(p)}" for m, p in spec.models)
+        base = f"base: {name(spec.base)}; " if spec.base else ""
+        return f"merge {spec.method}({base}{models})"
+    if isinstance(spec, AdapterMergeSpec):
+        return f"merge {spec.method}(" + ", ".join(f"{name(a)}{_weight_text(p)}" for a, p in spec.adapters) + ")"
+    if isinstance(spec, FuseSpec):
+        text = ""
+        for i, (m, w) in enumerate(spec.members):
+            sign = (" - " if i else "-") if w < 0 else (" + " if i else "")
+            text += f"{sign}{'' if abs(w) == 1 else f'{abs(w):g}*'}{name(m)}"
+        return f"fuse {spec.mode}: {text}"
+    if isinstance(spec, TrainSpec):
+        return f"train lora on {spec.data.rsplit('/', 1)[-1]} (base: {name(spec.base)})"
+    if isinstance(spec, RouterSpec):
+        return f"router {spec.name} ({spec.mode}: " + ", ".join(name(e) for e, _ in spec.experts) + \
+            (f"; default {name(spec.default)}" if spec.default else "") + ")"
+    if isinstance(spec, QuerySpec):
+        params = ", ".join(p for p, _ in spec.params)
+        holes = ", ".join(spec.holes)
+        return f"query {spec.name}({params}) -> [{holes}] using {name(spec.model)}"
+    if isinstance(spec, StepSpec):
+        return stmt_text(spec.stmt)
+    return spec.label()
+
+
+def _weight_text(params: tuple) -> str:
+    d = dict(params)
+    if not d:
+        return ""
+    if set(d) == {"weight"}:
+        return f":{d['weight']:g}" if isinstance(d["weight"], (int, float)) else ""
+    return ":{" + ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else str(k) for k, v in d.items()) + "}"
+
+
+def expr_text(e) -> str:
+    """Expression IR back to short source text (for labels)."""
+    tag = e[0]
+    if tag == "lit":
+        return json.dumps(e[1], ensure_ascii=False) if isinstance(e[1], str) else ("true" if e[1] is True else "false" if e[1] is False else str(e[1]))
+    if tag == "var":
+        return e[1]
+    if tag == "attr":
+        return f"{expr_text(e[1])}.{e[2]}"
+    if tag == "index":
+        return f"{expr_text(e[1])}[{expr_text(e[2])}]"
+    if tag == "list":
+        return "[" + ", ".join(expr_text(x) for x in e[1]) + "]"
+    if tag == "call":
+        args = [expr_text(a) for a in e[2]] + [f"{k}={expr_text(v)}" for k, v in e[3]]
+        return f"{e[1]}({', '.join(args)})"
+    if tag == "bin":
+        return f"{expr_text(e[2])} {e[1]} {expr_text(e[3])}"
+    if tag == "un":
+        return f"{e[1]} {expr_text(e[2])}" if e[1] == "not" else f"-{expr_text(e[2])}"
+    return "?"
+
+
+def stmt_text(s, limit: int = 60) -> str:
+    tag = s[0]
+    if tag == "assign":
+        text = f"{s[1]} = {expr_text(s[2])}"
+    elif tag == "if":
+        text = f"if {expr_text(s[1])}" + (" / else" if s[3] else "")
+    elif tag == "for":
+        text = f"for {s[1]} in {expr_text(s[2])}"
+    elif tag == "emit":
+        text = "emit " + ", ".join(n for n, _ in s[1])
+    else:
+        text = tag
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ---------------------------------------------------------------- export
 
 def graph_to_json(compiled: Compiled) -> dict:
-    g = compiled.graph
     return {
         "version": GRAPH_FORMAT_VERSION,
-        "nodes": [{"id": n, "names": list(g.nodes[n]["names"]), "spec": to_jsonable(g.nodes[n]["spec"])} for n in sorted(g.nodes)],
-        "edges": sorted([list(e) for e in g.edges]),
+        "nodes": [{"id": n, "names": list(compiled.node_names[n]), "label": node_label(compiled, n),
+                   "spec": to_jsonable(compiled.nodes[n])} for n in sorted(compiled.nodes)],
+        "edges": [list(e) for e in compiled.edges],
         "names": dict(sorted(compiled.names.items())),
         "steps": list(compiled.steps),
     }
 
 
 def graph_from_json(data: dict | str) -> Compiled:
+    """The inverse of graph_to_json (labels are derived, so not read back)."""
     if isinstance(data, str):
         data = json.loads(data)
-    if data.get("version") != GRAPH_FORMAT_VERSION:
-        raise ValueError(f"unsupported graph version {data.get('version')!r}")
-    g = nx.DiGraph()
-    for n in data["nodes"]:
-        g.add_node(n["id"], spec=from_jsonable(n["spec"]), names=list(n["names"]))
-    for a, b in data["edges"]:
-        g.add_edge(a, b)
-    return Compiled(g, dict(data["names"]), list(data["steps"]))
+    if not isinstance(data, dict) or data.get("version") != GRAPH_FORMAT_VERSION:
+        raise ValueError(f"unsupported graph version {data.get('version') if isinstance(data, dict) else None!r}")
+    nodes = {n["id"]: from_jsonable(n["spec"]) for n in data["nodes"]}
+    names = {n["id"]: list(n["names"]) for n in data["nodes"]}
+    return Compiled(nodes, names, [tuple(e) for e in data["edges"]], dict(data["names"]), list(data["steps"]))
+
+
+_DOT_SHAPES = {"model": "cylinder", "query": "note", "step": "ellipse", "router": "diamond", "input": "invhouse",
+               "lora": "folder", "train": "folder", "adapter_merge": "folder"}
+
+
+def _display_label(compiled: Compiled, nid: str) -> str:
+    spec = compiled.spec(nid)
+    label = node_label(compiled, nid)
+    names = compiled.node_names[nid]
+    if names and spec.kind not in ("query", "input", "router"):
+        label = f"{', '.join(names)} = {label}"
+    return label
 
 
 def graph_to_dot(compiled: Compiled) -> str:
-    g = compiled.graph
-    lines = ["digraph lmlang {", "  rankdir=LR;", "  node [shape=box, fontname=\"Helvetica\"];"]
-    shapes = {"model": "cylinder", "query": "note", "step": "ellipse", "router": "diamond", "input": "invhouse"}
-    for n in sorted(g.nodes):
-        spec = g.nodes[n]["spec"]
-        names = g.nodes[n]["names"]
-        label = spec.label() + (f"\\n[{', '.join(names)}]" if names and spec.kind not in ("query", "input", "router") else "")
-        label = label.replace('"', '\\"')
-        lines.append(f'  "{n}" [label="{label}", shape={shapes.get(spec.kind, "box")}];')
-    for a, b in sorted(g.edges):
+    lines = ["digraph lmlang {", "  rankdir=LR;", '  node [shape=box, fontname="Helvetica"];']
+    for n in sorted(compiled.nodes):
+        spec = compiled.spec(n)
+        label = _display_label(compiled, n).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        lines.append(f'  "{n}" [label="{label}", shape={_DOT_SHAPES.get(spec.kind, "box")}];')
+    for a, b in compiled.edges:
         lines.append(f'  "{a}" -> "{b}";')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
 def graph_to_mermaid(compiled: Compiled) -> str:
-    g = compiled.graph
-    ids = {n: f"n{i}" for i, n in enumerate(sorted(g.nodes))}
+    ids = {n: f"n{i}" for i, n in enumerate(sorted(compiled.nodes))}
     lines = ["flowchart LR"]
-    for n in sorted(g.nodes):
-        spec = g.nodes[n]["spec"]
-        names = g.nodes[n]["names"]
-        label = spec.label() + (f" [{', '.join(names)}]" if names and spec.kind not in ("query", "input", "router") else "")
-        label = label.replace('"', "'")
+    for n in sorted(compiled.nodes):
+        label = _display_label(compiled, n).replace('"', "#quot;").replace("\n", " ")
         lines.append(f'  {ids[n]}["{label}"]')
-    for a, b in sorted(g.edges):
+    for a, b in compiled.edges:
         lines.append(f"  {ids[a]} --> {ids[b]}")
     return "\n".join(lines) + "\n"
 
 
 def compile_checked(checked: CheckedProgram) -> Compiled:
     return Compiler(checked).compile()
+
+
+def _clean_hint(hint: str) -> str:
+    """Hints go into node ids: keep them short and free of ':' (the separator)."""
+    return "".join(ch if ch.isalnum() or ch in "_-.+" else "_" for ch in hint)[:32]

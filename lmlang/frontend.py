@@ -50,4 +50,8 @@ def build_file(path: str | Path, functions=frozenset()) -> FrontEnd:
         from .errors import ScriptError
 
         raise ScriptError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        from .errors import ScriptError
+
+        raise ScriptError(f"cannot read {path}: {e.strerror or e}") from None
     return build(text, str(path), path.resolve().parent, functions)

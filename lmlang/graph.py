@@ -99,7 +99,7 @@ class ApplySpec(Spec):
         return (self.base, *(a for a, _ in self.adapters))
 
     def label(self) -> str:
-        return "apply " + " + ".join(f"*{s:g}" for _, s in self.adapters)
+        return "apply " + " + ".join(f"{a.split(':')[1] if a.count(':') == 2 else a}*{s:g}" for a, s in self.adapters)
 
 
 @dataclass(frozen=True)
@@ -228,9 +228,13 @@ def from_jsonable(v):
     return v
 
 
-def node_id(spec: Spec, hint: str = "") -> str:
-    """Deterministic: kind + a hash of the spec's content (locations excluded,
-    so the same expression written twice is one node)."""
+def content_digest(spec: Spec) -> str:
+    """A hash of the spec's content, locations excluded, so the same
+    expression written twice is one node."""
     content = {k: v for k, v in to_jsonable(spec).items() if k != "loc"}
-    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{spec.kind}:{hint + ':' if hint else ''}{digest}"
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def node_id(spec: Spec, hint: str = "") -> str:
+    """Deterministic: kind, an optional readable hint, and the content digest."""
+    return f"{spec.kind}:{hint + ':' if hint else ''}{content_digest(spec)}"

@@ -16,7 +16,8 @@ from .errors import LmlangSyntaxError
 from .grammar_file import grammar_text
 from .source import Source, Span
 
-MAX_NESTING = 200          # deeper brackets are refused before Lark sees them
+MAX_NESTING = 64           # deeper brackets are refused before Lark sees them
+MAX_EXPR_DEPTH = 100       # deeper expressions (long operator chains too) are refused after parsing
 MAX_SOURCE_BYTES = 16 * 1024 * 1024
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -33,9 +34,33 @@ TERMINAL_NAMES = {
 
 @lru_cache(maxsize=1)
 def _lark():
+    """The LALR parser. Building its tables costs more than parsing a script,
+    so the built parser is cached on disk (Lark checks the grammar's hash and
+    its own version before reusing the file; a stale or unreadable cache is
+    simply rebuilt)."""
     import lark
 
-    return lark.Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    options = dict(parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    cache = _cache_file()
+    if cache is not None:
+        try:
+            return lark.Lark(grammar_text(), cache=cache, **options)
+        except Exception:  # a corrupt or foreign cache file: build without it
+            pass
+    return lark.Lark(grammar_text(), **options)
+
+
+def _cache_file() -> str | None:
+    import hashlib
+
+    from .home import cache_dir
+
+    try:
+        folder = cache_dir("parser")
+    except OSError:
+        return None
+    digest = hashlib.sha256(grammar_text().encode("utf-8")).hexdigest()[:16]
+    return str(folder / f"lmlang-{digest}.lark")
 
 
 def parse(text: str, filename: str = "<string>") -> A.Program:
@@ -48,7 +73,9 @@ def parse(text: str, filename: str = "<string>") -> A.Program:
 
     try:
         tree = _lark().parse(text)
-        return _ToAst(source).transform(tree)
+        program = _ToAst(source).transform(tree)
+        _check_expression_depth(program)
+        return program
     except lark.exceptions.UnexpectedInput as e:
         raise _syntax_error(e, source) from None
     except LmlangSyntaxError as e:
@@ -106,6 +133,51 @@ def _check_nesting(source: Source) -> None:
         i += 1
 
 
+def _check_expression_depth(program: A.Program) -> None:
+    """Every later stage (checker, compiler, JSON export, the flow
+    interpreter) walks expressions recursively; bounding their depth here,
+    without recursion, keeps all of them clear of RecursionError."""
+    roots: list = []
+    stmts = [s for d in program.decls if isinstance(d, A.FlowDecl) for s in d.body]
+    while stmts:
+        s = stmts.pop()
+        if isinstance(s, A.Assign):
+            roots.append(s.value)
+        elif isinstance(s, A.If):
+            roots.append(s.cond)
+            stmts.extend(s.then)
+            stmts.extend(s.orelse)
+        elif isinstance(s, A.For):
+            roots.append(s.iter)
+            stmts.extend(s.body)
+        elif isinstance(s, A.Emit):
+            roots.extend(i.value for i in s.items)
+    for d in program.decls:
+        if isinstance(d, A.QueryDecl) and isinstance(d.using, A.RouterCall):
+            roots.extend(d.using.args)
+    for root in roots:
+        stack = [(root, 1)]
+        while stack:
+            e, depth = stack.pop()
+            if depth > MAX_EXPR_DEPTH:
+                raise LmlangSyntaxError("expression nested too deeply", root.span,
+                                        f"split it into steps; keep expressions under {MAX_EXPR_DEPTH} levels")
+            children = ()
+            if isinstance(e, A.BinOp):
+                children = (e.left, e.right)
+            elif isinstance(e, A.UnaryOp):
+                children = (e.operand,)
+            elif isinstance(e, A.Attr):
+                children = (e.obj,)
+            elif isinstance(e, A.Index):
+                children = (e.obj, e.index)
+            elif isinstance(e, A.ListExpr):
+                children = e.items
+            elif isinstance(e, A.Call):
+                children = (*e.args, *(v for _, v in e.kwargs))
+            stack.extend((c, depth + 1) for c in children)
+
+
 def _describe_terminal(name: str) -> str:
     if name in TERMINAL_NAMES:
         return TERMINAL_NAMES[name]
@@ -139,11 +211,22 @@ def _syntax_error(e, source: Source) -> LmlangSyntaxError:
         tok = e.token
         width = max(len(str(tok)), 1)
         span = Span(line, col, getattr(tok, "end_line", line) or line, getattr(tok, "end_column", col + width) or col + width, source.filename)
-        message = f"unexpected {_describe_terminal(tok.type) if tok.type != 'NAME' else repr(str(tok))}"
+        text = str(tok)
+        shown = text if len(text) <= 30 else text[:27] + "..."
+        if tok.type in TERMINAL_NAMES and tok.type != "NAME":
+            word = TERMINAL_NAMES[tok.type].split(" ", 1)[1] if TERMINAL_NAMES[tok.type].startswith(("a ", "an ")) else TERMINAL_NAMES[tok.type]
+            message = f"unexpected {word} {shown}"
+        else:
+            message = f"unexpected {shown!r}"
     hint = ""
     if expected:
         shown = expected[:8]
-        hint = "expected " + ", ".join(shown) + (" ..." if len(expected) > 8 else "")
+        if len(expected) > 8:
+            hint = "expected " + ", ".join(shown) + ", ..."
+        elif len(shown) > 1:
+            hint = "expected " + ", ".join(shown[:-1]) + " or " + shown[-1]
+        else:
+            hint = "expected " + shown[0]
     return LmlangSyntaxError(message, span, hint).with_source(source)
 
 
@@ -346,7 +429,7 @@ def _make_transformer_class():
             return tuple(c for c in ch if c is not None)
 
         def kwarg(self, meta, ch):
-            return A.KwArg(str(ch[0]), self._value(ch[1]), span=self.sp(meta))
+            return A.KwArg(str(ch[0]), self._value(ch[1]), span=self.sp(meta), name_span=self.tsp(ch[0]))
 
         def type_ref(self, meta, ch):
             return A.TypeRef(str(ch[0]), ch[1], span=self.sp(meta))
@@ -360,13 +443,14 @@ def _make_transformer_class():
 
         def input_decl(self, meta, ch):
             name, typ, default = ch
-            return A.InputDecl(str(name), typ, self._value(default) if default is not None else None, span=self.sp(meta))
+            return A.InputDecl(str(name), typ, self._value(default) if default is not None else None, span=self.sp(meta),
+                               name_span=self.tsp(name))
 
         def model_decl(self, meta, ch):
             name, expr = ch
             if isinstance(expr, _StringTok):
                 expr = A.PathModel(expr.value, span=expr.span)
-            return A.ModelDecl(str(name), expr, span=self.sp(meta))
+            return A.ModelDecl(str(name), expr, span=self.sp(meta), name_span=self.tsp(name))
 
         def model_expr(self, meta, ch):
             base, adapters = ch[0], tuple(ch[1:])
@@ -405,15 +489,15 @@ def _make_transformer_class():
             return A.AdapterMerge(str(ch[0]), ch[1], span=self.sp(meta))
 
         def adapter_decl(self, meta, ch):
-            return A.AdapterDecl(str(ch[0]), ch[1], span=self.sp(meta))
+            return A.AdapterDecl(str(ch[0]), ch[1], span=self.sp(meta), name_span=self.tsp(ch[0]))
 
         def router_decl(self, meta, ch):
             name, kind, opts, using, block = ch
-            return A.RouterDecl(str(name), str(kind), opts or (), using, block, span=self.sp(meta))
+            return A.RouterDecl(str(name), str(kind), opts or (), using, block, span=self.sp(meta), name_span=self.tsp(name))
 
         # -- queries
         def param(self, meta, ch):
-            return A.Param(str(ch[0]), ch[1], span=self.sp(meta))
+            return A.Param(str(ch[0]), ch[1], span=self.sp(meta), name_span=self.tsp(ch[0]))
 
         def decoder(self, meta, ch):
             return A.Decoder(str(ch[0]), ch[1] or (), span=self.sp(meta))
@@ -444,7 +528,7 @@ def _make_transformer_class():
             return A.CGrammar(str(ch[0]), ch[1].value, span=self.sp(meta))
 
         def c_is(self, meta, ch):
-            return A.CIs(str(ch[0]), str(ch[1]), span=self.sp(meta))
+            return A.CIs(str(ch[0]), str(ch[1]), ch[2], span=self.sp(meta))
 
         def c_stops_at(self, meta, ch):
             return A.CStop(str(ch[0]), ch[1].value, True, span=self.sp(meta))
@@ -487,7 +571,8 @@ def _make_transformer_class():
             if len(dists) > 1:
                 raise LmlangSyntaxError("a query has at most one distribution clause", dists[1].span,
                                         "ask for the distribution of one hole")
-            return A.QueryDecl(str(name), params, using, decoder, segments, wheres, dists[0] if dists else None, span=self.sp(meta))
+            return A.QueryDecl(str(name), params, using, decoder, segments, wheres, dists[0] if dists else None,
+                               span=self.sp(meta), name_span=self.tsp(name))
 
         # -- flow
         def flow_decl(self, meta, ch):
@@ -497,7 +582,7 @@ def _make_transformer_class():
             return tuple(ch)
 
         def assign(self, meta, ch):
-            return A.Assign(str(ch[0]), ch[1], span=self.sp(meta))
+            return A.Assign(str(ch[0]), ch[1], span=self.sp(meta), name_span=self.tsp(ch[0]))
 
         def if_stmt(self, meta, ch):
             cond, then, orelse = ch
@@ -506,7 +591,7 @@ def _make_transformer_class():
             return A.If(cond, then, orelse or (), span=self.sp(meta))
 
         def for_stmt(self, meta, ch):
-            return A.For(str(ch[0]), ch[1], ch[2], span=self.sp(meta))
+            return A.For(str(ch[0]), ch[1], ch[2], span=self.sp(meta), name_span=self.tsp(ch[0]))
 
         def emit_stmt(self, meta, ch):
             return A.Emit(tuple(ch), span=self.sp(meta))
@@ -515,7 +600,7 @@ def _make_transformer_class():
             name, value = ch
             if value is None:
                 value = A.Var(str(name), span=self.tsp(name))
-            return A.EmitItem(str(name), value, span=self.sp(meta))
+            return A.EmitItem(str(name), value, span=self.sp(meta), name_span=self.tsp(name))
 
         def _chain(self, meta, ch, op_of):
             left = ch[0]
@@ -577,6 +662,12 @@ def _make_transformer_class():
 
         def string_lit(self, meta, ch):
             return A.Lit(ch[0].value, span=ch[0].span)
+
+        def lit_true(self, meta, ch):
+            return A.Lit(True, span=self.sp(meta))
+
+        def lit_false(self, meta, ch):
+            return A.Lit(False, span=self.sp(meta))
 
         def var(self, meta, ch):
             return A.Var(str(ch[0]), span=self.sp(meta))

@@ -48,16 +48,32 @@ class Source:
     def span(self, line: int, col: int, end_line: int | None = None, end_col: int | None = None) -> Span:
         return Span(line, col, end_line or line, end_col or col + 1, self.filename)
 
-    def underline(self, span: Span) -> str:
-        """The source line and a caret/underline under the span (first line only)."""
+    def underline(self, span: Span, max_lines: int = 4) -> str:
+        """The lines the span covers, each with a `^` underline under the
+        spanned part (long spans show their first and last lines)."""
         if span.line <= 0:
             return ""
-        text = self.line_text(span.line).expandtabs(1)
-        start = max(span.col - 1, 0)
-        if span.end_line == span.line:
-            width = max(span.end_col - span.col, 1)
-        else:
-            width = max(len(text) - start, 1)
-        width = min(width, max(len(text) - start, 1))
-        gutter = f"{span.line:>4} | "
-        return f"{gutter}{text}\n{' ' * len(gutter)}{' ' * start}{'^' * width}"
+        last = max(span.end_line, span.line)
+        numbers = list(range(span.line, last + 1))
+        if len(numbers) > max_lines:
+            numbers = numbers[:max_lines - 1] + [None, last]
+        width = len(str(last))
+        out = []
+        for n in numbers:
+            if n is None:
+                out.append(f"{'.' * width:>4} |")
+                continue
+            text = self.line_text(n).expandtabs(1)
+            if n == span.line:
+                start = max(span.col - 1, 0)
+            else:
+                start = len(text) - len(text.lstrip())
+            end = span.end_col - 1 if n == span.end_line else len(text)
+            end = min(end, len(text))
+            count = max(end - start, 1)
+            gutter = f"{n:>4} | "
+            out.append(f"{gutter}{text}")
+            if n == last and n != span.line and end <= start and not text.strip():
+                continue
+            out.append(f"{' ' * len(gutter)}{' ' * start}{'^' * count}")
+        return "\n".join(out)

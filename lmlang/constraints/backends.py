@@ -337,7 +337,7 @@ BACKENDS: dict[str, Backend] = {
 
 # Preferred order per plan kind (measured; see engine.py's docstring).
 CHAINS: dict[str, tuple[str, ...]] = {
-    "regex": ("llguidance", "outlines_core", "xgrammar"),
+    "regex": ("llguidance", "xgrammar", "outlines_core"),
     "json": ("llguidance", "xgrammar", "outlines_core"),
     "lark": ("llguidance", "xgrammar"),
     "free": (),

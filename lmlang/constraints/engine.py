@@ -1,4 +1,4 @@
-"""lmlang's constraint engine: constraint -> plan -> backend -> token masks.
+r"""lmlang's constraint engine: constraint -> plan -> backend -> token masks.
 
 Public API (what the runtime calls)
 -----------------------------------
@@ -26,11 +26,12 @@ Backends and why (measured on SmolLM2's 49,152-token byte-level BPE, 2 CPU cores
 bench/maskbench.py and the numbers in the helper's report):
 
     kind     chain                                     reason
-    regex    llguidance -> outlines_core -> xgrammar   llguidance compiles a choice/int/regex in ~1 ms
+    regex    llguidance -> xgrammar -> outlines_core   llguidance compiles a choice/int/regex in ~1-5 ms
                                                        lazily; outlines_core's eager index costs
-                                                       0.1-5 s per regex (disk-cached) for masks
-                                                       only tens of us faster, which is <1% of a
-                                                       ~40 ms forward step
+                                                       10 ms-5 s per regex (disk-cached) for masks no
+                                                       faster here, and 0.2.14 drops transitions from
+                                                       accepting states (`3(\.1)?` refuses "." after
+                                                       "3"), so it is the last resort
     json     llguidance -> xgrammar -> outlines_core   llguidance passes the most MaskBench schemas;
                                                        fallbacks only for schemas whose keywords
                                                        they enforce (never silently ignore one)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Greedy closing prefers bytes that end structures, then short scalars.
 _SLACK_TOKENS = 2
-_SLACK_CHARS = 4
+_SLACK_CHARS = 2
 
 
 class ValueTruncated(Exception):
@@ -141,7 +141,7 @@ class Guide:
         if plan.max_chars is not None:
             eos_ok = out[eos]
             limit = plan.max_chars - self._chars
-            if self._closing is not None and plan.has_shape:
+            if self._closing is not None and plan.has_shape and plan.options is None:
                 limit -= self._closing_chars + _SLACK_CHARS
                 if self._closing:
                     keep = self._closing[0]
@@ -322,8 +322,9 @@ class Guide:
         plan = self._c.plan
         if self._m is None or (plan.max_tokens is None and plan.max_chars is None):
             return
-        if plan.kind == "lark" and plan.source.endswith("&len") and plan.max_tokens is None:
-            return  # the length bound is inside the grammar already: exact
+        exact_chars = plan.options is not None or (plan.kind == "lark" and plan.source.endswith("&len"))
+        if exact_chars and plan.max_tokens is None:
+            return  # the length bound is inside the shape already (filtered options / lexeme `&`): exact
         rem_t = None if plan.max_tokens is None else plan.max_tokens - self.tokens_generated
         rem_c = None if plan.max_chars is None else plan.max_chars - self._chars
         step = self.tokens_generated
@@ -343,8 +344,8 @@ class Guide:
         n = len(self._closing)
         slack = _SLACK_TOKENS if n else 1
         self._closing_mode = (rem_t is not None and n + slack >= rem_t) or \
-                             (rem_c is not None and self._closing_chars + _SLACK_CHARS >= rem_c and
-                              self._closing_chars > 0)
+                             (rem_c is not None and not exact_chars and self._closing_chars > 0 and
+                              self._closing_chars >= rem_c)
 
     def _closing_path(self, limit: int = 256) -> list[int] | None:
         m = self._m.clone()

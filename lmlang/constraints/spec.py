@@ -28,7 +28,10 @@ class Regex(Constraint):
 
 @dataclass(frozen=True)
 class IntType(Constraint):
-    """`x is int`; optional inclusive bounds come from `int(0..150)` in JSON types."""
+    """`x is int`; optional inclusive bounds come from `int(0..150)` in JSON types.
+    Bounds are enforced while decoding (lowered to a JSON-Schema integer range)."""
+    lo: int | None = None
+    hi: int | None = None
 
 
 @dataclass(frozen=True)

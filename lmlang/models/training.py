@@ -1,0 +1,499 @@
+"""`train lora on "data.jsonl" { ... }`: fine-tune a LoRA adapter, cached by content.
+
+Data shape: a JSONL file, one JSON object per line (blank lines are skipped):
+
+    {"prompt": "sentiment: I loved it", "completion": "positive"}
+    {"messages": [{"role": "system", "content": "..."},
+                  {"role": "user", "content": "..."},
+                  {"role": "assistant", "content": "..."}]}
+
+* prompt/completion: both strings, the completion non-empty. When the base's
+  tokenizer has a chat template, the row is rendered exactly as an lmlang query
+  with one ``user`` message is: ``template([user: prompt], add_generation_prompt)``
+  followed by the completion and whatever the template puts after an assistant
+  message (e.g. ``<|im_end|>``), so the adapter learns to answer *and stop* the way
+  queries prompt the model. Without a template: the prompt (with the tokenizer's
+  BOS if it adds one), then the completion, then EOS.
+* messages: a list of {"role": str, "content": str}; the last message must be the
+  assistant's and non-empty. With a chat template the conversation up to it is the
+  context; without one each earlier message is written as ``role: content\\n`` and
+  the answer follows ``assistant: ``.
+
+Loss is computed on the completion (last assistant message) tokens only; prompt
+and padding positions have label -100. The prompt and the completion are
+tokenized separately and concatenated, which is the token sequence the model sees
+when it is prompted and then generates. Rows longer than ``max_length`` lose
+prompt tokens from the left (then completion tokens from the right).
+
+A bad row (invalid JSON, missing keys, wrong types, empty completion) raises
+DataError naming the file and line.
+
+The adapter is a PEFT folder (adapter_config.json + adapter_model.safetensors)
+under ``cache_dir("adapters") / <sha256 of base content, data bytes, options>``,
+published atomically; a second run with the same inputs reuses it without
+training. Training is a plain fp32 AdamW loop (no Trainer), seeded: the same
+seed gives bit-identical weights on the same machine.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError, LmlangRuntimeError
+from ..home import cache_dir
+
+FORMAT_VERSION = 1  # bump when the training recipe changes what an option set produces
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "rank": 8,
+    "alpha": 16,
+    "epochs": 3,
+    "lr": 1e-3,
+    "target_modules": ["q_proj", "v_proj"],
+    "seed": 0,
+    "batch_size": 8,
+    "max_length": 512,
+    "dropout": 0.0,
+}
+
+META_FILE = "lmlang_adapter.json"
+# Files of a base folder that decide what training produces.
+_BASE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    path: Path
+    cached: bool
+    seconds: float
+    final_loss: float  # mean training loss over the last epoch
+    steps: int = 0  # optimizer steps run (0 when cached)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One encoded row: token ids and labels (-100 where no loss)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    line: int
+
+
+# ---------------------------------------------------------------- options
+
+
+def normalize_options(options: dict | None) -> dict[str, Any]:
+    """Defaults filled in, types checked, target_modules sorted: the cache key's view."""
+    options = dict(options or {})
+    unknown = [k for k in options if k not in DEFAULT_OPTIONS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(DEFAULT_OPTIONS), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known options: {', '.join(DEFAULT_OPTIONS)}"
+        raise LmlangRuntimeError(f"unknown training option {unknown[0]!r}", hint=hint)
+    out = {**DEFAULT_OPTIONS, **options}
+
+    def positive_int(key: str) -> int:
+        value = out[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise LmlangRuntimeError(f"training option {key} must be a positive integer, got {value!r}")
+        return value
+
+    def number(key: str, low: float, high: float, low_open: bool) -> float:
+        value = out[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < low or (low_open and value == low) or value >= high:
+            bounds = f"{'(' if low_open else '['}{low}, {high})"
+            raise LmlangRuntimeError(f"training option {key} must be a number in {bounds}, got {value!r}")
+        return float(value)
+
+    for key in ("rank", "epochs", "batch_size", "max_length"):
+        out[key] = positive_int(key)
+    if out["max_length"] < 8:
+        raise LmlangRuntimeError(f"training option max_length must be at least 8, got {out['max_length']}")
+    out["alpha"] = number("alpha", 0.0, math.inf, True)
+    out["lr"] = number("lr", 0.0, 1.0, True)
+    out["dropout"] = number("dropout", 0.0, 1.0, False)
+    seed = out["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise LmlangRuntimeError(f"training option seed must be an integer, got {seed!r}")
+    targets = out["target_modules"]
+    if isinstance(targets, str):
+        targets = [targets]
+    if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) and t for t in targets):
+        raise LmlangRuntimeError(f"training option target_modules must be a non-empty list of module names, got {targets!r}")
+    out["target_modules"] = sorted(set(targets))
+    return out
+
+
+# ---------------------------------------------------------------- data
+
+
+def read_rows(data_path: Path, data: bytes | None = None) -> list[tuple[int, dict]]:
+    """(line number, row) for every non-blank line; DataError on the first bad one."""
+    data_path = Path(data_path)
+    try:
+        text = (data_path.read_bytes() if data is None else data).decode("utf-8")
+    except FileNotFoundError:
+        raise DataError(f"training data not found: {data_path}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{data_path}: not UTF-8 text ({exc})") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{data_path}:{number}: invalid JSON ({exc})") from None
+        _check_row(data_path, number, row)
+        rows.append((number, row))
+    if not rows:
+        raise DataError(f"{data_path}: no training rows", hint='each line is {"prompt": ..., "completion": ...} or {"messages": [...]}')
+    return rows
+
+
+_SHAPE_HINT = 'each line is {"prompt": str, "completion": str} or {"messages": [{"role": str, "content": str}, ...]}'
+
+
+def _check_row(path: Path, line: int, row: Any) -> None:
+    where = f"{path}:{line}"
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}", hint=_SHAPE_HINT)
+    if "messages" in row:
+        extra = set(row) & {"prompt", "completion"}
+        if extra:
+            raise DataError(f"{where}: a row has either messages or prompt/completion, not both", hint=_SHAPE_HINT)
+        messages = row["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise DataError(f"{where}: messages must be a non-empty list", hint=_SHAPE_HINT)
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+                raise DataError(f"{where}: messages[{i}] must be an object with string role and content", hint=_SHAPE_HINT)
+        if messages[-1]["role"] != "assistant":
+            raise DataError(f"{where}: the last message must be the assistant's (the loss is computed on it), got role {messages[-1]['role']!r}")
+        if not messages[-1]["content"]:
+            raise DataError(f"{where}: the last assistant message is empty")
+        return
+    for key in ("prompt", "completion"):
+        if key not in row:
+            raise DataError(f"{where}: missing key {key!r}", hint=_SHAPE_HINT)
+        if not isinstance(row[key], str):
+            raise DataError(f"{where}: {key} must be a string, got {type(row[key]).__name__}", hint=_SHAPE_HINT)
+    if not row["completion"]:
+        raise DataError(f"{where}: empty completion")
+
+
+def _render(tokenizer, row: dict) -> tuple[list[int], list[int]]:
+    """(context ids, answer ids) for one checked row."""
+    if "messages" in row:
+        context_messages, answer = row["messages"][:-1], row["messages"][-1]["content"]
+    else:
+        context_messages, answer = [{"role": "user", "content": row["prompt"]}], row["completion"]
+    if getattr(tokenizer, "chat_template", None):
+        full_messages = context_messages + [{"role": "assistant", "content": answer}]
+        context = tokenizer.apply_chat_template(context_messages, add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(full_messages, tokenize=False)
+        if not full.startswith(context):
+            raise ValueError("the chat template renders the answer's context differently from the generation prompt")
+        tail = full[len(context):]
+        return (tokenizer(context, add_special_tokens=False)["input_ids"],
+                tokenizer(tail, add_special_tokens=False)["input_ids"])
+    if "messages" in row:
+        context = "".join(f"{m['role']}: {m['content']}\n" for m in context_messages) + "assistant: "
+    else:
+        context = row["prompt"]
+    context_ids = tokenizer(context, add_special_tokens=True)["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        answer_ids = answer_ids + [tokenizer.eos_token_id]
+    return context_ids, answer_ids
+
+
+def encode_rows(tokenizer, rows: list[tuple[int, dict]], max_length: int, data_path: Path) -> list[Example]:
+    examples = []
+    for line, row in rows:
+        try:
+            context, answer = _render(tokenizer, row)
+        except Exception as exc:  # template errors (unknown role, ...) belong to the row
+            raise DataError(f"{data_path}:{line}: cannot render the row: {exc}") from None
+        if not answer:
+            raise DataError(f"{data_path}:{line}: the completion encodes to no tokens")
+        answer = answer[:max_length - 1]
+        context = context[max(0, len(context) - (max_length - len(answer))):]
+        examples.append(Example(context + answer, [-100] * len(context) + list(answer), line))
+    return examples
+
+
+def collate(examples: list[Example], pad_id: int):
+    """Right-padded batch tensors: input_ids, attention_mask, labels (-100 on padding)."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        mask[i, :n] = 1
+        labels[i, :n] = torch.tensor(e.labels)
+    return ids, mask, labels
+
+
+# ---------------------------------------------------------------- cache keys
+
+_key_memo: dict[tuple, str] = {}
+
+
+def base_content_key(base_path: Path) -> str:
+    """sha256 over the files of a base folder that decide training (weights,
+    config, tokenizer). Memoized per process and on disk by (path, size, mtime)."""
+    base_path = Path(base_path).resolve()
+    files = sorted(p for p in base_path.iterdir() if p.is_file() and (p.name in _BASE_FILES or p.suffix == ".safetensors"))
+    if not any(p.suffix == ".safetensors" for p in files):
+        raise LmlangRuntimeError(f"base model folder {base_path} has no .safetensors weights")
+    signature = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    memo_key = (str(base_path), signature)
+    if memo_key in _key_memo:
+        return _key_memo[memo_key]
+    memo_file = cache_dir("adapters") / "base-keys.json"
+    try:
+        disk = json.loads(memo_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        disk = {}
+    entry = disk.get(str(base_path))
+    if isinstance(entry, dict) and entry.get("signature") == [list(s) for s in signature]:
+        _key_memo[memo_key] = entry["key"]
+        return entry["key"]
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(p.name.encode() + b"\0")
+        with p.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    key = digest.hexdigest()
+    _key_memo[memo_key] = key
+    disk[str(base_path)] = {"signature": [list(s) for s in signature], "key": key}
+    tmp = memo_file.with_name(f".base-keys-{os.getpid()}-{uuid.uuid4().hex}.json")
+    try:
+        tmp.write_text(json.dumps(disk, indent=1), encoding="utf-8")
+        os.replace(tmp, memo_file)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+    return key
+
+
+def adapter_cache_key(base_key: str, data: bytes, options: dict) -> str:
+    blob = json.dumps({"format": FORMAT_VERSION, "base": base_key, "data": hashlib.sha256(data).hexdigest(),
+                       "options": options}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_lora(base_path: Path, data_path: Path, options: dict | None = None, progress: bool = True) -> TrainResult:
+    """Fine-tune a LoRA on `data_path` over the HF folder `base_path`; the cached PEFT folder."""
+    start = time.perf_counter()
+    base_path, data_path = Path(base_path), Path(data_path)
+    opts = normalize_options(options)
+    if not base_path.is_dir():
+        raise LmlangRuntimeError(f"base model folder not found: {base_path}")
+    try:
+        data = data_path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"training data not found: {data_path}") from None
+    rows = read_rows(data_path, data)  # validate before any cache lookup: a bad file is always an error
+    key = adapter_cache_key(base_content_key(base_path), data, opts)
+    final = cache_dir("adapters") / key
+    if _complete(final):
+        meta = _read_meta(final)
+        return TrainResult(final, True, time.perf_counter() - start, float(meta.get("final_loss", float("nan"))), 0)
+
+    model, tokenizer = _load_base(base_path)
+    examples = encode_rows(tokenizer, rows, opts["max_length"], data_path)
+    peft_model = _wrap(model, opts, base_path)
+    losses, steps = _fit(peft_model, tokenizer, examples, opts, progress)
+    final_loss = losses[-1] if losses else float("nan")
+    seconds = time.perf_counter() - start
+    tmp = final.parent / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        peft_model.save_pretrained(str(tmp), safe_serialization=True)
+        meta = {"format": FORMAT_VERSION, "model_type": getattr(model.config, "model_type", None),
+                "vocab_size": len(tokenizer), "base": str(base_path), "data": str(data_path), "rows": len(examples),
+                "options": opts, "final_loss": final_loss, "epoch_losses": losses, "steps": steps, "seconds": seconds}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not _complete(final):  # not a lost race: a real failure
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return TrainResult(final, False, seconds, final_loss, steps)
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file()
+
+
+def _read_meta(folder: Path) -> dict:
+    try:
+        return json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _load_base(base_path: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        common = dict(local_files_only=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(base_path), **common)
+        model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32, **common)
+    except Exception as exc:
+        raise LmlangRuntimeError(f"cannot load base model from {base_path}: {exc}") from exc
+    return model, tokenizer
+
+
+def _wrap(model, opts: dict, base_path: Path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n}
+    missing = [t for t in opts["target_modules"] if t not in names]
+    if missing:
+        close = difflib.get_close_matches(missing[0], sorted(names), n=1)
+        raise LmlangRuntimeError(f"target module {missing[0]!r} does not exist in the base model {base_path}",
+                                 hint=f"did you mean {close[0]!r}?" if close else "")
+    torch.manual_seed(opts["seed"])  # LoRA A initialisation
+    config = LoraConfig(r=opts["rank"], lora_alpha=opts["alpha"], lora_dropout=opts["dropout"],
+                        target_modules=list(opts["target_modules"]), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _fit(peft_model, tokenizer, examples: list[Example], opts: dict, progress: bool) -> tuple[list[float], int]:
+    import torch
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=0.0)
+    generator = torch.Generator().manual_seed(opts["seed"])
+    torch.manual_seed(opts["seed"])  # dropout
+    batch = opts["batch_size"]
+    per_epoch = math.ceil(len(examples) / batch)
+    total = per_epoch * opts["epochs"]
+    loss_fn = _head_on_labels_only(peft_model, collate(examples[:batch], pad_id)) or _full_logits_loss(peft_model)
+    peft_model.train()
+    epoch_losses: list[float] = []
+    step = 0
+    with _Progress(total, progress) as bar:
+        for _epoch in range(opts["epochs"]):
+            order = torch.randperm(len(examples), generator=generator).tolist()
+            running = 0.0
+            for i in range(0, len(order), batch):
+                ids, mask, labels = collate([examples[j] for j in order[i:i + batch]], pad_id)
+                loss = loss_fn(ids, mask, labels)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                value = float(loss.detach())
+                running += value
+                bar.advance(value)
+            epoch_losses.append(running / per_epoch)
+    peft_model.eval()
+    return epoch_losses, step
+
+
+def _full_logits_loss(peft_model):
+    import torch.nn.functional as F
+
+    def loss_fn(ids, mask, labels):
+        logits = peft_model(input_ids=ids, attention_mask=mask).logits
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+    return loss_fn
+
+
+def _head_on_labels_only(peft_model, sample):
+    """A loss that runs the output head only where there is a label (the
+    completion): most positions are prompt, and the vocabulary-wide head and its
+    backward dominate a small model's step. Used only if, on a sample batch, it
+    reproduces the model's own logits (no soft-capping, scaling, ... in between)."""
+    import torch
+    import torch.nn.functional as F
+
+    model = peft_model.get_base_model()
+    try:
+        decoder, head = model.get_decoder(), model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if decoder is None or head is None or decoder is model:
+        return None
+
+    def selected_logits(ids, mask, labels):
+        hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != -100
+        return head(hidden[:, :-1][keep]), targets[keep]
+
+    ids, mask, labels = sample
+    try:
+        with torch.no_grad():
+            fast, _ = selected_logits(ids, mask, labels)
+            full = peft_model(input_ids=ids, attention_mask=mask).logits[:, :-1][labels[:, 1:] != -100]
+    except Exception:
+        return None
+    if fast.shape != full.shape or not torch.allclose(fast, full, rtol=1e-4, atol=1e-4):
+        return None
+
+    def loss_fn(ids, mask, labels):
+        logits, targets = selected_logits(ids, mask, labels)
+        return F.cross_entropy(logits.float(), targets)
+
+    return loss_fn
+
+
+class _Progress:
+    """A rich bar (steps, loss, ETA) on stderr, or nothing."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled = total, enabled
+        self._progress = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("training LoRA"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=Console(file=sys.stderr),
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("train", total=self.total, loss="-")
+        return self
+
+    def advance(self, loss: float) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, loss=f"{loss:.4f}")
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+        return False
