@@ -124,7 +124,9 @@ def resolve_path(text: str, node, base_dir: Path) -> Path:
 
 
 class Checker:
-    def __init__(self, source: Source, base_dir: Path, functions: frozenset = frozenset(), import_stack: tuple = ()):
+    def __init__(self, source: Source, base_dir: Path, functions: frozenset = frozenset(), import_stack: tuple = (),
+                 schemas: dict | None = None):
+        self.schemas = dict(schemas or {})     # `is json "NAME"` -> a schema given through the API (pydantic)
         self.source = source
         self.base_dir = base_dir
         self.functions = functions
@@ -239,7 +241,7 @@ class Checker:
         try:
             sub = parse(text, str(path))
             sub_checker = Checker(Source(text, str(path)), path.parent, self.functions,
-                                  (*self.import_stack, here))
+                                  (*self.import_stack, here), self.schemas)
             sub_out = sub_checker.check(sub)
         except CheckError as e:
             for d in e.diagnostics:
@@ -829,6 +831,8 @@ class Checker:
                     except JsonTypeError as e:
                         self.error(str(e), e.node, e.hint)
                         continue
+                elif c.file in self.schemas:
+                    schema = self.schemas[c.file]
                 else:
                     path = self.file_ref("JSON schema", c.file, c)
                     if path is None:
@@ -1310,5 +1314,6 @@ def _constraint_problems(constraint) -> list:
     return constraint_check.check_constraint(constraint)
 
 
-def check_program(program: A.Program, source: Source, base_dir: Path, functions=frozenset()) -> CheckedProgram:
-    return Checker(source, base_dir, frozenset(functions)).check(program)
+def check_program(program: A.Program, source: Source, base_dir: Path, functions=frozenset(),
+                  schemas: dict | None = None) -> CheckedProgram:
+    return Checker(source, base_dir, frozenset(functions), schemas=schemas).check(program)

@@ -25,20 +25,21 @@ class FrontEnd:
         return self.checked.warnings
 
 
-def build(text: str, filename: str = "<string>", base_dir: Path | None = None, functions=frozenset()) -> FrontEnd:
+def build(text: str, filename: str = "<string>", base_dir: Path | None = None, functions=frozenset(),
+          schemas: dict | None = None) -> FrontEnd:
     source = Source(text, filename)
     if base_dir is None:
         base_dir = Path(filename).resolve().parent if not filename.startswith("<") else Path.cwd()
     try:
         program = parse(text, filename)
-        checked = check_program(program, source, base_dir, functions)
+        checked = check_program(program, source, base_dir, functions, schemas)
         compiled = compile_checked(checked)
     except LmlangError as e:
         raise e.with_source(source) from None
     return FrontEnd(source, checked, compiled)
 
 
-def build_file(path: str | Path, functions=frozenset()) -> FrontEnd:
+def build_file(path: str | Path, functions=frozenset(), schemas: dict | None = None) -> FrontEnd:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -54,4 +55,4 @@ def build_file(path: str | Path, functions=frozenset()) -> FrontEnd:
         from .errors import ScriptError
 
         raise ScriptError(f"cannot read {path}: {e.strerror or e}") from None
-    return build(text, str(path), path.resolve().parent, functions)
+    return build(text, str(path), path.resolve().parent, functions, schemas)

@@ -252,22 +252,8 @@ def schema_of(obj) -> dict:
     raise TypeError(f"cannot make a JSON schema from {obj!r}: pass a pydantic model or a dict")
 
 
-def _require_schemas(fn) -> None:
-    import inspect
-
-    if "schemas" not in inspect.signature(fn).parameters:
-        from .errors import NotSupportedYet
-
-        raise NotSupportedYet("schemas= needs front-end support that has not landed yet",
-                              hint='meanwhile write the schema to a file: Path("person.json").write_text('
-                                   'json.dumps(Person.model_json_schema())) and use `is json "person.json"`')
-
-
 def _build(source: str, filename: str, base_dir, functions: dict, schemas: dict | None):
-    if not schemas:
-        return build(source, filename, base_dir, frozenset(functions))
-    _require_schemas(build)
-    return build(source, filename, base_dir, frozenset(functions), schemas=schemas)
+    return build(source, filename, base_dir, frozenset(functions), schemas=schemas or None)
 
 
 def compile(source: str, filename: str = "<string>", *, functions: dict | None = None, base_dir: str | Path | None = None,
@@ -287,10 +273,7 @@ def compile_file(path: str | Path, *, functions: dict | None = None, device: str
                  schemas: dict | None = None) -> Program:
     """Compile a .lm file (see `compile`)."""
     functions = dict(functions or {})
-    if not schemas:
-        return Program(build_file(path, frozenset(functions)), functions, device)
-    _require_schemas(build_file)
-    schemas = {k: schema_of(v) for k, v in schemas.items()}
+    schemas = {k: schema_of(v) for k, v in (schemas or {}).items()}
     prog = Program(build_file(path, frozenset(functions), schemas=schemas), functions, device)
     prog._schemas = schemas
     return prog

@@ -126,7 +126,6 @@ def test_schema_of_pydantic_model():
         lmlang.program.schema_of(42)
 
 
-@pytest.mark.xfail(strict=False, reason="needs the front-end's build(..., schemas=) (see docs/api.md)")
 def test_pydantic_model_as_json_schema(tiny_model_dir):
     pydantic = pytest.importorskip("pydantic")
 
