@@ -60,16 +60,6 @@ def random_loras(model_dir: Path, out: Path, k: int, rank: int = 8) -> list[Path
     return paths
 
 
-def timed(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -192,7 +182,7 @@ def bench_rows(args) -> dict:
             with host.activate(((names[0], 0.8),)):
                 pass
 
-        switch_us = timed(lambda: [switch() for _ in range(1000)], 3) / 1000 * 1e6
+        switch_us = interleaved({"switch": lambda: [switch() for _ in range(1000)]}, 3)["switch"] / 1000 * 1e6
         return {"model": str(loaded.path), "rows": args.rows, "adapters": args.adapters, "prompt_tokens": int(batch["input_ids"].shape[1]),
                 "new_tokens": args.new_tokens, "threads": torch.get_num_threads(), "max_abs_diff": agree,
                 "switch_us": switch_us, "seconds": results}

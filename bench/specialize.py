@@ -320,7 +320,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="write the table here (.json: JSON, else markdown)")
     ap.add_argument("--only", help="comma-separated variant names (base and the experts always run)")
     ap.add_argument("--workdir", help="where the generated data and scripts go")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (1 is much faster on a machine shared with other jobs)")
     args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     cfg = dict(REDUCED if args.reduced else FULL)
     mode = "reduced" if args.reduced else "full"

@@ -6,7 +6,8 @@ instruction and its input), `y` the exact answer. Training files hold
 `user "{x}" assistant "[y]"` prompts exactly as training rendered the rows.
 
 - sentiment: a short synthetic review -> "positive" | "negative"
-- arithmetic: "What is 7 + 5?" -> "12" (0..20, + and -, never negative)
+- arithmetic: "What is 7 + 5?" -> "12" (one-digit operands, + and -, never
+  negative: 135M parameters do not learn more from 100 rows)
 - dates: "Rewrite the date in ISO format (YYYY-MM-DD): March 5, 2021"
   -> "2021-03-05" (two input spellings)
 
@@ -67,7 +68,7 @@ def sentiment_row(rng: random.Random) -> dict:
 
 
 def arithmetic_row(rng: random.Random) -> dict:
-    a, b = rng.randint(0, 20), rng.randint(0, 20)
+    a, b = rng.randint(0, 9), rng.randint(0, 9)
     op = rng.choice("+-")
     if op == "-" and b > a:
         a, b = b, a
