@@ -71,8 +71,10 @@ class Builder:
                 raise LmlangRuntimeError(f"adapter {self._names(nid)}: train on a plain model, not an adapted or fused one",
                                          hint=f"at {spec.loc}")
             options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.options}
-            say(f"training adapter {self._names(nid)} on {Path(spec.data).name} (cached after the first run)")
             result = train_lora(base.path, Path(spec.data), options, progress=True)
+            if not result.cached:
+                say(f"trained adapter {self._names(nid)} on {Path(spec.data).name} in {result.seconds:.0f} s "
+                    f"(final loss {result.final_loss:.3f}; cached for later runs)")
             return Path(result.path)
         if isinstance(spec, AdapterMergeSpec):
             from ..merge.lora import merge_loras

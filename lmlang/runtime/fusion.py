@@ -2,10 +2,10 @@
 
 At every step each member's next-token log-probabilities are combined:
 linear mode sums weight_i * log p_i (ensembles, and proxy tuning with
-negative weights: big + expert - anti_expert); contrastive mode keeps only
+negative weights: big + expert - anti_expert); contrastive mode ranks the
 tokens the positive members find plausible (p >= plausibility * max p, on
-their weighted mixture) and scores them by the weighted sum, so an amateur's
-preferences are subtracted only among sensible tokens. Constraints then mask
+their weighted mixture) above all others and scores them by the weighted
+sum, so an amateur's preferences are subtracted only among sensible tokens. Constraints then mask
 the fused distribution like any other model's.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from ..errors import LmlangRuntimeError
 from .lm import LM, Batch
 
 NEG_INF = float("-inf")
+IMPLAUSIBLE = 1.0e4
 
 
 def combine(logits: list[torch.Tensor], weights: list[float], mode: str, plausibility: float = 0.1) -> torch.Tensor:
@@ -29,7 +30,10 @@ def combine(logits: list[torch.Tensor], weights: list[float], mode: str, plausib
         total = sum(w for w, _ in pos)
         expert = torch.logsumexp(torch.stack([lp + torch.log(torch.tensor(w / total)) for w, lp in pos]), dim=0)
         cutoff = expert.max(dim=-1, keepdim=True).values + torch.log(torch.tensor(plausibility))
-        fused = torch.where(expert >= cutoff, fused, torch.full_like(fused, NEG_INF))
+        # Implausible tokens drop below every plausible one, but stay finite:
+        # when a constraint allows only implausible tokens (the closing "."
+        # after a number), decoding goes on by the fused ranking among them.
+        fused = torch.where(expert >= cutoff, fused, fused - IMPLAUSIBLE)
     return fused
 
 
