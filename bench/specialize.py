@@ -14,7 +14,8 @@ tasks with `Program.run_batch` (exact match):
 
 - base: the untouched model; expert:<task>: base + that task's adapter
 - merge:<method>: the three experts merged (linear, task_arithmetic, ties,
-  dare_ties, breadcrumbs, model_stock; exact LoRA delta algebra)
+  dare_ties, breadcrumbs, model_stock, pcb; exact LoRA delta algebra; slerp
+  takes exactly two models, so it is not in a three-expert bench)
 - route:<kind>: a router over the three experts (embedding with the MiniLM
   encoder, embedding with the base's hidden states, classify using base,
   rules); its routing accuracy is how often the chosen expert is the row's task
@@ -26,7 +27,9 @@ tasks with `Program.run_batch` (exact match):
 best_merge_over_expert_min (the best merge method's accuracy over the
 expert's, worst task) and the whole table. --reduced runs a tiny version for
 CI (24 training rows, 1 epoch, 5 held-out rows per task, 2 merge methods, the
-rules router, no fusion). Generated files live under
+rules router, no fusion). --threads 1 helps a lot on a machine shared with
+other jobs (torch's default of one thread per core oversubscribes it).
+Generated files live under
 LMLANG_HOME/bench/specialize/<full|reduced> unless --workdir says otherwise.
 """
 from __future__ import annotations
@@ -34,7 +37,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,7 +50,7 @@ sys.path.insert(0, str(HERE / "specialize"))
 import spec_tasks as T  # noqa: E402
 
 FULL = dict(n_train=100, n_test=30, epochs=3, lr=2e-3,
-            merges=["linear", "task_arithmetic", "ties", "dare_ties", "breadcrumbs", "model_stock"],
+            merges=["linear", "task_arithmetic", "ties", "dare_ties", "breadcrumbs", "model_stock", "pcb"],
             routers=["embedding_minilm", "embedding_base", "classify", "rules"],
             fusions=["ensemble", "logit_arithmetic"])
 REDUCED = dict(n_train=24, n_test=5, epochs=1, lr=2e-3, merges=["linear", "ties"], routers=["rules"], fusions=[])
@@ -228,6 +230,11 @@ def evaluate(v: Variant, cfg: dict, workdir: Path, test_rows: list[dict], log) -
             routed_ok.append(chosen == row["task"])
             counts = res.routed_to.setdefault(row["task"], {})
             counts[chosen or "-"] = counts.get(chosen or "-", 0) + 1
+    if outs and res.errors == len(outs):          # nothing ran: report the variant as failed
+        first = next(o for o in outs if isinstance(o, BaseException))
+        res.error = f"{type(first).__name__}: {getattr(first, 'message', str(first))}"
+        log(f"  {v.name}: FAILED on every row: {res.error}")
+        return res, prog
     res.accuracy = {t: (sum(r) / len(r) if r else 0.0) for t, r in right.items()}
     if v.routed:
         res.routing = sum(routed_ok) / len(routed_ok) if routed_ok else 0.0
@@ -295,11 +302,14 @@ def markdown(results: list[Result], summary: dict, meta: dict) -> str:
              head, "|" + "---|" * (len(T.TASKS) + 4)]
     for r in results:
         if r.error:
-            lines.append(f"| {r.name} | " + " | ".join("-" for _ in T.TASKS) + f" | - | - | {r.seconds:.0f} (error: {r.error[:80]}) |")
+            lines.append(f"| {r.name} (failed) | " + " | ".join("-" for _ in T.TASKS) + f" | - | - | {r.seconds:.0f} |")
             continue
         cells = [f"{r.accuracy[t]:.2f}" for t in T.TASKS]
         routing = f"{r.routing:.2f}" if r.routing is not None else ""
         lines.append(f"| {r.name} | " + " | ".join(cells) + f" | {r.mean:.2f} | {routing} | {r.seconds:.0f} |")
+    failed = [r for r in results if r.error]
+    if failed:
+        lines += ["", "Failed variants:", ""] + [f"- {r.name}: {r.error}" for r in failed]
     lines += ["", "Summary:", ""]
     for k in ("router_accuracy", "router", "routed_over_expert_min", "best_merge_over_expert_min", "best_merge",
               "best_fusion_over_expert_min", "best_fusion"):

@@ -110,15 +110,17 @@ class CheckedProgram:
     def path_for(self, text: str, node) -> Path:
         """A file reference resolved relative to the folder of the script
         that wrote it (imports keep their own folder)."""
-        return resolve_path(text, node, self.base_dir)
+        return resolve_path(text, node, self.base_dir, self.source.filename)
 
 
-def resolve_path(text: str, node, base_dir: Path) -> Path:
+def resolve_path(text: str, node, base_dir: Path, main_file: str | None = None) -> Path:
+    """The main script's references resolve against base_dir (its folder, or
+    the base_dir given to compile()); an imported file's against its own folder."""
     p = Path(text).expanduser()
     if p.is_absolute():
         return p
     filename = getattr(getattr(node, "span", None), "filename", "")
-    if filename and not filename.startswith("<"):
+    if filename and not filename.startswith("<") and filename != main_file:
         return (Path(filename).resolve().parent / p).resolve()
     return (base_dir / p).resolve()
 
@@ -221,7 +223,7 @@ class Checker:
         from .parser import parse
 
         try:
-            path = resolve_path(use.path, use, self.base_dir)
+            path = resolve_path(use.path, use, self.base_dir, self.source.filename)
         except (OSError, ValueError, RuntimeError):
             self.error(f"invalid path {use.path!r}", use)
             return []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 
 from . import ast as A
-from .checker import CheckedProgram, QueryInfo, _key_name, _plain_value, merge_members, resolve_path
+from .checker import CheckedProgram, QueryInfo, _key_name, _plain_value, merge_members
 from .graph import (AdapterMergeSpec, ApplySpec, FuseSpec, InputSpec, LoraSpec, MergeSpec, ModelSpec, QuerySpec,
                     RouterSpec, Spec, StepSpec, TrainSpec, content_digest, from_jsonable, to_jsonable)
 
@@ -99,7 +99,7 @@ class Compiler:
             return self.add(ModelSpec("default", self.loc(e)), "default")
         if isinstance(e, A.PathModel):
             p = e.path
-            local = resolve_path(p, e, self.c.base_dir)
+            local = self.c.path_for(p, e)
             src = str(local) if (_exists(local) or p.endswith(".gguf") or p.startswith((".", "/", "~"))) else p
             return self.add(ModelSpec(src, self.loc(e)), _short(p))
         if isinstance(e, A.ModelRef):
@@ -141,7 +141,7 @@ class Compiler:
         d = self.c.adapters[name]
         src = d.source
         if isinstance(src, A.LoraSource):
-            nid = self.add(LoraSpec(str(resolve_path(src.path, src, self.c.base_dir)), self.loc(src)), name)
+            nid = self.add(LoraSpec(str(self.c.path_for(src.path, src)), self.loc(src)), name)
         elif isinstance(src, A.TrainSource):
             base, opts = None, []
             for e in src.options.entries:
@@ -152,7 +152,7 @@ class Compiler:
                     opts.append((key, _plain_value(e.value)))
             if base is None:
                 base = self.model(A.DefaultModel(span=src.span))
-            data = str(resolve_path(src.data, src, self.c.base_dir))
+            data = str(self.c.path_for(src.data, src))
             nid = self.add(TrainSpec(base, data, tuple(sorted((k, _freeze(v)) for k, v in opts)), self.loc(src)), name)
         else:
             adapters, opts = [], []

@@ -92,3 +92,19 @@ def test_check_is_torch_free():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_disjoint_one_of_is_enforced_as_any_of():
+    disjoint = {"oneOf": [{"type": "string"}, {"type": "integer"}]}
+    tagged = {"oneOf": [{"type": "object", "properties": {"kind": {"const": "a"}, "x": {"type": "integer"}},
+                         "required": ["kind"]},
+                        {"type": "object", "properties": {"kind": {"const": "b"}}, "required": ["kind"]}]}
+    overlapping = {"oneOf": [{"type": "number"}, {"type": "integer"}]}
+    assert check_constraint(JsonSchema(json.dumps(disjoint))) == []
+    assert check_constraint(JsonSchema(json.dumps(tagged))) == []
+    problems = check_constraint(JsonSchema(json.dumps(overlapping)))
+    assert problems and problems[0].code == "unsupported-schema" and "oneOf" in problems[0].message
+
+
+def test_unknown_format_is_an_annotation():
+    assert check_constraint(JsonSchema(json.dumps({"type": "string", "format": "topic"}))) == []

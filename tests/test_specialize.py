@@ -75,7 +75,7 @@ def test_generated_scripts_check(tmp_path):
 def test_reduced_bench_runs(tmp_path):
     table = tmp_path / "specialize.md"
     proc = subprocess.run([sys.executable, str(BENCH), "--reduced", "--json", "--out", str(table),
-                           "--workdir", str(tmp_path / "work")],
+                           "--workdir", str(tmp_path / "work"), "--threads", "1"],
                           capture_output=True, text=True, timeout=1800, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])

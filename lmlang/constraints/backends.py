@@ -140,7 +140,12 @@ class LLGuidanceBackend(Backend):
         import llguidance
 
         if plan.kind == "json":
-            return llguidance.LLMatcher.grammar_from_json_schema(plan.text, overrides=llguidance_json_options())
+            from .jsonfix import llguidance_schema_grammar
+
+            grammar, err = llguidance_schema_grammar(plan.text, llguidance_json_options())
+            if err:
+                raise BackendCannot(err.strip().splitlines()[0])
+            return grammar
         if plan.kind == "lark":
             return llguidance.LLMatcher.grammar_from_lark(plan.text)
         if plan.kind == "regex":

@@ -53,7 +53,9 @@ def _grammar(plan: Plan) -> str:
     import llguidance
 
     if plan.kind == "json":
-        return llguidance.LLMatcher.grammar_from_json_schema(plan.text, overrides=llguidance_json_options())
+        from .jsonfix import llguidance_schema_grammar
+
+        return llguidance_schema_grammar(plan.text, llguidance_json_options())[0]
     if plan.kind == "lark":
         return llguidance.LLMatcher.grammar_from_lark(plan.text)
     if plan.options is not None:
@@ -66,9 +68,13 @@ def backend_error(plan: Plan) -> str:
     """llguidance's complaint about a plan ("" when it enforces it)."""
     import llguidance
 
+    if plan.kind == "json":
+        from .jsonfix import llguidance_schema_grammar
+
+        return llguidance_schema_grammar(plan.text, llguidance_json_options())[1].strip()
     try:
         msg = llguidance.LLMatcher.validate_grammar(_grammar(plan))
-    except Exception as e:  # grammar_from_json_schema raises on non-objects
+    except Exception as e:
         return str(e)
     return msg.strip()
 

@@ -248,12 +248,13 @@ def _bounded_lark(regexes: list[str], max_chars: int | None, limits: dict, sourc
 ANNOTATIONS = {"$schema", "$id", "id", "$comment", "title", "description", "default", "examples", "deprecated",
                "readOnly", "writeOnly", "$defs", "definitions", "contentMediaType", "contentEncoding", "$anchor",
                "discriminator", "nullable", "x-guidance"}
+# (oneOf is left out of both: they treat it as anyOf and accept values matching several branches)
 XGRAMMAR_ENFORCED = ANNOTATIONS | {"type", "properties", "required", "additionalProperties", "items", "prefixItems",
-                                   "enum", "const", "anyOf", "oneOf", "$ref", "minLength", "maxLength", "pattern",
+                                   "enum", "const", "anyOf", "$ref", "minLength", "maxLength", "pattern",
                                    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
 OUTLINES_ENFORCED = ANNOTATIONS | {"type", "properties", "required", "additionalProperties", "items", "prefixItems",
-                                   "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "minLength", "maxLength",
-                                   "pattern", "minItems", "maxItems", "format"}
+                                   "enum", "const", "anyOf", "allOf", "$ref", "minLength", "maxLength",
+                                   "pattern", "minItems", "maxItems"}
 # keywords whose *values* are schemas or maps of schemas (walked recursively)
 _SUBSCHEMA = {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
 _SUBSCHEMA_ONE = {"items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames",

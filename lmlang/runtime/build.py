@@ -122,11 +122,18 @@ class Builder:
         if stacked and len(stacked) == len(inputs) and all(len(v.stack) == 1 for v in stacked):
             bases = {v.base for v in stacked}
             if len(bases) == 1 and (base_path is None or base_path in bases):
+                from ..merge.options import method_options
+
+                weighted = "weight" in method_options(spec.method)
                 adapters = []
                 for v, p in inputs:
                     (folder, scale), = v.stack
                     p = dict(p)
-                    p["weight"] = float(p.get("weight", 1.0)) * scale
+                    if weighted:
+                        p["weight"] = float(p.get("weight", 1.0)) * scale
+                    elif scale != 1.0:
+                        raise MergeError(f"merge {spec.method} has no per-model weight, so it cannot apply an adapter at scale {scale:g}",
+                                         hint=f"at {spec.loc}: apply the adapter at scale 1, or merge with a weighted method")
                     adapters.append((folder, p))
                 say(f"merging {self._names(nid)} ({spec.method} over adapter deltas)")
                 res = merge_loras(spec.method, adapters, params, base_model=bases.pop(), output="full", compat=compat, dtype=dtype)

@@ -1,0 +1,178 @@
+"""Semantics-preserving JSON Schema rewrites that let llguidance enforce more schemas.
+
+* `oneOf` whose branches are provably disjoint (different JSON types, or a
+  required property with different const/enum values in each branch) means the
+  same as `anyOf`, so llguidance's `coerce_one_of` is exact for it.
+* A `format` llguidance does not know is dropped: JSON Schema treats unknown
+  formats as annotations (a validator cannot check them either).
+
+Anything else llguidance rejects stays rejected: lmlang never relaxes a
+keyword it cannot enforce. Torch-free.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+_NUMERIC = {"integer", "number"}
+
+
+def _resolve(root, node, depth: int = 0):
+    while isinstance(node, dict) and "$ref" in node and isinstance(node["$ref"], str) and depth < 20:
+        ref = node["$ref"]
+        if not ref.startswith("#"):
+            return None
+        cur = root
+        for part in [p for p in ref[1:].split("/") if p]:
+            part = part.replace("~1", "/").replace("~0", "~")
+            if isinstance(cur, dict) and part in cur:
+                cur = cur[part]
+            elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+                cur = cur[int(part)]
+            else:
+                return None
+        node = cur
+        depth += 1
+    return node
+
+
+def _json_type(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "integer" if v.is_integer() else "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    return "object"
+
+
+def _types(root, branch) -> set[str] | None:
+    b = _resolve(root, branch)
+    if not isinstance(b, dict):
+        return None
+    if "const" in b:
+        return {_json_type(b["const"])}
+    if "enum" in b and isinstance(b["enum"], list):
+        return {_json_type(v) for v in b["enum"]}
+    t = b.get("type")
+    if isinstance(t, str):
+        return {t}
+    if isinstance(t, list) and all(isinstance(x, str) for x in t):
+        return set(t)
+    if "properties" in b or "required" in b:
+        return None  # objects usually, but without "type" other types also validate
+    return None
+
+
+def _overlap(a: set[str], b: set[str]) -> bool:
+    if a & b:
+        return True
+    return ("number" in a and "integer" in b) or ("integer" in a and "number" in b)
+
+
+def _discriminator_values(root, branch, prop: str):
+    b = _resolve(root, branch)
+    if not isinstance(b, dict) or prop not in (b.get("required") or []):
+        return None
+    p = _resolve(root, (b.get("properties") or {}).get(prop))
+    if not isinstance(p, dict):
+        return None
+    if "const" in p:
+        return [json.dumps(p["const"], sort_keys=True)]
+    if isinstance(p.get("enum"), list):
+        return [json.dumps(v, sort_keys=True) for v in p["enum"]]
+    return None
+
+
+def one_of_is_disjoint(root, branches: list) -> bool:
+    types = [_types(root, b) for b in branches]
+    if all(t is not None for t in types):
+        if all(not _overlap(types[i], types[j]) for i in range(len(types)) for j in range(i + 1, len(types))):
+            return True
+    first = _resolve(root, branches[0]) if branches else None
+    if not isinstance(first, dict):
+        return False
+    for prop in first.get("required") or []:
+        seen: set[str] = set()
+        ok = True
+        for b in branches:
+            vals = _discriminator_values(root, b, prop)
+            if vals is None or seen & set(vals):
+                ok = False
+                break
+            seen |= set(vals)
+        if ok:
+            return True
+    return False
+
+
+def all_one_of_disjoint(schema) -> bool:
+    ok = True
+
+    def walk(node) -> None:
+        nonlocal ok
+        if isinstance(node, dict):
+            one = node.get("oneOf")
+            if isinstance(one, list) and not one_of_is_disjoint(schema, one):
+                ok = False
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(schema)
+    return ok
+
+
+def drop_format(schema, fmt: str):
+    def walk(node):
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items() if not (k == "format" and node.get("format") == fmt)}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+_UNKNOWN_FORMAT = re.compile(r"Unknown format: (.+)")
+
+
+def llguidance_schema_grammar(text: str, options: dict) -> tuple[str, str]:
+    """(grammar, error): llguidance's grammar for a schema after the sound rewrites; error "" if valid."""
+    import llguidance
+
+    schema = json.loads(text)
+    opts = dict(options)
+    grammar = ""
+    for _ in range(16):
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=opts)
+        except Exception as e:
+            return "", str(e)
+        err = llguidance.LLMatcher.validate_grammar(grammar).strip()
+        if not err:
+            return grammar, ""
+        m = _UNKNOWN_FORMAT.search(err.splitlines()[0])
+        if m and isinstance(schema, dict):
+            fmt = m.group(1).strip()
+            new = drop_format(schema, fmt)
+            if new != schema:
+                schema = new
+                continue
+        if "oneOf" in err and not opts.get("coerce_one_of") and isinstance(schema, dict) \
+                and all_one_of_disjoint(schema):
+            opts["coerce_one_of"] = True
+            continue
+        return grammar, err
+    return grammar, "schema rewriting did not converge"
+
+
+__all__ = ["llguidance_schema_grammar", "one_of_is_disjoint", "drop_format"]
