@@ -330,8 +330,11 @@ def main(argv: list[str] | None = None) -> int:
         if any(per[c]["schemas"] != len(rows) for c in configs):
             emit("* on the first schemas only (see --xgrammar-limit, --slow-limit)")
         if "lmlang" in per:
-            best = max((per[c]["passing_pct"] for c in configs if c != "lmlang"), default=0.0)
-            emit(f"lmlang / best single backend passing: {per['lmlang']['passing_pct'] / best if best else float('nan'):.3f}")
+            full = [c for c in configs if c != "lmlang" and per[c]["schemas"] == per["lmlang"]["schemas"]]
+            best = max((per[c]["passing_pct"] for c in full), default=0.0)
+            if best:
+                emit(f"lmlang / best single backend on the same schemas ({', '.join(full)}): "
+                     f"{per['lmlang']['passing_pct'] / best:.3f}")
             emit(f"lmlang backends used: {out.get('lmlang_backends')}")
     return 0
 

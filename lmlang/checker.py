@@ -844,7 +844,9 @@ class Checker:
                     except (OSError, ValueError) as e:
                         self.error(f"cannot read JSON schema {c.file}: {e}", c)
                         continue
-                shapes.append((C.JsonSchema(json.dumps(schema, sort_keys=True)), c))
+                # Declared property order is kept: the decoder writes keys in
+                # schema order, so `{name, age}` comes out name first.
+                shapes.append((C.JsonSchema(json.dumps(schema)), c))
             elif isinstance(c, A.CGrammar):
                 path = self.file_ref("grammar", c.file, c)
                 if path is None:

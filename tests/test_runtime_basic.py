@@ -74,3 +74,15 @@ query q(x: str) using m { "{x} [a]" where a in ["yes", "no"] }''', 'r = q(t) emi
     out = prog.run_batch([{"t": "ok"}, {"nope": 1}, {"t": "fine"}], errors="return")
     assert out[0]["a"] in ("yes", "no") and out[2]["a"] in ("yes", "no")
     assert isinstance(out[1], lmlang.LmlangError) and "unknown input 'nope'" in str(out[1])
+
+
+def test_json_keys_keep_declared_order(tiny_model_dir):
+    import json as _json
+
+    prog = program(tiny_model_dir, '''
+query p(x: str) using m { "{x} [v]" where v is json { zeta: str(1..3), alpha: int(0..9) } }''', 'r = p("go") emit v = r.v')
+    info = prog.frontend.checked.queries["p"]
+    schema = _json.loads(info.constraints["v"].schema)
+    assert list(schema["properties"]) == ["zeta", "alpha"]
+    out = prog.run()
+    assert list(out["v"]) == ["zeta", "alpha"]

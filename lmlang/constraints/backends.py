@@ -136,9 +136,11 @@ class LLGuidanceBackend(Backend):
 
     name = "llguidance"
 
-    def grammar(self, plan: Plan) -> str:
+    def grammar(self, plan: Plan, rewrite: bool = True) -> str:
         import llguidance
 
+        if plan.kind == "json" and not rewrite:
+            return llguidance.LLMatcher.grammar_from_json_schema(plan.text, overrides=llguidance_json_options())
         if plan.kind == "json":
             from .jsonfix import llguidance_schema_grammar
 
@@ -160,7 +162,7 @@ class LLGuidanceBackend(Backend):
     def compile(self, plan: Plan, tok: TokenizerInfo, *, gate: bool = True) -> Any:
         import llguidance
 
-        g = self.grammar(plan)
+        g = self.grammar(plan, rewrite=gate)
         lltok = _ll_tokenizer(tok)
         m = llguidance.LLMatcher(lltok, g, log_level=0)
         if m.is_error():
