@@ -73,7 +73,7 @@ class Compiler:
         self.names: dict[str, str] = {}
 
     def add(self, spec: Spec, hint: str = "", name: str | None = None) -> str:
-        digest = content_digest(spec)
+        digest = content_digest(spec, str(self.c.base_dir.resolve()))
         nid = self.by_content.get(digest)
         if nid is None:
             nid = f"{spec.kind}:{_clean_hint(hint) + ':' if hint else ''}{digest}"

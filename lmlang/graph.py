@@ -45,7 +45,12 @@ class ModelSpec(Spec):
     loc: str = ""
 
     def label(self) -> str:
-        return f"model {self.source if len(self.source) < 40 else '...' + self.source[-37:]}"
+        # A local path shows its last two parts: labels must not depend on
+        # where the checkout lives.
+        src = self.source
+        if src.startswith("/"):
+            src = "/".join(src.rstrip("/").split("/")[-2:])
+        return f"model {src if len(src) < 40 else '...' + src[-37:]}"
 
 
 @dataclass(frozen=True)
@@ -228,11 +233,15 @@ def from_jsonable(v):
     return v
 
 
-def content_digest(spec: Spec) -> str:
+def content_digest(spec: Spec, root: str | None = None) -> str:
     """A hash of the spec's content, locations excluded, so the same
-    expression written twice is one node."""
+    expression written twice is one node. Paths under `root` (the script's
+    folder) hash relative to it, so ids do not depend on where a checkout lives."""
     content = {k: v for k, v in to_jsonable(spec).items() if k != "loc"}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    text = json.dumps(content, sort_keys=True, default=str)
+    if root:
+        text = text.replace(root.rstrip("/") + "/", "$ROOT/")
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def node_id(spec: Spec, hint: str = "") -> str:

@@ -108,7 +108,8 @@ class QueryRun:
     def __init__(self, lm: LM, prompt: RenderedPrompt, constraints: dict):
         self.lm = lm
         self.prompt = prompt
-        self.constraints = constraints
+        self.constraints = {h: with_default_budget(c) for h, c in constraints.items()}
+        constraints = self.constraints
         self.compiled = {}
         self.hole_traces = []
         for h in prompt.holes:
@@ -161,6 +162,16 @@ class QueryRun:
                 if e < masked.shape[0]:
                     keep[e] = masked[e]
         masked.copy_(keep)
+
+
+def with_default_budget(c):
+    """A JSON or grammar hole without a token budget gets the default one, as
+    a constraint: the guide then closes the value validly when the budget
+    runs short, instead of being cut mid-value."""
+    parts = C.flatten(c)
+    if any(isinstance(p, (C.JsonSchema, C.Grammar)) for p in parts) and not any(isinstance(p, C.MaxTokens) for p in parts):
+        return C.All(parts + (C.MaxTokens(DEFAULT_MAX_TOKENS),))
+    return c
 
 
 def _choice_paths(constraint, lm, heal: str = "") -> list[list[int]] | None:
