@@ -1,5 +1,5 @@
 """KV prefix reuse: 16 queries that share a ~300-token prefix (a system prompt
-with a few-shot block), run one after another with and without reuse, on the
+with a few-shot block; the figure printed is the exact shared length), run one after another with and without reuse, on the
 bundled model.
 
     python bench/prefix.py [--json] [--queries 16]
@@ -19,7 +19,14 @@ SHOTS = [("The food was cold and the waiter ignored us.", "negative"), ("A wonde
          ("I would come back tomorrow.", "positive"), ("The room smelled of smoke.", "negative"),
          ("Friendly staff and a cosy terrace.", "positive"), ("We waited an hour for a salad.", "negative"),
          ("Best pizza in town, hands down.", "positive"), ("The music was far too loud to talk.", "negative"),
-         ("Fresh bread, lovely soup, kind owners.", "positive"), ("They forgot half of our order.", "negative")]
+         ("Fresh bread, lovely soup, kind owners.", "positive"), ("They forgot half of our order.", "negative"),
+         ("The terrace had a beautiful view of the harbour at sunset.", "positive"),
+         ("Our waiter was patient and explained every dish on the menu.", "positive"),
+         ("The steak arrived grey and chewy, and nobody apologised.", "negative"),
+         ("Prices were fair and the portions were more than generous.", "positive"),
+         ("We found a hair in the salad and the manager just shrugged.", "negative"),
+         ("The chocolate cake was rich, warm and worth the trip alone.", "positive"),
+         ("Tables were sticky and the toilets had not been cleaned.", "negative")]
 QUESTIONS = ["The pasta was perfect.", "Rude staff, never again.", "Nice view, average food.", "Cold coffee.",
              "Delicious and cheap!", "The table was dirty.", "Lovely garden seating.", "Way too salty.",
              "Quick and friendly service.", "Burnt toast and weak tea.", "A hidden gem.", "Noisy and cramped.",
