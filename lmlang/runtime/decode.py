@@ -311,7 +311,7 @@ class RowDecoder:
     def _finish_hole(self, batch: Batch, row: int) -> list[int]:
         run, lm = self.run, self.run.lm
         name = run.prompt.holes[self.hole]
-        text, value = self.guide.text(), self.guide.value()
+        value = self.guide.value()
         self.texts[name] = value
         self.values[name] = typed_value(value, run.constraints.get(name))
         i = self.hole

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..compiler import Compiled
-from ..errors import LmlangError, LmlangRuntimeError, NotSupportedYet, ScriptError
-from ..graph import InputSpec, ModelSpec, QuerySpec
+from ..errors import LmlangError, LmlangRuntimeError, ScriptError
+from ..graph import InputSpec, QuerySpec
 from .decode import QueryRun, run_decoder
 from .flow import Interpreter
 from .lm import HFModel, LM
