@@ -14,7 +14,7 @@ from functools import lru_cache
 from . import ast as A
 from .errors import LmlangSyntaxError
 from .grammar_file import grammar_text
-from .source import Source, Span
+from .source import Source, Span, brackets, line_col
 
 MAX_NESTING = 64           # deeper brackets are refused before Lark sees them
 MAX_EXPR_DEPTH = 100       # deeper expressions (long operator chains too) are refused after parsing
@@ -93,44 +93,16 @@ def _check_nesting(source: Source) -> None:
     """Refuse pathological nesting up front, so no stage can hit RecursionError.
 
     Brackets inside strings and comments are skipped; the scan is linear."""
-    depth, line, col = 0, 1, 1
-    text, i, n = source.text, 0, len(source.text)
-    while i < n:
-        ch = text[i]
-        if ch == "#":
-            j = text.find("\n", i)
-            i = n if j < 0 else j
-            continue
-        if ch == '"':
-            if text.startswith('"""', i):
-                j = text.find('"""', i + 3)
-                j = n if j < 0 else j + 3
-            else:
-                j = i + 1
-                while j < n and text[j] not in '"\n':
-                    j += 2 if text[j] == "\\" else 1
-                j += 1
-            seg = text[i:min(j, n)]
-            nl = seg.count("\n")
-            if nl:
-                line += nl
-                col = len(seg) - seg.rfind("\n")
-            else:
-                col += len(seg)
-            i = j
-            continue
+    depth = 0
+    for i, ch in brackets(source.text):
         if ch in "([{":
             depth += 1
             if depth > MAX_NESTING:
+                line, col = line_col(source.text, i)
                 raise LmlangSyntaxError("nesting too deep", source.span(line, col),
                                         f"keep brackets nested under {MAX_NESTING} levels").with_source(source)
         elif ch in ")]}":
             depth = max(depth - 1, 0)
-        if ch == "\n":
-            line, col = line + 1, 1
-        else:
-            col += 1
-        i += 1
 
 
 def _check_expression_depth(program: A.Program) -> None:

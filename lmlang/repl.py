@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import LmlangError, ScriptError
-from .source import Source
+from .source import Source, brackets
 
 DECL_WORDS = ("input", "model", "adapter", "router", "query", "use")
 STMT_WORDS = ("if", "for", "emit")
@@ -53,44 +53,14 @@ Enter declarations (model, query, input, adapter, router, use), statements
 def needs_more(text: str) -> bool:
     """True while `text` has an open brace, bracket, parenthesis or string,
     so the REPL keeps reading lines into the same entry."""
-    depth, i, n = 0, 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "#":
-            j = text.find("\n", i)
-            i = n if j < 0 else j
-            continue
-        if text.startswith('"""', i):
-            j = _find_close(text, i + 3, '"""')
-            if j < 0:
-                return True
-            i = j + 3
-            continue
+    depth = 0
+    for _i, ch in brackets(text):
+        if ch == '"""':
+            return True
         if ch == '"':
-            j = _find_close(text, i + 1, '"', stop_at_newline=True)
-            if j < 0:
-                return False            # an unterminated one-line string is an error, not a continuation
-            i = j + 1
-            continue
-        if ch in "{[(":
-            depth += 1
-        elif ch in "}])":
-            depth -= 1
-        i += 1
+            return False            # an unterminated one-line string is an error, not a continuation
+        depth += 1 if ch in "{[(" else -1
     return depth > 0
-
-
-def _find_close(text: str, i: int, quote: str, stop_at_newline: bool = False) -> int:
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-            continue
-        if stop_at_newline and text[i] == "\n":
-            return -1
-        if text.startswith(quote, i):
-            return i
-        i += 1
-    return -1
 
 
 def input_type(value) -> str:

@@ -77,3 +77,56 @@ class Source:
                 continue
             out.append(f"{' ' * len(gutter)}{' ' * start}{'^' * count}")
         return "\n".join(out)
+
+
+def brackets(text: str):
+    """Yield (index, char) for every bracket outside strings and comments, in
+    one linear pass. Also yields (index, '"') where a one-line string runs
+    to the end of its line unclosed, and (index, '\"\"\"') where a triple-quoted
+    string is never closed. Shared by the parser's nesting guard and the
+    REPL's "is this entry complete?" test."""
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if ch == '"':
+            if text.startswith('"""', i):
+                j = _close(text, i + 3, '"""', False)
+                if j < 0:
+                    yield i, '"""'
+                    return
+                i = j + 3
+            else:
+                j = _close(text, i + 1, '"', True)
+                if j < 0:
+                    yield i, '"'
+                    nl = text.find("\n", i)
+                    i = n if nl < 0 else nl
+                else:
+                    i = j + 1
+            continue
+        if ch in "([{)]}":
+            yield i, ch
+        i += 1
+
+
+def _close(text: str, i: int, quote: str, one_line: bool) -> int:
+    n = len(text)
+    while i < n:
+        if text[i] == "\\":
+            i += 2
+            continue
+        if one_line and text[i] == "\n":
+            return -1
+        if text.startswith(quote, i):
+            return i
+        i += 1
+    return -1
+
+
+def line_col(text: str, index: int) -> tuple[int, int]:
+    line = text.count("\n", 0, index) + 1
+    return line, index - (text.rfind("\n", 0, index) + 1) + 1
