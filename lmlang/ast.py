@@ -7,18 +7,19 @@ expressions.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Union
 
 from .source import Span
+from .frozen import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class Node:
     span: Span = field(compare=False, repr=False, kw_only=True)
 
 
-@dataclass(frozen=True)
+@frozen
 class Named(Node):
     """A node that introduces a name; `name_span` covers just the name, so a
     diagnostic about the name underlines the name, not the whole block."""
@@ -31,7 +32,7 @@ class Named(Node):
 
 # ------------------------------------------------------------------ types
 
-@dataclass(frozen=True)
+@frozen
 class TypeRef(Node):
     """`str`, `int`, `float`, `bool`, `json`, `list[str]`."""
     name: str
@@ -43,38 +44,38 @@ class TypeRef(Node):
 
 # ------------------------------------------------------------------ values (blocks, options)
 
-@dataclass(frozen=True)
+@frozen
 class Literal(Node):
     value: Union[str, int, float, bool]
 
 
-@dataclass(frozen=True)
+@frozen
 class ListValue(Node):
     items: tuple["Value", ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class Entry(Node):
     key: "ModelExpr | Literal"   # an option name reads as ModelRef(name)
     value: "Value"
 
 
-@dataclass(frozen=True)
+@frozen
 class Block(Node):
     entries: tuple[Entry, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class MatchesValue(Node):
     pattern: str
 
 
-@dataclass(frozen=True)
+@frozen
 class ContainsValue(Node):
     words: ListValue
 
 
-@dataclass(frozen=True)
+@frozen
 class KwArg(Named):
     name: str
     value: "Value"
@@ -82,49 +83,49 @@ class KwArg(Named):
 
 # ------------------------------------------------------------------ model expressions
 
-@dataclass(frozen=True)
+@frozen
 class DefaultModel(Node):
     pass
 
 
-@dataclass(frozen=True)
+@frozen
 class PathModel(Node):
     """A hub id, a local folder or a .gguf file (decided at resolution)."""
     path: str
 
 
-@dataclass(frozen=True)
+@frozen
 class ModelRef(Node):
     name: str
 
 
-@dataclass(frozen=True)
+@frozen
 class RouterCall(Node):
     """`pick(text)`: a router applied to arguments; only valid after `using`."""
     router: str
     args: tuple["Expr", ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class ScaledAdapter(Node):
     adapter: str
     scale: float = 1.0
 
 
-@dataclass(frozen=True)
+@frozen
 class Adapted(Node):
     """`base + polite * 0.8 + math`: adapters applied (not merged) in order."""
     base: "ModelExpr"
     adapters: tuple[ScaledAdapter, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class MergeExpr(Node):
     method: str
     options: Block
 
 
-@dataclass(frozen=True)
+@frozen
 class FuseExpr(Node):
     mode: str                      # "linear" | "contrastive"
     options: tuple[KwArg, ...]
@@ -137,48 +138,48 @@ Value = Union[Literal, ListValue, Block, MatchesValue, ContainsValue, ModelExpr]
 
 # ------------------------------------------------------------------ declarations
 
-@dataclass(frozen=True)
+@frozen
 class UseDecl(Node):
     path: str
 
 
-@dataclass(frozen=True)
+@frozen
 class InputDecl(Named):
     name: str
     type: TypeRef
     default: "Value | None" = None
 
 
-@dataclass(frozen=True)
+@frozen
 class ModelDecl(Named):
     name: str
     expr: ModelExpr
 
 
-@dataclass(frozen=True)
+@frozen
 class LoraSource(Node):
     path: str
 
 
-@dataclass(frozen=True)
+@frozen
 class TrainSource(Node):
     data: str
     options: Block
 
 
-@dataclass(frozen=True)
+@frozen
 class AdapterMerge(Node):
     method: str
     options: Block
 
 
-@dataclass(frozen=True)
+@frozen
 class AdapterDecl(Named):
     name: str
     source: Union[LoraSource, TrainSource, AdapterMerge]
 
 
-@dataclass(frozen=True)
+@frozen
 class RouterDecl(Named):
     name: str
     kind: str                           # embedding | classify | rules
@@ -189,35 +190,35 @@ class RouterDecl(Named):
 
 # ------------------------------------------------------------------ queries
 
-@dataclass(frozen=True)
+@frozen
 class Text(Node):
     text: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Interp(Node):
     """`{name}` or `{name.field}`: a lookup, never Python formatting."""
     path: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class Hole(Node):
     name: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Segment(Node):
     role: str | None                    # system | user | assistant | None (plain text)
     parts: tuple[Union[Text, Interp, Hole], ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class Param(Named):
     name: str
     type: TypeRef | None
 
 
-@dataclass(frozen=True)
+@frozen
 class Decoder(Node):
     name: str                           # argmax | sample | beam | best_of | vote
     options: tuple[KwArg, ...] = ()
@@ -225,46 +226,46 @@ class Decoder(Node):
 
 # constraints ------------------------------------------------------
 
-@dataclass(frozen=True)
+@frozen
 class CIn(Node):
     hole: str
     options: ListValue
 
 
-@dataclass(frozen=True)
+@frozen
 class CMatches(Node):
     hole: str
     pattern: str
 
 
-@dataclass(frozen=True)
+@frozen
 class CIs(Node):
     hole: str
     type: str                           # int | float | bool
     range: "JRange | None" = None       # `is int(0..10)`: inclusive bounds
 
 
-@dataclass(frozen=True)
+@frozen
 class CJson(Node):
     hole: str
     inline: "JsonType | None" = None
     file: str | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class CGrammar(Node):
     hole: str
     file: str
 
 
-@dataclass(frozen=True)
+@frozen
 class CStop(Node):
     hole: str
     text: str
     include: bool                       # stops at (True) / stops before (False)
 
 
-@dataclass(frozen=True)
+@frozen
 class CLen(Node):
     fn: str                             # tokens | len
     hole: str
@@ -275,12 +276,12 @@ class CLen(Node):
 Cond = Union[CIn, CMatches, CIs, CJson, CGrammar, CStop, CLen]
 
 
-@dataclass(frozen=True)
+@frozen
 class Where(Node):
     conds: tuple[Cond, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class Distribution(Node):
     hole: str
     options: ListValue
@@ -288,37 +289,37 @@ class Distribution(Node):
 
 # inline JSON types -------------------------------------------------
 
-@dataclass(frozen=True)
+@frozen
 class JRange(Node):
     lo: float | None
     hi: float | None
 
 
-@dataclass(frozen=True)
+@frozen
 class JScalar(Node):
     name: str                           # str int float bool null any
     range: JRange | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class JArray(Node):
     item: "JsonType"
     range: JRange | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class JEnum(Node):
     options: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class JField(Node):
     name: str
     optional: bool
     type: "JsonType"
 
 
-@dataclass(frozen=True)
+@frozen
 class JObject(Node):
     fields: tuple[JField, ...]
 
@@ -326,7 +327,7 @@ class JObject(Node):
 JsonType = Union[JScalar, JArray, JEnum, JObject]
 
 
-@dataclass(frozen=True)
+@frozen
 class QueryDecl(Named):
     name: str
     params: tuple[Param, ...]
@@ -339,48 +340,48 @@ class QueryDecl(Named):
 
 # ------------------------------------------------------------------ flow
 
-@dataclass(frozen=True)
+@frozen
 class Lit(Node):
     value: Union[str, int, float, bool]
 
 
-@dataclass(frozen=True)
+@frozen
 class Var(Node):
     name: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Attr(Node):
     obj: "Expr"
     name: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Index(Node):
     obj: "Expr"
     index: "Expr"
 
 
-@dataclass(frozen=True)
+@frozen
 class ListExpr(Node):
     items: tuple["Expr", ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class Call(Node):
     func: str
     args: tuple["Expr", ...]
     kwargs: tuple[tuple[str, "Expr"], ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class BinOp(Node):
     op: str                             # + - * / % == != < <= > >= and or in
     left: "Expr"
     right: "Expr"
 
 
-@dataclass(frozen=True)
+@frozen
 class UnaryOp(Node):
     op: str                             # not | -
     operand: "Expr"
@@ -389,33 +390,33 @@ class UnaryOp(Node):
 Expr = Union[Lit, Var, Attr, Index, ListExpr, Call, BinOp, UnaryOp]
 
 
-@dataclass(frozen=True)
+@frozen
 class Assign(Named):
     name: str
     value: Expr
 
 
-@dataclass(frozen=True)
+@frozen
 class If(Node):
     cond: Expr
     then: tuple["Stmt", ...]
     orelse: tuple["Stmt", ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class For(Named):
     var: str
     iter: Expr
     body: tuple["Stmt", ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class EmitItem(Named):
     name: str
     value: Expr
 
 
-@dataclass(frozen=True)
+@frozen
 class Emit(Node):
     items: tuple[EmitItem, ...]
 
@@ -423,7 +424,7 @@ class Emit(Node):
 Stmt = Union[Assign, If, For, Emit]
 
 
-@dataclass(frozen=True)
+@frozen
 class FlowDecl(Node):
     body: tuple[Stmt, ...]
 
@@ -431,7 +432,7 @@ class FlowDecl(Node):
 Decl = Union[UseDecl, InputDecl, ModelDecl, AdapterDecl, RouterDecl, QueryDecl, FlowDecl]
 
 
-@dataclass(frozen=True)
+@frozen
 class Program(Node):
     decls: tuple[Decl, ...]
     filename: str = "<string>"

@@ -33,6 +33,7 @@ import difflib
 import json
 import re
 from dataclasses import dataclass, field
+from .frozen import frozen
 from pathlib import Path
 
 from . import ast as A
@@ -75,7 +76,7 @@ class _Stop(Exception):
     """Raised when the diagnostic cap is reached."""
 
 
-@dataclass(frozen=True)
+@frozen
 class QueryInfo:
     decl: A.QueryDecl
     holes: tuple[str, ...]
@@ -1315,7 +1316,7 @@ def _regex_problems(pattern: str) -> list[str]:
 def _constraint_problems(constraint) -> list:
     from .constraints import check as constraint_check
 
-    return constraint_check.check_constraint(constraint)
+    return constraint_check.check_constraint_cached(constraint)
 
 
 def check_program(program: A.Program, source: Source, base_dir: Path, functions=frozenset(),

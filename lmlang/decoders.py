@@ -2,10 +2,10 @@
 against and the runtime reads defaults from. Torch-free."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .frozen import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class Opt:
     type: type
     default: object

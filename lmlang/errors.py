@@ -5,12 +5,13 @@ Exit codes (documented in docs/cli.md): 0 ok, 1 runtime error, 2 script error.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from .source import NO_SPAN, Source, Span
+from .frozen import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class Diagnostic:
     message: str
     span: Span = NO_SPAN

@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
 
 from .constraints import spec as C
+from .frozen import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class Spec:
     kind = "spec"
 
@@ -25,7 +25,7 @@ class Spec:
         return self.kind
 
 
-@dataclass(frozen=True)
+@frozen
 class InputSpec(Spec):
     kind = "input"
     name: str
@@ -37,7 +37,7 @@ class InputSpec(Spec):
         return f"input {self.name}: {self.type}"
 
 
-@dataclass(frozen=True)
+@frozen
 class ModelSpec(Spec):
     """A base model source: the bundled default, a hub id, a folder or a .gguf."""
     kind = "model"
@@ -53,7 +53,7 @@ class ModelSpec(Spec):
         return f"model {src if len(src) < 40 else '...' + src[-37:]}"
 
 
-@dataclass(frozen=True)
+@frozen
 class LoraSpec(Spec):
     kind = "lora"
     path: str
@@ -63,7 +63,7 @@ class LoraSpec(Spec):
         return f"lora {self.path.rsplit('/', 1)[-1]}"
 
 
-@dataclass(frozen=True)
+@frozen
 class TrainSpec(Spec):
     kind = "train"
     base: str                         # node id
@@ -78,7 +78,7 @@ class TrainSpec(Spec):
         return f"train lora on {self.data.rsplit('/', 1)[-1]}"
 
 
-@dataclass(frozen=True)
+@frozen
 class AdapterMergeSpec(Spec):
     kind = "adapter_merge"
     method: str
@@ -93,7 +93,7 @@ class AdapterMergeSpec(Spec):
         return f"merge {self.method} (adapters)"
 
 
-@dataclass(frozen=True)
+@frozen
 class ApplySpec(Spec):
     """Adapters applied to a base at scales, not merged (switchable per query)."""
     kind = "apply"
@@ -107,7 +107,7 @@ class ApplySpec(Spec):
         return "apply " + " + ".join(f"{a.split(':')[1] if a.count(':') == 2 else a}*{s:g}" for a, s in self.adapters)
 
 
-@dataclass(frozen=True)
+@frozen
 class MergeSpec(Spec):
     kind = "merge"
     method: str
@@ -123,7 +123,7 @@ class MergeSpec(Spec):
         return f"merge {self.method}"
 
 
-@dataclass(frozen=True)
+@frozen
 class FuseSpec(Spec):
     kind = "fuse"
     mode: str
@@ -138,7 +138,7 @@ class FuseSpec(Spec):
         return f"fuse {self.mode}"
 
 
-@dataclass(frozen=True)
+@frozen
 class RouterSpec(Spec):
     kind = "router"
     name: str
@@ -161,7 +161,7 @@ class RouterSpec(Spec):
         return f"router {self.name} ({self.mode})"
 
 
-@dataclass(frozen=True)
+@frozen
 class QuerySpec(Spec):
     kind = "query"
     name: str
@@ -183,7 +183,7 @@ class QuerySpec(Spec):
         return f"query {self.name}"
 
 
-@dataclass(frozen=True)
+@frozen
 class StepSpec(Spec):
     """One top-level flow statement, in expression IR; run in `index` order."""
     kind = "step"

@@ -5,10 +5,10 @@ stage (checker, compiler, runtime) can point back at the text that caused it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .frozen import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class Span:
     """A half-open region of one source file, 1-based lines and columns."""
 
@@ -34,7 +34,7 @@ class Span:
 NO_SPAN = Span(0, 0, 0, 0, "<builtin>")
 
 
-@dataclass(frozen=True)
+@frozen
 class Source:
     text: str
     filename: str = "<string>"

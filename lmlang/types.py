@@ -2,12 +2,12 @@
 parameters and flow values. Torch-free."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .frozen import frozen
 
 SCALARS = ("str", "int", "float", "bool", "json", "any")
 
 
-@dataclass(frozen=True)
+@frozen
 class T:
     name: str                           # str int float bool json any list record none
     item: "T | None" = None             # list element

@@ -108,3 +108,24 @@ def test_disjoint_one_of_is_enforced_as_any_of():
 
 def test_unknown_format_is_an_annotation():
     assert check_constraint(JsonSchema(json.dumps({"type": "string", "format": "topic"}))) == []
+
+
+def test_constraint_answers_are_cached_on_disk(lmlang_home, monkeypatch):
+    """A regex/schema/grammar is judged once; later checks read the answer back
+    (so `lmlang check` skips jsonschema and llguidance), and a damaged cache
+    entry is recomputed, never trusted."""
+    from lmlang.constraints import check as CK
+    from lmlang.constraints.spec import JsonSchema
+
+    bad = JsonSchema('{"type": "object", "properties": {"a": {"type": 3}}}')
+    first = CK.check_constraint_cached(bad)
+    assert first and first[0].code == "bad-schema"
+    files = list((lmlang_home / "check").glob("*.json"))
+    assert len(files) == 1
+
+    calls = []
+    monkeypatch.setattr(CK, "check_constraint", lambda c: calls.append(c) or [])
+    assert CK.check_constraint_cached(bad) == first and calls == []      # from disk
+    files[0].write_text("{not json")
+    assert CK.check_constraint_cached(bad) == [] and calls == [bad]      # recomputed
+    assert CK.check_constraint_cached(JsonSchema('{"type": "integer"}')) == [] and len(calls) == 2

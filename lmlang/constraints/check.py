@@ -14,8 +14,9 @@ byte vocabulary (llguidance is a native library without torch).
 from __future__ import annotations
 
 import json
+import os
 import re
-from dataclasses import dataclass
+from ..frozen import frozen
 from functools import lru_cache
 
 from .lower import (CLOSING_PRIORITY, CLOSING_PRIORITY_IN_STRING, json_string_state, OUTLINES_ENFORCED, XGRAMMAR_ENFORCED, LoweringError, Plan, llguidance_json_options, lower,
@@ -24,7 +25,7 @@ from .spec import (All, BoolType, Choice, Constraint, FloatType, Grammar, IntTyp
                    Regex, Stop, flatten)
 
 
-@dataclass(frozen=True)
+@frozen
 class ConstraintProblem:
     message: str
     hint: str = ""
@@ -250,6 +251,71 @@ def check_grammar(text: str) -> list[ConstraintProblem]:
     if plan_is_empty(Plan("lark", text)):
         return [ConstraintProblem("the grammar derives no text", code="unsatisfiable")]
     return []
+
+
+# ------------------------------------------------------------------ disk cache of results
+# Checking a regex, schema or grammar imports jsonschema and llguidance and
+# compiles the grammar (60-120 ms in a fresh process), while the answer depends
+# only on the constraint and on the code that judges it. `lmlang check` runs
+# in a new process each time, so answers are kept on disk, keyed by the
+# constraint's repr and by a fingerprint of that code: lmlang's constraint
+# modules and the installed llguidance, jsonschema and lark (file size and
+# mtime, which a reinstall or an edit changes; reading package metadata would
+# cost more than the check itself).
+_EXPENSIVE = (Regex, JsonSchema, Grammar)
+_JUDGES = ("check.py", "lower.py", "jsonfix.py", "spec.py")
+
+
+@lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    files = [os.path.join(here, name) for name in _JUDGES]
+    for lib in ("llguidance", "jsonschema", "lark"):
+        spec = importlib.util.find_spec(lib)
+        files.append(spec.origin if spec and spec.origin else lib)
+    parts = []
+    for f in files:
+        try:
+            st = os.stat(f)
+            parts.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{f}:missing")
+    return "\n".join(parts)
+
+
+def _cache_path(c: Constraint):
+    import hashlib
+
+    from ..home import cache_dir
+
+    digest = hashlib.sha256(f"{_code_fingerprint()}\n{c!r}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return cache_dir("check") / f"{digest}.json"
+
+
+def check_constraint_cached(c: Constraint | None) -> list[ConstraintProblem]:
+    """`check_constraint`, answered from the disk cache when this exact
+    constraint was judged before by the same code (a cache that cannot be read
+    or written is simply bypassed)."""
+    if not any(isinstance(p, _EXPENSIVE) for p in flatten(c)):
+        return check_constraint(c)
+    try:
+        path = _cache_path(c)
+    except OSError:
+        return check_constraint(c)
+    try:
+        return [ConstraintProblem(**d) for d in json.loads(path.read_text(encoding="utf-8"))]
+    except (OSError, ValueError, TypeError):
+        pass
+    problems = check_constraint(c)
+    try:
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps([p.__dict__ for p in problems]), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return problems
 
 
 # ------------------------------------------------------------------ whole constraint

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
+from ..frozen import frozen
 
 from .spec import (All, BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, MaxChars,
                    MaxTokens, Regex, Stop, flatten)
@@ -94,7 +95,7 @@ def lark_regex(pattern: str) -> str:
     return "/" + pattern.replace("/", "\\/") + "/"
 
 
-@dataclass(frozen=True)
+@frozen
 class Plan:
     kind: str                       # "free" | "regex" | "json" | "lark"
     text: str = ""                  # the regex, schema JSON, or lark grammar

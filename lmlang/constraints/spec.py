@@ -5,28 +5,28 @@ compiler can dedupe them and the disk cache can key on them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..frozen import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class Constraint:
     def describe(self) -> str:  # pragma: no cover - overridden
         return type(self).__name__
 
 
-@dataclass(frozen=True)
+@frozen
 class Choice(Constraint):
     """`x in ["a", "b"]`: the hole's text is exactly one option."""
     options: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class Regex(Constraint):
     """`x matches r"..."`: full match of a Python-style regex (no lookaround/backrefs)."""
     pattern: str
 
 
-@dataclass(frozen=True)
+@frozen
 class IntType(Constraint):
     """`x is int`; optional inclusive bounds come from `int(0..150)` in JSON types.
     Bounds are enforced while decoding (lowered to a JSON-Schema integer range)."""
@@ -34,48 +34,48 @@ class IntType(Constraint):
     hi: int | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class FloatType(Constraint):
     pass
 
 
-@dataclass(frozen=True)
+@frozen
 class BoolType(Constraint):
     """`x is bool`: "true" or "false"."""
 
 
-@dataclass(frozen=True)
+@frozen
 class JsonSchema(Constraint):
     """`x is json {...}` or `x is json "schema.json"`: canonical JSON text of a JSON Schema."""
     schema: str  # json.dumps(schema, sort_keys=True)
 
 
-@dataclass(frozen=True)
+@frozen
 class Grammar(Constraint):
     """`x is grammar "file.lark"`: a Lark grammar text (start rule `start`)."""
     lark: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Stop(Constraint):
     """`stops at "s"` (include=True: s is part of the value) / `stops before "s"` (include=False)."""
     text: str
     include: bool
 
 
-@dataclass(frozen=True)
+@frozen
 class MaxTokens(Constraint):
     """`tokens(x) <= n` (also < n, normalised to <=)."""
     n: int
 
 
-@dataclass(frozen=True)
+@frozen
 class MaxChars(Constraint):
     """`len(x) <= n` (also < n, normalised to <=)."""
     n: int
 
 
-@dataclass(frozen=True)
+@frozen
 class All(Constraint):
     """Conjunction. The checker normalises: at most one 'shape' constraint
     (Choice/Regex/Int/Float/Bool/JsonSchema/Grammar), any number of Stop,

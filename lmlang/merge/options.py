@@ -17,11 +17,11 @@ gradient list (`[0, 0.5, 1]`, interpolated over the layers) or a list of
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from ..frozen import frozen
 from typing import Any, Mapping, Sequence
 
 
-@dataclass(frozen=True)
+@frozen
 class OptionSpec:
     type: str  # "float" | "int" | "bool"
     default: Any  # None: required
@@ -36,7 +36,7 @@ class OptionSpec:
         return self.default is None
 
 
-@dataclass(frozen=True)
+@frozen
 class MethodInfo:
     name: str
     base: str  # "required" | "optional" | "ignored"

@@ -1,0 +1,101 @@
+"""`lmlang.frozen`: frozen dataclasses with shared methods behave as
+`@dataclass(frozen=True)` does (the AST, graph specs and constraints rely on it)."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import pickle
+
+import pytest
+
+from lmlang import ast as A
+from lmlang.frozen import FrozenInstanceError, frozen
+from lmlang.graph import QuerySpec
+from lmlang.source import Span
+
+
+@frozen
+class Base:
+    span: int = dataclasses.field(default=0, compare=False, repr=False, kw_only=True)
+
+
+@frozen
+class Point(Base):
+    x: int
+    y: int = 2
+    tags: tuple = dataclasses.field(default_factory=tuple)
+
+
+@frozen
+class Named(Point):
+    name: str = "p"
+
+    def __repr__(self):
+        return f"<{self.name}>"
+
+
+def test_init_defaults_kw_only_and_factories():
+    p = Point(1)
+    assert (p.x, p.y, p.tags, p.span) == (1, 2, (), 0)
+    q = Point(1, 3, ("a",), span=7)
+    assert (q.x, q.y, q.tags, q.span) == (1, 3, ("a",), 7)
+    assert Point(x=1, y=5).y == 5
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: Point(), "missing required argument: 'x'"),
+    (lambda: Point(1, 2, (), 4), "takes 3 positional arguments but 4 were given"),
+    (lambda: Point(1, x=2), "multiple values for argument 'x'"),
+    (lambda: Point(1, z=2), "unexpected keyword argument 'z'"),
+])
+def test_bad_calls_raise_type_error(call, message):
+    with pytest.raises(TypeError, match=message):
+        call()
+
+
+def test_frozen():
+    p = Point(1)
+    with pytest.raises(FrozenInstanceError):
+        p.x = 2
+    with pytest.raises(FrozenInstanceError):
+        del p.x
+    assert issubclass(FrozenInstanceError, AttributeError)
+
+
+def test_equality_and_hash_ignore_compare_false_fields():
+    assert Point(1, span=1) == Point(1, span=2)
+    assert hash(Point(1, span=1)) == hash(Point(1, span=2))
+    assert Point(1) != Point(2)
+    assert Point(1) != Named(1)          # different classes never compare equal
+    assert len({Point(1), Point(1), Point(2)}) == 2
+
+
+def test_repr_and_own_methods_win():
+    assert repr(Point(1)) == "Point(x=1, y=2, tags=())"   # span is repr=False
+    assert repr(Named(1)) == "<p>"
+
+
+def test_dataclass_tools_work():
+    p = Point(1, span=3)
+    assert dataclasses.is_dataclass(p)
+    assert [f.name for f in dataclasses.fields(p)] == ["span", "x", "y", "tags"]
+    r = dataclasses.replace(p, y=9)
+    assert (r.x, r.y, r.span) == (1, 9, 3)
+    assert dataclasses.asdict(p) == {"span": 3, "x": 1, "y": 2, "tags": ()}
+    assert Point.__match_args__ == ("x", "y", "tags")
+    match p:
+        case Point(x, y):
+            assert (x, y) == (1, 2)
+
+
+def test_pickle_and_copy_round_trip():
+    p = Point(1, 2, ("t",), span=5)
+    for q in (pickle.loads(pickle.dumps(p)), copy.deepcopy(p), copy.copy(p)):
+        assert q == p and q.span == 5
+
+
+def test_real_nodes_hash_by_value():
+    s1, s2 = Span(1, 1, 1, 2, "a.lm"), Span(3, 1, 3, 2, "b.lm")
+    assert A.Literal(1, span=s1) == A.Literal(1, span=s2)
+    assert hash(A.Literal("x", span=s1)) == hash(A.Literal("x", span=s2))
+    assert dataclasses.is_dataclass(QuerySpec)
