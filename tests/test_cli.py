@@ -54,3 +54,25 @@ def test_subprocess_error_has_no_traceback(tmp_path):
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
     assert f"{f}:1:7" in p.stderr
+
+
+def test_threads_option_and_env_set_torch_threads(tiny_model_dir, tmp_path, monkeypatch):
+    import torch
+
+    f = tmp_path / "t.lm"
+    f.write_text(f'model m = "{tiny_model_dir}"\nquery q() using m {{\n    "Say [a]"\n    where a in ["yes", "no"]\n}}\n'
+                 'flow {\n    r = q()\n    emit answer = r.a\n}\n')
+    before = torch.get_num_threads()
+    try:
+        r = CliRunner().invoke(main, ["run", str(f), "--threads", "1"])
+        assert r.exit_code == 0, r.output
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(max(before, 2))
+        monkeypatch.setenv("LMLANG_THREADS", "1")
+        r = CliRunner().invoke(main, ["run", str(f)])
+        assert r.exit_code == 0, r.output
+        assert torch.get_num_threads() == 1
+        r = CliRunner().invoke(main, ["run", str(f), "--threads", "0"])
+        assert r.exit_code == 2 and "--threads" in r.output
+    finally:
+        torch.set_num_threads(before)

@@ -307,3 +307,63 @@ def test_sampled_kth_value_is_exact(n):
     for w in (torch.randn(n, generator=g).abs(), torch.randint(0, 40, (n,), generator=g).float()):
         for k in (1, n // 10, n // 2, int(0.7 * n), n - 1):
             assert M._kth_largest_value(w, k) == torch.kthvalue(w, n - k + 1).values, (n, k)
+
+
+# ------------------------------------------------------------------ tsv
+def _low_rank(m, n, r, gen):
+    return torch.randn(m, r, generator=gen) @ torch.randn(r, n, generator=gen)
+
+
+def test_tsv_single_model_is_its_delta():
+    gen = torch.Generator().manual_seed(0)
+    base, d = torch.randn(12, 10, generator=gen), _low_rank(12, 10, 3, gen)
+    out = M.tsv(base, [base + d], [1.0], rank_fraction=1.0)
+    assert torch.allclose(out, base + d, atol=1e-4)
+    assert torch.allclose(M.tsv(base, [base + d], [1.0], rank_fraction=1.0, lam=0.5), base + 0.5 * d, atol=1e-4)
+
+
+def test_tsv_disjoint_subspaces_add_up_exactly():
+    """Models that touch orthogonal row and column spaces do not interfere, so
+    TSV equals plain task arithmetic (the sum of the deltas)."""
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(8, 8, generator=gen)
+    d1, d2 = torch.zeros(8, 8), torch.zeros(8, 8)
+    d1[:4, :4] = _low_rank(4, 4, 2, gen)
+    d2[4:, 4:] = _low_rank(4, 4, 2, gen)
+    out = M.tsv(base, [base + d1, base + d2], [1.0, 1.0])
+    assert torch.allclose(out, base + d1 + d2, atol=1e-4)
+
+
+def test_tsv_overlapping_subspaces_are_decorrelated():
+    """Reference computation of TSV-M: per model top-k SVD, concatenate, replace
+    U and V by their nearest orthonormal matrices, keep the singular values."""
+    gen = torch.Generator().manual_seed(2)
+    base = torch.randn(16, 12, generator=gen)
+    deltas = [_low_rank(16, 12, 3, gen) for _ in range(3)]
+    weights = [1.0, 0.5, 2.0]
+    out = M.tsv(base, [base + d for d in deltas], weights)
+    us, ss, vs = [], [], []
+    for d, w in zip(deltas, weights):
+        u, s, vh = torch.linalg.svd(d * w, full_matrices=False)
+        us.append(u[:, :3]), ss.append(s[:3]), vs.append(vh[:3].T)   # k = 12 // 3 = 4 > rank 3
+    u, v = torch.cat(us, 1), torch.cat(vs, 1)
+    pu, _, qu = torch.linalg.svd(u, full_matrices=False)
+    pv, _, qv = torch.linalg.svd(v, full_matrices=False)
+    ref = base + ((pu @ qu) * torch.cat(ss)) @ (pv @ qv).T
+    assert torch.allclose(out, ref, atol=1e-4)
+    assert not torch.allclose(out, base + sum(d * w for d, w in zip(deltas, weights)), atol=1e-2)
+
+
+def test_tsv_rank_cut_zero_deltas_and_vectors():
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(10, 10, generator=gen)
+    d = _low_rank(10, 10, 6, gen)
+    # a model that did not change this tensor contributes nothing and disturbs nothing
+    assert torch.allclose(M.tsv(base, [base + d, base], [1.0, 1.0], rank_fraction=1.0), base + d, atol=1e-4)
+    # k = 0.2 * 10 = 2: only the top two singular triplets survive
+    u, s, vh = torch.linalg.svd(d)
+    top2 = (u[:, :2] * s[:2]) @ vh[:2]
+    assert torch.allclose(M.tsv(base, [base + d], [1.0], rank_fraction=0.2), base + top2, atol=1e-4)
+    vec = torch.randn(10, generator=gen)
+    assert torch.allclose(M.tsv(vec, [vec + 1, vec + 3], [1.0, 1.0]), vec + 2)   # non-matrices: mean delta
+    assert torch.equal(M.tsv(base, [base, base], [1.0, 1.0]), base)

@@ -53,7 +53,7 @@ def test_linear_merge_loads_and_matches(tiny_model_dir, tiny_model_dir_b, lmlang
 @pytest.mark.parametrize("method,params,per", [
     ("ties", {}, {"density": 0.5}), ("dare_ties", {"seed": 3}, {"density": 0.5}), ("slerp", {"t": [0, 1]}, {}),
     ("breadcrumbs", {}, {"density": 0.8}), ("breadcrumbs_ties", {}, {"density": 0.8}), ("task_arithmetic", {}, {}),
-    ("dare_linear", {}, {"density": 0.5}), ("model_stock", {}, {}), ("pcb", {}, {}),
+    ("dare_linear", {}, {"density": 0.5}), ("model_stock", {}, {}), ("pcb", {}, {}), ("tsv", {}, {}),
 ])
 def test_every_method_streams(method, params, per, tiny_model_dir, tiny_model_dir_b, tiny_c, lmlang_home, tmp_path):
     from lmlang.merge.methods import TensorContext, get_method

@@ -363,6 +363,55 @@ def pcb(base: Tensor, tensors: Sequence[Tensor], weights: Sequence[float], densi
     return base + lam * merged.reshape(base.shape)
 
 
+def _orthonormalized(x: Tensor) -> Tensor:
+    """The orthonormal matrix nearest to x (Procrustes: P Q^T from x = P S Q^T)."""
+    p, _, qh = torch.linalg.svd(x, full_matrices=False)
+    return p @ qh
+
+
+def tsv(base: Tensor, tensors: Sequence[Tensor], weights: Sequence[float], rank_fraction: float | None = None,
+        lam: float = 1.0) -> Tensor:
+    """Task Singular Vectors merging (TSV-M, Gargiulo et al., CVPR 2025), per tensor.
+
+    Each model's 2-D delta (times its weight) is cut to its top
+    k = rank_fraction * min(m, n) singular triplets (default 1/T, the paper's
+    choice: T tasks together fill the rank) and to its numerical rank
+    (singular values under 1e-6 of the largest are dropped: a LoRA delta of
+    rank 8 has no other directions, and zero-value singular vectors would
+    only rotate the others). The tasks' left singular vectors are
+    concatenated, and so are the right ones; each set is replaced by the
+    nearest orthonormal set, which removes the overlap between the tasks'
+    subspaces (the interference) while keeping every task's singular values:
+    merged = base + lambda * U_perp diag(sigma) V_perp^T. Tensors that are
+    not matrices (norms, biases) get the weighted mean delta, as in the
+    paper's code.
+    """
+    n = len(tensors)
+    if n == 0:
+        return base
+    deltas = [(x - base) * float(w) for x, w in zip(tensors, weights)]
+    if base.dim() != 2:
+        return base + lam * sum(deltas) / n
+    dtype = torch.float64 if base.dtype == torch.float64 else torch.float32
+    frac = rank_fraction or 1.0 / n
+    k = max(1, int(frac * min(base.shape)))
+    us, ss, vs = [], [], []
+    for d in deltas:
+        u, s, vh = torch.linalg.svd(d.to(dtype), full_matrices=False)
+        if not s.numel() or float(s[0]) == 0.0:
+            continue
+        keep = min(k, int((s > s[0] * 1e-6).sum()))
+        us.append(u[:, :keep])
+        ss.append(s[:keep])
+        vs.append(vh[:keep].T)
+    if not us:
+        return base.clone()
+    u_perp = _orthonormalized(torch.cat(us, dim=1))
+    v_perp = _orthonormalized(torch.cat(vs, dim=1))
+    merged = (u_perp * torch.cat(ss)) @ v_perp.T
+    return base + (lam * merged).to(base.dtype)
+
+
 # --------------------------------------------------------------- registry
 
 class MergeMethod(ABC):
@@ -435,6 +484,13 @@ class PCBMethod(MergeMethod):
         return pcb(base, tensors, [p["weight"] for p in per_model], params["density"], params["lambda"])
 
 
+class TSVMethod(MergeMethod):
+    name = "tsv"
+
+    def merge(self, tensors, base, per_model, params, ctx):
+        return tsv(base, tensors, [p["weight"] for p in per_model], params.get("rank_fraction"), params["lambda"])
+
+
 REGISTRY: dict[str, MergeMethod] = {
     m.name: m for m in (
         LinearMethod(),
@@ -447,6 +503,7 @@ REGISTRY: dict[str, MergeMethod] = {
         SlerpMethod(),
         ModelStockMethod(),
         PCBMethod(),
+        TSVMethod(),
     )
 }
 

@@ -100,6 +100,13 @@ METHODS: dict[str, MethodInfo] = {
         "density": OptionSpec("float", 0.1, 0.0, 1.0, doc="fraction r of each task vector kept by its balancing score (the official pcb_ratio)"),
         "lambda": OptionSpec("float", 1.0, doc="scale of the merged task vector"),
     }),
+    "tsv": MethodInfo("tsv", "required", 1, None, "task singular vectors: each delta's top singular vectors, "
+                      "decorrelated across models, keeping every model's singular values (TSV-M)", {
+        "weight": _weight(),
+        "rank_fraction": OptionSpec("float", 0.0, 0.0, 1.0, doc="fraction of each matrix's rank kept per model "
+                                    "(0, the default, means 1/number of models, as in the paper)"),
+        "lambda": OptionSpec("float", 1.0, doc="scale of the merged delta"),
+    }),
 }
 
 # Counts of inputs include the base (mergekit's contract).
