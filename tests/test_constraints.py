@@ -454,3 +454,40 @@ def test_bundled_tokenizer_end_to_end(lmlang_home):
     c.advance(first)
     rest = c.forced_tokens()
     assert tok.decode([first] + rest) == "negative"
+
+
+def test_canonical_choice_follows_option_token_paths():
+    """A choice decodes along its options' canonical tokenizations only; EOS
+    opens once an option is complete; a healed prefix rides on the first token."""
+    import torch
+
+    from lmlang.constraints.choice import CanonicalChoice
+    from lmlang.constraints.spec import All, Choice, MaxTokens, Regex
+
+    class Tok:
+        vocab = {"Lon": 1, "don": 2, "L": 3, "ondon": 4, "Paris": 5, " Paris": 6, " Lon": 7}
+
+        def encode(self, text):
+            out, rest = [], text
+            while rest:
+                piece = max((p for p in self.vocab if rest.startswith(p)), key=len)
+                out.append(self.vocab[piece])
+                rest = rest[len(piece):]
+            return out
+
+    c = CanonicalChoice.of(All((Choice(("London", "Paris")), MaxTokens(4))), Tok(), eos_ids=[0])
+    assert c.paths == [[1, 2], [5]]
+    assert c.allowed([]) == ([1, 5], False)
+    assert c.allowed([1]) == ([2], False)
+    assert c.allowed([1, 2]) == ([], True)
+    assert c.allowed([3]) == ([], False)          # the odd split "L" + "ondon" is not a path
+    scores = torch.arange(8, dtype=torch.float)
+    c.restrict([], scores)
+    assert [i for i, s in enumerate(scores.tolist()) if s != float("-inf")] == [1, 5]
+    scores = torch.arange(8, dtype=torch.float)
+    c.restrict([5], scores)
+    assert [i for i, s in enumerate(scores.tolist()) if s != float("-inf")] == [0] and scores[0] == 0.0
+    healed = CanonicalChoice.of(Choice(("London", "Paris")), Tok(), eos_ids=[0], prefix=" ")
+    assert healed.paths == [[7, 2], [6]]
+    assert CanonicalChoice.of(Regex("[a-z]+"), Tok(), eos_ids=[0]) is None
+    assert CanonicalChoice.of(None, Tok(), eos_ids=[0]) is None

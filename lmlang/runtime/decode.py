@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..constraints import spec as C
+from ..constraints.choice import CanonicalChoice
 from ..constraints.engine import compile_constraint
 from ..errors import LmlangRuntimeError
 from .lm import LM, Batch
@@ -132,12 +133,12 @@ class QueryRun:
                 self.heal.append(tail)
             else:
                 self.heal.append("")
-        # A choice is decoded along its options' canonical tokenizations only:
-        # the backends also accept odd splits ("L" + "ondon"), whose first
-        # token can outscore the whole right answer under greedy decoding.
-        self.choice_paths = {h: _choice_paths(constraints.get(h), lm, heal)
+        # Choices decode along their options' canonical tokenizations only
+        # (constraints/choice.py), with the healed prefix and without it
+        # (beam search does not heal).
+        self.choice_paths = {h: CanonicalChoice.of(constraints.get(h), lm.tok_info, lm.eos_ids, heal)
                              for h, heal in zip(prompt.holes, self.heal)}
-        self.plain_paths = {h: _choice_paths(constraints.get(h), lm) for h in prompt.holes}
+        self.plain_paths = {h: CanonicalChoice.of(constraints.get(h), lm.tok_info, lm.eos_ids) for h in prompt.holes}
 
     def terminators(self, i: int) -> set[int]:
         """Tokens that end hole i: EOS, or the first token of the text after it."""
@@ -148,20 +149,9 @@ class QueryRun:
         return ends
 
     def restrict_choice(self, hole: str, gen: list[int], masked: torch.Tensor, healed: bool = True) -> None:
-        paths = (self.choice_paths if healed else self.plain_paths).get(hole)
-        if not paths:
-            return
-        n = len(gen)
-        nxt = sorted({p[n] for p in paths if len(p) > n and p[:n] == gen})
-        keep = torch.full_like(masked, NEG_INF)
-        if nxt:
-            idx = torch.tensor(nxt, dtype=torch.long)
-            keep[idx] = masked[idx]
-        if any(p == gen for p in paths):
-            for e in self.lm.eos_ids:
-                if e < masked.shape[0]:
-                    keep[e] = masked[e]
-        masked.copy_(keep)
+        choice = (self.choice_paths if healed else self.plain_paths).get(hole)
+        if choice is not None:
+            choice.restrict(gen, masked)
 
 
 def with_default_budget(c):
@@ -172,13 +162,6 @@ def with_default_budget(c):
     if any(isinstance(p, (C.JsonSchema, C.Grammar)) for p in parts) and not any(isinstance(p, C.MaxTokens) for p in parts):
         return C.All(parts + (C.MaxTokens(DEFAULT_MAX_TOKENS),))
     return c
-
-
-def _choice_paths(constraint, lm, heal: str = "") -> list[list[int]] | None:
-    choice = next((p for p in C.flatten(constraint) if isinstance(p, C.Choice)), None)
-    if choice is None:
-        return None
-    return [lm.tok_info.encode(heal + o) for o in choice.options]
 
 
 def heal_table(lm, prefix: str):

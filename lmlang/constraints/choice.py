@@ -1,0 +1,55 @@
+"""Canonical decoding of a choice hole.
+
+The backends accept every tokenization of an option ("L" + "ondon" as well
+as "London"). Under greedy decoding an odd split's first token can outscore
+the whole right answer, and the model never saw such splits in training, so
+a choice is decoded along its options' canonical tokenizations only: after
+the tokens generated so far, the next token must continue one of those
+token paths, and EOS is allowed once a path is complete.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from .spec import Choice, Constraint, flatten
+
+NEG_INF = float("-inf")
+
+
+class CanonicalChoice:
+    def __init__(self, paths: list[list[int]], eos_ids: Iterable[int]):
+        self.paths = paths
+        self.eos_ids = sorted(set(eos_ids))
+
+    @classmethod
+    def of(cls, constraint: Constraint | None, tok_info, eos_ids: Iterable[int],
+           prefix: str = "") -> "CanonicalChoice | None":
+        """For a hole whose constraint includes a choice (None otherwise).
+        `prefix` is text held back by token healing, which every option's
+        first token must then carry."""
+        choice = next((p for p in flatten(constraint) if isinstance(p, Choice)), None)
+        if choice is None:
+            return None
+        return cls([tok_info.encode(prefix + o) for o in choice.options], eos_ids)
+
+    def allowed(self, generated: list[int]) -> tuple[list[int], bool]:
+        """(next tokens that continue a path, whether `generated` is a whole option)."""
+        n = len(generated)
+        nxt = sorted({p[n] for p in self.paths if len(p) > n and p[:n] == generated})
+        return nxt, any(p == generated for p in self.paths)
+
+    def restrict(self, generated: list[int], scores) -> None:
+        """Set every score (a 1-D torch tensor, changed in place) that leaves
+        the canonical paths to -inf."""
+        import torch
+
+        nxt, complete = self.allowed(generated)
+        keep = torch.full_like(scores, NEG_INF)
+        if nxt:
+            idx = torch.tensor(nxt, dtype=torch.long)
+            keep[idx] = scores[idx]
+        if complete:
+            for e in self.eos_ids:
+                if e < scores.shape[0]:
+                    keep[e] = scores[e]
+        scores.copy_(keep)
