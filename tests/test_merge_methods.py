@@ -367,3 +367,24 @@ def test_tsv_rank_cut_zero_deltas_and_vectors():
     vec = torch.randn(10, generator=gen)
     assert torch.allclose(M.tsv(vec, [vec + 1, vec + 3], [1.0, 1.0]), vec + 2)   # non-matrices: mean delta
     assert torch.equal(M.tsv(base, [base, base], [1.0, 1.0]), base)
+
+
+@pytest.mark.parametrize("sparsify,consensus,normalize,rescale", [
+    ("magnitude", True, True, False), ("magnitude", True, False, True), (None, False, False, False),
+    (None, False, True, False), ("random", True, False, True), ("outliers", False, False, False),
+])
+def test_chunked_sign_election_changes_no_value(monkeypatch, sparsify, consensus, normalize, rescale):
+    """generalized_task_arithmetic works over column chunks (to bound its
+    temporaries); any chunk size, down to a few elements, gives the same bits."""
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(6, 7, generator=g)
+    models = [base + torch.randn(6, 7, generator=g) for _ in range(3)]
+    kw = dict(weights=[1.0, -0.4, 0.8], densities=[0.5, 0.6, 0.9], normalize=normalize, rescale=rescale,
+              sparsify=sparsify, consensus=consensus, lam=1.3, ctx=ctx(seed=2))
+    copies = [base.clone()] + [m.clone() for m in models]
+    whole = M.generalized_task_arithmetic(base, models, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(copies, [base, *models]))   # inputs untouched
+    monkeypatch.setattr(M, "_GTA_CHUNK", 5)      # 5 // 3 models = 1 column per chunk
+    assert torch.equal(M.generalized_task_arithmetic(base, models, **kw), whole)
+    monkeypatch.setattr(M, "_GTA_CHUNK", 3 * 11)
+    assert torch.equal(M.generalized_task_arithmetic(base, models, **kw), whole)
