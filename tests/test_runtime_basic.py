@@ -1,6 +1,7 @@
 """The walking skeleton's runtime on the tiny random model: a query with a
 choice hole runs end to end and respects its constraint."""
 import pytest
+import torch
 
 import lmlang
 
@@ -86,3 +87,44 @@ query p(x: str) using m { "{x} [v]" where v is json { zeta: str(1..3), alpha: in
     assert list(schema["properties"]) == ["zeta", "alpha"]
     out = prog.run()
     assert list(out["v"]) == ["zeta", "alpha"]
+
+
+def _pin_next_token(prog, token_id):
+    """Make the tiny model always prefer `token_id` (a hook on its output layer)."""
+    execu = prog._executor()
+    lm = execu.lm(prog.frontend.compiled.names["m"])
+    idx = torch.tensor([token_id])
+    handle = lm.model.get_output_embeddings().register_forward_hook(lambda mod, i, out: out.index_fill_(-1, idx, 1e4))
+    return lm, handle
+
+
+def test_a_second_end_token_ends_the_value(tiny_model_dir):
+    """Models list several end tokens (Llama 3: <|eot_id|>, <|end_of_text|>, ...);
+    any of them ends a value cleanly, whichever one the guide knows."""
+    prog = program(tiny_model_dir, 'query q() using m {\n    "Say:[x]"\n    where tokens(x) <= 5\n}',
+                   'r = q() emit x = r.x')
+    prog.run()                                  # load the model
+    lm, handle = _pin_next_token(prog, 7)
+    try:
+        lm._eos_ids = set(lm._eos_ids) | {7}
+        assert 7 != lm.tok_info.eos_token_id
+        out = prog.run()
+    finally:
+        handle.remove()
+    assert out["x"] == ""
+    assert prog.trace.records[-1].holes[0]["ended_by"] == "eos"
+
+
+def test_a_budget_over_the_default_is_honoured(tiny_model_dir):
+    prog = program(tiny_model_dir, 'query q() using m {\n    "Say [x]"\n    where tokens(x) <= 300\n}',
+                   'r = q() emit x = r.x')
+    prog.run()
+    tok = prog._executor().lm(prog.frontend.compiled.names["m"]).tok_info
+    a = tok.encode("a")[0]
+    lm, handle = _pin_next_token(prog, a)
+    try:
+        prog.run()
+    finally:
+        handle.remove()
+    hole = prog.trace.records[-1].holes[0]
+    assert hole["generated"] + hole["forced"] == 300 and hole["ended_by"] == "max_tokens"

@@ -283,22 +283,31 @@ class Guide:
                 return out
         return out[:-1] if len(out) == len(ids) else out
 
+    def _only_token(self, w: np.ndarray) -> int | None:
+        """The single allowed token of mask words w (None: EOS allowed, or not exactly one)."""
+        eos = self._tok.eos_token_id
+        if (int(w[eos // 32]) >> (eos % 32)) & 1:
+            return None
+        nz = np.flatnonzero(w)
+        if len(nz) != 1 or (int(w[nz[0]]) & (int(w[nz[0]]) - 1)):
+            return None
+        return int(nz[0]) * 32 + (int(w[nz[0]]) & 0xFFFFFFFF).bit_length() - 1
+
     def _unique_tokens(self, limit: int = 16) -> list[int]:
+        # The first look uses the guide's own mask, which apply() then reuses:
+        # on the usual step (several tokens allowed) nothing is cloned or
+        # filled twice.
+        self._fill()
+        t = self._only_token(self._words)
+        if t is None:
+            return []
         m = self._m.clone()
         w = np.zeros_like(self._words)
         out: list[int] = []
-        eos = self._tok.eos_token_id
-        for _ in range(limit):
-            m.fill(w)
-            if (int(w[eos // 32]) >> (eos % 32)) & 1:
-                break
-            nz = np.flatnonzero(w)
-            if len(nz) != 1 or (int(w[nz[0]]) & (int(w[nz[0]]) - 1)):
-                break
-            t = int(nz[0]) * 32 + (int(w[nz[0]]) & 0xFFFFFFFF).bit_length() - 1
-            if not m.consume(t):
-                break
+        while t is not None and len(out) < limit and m.consume(t):
             out.append(t)
+            m.fill(w)
+            t = self._only_token(w)
         return out
 
     def _within_limits(self, ids: list[int]) -> list[int]:

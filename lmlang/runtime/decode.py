@@ -26,6 +26,11 @@ from .prefix import prefill
 from .prompt import RenderedPrompt
 
 DEFAULT_MAX_TOKENS = 256     # a hole with no token budget stops here (reported in the trace)
+
+
+def token_budget(c) -> int:
+    """The most tokens a hole may generate: its own `tokens(x) <= N`, else the default."""
+    return min((p.n for p in C.flatten(c) if isinstance(p, C.MaxTokens)), default=DEFAULT_MAX_TOKENS)
 NEG_INF = float("-inf")
 
 
@@ -209,6 +214,7 @@ class RowDecoder:
         name = self.run.prompt.holes[self.hole]
         self.guide = self.run.compiled[name].start()
         self.ends = self.run.terminators(self.hole)
+        self.budget = token_budget(self.run.constraints.get(name))
         self.gen: list[int] = []
         self._streamed = 0
         self.healing = self.run.heal[self.hole]     # text still owed to the held-back seam token
@@ -228,8 +234,8 @@ class RowDecoder:
         run, lm, guide = self.run, self.run.lm, self.guide
         trace = self.traces[self.hole]
         while True:
-            if guide.is_finished() or len(self.gen) >= DEFAULT_MAX_TOKENS:
-                trace.ended_by = guide.ended_by or ("budget" if len(self.gen) >= DEFAULT_MAX_TOKENS else "constraint")
+            if guide.is_finished() or len(self.gen) >= self.budget:
+                trace.ended_by = guide.ended_by or ("budget" if len(self.gen) >= self.budget else "constraint")
                 return self._finish_hole(batch, row)
             forced = guide.forced_tokens()
             if forced:
@@ -255,7 +261,7 @@ class RowDecoder:
             self.logprob += float(torch.log_softmax(masked, dim=-1)[tok])
             if tok in lm.eos_ids or (tok in self.ends and eos_ok and not _allows(guide, tok)):
                 trace.ended_by = "eos" if tok in lm.eos_ids else "next-text"
-                guide.advance(tok if tok in lm.eos_ids else next(iter(lm.eos_ids)))
+                guide.advance(lm.tok_info.eos_token_id)   # the guide's EOS, whichever end token was picked
                 return self._finish_hole(batch, row)
             guide.advance(tok)
             self.gen.append(tok)
@@ -430,7 +436,7 @@ def beam_search(run: QueryRun, width: int) -> Decoded:
         at_start = batch.fork()
         beams = [(0.0, run.compiled[hole].start(), [])]       # (logprob, guide, generated), one per batch row
         finished: list[tuple[float, object, list]] = []
-        for _ in range(DEFAULT_MAX_TOKENS):
+        for _ in range(token_budget(run.constraints.get(hole))):
             cands = []
             for r, (lp, g, gen) in enumerate(beams):
                 masked = batch.logits[r].clone()
@@ -446,7 +452,7 @@ def beam_search(run: QueryRun, width: int) -> Decoded:
                 if len(keep) + len(finished) >= width * 2 or len(keep) >= width:
                     break
                 g = beams[r][1].clone()
-                g.advance(t)
+                g.advance(lm.tok_info.eos_token_id if t in lm.eos_ids else t)
                 gen = beams[r][2] + ([] if t in lm.eos_ids else [t])
                 if t in lm.eos_ids or g.is_finished():
                     finished.append((lp, g, gen))
@@ -475,4 +481,4 @@ def beam_search(run: QueryRun, width: int) -> Decoded:
             if run.heal[i + 1]:
                 nxt = nxt[:-1]
             batch.feed([nxt])
-    return Decoded(values, texts, total, passes + batch.forward_passes, traces)
+    return Decoded(values, texts, total, passes, traces)   # the last hole's passes are counted in the loop
