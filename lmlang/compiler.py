@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 
 from . import ast as A
-from .checker import CheckedProgram, QueryInfo, _key_name, _plain_value, merge_members
+from .checker import CheckedProgram, QueryInfo, _key_name, _key_text, _plain_value, merge_members
 from .graph import (AdapterMergeSpec, ApplySpec, FuseSpec, InputSpec, LoraSpec, MergeSpec, ModelSpec, QuerySpec,
                     RouterSpec, Spec, StepSpec, TrainSpec, content_digest, from_jsonable, to_jsonable)
 
@@ -118,7 +118,7 @@ class Compiler:
                     for key_node, value in merge_members(entry.value):
                         models.append((self.model(key_node), _params(value)))
                 else:
-                    options.append((key or str(getattr(entry.key, "value", "")), _option_value(entry.value)))
+                    options.append((_key_text(entry.key), _option_value(entry.value)))   # `density:` or `"density":`
             return self.add(MergeSpec(e.method, base, tuple(models), tuple(sorted(options)), self.loc(e)), e.method)
         if isinstance(e, A.FuseExpr):
             members = tuple((self.model(m.key), float(_plain_value(m.value))) for m in e.members.entries)
@@ -162,7 +162,7 @@ class Compiler:
                     for key_node, value in merge_members(e.value):
                         adapters.append((self.adapter(_key_name(key_node)), _params(value)))
                 else:
-                    opts.append((key, _option_value(e.value)))
+                    opts.append((_key_text(e.key), _option_value(e.value)))
             nid = self.add(AdapterMergeSpec(src.method, tuple(adapters), tuple(sorted(opts)), self.loc(src)), name)
         self.names[name] = nid
         self.name(nid, name)
@@ -341,7 +341,7 @@ def _params(value) -> tuple:
     if value is None:
         return ()
     if isinstance(value, A.Block):
-        return tuple(sorted((_key_name(e.key), _freeze(_plain_value(e.value))) for e in value.entries))
+        return tuple(sorted((_key_text(e.key), _freeze(_plain_value(e.value))) for e in value.entries))
     return (("weight", float(_plain_value(value))),)
 
 

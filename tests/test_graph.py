@@ -108,3 +108,25 @@ def test_graph_of_a_broken_script_is_a_script_error(tmp_path):
     f.write_text("model m = nosuch\n")
     r = CliRunner().invoke(main, ["graph", str(f)])
     assert r.exit_code == 2 and "undefined model 'nosuch'" in r.output
+
+
+def test_quoted_option_keys_are_the_same_options(tmp_path):
+    """`"density": 0.2` and `density: 0.2` are one merge (also per model and in
+    adapter merges), not a crash at compile time."""
+    quoted = (SRC.replace("density: 0.2 }\nmodel m2", '"density": 0.2 }\nmodel m2')
+              .replace("base + b: 0.5 }, density: 0.2 }\nmodel f", 'base + b: { "weight": 0.5 } }, "density": 0.2 }\nmodel f'))
+    assert quoted.count('"density"') == 2 and '"weight"' in quoted
+    (tmp_path / "ad").mkdir(exist_ok=True)
+    (tmp_path / "ad" / "adapter_config.json").write_text("{}")
+    (tmp_path / "bd").mkdir(exist_ok=True)
+    (tmp_path / "bd" / "adapter_config.json").write_text("{}")
+    c = build(quoted, str(tmp_path / "q.lm")).compiled
+    assert c.names["m1"] == c.names["m2"] == compiled(tmp_path).names["m1"]
+    src = ('model base = default\nadapter a = lora "ad"\nadapter b = lora "bd"\n'
+           'adapter both = merge ties {{ models: {{ a: {{ {w}: 1.0 }}, b: 1.0 }}, {d}: 0.5 }}\nmodel m = base + both\n'
+           'query q(x: str) using m {{ user "{{x}}" assistant "[y]" }}\n')
+    plain = build(src.format(w="weight", d="density"), str(tmp_path / "a.lm")).compiled
+    q = build(src.format(w='"weight"', d='"density"'), str(tmp_path / "b.lm")).compiled
+    assert plain.names["both"] == q.names["both"]           # node ids hash the content, not the file
+    a, b = plain.spec(plain.names["both"]), q.spec(q.names["both"])
+    assert (a.adapters, a.options) == (b.adapters, b.options) and a.options == (("density", 0.5),)
