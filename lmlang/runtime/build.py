@@ -51,9 +51,6 @@ class Builder:
             self.values[nid] = self._build(nid)
         return self.values[nid]
 
-    def _names(self, nid: str) -> str:
-        names = self.c.graph.nodes[nid]["names"]
-        return names[0] if names else nid
 
     def _build(self, nid: str):
         spec = self.c.spec(nid)
@@ -68,12 +65,12 @@ class Builder:
 
             base = self.value(spec.base)
             if not isinstance(base, Folder):
-                raise LmlangRuntimeError(f"adapter {self._names(nid)}: train on a plain model, not an adapted or fused one",
+                raise LmlangRuntimeError(f"adapter {self.c.display_name(nid)}: train on a plain model, not an adapted or fused one",
                                          hint=f"at {spec.loc}")
             options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.options}
             result = train_lora(base.path, Path(spec.data), options, progress=True)
             if not result.cached:
-                say(f"trained adapter {self._names(nid)} on {Path(spec.data).name} in {result.seconds:.0f} s "
+                say(f"trained adapter {self.c.display_name(nid)} on {Path(spec.data).name} in {result.seconds:.0f} s "
                     f"(final loss {result.final_loss:.3f}; cached for later runs)")
             return Path(result.path)
         if isinstance(spec, AdapterMergeSpec):
@@ -82,7 +79,7 @@ class Builder:
             opts = dict(spec.options)
             params = {k: v for k, v in opts.items() if k not in NON_METHOD_OPTIONS}
             adapters = [(self.value(a), dict(p)) for a, p in spec.adapters]
-            say(f"merging adapters ({spec.method}) for {self._names(nid)}")
+            say(f"merging adapters ({spec.method}) for {self.c.display_name(nid)}")
             res = merge_loras(spec.method, adapters, params, output="lora", rank=opts.get("rank"),
                               compat=opts.get("compat", "lmlang"))
             return Path(res.path)
@@ -93,7 +90,7 @@ class Builder:
                 return Stacked(base.path, stack)
             if isinstance(base, Stacked):
                 return Stacked(base.base, base.stack + stack)
-            raise LmlangRuntimeError("adapters apply to a model, not to a fusion", hint=f"node {self._names(nid)}")
+            raise LmlangRuntimeError("adapters apply to a model, not to a fusion", hint=f"node {self.c.display_name(nid)}")
         if isinstance(spec, MergeSpec):
             return self._merge(nid, spec)
         if isinstance(spec, FuseSpec):
@@ -113,7 +110,7 @@ class Builder:
         base = self.value(spec.base) if spec.base else None
         inputs = [(self.value(m), dict(p)) for m, p in spec.models]
         if isinstance(base, Stacked) or isinstance(base, Fused):
-            raise MergeError(f"merge {self._names(nid)}: the base must be a plain model", hint=f"at {spec.loc}")
+            raise MergeError(f"merge {self.c.display_name(nid)}: the base must be a plain model", hint=f"at {spec.loc}")
         base_path = base.path if base else None
         # Fine-tunes given as `base + adapter` on the merge's own base merge by
         # exact delta algebra (delta W = scale * B @ A), never by averaging
@@ -135,17 +132,17 @@ class Builder:
                         raise MergeError(f"merge {spec.method} has no per-model weight, so it cannot apply an adapter at scale {scale:g}",
                                          hint=f"at {spec.loc}: apply the adapter at scale 1, or merge with a weighted method")
                     adapters.append((folder, p))
-                say(f"merging {self._names(nid)} ({spec.method} over adapter deltas)")
+                say(f"merging {self.c.display_name(nid)} ({spec.method} over adapter deltas)")
                 res = merge_loras(spec.method, adapters, params, base_model=bases.pop(), output="full", compat=compat, dtype=dtype)
                 return Folder(Path(res.path))
         folders = []
         for v, p in inputs:
             if isinstance(v, Fused):
-                raise MergeError(f"merge {self._names(nid)}: cannot merge a fusion", hint=f"at {spec.loc}")
+                raise MergeError(f"merge {self.c.display_name(nid)}: cannot merge a fusion", hint=f"at {spec.loc}")
             if isinstance(v, Stacked):
                 v = self._materialise(v)
             folders.append((v.path, p))
-        say(f"merging {self._names(nid)} ({spec.method}, streamed tensor by tensor; cached)")
+        say(f"merging {self.c.display_name(nid)} ({spec.method}, streamed tensor by tensor; cached)")
         res = merge_models(spec.method, folders, base=base_path, params=params, compat=compat, dtype=dtype)
         return Folder(Path(res.path))
 

@@ -70,12 +70,12 @@ class Executor:
         from .build import Builder
 
         self.builder = Builder(compiled)
-        self.query_ids = {self.c.spec(n).name: n for n in self.c.graph.nodes if isinstance(self.c.spec(n), QuerySpec)}
+        self.query_ids = {s.name: n for n, s in self.c.nodes.items() if isinstance(s, QuerySpec)}
 
     # ------------------------------------------------------------ models
     def lm(self, nid: str) -> LM:
         if nid not in self._lms:
-            self._lms[nid] = self.lm_for_value(self.builder.value(nid), _display_name(self.c, nid))
+            self._lms[nid] = self.lm_for_value(self.builder.value(nid), self.c.display_name(nid))
         return self._lms[nid]
 
     def lm_for_value(self, value, name: str) -> LM:
@@ -121,7 +121,7 @@ class Executor:
         return self._base_lm(load_model(value.path, device=self.device), value.path)
 
     def expert_name(self, nid: str) -> str:
-        names = self.c.graph.nodes[nid]["names"]
+        names = self.c.node_names.get(nid)
         if names:
             return names[0]
         spec = self.c.spec(nid)
@@ -317,7 +317,7 @@ class Executor:
         return outcomes
 
     def bind_inputs(self, inputs: dict) -> dict:
-        declared = {s.name: s for n in self.c.graph.nodes if isinstance(s := self.c.spec(n), InputSpec)}
+        declared = {s.name: s for s in self.c.nodes.values() if isinstance(s, InputSpec)}
         unknown = [k for k in inputs if k not in declared]
         if unknown:
             raise InputError(f"unknown input '{unknown[0]}'", hint="declared inputs: " + (", ".join(declared) or "none"))
@@ -346,8 +346,3 @@ def _thaw(v):
     if isinstance(v, tuple):
         return [_thaw(x) for x in v]
     return v
-
-
-def _display_name(c: Compiled, nid: str) -> str:
-    names = c.graph.nodes[nid]["names"]
-    return names[0] if names else c.spec(nid).label()
