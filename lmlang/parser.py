@@ -231,26 +231,32 @@ def _positions(tok, body_offset: int, body: str):
     return out
 
 
+def _escape(body: str, i: int, extra: dict | None = None) -> tuple[str, int]:
+    """The text of the escape at body[i] (a backslash) and its length. One
+    table for strings and prompts; prompts add \\{ \\} \\[ \\]. Unknown
+    escapes keep their backslash (regexes need `\\d`)."""
+    nxt = body[i + 1]
+    if extra and nxt in extra:
+        return extra[nxt], 2
+    if nxt in SIMPLE_ESCAPES:
+        return SIMPLE_ESCAPES[nxt], 2
+    if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", body[i + 2:i + 6]):
+        return chr(int(body[i + 2:i + 6], 16)), 6
+    return body[i:i + 2], 2
+
+
 def decode_string(tok, source: Source) -> str:
     body, raw, _ = _string_body(tok)
     if raw:
         return body
     out, i = [], 0
     while i < len(body):
-        ch = body[i]
-        if ch == "\\" and i + 1 < len(body):
-            nxt = body[i + 1]
-            if nxt in SIMPLE_ESCAPES:
-                out.append(SIMPLE_ESCAPES[nxt])
-            elif nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", body[i + 2:i + 6] or ""):
-                out.append(chr(int(body[i + 2:i + 6], 16)))
-                i += 6
-                continue
-            else:
-                out.append(ch + nxt)        # unknown escapes keep the backslash (regexes)
-            i += 2
+        if body[i] == "\\" and i + 1 < len(body):
+            text, n = _escape(body, i)
+            out.append(text)
+            i += n
             continue
-        out.append(ch)
+        out.append(body[i])
         i += 1
     return "".join(out)
 
@@ -279,14 +285,9 @@ def scan_prompt(tok, source: Source) -> tuple:
         if ch == "\\" and not raw and i + 1 < len(body):
             if not buf:
                 buf_start = i
-            nxt = body[i + 1]
-            if nxt in PROMPT_ESCAPES:
-                buf.append(PROMPT_ESCAPES[nxt])
-            elif nxt in SIMPLE_ESCAPES:
-                buf.append(SIMPLE_ESCAPES[nxt])
-            else:
-                buf.append(ch + nxt)
-            i += 2
+            text, n = _escape(body, i, PROMPT_ESCAPES)
+            buf.append(text)
+            i += n
             continue
         if ch in "{[":
             close = "}" if ch == "{" else "]"

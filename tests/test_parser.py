@@ -137,6 +137,13 @@ def test_prompt_escapes_are_literal_text():
     assert q.segments[0].parts[0].text == "{a} [b] "
 
 
+def test_strings_and_prompts_share_one_escape_table():
+    q = one(r'query q() { "caf\u00e9 \t\d \"q\" [x]" where x matches "caf\u00e9\d" }')
+    assert q.segments[0].parts[0].text == 'café \t\\d "q" '
+    prog = parse(r'input s: str = "caf\u00e9\d\n"')
+    assert prog.decls[0].default.value == "café\\d\n"
+
+
 def test_keywords_are_soft_where_unambiguous():
     prog = parse("model default_x = default\nquery len2(len: str) { \"{len} [at]\" where at is int }")
     assert prog.decls[1].params[0].name == "len"
