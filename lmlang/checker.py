@@ -68,7 +68,6 @@ BUILTIN_ARGS = {  # name -> accepted type names per positional argument (unliste
     "float": (("str", "int", "float", "bool"),),
 }
 RESERVED_FIELDS = ("distribution", "expert")
-MERGE_COMPAT = ("lmlang", "mergekit")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
@@ -422,10 +421,23 @@ class Checker:
         compat = "lmlang"
         if "compat" in global_opts:
             v, e = global_opts.pop("compat")
-            if v not in MERGE_COMPAT:
-                self.error(f"unknown merge compat {v!r}", e.value, self.did_you_mean(str(v), MERGE_COMPAT) or "compat: lmlang or mergekit")
+            if v not in merge_options.MERGE_COMPAT:
+                self.error(f"unknown merge compat {v!r}", e.value,
+                           self.did_you_mean(str(v), merge_options.MERGE_COMPAT) or "compat: lmlang or mergekit")
             else:
                 compat = v
+        if "dtype" in global_opts:
+            v, e = global_opts.pop("dtype")
+            if v not in merge_options.OUTPUT_DTYPES:
+                self.error(f"unknown merge dtype {v!r}", e.value, self.did_you_mean(str(v), merge_options.OUTPUT_DTYPES)
+                           or "dtype: " + ", ".join(merge_options.OUTPUT_DTYPES))
+        if "rank" in global_opts:
+            v, e = global_opts.pop("rank")
+            if not over_adapters:
+                self.error("rank applies to adapter merges (the rank of the merged LoRA)", e.key,
+                           "a model merge writes full weights; drop `rank`")
+            elif not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                self.error(f"rank must be a positive integer, got {v!r}", e.value)
         plain_global = {k: v for k, (v, _e) in global_opts.items()}
         info = merge_options.METHODS[method]
         models_params = [p for _, p in per_model]

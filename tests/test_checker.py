@@ -150,3 +150,27 @@ def test_graph_command_writes_each_format(tmp_path):
         r = CliRunner().invoke(main, ["graph", str(f), "--format", fmt, "-o", str(out)])
         assert r.exit_code == 0, r.output
         assert probe in out.read_text()
+
+
+def test_merge_step_options_dtype_rank_compat(tmp_path):
+    """compat, dtype and rank are options of the merge step (not the method):
+    checked here, passed to the merge by the builder."""
+    for d in ("ad", "bd"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "adapter_config.json").write_text("{}")
+    head = 'model base = default\nadapter a = lora "ad"\nadapter b = lora "bd"\n'
+    model_merge = head + 'model m = merge ties {{ base: base, models: {{ base + a: 1.0, base + b: 1.0 }}, {opt} }}\n'
+    adapter_merge = head + 'adapter ab = merge ties {{ models: {{ a: 1.0, b: 1.0 }}, {opt} }}\nmodel m = base + ab\n'
+    use = 'query q(x: str) using m { user "{x}" assistant "[y]" }\n'
+    ok = [model_merge.format(opt='dtype: "bfloat16", compat: "mergekit", density: 0.5'),
+          adapter_merge.format(opt='rank: 8, dtype: "float16"')]
+    for src in ok:
+        assert errors(src + use, tmp_path) == []
+    assert errors(model_merge.format(opt='dtype: "bf17"') + use, tmp_path) == ["unknown merge dtype 'bf17'"]
+    assert errors(model_merge.format(opt="rank: 8") + use, tmp_path) == [
+        "rank applies to adapter merges (the rank of the merged LoRA)"]
+    assert errors(adapter_merge.format(opt="rank: 0") + use, tmp_path) == ["rank must be a positive integer, got 0"]
+    f = tmp_path / "ok.lm"
+    f.write_text(ok[1] + use)
+    spec = build_file(f).compiled
+    assert dict(spec.spec(spec.names["ab"]).options) == {"rank": 8, "dtype": "float16"}

@@ -51,3 +51,19 @@ flow {{ r = q("hi") emit v = r.v }}
     with pytest.raises(lmlang.LmlangRuntimeError) as e:
         lmlang.compile(src).run()
     assert "shape" in str(e.value).lower() or "differ" in str(e.value).lower()
+
+
+def test_merge_dtype_option_reaches_the_merge(tiny_model_dir, tiny_model_dir_b, lmlang_home):
+    from safetensors.torch import load_file
+
+    src = f'''
+model a = "{tiny_model_dir}"
+model b = "{tiny_model_dir_b}"
+model m = merge linear {{ models: {{ a: 1.0, b: 1.0 }}, dtype: "float16" }}
+query q(x: str) using m {{ "{{x}} [v]" where v in ["yes", "no"] }}
+flow {{ r = q("hi") emit v = r.v }}
+'''
+    assert lmlang.compile(src).run()["v"] in ("yes", "no")
+    folder, = [d for d in (lmlang_home / "merges").iterdir() if d.is_dir()]
+    w = load_file(str(next(folder.glob("*.safetensors"))))
+    assert w["model.layers.0.self_attn.q_proj.weight"].dtype == torch.float16

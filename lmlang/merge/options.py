@@ -109,6 +109,17 @@ METHODS: dict[str, MethodInfo] = {
     }),
 }
 
+# Options a script's merge step takes besides its method's: how the result
+# is computed and stored. The checker validates them, the builder passes them
+# to merge_models / merge_loras; neither is a method option.
+STEP_OPTIONS = {
+    "compat": "lmlang (default) or mergekit: which semantics the method follows",
+    "dtype": "output dtype: float32, bfloat16 or float16 (default: the base model's)",
+    "rank": "adapter merges only: rank of the merged LoRA (default: the sum of the input ranks)",
+}
+MERGE_COMPAT = ("lmlang", "mergekit")
+OUTPUT_DTYPES = ("float32", "bfloat16", "float16")
+
 # Counts of inputs include the base (mergekit's contract).
 _VALID_TYPES = {"float": (int, float), "int": (int,), "bool": (bool,)}
 

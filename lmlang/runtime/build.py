@@ -15,8 +15,7 @@ from pathlib import Path
 
 from ..errors import LmlangRuntimeError, MergeError
 from ..graph import (AdapterMergeSpec, ApplySpec, FuseSpec, LoraSpec, MergeSpec, ModelSpec, RouterSpec, TrainSpec)
-
-NON_METHOD_OPTIONS = ("compat", "dtype", "rank", "tokenizer_policy")
+from ..merge.options import STEP_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -77,11 +76,11 @@ class Builder:
             from ..merge.lora import merge_loras
 
             opts = dict(spec.options)
-            params = {k: v for k, v in opts.items() if k not in NON_METHOD_OPTIONS}
+            params = {k: v for k, v in opts.items() if k not in STEP_OPTIONS}
             adapters = [(self.value(a), dict(p)) for a, p in spec.adapters]
             say(f"merging adapters ({spec.method}) for {self.c.display_name(nid)}")
             res = merge_loras(spec.method, adapters, params, output="lora", rank=opts.get("rank"),
-                              compat=opts.get("compat", "lmlang"))
+                              compat=opts.get("compat", "lmlang"), dtype=opts.get("dtype"))
             return Path(res.path)
         if isinstance(spec, ApplySpec):
             base = self.value(spec.base)
@@ -104,7 +103,7 @@ class Builder:
         from ..merge.stream import merge_models
 
         opts = dict(spec.options)
-        params = {k: v for k, v in opts.items() if k not in NON_METHOD_OPTIONS}
+        params = {k: v for k, v in opts.items() if k not in STEP_OPTIONS}
         compat = opts.get("compat", "lmlang")
         dtype = opts.get("dtype")
         base = self.value(spec.base) if spec.base else None
