@@ -148,7 +148,7 @@ class TokenizerInfo:
 
     def greedy_encode(self, data: bytes) -> list[int]:
         """Longest-match tokenization; used only without an HF tokenizer (tests)."""
-        table = self._longest_table()
+        table = self.token_by_bytes()
         out: list[int] = []
         i = 0
         maxlen = max(len(b) for b in self.token_bytes)
@@ -163,7 +163,8 @@ class TokenizerInfo:
                 raise ValueError(f"no token for byte {data[i]:#x}")
         return out
 
-    def _longest_table(self) -> dict[bytes, int]:
+    def token_by_bytes(self) -> dict[bytes, int]:
+        """bytes -> the first token whose bytes are exactly those (built once)."""
         t = self._backend_objects.get("_table")
         if t is None:
             t = {}

@@ -177,10 +177,7 @@ def heal_table(lm, prefix: str):
         tables = lm._heal_tables = {}
     if prefix not in tables:
         pb = prefix.encode()
-        by_bytes = {}
-        for i, b in enumerate(lm.tok_info.token_bytes):
-            if b and b not in by_bytes:
-                by_bytes[b] = i
+        by_bytes = lm.tok_info.token_by_bytes()
         healed, rest = [], []
         for i, b in enumerate(lm.tok_info.token_bytes):
             if len(b) > len(pb) and b.startswith(pb):

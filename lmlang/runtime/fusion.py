@@ -10,6 +10,8 @@ the fused distribution like any other model's.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import LmlangRuntimeError
@@ -28,8 +30,8 @@ def combine(logits: list[torch.Tensor], weights: list[float], mode: str, plausib
     if mode == "contrastive":
         pos = [(w, lp) for w, lp in zip(weights, logps) if w > 0]
         total = sum(w for w, _ in pos)
-        expert = torch.logsumexp(torch.stack([lp + torch.log(torch.tensor(w / total)) for w, lp in pos]), dim=0)
-        cutoff = expert.max(dim=-1, keepdim=True).values + torch.log(torch.tensor(plausibility))
+        expert = torch.logsumexp(torch.stack([lp + math.log(w / total) for w, lp in pos]), dim=0)
+        cutoff = expert.max(dim=-1, keepdim=True).values + math.log(plausibility)
         # Implausible tokens drop below every plausible one, but stay finite:
         # when a constraint allows only implausible tokens (the closing "."
         # after a number), decoding goes on by the fused ranking among them.

@@ -17,14 +17,7 @@ MAX_ENTRIES = 8          # per model
 
 def _common_prefix(seqs: list[list[int]]) -> list[int]:
     first = seqs[0]
-    n = len(first)
-    for s in seqs[1:]:
-        n = min(n, len(s))
-        for i in range(n):
-            if s[i] != first[i]:
-                n = i
-                break
-    return first[:n]
+    return first[:min((_match(tuple(first), s) for s in seqs[1:]), default=len(first))]
 
 
 def _match(a: tuple, b: list[int]) -> int:
