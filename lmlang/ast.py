@@ -11,12 +11,20 @@ from dataclasses import field
 from typing import Union
 
 from .source import Span
-from .frozen import frozen
+from .frozen import children, frozen, walk
 
 
 @frozen
 class Node:
     span: Span = field(compare=False, repr=False, kw_only=True)
+
+    def children(self):
+        """The nodes directly below this one, in source order."""
+        return children(self, Node)
+
+    def walk(self):
+        """This node and every node below it, depth first, in source order."""
+        return walk(self, Node)
 
 
 @frozen

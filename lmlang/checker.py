@@ -39,6 +39,7 @@ from pathlib import Path
 from . import ast as A
 from . import decoders as D
 from . import types as T
+from .builtins import BUILTINS
 from .constraints import spec as C
 from .errors import CheckError, Diagnostic, LmlangError
 from .jsontypes import JsonTypeError, to_schema
@@ -53,19 +54,6 @@ EMBED_ENCODERS = ("minilm", "base")
 TRAIN_OPTIONS = {
     "base": "model", "rank": int, "alpha": (int, float), "epochs": int, "lr": float, "target_modules": list,
     "seed": int, "batch_size": int, "max_length": int, "dropout": float,
-}
-BUILTINS = {  # name -> (min args, max args, result type)
-    "len": (1, 1, T.INT), "str": (1, 1, T.STR), "int": (1, 1, T.INT), "float": (1, 1, T.FLOAT),
-    "lower": (1, 1, T.STR), "upper": (1, 1, T.STR), "strip": (1, 1, T.STR),
-    "join": (1, 2, T.STR), "split": (1, 2, T.list_of(T.STR)), "range": (1, 2, T.list_of(T.INT)),
-    "contains": (2, 2, T.BOOL), "replace": (3, 3, T.STR), "round": (1, 2, T.FLOAT),
-}
-BUILTIN_ARGS = {  # name -> accepted type names per positional argument (unlisted: anything)
-    "len": (("str", "list", "record"),), "lower": (("str",),), "upper": (("str",),), "strip": (("str",),),
-    "join": (("list",), ("str",)), "split": (("str",), ("str",)), "range": (("int",), ("int",)),
-    "contains": (("str", "list"),), "replace": (("str",), ("str",), ("str",)),
-    "round": (("int", "float"), ("int",)), "int": (("str", "int", "float", "bool"),),
-    "float": (("str", "int", "float", "bool"),),
 }
 RESERVED_FIELDS = ("distribution", "expert")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -1061,15 +1049,15 @@ class Checker:
         if e.func in self.functions:
             return T.ANY
         if e.func in BUILTINS:
-            lo, hi, result = BUILTINS[e.func]
+            b = BUILTINS[e.func]
+            result = b.result
             if e.kwargs:
                 self.error(f"{e.func}() takes no named arguments", e)
-            if not (lo <= len(e.args) <= hi):
-                n = f"{lo}" if lo == hi else f"{lo} to {hi}"
-                self.error(f"{e.func}() takes {n} argument{'s' * (hi != 1)}, got {len(e.args)}", e)
+            if not (b.min_args <= len(e.args) <= b.max_args):
+                self.error(f"{e.func}() takes {b.arity_text()} argument{'s' * (b.max_args != 1)}, got {len(e.args)}", e)
                 return result
             for i, (arg, t) in enumerate(zip(e.args, arg_types)):
-                wants = BUILTIN_ARGS.get(e.func, ())[i:i + 1]
+                wants = b.args[i:i + 1]
                 if wants and t.name not in ("any", "json") and t.name not in wants[0]:
                     self.error(f"{e.func}() argument {i + 1} must be {' or '.join(wants[0])}, got {t}", arg)
             return result

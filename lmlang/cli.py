@@ -119,7 +119,7 @@ def run(file, sets, data, data_format, out, resume, overwrite, limit, batch_size
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
     else:
-        from .runtime.prompt import value_text
+        from .builtins import value_text
 
         for k, v in result.items():
             click.echo(f"{k}: {value_text(v)}")

@@ -130,7 +130,7 @@ class CompareReport:
 
     def render(self, max_rows: int = 20) -> str:
         """A plain-text report: accuracies, flip counts, the flipped rows."""
-        from .runtime.prompt import value_text
+        from .builtins import value_text
 
         width = max(len(self.old_name), len(self.new_name), 3)
         lines = [f"{self.total} rows, comparing emitted '{self.output}' with column '{self.expected}'"]
@@ -161,7 +161,7 @@ class CompareReport:
 
 
 def _inputs_text(inputs: dict) -> str:
-    from .runtime.prompt import value_text
+    from .builtins import value_text
 
     return ", ".join(f"{k}={value_text(v)}" for k, v in inputs.items())
 
@@ -178,7 +178,7 @@ def matches(value, expected) -> bool:
     otherwise both are compared as text (value_text, stripped of surrounding
     whitespace), so a CSV "12" matches an emitted int 12 and "true" matches
     True."""
-    from .runtime.prompt import value_text
+    from .builtins import value_text
 
     if value is None:
         return expected is None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import MISSING, FrozenInstanceError
 
-__all__ = ["frozen", "FrozenInstanceError"]
+__all__ = ["frozen", "FrozenInstanceError", "children", "walk"]
 
 
 def frozen(cls=None, /):
@@ -35,6 +35,8 @@ def frozen(cls=None, /):
     cls._lm_compare = tuple(f.name for f in fields if f.compare)
     cls._lm_repr = tuple(f.name for f in fields if f.repr)
     cls.__match_args__ = tuple(name for name, _, _ in cls._lm_positional)
+    names = tuple(f.name for f in fields)
+    cls._lm_fields = staticmethod(lambda: names)
     own = cls.__dict__
     for name, method in (("__init__", _init), ("__repr__", _repr), ("__eq__", _eq),
                          ("__setattr__", _setattr), ("__delattr__", _delattr)):
@@ -99,3 +101,33 @@ def _setattr(self, name, value):
 
 def _delattr(self, name):
     raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+# ---------------------------------------------------------------- traversal
+# One generic walk for every tree of frozen nodes (the AST, the flow IR):
+# a node's children are the field values that are nodes of the same family,
+# directly or inside tuples and lists, in field order. Passes then say what
+# they look for, not how to walk.
+
+def children(node, kind: type):
+    """The direct children of `node` that are instances of `kind`."""
+    for name in type(node)._lm_fields():
+        yield from _nodes_in(getattr(node, name), kind)
+
+
+def walk(node, kind: type):
+    """`node` and every node below it (instances of `kind`), depth first, in
+    source order. Iterative: a 10,000-deep else-if chain does not recurse."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(reversed(list(children(n, kind))))
+
+
+def _nodes_in(value, kind):
+    if isinstance(value, kind):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _nodes_in(v, kind)

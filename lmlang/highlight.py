@@ -10,6 +10,8 @@ from __future__ import annotations
 from pygments.lexer import RegexLexer, bygroups, include, words
 from pygments.token import (Comment, Keyword, Name, Number, Operator, Punctuation, String, Text, Whitespace)
 
+from .builtins import BUILTINS as FLOW_BUILTINS
+
 DECLARATIONS = ("input", "model", "adapter", "router", "query", "flow", "use")
 KEYWORDS = ("using", "decode", "where", "distribution", "if", "else", "for", "in", "emit", "and", "or", "not",
             "is", "matches", "stops", "at", "before", "lora", "train", "on", "merge", "fuse", "route", "json",
@@ -17,8 +19,7 @@ KEYWORDS = ("using", "decode", "where", "distribution", "if", "else", "for", "in
 CONSTANTS = ("true", "false", "default")
 ROLES = ("system", "user", "assistant")
 TYPES = ("str", "int", "float", "bool", "json", "list", "any")
-BUILTINS = ("tokens", "len", "str", "int", "float", "lower", "upper", "strip", "join", "split", "range",
-            "contains", "replace", "round")
+BUILTINS = ("tokens", *FLOW_BUILTINS)
 
 
 class LmlangLexer(RegexLexer):

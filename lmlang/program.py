@@ -98,7 +98,7 @@ class TokenStream:
 
 
 def _piece_text(v) -> str:
-    from .runtime.prompt import value_text
+    from .builtins import value_text
 
     return value_text(v)
 

@@ -99,3 +99,28 @@ def test_real_nodes_hash_by_value():
     assert A.Literal(1, span=s1) == A.Literal(1, span=s2)
     assert hash(A.Literal("x", span=s1)) == hash(A.Literal("x", span=s2))
     assert dataclasses.is_dataclass(QuerySpec)
+
+
+def test_walk_visits_every_node_in_source_order_without_recursion():
+    from lmlang import ast as A
+    from lmlang.parser import parse
+
+    prog = parse('flow {\n x = 1\n if x == 1 { y = [x, 2] } else { y = [] }\n emit y\n}\n', "<t>")
+    names = [type(n).__name__ for n in prog.walk()]
+    assert names[:4] == ["Program", "FlowDecl", "Assign", "Lit"]
+    assert names.count("Var") == 3 and names.count("Lit") == 3
+    flow = prog.decls[0]
+    assert [type(c).__name__ for c in flow.children()] == ["Assign", "If", "Emit"]
+    # A deep chain walks iteratively.
+    e = A.Lit(0, span=None)
+    for _ in range(5000):
+        e = A.UnaryOp("-", e, span=None)
+    assert sum(1 for _ in e.walk()) == 5001
+
+
+def test_did_you_mean_one_format():
+    from lmlang.suggest import did_you_mean
+
+    assert did_you_mean("tis", ["ties", "linear"]) == "did you mean 'ties'?"
+    assert did_you_mean("zzz", ["ties", "linear"]) == ""
+    assert did_you_mean("zzz", ["ties", "linear"], known="merge methods") == "merge methods: ties, linear"

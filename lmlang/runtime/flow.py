@@ -7,31 +7,10 @@ through the API.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 from ..errors import LmlangRuntimeError
-from .prompt import value_text
+from ..builtins import BUILTINS
 
 
-def _join(items, sep=""):
-    return sep.join(value_text(x) for x in items)
-
-
-BUILTINS: dict[str, Callable] = {
-    "len": len,
-    "str": value_text,
-    "int": lambda x: int(float(x)) if isinstance(x, str) and "." in x else int(x),
-    "float": float,
-    "lower": lambda s: str(s).lower(),
-    "upper": lambda s: str(s).upper(),
-    "strip": lambda s: str(s).strip(),
-    "join": _join,
-    "split": lambda s, sep=None: str(s).split(sep),
-    "range": lambda a, b=None: list(range(a)) if b is None else list(range(a, b)),
-    "contains": lambda a, b: b in a,
-    "replace": lambda s, a, b: str(s).replace(a, b),
-    "round": lambda x, n=0: round(x, n),
-}
 
 
 class FlowError(LmlangRuntimeError):
@@ -143,7 +122,7 @@ class Interpreter:
                     raise FlowError(f"function {name}() failed: {type(exc).__name__}: {exc}", hint=f"at {loc}") from exc
             if name in BUILTINS:
                 try:
-                    return BUILTINS[name](*argv, **kw)
+                    return BUILTINS[name].fn(*argv, **kw)
                 except (TypeError, ValueError, AttributeError) as exc:
                     raise FlowError(f"{name}(): {exc}", hint=f"at {loc}") from None
             if name in self.queries:

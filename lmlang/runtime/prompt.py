@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ..builtins import value_text
 from ..errors import LmlangRuntimeError
 
 SENTINEL = "\ue000HOLE{}\ue001"
@@ -27,16 +28,6 @@ class RenderedPrompt:
         for h, c in zip(self.holes, self.chunks[1:]):
             out += [f"[{h}]", c]
         return "".join(out)
-
-
-def value_text(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (dict, list, tuple)):
-        return json.dumps(v, ensure_ascii=False)
-    if v is None:
-        return "null"
-    return str(v)
 
 
 def lookup(path: tuple[str, ...], env: dict, loc: str = ""):
