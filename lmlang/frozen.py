@@ -20,9 +20,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import MISSING, FrozenInstanceError
 
+try:
+    from typing import dataclass_transform
+except ImportError:  # Python 3.10: typing_extensions (a pydantic dependency)
+    from typing_extensions import dataclass_transform
+
 __all__ = ["frozen", "FrozenInstanceError", "children", "walk"]
 
 
+@dataclass_transform(frozen_default=True, kw_only_default=False, field_specifiers=(dataclasses.field,))
 def frozen(cls=None, /):
     """Class decorator; use bare (`@frozen`)."""
     if cls is None:
