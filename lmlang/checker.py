@@ -686,9 +686,9 @@ class Checker:
             if kw.name in given:
                 self.error(f"option '{kw.name}' given twice", kw)
             given[kw.name] = v
-        for key, msg, hint in D.validate(decoder.name, given):
-            node = next((kw for kw in decoder.options if kw.name == key), decoder)
-            self.error(msg, node, hint)
+        for p in D.validate(decoder.name, given):
+            node = next((kw for kw in decoder.options if kw.name == p.option), decoder)
+            self.error(p.message, node, p.hint)
         # segments
         roles = [s.role for s in q.segments]
         chat = any(r is not None for r in roles)
