@@ -209,3 +209,63 @@ def test_a_bad_line_is_named_by_both_readers(tmp_path):
     assert good.error is None and f"{path}:3: bad data row: not UTF-8 text" in bad.error.message
     with pytest.raises(DataError, match=r"d.jsonl:3: not UTF-8 text"):
         training.read_rows(path)
+
+
+# ---------------------------------------------------------------- the checker reads the same tables
+
+def _check_errors(text: str, tmp_path) -> list[str]:
+    from lmlang.errors import CheckError
+    from lmlang.frontend import build_file
+
+    f = tmp_path / "main.lm"
+    f.write_text(text)
+    try:
+        build_file(f)
+    except CheckError as e:
+        return [d.message for d in e.diagnostics]
+    return []
+
+
+def test_checker_refuses_what_training_would_refuse(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    # 1e999 is inf: the old checker let it through to fail when training started
+    text = 'adapter a = train lora on "d.jsonl" { alpha: 1e999, dropout: 1.0, rank: 4 }\n'
+    assert _check_errors(text, tmp_path) == ["training option 'alpha' must be positive",
+                                             "training option 'dropout' must be in [0, 1)"]
+
+
+def test_checker_reports_structured_merge_problems_on_the_member(tmp_path):
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text("{}")
+    text = ('adapter a = lora "a"\nadapter b = lora "b"\nadapter c = lora "c"\n'
+            'adapter s = merge slerp { models: [a, b, c], t: 0.5 }\n'
+            'adapter w = merge slerp { models: { a: 1.0, b: { weight: 1.0, densty: 0.5 } }, t: 0.5 }\n')
+    assert _check_errors(text, tmp_path) == [
+        "merge method 'slerp' takes at most 2 models including the base, got 3",
+        "merge slerp: unknown option 'weight' for merge method 'slerp'",
+        "merge slerp: unknown option 'densty' for merge method 'slerp'",
+    ]
+
+
+def test_rules_router_words_must_be_strings(tmp_path):
+    # `contains [x, ...]` used to crash the checker with a TypeError
+    text = 'model a = default\nmodel b = default\nrouter r = route rules { a: contains [x, "y"], default: b }\n'
+    assert _check_errors(text, tmp_path) == ["contains [...] takes a list of strings"]
+
+
+def test_model_references_are_one_rule(tmp_path):
+    from lmlang import ast as A
+    from lmlang.compare import _model_refs
+    from lmlang.frontend import build
+    from lmlang.values import model_refs
+
+    fe = build('model base = default\nmodel t = base\nmodel other = "org/other"\n'
+               'model m = merge slerp { base: base, models: [other], t: 0.5, compat: mergekit }\n'
+               'model f = fuse linear { m: 1.0, t: -0.5 }\n')
+    checked = fe.checked
+    assert [n for n, _ in model_refs(checked.models["m"].expr)] == ["base", "other"]
+    # option keys (`t:`) and bare-word values (`mergekit`) are not models
+    assert _model_refs(checked, checked.models["m"].expr) == {"base", "other"}
+    assert _model_refs(checked, checked.models["f"].expr) == {"m", "t", "base", "other"}
+    assert list(model_refs(A.ModelRef("x", span=checked.models["m"].span))) == [("x", A.ModelRef("x", span=None))]
