@@ -122,6 +122,7 @@ def test_training_defaults_come_from_the_table():
     assert out == {**model_options.train_defaults(), "alpha": 16.0, "dropout": 0.0}
     assert model_options.check_train_option("seed", -3) is None
     assert model_options.check_train_option("epoch", 1).hint == "did you mean 'epochs'?"
+    assert model_options.check_train_option("xyz", 1).hint.startswith("options: rank, alpha")   # `base` is the script's
 
 
 # ---------------------------------------------------------------- fuse options
@@ -134,6 +135,20 @@ def test_fuse_options_table():
     unknown = model_options.check_fuse_option("contrastive", "plausibilty", 0.5)
     assert unknown.code == "unknown-option" and unknown.hint == "did you mean 'plausibility'?"
     assert model_options.check_fuse_option("linear", "plausibility", 0.5).code == "unknown-option"
+
+
+def test_fusion_reads_its_default_from_the_table(tiny_model_dir, monkeypatch):
+    import dataclasses
+
+    from lmlang.models.loader import load_model
+    from lmlang.runtime.fusion import FusedLM
+    from lmlang.runtime.lm import HFModel
+
+    lm = HFModel(load_model(tiny_model_dir, device="cpu"))
+    spec = model_options.FUSE_MODES["contrastive"]["plausibility"]
+    monkeypatch.setitem(model_options.FUSE_MODES["contrastive"], "plausibility", dataclasses.replace(spec, default=0.25))
+    assert FusedLM([(lm, 1.0), (lm, -1.0)], "contrastive").plausibility == 0.25
+    assert FusedLM([(lm, 1.0), (lm, -1.0)], "contrastive", {"plausibility": 0.5}).plausibility == 0.5
 
 
 # ---------------------------------------------------------------- merge problems are structured

@@ -79,7 +79,7 @@ def check_train_option(name: str, value: Any) -> Problem | None:
     """The problem with one training hyperparameter (not `base`), or None."""
     spec = TRAIN_OPTIONS.get(name)
     if spec is None:
-        return Problem(f"unknown training option '{name}'", did_you_mean(name, train_option_names(), known="options"),
+        return Problem(f"unknown training option '{name}'", did_you_mean(name, TRAIN_OPTIONS, known="options"),
                        code="unknown-option", option=name)
     if spec.type == "names":
         if not isinstance(value, (list, tuple)):
