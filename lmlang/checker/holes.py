@@ -16,7 +16,6 @@ import json
 from .. import ast as A
 from .. import types as T
 from ..constraints import spec as C
-from ..constraints.shapes import merge_shapes
 from ..jsontypes import JsonTypeError, to_schema
 from ..source import Span
 from ..values import plain_value
@@ -68,6 +67,8 @@ def lower_constraints(cx: Context, hole: str, conds: list, node: A.Hole, q: A.Qu
 
 
 def _merge(cx: Context, hole: str, shapes: list):
+    from ..constraints.shapes import merge_shapes     # only holes with two shapes need the rule
+
     (a, _an), (b, bn) = shapes[0], shapes[1]
     merged = merge_shapes(a, b)
     if merged is None:

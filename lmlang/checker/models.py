@@ -14,7 +14,6 @@ from pathlib import Path
 
 from .. import ast as A
 from ..errors import LmlangError
-from ..models import options as model_options
 from ..values import NOT_PLAIN, key_name, key_text, merge_members, model_refs, plain_value, source_refs
 from .context import Context, probe
 
@@ -113,6 +112,8 @@ def _check_model_ref(cx: Context, e: A.ModelRef, allow_router: bool) -> None:
 
 
 def _check_fuse(cx: Context, e: A.FuseExpr) -> None:
+    from ..models import options as model_options     # only scripts that fuse pay for the table
+
     if e.mode not in model_options.FUSE_MODES:
         cx.error(f"unknown fuse mode '{e.mode}'", e, cx.did_you_mean(e.mode, model_options.FUSE_MODES, known="modes"))
         return
@@ -150,6 +151,8 @@ def _check_train_data(cx: Context, path: Path, src: A.TrainSource) -> None:
 
 
 def _check_train_options(cx: Context, block: A.Block) -> None:
+    from ..models import options as model_options     # only scripts that train pay for the table
+
     seen = set()
     for e in block.entries:
         key = key_name(e.key)
