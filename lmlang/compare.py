@@ -197,23 +197,10 @@ def emitted_names(program) -> list[str]:
     from . import ast as A
 
     flow = program.frontend.checked.flow
-    names: list[str] = []
-
-    def walk(stmts):
-        for s in stmts:
-            if isinstance(s, A.Emit):
-                for item in s.items:
-                    if item.name not in names:
-                        names.append(item.name)
-            elif isinstance(s, A.If):
-                walk(s.then)
-                walk(s.orelse)
-            elif isinstance(s, A.For):
-                walk(s.body)
-
-    if flow is not None:
-        walk(flow.body)
-    return names
+    if flow is None:
+        return []
+    items = (item.name for node in flow.walk() if isinstance(node, A.Emit) for item in node.items)
+    return list(dict.fromkeys(items))
 
 
 def pick_output(prog_a, prog_b, output: str | None) -> str:
@@ -279,37 +266,21 @@ def swap_model(program, old: str, new: str):
 def _model_refs(checked, expr) -> set[str]:
     """Every model name `expr` depends on, through models and adapters
     (an adapter trained on `base: m` depends on m)."""
-    from . import ast as A
+    from .values import model_refs, source_refs
 
     seen_models: set[str] = set()
     seen_adapters: set[str] = set()
-
-    def walk(node):
-        if isinstance(node, A.ModelRef):
-            if node.name in checked.adapters:          # a key of an adapter merge
-                adapter(node.name)
-            elif node.name not in seen_models:
-                seen_models.add(node.name)
-                if node.name in checked.models:
-                    walk(checked.models[node.name].expr)
-            return
-        if isinstance(node, A.ScaledAdapter):
-            adapter(node.adapter)
-            return
-        if dataclasses.is_dataclass(node) and not isinstance(node, type):
-            for f in dataclasses.fields(node):
-                walk(getattr(node, f.name))
-        elif isinstance(node, (list, tuple)):
-            for x in node:
-                walk(x)
-
-    def adapter(name):
-        if name in seen_adapters or name not in checked.adapters:
-            return
-        seen_adapters.add(name)
-        walk(checked.adapters[name].source)
-
-    walk(expr)
+    stack = list(model_refs(expr))
+    while stack:
+        name, _node = stack.pop()
+        if name in checked.adapters:
+            if name not in seen_adapters:
+                seen_adapters.add(name)
+                stack.extend(source_refs(checked.adapters[name].source))
+        elif name not in seen_models:
+            seen_models.add(name)
+            if name in checked.models:
+                stack.extend(model_refs(checked.models[name].expr))
     return seen_models
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 
 from . import ast as A
-from .checker import CheckedProgram, QueryInfo, _key_name, _key_text, _plain_value, merge_members
+from .checker import CheckedProgram, QueryInfo
+from .values import key_name as _key_name, key_text as _key_text, merge_members, plain_value as _plain_value
 from .graph import (AdapterMergeSpec, ApplySpec, FuseSpec, InputSpec, LoraSpec, MergeSpec, ModelSpec, QuerySpec,
                     RouterSpec, Spec, StepSpec, TrainSpec, content_digest, from_jsonable, to_jsonable)
 

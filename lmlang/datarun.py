@@ -37,13 +37,14 @@ class DataRow:
 
 def read_rows(path: str | Path, fmt: str | None = None) -> Iterator[DataRow]:
     """Rows of a .jsonl or .csv file. Unreadable rows come back with an
-    error (file and line named) instead of stopping the run. JSONL blank
-    lines are skipped and do not count as rows; an empty CSV cell means
-    "not given", so the input's default (if any) applies."""
+    error (file and line named) instead of stopping the run. JSONL follows
+    lmlang.jsonl's contract (blank lines are skipped and do not count as
+    rows); an empty CSV cell means "not given", so the input's default (if
+    any) applies."""
     path = Path(path)
     fmt = fmt or _format_of(path)
     try:
-        fh = open(path, encoding="utf-8", newline="")
+        fh = open(path, "rb") if fmt != "csv" else open(path, encoding="utf-8", newline="")
     except OSError as e:
         raise DataError(f"cannot read data file {path}: {e.strerror or e}") from None
     with fh:
@@ -63,19 +64,14 @@ def _format_of(path: Path) -> str:
 
 
 def _jsonl_rows(fh, path: Path) -> Iterator[DataRow]:
-    index = 0
-    for lineno, line in enumerate(fh, 1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-            if not isinstance(value, dict):
-                raise ValueError(f"expected a JSON object, got {type(value).__name__}")
-            yield DataRow(index, value)
-        except ValueError as e:
-            yield DataRow(index, None, DataError(f"{path}:{lineno}: bad data row: {e}",
+    from .jsonl import parse_jsonl
+
+    for index, row in enumerate(parse_jsonl(fh)):
+        if row.value is not None:
+            yield DataRow(index, row.value)
+        else:
+            yield DataRow(index, None, DataError(f"{path}:{row.line}: bad data row: {row.problem}",
                                                  hint="each line must be one JSON object mapping input names to values"))
-        index += 1
 
 
 def _csv_rows(fh, path: Path) -> Iterator[DataRow]:

@@ -3,6 +3,8 @@ against and the runtime reads defaults from. Torch-free."""
 from __future__ import annotations
 
 from .frozen import frozen
+from .problems import Problem
+from .suggest import did_you_mean
 
 
 @frozen
@@ -42,28 +44,27 @@ def resolve(name: str, given: dict) -> dict:
     return out
 
 
-def validate(name: str, given: dict) -> list[tuple[str, str, str]]:
-    """Problems as (option or '', message, hint)."""
-    import difflib
-
+def validate(name: str, given: dict) -> list[Problem]:
+    """Every problem with a decoder and its options (`option` names the
+    option a problem is about; "" for the decoder itself)."""
     if name not in DECODERS:
-        close = difflib.get_close_matches(name, list(DECODERS), n=1)
-        return [("", f"unknown decoder '{name}'", f"did you mean '{close[0]}'?" if close else "decoders: " + ", ".join(DECODERS))]
+        return [Problem(f"unknown decoder '{name}'", did_you_mean(name, DECODERS, known="decoders"), "unknown-decoder")]
     spec = DECODERS[name]
     problems = []
     for key, value in given.items():
         if key not in spec:
-            close = difflib.get_close_matches(key, list(spec), n=1)
-            hint = f"did you mean '{key and close[0]}'?" if close else (f"{name} takes: " + ", ".join(spec) if spec else f"{name} takes no options")
-            problems.append((key, f"unknown option '{key}' for decoder {name}", hint))
+            hint = did_you_mean(key, spec) or (f"{name} takes: " + ", ".join(spec) if spec else f"{name} takes no options")
+            problems.append(Problem(f"unknown option '{key}' for decoder {name}", hint, "unknown-option", option=key))
             continue
         o = spec[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (o.type is int and not isinstance(value, int)):
-            problems.append((key, f"{name}({key}) must be {'an integer' if o.type is int else 'a number'}", ""))
+            problems.append(Problem(f"{name}({key}) must be {'an integer' if o.type is int else 'a number'}",
+                                    code="bad-type", option=key))
             continue
         low_bad = o.lo is not None and (value <= o.lo if o.lo_open else value < o.lo)
         high_bad = o.hi is not None and value > o.hi
         if low_bad or high_bad:
             lo = f"> {o.lo}" if o.lo_open else f">= {o.lo}"
-            problems.append((key, f"{name}({key}: {value}) is out of range", f"{key} must be {lo} and <= {o.hi}"))
+            problems.append(Problem(f"{name}({key}: {value}) is out of range", f"{key} must be {lo} and <= {o.hi}",
+                                    "bad-value", option=key))
     return problems

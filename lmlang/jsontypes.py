@@ -5,6 +5,7 @@ so what the model writes is exactly what the type says."""
 from __future__ import annotations
 
 from . import ast as A
+from .suggest import did_you_mean
 
 SCALAR_SCHEMAS = {
     "str": {"type": "string"},
@@ -50,11 +51,8 @@ def to_schema(t: A.JsonType) -> dict:
         return {"enum": list(dict.fromkeys(t.options))}
     if isinstance(t, A.JScalar):
         if t.name not in SCALAR_SCHEMAS:
-            import difflib
-
-            close = difflib.get_close_matches(t.name, list(SCALAR_SCHEMAS), n=1)
-            raise JsonTypeError(f"unknown JSON type '{t.name}'", t,
-                                f"did you mean '{close[0]}'?" if close else "use str, int, float, bool, null, any, [T] or { ... }")
+            raise JsonTypeError(f"unknown JSON type '{t.name}'", t, did_you_mean(t.name, SCALAR_SCHEMAS)
+                                or "use str, int, float, bool, null, any, [T] or { ... }")
         schema = dict(SCALAR_SCHEMAS[t.name])
         if t.range is not None:
             if t.name in ("int", "float"):

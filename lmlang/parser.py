@@ -108,46 +108,26 @@ def _check_nesting(source: Source) -> None:
 def _check_expression_depth(program: A.Program) -> None:
     """Every later stage (checker, compiler, JSON export, the flow
     interpreter) walks expressions recursively; bounding their depth here,
-    without recursion, keeps all of them clear of RecursionError."""
-    roots: list = []
-    stmts = [s for d in program.decls if isinstance(d, A.FlowDecl) for s in d.body]
-    while stmts:
-        s = stmts.pop()
-        if isinstance(s, A.Assign):
-            roots.append(s.value)
-        elif isinstance(s, A.If):
-            roots.append(s.cond)
-            stmts.extend(s.then)
-            stmts.extend(s.orelse)
-        elif isinstance(s, A.For):
-            roots.append(s.iter)
-            stmts.extend(s.body)
-        elif isinstance(s, A.Emit):
-            roots.extend(i.value for i in s.items)
-    for d in program.decls:
-        if isinstance(d, A.QueryDecl) and isinstance(d.using, A.RouterCall):
-            roots.extend(d.using.args)
-    for root in roots:
-        stack = [(root, 1)]
-        while stack:
-            e, depth = stack.pop()
-            if depth > MAX_EXPR_DEPTH:
-                raise LmlangSyntaxError("expression nested too deeply", root.span,
-                                        f"split it into steps; keep expressions under {MAX_EXPR_DEPTH} levels")
-            children = ()
-            if isinstance(e, A.BinOp):
-                children = (e.left, e.right)
-            elif isinstance(e, A.UnaryOp):
-                children = (e.operand,)
-            elif isinstance(e, A.Attr):
-                children = (e.obj,)
-            elif isinstance(e, A.Index):
-                children = (e.obj, e.index)
-            elif isinstance(e, A.ListExpr):
-                children = e.items
-            elif isinstance(e, A.Call):
-                children = (*e.args, *(v for _, v in e.kwargs))
-            stack.extend((c, depth + 1) for c in children)
+    without recursion, keeps all of them clear of RecursionError.
+
+    The flow and the router calls of queries are walked with the AST's
+    generic children(); depth counts expression levels below each outermost
+    expression (statements, however nested, do not count)."""
+    stack: list = [(d, 0, None) for d in program.decls if isinstance(d, A.FlowDecl)]
+    stack += [(a, 1, a) for d in program.decls if isinstance(d, A.QueryDecl) and isinstance(d.using, A.RouterCall)
+              for a in d.using.args]
+    while stack:
+        node, depth, root = stack.pop()
+        if depth > MAX_EXPR_DEPTH:
+            raise LmlangSyntaxError("expression nested too deeply", root.span,
+                                    f"split it into steps; keep expressions under {MAX_EXPR_DEPTH} levels")
+        for child in node.children():
+            if not isinstance(child, A.Expr):
+                stack.append((child, 0, None))
+            elif root is None:
+                stack.append((child, 1, child))
+            else:
+                stack.append((child, depth + 1, root))
 
 
 def _describe_terminal(name: str) -> str:
@@ -325,12 +305,6 @@ def scan_prompt(tok, source: Source) -> tuple:
 
 
 # ---------------------------------------------------------------- tree -> AST
-
-def _lark_transformer():
-    import lark
-
-    return lark.Transformer
-
 
 class _StringTok:
     """A decoded string that remembers its token (for prompt scanning)."""

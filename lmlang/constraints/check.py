@@ -16,21 +16,17 @@ from __future__ import annotations
 import json
 import os
 import re
-from ..frozen import frozen
 from functools import lru_cache
 
+from ..problems import Problem
 from .lower import (CLOSING_PRIORITY, CLOSING_PRIORITY_IN_STRING, json_string_state, OUTLINES_ENFORCED, XGRAMMAR_ENFORCED, LoweringError, Plan, llguidance_json_options, lower,
-                    option_fits, option_survives_stops, schema_keywords, strip_anchors)
+                    option_survives_stops, schema_keywords)
+from .shapes import split_options, strip_anchors
 from .spec import (All, BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, MaxChars, MaxTokens,
                    Regex, Stop, flatten)
 
-
-@frozen
-class ConstraintProblem:
-    message: str
-    hint: str = ""
-    severity: str = "error"   # "error" | "warning"
-    code: str = ""
+# A constraint's problems are the structured problems every validator returns.
+ConstraintProblem = Problem
 
 
 # ------------------------------------------------------------------ byte-level llguidance oracle
@@ -263,7 +259,7 @@ def check_grammar(text: str) -> list[ConstraintProblem]:
 # mtime, which a reinstall or an edit changes; reading package metadata would
 # cost more than the check itself).
 _EXPENSIVE = (Regex, JsonSchema, Grammar)
-_JUDGES = ("check.py", "lower.py", "jsonfix.py", "spec.py")
+_JUDGES = ("check.py", "lower.py", "shapes.py", "jsonfix.py", "spec.py")
 
 
 @lru_cache(maxsize=1)
@@ -386,7 +382,7 @@ def _check_choice(ch: Choice, shapes, stops, parts) -> list[ConstraintProblem]:
     for other in shapes:
         if other is ch:
             continue
-        bad = [o for o in options if not option_fits(o, other)]
+        bad = list(split_options(options, other)[1])
         if bad and len(bad) == len(options):
             return out + [ConstraintProblem(f"no option is a valid {_describe(other)}: {bad[:5]}",
                                             code="unsatisfiable")]

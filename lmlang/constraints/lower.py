@@ -17,16 +17,12 @@ Torch-free, backend-free: the checker uses it too.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import field
 from ..frozen import frozen
 
-from .spec import (All, BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, MaxChars,
-                   MaxTokens, Regex, Stop, flatten)
-
-INT_REGEX = r"-?(?:0|[1-9][0-9]*)"
-FLOAT_REGEX = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
-BOOL_REGEX = r"true|false"
+from .shapes import int_bounds, shape_regex, split_options
+from .spec import (All, BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, MaxChars, MaxTokens,
+                   Regex, Stop, flatten)
 
 # JSON text layout lmlang generates and accepts: exactly what json.dumps writes.
 JSON_ITEM_SEPARATOR = ", "
@@ -72,20 +68,6 @@ def choice_regex(options: tuple[str, ...]) -> str:
     return "|".join(escape_regex(o) for o in options) if options else r"[^\s\S]"
 
 
-def strip_anchors(pattern: str) -> str:
-    """`matches` is a full match already: drop a leading ^/\\A and a trailing $/\\Z."""
-    p = pattern
-    if p.startswith("^"):
-        p = p[1:]
-    elif p.startswith("\\A"):
-        p = p[2:]
-    if p.endswith("\\Z") and not p.endswith("\\\\Z"):
-        p = p[:-2]
-    elif p.endswith("$") and not p.endswith("\\$"):
-        p = p[:-1]
-    return p
-
-
 def lark_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
@@ -120,54 +102,16 @@ class LoweringError(ValueError):
 
 
 def _shape_regex(c: Constraint) -> tuple[str, str] | None:
-    if isinstance(c, Regex):
-        return strip_anchors(c.pattern), "regex"
-    if isinstance(c, IntType):
-        return INT_REGEX, "int"
-    if isinstance(c, FloatType):
-        return FLOAT_REGEX, "float"
-    if isinstance(c, BoolType):
-        return BOOL_REGEX, "bool"
+    """(regex, source) of a shape decoded as a regex."""
     if isinstance(c, Choice):
         return choice_regex(c.options), "choice"
-    return None
+    pattern = shape_regex(c)
+    if pattern is None:
+        return None
+    return pattern, _SOURCES[type(c)]
 
 
-def _int_bounds(c: IntType) -> tuple[int | None, int | None]:
-    return getattr(c, "lo", None), getattr(c, "hi", None)
-
-
-def option_fits(option: str, other: Constraint) -> bool:
-    """Whether a Choice option satisfies another shape (used to intersect shapes)."""
-    if isinstance(other, Choice):
-        return option in other.options
-    if isinstance(other, IntType):
-        if not re.fullmatch(INT_REGEX, option):
-            return False
-        lo, hi = _int_bounds(other)
-        v = int(option)
-        return (lo is None or v >= lo) and (hi is None or v <= hi)
-    if isinstance(other, (Regex, FloatType, BoolType)):
-        pat = _shape_regex(other)[0]
-        try:
-            return re.fullmatch(pat, option) is not None
-        except re.error:
-            return False
-    if isinstance(other, JsonSchema):
-        try:
-            import jsonschema
-            jsonschema.validate(json.loads(option), json.loads(other.schema))
-            return json.dumps(json.loads(option), ensure_ascii=False) == option
-        except Exception:
-            return False
-    if isinstance(other, Grammar):
-        try:
-            import lark
-            lark.Lark(other.lark, start="start").parse(option)
-            return True
-        except Exception:
-            return False
-    return True
+_SOURCES = {Regex: "regex", IntType: "int", FloatType: "float", BoolType: "bool"}
 
 
 def option_survives_stops(option: str, stops: tuple[Stop, ...]) -> bool:
@@ -198,7 +142,7 @@ def lower(c: Constraint | None) -> Plan:
         options = list(dict.fromkeys(choices[0].options))
         for other in shapes:
             if other is not choices[0]:
-                options = [o for o in options if option_fits(o, other)]
+                options = list(split_options(options, other)[0])
         options = [o for o in options if option_survives_stops(o, stops)]
         if max_chars is not None:
             options = [o for o in options if len(o) <= max_chars]
@@ -213,8 +157,8 @@ def lower(c: Constraint | None) -> Plan:
         return _bounded_lark(regexes, max_chars, limits, source="+".join(_shape_regex(s)[1] for s in shapes))
 
     shape = shapes[0]
-    if isinstance(shape, IntType) and any(b is not None for b in _int_bounds(shape)):
-        lo, hi = _int_bounds(shape)
+    if isinstance(shape, IntType) and any(b is not None for b in int_bounds(shape)):
+        lo, hi = int_bounds(shape)
         schema: dict = {"type": "integer"}
         if lo is not None:
             schema["minimum"] = lo

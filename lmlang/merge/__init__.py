@@ -5,10 +5,10 @@ the heavy parts load on first use of the names below.
 """
 from __future__ import annotations
 
-from .options import OptionSpec, method_names, method_options, validate_options
+from .options import OptionSpec, method_names, method_options, option_problems, validate_options
 
 __all__ = [
-    "OptionSpec", "method_names", "method_options", "validate_options",
+    "OptionSpec", "method_names", "method_options", "option_problems", "validate_options",
     "merge_models", "MergeResult", "get_method", "merge_loras", "LoraMergeResult", "run_mergekit_yaml",
 ]
 

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import MergeError
-from .options import METHODS, validate_options, unknown_method_message
+from ..models.peft_config import pattern_value
+from .options import METHODS, adapter_merge_problems, first_adapter_is_base, unknown_method_message
 from .stream import (MARKER, MergeConfigError, ParamResolver, _dtype_name, _publish, copy_side_files,
                      layer_positions, load_input, stream_tensors)
 from .safetensors_io import NAME_TO_ST
@@ -68,13 +69,6 @@ class LoraMergeResult:
     overall_error: float | None = None
 
 
-def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?{key}$", module):
-            return value
-    return default
-
-
 def load_lora(path: str | os.PathLike) -> LoraAdapter:
     import torch
     from safetensors.torch import load_file
@@ -104,8 +98,8 @@ def load_lora(path: str | os.PathLike) -> LoraAdapter:
         pairs.setdefault(m.group(1), {})[m.group(2)] = value.to(torch.float32)
     for module, parts in pairs.items():
         name = module[len(PREFIX):] if module.startswith(PREFIX) else module
-        r = _pattern_value(config.get("rank_pattern"), name, r0)
-        alpha = _pattern_value(config.get("alpha_pattern"), name, alpha0)
+        r = pattern_value(config.get("rank_pattern"), name, r0)
+        alpha = pattern_value(config.get("alpha_pattern"), name, alpha0)
         scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
         emb = "lora_embedding_A" in parts
         a = parts.get("lora_embedding_A" if emb else "lora_A")
@@ -143,12 +137,10 @@ def merge_loras(method: str, adapters: Sequence[tuple[str | os.PathLike, Mapping
     params = dict(params or {})
     per_model = [dict(o or {}) for _, o in adapters]
     info = METHODS[method]
-    pseudo_base = info.base == "required" and info.max_models == 2  # slerp: first adapter is the base
-    n_models = len(adapters) - (1 if pseudo_base else 0)
-    problems = validate_options(method, params, per_model[1:] if pseudo_base else per_model, compat=compat,
-                                n_models=n_models, has_base=info.base != "ignored")
+    pseudo_base = first_adapter_is_base(method)
+    problems = adapter_merge_problems(method, params, per_model, compat=compat)
     if problems:
-        raise MergeConfigError("; ".join(problems))
+        raise MergeConfigError("; ".join(p.text for p in problems))
     loras = [load_lora(p) for p, _ in adapters]
     names = sorted(set().union(*(set(a.modules) for a in loras)))
     base_dir = Path(base_model).expanduser() if base_model else None

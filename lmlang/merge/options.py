@@ -16,9 +16,12 @@ gradient list (`[0, 0.5, 1]`, interpolated over the layers) or a list of
 """
 from __future__ import annotations
 
-import difflib
-from ..frozen import frozen
+import dataclasses
 from typing import Any, Mapping, Sequence
+
+from ..frozen import frozen
+from ..problems import Problem
+from ..suggest import did_you_mean
 
 
 @frozen
@@ -120,7 +123,6 @@ STEP_OPTIONS = {
 MERGE_COMPAT = ("lmlang", "mergekit")
 OUTPUT_DTYPES = ("float32", "bfloat16", "float16")
 
-# Counts of inputs include the base (mergekit's contract).
 _VALID_TYPES = {"float": (int, float), "int": (int,), "bool": (bool,)}
 
 
@@ -128,13 +130,8 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
-def suggest(name: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
 def unknown_method_message(name: str) -> str:
-    return f"unknown merge method '{name}'" + suggest(name, METHODS)
+    return Problem(f"unknown merge method '{name}'", did_you_mean(name, METHODS)).text
 
 
 def method_info(method: str) -> MethodInfo:
@@ -148,98 +145,180 @@ def method_options(method: str) -> dict[str, OptionSpec]:
     return dict(method_info(method).options)
 
 
-def _check_scalar(name: str, spec: OptionSpec, value: Any, where: str) -> list[str]:
+def _scalar_problem(name: str, spec: OptionSpec, value: Any) -> str:
     if spec.type != "bool" and isinstance(value, bool):
-        return [f"{where}option '{name}' must be a {spec.type}, got {value!r}"]
+        return f"option '{name}' must be a {spec.type}, got {value!r}"
     if not isinstance(value, _VALID_TYPES[spec.type]):
-        return [f"{where}option '{name}' must be a {spec.type}, got {value!r}"]
+        return f"option '{name}' must be a {spec.type}, got {value!r}"
     if spec.type != "bool":
         if spec.min is not None and value < spec.min:
-            return [f"{where}option '{name}' must be >= {spec.min}, got {value!r}"]
+            return f"option '{name}' must be >= {spec.min}, got {value!r}"
         if spec.max is not None and value > spec.max:
-            return [f"{where}option '{name}' must be <= {spec.max}, got {value!r}"]
-    return []
+            return f"option '{name}' must be <= {spec.max}, got {value!r}"
+    return ""
 
 
-def check_value(name: str, spec: OptionSpec, value: Any, where: str = "") -> list[str]:
-    """Problems with one option value: scalar, gradient list, or filtered conditions."""
+def check_value(name: str, spec: OptionSpec, value: Any) -> list[str]:
+    """What is wrong with one option value (scalar, gradient list or filtered
+    conditions), as messages without location; [] if nothing."""
     if isinstance(value, (list, tuple)):
         if not spec.gradient:
-            return [f"{where}option '{name}' takes a single value, not a list"]
+            return [f"option '{name}' takes a single value, not a list"]
         if not value:
-            return [f"{where}option '{name}' is an empty list"]
+            return [f"option '{name}' is an empty list"]
         if all(isinstance(v, Mapping) for v in value):
             problems: list[str] = []
             for cond in value:
                 extra = set(cond) - {"filter", "value"}
                 if extra or "value" not in cond:
-                    problems.append(f"{where}option '{name}': each condition needs 'value' and an optional 'filter'")
+                    problems.append(f"option '{name}': each condition needs 'value' and an optional 'filter'")
                     continue
                 if cond.get("filter") is not None and not isinstance(cond["filter"], str):
-                    problems.append(f"{where}option '{name}': a filter must be a string")
-                problems += check_value(name, spec, cond["value"], where)
+                    problems.append(f"option '{name}': a filter must be a string")
+                problems += check_value(name, spec, cond["value"])
             return problems
         if any(isinstance(v, Mapping) for v in value):
-            return [f"{where}option '{name}' mixes conditions and plain values"]
-        problems = []
-        for v in value:
-            problems += _check_scalar(name, spec, v, where)
-        return problems
+            return [f"option '{name}' mixes conditions and plain values"]
+        return [m for m in (_scalar_problem(name, spec, v) for v in value) if m]
     if isinstance(value, Mapping):
         if set(value) <= {"filter", "value"} and "value" in value:
-            return check_value(name, spec, [value], where)
-        return [f"{where}option '{name}' must be a {spec.type}, got a mapping"]
-    return _check_scalar(name, spec, value, where)
+            return check_value(name, spec, [value])
+        return [f"option '{name}' must be a {spec.type}, got a mapping"]
+    problem = _scalar_problem(name, spec, value)
+    return [problem] if problem else []
 
 
-def validate_options(method: str, global_opts: Mapping[str, Any] | None,
-                     per_model_opts: Sequence[Mapping[str, Any]] | None = None,
-                     *, compat: str = "lmlang", n_models: int | None = None,
-                     has_base: bool | None = None) -> list[str]:
-    """Every problem with a merge's options, as messages (empty list: fine).
+def option_problems(method: str, global_opts: Mapping[str, Any] | None,
+                    per_model_opts: Sequence[Mapping[str, Any]] | None = None,
+                    *, compat: str = "lmlang", n_models: int | None = None,
+                    has_base: bool | None = None) -> list[Problem]:
+    """Every problem with a merge's options (empty list: fine). A problem
+    about one model's entry has `model` set (its position in
+    per_model_opts); one about an option has `option` set.
 
     Per-model options may also be given globally, as the default for every
     model (mergekit's precedence: a model's own value wins). Global-only
     options given on a model are an error.
     """
     if method not in METHODS:
-        return [unknown_method_message(method)]
+        return [Problem(f"unknown merge method '{method}'", did_you_mean(method, METHODS), "unknown-method")]
     info = METHODS[method]
     opts = info.options
-    problems: list[str] = []
     global_opts = dict(global_opts or {})
     per_model_opts = [dict(p or {}) for p in (per_model_opts or [])]
+    problems: list[Problem] = []
     for name, value in global_opts.items():
         if name not in opts:
-            problems.append(f"unknown option '{name}' for merge method '{method}'" + suggest(name, opts))
+            problems.append(_unknown(method, name, opts, None))
             continue
-        problems += check_value(name, opts[name], value)
+        problems += [Problem(m, code="bad-value", option=name) for m in check_value(name, opts[name], value)]
     for i, model_opts in enumerate(per_model_opts):
-        where = f"model {i + 1}: "
         for name, value in model_opts.items():
             if name not in opts:
-                problems.append(f"{where}unknown option '{name}' for merge method '{method}'" + suggest(name, opts))
+                problems.append(_unknown(method, name, opts, i))
             elif not opts[name].per_model:
-                problems.append(f"{where}option '{name}' of '{method}' applies to the whole merge, not to one model")
+                problems.append(Problem(f"option '{name}' of '{method}' applies to the whole merge, not to one model",
+                                        code="not-per-model", option=name, model=i))
             else:
-                problems += check_value(name, opts[name], value, where)
-    for name, spec in opts.items():
+                problems += [Problem(m, code="bad-value", option=name, model=i)
+                             for m in check_value(name, opts[name], value)]
+    problems += _missing(method, info, global_opts, per_model_opts, compat)
+    if n_models is not None:
+        problems += _count_problems(method, info, n_models, has_base)
+    return problems
+
+
+def validate_options(method: str, global_opts: Mapping[str, Any] | None,
+                     per_model_opts: Sequence[Mapping[str, Any]] | None = None,
+                     *, compat: str = "lmlang", n_models: int | None = None,
+                     has_base: bool | None = None) -> list[str]:
+    """`option_problems` as one line each (`model 2: ...; did you mean 'x'?`),
+    for library callers that raise them as one exception."""
+    return [p.text for p in option_problems(method, global_opts, per_model_opts, compat=compat,
+                                            n_models=n_models, has_base=has_base)]
+
+
+def _unknown(method: str, name: str, opts: Mapping[str, OptionSpec], model: int | None) -> Problem:
+    return Problem(f"unknown option '{name}' for merge method '{method}'", did_you_mean(name, opts),
+                   "unknown-option", option=name, model=model)
+
+
+def _missing(method: str, info: MethodInfo, global_opts: dict, per_model_opts: list, compat: str) -> list[Problem]:
+    problems = []
+    for name, spec in info.options.items():
         if spec.per_model:
             required = spec.required or (compat == "mergekit" and name == "weight" and method != "pcb")
             if required and name not in global_opts:
-                for i, model_opts in enumerate(per_model_opts):
-                    if name not in model_opts:
-                        problems.append(f"model {i + 1}: missing option '{name}' (required by {method} in {compat} mode)")
+                problems += [Problem(f"missing option '{name}' (required by {method} in {compat} mode)",
+                                     code="missing-option", option=name, model=i)
+                             for i, model_opts in enumerate(per_model_opts) if name not in model_opts]
         elif spec.required and name not in global_opts:
-            problems.append(f"missing option '{name}' for merge method '{method}'")
-    if n_models is not None:
-        total = n_models + (1 if has_base and info.base != "ignored" else 0)
-        if info.base == "required" and has_base is False:
-            problems.append(f"merge method '{method}' needs a base model")
-        if total < info.min_models:
-            problems.append(f"merge method '{method}' needs at least {info.min_models} models including the base, got {total}")
-        if info.max_models is not None and total > info.max_models:
-            problems.append(f"merge method '{method}' takes at most {info.max_models} models including the base, got {total}")
+            problems.append(Problem(f"missing option '{name}' for merge method '{method}'",
+                                    code="missing-option", option=name))
+    return problems
+
+
+def _count_problems(method: str, info: MethodInfo, n_models: int, has_base: bool | None) -> list[Problem]:
+    # Counts of inputs include the base (mergekit's contract).
+    problems = []
+    total = n_models + (1 if has_base and info.base != "ignored" else 0)
+    if info.base == "required" and has_base is False:
+        problems.append(Problem(f"merge method '{method}' needs a base model", code="needs-base"))
+    if total < info.min_models:
+        problems.append(Problem(f"merge method '{method}' needs at least {info.min_models} models including the base, "
+                                f"got {total}", code="model-count"))
+    if info.max_models is not None and total > info.max_models:
+        problems.append(Problem(f"merge method '{method}' takes at most {info.max_models} models including the base, "
+                                f"got {total}", code="model-count"))
+    return problems
+
+
+# ---- adapter merges ----
+
+def first_adapter_is_base(method: str) -> bool:
+    """In an adapter merge every input is a delta of one shared base, so the
+    base is the zero delta, except for two-model methods (slerp), which
+    interpolate between two inputs: there the first adapter plays the base."""
+    info = METHODS[method]
+    return info.base == "required" and info.max_models == 2
+
+
+def adapter_merge_problems(method: str, global_opts: Mapping[str, Any] | None,
+                           per_adapter_opts: Sequence[Mapping[str, Any]], *, compat: str = "lmlang",
+                           n_adapters: int | None = None) -> list[Problem]:
+    """`option_problems` for a merge of LoRA adapters (`model` indexes the
+    adapters as listed). n_adapters: how many were listed, when some listed
+    entries have no options to pass (default: len(per_adapter_opts))."""
+    if method not in METHODS:
+        return option_problems(method, global_opts)
+    skip = int(first_adapter_is_base(method))
+    n = len(per_adapter_opts) if n_adapters is None else n_adapters
+    problems = option_problems(method, global_opts, list(per_adapter_opts)[skip:], compat=compat,
+                               n_models=n - skip, has_base=METHODS[method].base != "ignored")
+    return [p if p.model is None else dataclasses.replace(p, model=p.model + skip) for p in problems]
+
+
+# ---- the merge step's own options ----
+
+def step_option_problems(given: Mapping[str, Any], *, adapters: bool) -> list[Problem]:
+    """Problems with the STEP_OPTIONS a script's merge block gives (compat,
+    dtype, rank; other keys are ignored here: they are the method's)."""
+    problems = []
+    if "compat" in given and given["compat"] not in MERGE_COMPAT:
+        problems.append(Problem(f"unknown merge compat {given['compat']!r}",
+                                did_you_mean(str(given["compat"]), MERGE_COMPAT) or "compat: lmlang or mergekit",
+                                "bad-value", option="compat"))
+    if "dtype" in given and given["dtype"] not in OUTPUT_DTYPES:
+        problems.append(Problem(f"unknown merge dtype {given['dtype']!r}",
+                                did_you_mean(str(given["dtype"]), OUTPUT_DTYPES, known="dtype"), "bad-value",
+                                option="dtype"))
+    if "rank" in given:
+        rank = given["rank"]
+        if not adapters:
+            problems.append(Problem("rank applies to adapter merges (the rank of the merged LoRA)",
+                                    "a model merge writes full weights; drop `rank`", "not-applicable", option="rank"))
+        elif not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            problems.append(Problem(f"rank must be a positive integer, got {rank!r}", code="bad-value", option="rank"))
     return problems
 
 

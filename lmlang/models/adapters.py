@@ -234,13 +234,7 @@ def _module_key(path: Path, key: str) -> tuple[str, str]:
     raise _fail(path, f"unsupported tensor {key!r}")
 
 
-def _pattern_value(patterns: dict, module: str, default):
-    # PEFT's rule (peft.utils.other.get_pattern_key): the pattern matches a suffix
-    # of the module name at a dot boundary.
-    for pattern, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
-            return value
-    return default
+from .peft_config import pattern_value as _pattern_value  # noqa: E402  (one rule with merge/lora.py)
 
 
 def _target_matches(target: Any, names: list[str]) -> bool:

@@ -1,6 +1,7 @@
 """`train lora on "data.jsonl" { ... }`: fine-tune a LoRA adapter, cached by content.
 
-Data shape: a JSONL file, one JSON object per line (blank lines are skipped):
+Data shape: a JSONL file (read by lmlang.jsonl: UTF-8, blank lines skipped, a
+bad line named by its number), one JSON object per line:
 
     {"prompt": "sentiment: I loved it", "completion": "positive"}
     {"messages": [{"role": "system", "content": "..."},
@@ -36,7 +37,6 @@ seed gives bit-identical weights on the same machine.
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
@@ -51,20 +51,14 @@ from typing import Any
 
 from ..errors import DataError, LmlangRuntimeError
 from ..home import cache_dir
+from ..suggest import did_you_mean
+from .options import normalize_train_options, train_defaults
 
 FORMAT_VERSION = 1  # bump when the training recipe changes what an option set produces
 
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "rank": 8,
-    "alpha": 16,
-    "epochs": 3,
-    "lr": 1e-3,
-    "target_modules": ["q_proj", "v_proj"],
-    "seed": 0,
-    "batch_size": 8,
-    "max_length": 512,
-    "dropout": 0.0,
-}
+# The options, their defaults and rules are one torch-free table that the
+# checker validates scripts against: lmlang.models.options.TRAIN_OPTIONS.
+DEFAULT_OPTIONS: dict[str, Any] = train_defaults()
 
 META_FILE = "lmlang_adapter.json"
 # Files of a base folder that decide what training produces.
@@ -94,45 +88,13 @@ class Example:
 
 
 def normalize_options(options: dict | None) -> dict[str, Any]:
-    """Defaults filled in, types checked, target_modules sorted: the cache key's view."""
-    options = dict(options or {})
-    unknown = [k for k in options if k not in DEFAULT_OPTIONS]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], list(DEFAULT_OPTIONS), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known options: {', '.join(DEFAULT_OPTIONS)}"
-        raise LmlangRuntimeError(f"unknown training option {unknown[0]!r}", hint=hint)
-    out = {**DEFAULT_OPTIONS, **options}
-
-    def positive_int(key: str) -> int:
-        value = out[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise LmlangRuntimeError(f"training option {key} must be a positive integer, got {value!r}")
-        return value
-
-    def number(key: str, low: float, high: float, low_open: bool) -> float:
-        value = out[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or value < low or (low_open and value == low) or value >= high:
-            bounds = f"{'(' if low_open else '['}{low}, {high})"
-            raise LmlangRuntimeError(f"training option {key} must be a number in {bounds}, got {value!r}")
-        return float(value)
-
-    for key in ("rank", "epochs", "batch_size", "max_length"):
-        out[key] = positive_int(key)
-    if out["max_length"] < 8:
-        raise LmlangRuntimeError(f"training option max_length must be at least 8, got {out['max_length']}")
-    out["alpha"] = number("alpha", 0.0, math.inf, True)
-    out["lr"] = number("lr", 0.0, 1.0, True)
-    out["dropout"] = number("dropout", 0.0, 1.0, False)
-    seed = out["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise LmlangRuntimeError(f"training option seed must be an integer, got {seed!r}")
-    targets = out["target_modules"]
-    if isinstance(targets, str):
-        targets = [targets]
-    if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) and t for t in targets):
-        raise LmlangRuntimeError(f"training option target_modules must be a non-empty list of module names, got {targets!r}")
-    out["target_modules"] = sorted(set(targets))
+    """Defaults filled in, checked by the same rules as `lmlang check`,
+    target_modules sorted: the cache key's view."""
+    out, problems = normalize_train_options(options)
+    if problems:
+        p = problems[0]
+        got = f", got {(options or {})[p.option]!r}" if p.code != "unknown-option" else ""
+        raise LmlangRuntimeError(p.message + got, hint=p.hint)
     return out
 
 
@@ -140,24 +102,23 @@ def normalize_options(options: dict | None) -> dict[str, Any]:
 
 
 def read_rows(data_path: Path, data: bytes | None = None) -> list[tuple[int, dict]]:
-    """(line number, row) for every non-blank line; DataError on the first bad one."""
+    """(line number, row) for every non-blank line (lmlang.jsonl's contract:
+    BOM skipped, blank lines not rows); DataError on the first bad one."""
+    from ..jsonl import parse_jsonl
+
     data_path = Path(data_path)
     try:
-        text = (data_path.read_bytes() if data is None else data).decode("utf-8")
+        if data is None:
+            data = data_path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"training data not found: {data_path}") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{data_path}: not UTF-8 text ({exc})") from None
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise DataError(f"{data_path}:{number}: invalid JSON ({exc})") from None
-        _check_row(data_path, number, row)
-        rows.append((number, row))
+    for line in parse_jsonl(data):
+        if line.value is None:
+            raise DataError(f"{data_path}:{line.line}: {line.problem}",
+                            hint=_SHAPE_HINT if line.code == "not-object" else "")
+        _check_row(data_path, line.line, line.value)
+        rows.append((line.line, line.value))
     if not rows:
         raise DataError(f"{data_path}: no training rows", hint='each line is {"prompt": ..., "completion": ...} or {"messages": [...]}')
     return rows
@@ -168,8 +129,6 @@ _SHAPE_HINT = 'each line is {"prompt": str, "completion": str} or {"messages": [
 
 def _check_row(path: Path, line: int, row: Any) -> None:
     where = f"{path}:{line}"
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}", hint=_SHAPE_HINT)
     if "messages" in row:
         extra = set(row) & {"prompt", "completion"}
         if extra:
@@ -377,9 +336,8 @@ def _wrap(model, opts: dict, base_path: Path):
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n}
     missing = [t for t in opts["target_modules"] if t not in names]
     if missing:
-        close = difflib.get_close_matches(missing[0], sorted(names), n=1)
         raise LmlangRuntimeError(f"target module {missing[0]!r} does not exist in the base model {base_path}",
-                                 hint=f"did you mean {close[0]!r}?" if close else "")
+                                 hint=did_you_mean(missing[0], sorted(names)))
     torch.manual_seed(opts["seed"])  # LoRA A initialisation
     config = LoraConfig(r=opts["rank"], lora_alpha=opts["alpha"], lora_dropout=opts["dropout"],
                         target_modules=list(opts["target_modules"]), bias="none", task_type="CAUSAL_LM")

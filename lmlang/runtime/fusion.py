@@ -15,6 +15,7 @@ import math
 import torch
 
 from ..errors import LmlangRuntimeError
+from ..models.options import fuse_default
 from .lm import LM, Batch
 
 NEG_INF = float("-inf")
@@ -48,7 +49,7 @@ class FusedLM(LM):
                                          hint="fusion combines next-token distributions; members must share one vocabulary")
         self.members = members
         self.mode = mode
-        self.plausibility = float((options or {}).get("plausibility", 0.1))
+        self.plausibility = float((options or {}).get("plausibility", fuse_default("plausibility")))
         self.tokenizer, self.tok_info, self.device = first.tokenizer, first.tok_info, first.device
         self.name = name
         self._eos_ids = first.eos_ids

@@ -1,0 +1,338 @@
+"""Models and adapters: model expressions (sources, references, adapters
+applied, merges, fusion), adapter sources (LoRA folders, training, adapter
+merges) and cycles between declarations.
+
+Every option block is judged by the table that the runtime executes from
+(lmlang.merge.options, lmlang.models.options); this module only maps their
+structured problems onto the script's spans. `using` omitted in a query
+means the first declared model, else the bundled default.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .. import ast as A
+from ..errors import LmlangError
+from ..values import NOT_PLAIN, key_name, key_text, merge_members, model_refs, plain_value, source_refs
+from .context import Context, probe
+
+MAX_CHECKED_DATA_BYTES = 16 * 1024 * 1024
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def check_models_and_adapters(cx: Context) -> None:
+    for d in cx.out.models.values():
+        check_model_expr(cx, d.expr, allow_router=False)
+    for d in cx.out.adapters.values():
+        src = d.source
+        if isinstance(src, A.LoraSource):
+            path = cx.file_ref("adapter", src.path, src, must="dir")
+            if path is not None and not probe(path / "adapter_config.json", "file"):
+                cx.error(f"'{src.path}' is not a PEFT LoRA folder (no adapter_config.json)", src)
+        elif isinstance(src, A.TrainSource):
+            data = cx.file_ref("training data", src.data, src)
+            if data is not None:
+                _check_train_data(cx, data, src)
+            _check_train_options(cx, src.options)
+        elif isinstance(src, A.AdapterMerge):
+            check_merge(cx, src.method, src.options, over_adapters=True)
+    check_cycles(cx)
+
+
+def check_model_expr(cx: Context, e, allow_router: bool) -> None:
+    """Errors in a model expression; a router call is allowed only where a
+    query's `using` may route."""
+    if isinstance(e, A.DefaultModel):
+        return
+    if isinstance(e, A.PathModel):
+        _check_model_source(cx, e)
+    elif isinstance(e, A.ModelRef):
+        _check_model_ref(cx, e, allow_router)
+    elif isinstance(e, A.RouterCall):
+        if not allow_router:
+            cx.error("a router can only be used after `using` in a query", e)
+        elif e.router not in cx.out.routers:
+            cx.error(f"undefined router '{e.router}'", e, cx.did_you_mean(e.router, cx.out.routers))
+        elif len(e.args) != 1:
+            cx.error(f"router '{e.router}' takes 1 argument, got {len(e.args)}", e)
+    elif isinstance(e, A.Adapted):
+        check_model_expr(cx, e.base, allow_router=False)
+        for a in e.adapters:
+            if a.adapter not in cx.out.adapters:
+                kind = cx.out.kind_of(a.adapter)
+                cx.error(f"'{a.adapter}' is {kind}, not an adapter" if kind else f"undefined adapter '{a.adapter}'",
+                         a, "" if kind else cx.did_you_mean(a.adapter, cx.out.adapters))
+    elif isinstance(e, A.MergeExpr):
+        check_merge(cx, e.method, e.options)
+    elif isinstance(e, A.FuseExpr):
+        _check_fuse(cx, e)
+    elif isinstance(e, A.Literal) and isinstance(e.value, str):
+        cx.error("a model source string can only start a declaration", e,
+                 f'declare it first: model NAME = "{e.value}", then use NAME here')
+    else:
+        cx.error("expected a model", e)
+
+
+def _check_model_source(cx: Context, e: A.PathModel) -> None:
+    # A hub id is resolved from the local cache when the model is built; a
+    # string that can only be a path must exist now.
+    if not e.path.strip():
+        cx.error("empty model source", e, 'write a hub id ("org/name"), a folder or a .gguf file')
+    elif e.path.startswith((".", "/", "~")) or e.path.endswith(".gguf"):
+        try:
+            path = cx.out.path_for(e.path, e)
+        except (OSError, ValueError, RuntimeError):
+            path = None
+        if path is None or not probe(path, "any"):
+            cx.error(f"model not found: {e.path}", e, f"paths resolve relative to the script's folder (looked for {path})")
+    elif not HUB_ID.fullmatch(e.path):
+        try:
+            local = probe(cx.out.path_for(e.path, e), "any")
+        except (OSError, ValueError, RuntimeError):
+            local = False
+        if not local:
+            cx.error(f"{e.path!r} is not a hub id, a folder or a .gguf file", e,
+                     'hub ids look like "org/name"; write folders as "./path"')
+
+
+def _check_model_ref(cx: Context, e: A.ModelRef, allow_router: bool) -> None:
+    out = cx.out
+    if e.name in out.models:
+        return
+    if e.name in out.routers and allow_router:
+        cx.error(f"router '{e.name}' needs its input", e, f"write {e.name}(text)")
+        return
+    kind = out.kind_of(e.name)
+    if kind:
+        cx.error(f"'{e.name}' is {kind}, not a model", e)
+    else:
+        cx.error(f"undefined model '{e.name}'", e,
+                 cx.did_you_mean(e.name, out.models) or "declare it with `model NAME = ...`")
+
+
+def _check_fuse(cx: Context, e: A.FuseExpr) -> None:
+    from ..models import options as model_options     # only scripts that fuse pay for the table
+
+    if e.mode not in model_options.FUSE_MODES:
+        cx.error(f"unknown fuse mode '{e.mode}'", e, cx.did_you_mean(e.mode, model_options.FUSE_MODES, known="modes"))
+        return
+    for kw in e.options:
+        problem = model_options.check_fuse_option(e.mode, kw.name, plain_value(kw.value))
+        if problem is not None:
+            cx.error(problem.message, kw if problem.code == "unknown-option" else kw.value, problem.hint)
+    if len(e.members.entries) < 2:
+        cx.error("fuse needs at least two models", e.members)
+    weights = [plain_value(m.value) for m in e.members.entries]
+    for m, w in zip(e.members.entries, weights):
+        check_model_expr(cx, m.key, allow_router=False)
+        if not isinstance(w, (int, float)) or isinstance(w, bool):
+            cx.error("a fuse weight must be a number", m.value)
+    numbers = [w for w in weights if isinstance(w, (int, float))]
+    if e.mode == "contrastive" and not (any(w > 0 for w in numbers) and any(w < 0 for w in numbers)):
+        cx.error("contrastive fusion needs an expert (positive weight) and an amateur (negative weight)", e.members)
+
+
+# ---------------------------------------------------------------- training
+
+def _check_train_data(cx: Context, path: Path, src: A.TrainSource) -> None:
+    """The rows' shape, with the same reader training uses (torch-free),
+    so a bad row is a check error naming its line, before any training."""
+    from ..models import training
+
+    try:
+        if path.stat().st_size > MAX_CHECKED_DATA_BYTES:
+            return                   # big data: checked row by row when training starts
+        training.read_rows(path)
+    except LmlangError as e:
+        cx.error(f"bad training data: {e.message}", src, e.hint or f"see the data format in {training.__name__}")
+    except OSError as e:
+        cx.error(f"cannot read training data {src.data}: {e.strerror}", src)
+
+
+def _check_train_options(cx: Context, block: A.Block) -> None:
+    from ..models import options as model_options     # only scripts that train pay for the table
+
+    seen = set()
+    for e in block.entries:
+        key = key_name(e.key)
+        if key is None or key not in model_options.train_option_names():
+            text = key_text(e.key)
+            cx.error(f"unknown training option '{text}'", e.key,
+                     cx.did_you_mean(text, model_options.train_option_names(), known="options"))
+            continue
+        if key in seen:
+            cx.error(f"option '{key}' given twice", e.key)
+        seen.add(key)
+        if key in model_options.TRAIN_MODEL_OPTIONS:
+            check_model_expr(cx, e.value, allow_router=False)
+            continue
+        value = plain_value(e.value)
+        problem = model_options.check_train_option(key, None if value is NOT_PLAIN else value)
+        if problem is not None:
+            cx.error(problem.message, e.value, problem.hint)
+
+
+# ---------------------------------------------------------------- merges
+
+def check_merge(cx: Context, method: str, block: A.Block, over_adapters: bool = False) -> None:
+    """`merge METHOD { base: ..., models: {...}, options }` of models, or of
+    adapters (`over_adapters`: no base; the members are adapters)."""
+    from ..merge import options as merge_options     # only scripts that merge pay for the table
+
+    if method not in merge_options.METHODS:
+        cx.error(f"unknown merge method '{method}'", block,
+                 cx.did_you_mean(method, merge_options.method_names(), known="methods"))
+        return
+    entries = _MergeEntries(cx, over_adapters)
+    for e in block.entries:
+        entries.read(e)
+    if not entries.has_models:
+        cx.error(f"merge {method} needs models: {{ ... }}", block, "list the models with their weights")
+        return
+    opts = entries.options
+    step = {k: opts.pop(k) for k in merge_options.STEP_OPTIONS if k in opts}
+    for p in merge_options.step_option_problems({k: v for k, (v, _e) in step.items()}, adapters=over_adapters):
+        entry = step[p.option][1]
+        cx.error(p.message, entry.key if p.code == "not-applicable" else entry.value, p.hint)
+    compat = step.get("compat", ("lmlang",))[0]
+    if compat not in merge_options.MERGE_COMPAT:
+        compat = "lmlang"
+    plain = {k: v for k, (v, _e) in opts.items()}
+    params = [p for _, p in entries.members]
+    if over_adapters:
+        problems = merge_options.adapter_merge_problems(method, plain, params, compat=compat,
+                                                        n_adapters=entries.n_models)
+    else:
+        problems = merge_options.option_problems(method, plain, params, compat=compat, n_models=entries.n_models,
+                                                 has_base=entries.has_base)
+    for p in problems:
+        _report_merge_problem(cx, method, p, block, opts, entries.members)
+
+
+def _report_merge_problem(cx: Context, method: str, p, block: A.Block, opts: dict, members: list) -> None:
+    from ..merge import options as merge_options
+
+    node, message = block, p.message
+    if p.model is not None:
+        if p.model < len(members):
+            node = members[p.model][0]
+        else:
+            message = f"model {p.model + 1}: {message}"
+    elif p.option in opts:
+        entry = opts[p.option][1]
+        node = entry.key if p.code == "unknown-option" else entry
+    hint = p.hint
+    if p.code == "unknown-option" and p.option == "weight":
+        hint = f"{method} takes no per-model weight: write models: [a, b]"
+    elif p.code == "unknown-option" and not hint:
+        hint = f"{method} takes: " + (", ".join(merge_options.METHODS[method].options) or "none")
+    cx.error(message if message.startswith("merge") else f"merge {method}: {message}", node, hint)
+
+
+class _MergeEntries:
+    """A merge block read entry by entry: its base, its members with their
+    parameters, and its other options as plain values."""
+
+    def __init__(self, cx: Context, over_adapters: bool):
+        self.cx, self.over_adapters = cx, over_adapters
+        self.options: dict[str, tuple] = {}       # key text -> (plain value, entry)
+        self.members: list[tuple] = []            # (member node, its parameters) for members that read
+        self.n_models = 0
+        self.has_models = self.has_base = False
+        self.seen: set[str] = set()
+
+    def read(self, e: A.Entry) -> None:
+        cx, key, text = self.cx, key_name(e.key), key_text(e.key)
+        if text in self.seen:
+            cx.error(f"merge option '{text}' given twice", e.key)
+            return
+        self.seen.add(text)
+        if key == "base":
+            if self.over_adapters:
+                cx.error("an adapter merge takes no base (adapters are deltas of one base)", e.key,
+                         "list the adapters under models: { ... }")
+            else:
+                self.has_base = True
+                check_model_expr(cx, e.value, allow_router=False)
+        elif key == "models":
+            self._read_members(e)
+        else:
+            v = plain_value(e.value)
+            if v is NOT_PLAIN and isinstance(e.value, A.ModelRef):
+                v = e.value.name       # bare words such as `compat: mergekit`
+            if v is NOT_PLAIN:
+                cx.error(f"merge option '{text}' must be a number, string, bool or list", e.value)
+            else:
+                self.options[text] = (v, e)
+
+    def _read_members(self, e: A.Entry) -> None:
+        cx, out = self.cx, self.cx.out
+        self.has_models = True
+        members = merge_members(e.value)
+        if not members:
+            cx.error("models: expects a map { model: weight, ... } or a list [model, ...]", e.value)
+            return
+        for member, weight in members:
+            self.n_models += 1
+            if not self.over_adapters:
+                check_model_expr(cx, member, allow_router=False)
+            elif key_name(member) not in out.adapters:
+                name, text = key_name(member), key_text(member)
+                kind = out.kind_of(name) if name else ""
+                cx.error(f"'{text}' is {kind or 'not an adapter'}" + (", not an adapter" if kind else ""),
+                         member, cx.did_you_mean(text, out.adapters))
+            params = _member_params(cx, weight) if weight is not None else {}
+            if params is not None:
+                self.members.append((member, params))
+
+
+def _member_params(cx: Context, value) -> dict | None:
+    """A member's merge parameters: `{ weight: w, density: d }` or a weight."""
+    if isinstance(value, A.Block):
+        params = {}
+        for e in value.entries:
+            v = plain_value(e.value)
+            if v is NOT_PLAIN:
+                cx.error("per-model merge parameters must be numbers", e.value)
+                return None
+            params[key_text(e.key)] = v
+        return params
+    v = plain_value(value)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return {"weight": float(v)}
+    cx.error("a model's merge weight must be a number or { weight: w, density: d }", value)
+    return None
+
+
+# ---------------------------------------------------------------- cycles
+
+def check_cycles(cx: Context) -> None:
+    """A model or adapter built, through other declarations, from itself."""
+    graph: dict[str, list[tuple[str, A.Node]]] = {}
+    for name, d in cx.out.models.items():
+        graph[name] = list(model_refs(d.expr))
+    for name, d in cx.out.adapters.items():
+        graph[name] = list(source_refs(d.source))
+    state: dict[str, int] = {}
+    reported = set()
+
+    def visit(n: str, path: list[str]) -> None:
+        state[n] = 1
+        for ref, node in graph.get(n, ()):
+            if ref not in graph:
+                continue
+            if state.get(ref) == 1:
+                cycle = path[path.index(ref):] + [ref] if ref in path else [n, ref]
+                key = frozenset(cycle)
+                if key not in reported:
+                    reported.add(key)
+                    cx.error("cycle: " + " -> ".join(cycle), node, "a model cannot be built from itself")
+            elif state.get(ref) is None:
+                visit(ref, path + [ref])
+        state[n] = 2
+
+    for n in graph:
+        if state.get(n) is None:
+            visit(n, [n])
+

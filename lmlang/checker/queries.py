@@ -1,0 +1,201 @@
+"""Queries: parameters, the model (`using`), the decoder, the prompt's shape
+(roles, holes, interpolations), where-constraints and distributions. The
+constraints of each hole are lowered in checker/constraints.py.
+
+The rules that are choices, not facts:
+
+* Holes. Every hole is written by the model, so it sits in an assistant
+  message or a plain prompt, and a query has at least one. A where-
+  constraint or distribution on a name that is not a hole of the prompt is
+  an error.
+* Interpolation. `{name}` and `{name.field}` look up the query's parameters
+  only (a query is a function, also callable from the API without the flow):
+  program inputs reach it as arguments. Fields starting with `_` are refused.
+* `using` omitted: the first declared model, else the bundled default.
+"""
+from __future__ import annotations
+
+from .. import ast as A
+from .. import decoders as D
+from .. import types as T
+from ..constraints import spec as C
+from ..values import plain_value
+from .holes import hole_type, lower_constraints
+from .context import Context, article, name_span
+from .models import check_model_expr
+from .names import type_of_ref
+from .program import QueryInfo
+
+RESERVED_FIELDS = ("distribution", "expert")
+
+
+def check_queries(cx: Context) -> None:
+    for q in cx.decls:
+        if isinstance(q, A.QueryDecl):
+            info = check_query(cx, q)
+            if info is not None and cx.out.query_decls.get(q.name) is q:
+                cx.out.queries[q.name] = info
+
+
+def check_query(cx: Context, q: A.QueryDecl) -> QueryInfo | None:
+    """The checked query, or None when it has errors."""
+    n_errors = len(cx.report.errors)
+    params: dict[str, T.T] = {}
+    for p in q.params:
+        if p.name in params:
+            cx.error(f"duplicate parameter '{p.name}'", name_span(p), "name each parameter once")
+        params[p.name] = type_of_ref(cx, p.type) or T.ANY
+    using = _check_using(cx, q, params)
+    decoder, given = _check_decoder(cx, q)
+    chat = _check_roles(cx, q)
+    holes, hole_nodes = _check_parts(cx, q, params)
+    conds: dict[str, list] = {h: [] for h in holes}
+    for w in q.wheres:
+        for c in w.conds:
+            if c.hole not in conds:
+                cx.error(f"constraint on [{c.hole}], which is not a hole of this prompt", c,
+                         cx.did_you_mean(c.hole, holes) or f"holes: {', '.join(holes) or 'none'}")
+                continue
+            conds[c.hole].append(c)
+    distribution = _check_distribution(cx, q, holes, conds, decoder)
+    lowered: dict = {}
+    for h in holes:
+        if distribution and h == distribution[0]:
+            lowered[h] = C.Choice(distribution[1])
+        else:
+            lowered[h] = lower_constraints(cx, h, conds[h], hole_nodes[h], q)
+    if decoder.name == "vote" and not holes:
+        cx.error("vote needs a hole to vote on", decoder)
+    if len(cx.report.errors) > n_errors:
+        return None
+    result_fields = {h: hole_type(lowered[h]) for h in holes}
+    if distribution:
+        result_fields["distribution"] = T.JSON
+    if isinstance(using, A.RouterCall):
+        result_fields["expert"] = T.STR
+    return QueryInfo(q, tuple(holes), lowered, (decoder.name, tuple(sorted(D.resolve(decoder.name, given).items()))),
+                     using, chat, distribution, T.record(**result_fields))
+
+
+def _check_using(cx: Context, q: A.QueryDecl, params: dict) -> A.ModelExpr:
+    """The model the query runs on (the default when `using` is omitted)."""
+    from .flow import check_expr
+
+    if q.using is None:
+        return A.ModelRef(next(iter(cx.out.models)), span=q.span) if cx.out.models else A.DefaultModel(span=q.span)
+    check_model_expr(cx, q.using, allow_router=True)
+    if isinstance(q.using, A.RouterCall):
+        for a in q.using.args:
+            t = check_expr(cx, a, dict(params))
+            if t.name not in ("str", "any", "json"):
+                cx.error(f"a router routes on text, got {article(t)}", a, "pass a str parameter of the query")
+    return q.using
+
+
+def _check_decoder(cx: Context, q: A.QueryDecl) -> tuple[A.Decoder, dict]:
+    """The decoder (argmax when none is written) and its options as given."""
+    decoder = q.decoder or A.Decoder("argmax", (), span=q.span)
+    given = {}
+    for kw in decoder.options:
+        if kw.name in given:
+            cx.error(f"option '{kw.name}' given twice", kw)
+        given[kw.name] = plain_value(kw.value)
+    for p in D.validate(decoder.name, given):
+        cx.error(p.message, next((kw for kw in decoder.options if kw.name == p.option), decoder), p.hint)
+    return decoder, given
+
+
+def _check_roles(cx: Context, q: A.QueryDecl) -> bool:
+    """Whether the prompt is a chat (every line has a role) or plain (none)."""
+    roles = [s.role for s in q.segments]
+    chat = any(r is not None for r in roles)
+    if chat and any(r is None for r in roles):
+        seg = next(s for s in q.segments if s.role is None)
+        cx.error("mix of plain text and chat roles in one prompt", seg,
+                 "give every line a role (system, user, assistant) or none")
+    if not q.segments:
+        cx.error(f"query '{q.name}' has no prompt", q, 'add a line such as user "..."')
+    return chat
+
+
+def _check_parts(cx: Context, q: A.QueryDecl, params: dict) -> tuple[list[str], dict[str, A.Hole]]:
+    """The holes of the prompt, in order, and their nodes; interpolations checked."""
+    holes: list[str] = []
+    hole_nodes: dict[str, A.Hole] = {}
+    for s in q.segments:
+        for part in s.parts:
+            if isinstance(part, A.Interp):
+                check_interp(cx, part, params)
+            if not isinstance(part, A.Hole):
+                continue
+            if part.name in hole_nodes:
+                cx.error(f"hole [{part.name}] appears twice", part, "name each hole once")
+                continue
+            if part.name in RESERVED_FIELDS:
+                cx.error(f"'{part.name}' is reserved", part, "rename the hole")
+            if s.role in ("system", "user"):
+                cx.error(f"hole [{part.name}] in a {s.role} message", part,
+                         "holes are written by the model: put them in an assistant message")
+            if part.name in params:
+                cx.error(f"hole [{part.name}] has the name of a parameter", part, "rename the hole")
+            holes.append(part.name)
+            hole_nodes[part.name] = part
+    if q.segments and not holes:
+        cx.error(f"query '{q.name}' has no hole, so there is nothing to decode", name_span(q),
+                 'add a hole for the model to fill, such as assistant "[answer]"')
+    return holes, hole_nodes
+
+
+def _check_distribution(cx: Context, q: A.QueryDecl, holes: list, conds: dict, decoder: A.Decoder):
+    """(hole, options) of `distribution over [h] in [...]`, or None."""
+    dist = q.distribution
+    if dist is None:
+        return None
+    opts = plain_value(dist.options)
+    if dist.hole not in conds:
+        cx.error(f"distribution over [{dist.hole}], which is not a hole of this prompt", dist,
+                 cx.did_you_mean(dist.hole, holes))
+    elif holes and dist.hole != holes[-1]:
+        cx.error("distribution must be over the last hole", dist, f"the last hole is [{holes[-1]}]")
+    elif conds[dist.hole]:
+        cx.error(f"[{dist.hole}] has both a distribution and where-constraints", dist,
+                 "the distribution's options are its constraint")
+    elif not isinstance(opts, list) or len(opts) < 2 or not all(isinstance(o, str) for o in opts):
+        cx.error("distribution takes a list of at least two strings", dist.options)
+    elif len(set(opts)) != len(opts):
+        cx.error("distribution options repeat", dist.options)
+    else:
+        if decoder.name != "argmax":
+            cx.error("a distribution query scores options exactly; it takes no decoder", decoder)
+        return dist.hole, tuple(opts)
+    return None
+
+
+def check_interp(cx: Context, part: A.Interp, params: dict) -> None:
+    head, *rest = part.path
+    if head in params:
+        t = params[head]
+    elif head in cx.out.inputs:
+        # A query is a function of its parameters (it is also callable from
+        # the API without running the flow), so inputs reach it as arguments.
+        cx.error(f"'{head}' is a program input, not a parameter of this query", part,
+                 f"add a parameter ({head}: {cx.out.inputs[head].type.describe()}) and pass {head} in the flow")
+        return
+    else:
+        cx.error(f"'{head}' is not in scope in this prompt", part,
+                 cx.did_you_mean(head, params) or
+                 ("the query's parameters: " + ", ".join(params) if params else "declare it as a parameter of the query"))
+        return
+    for f in rest:
+        if f.startswith("_"):
+            cx.error(f"field '{f}' is not allowed", part, "fields starting with '_' are never looked up")
+            return
+        if t.name not in ("json", "any", "record"):
+            cx.error(f"'{head}' is {article(t)} and has no field '{f}'", part)
+            return
+        if t.name == "record":
+            ft = t.field(f)
+            if ft is None:
+                cx.error(f"no field '{f}'", part)
+                return
+            t = ft

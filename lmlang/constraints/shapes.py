@@ -1,0 +1,123 @@
+"""How two shapes on one hole combine: one rule, read by the checker (which
+merges the shapes a script writes), by lowering (which turns a constraint into
+one mask plan) and by constraint checking (which warns about dead options).
+
+The question every layer asks is the same: which options of a choice are
+values of the other shape? `option_fits` answers it for one option, with the
+regexes the decoder enforces (so the checker and the mask never disagree),
+and `split_options` for a whole choice. What a layer does with the answer is
+its own policy: the checker calls a partial fit a contradiction (the author
+should see it), check.py warns about the options that can never be chosen,
+lowering keeps the ones that fit.
+
+Torch-free and backend-free: `lmlang check` imports it.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from .spec import BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, Regex
+
+INT_REGEX = r"-?(?:0|[1-9][0-9]*)"
+FLOAT_REGEX = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+BOOL_REGEX = r"true|false"
+
+
+def strip_anchors(pattern: str) -> str:
+    """`matches` is a full match already: drop a leading ^/\\A and a trailing $/\\Z."""
+    p = pattern
+    if p.startswith("^"):
+        p = p[1:]
+    elif p.startswith("\\A"):
+        p = p[2:]
+    if p.endswith("\\Z") and not p.endswith("\\\\Z"):
+        p = p[:-2]
+    elif p.endswith("$") and not p.endswith("\\$"):
+        p = p[:-1]
+    return p
+
+
+def shape_regex(c: Constraint) -> str | None:
+    """The full-match regex a regex-like shape is decoded with (None for
+    choices, JSON and grammars)."""
+    if isinstance(c, Regex):
+        return strip_anchors(c.pattern)
+    if isinstance(c, IntType):
+        return INT_REGEX
+    if isinstance(c, FloatType):
+        return FLOAT_REGEX
+    if isinstance(c, BoolType):
+        return BOOL_REGEX
+    return None
+
+
+def int_bounds(c: IntType) -> tuple[int | None, int | None]:
+    return getattr(c, "lo", None), getattr(c, "hi", None)
+
+
+def option_fits(option: str, other: Constraint) -> bool:
+    """Whether one option of a choice is a value of the shape `other`."""
+    if isinstance(other, Choice):
+        return option in other.options
+    if isinstance(other, IntType):
+        if not re.fullmatch(INT_REGEX, option):
+            return False
+        lo, hi = int_bounds(other)
+        v = int(option)
+        return (lo is None or v >= lo) and (hi is None or v <= hi)
+    pattern = shape_regex(other)
+    if pattern is not None:
+        try:
+            return re.fullmatch(pattern, option) is not None
+        except re.error:
+            return False
+    if isinstance(other, JsonSchema):
+        try:
+            import jsonschema
+
+            jsonschema.validate(json.loads(option), json.loads(other.schema))
+            return json.dumps(json.loads(option), ensure_ascii=False) == option
+        except Exception:
+            return False
+    if isinstance(other, Grammar):
+        try:
+            import lark
+
+            lark.Lark(other.lark, start="start").parse(option)
+            return True
+        except Exception:
+            return False
+    return True
+
+
+def split_options(options, other: Constraint) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the options that are values of `other`, those that are not), each in order."""
+    fit = tuple(o for o in options if option_fits(o, other))
+    return fit, tuple(o for o in options if o not in fit)
+
+
+def merge_shapes(a: Constraint, b: Constraint) -> Constraint | None:
+    """Two shapes a script writes on one hole, as one shape, or None when
+    they contradict. Two choices keep their common options (both lists are
+    the author's); a choice and a regex-like shape (int, float, bool,
+    `matches`) make the choice, if every option fits: a partial fit is a
+    contradiction the author should see, not a silent narrowing. A JSON or
+    grammar shape combines with nothing (as in lowering)."""
+    if isinstance(b, Choice) and not isinstance(a, Choice):
+        a, b = b, a
+    if isinstance(a, Choice):
+        if isinstance(b, (JsonSchema, Grammar)):
+            return None
+        if isinstance(b, Regex):
+            try:
+                re.compile(strip_anchors(b.pattern))
+            except re.error:
+                return None
+        fit, unfit = split_options(a.options, b)
+        if isinstance(b, Choice):
+            return Choice(fit) if fit else None
+        return a if not unfit else None
+    if type(a) is type(b) and a == b:
+        return a
+    return None
