@@ -223,8 +223,8 @@ def check(files, fmt):
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
 def graph(file, fmt, out):
     """Print FILE's execution graph."""
-    from .compiler import graph_to_dot, graph_to_json, graph_to_mermaid
     from .frontend import build_file
+    from .graph import graph_to_dot, graph_to_json, graph_to_mermaid
 
     fe = build_file(file)
     if fmt == "json":

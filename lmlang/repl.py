@@ -274,7 +274,7 @@ class Session:
         if cmd == "run":
             return self.run_loaded(arg)
         if cmd == "graph":
-            from .compiler import graph_to_mermaid
+            from .graph import graph_to_mermaid
 
             prog = self._compile(self.decls, "", entry_lines=None)
             return [graph_to_mermaid(prog.frontend.compiled).rstrip()]
