@@ -12,6 +12,7 @@ these nodes (`effects`), not from a hand-written recursion.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Union
 
 from ..frozen import children, frozen, walk
@@ -181,7 +182,7 @@ def ir_form(node: IRNode) -> tuple:
     """The compact positional form `(tag, field, ...)`, nested. Node ids hash
     it: it is the form graph format 1 stored, so ids did not change when the
     IR became classes."""
-    return (node.tag, *(_form(getattr(node, name)) for name in type(node)._lm_fields()))
+    return (node.tag, *(_form(getattr(node, f.name)) for f in dataclasses.fields(node)))
 
 
 def _form(v):
@@ -230,8 +231,8 @@ def _free_reads(block: tuple, bound: frozenset, out: set) -> None:
 def _blocks(s: Stmt) -> list[tuple]:
     """The statement blocks directly inside `s` (a branch, a loop body)."""
     out = []
-    for name in type(s)._lm_fields():
-        v = getattr(s, name)
+    for f in dataclasses.fields(s):
+        v = getattr(s, f.name)
         if isinstance(v, tuple) and v and all(isinstance(x, Stmt) for x in v):
             out.append(v)
     return out
