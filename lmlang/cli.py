@@ -91,7 +91,6 @@ def run(file, sets, data, data_format, out, resume, overwrite, limit, batch_size
     {"row": i, "input": {...}, "output": {...}} or {"row": i, "input": {...}, "error": {...}}.
     """
     from . import program as P
-    from .runtime.trace import Trace
 
     _set_threads(threads)
     if not data:
@@ -99,15 +98,11 @@ def run(file, sets, data, data_format, out, resume, overwrite, limit, batch_size
                             ("--data-format", data_format)):
             if given:
                 raise click.UsageError(f"{flag} needs --data")
-    prog = P.compile_file(file, device=device)
+    prog = P.compile_file(file, device=device, batch_size=batch_size, trace_file=trace_path)
     for w in prog.warnings:
         click.echo(w.render(prog.frontend.source), err=True)
     if seed is not None:
         prog.set_seed(seed)
-    execu = prog._executor()
-    execu.batch_size = batch_size
-    if trace_path:
-        execu.trace = Trace(trace_path)
     try:
         if data:
             code = _run_data(prog, file, data, data_format, out, resume, overwrite, limit, batch_size, sets, as_json,
@@ -115,7 +110,7 @@ def run(file, sets, data, data_format, out, resume, overwrite, limit, batch_size
             sys.exit(code)
         result = prog.run(**_parse_sets(sets))
     finally:
-        execu.trace.close()
+        prog.close()
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
     else:
@@ -152,7 +147,7 @@ def _run_data(prog, file, data, data_format, out, resume, overwrite, limit, batc
     rows = D.read_rows(data, data_format)
     if fixed:
         rows = (D.DataRow(r.index, {**fixed, **r.values}, r.error) if r.values is not None else r for r in rows)
-    total = D.count_rows(data) if data_format is None or data_format == D._format_of_or_none(data) else None
+    total = D.count_rows(data) if data_format is None or data_format == D.format_of(data) else None
     if total is not None and limit is not None:
         total = min(total, limit)
     # Load base models before the first row: a model that cannot load stops the
@@ -223,8 +218,8 @@ def check(files, fmt):
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
 def graph(file, fmt, out):
     """Print FILE's execution graph."""
-    from .compiler import graph_to_dot, graph_to_json, graph_to_mermaid
     from .frontend import build_file
+    from .graph import graph_to_dot, graph_to_json, graph_to_mermaid
 
     fe = build_file(file)
     if fmt == "json":
@@ -350,7 +345,7 @@ def compare(files, data, expected, output, swap, data_format, limit, batch_size,
             new = P.compile_file(files[1], device=device)
             names = (files[0], files[1])
         for prog in (old, new):
-            prog._executor().batch_size = batch_size
+            prog.batch_size = batch_size
         report = C.compare(old, new, rows, expected, output, old_name=names[0], new_name=names[1])
     except DataError as e:          # a bad data file is the caller's mistake, like a script error
         _print_error(e)

@@ -257,10 +257,8 @@ def swap_model(program, old: str, new: str):
         compiled = compile_checked(swapped)
     except LmlangError as e:
         raise e.with_source(fe.source) from None
-    prog = Program(FrontEnd(fe.source, swapped, compiled), dict(program.functions), program.device)
-    if getattr(program, "_schemas", None):
-        prog._schemas = program._schemas
-    return prog
+    return Program(FrontEnd(fe.source, swapped, compiled), dict(program.functions), program.device,
+                   schemas=program.schemas)
 
 
 def _model_refs(checked, expr) -> set[str]:

@@ -1,67 +1,24 @@
-"""Checked program -> networkx.DiGraph of immutable node specs.
+"""Checked program -> the graph of immutable node specs (`lmlang.graph`).
+
+This module is the lowering only; the specs, the IR, the `Compiled`
+container and its exports live in `lmlang.graph`, which the runtime reads
+without importing the front end.
 
 Names are aliases, not nodes: `model tuned = base + polite` and an inline
 `base + polite` in a router become one ApplySpec node. A node's id is its kind,
 a readable hint and a hash of its content (source locations excluded), so equal
 sub-expressions collapse into one node and ids are stable across runs. Flow
-statements are lowered to a small expression IR (tuples) so the graph alone is
-enough to run the program and round-trips through JSON. Torch-free.
-
-The graph is held as plain dicts and turned into a `networkx.DiGraph` on first
-use of `Compiled.graph`: `lmlang check` compiles every script without paying
-for the networkx import.
+statements are lowered to the flow IR (`lmlang.graph.ir`) so the graph alone
+is enough to run the program and round-trips through JSON. Torch-free.
 """
 from __future__ import annotations
-
-import json
 
 from . import ast as A
 from .checker import CheckedProgram, QueryInfo
 from .values import key_name as _key_name, key_text as _key_text, merge_members, plain_value as _plain_value
-from .graph import (AdapterMergeSpec, ApplySpec, FuseSpec, InputSpec, LoraSpec, MergeSpec, ModelSpec, QuerySpec,
-                    RouterSpec, Spec, StepSpec, TrainSpec, content_digest, from_jsonable, to_jsonable)
-
-GRAPH_FORMAT_VERSION = 1
-
-
-class Compiled:
-    """The compiled program: node specs by id, their declared names, edges,
-    the declared-name -> node table and the flow steps in order."""
-
-    def __init__(self, nodes: dict, node_names: dict, edges, names: dict, steps: list):
-        self.nodes: dict[str, Spec] = dict(nodes)
-        self.node_names: dict[str, list[str]] = {n: list(node_names.get(n, ())) for n in self.nodes}
-        self.edges: list[tuple[str, str]] = sorted(set(map(tuple, edges)))
-        self.names: dict[str, str] = dict(names)
-        self.steps: list[str] = list(steps)
-        self._graph = None
-
-    def spec(self, nid: str) -> Spec:
-        return self.nodes[nid]
-
-    @property
-    def graph(self):
-        """The networkx view (built once; each node has `spec` and `names`)."""
-        if self._graph is None:
-            import networkx as nx
-
-            g = nx.DiGraph()
-            for nid in sorted(self.nodes):
-                g.add_node(nid, spec=self.nodes[nid], names=self.node_names[nid])
-            g.add_edges_from(self.edges)
-            self._graph = g
-        return self._graph
-
-    def display_name(self, nid: str) -> str:
-        """How a node reads in labels: its first declared name, else its label."""
-        names = self.node_names.get(nid)
-        return names[0] if names else node_label(self, nid)
-
-    def __eq__(self, other) -> bool:
-        return (isinstance(other, Compiled) and self.nodes == other.nodes and self.node_names == other.node_names
-                and self.edges == other.edges and self.names == other.names and self.steps == other.steps)
-
-    __hash__ = None
+from .graph import (AdapterMergeSpec, ApplySpec, Compiled, FuseSpec, InputSpec, LoraSpec, MergeSpec, ModelSpec,
+                    QuerySpec, RouterSpec, Spec, StepSpec, TrainSpec, content_digest)
+from .graph import ir as I
 
 
 class Compiler:
@@ -221,107 +178,60 @@ class Compiler:
             defined: dict[str, str] = {}
             for i, stmt in enumerate(self.c.flow.body):
                 ir = stmt_ir(stmt)
-                reads, writes, calls = _effects(ir)
-                call_ids = tuple(self.names[c] for c in sorted(calls) if c in self.c.queries)
-                spec = StepSpec(i, ir, tuple(sorted(reads)), tuple(sorted(writes)), call_ids, self.loc(stmt))
+                fx = I.effects(ir)
+                call_ids = tuple(self.names[c] for c in sorted(fx.calls) if c in self.c.queries)
+                spec = StepSpec(i, ir, tuple(sorted(fx.reads)), tuple(sorted(fx.writes)), call_ids, self.loc(stmt))
                 nid = self.add(spec, str(i))
-                for r in reads:
+                for r in fx.reads:
                     if r in defined:
                         self.edges.add((defined[r], nid))
                     elif r in self.c.inputs:
                         self.edges.add((self.names[r], nid))
-                for w in writes:
+                for w in fx.writes:
                     defined[w] = nid
                 steps.append(nid)
         return Compiled(self.nodes, self.node_names, self.edges, self.names, steps)
 
 
-# ---------------------------------------------------------------- expression IR
+# ---------------------------------------------------------------- flow IR
 
-def expr_ir(e) -> tuple:
-    if isinstance(e, A.Lit):
-        return ("lit", e.value)
-    if isinstance(e, A.Var):
-        return ("var", e.name)
-    if isinstance(e, A.Attr):
-        return ("attr", expr_ir(e.obj), e.name)
-    if isinstance(e, A.Index):
-        return ("index", expr_ir(e.obj), expr_ir(e.index))
-    if isinstance(e, A.ListExpr):
-        return ("list", tuple(expr_ir(x) for x in e.items))
-    if isinstance(e, A.Call):
-        return ("call", e.func, tuple(expr_ir(a) for a in e.args), tuple((k, expr_ir(v)) for k, v in e.kwargs), e.span.location())
-    if isinstance(e, A.BinOp):
-        return ("bin", e.op, expr_ir(e.left), expr_ir(e.right))
-    if isinstance(e, A.UnaryOp):
-        return ("un", e.op, expr_ir(e.operand))
+def expr_ir(e: A.Expr) -> I.Expr:
+    match e:
+        case A.Lit(value):
+            return I.Lit(value)
+        case A.Var(name):
+            return I.Var(name)
+        case A.Attr(obj, name):
+            return I.Attr(expr_ir(obj), name)
+        case A.Index(obj, index):
+            return I.Index(expr_ir(obj), expr_ir(index))
+        case A.ListExpr(items):
+            return I.ListExpr(tuple(expr_ir(x) for x in items))
+        case A.Call(func, args, kwargs):
+            return I.Call(func, tuple(expr_ir(a) for a in args), tuple((k, expr_ir(v)) for k, v in kwargs),
+                          e.span.location())
+        case A.BinOp(op, left, right):
+            return I.BinOp(op, expr_ir(left), expr_ir(right))
+        case A.UnaryOp(op, operand):
+            return I.UnaryOp(op, expr_ir(operand))
     raise TypeError(f"not an expression: {e!r}")
 
 
-def stmt_ir(s) -> tuple:
-    if isinstance(s, A.Assign):
-        return ("assign", s.name, expr_ir(s.value))
-    if isinstance(s, A.If):
-        return ("if", expr_ir(s.cond), tuple(stmt_ir(x) for x in s.then), tuple(stmt_ir(x) for x in s.orelse))
-    if isinstance(s, A.For):
-        return ("for", s.var, expr_ir(s.iter), tuple(stmt_ir(x) for x in s.body))
-    if isinstance(s, A.Emit):
-        return ("emit", tuple((i.name, expr_ir(i.value)) for i in s.items))
+def stmt_ir(s: A.Stmt) -> I.Stmt:
+    match s:
+        case A.Assign(name, value):
+            return I.Assign(name, expr_ir(value))
+        case A.If(cond, then, orelse):
+            return I.If(expr_ir(cond), _block(then), _block(orelse))
+        case A.For(var, it, body):
+            return I.For(var, expr_ir(it), _block(body))
+        case A.Emit(items):
+            return I.Emit(tuple((i.name, expr_ir(i.value)) for i in items))
     raise TypeError(f"not a statement: {s!r}")
 
 
-def _effects(ir) -> tuple[set, set, set]:
-    reads, writes, calls = set(), set(), set()
-
-    def ex(e, bound):
-        tag = e[0]
-        if tag == "var":
-            if e[1] not in bound:
-                reads.add(e[1])
-        elif tag == "attr":
-            ex(e[1], bound)
-        elif tag == "index":
-            ex(e[1], bound); ex(e[2], bound)
-        elif tag == "list":
-            for x in e[1]:
-                ex(x, bound)
-        elif tag == "call":
-            calls.add(e[1])
-            for a in e[2]:
-                ex(a, bound)
-            for _, v in e[3]:
-                ex(v, bound)
-        elif tag == "bin":
-            ex(e[2], bound); ex(e[3], bound)
-        elif tag == "un":
-            ex(e[2], bound)
-
-    def st(s, bound):
-        tag = s[0]
-        if tag == "assign":
-            ex(s[2], bound)
-            writes.add(s[1])
-            bound = bound | {s[1]}
-        elif tag == "if":
-            ex(s[1], bound)
-            b = bound
-            for x in s[2]:
-                b = st(x, b)
-            b2 = bound
-            for x in s[3]:
-                b2 = st(x, b2)
-        elif tag == "for":
-            ex(s[2], bound)
-            b = bound | {s[1]}
-            for x in s[3]:
-                b = st(x, b)
-        elif tag == "emit":
-            for _, v in s[1]:
-                ex(v, bound)
-        return bound
-
-    st(ir, frozenset())
-    return reads, writes, calls
+def _block(stmts) -> tuple[I.Stmt, ...]:
+    return tuple(stmt_ir(x) for x in stmts)
 
 
 def _part(p) -> tuple:
@@ -352,15 +262,15 @@ def _option_value(v):
     return _freeze(_plain_value(v))
 
 
-def _router_payload(v) -> tuple:
+def _router_payload(v) -> I.Payload:
     if isinstance(v, A.MatchesValue):
-        return ("matches", v.pattern)
+        return I.Matches(v.pattern)
     if isinstance(v, A.ContainsValue):
-        return ("contains", _freeze(_plain_value(v.words)))
+        return I.Contains(_freeze(_plain_value(v.words)))
     pv = _plain_value(v)
     if isinstance(pv, str):
-        return ("description", pv)
-    return ("examples", _freeze(pv))
+        return I.Description(pv)
+    return I.Examples(_freeze(pv))
 
 
 def _exists(path) -> bool:
@@ -372,152 +282,6 @@ def _exists(path) -> bool:
 
 def _short(p: str) -> str:
     return p.rstrip("/").rsplit("/", 1)[-1][:24]
-
-
-# ---------------------------------------------------------------- labels
-
-def node_label(compiled: Compiled, nid: str) -> str:
-    """A one-line description of a node, naming its inputs by their
-    declared names (`apply base + polite*0.8`, `merge ties(base; tuned, math)`)."""
-    spec = compiled.spec(nid)
-
-    def name(ref: str) -> str:
-        text = compiled.display_name(ref)
-        return f"({text})" if " " in text and not compiled.node_names.get(ref) else text
-
-    if isinstance(spec, ApplySpec):
-        return f"{name(spec.base)} + " + " + ".join(f"{name(a)}{'' if s == 1 else f'*{s:g}'}" for a, s in spec.adapters)
-    if isinstance(spec, MergeSpec):
-        models = ", ".join(f"{name(m)}{_weight_text(p)}" for m, p in spec.models)
-        base = f"base: {name(spec.base)}; " if spec.base else ""
-        return f"merge {spec.method}({base}{models})"
-    if isinstance(spec, AdapterMergeSpec):
-        return f"merge {spec.method}(" + ", ".join(f"{name(a)}{_weight_text(p)}" for a, p in spec.adapters) + ")"
-    if isinstance(spec, FuseSpec):
-        text = ""
-        for i, (m, w) in enumerate(spec.members):
-            sign = (" - " if i else "-") if w < 0 else (" + " if i else "")
-            text += f"{sign}{'' if abs(w) == 1 else f'{abs(w):g}*'}{name(m)}"
-        return f"fuse {spec.mode}: {text}"
-    if isinstance(spec, TrainSpec):
-        return f"train lora on {spec.data.rsplit('/', 1)[-1]} (base: {name(spec.base)})"
-    if isinstance(spec, RouterSpec):
-        return f"router {spec.name} ({spec.mode}: " + ", ".join(name(e) for e, _ in spec.experts) + \
-            (f"; default {name(spec.default)}" if spec.default else "") + ")"
-    if isinstance(spec, QuerySpec):
-        params = ", ".join(p for p, _ in spec.params)
-        holes = ", ".join(spec.holes)
-        return f"query {spec.name}({params}) -> [{holes}] using {name(spec.model)}"
-    if isinstance(spec, StepSpec):
-        return stmt_text(spec.stmt)
-    return spec.label()
-
-
-def _weight_text(params: tuple) -> str:
-    d = dict(params)
-    if not d:
-        return ""
-    if set(d) == {"weight"}:
-        return f":{d['weight']:g}" if isinstance(d["weight"], (int, float)) else ""
-    return ":{" + ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else str(k) for k, v in d.items()) + "}"
-
-
-def expr_text(e) -> str:
-    """Expression IR back to short source text (for labels)."""
-    tag = e[0]
-    if tag == "lit":
-        return json.dumps(e[1], ensure_ascii=False) if isinstance(e[1], str) else ("true" if e[1] is True else "false" if e[1] is False else str(e[1]))
-    if tag == "var":
-        return e[1]
-    if tag == "attr":
-        return f"{expr_text(e[1])}.{e[2]}"
-    if tag == "index":
-        return f"{expr_text(e[1])}[{expr_text(e[2])}]"
-    if tag == "list":
-        return "[" + ", ".join(expr_text(x) for x in e[1]) + "]"
-    if tag == "call":
-        args = [expr_text(a) for a in e[2]] + [f"{k}={expr_text(v)}" for k, v in e[3]]
-        return f"{e[1]}({', '.join(args)})"
-    if tag == "bin":
-        return f"{expr_text(e[2])} {e[1]} {expr_text(e[3])}"
-    if tag == "un":
-        return f"{e[1]} {expr_text(e[2])}" if e[1] == "not" else f"-{expr_text(e[2])}"
-    return "?"
-
-
-def stmt_text(s, limit: int = 60) -> str:
-    tag = s[0]
-    if tag == "assign":
-        text = f"{s[1]} = {expr_text(s[2])}"
-    elif tag == "if":
-        text = f"if {expr_text(s[1])}" + (" / else" if s[3] else "")
-    elif tag == "for":
-        text = f"for {s[1]} in {expr_text(s[2])}"
-    elif tag == "emit":
-        text = "emit " + ", ".join(n for n, _ in s[1])
-    else:
-        text = tag
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-# ---------------------------------------------------------------- export
-
-def graph_to_json(compiled: Compiled) -> dict:
-    return {
-        "version": GRAPH_FORMAT_VERSION,
-        "nodes": [{"id": n, "names": list(compiled.node_names[n]), "label": node_label(compiled, n),
-                   "spec": to_jsonable(compiled.nodes[n])} for n in sorted(compiled.nodes)],
-        "edges": [list(e) for e in compiled.edges],
-        "names": dict(sorted(compiled.names.items())),
-        "steps": list(compiled.steps),
-    }
-
-
-def graph_from_json(data: dict | str) -> Compiled:
-    """The inverse of graph_to_json (labels are derived, so not read back)."""
-    if isinstance(data, str):
-        data = json.loads(data)
-    if not isinstance(data, dict) or data.get("version") != GRAPH_FORMAT_VERSION:
-        raise ValueError(f"unsupported graph version {data.get('version') if isinstance(data, dict) else None!r}")
-    nodes = {n["id"]: from_jsonable(n["spec"]) for n in data["nodes"]}
-    names = {n["id"]: list(n["names"]) for n in data["nodes"]}
-    return Compiled(nodes, names, [tuple(e) for e in data["edges"]], dict(data["names"]), list(data["steps"]))
-
-
-_DOT_SHAPES = {"model": "cylinder", "query": "note", "step": "ellipse", "router": "diamond", "input": "invhouse",
-               "lora": "folder", "train": "folder", "adapter_merge": "folder"}
-
-
-def _display_label(compiled: Compiled, nid: str) -> str:
-    spec = compiled.spec(nid)
-    label = node_label(compiled, nid)
-    names = compiled.node_names[nid]
-    if names and spec.kind not in ("query", "input", "router"):
-        label = f"{', '.join(names)} = {label}"
-    return label
-
-
-def graph_to_dot(compiled: Compiled) -> str:
-    lines = ["digraph lmlang {", "  rankdir=LR;", '  node [shape=box, fontname="Helvetica"];']
-    for n in sorted(compiled.nodes):
-        spec = compiled.spec(n)
-        label = _display_label(compiled, n).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        lines.append(f'  "{n}" [label="{label}", shape={_DOT_SHAPES.get(spec.kind, "box")}];')
-    for a, b in compiled.edges:
-        lines.append(f'  "{a}" -> "{b}";')
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def graph_to_mermaid(compiled: Compiled) -> str:
-    ids = {n: f"n{i}" for i, n in enumerate(sorted(compiled.nodes))}
-    lines = ["flowchart LR"]
-    for n in sorted(compiled.nodes):
-        label = _display_label(compiled, n).replace('"', "#quot;").replace("\n", " ")
-        lines.append(f'  {ids[n]}["{label}"]')
-    for a, b in compiled.edges:
-        lines.append(f"  {ids[a]} --> {ids[b]}")
-    return "\n".join(lines) + "\n"
 
 
 def compile_checked(checked: CheckedProgram) -> Compiled:

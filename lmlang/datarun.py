@@ -322,7 +322,8 @@ class RowProgress:
         self.progress.stop()
 
 
-def _format_of_or_none(path) -> str | None:
+def format_of(path) -> str | None:
+    """The data format a file's suffix says ("jsonl" or "csv"), None if it says neither."""
     try:
         return _format_of(Path(path))
     except DataError:

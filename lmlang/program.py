@@ -1,10 +1,16 @@
-"""The embedded Python API: a compiled program you can run, inspect and extend."""
+"""The embedded Python API: a compiled program you can run, inspect and extend.
+
+The CLI, the REPL, data runs and `lmlang compare` use only what this module
+makes public; the executor behind a Program stays private to it.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from .frontend import FrontEnd, build, build_file
+if TYPE_CHECKING:
+    from .frontend import FrontEnd
+    from .runtime.trace import Trace
 
 
 class QueryFunction:
@@ -14,7 +20,7 @@ class QueryFunction:
         self.program, self.name = program, name
 
     def __call__(self, *args, **kwargs) -> dict:
-        return self.program._executor().call_query(self.name, list(args), kwargs)
+        return self.program.call_query(self.name, args, kwargs)
 
     def stream(self, *args, **kwargs) -> "TokenStream":
         """Iterate over the text pieces of the query's holes as they decode:
@@ -23,8 +29,7 @@ class QueryFunction:
                 print(piece, end="", flush=True)
 
         The returned TokenStream's `.result` holds the typed values once it is
-        exhausted. Needs the runtime's per-token hook (`on_token`); without it
-        each hole's text arrives as one piece when the query ends."""
+        exhausted."""
         return TokenStream(self, list(args), dict(kwargs))
 
     def __repr__(self) -> str:
@@ -54,33 +59,16 @@ class TokenStream:
         return next(iter(self))
 
     def _run(self) -> Iterator[str]:
-        import inspect
         import queue
         import threading
 
-        execu = self.fn.program._executor()
-        if "on_token" not in inspect.signature(execu.run_query_rows).parameters:
-            # No per-token hook in this runtime: one piece per hole, in order.
-            before = len(execu.trace.records)
-            self.result = execu.call_query(self.fn.name, self.args, self.kwargs)
-            recs = execu.trace.records[before:]
-            texts = recs[-1].values if recs else {}
-            spec = execu.c.spec(execu.query_ids[self.fn.name])
-            for hole in spec.holes:
-                if hole in self.result:
-                    text = texts[hole] if hole in texts else _piece_text(self.result[hole])
-                    self.pieces.append((hole, text))
-                    yield text
-            return
         q: queue.Queue = queue.Queue()
         done = object()
 
-        def on_token(row, hole, text):
-            q.put((hole, text))
-
         def work():
             try:
-                (out,) = execu.run_query_rows(self.fn.name, [(self.args, self.kwargs)], on_token=on_token)
+                out = self.fn.program.call_query(self.fn.name, self.args, self.kwargs,
+                                                 on_token=lambda hole, text: q.put((hole, text)))
                 q.put((done, out))
             except BaseException as e:          # re-raised on the caller's thread
                 q.put((done, e))
@@ -97,17 +85,25 @@ class TokenStream:
             yield text
 
 
-def _piece_text(v) -> str:
-    from .builtins import value_text
-
-    return value_text(v)
-
-
 class Program:
-    def __init__(self, frontend: FrontEnd, functions: dict | None = None, device: str = "auto"):
+    """A compiled program. Nothing loads until it runs.
+
+    Settings: `device` (where models load), `batch_size` (rows decoded
+    together, and rows per chunk of `run_each`), the seed override
+    (`set_seed`) and `trace_file` (a JSONL file that gets each query's trace
+    record as it is made; `close()` closes it)."""
+
+    def __init__(self, frontend: FrontEnd, functions: dict | None = None, device: str = "auto", *,
+                 batch_size: int = 32, seed: int | None = None, trace_file: str | Path | None = None,
+                 schemas: dict | None = None):
         self.frontend = frontend
         self.functions: dict[str, Callable] = dict(functions or {})
         self.device = device
+        self.schemas: dict = dict(schemas or {})     # name -> JSON schema, for `is json "NAME"` (see compile)
+        self._batch_size = _check_batch_size(batch_size)
+        self._seed = _check_seed(seed)
+        self._trace_file = trace_file
+        self._trace: Trace | None = None             # made on first use (keeps `import lmlang` light)
         self._exec = None
 
     # ------------------------------------------------------------ inspection
@@ -127,25 +123,54 @@ class Program:
     def queries(self) -> dict[str, QueryFunction]:
         return {name: QueryFunction(self, name) for name in self.frontend.checked.queries}
 
-    # ------------------------------------------------------------ running
-    def _executor(self):
-        if self._exec is None:
-            from .runtime.executor import Executor
+    @property
+    def trace(self) -> Trace:
+        """The trace: `.records` holds one record per query call so far."""
+        if self._trace is None:
+            from .runtime.trace import Trace
 
-            self._exec = Executor(self.frontend.compiled, self.functions, device=self.device)
-            self._exec.seed = getattr(self, "_seed", None)
-        return self._exec
+            self._trace = Trace(self._trace_file)
+        return self._trace
+
+    # ------------------------------------------------------------ settings
+    @property
+    def batch_size(self) -> int:
+        """Rows decoded together (and rows per chunk of `run_each`); settable."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, n: int) -> None:
+        self._batch_size = _check_batch_size(n)
+        if self._exec is not None:
+            self._exec.batch_size = self._batch_size
+
+    @property
+    def seed(self) -> int | None:
+        """The seed that overrides the sampling decoders' (None: the script's own); see set_seed."""
+        return self._seed
 
     def set_seed(self, seed: int | None) -> "Program":
         """Override the `seed` of every sampling decoder (sample, best_of,
         vote) in the program; None restores the seeds the script wrote.
         argmax and beam queries are deterministic and unaffected."""
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        self._seed = seed
+        self._seed = _check_seed(seed)
         if self._exec is not None:
             self._exec.seed = seed
         return self
+
+    def close(self) -> None:
+        """Close the trace file (if any); the program can still run, without writing it."""
+        if self._trace is not None:
+            self._trace.close()
+
+    # ------------------------------------------------------------ running
+    def _executor(self):
+        if self._exec is None:
+            from .runtime.executor import Executor
+
+            self._exec = Executor(self.frontend.compiled, self.functions, device=self.device, trace=self.trace,
+                                  batch_size=self._batch_size, seed=self._seed)
+        return self._exec
 
     def load_models(self) -> list[str]:
         """Load the program's base models now (they otherwise load at their
@@ -160,6 +185,14 @@ class Program:
                 names.append(execu.lm(nid).name)
         return names
 
+    def call_query(self, name: str, args: Iterable = (), kwargs: dict | None = None, *,
+                   on_token: Callable[[str, str], None] | None = None) -> dict:
+        """Run the query `name` once; returns its values by hole (what
+        `prog.queries[name](...)` does). `on_token(hole, text)` is called with
+        each piece of a hole's text as it decodes (what `.stream()` uses)."""
+        stream = (lambda _row, hole, text: on_token(hole, text)) if on_token else None
+        return self._executor().call_query(name, list(args), dict(kwargs or {}), on_token=stream)
+
     def run_each(self, rows: Iterable[dict], on_done: Callable, *, ids: Iterable[int] | None = None,
                  chunk_size: int | None = None) -> None:
         """Run the flow for each row, `chunk_size` rows at a time (default:
@@ -167,7 +200,7 @@ class Program:
         finishes; an outcome has `.index` (from `ids`, default 0, 1, ...),
         `.values` and `.error`. Rows never raise: errors go to on_done."""
         execu = self._executor()
-        size = max(1, chunk_size or execu.batch_size)
+        size = max(1, chunk_size or self._batch_size)
         id_iter = iter(ids) if ids is not None else None
         chunk, chunk_ids, n = [], [], 0
         for row in rows:
@@ -213,19 +246,26 @@ class Program:
                     raise e
         return [v if e is None else e for v, e in zip(results, errs)]
 
-    @property
-    def trace(self):
-        return self._executor().trace
-
     def register(self, name: str, fn: Callable) -> "Program":
         """Make a Python function callable from the flow. The script is
         checked again, so calls to it are checked like any other."""
         self.functions[name] = fn
         fe = self.frontend
-        self.frontend = _build(fe.source.text, fe.source.filename, fe.checked.base_dir, self.functions,
-                               getattr(self, "_schemas", None))
+        self.frontend = _build(fe.source.text, fe.source.filename, fe.checked.base_dir, self.functions, self.schemas)
         self._exec = None
         return self
+
+
+def _check_batch_size(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {n!r}")
+    return n
+
+
+def _check_seed(seed):
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return seed
 
 
 def _progress_reporter(progress, total: int):
@@ -253,27 +293,30 @@ def schema_of(obj) -> dict:
 
 
 def _build(source: str, filename: str, base_dir, functions: dict, schemas: dict | None):
+    from .frontend import build
+
     return build(source, filename, base_dir, frozenset(functions), schemas=schemas or None)
 
 
 def compile(source: str, filename: str = "<string>", *, functions: dict | None = None, base_dir: str | Path | None = None,
-            device: str = "auto", schemas: dict | None = None) -> Program:
+            device: str = "auto", schemas: dict | None = None, batch_size: int = 32,
+            trace_file: str | Path | None = None) -> Program:
     """Compile lmlang source text. `functions` are Python functions the flow
     may call; `schemas` maps the name in `x is json "NAME"` to a pydantic
-    model or a JSON schema dict (used instead of reading a file)."""
+    model or a JSON schema dict (used instead of reading a file);
+    `batch_size` and `trace_file` are the Program's settings."""
     functions = dict(functions or {})
     schemas = {k: schema_of(v) for k, v in (schemas or {}).items()}
     fe = _build(source, filename, Path(base_dir) if base_dir else None, functions, schemas)
-    prog = Program(fe, functions, device)
-    prog._schemas = schemas
-    return prog
+    return Program(fe, functions, device, batch_size=batch_size, trace_file=trace_file, schemas=schemas)
 
 
 def compile_file(path: str | Path, *, functions: dict | None = None, device: str = "auto",
-                 schemas: dict | None = None) -> Program:
+                 schemas: dict | None = None, batch_size: int = 32, trace_file: str | Path | None = None) -> Program:
     """Compile a .lm file (see `compile`)."""
+    from .frontend import build_file
+
     functions = dict(functions or {})
     schemas = {k: schema_of(v) for k, v in (schemas or {}).items()}
-    prog = Program(build_file(path, frozenset(functions), schemas=schemas), functions, device)
-    prog._schemas = schemas
-    return prog
+    return Program(build_file(path, frozenset(functions), schemas=schemas), functions, device,
+                   batch_size=batch_size, trace_file=trace_file, schemas=schemas)

@@ -119,6 +119,7 @@ class Session:
         return self.expression(entry)
 
     def declare(self, entry: str, filename: str = _REPL_FILE) -> list[str]:
+        from . import ast as A
         from .parser import parse
 
         try:
@@ -127,7 +128,7 @@ class Session:
             raise _Rejected(e.render(Source(entry, filename))) from None
         new, flows = [], []
         for d in parsed.decls:
-            if type(d).__name__ == "FlowDecl":
+            if isinstance(d, A.FlowDecl):
                 flows.append(d)
                 continue
             name = getattr(d, "name", None) or ("use " + getattr(d, "path", ""))
@@ -274,7 +275,7 @@ class Session:
         if cmd == "run":
             return self.run_loaded(arg)
         if cmd == "graph":
-            from .compiler import graph_to_mermaid
+            from .graph import graph_to_mermaid
 
             prog = self._compile(self.decls, "", entry_lines=None)
             return [graph_to_mermaid(prog.frontend.compiled).rstrip()]
@@ -304,9 +305,10 @@ class Session:
         except _Rejected:
             self.base_dir = old_base
             raise
+        from . import ast as A
         from .parser import parse
 
-        flows = [d for d in parse(text, str(p)).decls if type(d).__name__ == "FlowDecl"]
+        flows = [d for d in parse(text, str(p)).decls if isinstance(d, A.FlowDecl)]
         self.loaded_flow = (str(p), _slice(text, flows[-1].span)) if flows else None
         names = [d.names[0] for d in self.decls]
         return [f"loaded {p.name}: " + ", ".join(names) + (" (flow: :run)" if flows else "")]
@@ -339,7 +341,7 @@ class Session:
         return [f"{k}: {show(v)}" for k, v in values.items()]
 
     def trace_lines(self) -> list[str]:
-        if self.last_program is None or self.last_program._exec is None:
+        if self.last_program is None:
             return ["(no queries ran yet)"]
         recs = self.last_program.trace.records
         if not recs:

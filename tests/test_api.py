@@ -92,7 +92,7 @@ def test_set_seed_gives_reproducible_samples(tiny_model_dir):
            'query s(x: str) using m decode sample(temperature: 2.0) { "{x} [a]" where tokens(a) <= 6 }\n')
     p = lmlang.compile(src)
     first = p.set_seed(5).queries["s"](x="hi")
-    assert p.set_seed(5).queries["s"](x="hi") == first
+    assert p.set_seed(5).queries["s"](x="hi") == first and p.seed == 5
     with pytest.raises(ValueError):
         p.set_seed(-1)
 
@@ -110,6 +110,49 @@ def test_stream_is_token_by_token(tiny_model_dir):
     pieces = list(s)
     assert len(pieces) > 1 and "".join(pieces) == s.result["a"]
     assert {h for h, _ in s.pieces} == {"a"}
+
+
+def test_batch_size_reaches_the_decoder_and_chunks(tiny_model_dir, monkeypatch):
+    import lmlang.runtime.executor as X
+
+    p = lmlang.compile(f'input t: str\nmodel m = "{tiny_model_dir}"\n{QUERY}flow {{ emit a = q(t).a }}\n', batch_size=2)
+    assert p.batch_size == 2
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            p.batch_size = bad
+    decoded, chunks = [], []
+    real_decoder, real_rows = X.run_decoder, X.Executor.run_rows
+    monkeypatch.setattr(X, "run_decoder", lambda lm, runs, *a, **k: decoded.append(len(runs)) or real_decoder(lm, runs, *a, **k))
+    monkeypatch.setattr(X.Executor, "run_rows", lambda self, rows, **k: chunks.append(len(rows)) or real_rows(self, rows, **k))
+    rows = [{"t": f"r{i}"} for i in range(5)]
+    p.run_each(rows, lambda o: None, chunk_size=5)
+    assert (chunks, decoded) == ([5], [2, 2, 1])             # one chunk, decoded two rows at a time
+    p.batch_size = 3                                          # applies to the running program too
+    chunks.clear(), decoded.clear()
+    p.run_each(rows, lambda o: None)
+    assert (chunks, decoded) == ([3, 2], [3, 2])              # chunks default to the batch size
+
+
+def test_trace_file_gets_a_line_per_query_until_closed(tiny_model_dir, tmp_path):
+    import json
+
+    path = tmp_path / "trace.jsonl"
+    p = lmlang.compile(f'input t: str\nmodel m = "{tiny_model_dir}"\n{QUERY}flow {{ emit a = q(t).a }}\n',
+                       trace_file=path)
+    p.run_batch([{"t": "a"}, {"t": "b"}])
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r["query"] for r in lines] == ["q", "q"] and sorted(r["row"] for r in lines) == [0, 1]
+    assert len(p.trace.records) == 2
+    p.close()
+    p.run(t="c")
+    assert len(p.trace.records) == 3 and len(path.read_text().splitlines()) == 2
+
+
+def test_call_query_with_on_token(prog):
+    pieces = []
+    out = prog.call_query("q", ["hello"], on_token=lambda hole, text: pieces.append((hole, text)))
+    assert out == prog.queries["q"]("hello") == prog.call_query("q", kwargs={"x": "hello"})
+    assert {h for h, _ in pieces} == {"a"} and "".join(t for _, t in pieces) == out["a"]
 
 
 def test_schema_of_pydantic_model():

@@ -45,7 +45,7 @@ def test_lora_folder_needs_adapter_config(tmp_path):
     fe = build_file(tmp_path / "main.lm")
     lora = fe.compiled.spec(fe.compiled.names["a"])
     assert lora.kind == "lora" and lora.path == str((tmp_path / "good").resolve())
-    from lmlang.compiler import node_label
+    from lmlang.graph import node_label
     assert node_label(fe.compiled, fe.compiled.names["m"]) == "base + a*0.5"
 
 
@@ -145,7 +145,7 @@ def test_check_never_imports_heavy_modules():
 
 def test_graph_command_writes_each_format(tmp_path):
     f = REPO / "examples" / "review.lm"
-    for fmt, probe in (("dot", "digraph lmlang"), ("mermaid", "flowchart LR"), ("json", '"version": 1')):
+    for fmt, probe in (("dot", "digraph lmlang"), ("mermaid", "flowchart LR"), ("json", '"version": 2')):
         out = tmp_path / f"g.{fmt}"
         r = CliRunner().invoke(main, ["graph", str(f), "--format", fmt, "-o", str(out)])
         assert r.exit_code == 0, r.output

@@ -163,10 +163,10 @@ def test_seed_option_overrides_sampling_decoders(tiny_model_dir, tmp_path):
     prog = lmlang.compile_file(f)
     own = prog.run()["a"]
     assert prog.set_seed(3).run()["a"] == own                   # the script's own seed
-    assert prog._executor().seed == 3
+    assert prog.seed == 3
     others = {prog.set_seed(k).run()["a"] for k in (4, 5, 6, 7)}
     assert others - {own}, "another seed changes the sample"
-    assert prog.set_seed(None).run()["a"] == own and prog._executor().seed is None
+    assert prog.set_seed(None).run()["a"] == own and prog.seed is None
 
 
 def test_models_command_prints_a_table_and_json():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lmlang.compiler import graph_from_json, graph_to_json
+from lmlang.graph import graph_from_json, graph_to_json
 from lmlang.errors import LmlangError
 from lmlang.frontend import build_file
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lmlang.compiler import graph_from_json, graph_to_dot, graph_to_json, graph_to_mermaid
+from lmlang.graph import graph_from_json, graph_to_dot, graph_to_json, graph_to_mermaid
 from lmlang.errors import LmlangError
 from lmlang.frontend import build
 

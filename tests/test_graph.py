@@ -6,7 +6,7 @@ import json
 from click.testing import CliRunner
 
 from lmlang.cli import main
-from lmlang.compiler import graph_from_json, graph_to_dot, graph_to_json, graph_to_mermaid, node_label
+from lmlang.graph import graph_from_json, graph_to_dot, graph_to_json, graph_to_mermaid, node_label
 from lmlang.frontend import build
 
 SRC = '''

@@ -201,7 +201,7 @@ def test_long_chains_are_a_clean_error(expr):
 def test_deep_blocks_and_chains_within_limits_compile_and_round_trip():
     import json
 
-    from lmlang.compiler import graph_from_json, graph_to_json
+    from lmlang.graph import graph_from_json, graph_to_json
     from lmlang.frontend import build
 
     text = ("flow {" + " if true { for i in [1] {" * 31 + " x = " + " + ".join(["1"] * 95) + "}}" * 31 +

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LmlangRuntimeError, MergeError
-from ..graph import (AdapterMergeSpec, ApplySpec, FuseSpec, LoraSpec, MergeSpec, ModelSpec, RouterSpec, TrainSpec)
+from ..graph import (AdapterMergeSpec, ApplySpec, Compiled, FuseSpec, LoraSpec, MergeSpec, ModelSpec, RouterSpec,
+                     TrainSpec)
 from ..merge.options import STEP_OPTIONS
 
 
@@ -41,15 +42,14 @@ def say(msg: str) -> None:
 
 
 class Builder:
-    def __init__(self, compiled):
+    def __init__(self, compiled: Compiled):
         self.c = compiled
-        self.values: dict[str, object] = {}
+        self.values: dict[str, object] = {}          # node id -> its built value, once per process
 
     def value(self, nid: str):
         if nid not in self.values:
             self.values[nid] = self._build(nid)
         return self.values[nid]
-
 
     def _build(self, nid: str):
         spec = self.c.spec(nid)

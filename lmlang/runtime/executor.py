@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..compiler import Compiled
 from ..errors import LmlangError, LmlangRuntimeError, ScriptError
-from ..graph import InputSpec, QuerySpec
+from ..graph import Compiled, InputSpec, QuerySpec
 from .decode import QueryRun, run_decoder
 from .flow import Interpreter
 from .lm import HFModel, LM
@@ -58,15 +57,22 @@ class RowOutcome:
 
 
 class Executor:
+    """Runs one Compiled graph. Its settings are fields its owner (a
+    Program) sets: `batch_size` rows decode together; `seed`, when not None,
+    overrides every sampling decoder's seed (lmlang run --seed); `trace`
+    collects a record per query."""
+
     def __init__(self, compiled: Compiled, functions: dict | None = None, device: str = "auto",
-                 trace: Trace | None = None, batch_size: int = 32):
+                 trace: Trace | None = None, batch_size: int = 32, seed: int | None = None):
         self.c = compiled
         self.functions = dict(functions or {})
         self.device = device
-        self.trace = trace or Trace()
+        self.trace = trace if trace is not None else Trace()
         self.batch_size = batch_size
-        self.seed: int | None = None          # overrides sampling decoders' seeds (lmlang run --seed)
-        self._lms: dict = {}
+        self.seed = seed
+        self._lms: dict[str, LM] = {}                 # model node id -> its LM
+        self._routers: dict = {}                      # router node id -> Router
+        self._base_lms: dict[str, HFModel] = {}       # base folder -> the plain model (hidden-state embeddings)
         from .build import Builder
 
         self.builder = Builder(compiled)
@@ -134,20 +140,19 @@ class Executor:
         return spec.label()
 
     def router(self, nid: str):
-        key = ("router", nid)
-        if key not in self._lms:
+        if nid not in self._routers:
             from .routing import Router
 
             spec = self.c.spec(nid)
             names = {e: self.expert_name(e) for e, _ in spec.experts}
-            self._lms[key] = Router(spec, names, self.lm, self.base_lm)
-        return self._lms[key]
+            self._routers[nid] = Router(spec, names, self.lm, self.base_lm)
+        return self._routers[nid]
 
     def _base_lm(self, loaded, path) -> HFModel:
-        key = ("base", str(path))
-        if key not in self._lms:
-            self._lms[key] = HFModel(loaded, name=Path(path).name)
-        return self._lms[key]
+        key = str(path)
+        if key not in self._base_lms:
+            self._base_lms[key] = HFModel(loaded, name=Path(path).name)
+        return self._base_lms[key]
 
     # ------------------------------------------------------------ queries
     def bind_args(self, spec: QuerySpec, args: list, kwargs: dict) -> dict:
@@ -167,9 +172,10 @@ class Executor:
                 env[p] = coerce_input(p, env[p], t)
         return env
 
-    def call_query(self, name: str, args: list, kwargs: dict, loc: str = "") -> dict:
-        """One query on one row (the API's program.queries[name](...))."""
-        (out,) = self.run_query_rows(name, [(list(args), dict(kwargs))])
+    def call_query(self, name: str, args: list, kwargs: dict, on_token=None) -> dict:
+        """One query on one row (the API's program.queries[name](...));
+        on_token as in run_query_rows."""
+        (out,) = self.run_query_rows(name, [(list(args), dict(kwargs))], on_token=on_token)
         if isinstance(out, LmlangError):
             raise out
         return out

@@ -1,4 +1,5 @@
-"""The flow interpreter: runs the statement IR of StepSpec nodes.
+"""The flow interpreter: runs the statement IR (`lmlang.graph.ir`) of
+StepSpec nodes.
 
 Values are plain Python data (str, int, float, bool, list, dict); field
 access is a dict lookup, so a script can never reach Python attributes.
@@ -7,10 +8,9 @@ through the API.
 """
 from __future__ import annotations
 
-from ..errors import LmlangRuntimeError
 from ..builtins import BUILTINS
-
-
+from ..errors import LmlangRuntimeError
+from ..graph import ir as I
 
 
 class FlowError(LmlangRuntimeError):
@@ -40,95 +40,101 @@ class Interpreter:
             yield from self.stmt(stmt, env, emitted)
         return emitted
 
-    def stmt(self, s, env: dict, emitted: dict):
-        tag = s[0]
-        if tag == "assign":
-            env[s[1]] = yield from self.expr(s[2], env)
-        elif tag == "if":
-            cond = yield from self.expr(s[1], env)
-            for x in (s[2] if _truthy(cond) else s[3]):
-                yield from self.stmt(x, env, emitted)
-        elif tag == "for":
-            items = yield from self.expr(s[2], env)
-            if not isinstance(items, (list, tuple)):
-                raise FlowError(f"for loops over lists, got {type(items).__name__}")
-            for item in items:
-                env[s[1]] = item
-                for x in s[3]:
+    def stmt(self, s: I.Stmt, env: dict, emitted: dict):
+        match s:
+            case I.Assign(name, value):
+                env[name] = yield from self.expr(value, env)
+            case I.If(cond, then, orelse):
+                test = yield from self.expr(cond, env)
+                for x in (then if _truthy(test) else orelse):
                     yield from self.stmt(x, env, emitted)
-        elif tag == "emit":
-            for name, e in s[1]:
-                emitted[name] = yield from self.expr(e, env)
+            case I.For(var, it, body):
+                items = yield from self.expr(it, env)
+                if not isinstance(items, (list, tuple)):
+                    raise FlowError(f"for loops over lists, got {type(items).__name__}")
+                for item in items:
+                    env[var] = item
+                    for x in body:
+                        yield from self.stmt(x, env, emitted)
+            case I.Emit(items):
+                for name, e in items:
+                    emitted[name] = yield from self.expr(e, env)
 
-    def expr(self, e, env: dict):
-        tag = e[0]
-        if tag == "lit":
-            return e[1]
-        if tag == "var":
-            if e[1] not in env:
-                raise FlowError(f"'{e[1]}' has no value here", hint="it is assigned only on some paths")
-            return env[e[1]]
-        if tag == "attr":
-            obj = yield from self.expr(e[1], env)
-            if isinstance(obj, dict) and e[2] in obj:
-                return obj[e[2]]
-            raise FlowError(f"no field '{e[2]}' in {_short(obj)}")
-        if tag == "index":
-            obj = yield from self.expr(e[1], env)
-            idx = yield from self.expr(e[2], env)
+    def expr(self, e: I.Expr, env: dict):
+        match e:
+            case I.Lit(value):
+                return value
+            case I.Var(name):
+                if name not in env:
+                    raise FlowError(f"'{name}' has no value here", hint="it is assigned only on some paths")
+                return env[name]
+            case I.Attr(obj_e, name):
+                obj = yield from self.expr(obj_e, env)
+                if isinstance(obj, dict) and name in obj:
+                    return obj[name]
+                raise FlowError(f"no field '{name}' in {_short(obj)}")
+            case I.Index(obj_e, idx_e):
+                obj = yield from self.expr(obj_e, env)
+                idx = yield from self.expr(idx_e, env)
+                return _index(obj, idx)
+            case I.ListExpr(items):
+                out = []
+                for x in items:
+                    out.append((yield from self.expr(x, env)))
+                return out
+            case I.UnaryOp(op, operand):
+                v = yield from self.expr(operand, env)
+                if op == "not":
+                    return not _truthy(v)
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise FlowError(f"cannot negate {_short(v)}")
+                return -v
+            case I.BinOp(op, left_e, right_e):
+                left = yield from self.expr(left_e, env)
+                if op == "and":
+                    return (yield from self.expr(right_e, env)) if _truthy(left) else left
+                if op == "or":
+                    return left if _truthy(left) else (yield from self.expr(right_e, env))
+                right = yield from self.expr(right_e, env)
+                return _binop(op, left, right)
+            case I.Call():
+                return (yield from self.call(e, env))
+        raise FlowError(f"unknown expression {e.tag}")  # pragma: no cover
+
+    def call(self, e: I.Call, env: dict):
+        name, loc = e.func, e.loc
+        argv = []
+        for a in e.args:
+            argv.append((yield from self.expr(a, env)))
+        kw = {}
+        for k, v in e.kwargs:
+            kw[k] = yield from self.expr(v, env)
+        if name in self.functions:
             try:
-                if isinstance(obj, dict):
-                    return obj[idx]
-                if isinstance(obj, (list, tuple, str)) and isinstance(idx, int) and not isinstance(idx, bool):
-                    return obj[idx]
-            except (KeyError, IndexError, TypeError):
-                raise FlowError(f"index {idx!r} out of range for {_short(obj)}") from None
-            raise FlowError(f"cannot index {_short(obj)} with {idx!r}")
-        if tag == "list":
-            out = []
-            for x in e[1]:
-                out.append((yield from self.expr(x, env)))
-            return out
-        if tag == "un":
-            v = yield from self.expr(e[2], env)
-            if e[1] == "not":
-                return not _truthy(v)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise FlowError(f"cannot negate {_short(v)}")
-            return -v
-        if tag == "bin":
-            op = e[1]
-            left = yield from self.expr(e[2], env)
-            if op == "and":
-                return (yield from self.expr(e[3], env)) if _truthy(left) else left
-            if op == "or":
-                return left if _truthy(left) else (yield from self.expr(e[3], env))
-            right = yield from self.expr(e[3], env)
-            return _binop(op, left, right)
-        if tag == "call":
-            _, name, args, kwargs, loc = e
-            argv = []
-            for a in args:
-                argv.append((yield from self.expr(a, env)))
-            kw = {}
-            for k, v in kwargs:
-                kw[k] = yield from self.expr(v, env)
-            if name in self.functions:
-                try:
-                    return self.functions[name](*argv, **kw)
-                except LmlangRuntimeError:
-                    raise
-                except Exception as exc:  # a user's Python function failed
-                    raise FlowError(f"function {name}() failed: {type(exc).__name__}: {exc}", hint=f"at {loc}") from exc
-            if name in BUILTINS:
-                try:
-                    return BUILTINS[name].fn(*argv, **kw)
-                except (TypeError, ValueError, AttributeError) as exc:
-                    raise FlowError(f"{name}(): {exc}", hint=f"at {loc}") from None
-            if name in self.queries:
-                return (yield QueryCall(name, argv, kw, loc))
-            raise FlowError(f"undefined function '{name}'", hint=f"at {loc}")
-        raise FlowError(f"unknown expression {tag}")  # pragma: no cover
+                return self.functions[name](*argv, **kw)
+            except LmlangRuntimeError:
+                raise
+            except Exception as exc:  # a user's Python function failed
+                raise FlowError(f"function {name}() failed: {type(exc).__name__}: {exc}", hint=f"at {loc}") from exc
+        if name in BUILTINS:
+            try:
+                return BUILTINS[name].fn(*argv, **kw)
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise FlowError(f"{name}(): {exc}", hint=f"at {loc}") from None
+        if name in self.queries:
+            return (yield QueryCall(name, argv, kw, loc))
+        raise FlowError(f"undefined function '{name}'", hint=f"at {loc}")
+
+
+def _index(obj, idx):
+    try:
+        if isinstance(obj, dict):
+            return obj[idx]
+        if isinstance(obj, (list, tuple, str)) and isinstance(idx, int) and not isinstance(idx, bool):
+            return obj[idx]
+    except (KeyError, IndexError, TypeError):
+        raise FlowError(f"index {idx!r} out of range for {_short(obj)}") from None
+    raise FlowError(f"cannot index {_short(obj)} with {idx!r}")
 
 
 def _truthy(v) -> bool:

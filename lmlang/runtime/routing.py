@@ -20,6 +20,7 @@ import torch
 
 from ..errors import LmlangRuntimeError
 from ..graph import RouterSpec
+from ..graph import ir as I
 
 
 @lru_cache(maxsize=1)
@@ -84,10 +85,10 @@ class Router:
         raise LmlangRuntimeError(f"unknown router kind {mode}")
 
     def _rule(self, text: str) -> str:
-        for nid, (kind, arg) in self.spec.experts:
-            if kind == "matches" and re.search(arg, text):
+        for nid, rule in self.spec.experts:
+            if isinstance(rule, I.Matches) and re.search(rule.pattern, text):
                 return nid
-            if kind == "contains" and any(w.lower() in text.lower() for w in arg):
+            if isinstance(rule, I.Contains) and any(w.lower() in text.lower() for w in rule.words):
                 return nid
         return self.spec.default
 
@@ -100,8 +101,8 @@ class Router:
     def _embedding(self, texts: list[str]) -> list[str]:
         if self._expert_vecs is None:
             vecs = []
-            for _nid, (kind, arg) in self.spec.experts:
-                examples = [arg] if kind == "description" else list(arg)
+            for _nid, payload in self.spec.experts:
+                examples = [payload.text] if isinstance(payload, I.Description) else list(payload.texts)
                 vecs.append(self._embed(examples))
             self._expert_vecs = vecs
         queries = self._embed(texts)
@@ -117,7 +118,8 @@ class Router:
 
         lm = self.lm_for(self.spec.using)
         labels = [self.names[nid] for nid, _ in self.spec.experts]
-        menu = "\n".join(f"- {name}: {payload[1]}" for name, (_nid, payload) in zip(labels, self.spec.experts))
+        # The checker gives every classify expert a description.
+        menu = "\n".join(f"- {name}: {payload.text}" for name, (_nid, payload) in zip(labels, self.spec.experts))
         out = []
         for text in texts:
             messages = [

@@ -10,12 +10,15 @@ import dataclasses
 import hashlib
 import json
 
-from .constraints import spec as C
-from .frozen import frozen
+from ..constraints import spec as C
+from ..frozen import frozen
+from .ir import IR_TYPES, Assign, Emit, IRNode, Payload, Stmt, ir_form
 
 
 @frozen
 class Spec:
+    """A graph node. Subclasses have docstrings: without one, dataclasses builds
+    one with inspect.signature, a measurable cost at import."""
     kind = "spec"
 
     def deps(self) -> tuple[str, ...]:
@@ -27,6 +30,7 @@ class Spec:
 
 @frozen
 class InputSpec(Spec):
+    """A program input (`input name: type = default`)."""
     kind = "input"
     name: str
     type: str
@@ -55,6 +59,7 @@ class ModelSpec(Spec):
 
 @frozen
 class LoraSpec(Spec):
+    """A LoRA adapter read from a PEFT folder."""
     kind = "lora"
     path: str
     loc: str = ""
@@ -65,6 +70,7 @@ class LoraSpec(Spec):
 
 @frozen
 class TrainSpec(Spec):
+    """A LoRA adapter trained on a data file (cached by content)."""
     kind = "train"
     base: str                         # node id
     data: str                         # absolute path
@@ -80,6 +86,7 @@ class TrainSpec(Spec):
 
 @frozen
 class AdapterMergeSpec(Spec):
+    """Adapters merged into one adapter."""
     kind = "adapter_merge"
     method: str
     adapters: tuple                   # ((node id, params tuple), ...)
@@ -109,6 +116,7 @@ class ApplySpec(Spec):
 
 @frozen
 class MergeSpec(Spec):
+    """Full models merged into one (streamed tensor by tensor)."""
     kind = "merge"
     method: str
     base: str | None
@@ -125,6 +133,7 @@ class MergeSpec(Spec):
 
 @frozen
 class FuseSpec(Spec):
+    """Models combined at decoding time (their next-token distributions)."""
     kind = "fuse"
     mode: str
     members: tuple                    # ((node id, weight), ...)
@@ -140,10 +149,11 @@ class FuseSpec(Spec):
 
 @frozen
 class RouterSpec(Spec):
+    """Picks an expert model per input row."""
     kind = "router"
     name: str
     mode: str                         # embedding | classify | rules
-    experts: tuple                    # ((node id, payload), ...); payload: examples tuple / description / rule
+    experts: tuple[tuple[str, Payload], ...]   # ((expert node id, what routes to it), ...)
     default: str | None
     using: str | None
     options: tuple
@@ -163,11 +173,12 @@ class RouterSpec(Spec):
 
 @frozen
 class QuerySpec(Spec):
+    """A prompt with holes, their constraints and a decoder, on a model or a router."""
     kind = "query"
     name: str
     params: tuple                     # ((name, type), ...)
     model: str                        # node id of a model-like node or a router
-    router_args: tuple                # expression IR of the router's arguments
+    router_args: tuple                # the router's arguments (ir.Expr), evaluated per row
     chat: bool
     segments: tuple                   # ((role|None, ((part kind, value), ...)), ...)
     holes: tuple
@@ -185,10 +196,10 @@ class QuerySpec(Spec):
 
 @frozen
 class StepSpec(Spec):
-    """One top-level flow statement, in expression IR; run in `index` order."""
+    """One top-level flow statement (`ir.Stmt`); steps run in `index` order."""
     kind = "step"
     index: int
-    stmt: tuple
+    stmt: Stmt
     reads: tuple                      # variable names it reads
     writes: tuple                     # variable names it assigns
     calls: tuple                      # query node ids it may call
@@ -198,12 +209,11 @@ class StepSpec(Spec):
         return self.calls
 
     def label(self) -> str:
-        head = self.stmt[0]
-        if head == "assign":
-            return f"{self.stmt[1]} = ..."
-        if head == "emit":
-            return "emit " + ", ".join(n for n, _ in self.stmt[1])
-        return head
+        if isinstance(self.stmt, Assign):
+            return f"{self.stmt.name} = ..."
+        if isinstance(self.stmt, Emit):
+            return "emit " + ", ".join(n for n, _ in self.stmt.items)
+        return self.stmt.tag
 
 
 SPEC_TYPES = {cls.__name__: cls for cls in (InputSpec, ModelSpec, LoraSpec, TrainSpec, AdapterMergeSpec, ApplySpec,
@@ -214,7 +224,12 @@ CONSTRAINT_TYPES = {cls.__name__: cls for cls in (C.Choice, C.Regex, C.IntType, 
 
 # ---------------------------------------------------------------- ids and JSON
 
+_JSON_TYPES = {**SPEC_TYPES, **CONSTRAINT_TYPES, **IR_TYPES}
+assert len(_JSON_TYPES) == len(SPEC_TYPES) + len(CONSTRAINT_TYPES) + len(IR_TYPES), "a $type name is used twice"
+
+
 def to_jsonable(v):
+    """Specs, constraints and IR nodes as `{"$type": class name, field: ...}`."""
     if dataclasses.is_dataclass(v):
         return {"$type": type(v).__name__, **{f.name: to_jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)}}
     if isinstance(v, (tuple, list)):
@@ -224,7 +239,7 @@ def to_jsonable(v):
 
 def from_jsonable(v):
     if isinstance(v, dict) and "$type" in v:
-        cls = SPEC_TYPES.get(v["$type"]) or CONSTRAINT_TYPES.get(v["$type"])
+        cls = _JSON_TYPES.get(v["$type"])
         if cls is None:
             raise ValueError(f"unknown node type {v['$type']!r}")
         return cls(**{k: from_jsonable(x) for k, x in v.items() if k != "$type"})
@@ -233,17 +248,24 @@ def from_jsonable(v):
     return v
 
 
+def _hash_form(v):
+    """What a node id hashes: the JSON form, with IR nodes in their compact
+    positional form (`ir.ir_form`)."""
+    if isinstance(v, IRNode):
+        return _hash_form(ir_form(v))
+    if dataclasses.is_dataclass(v):
+        return {"$type": type(v).__name__, **{f.name: _hash_form(getattr(v, f.name)) for f in dataclasses.fields(v)}}
+    if isinstance(v, (tuple, list)):
+        return [_hash_form(x) for x in v]
+    return v
+
+
 def content_digest(spec: Spec, root: str | None = None) -> str:
     """A hash of the spec's content, locations excluded, so the same
     expression written twice is one node. Paths under `root` (the script's
     folder) hash relative to it, so ids do not depend on where a checkout lives."""
-    content = {k: v for k, v in to_jsonable(spec).items() if k != "loc"}
+    content = {k: v for k, v in _hash_form(spec).items() if k != "loc"}
     text = json.dumps(content, sort_keys=True, default=str)
     if root:
         text = text.replace(root.rstrip("/") + "/", "$ROOT/")
     return hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
-def node_id(spec: Spec, hint: str = "") -> str:
-    """Deterministic: kind, an optional readable hint, and the content digest."""
-    return f"{spec.kind}:{hint + ':' if hint else ''}{content_digest(spec)}"
