@@ -122,20 +122,7 @@ class CompiledConstraint:
         key = (stop, k)
         arr = self._crossing.get(key)
         if arr is None:
-            shared = self.tok._backend_objects.setdefault("_crossing", {})
-            arr = shared.get(key)
-            if arr is None:
-                prefix = stop[:k]
-                n = len(stop)
-                arr = np.zeros(self.tok.vocab_size, dtype=bool)
-                for i, b in enumerate(self.tok.token_bytes):
-                    if b:
-                        s = prefix + b
-                        p = s.find(stop)
-                        if p >= 0 and p + n < len(s):
-                            arr[i] = True
-                shared[key] = arr
-            self._crossing[key] = arr
+            arr = self._crossing[key] = self.tok.stop_crossing(stop, k)
         return arr
 
     def forced_choice_bytes(self, text: bytes) -> bytes:
