@@ -164,3 +164,19 @@ def test_clone_is_independent(tok):
     other.take(tok.encode("a")[0])
     assert hole.gen == [] and hole.text() == "" and other.text() == "a"
     assert hole.mask(x) is not other.mask(x)
+
+
+def test_budget_below_the_shortest_value_truncates_instead_of_overrunning(tok):
+    """The closing path of `{"name": "", "age": 0}` is longer than 3 tokens:
+    only what the budget allows is forced, and the value ends truncated."""
+    schema = '{"properties": {"age": {"type": "integer"}, "name": {"type": "string"}}, "required": ["name", "age"], "type": "object"}'
+    hole = plan(tok, C.All((C.JsonSchema(schema), C.MaxTokens(3)))).start()
+    x = logits(tok)
+    for _ in range(10):
+        kind = hole.next(x)
+        if kind == ENDED:
+            break
+        if kind == SAMPLE:
+            hole.take(int(torch.argmax(hole.masked)))
+    assert kind == ENDED and len(hole.gen) == 3
+    assert hole.ended_by == "max_tokens" and hole.guide.truncated
