@@ -21,6 +21,9 @@ Public API (what the runtime calls)
         .clone() -> Guide                       for beams / best_of
         .tokens_generated: int  .ended_by: str | None  .stop_matched: str | None  .truncated: bool
     allowed_tokens_batch(guides, logits_2d) -> None                # apply row i of guides[i]
+    HolePlan(name, c, tok, eos_ids, heal, next_token).start() -> HoleGuide     # hole.py
+        what the decoding loop asks once per step: the guide plus canonical choices,
+        terminators, seam healing and the token budget (see hole.py)
 
 Backends and why (measured on SmolLM2's 49,152-token byte-level BPE, 2 CPU cores;
 bench/maskbench.py and the numbers in the helper's report):
