@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,10 +15,13 @@ TOKENS = torch.tensor([[5, 17, 42, 99, 7, 230, 12], [3, 150, 88, 61, 19, 44, 301
 
 
 def load(model_dir: Path):
+    """A fresh (uncached) LoadedModel: each test gets its own weights and host."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lmlang.models.loader import LoadedModel
+
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    return SimpleNamespace(model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir))
+    return LoadedModel(model, AutoTokenizer.from_pretrained(model_dir), "cpu", "float32", model_dir, "tiny")
 
 
 def make_lora(model_dir: Path, out: Path, seed: int, r: int = 4, alpha: int = 8, targets=("q_proj", "v_proj"), **extra) -> Path:

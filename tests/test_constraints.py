@@ -40,7 +40,6 @@ def tok(hf_tok, lmlang_home):
     from lmlang.constraints.engine import TokenizerInfo, clear_memory_cache
 
     clear_memory_cache()
-    hf_tok.__dict__.pop("_lmlang_tokenizer_info", None)
     return TokenizerInfo.from_hf(hf_tok)
 
 
@@ -96,12 +95,11 @@ def test_vocab_bytes_roundtrip(tok, hf_tok):
 def test_vocab_disk_cache(hf_tok, lmlang_home):
     from lmlang.constraints.engine import TokenizerInfo
 
-    hf_tok.__dict__.pop("_lmlang_tokenizer_info", None)
     a = TokenizerInfo.from_hf(hf_tok)
     assert list((lmlang_home / "constraints").glob("vocab-*.pkl"))
-    hf_tok.__dict__.pop("_lmlang_tokenizer_info", None)
-    b = TokenizerInfo.from_hf(hf_tok)
-    assert a.hash == b.hash and a.token_bytes == b.token_bytes
+    b = TokenizerInfo.from_hf(hf_tok)          # read back from disk: nothing is kept on the tokenizer
+    assert b is not a and a.hash == b.hash and a.token_bytes == b.token_bytes
+    assert not [k for k in vars(hf_tok) if "lmlang" in k]
 
 
 # ----------------------------------------------------------------------------- exact masks

@@ -44,7 +44,7 @@ def test_cache_holds_canonical_tokens_across_seams(lm, seed):
 
 def test_space_before_hole_is_healed(lm):
     run, d = decode(lm, ["Answer: ", "."], ["n"], {"n": C.IntType()})
-    assert run.heal == [" "]
+    assert [h.heal for h in run.holes] == [" "]
     # The held-back space was written by the hole's first token (" 4"-style)
     # or as the bare space; either way the cache spells "Answer: <n>".
     assert lm.decode(d.token_ids).endswith(f"Answer: {d.texts['n']}")

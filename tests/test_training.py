@@ -187,16 +187,15 @@ def test_training_learns_a_toy_set(tiny_model_dir, tmp_path, lmlang_home):
 
 
 def test_trained_adapter_loads_into_a_host(tiny_model_dir, tmp_path, lmlang_home):
-    from types import SimpleNamespace
-
     from transformers import AutoModelForCausalLM
 
     from lmlang.models.adapters import AdapterHost
+    from lmlang.models.loader import LoadedModel
 
     data = write_jsonl(tmp_path / "d.jsonl", toy_rows(4))
     result = train_lora(tiny_model_dir, data, {**FAST, "lr": 1e-2}, progress=False)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    host = AdapterHost(SimpleNamespace(model=model, tokenizer=None))
+    host = AdapterHost(LoadedModel(model, None, "cpu", "float32", tiny_model_dir, "tiny"))
     host.add("t", result.path)
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():

@@ -18,7 +18,6 @@ plan kind, and the fallback order, is `CHAINS` (see engine.py for the figures).
 """
 from __future__ import annotations
 
-import difflib
 import json
 import pickle
 from abc import ABC, abstractmethod
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..suggest import did_you_mean
 from .lower import OUTLINES_ENFORCED, XGRAMMAR_ENFORCED, Plan, llguidance_json_options, schema_keywords
 from .vocab import TokenizerInfo
 
@@ -355,6 +355,6 @@ def get_backend(name: str) -> Backend:
     try:
         return BACKENDS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(BACKENDS), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        close = did_you_mean(name, BACKENDS)
+        hint = f"; {close}" if close else ""
         raise ValueError(f"unknown constraint backend '{name}'{hint} (known: {', '.join(BACKENDS)})") from None

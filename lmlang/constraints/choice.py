@@ -44,12 +44,12 @@ class CanonicalChoice:
         import torch
 
         nxt, complete = self.allowed(generated)
-        keep = torch.full_like(scores, NEG_INF)
-        if nxt:
-            idx = torch.tensor(nxt, dtype=torch.long)
-            keep[idx] = scores[idx]
         if complete:
-            for e in self.eos_ids:
-                if e < scores.shape[0]:
-                    keep[e] = scores[e]
-        scores.copy_(keep)
+            nxt += [e for e in self.eos_ids if e < scores.shape[0]]
+        if not nxt:
+            scores.fill_(NEG_INF)
+            return
+        idx = torch.tensor(nxt, dtype=torch.long)
+        kept = scores[idx]                   # a copy: indexing by a tensor gathers
+        scores.fill_(NEG_INF)
+        scores[idx] = kept

@@ -21,6 +21,9 @@ Public API (what the runtime calls)
         .clone() -> Guide                       for beams / best_of
         .tokens_generated: int  .ended_by: str | None  .stop_matched: str | None  .truncated: bool
     allowed_tokens_batch(guides, logits_2d) -> None                # apply row i of guides[i]
+    HolePlan(name, c, tok, eos_ids, heal, next_token).start() -> HoleGuide     # hole.py
+        what the decoding loop asks once per step: the guide plus canonical choices,
+        terminators, seam healing and the token budget (see hole.py)
 
 Backends and why (measured on SmolLM2's 49,152-token byte-level BPE, 2 CPU cores;
 bench/maskbench.py and the numbers in the helper's report):
@@ -122,20 +125,7 @@ class CompiledConstraint:
         key = (stop, k)
         arr = self._crossing.get(key)
         if arr is None:
-            shared = self.tok._backend_objects.setdefault("_crossing", {})
-            arr = shared.get(key)
-            if arr is None:
-                prefix = stop[:k]
-                n = len(stop)
-                arr = np.zeros(self.tok.vocab_size, dtype=bool)
-                for i, b in enumerate(self.tok.token_bytes):
-                    if b:
-                        s = prefix + b
-                        p = s.find(stop)
-                        if p >= 0 and p + n < len(s):
-                            arr[i] = True
-                shared[key] = arr
-            self._crossing[key] = arr
+            arr = self._crossing[key] = self.tok.stop_crossing(stop, k)
         return arr
 
     def forced_choice_bytes(self, text: bytes) -> bytes:

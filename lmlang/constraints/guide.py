@@ -245,7 +245,10 @@ class Guide:
             return []
         self._update_closing()
         if self._closing_mode:
-            return list(self._closing or [])
+            # The closing path can be longer than what the budget has left
+            # (a budget below the shortest value): force only what fits, so
+            # the value ends as `truncated` instead of overrunning the guide.
+            return self._within_limits(list(self._closing or []))
         if self._m is None:
             return []
         out: list[int] = []

@@ -8,8 +8,11 @@ a constrained value: they get empty bytes and are always masked.
 
 The prepared vocabulary is cached on disk (cache_dir("constraints")) under the
 tokenizer's content hash, so a new process pays a hash and an unpickle, not a
-walk over the vocabulary. Backend tokenizer objects are built lazily, once per
-process, and kept on the TokenizerInfo.
+walk over the vocabulary. Whoever owns the tokenizer keeps its TokenizerInfo
+(models/loader.py's LoadedModel builds it once per loaded model). What is
+derived from the vocabulary (backend tokenizer objects, the bytes -> token
+table, token-healing pairs, stop-crossing masks) is built lazily and kept on
+the TokenizerInfo, in fields declared below.
 
 Torch-free (numpy only).
 """
@@ -93,17 +96,18 @@ class TokenizerInfo:
         self._encode = encode
         self.char_len = char_len if char_len is not None and len(char_len) == self.vocab_size \
             else _char_lengths(self.token_bytes)
-        self._backend_objects: dict[str, Any] = {}
+        # Built on first use, from the vocabulary alone:
+        self._backend_objects: dict[str, Any] = {}          # backend name -> its tokenizer object
         self._single_byte: dict[int, int] | None = None
+        self._by_bytes: dict[bytes, int] | None = None
+        self._heal: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}   # seam text -> heal_pairs
+        self._crossing: dict[tuple[bytes, int], np.ndarray] = {}           # (stop, k) -> stop_crossing
 
     # ------------------------------------------------------------------ build
     @classmethod
     def from_hf(cls, tokenizer: Any) -> "TokenizerInfo":
-        """From a transformers fast tokenizer. Cached in memory (on the tokenizer
-        object) and on disk (by content hash)."""
-        cached = getattr(tokenizer, "_lmlang_tokenizer_info", None)
-        if cached is not None:
-            return cached
+        """From a transformers fast tokenizer. Cached on disk by content hash;
+        the caller keeps the result (one per loaded model)."""
         backend = tokenizer.backend_tokenizer
         spec = backend.to_str()
         eos = tokenizer.eos_token_id
@@ -131,13 +135,8 @@ class TokenizerInfo:
             tmp = path.with_suffix(f".tmp{id(data)}")
             tmp.write_bytes(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
             tmp.replace(path)
-        info = cls(data["token_bytes"], eos, data["special_ids"], hash=digest, encode=encode,
+        return cls(data["token_bytes"], eos, data["special_ids"], hash=digest, encode=encode,
                    char_len=data.get("char_len"))
-        try:
-            tokenizer._lmlang_tokenizer_info = info
-        except Exception:  # pragma: no cover - exotic tokenizer objects
-            pass
-        return info
 
     # ------------------------------------------------------------------ helpers
     def encode(self, text: str) -> list[int]:
@@ -165,14 +164,47 @@ class TokenizerInfo:
 
     def token_by_bytes(self) -> dict[bytes, int]:
         """bytes -> the first token whose bytes are exactly those (built once)."""
-        t = self._backend_objects.get("_table")
-        if t is None:
-            t = {}
+        if self._by_bytes is None:
+            t: dict[bytes, int] = {}
             for i, b in enumerate(self.token_bytes):
                 if b and b not in t:
                     t[b] = i
-            self._backend_objects["_table"] = t
-        return t
+            self._by_bytes = t
+        return self._by_bytes
+
+    def heal_pairs(self, prefix: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Token healing (constraints/hole.py): (healed, rest), int64 arrays,
+        for every token that is `prefix` followed by exactly one other token's
+        bytes, and that other token; None when no token is. Built once per prefix."""
+        if prefix not in self._heal:
+            pb = prefix.encode()
+            by_bytes = self.token_by_bytes()
+            healed, rest = [], []
+            for i, b in enumerate(self.token_bytes):
+                if len(b) > len(pb) and b.startswith(pb):
+                    r = by_bytes.get(b[len(pb):])
+                    if r is not None:
+                        healed.append(i)
+                        rest.append(r)
+            self._heal[prefix] = (np.array(healed, dtype=np.int64), np.array(rest, dtype=np.int64)) if healed else None
+        return self._heal[prefix]
+
+    def stop_crossing(self, stop: bytes, k: int) -> np.ndarray:
+        """Tokens that would complete `stop` before their own end, when the
+        text ends with stop[:k] (boolean [vocab_size]). Built once per (stop, k)."""
+        arr = self._crossing.get((stop, k))
+        if arr is None:
+            prefix = stop[:k]
+            n = len(stop)
+            arr = np.zeros(self.vocab_size, dtype=bool)
+            for i, b in enumerate(self.token_bytes):
+                if b:
+                    s = prefix + b
+                    p = s.find(stop)
+                    if p >= 0 and p + n < len(s):
+                        arr[i] = True
+            self._crossing[(stop, k)] = arr
+        return arr
 
     def single_byte_tokens(self) -> dict[int, int]:
         """byte value -> a token that is exactly that byte (byte-level vocabularies have all 256)."""

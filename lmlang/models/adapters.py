@@ -24,7 +24,6 @@ on the bundled model.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import threading
 import json
 import math
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LmlangRuntimeError
+from ..suggest import did_you_mean
 
 Stack = tuple[tuple[str, float], ...]
 """An adapter stack: ((name, scale), ...); () is the plain base model."""
@@ -256,10 +256,9 @@ def _check_targets(path: Path, config: dict, base: nn.Module) -> None:
         return
     for target in targets or []:
         if not _target_matches(target, names):
-            close = difflib.get_close_matches(str(target), leaves, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            close = did_you_mean(str(target), leaves)
             raise _fail(path, f"target module {target!r} does not exist in the base model ({type(base).__name__})",
-                        f"{hint}its adaptable layers are: {', '.join(leaves)}")
+                        f"{close + ' ' if close else ''}its adaptable layers are: {', '.join(leaves)}")
 
 
 def _layer_shape(module: nn.Module) -> tuple[int, int] | None:
@@ -471,21 +470,23 @@ class AdapterHost:
     """
 
     def __init__(self, loaded_model):
+        """loaded_model: a LoadedModel (models/loader.py), which records its
+        host in its `adapter_host` field: one host, one set of hooks, per model."""
         self.loaded = loaded_model
         base = loaded_model.model
-        if getattr(base, "_lmlang_adapter_host", None) is not None:
+        if loaded_model.adapter_host is not None:
             raise LmlangRuntimeError("this model already has an AdapterHost; use AdapterHost.for_model(loaded) to share it")
         self._base = base
         self._tokenizer = getattr(loaded_model, "tokenizer", None)
         self._adapters: dict[str, LoraAdapter] = {}
         self._hooks: dict[str, Any] = {}
         self._local = threading.local()  # the active selection is per thread
-        base._lmlang_adapter_host = self
+        loaded_model.adapter_host = self
 
     @classmethod
     def for_model(cls, loaded_model) -> "AdapterHost":
         """The host of this base model, created on first use."""
-        host = getattr(loaded_model.model, "_lmlang_adapter_host", None)
+        host = loaded_model.adapter_host
         return host if host is not None else cls(loaded_model)
 
     @property
@@ -501,8 +502,7 @@ class AdapterHost:
         try:
             return self._adapters[name]
         except KeyError:
-            close = difflib.get_close_matches(name, list(self._adapters), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"loaded adapters: {', '.join(self._adapters) or '(none)'}"
+            hint = did_you_mean(name, self._adapters) or f"loaded adapters: {', '.join(self._adapters) or '(none)'}"
             raise LmlangRuntimeError(f"unknown adapter {name!r}", hint=hint) from None
 
     def add(self, name: str, path: Path) -> None:
@@ -537,8 +537,8 @@ class AdapterHost:
         self._hooks.clear()
         self._adapters.clear()
         self._state = None
-        if getattr(self._base, "_lmlang_adapter_host", None) is self:
-            del self._base._lmlang_adapter_host
+        if self.loaded.adapter_host is self:
+            self.loaded.adapter_host = None
 
     # ---- selection
 

@@ -22,7 +22,7 @@ import shutil
 import sys
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,23 @@ class LoadedModel:
     dtype: str  # "float32", "bfloat16" or "float16"
     path: Path
     name: str
+    # State that belongs to this loaded model, declared here rather than hung
+    # on the transformers objects. Both live as long as the model (load_model
+    # keeps one LoadedModel per path, device and dtype).
+    # The AdapterHost whose hooks sit on `model` (models/adapters.py), once one exists.
+    adapter_host: Any = field(default=None, init=False, repr=False, compare=False)
+    _tok_info: Any = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def tok_info(self):
+        """The tokenizer's vocabulary as the constraint engine reads it
+        (constraints/vocab.py), built on first use and shared by every
+        HFModel over this model."""
+        if self._tok_info is None:
+            from ..constraints.vocab import TokenizerInfo
+
+            self._tok_info = TokenizerInfo.from_hf(self.tokenizer)
+        return self._tok_info
 
 
 # ---------------------------------------------------------------- resolution

@@ -11,26 +11,18 @@ model writes the first token of the literal text that follows the hole (so
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 
 from ..constraints import spec as C
-from ..constraints.choice import CanonicalChoice
-from ..constraints.engine import compile_constraint
+from ..constraints.hole import FEED, SAMPLE, HoleGuide, HolePlan, seam_to_heal
 from ..errors import LmlangRuntimeError
 from .lm import LM, Batch
 from .prefix import prefill
 from .prompt import RenderedPrompt
 
-DEFAULT_MAX_TOKENS = 256     # a hole with no token budget stops here (reported in the trace)
-
-
-def token_budget(c) -> int:
-    """The most tokens a hole may generate: its own `tokens(x) <= N`, else the default."""
-    return min((p.n for p in C.flatten(c) if isinstance(p, C.MaxTokens)), default=DEFAULT_MAX_TOKENS)
 NEG_INF = float("-inf")
 
 
@@ -109,84 +101,30 @@ def typed_value(text: str, constraint) -> object:
 
 
 class QueryRun:
-    """One rendered prompt with its compiled hole constraints."""
+    """One rendered prompt: its chunks as token ids, and one HolePlan per hole
+    (constraints/hole.py), which owns everything about the hole's mask."""
 
     def __init__(self, lm: LM, prompt: RenderedPrompt, constraints: dict):
         self.lm = lm
         self.prompt = prompt
-        self.constraints = {h: with_default_budget(c) for h, c in constraints.items()}
-        constraints = self.constraints
-        self.compiled = {}
-        self.hole_traces = []
-        for h in prompt.holes:
-            t0 = time.perf_counter()
-            cc = compile_constraint(constraints.get(h), lm.tok_info)
-            self.compiled[h] = cc
-            self.hole_traces.append(HoleTrace(h, cc.backend, time.perf_counter() - t0))
         self.chunk_ids = [lm.encode(c, first=(i == 0)) if c else [] for i, c in enumerate(prompt.chunks)]
         if not self.chunk_ids[0]:
             self.chunk_ids[0] = [next(iter(lm.eos_ids))]   # a prompt that opens with a hole starts after EOS
         # Token healing: a chunk that ends in a bare space token would make the
         # model write "42" after " " instead of its natural " 42". Hold the
         # space back; the hole's first token must start with it.
-        self.heal: list[str] = []
+        heal = []
         for i in range(len(prompt.holes)):
-            ids = self.chunk_ids[i]
-            tail = lm.decode(ids[-1:]) if len(ids) > 1 else ""
-            if tail and tail.isspace() and "\n" not in tail and ids[-1] not in lm.eos_ids and heal_table(lm, tail) is not None:
-                self.chunk_ids[i] = ids[:-1]
-                self.heal.append(tail)
-            else:
-                self.heal.append("")
-        # Choices decode along their options' canonical tokenizations only
-        # (constraints/choice.py), with the healed prefix and without it
-        # (beam search does not heal).
-        self.choice_paths = {h: CanonicalChoice.of(constraints.get(h), lm.tok_info, lm.eos_ids, heal)
-                             for h, heal in zip(prompt.holes, self.heal)}
-        self.plain_paths = {h: CanonicalChoice.of(constraints.get(h), lm.tok_info, lm.eos_ids) for h in prompt.holes}
+            heal.append(seam_to_heal(self.chunk_ids[i], lm.decode, lm.eos_ids, lm.tok_info))
+            if heal[-1]:
+                self.chunk_ids[i] = self.chunk_ids[i][:-1]
+        self.holes = [HolePlan(h, constraints.get(h), lm.tok_info, lm.eos_ids, heal[i], self._next_token(i))
+                      for i, h in enumerate(prompt.holes)]
 
-    def terminators(self, i: int) -> set[int]:
-        """Tokens that end hole i: EOS, or the first token of the text after it."""
-        ends = set(self.lm.eos_ids)
+    def _next_token(self, i: int) -> int | None:
+        """The first token of the text after hole i (it ends the hole)."""
         nxt = self.chunk_ids[i + 1] if i + 1 < len(self.chunk_ids) else []
-        if nxt:
-            ends.add(nxt[0])
-        return ends
-
-    def restrict_choice(self, hole: str, gen: list[int], masked: torch.Tensor, healed: bool = True) -> None:
-        choice = (self.choice_paths if healed else self.plain_paths).get(hole)
-        if choice is not None:
-            choice.restrict(gen, masked)
-
-
-def with_default_budget(c):
-    """A JSON or grammar hole without a token budget gets the default one, as
-    a constraint: the guide then closes the value validly when the budget
-    runs short, instead of being cut mid-value."""
-    parts = C.flatten(c)
-    if any(isinstance(p, (C.JsonSchema, C.Grammar)) for p in parts) and not any(isinstance(p, C.MaxTokens) for p in parts):
-        return C.All(parts + (C.MaxTokens(DEFAULT_MAX_TOKENS),))
-    return c
-
-
-def heal_table(lm, prefix: str):
-    """(healed token ids, remainder token ids) for tokens that are `prefix`
-    followed by exactly one other token's bytes; cached per model."""
-    tables = getattr(lm, "_heal_tables", None)
-    if tables is None:
-        tables = lm._heal_tables = {}
-    if prefix not in tables:
-        pb = prefix.encode()
-        by_bytes = lm.tok_info.token_by_bytes()
-        healed, rest = [], []
-        for i, b in enumerate(lm.tok_info.token_bytes):
-            if len(b) > len(pb) and b.startswith(pb):
-                r = by_bytes.get(b[len(pb):])
-                if r is not None:
-                    healed.append(i)
-                    rest.append(r)
-        tables[prefix] = (torch.tensor(healed, dtype=torch.long), torch.tensor(rest, dtype=torch.long)) if healed else None
-    return tables[prefix]
+        return nxt[0] if nxt else None
 
 
 class RowDecoder:
@@ -199,124 +137,67 @@ class RowDecoder:
         self.hole = -1
         self.values, self.texts = {}, {}
         self.logprob = 0.0
-        self.traces = [HoleTrace(t.name, t.backend, t.compile_seconds) for t in run.hole_traces]
+        self.traces = [HoleTrace(p.name, p.backend, p.compile_seconds) for p in run.holes]
         self.done = False
         self._start_hole()
 
     def _start_hole(self) -> None:
         self.hole += 1
-        if self.hole >= len(self.run.prompt.holes):
+        if self.hole >= len(self.run.holes):
             self.done = True
             return
-        name = self.run.prompt.holes[self.hole]
-        self.guide = self.run.compiled[name].start()
-        self.ends = self.run.terminators(self.hole)
-        self.budget = token_budget(self.run.constraints.get(name))
-        self.gen: list[int] = []
+        self.current = self.run.holes[self.hole].start()
         self._streamed = 0
-        self.healing = self.run.heal[self.hole]     # text still owed to the held-back seam token
-        self.heal_text = self.run.heal[self.hole]   # what gen's text starts with beyond the value
 
     def step(self, logits: torch.Tensor, batch: Batch, row: int) -> list[int]:
         """Decide this row's next block of tokens to feed ([] when done)."""
         block = self._step(logits, batch, row)
         if self.on_text is not None and not self.done:
-            text = self.guide.text()
+            text = self.current.text()
             if len(text) > self._streamed:
                 self.on_text(self.run.prompt.holes[self.hole], text[self._streamed:])
                 self._streamed = len(text)
         return block
 
     def _step(self, logits: torch.Tensor, batch: Batch, row: int) -> list[int]:
-        run, lm, guide = self.run, self.run.lm, self.guide
-        trace = self.traces[self.hole]
-        while True:
-            if guide.is_finished() or len(self.gen) >= self.budget:
-                trace.ended_by = guide.ended_by or ("budget" if len(self.gen) >= self.budget else "constraint")
-                return self._finish_hole(batch, row)
-            forced = guide.forced_tokens()
-            if forced:
-                for t in forced:
-                    guide.advance(t)
-                self.gen.extend(forced)
-                trace.forced += len(forced)
-                return forced
-            if self.healing:
-                return self._heal_step(logits)
-            masked = logits.clone()
-            guide.apply(masked)
-            run.restrict_choice(run.prompt.holes[self.hole], self.gen, masked)
-            eos_ok = any(masked[e] > NEG_INF for e in lm.eos_ids if e < masked.shape[0])
-            if eos_ok:
-                for t in self.ends:
-                    if masked[t] == NEG_INF:
-                        masked[t] = logits[t]
-            if not torch.isfinite(masked).any():
-                raise LmlangRuntimeError(f"hole [{run.prompt.holes[self.hole]}]: no token satisfies the constraint here",
-                                         hint=f"generated so far: {lm.decode(self.gen)!r}")
+        hole = self.current
+        kind = hole.next(logits)
+        if kind == FEED:
+            return hole.block
+        if kind == SAMPLE:
+            masked = hole.masked
             tok = self.sampler.pick(masked)
             self.logprob += float(torch.log_softmax(masked, dim=-1)[tok])
-            if tok in lm.eos_ids or (tok in self.ends and eos_ok and not _allows(guide, tok)):
-                trace.ended_by = "eos" if tok in lm.eos_ids else "next-text"
-                guide.advance(lm.tok_info.eos_token_id)   # the guide's EOS, whichever end token was picked
-                return self._finish_hole(batch, row)
-            guide.advance(tok)
-            self.gen.append(tok)
-            trace.generated += 1
-            return [tok]
-
-    def _heal_step(self, logits: torch.Tensor) -> list[int]:
-        """The first token after a held-back space: " 42" (healed) or the
-        bare space itself, never a token the constraint could not continue."""
-        run, lm, guide = self.run, self.run.lm, self.guide
-        healed, rest = heal_table(lm, self.healing)
-        allowed = torch.from_numpy(guide.allowed_mask())
-        ok = allowed[rest]
-        masked = torch.full_like(logits, NEG_INF)
-        masked[healed[ok]] = logits[healed[ok]]
-        space = lm.tok_info.encode(self.healing)
-        if len(space) == 1:
-            masked[space[0]] = logits[space[0]]
-        run.restrict_choice(run.prompt.holes[self.hole], self.gen, masked)
-        if not torch.isfinite(masked).any():
-            # Nothing healed fits (a choice whose options cannot follow a space
-            # token): give the space back and decode plainly.
-            self.healing, self.heal_text = "", ""
-            return space
-        tok = self.sampler.pick(masked)
-        self.logprob += float(torch.log_softmax(masked, dim=-1)[tok])
-        self.healing = ""
-        self.gen.append(tok)
-        if len(space) == 1 and tok == space[0]:
-            return [tok]
-        idx = int((healed == tok).nonzero()[0])
-        guide.advance(int(rest[idx]))
-        self.traces[self.hole].generated += 1
-        return [tok]
+            if not hole.take(tok):
+                return [tok]
+        return self._finish_hole(batch, row)
 
     def _finish_hole(self, batch: Batch, row: int) -> list[int]:
-        run, lm = self.run, self.run.lm
-        name = run.prompt.holes[self.hole]
-        value = self.guide.value()
+        run, lm, hole = self.run, self.run.lm, self.current
+        trace = self.traces[self.hole]
+        trace.generated, trace.forced, trace.ended_by = hole.generated, hole.forced, hole.ended_by
+        name = hole.plan.name
+        value = hole.value()
         self.texts[name] = value
-        self.values[name] = typed_value(value, run.constraints.get(name))
+        self.values[name] = typed_value(value, hole.plan.constraint)
         i = self.hole
-        last = i + 1 >= len(run.prompt.holes)
+        last = i + 1 >= len(run.holes)
         feed: list[int] = []
         if not last:
             # The cache must hold the canonical tokens of value + next chunk:
             # forget generated tokens past the value (a `stops before`
             # string, text after a stop) or across a seam that tokenizes
             # differently as one text.
-            target = self.heal_text + value
+            target = hole.heal_text + value
             chunk = run.prompt.chunks[i + 1]
             canon = lm.encode(target + chunk)
+            gen = hole.gen
             keep = 0
-            while keep < len(self.gen) and keep < len(canon) and self.gen[keep] == canon[keep]:
+            while keep < len(gen) and keep < len(canon) and gen[keep] == canon[keep]:
                 keep += 1
-            batch.drop_last(row, len(self.gen) - keep)
+            batch.drop_last(row, len(gen) - keep)
             feed = canon[keep:]
-            if run.heal[i + 1] and feed:
+            if run.holes[i + 1].heal and feed:
                 feed = feed[:-1]                     # the next hole heals its own seam
 
         self._start_hole()
@@ -327,11 +208,6 @@ class RowDecoder:
 
     def result(self, passes: int) -> Decoded:
         return Decoded(dict(self.values), dict(self.texts), self.logprob, passes, self.traces)
-
-
-def _allows(guide, tok: int) -> bool:
-    m = guide.allowed_mask()
-    return tok < len(m) and bool(m[tok])
 
 
 def decode_rows(lm: LM, runs: list[QueryRun], samplers: list[Sampler], batch: Batch | None = None,
@@ -394,11 +270,11 @@ def score_distribution(run: QueryRun, distribution: tuple) -> Decoded:
     values, texts = {}, {}
     if idx > 0:
         raise LmlangRuntimeError("distribution must be over the last hole")  # the checker enforces it
-    end_ids = sorted(run.terminators(idx))
+    end_ids = sorted(run.holes[idx].ends)
     prefix_logp = torch.log_softmax(batch.logits[0], -1)
     # With a held-back seam space the options are scored as " option" (their
     # natural tokenization after the prompt text).
-    opt_ids = [lm.tok_info.encode(run.heal[idx] + o) for o in options]
+    opt_ids = [lm.tok_info.encode(run.holes[idx].heal + o) for o in options]
     batch.select([0] * len(options))
     block = batch.feed(opt_ids, all_logits=True)
     width = block.shape[1]
@@ -425,21 +301,18 @@ def beam_search(run: QueryRun, width: int) -> Decoded:
     lm = run.lm
     batch = prefill(lm, [run.chunk_ids[0]])
     values, texts, total = {}, {}, 0.0
-    traces = [HoleTrace(t.name, t.backend, t.compile_seconds) for t in run.hole_traces]
+    traces = [HoleTrace(p.name, p.backend, p.compile_seconds) for p in run.holes]
     passes = 0
-    for i, hole in enumerate(run.prompt.holes):
-        if run.heal[i]:
-            batch.feed([lm.encode(run.heal[i])])     # beams start on a token boundary: give the seam space back
+    for i, plan in enumerate(run.holes):
+        if plan.heal:
+            batch.feed([lm.encode(plan.heal)])     # beams start on a token boundary: give the seam space back
         at_start = batch.fork()
-        beams = [(0.0, run.compiled[hole].start(), [])]       # (logprob, guide, generated), one per batch row
-        finished: list[tuple[float, object, list]] = []
-        for _ in range(token_budget(run.constraints.get(hole))):
+        beams = [(0.0, plan.start(seam=False))]       # (logprob, hole guide), one per batch row
+        finished: list[tuple[float, HoleGuide]] = []
+        for _ in range(plan.budget):
             cands = []
-            for r, (lp, g, gen) in enumerate(beams):
-                masked = batch.logits[r].clone()
-                g.apply(masked)
-                run.restrict_choice(hole, gen, masked, healed=False)
-                logp = torch.log_softmax(masked, -1)
+            for r, (lp, h) in enumerate(beams):
+                logp = torch.log_softmax(h.mask(batch.logits[r]), -1)
                 k = min(width, int(torch.isfinite(logp).sum()))
                 for t in torch.topk(logp, k).indices.tolist():
                     cands.append((lp + float(logp[t]), r, t))
@@ -448,34 +321,32 @@ def beam_search(run: QueryRun, width: int) -> Decoded:
             for lp, r, t in cands:
                 if len(keep) + len(finished) >= width * 2 or len(keep) >= width:
                     break
-                g = beams[r][1].clone()
-                g.advance(lm.tok_info.eos_token_id if t in lm.eos_ids else t)
-                gen = beams[r][2] + ([] if t in lm.eos_ids else [t])
-                if t in lm.eos_ids or g.is_finished():
-                    finished.append((lp, g, gen))
+                h = beams[r][1].clone()
+                if h.take(t) or h.guide.is_finished():
+                    finished.append((lp, h))
                 else:
-                    keep.append((lp, g, gen, r))
+                    keep.append((lp, h, r))
             best_open = max((b[0] for b in keep), default=NEG_INF)
             best_done = max((b[0] for b in finished), default=NEG_INF)
             # Log-probabilities only fall: once a finished beam beats every open one, stop.
             if not keep or len(finished) >= width or best_done >= best_open:
                 break
             batch.select([r for *_, r in keep])
-            beams = [(lp, g, gen) for lp, g, gen, _ in keep]
-            batch.feed([[gen[-1]] for _, _, gen in beams])
-        pool = finished or [(lp, g, gen) for lp, g, gen in beams]
-        lp, g, gen = max(pool, key=lambda b: b[0] / max(len(b[2]), 1))
+            beams = [(lp, h) for lp, h, _ in keep]
+            batch.feed([[h.gen[-1]] for _, h in beams])
+        pool = finished or beams
+        lp, h = max(pool, key=lambda b: b[0] / max(len(b[1].gen), 1))
         passes += batch.forward_passes
         total += lp
-        value = g.value()
-        texts[hole] = value
-        values[hole] = typed_value(value, run.constraints.get(hole))
-        traces[i].generated = len(gen)
-        traces[i].ended_by = g.ended_by or "beam"
-        if i + 1 < len(run.prompt.holes):
+        value = h.value()
+        texts[plan.name] = value
+        values[plan.name] = typed_value(value, plan.constraint)
+        traces[i].generated = len(h.gen)
+        traces[i].ended_by = h.guide.ended_by or "beam"
+        if i + 1 < len(run.holes):
             batch = at_start
             nxt = lm.encode(value + run.prompt.chunks[i + 1])
-            if run.heal[i + 1]:
+            if run.holes[i + 1].heal:
                 nxt = nxt[:-1]
             batch.feed([nxt])
     return Decoded(values, texts, total, passes, traces)   # the last hole's passes are counted in the loop

@@ -47,6 +47,7 @@ class FusedLM(LM):
             if lm.tok_info.hash != first.tok_info.hash:
                 raise LmlangRuntimeError(f"fuse: {lm.name} and {first.name} use different tokenizers",
                                          hint="fusion combines next-token distributions; members must share one vocabulary")
+        super().__init__()
         self.members = members
         self.mode = mode
         self.plausibility = float((options or {}).get("plausibility", fuse_default("plausibility")))

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from .prefix import PrefixCache
+
 
 class Batch(ABC):
     rows: int
@@ -62,6 +64,12 @@ class LM(ABC):
     device: str
     name: str
     vocab_size: int
+    prefix_cache: PrefixCache   # prefixes this model computed, for the next prefill (prefix.py)
+    prefix_reuse: bool          # False: every prefill starts from scratch (bench/prefix.py)
+
+    def __init__(self) -> None:
+        self.prefix_cache = PrefixCache()
+        self.prefix_reuse = True
 
     @property
     def eos_ids(self) -> set[int]:
@@ -85,14 +93,13 @@ def _cache_kwarg(model) -> str:
 
 class HFModel(LM):
     def __init__(self, loaded, name: str = "", forward_hook=None):
-        from ..constraints.vocab import TokenizerInfo
-
+        super().__init__()
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.device = str(loaded.device)
         self.name = name or loaded.name
-        self.tok_info = TokenizerInfo.from_hf(self.tokenizer)
+        self.tok_info = loaded.tok_info          # one per loaded model, shared by its HFModels
         self.cache_kw = _cache_kwarg(self.model)
         self.forward_hook = forward_hook          # context manager factory (adapters)
         eos = {self.tokenizer.eos_token_id}
@@ -111,9 +118,9 @@ class HFModel(LM):
     def with_hook(self, name: str, hook) -> "HFModel":
         """The same weights, forward passes wrapped in `hook()` (adapter stacks)."""
         clone = object.__new__(HFModel)
-        # Other weights in effect: the base's cached prefixes do not apply.
-        clone.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_prefix_cache"})
+        clone.__dict__.update(self.__dict__)
         clone.name, clone.forward_hook = name, hook
+        clone.prefix_cache = PrefixCache()        # other weights in effect: the base's cached prefixes do not apply
         return clone
 
 

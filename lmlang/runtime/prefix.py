@@ -2,14 +2,17 @@
 
 Rows of one batch that share a prefix (the system prompt, a few-shot block,
 the chat template's header) compute it once and fan out. Across queries, a
-small LRU of prefix caches per model lets the next query skip whatever it
-shares with an earlier one (the same system prompt, row after row).
+small LRU of prefix caches per model (the LM's `prefix_cache` field) lets the
+next query skip whatever it shares with an earlier one (the same system
+prompt, row after row).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
-from .lm import LM, Batch
+if TYPE_CHECKING:  # pragma: no cover - lm.py imports this module
+    from .lm import LM, Batch
 
 MIN_REUSE = 8            # shorter shared prefixes are not worth a cache copy
 MAX_ENTRIES = 8          # per model
@@ -29,6 +32,8 @@ def _match(a: tuple, b: list[int]) -> int:
 
 
 class PrefixCache:
+    """Forked batch states keyed by the token prefix they hold, most recent last."""
+
     def __init__(self):
         self.entries: OrderedDict[tuple, Batch] = OrderedDict()
         self.hits = 0
@@ -64,37 +69,33 @@ class PrefixCache:
         while len(self.entries) > MAX_ENTRIES:
             self.entries.popitem(last=False)
 
-
-def prefix_cache(lm: LM) -> PrefixCache:
-    pc = getattr(lm, "_prefix_cache", None)
-    if pc is None:
-        pc = PrefixCache()
-        lm._prefix_cache = pc
-    return pc
+    def clear(self) -> None:
+        """Forget every entry (the counters stay)."""
+        self.entries.clear()
 
 
 def prefill(lm: LM, first_chunks: list[list[int]], reuse: bool | None = None) -> Batch:
     """A batch with row r holding first_chunks[r], logits ready.
 
-    reuse defaults to the model's `prefix_reuse` attribute (True), which
+    reuse defaults to the model's `prefix_reuse` field (True), which
     bench/prefix.py turns off to measure what reuse buys."""
     if reuse is None:
-        reuse = getattr(lm, "prefix_reuse", True)
+        reuse = lm.prefix_reuse
+    pc = lm.prefix_cache
     common = _common_prefix(first_chunks) if first_chunks else []
     if len(first_chunks) > 1 and (len(common) < MIN_REUSE or not reuse):
         common = []
-    batch, covered = (prefix_cache(lm).lookup(common) if reuse and common else (None, 0))
+    batch, covered = (pc.lookup(common) if reuse and common else (None, 0))
     if batch is None:
         batch, covered = lm.new_batch(1), 0
     else:
-        pc = prefix_cache(lm)
         pc.hits += 1
         pc.tokens_saved += covered * len(first_chunks)
     if common:
         if covered < len(common):
             batch.feed([common[covered:]])
         if reuse:
-            prefix_cache(lm).store(common, batch)
+            pc.store(common, batch)
         if len(first_chunks) > 1:
             batch.select([0] * len(first_chunks))
         rest = [c[len(common):] for c in first_chunks]

@@ -1,0 +1,262 @@
+"""One hole's whole mask: what the model may write next, and when the value ends.
+
+Everything that decides a hole's next token lives here, so the decoding loop
+(runtime/decode.py) asks one object once per step instead of assembling the
+mask itself:
+
+* the constraint's Guide (guide.py): the shape, stop strings, length limits;
+* canonical choices (choice.py): a choice follows its options' own
+  tokenizations, never an odd split;
+* terminators: EOS, or the first token of the literal text after the hole,
+  which ends the value whenever the value may end (so `[n].` ends n at the
+  period without asking the model for EOS);
+* token healing: a prompt chunk that ends in a bare space holds the space back
+  (the runtime decides that from the chunk's tokens), and the hole's first
+  token must then start with it (" 42" rather than " " + "42");
+* the token budget: `tokens(x) <= N`, else DEFAULT_MAX_TOKENS. A JSON or
+  grammar hole carries the default inside its constraint, so its guide closes
+  the value validly when the budget runs short instead of cutting it.
+
+`HolePlan` is what does not change while one rendered prompt is decoded (one
+per hole, built once per row); `HoleGuide` is one decoding of it (one row, or
+one beam). The per-step protocol, with no per-step objects beyond the token
+lists fed to the model:
+
+    hole = plan.start()
+    kind = hole.next(logits)        # ENDED: hole.ended_by says why
+                                    # FEED:  feed hole.block (a forced run, or the space given back)
+                                    # SAMPLE: pick a token from hole.masked, then
+    ended = hole.take(token)        #   True when that token ended the value
+
+Beam search masks through `hole.mask(logits)` (no healing, no terminators:
+beams start on a token boundary and end on EOS). Masks are applied to the
+logits where they live; moving masks to the accelerator or batching them
+across rows changes this module only.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+from ..errors import LmlangRuntimeError
+from . import spec as C
+from .choice import CanonicalChoice
+from .engine import CompiledConstraint, compile_constraint
+from .guide import Guide
+from .vocab import TokenizerInfo
+
+DEFAULT_MAX_TOKENS = 256     # a hole with no token budget stops here (reported in the trace)
+NEG_INF = float("-inf")
+
+# What HoleGuide.next() says this step is.
+ENDED, FEED, SAMPLE = 0, 1, 2
+
+
+def with_default_budget(c: C.Constraint | None) -> C.Constraint | None:
+    """A JSON or grammar hole without a token budget gets the default one, as
+    a constraint: the guide then closes the value validly when the budget
+    runs short, instead of being cut mid-value."""
+    parts = C.flatten(c)
+    if any(isinstance(p, (C.JsonSchema, C.Grammar)) for p in parts) and not any(isinstance(p, C.MaxTokens) for p in parts):
+        return C.All(parts + (C.MaxTokens(DEFAULT_MAX_TOKENS),))
+    return c
+
+
+def seam_to_heal(chunk_ids: list[int], decode: Callable[[list[int]], str], eos_ids: Iterable[int],
+                 tok: TokenizerInfo) -> str:
+    """The text to hold back from the prompt chunk before a hole: its last
+    token, when that is a bare run of spaces (not a newline, not EOS, not the
+    whole chunk) that some tokens can carry in front of a value; else ""."""
+    tail = decode(chunk_ids[-1:]) if len(chunk_ids) > 1 else ""
+    if tail and tail.isspace() and "\n" not in tail and chunk_ids[-1] not in eos_ids and tok.heal_pairs(tail) is not None:
+        return tail
+    return ""
+
+
+class HolePlan:
+    """One hole of one rendered prompt: its compiled constraint, budget,
+    terminators, canonical choice paths and seam healing."""
+
+    def __init__(self, name: str, constraint: C.Constraint | None, tok: TokenizerInfo, eos_ids: Iterable[int],
+                 heal: str = "", next_token: int | None = None):
+        """heal: the seam text held back from the prompt before the hole
+        (seam_to_heal; "" for none).
+        next_token: the first token of the prompt text after the hole."""
+        self.name = name
+        self.tok = tok
+        self.constraint = with_default_budget(constraint)
+        self.compiled: CompiledConstraint = compile_constraint(self.constraint, tok)
+        max_tokens = self.compiled.plan.max_tokens
+        # The one budget: the plan's `tokens(x) <= N`, else the default. It
+        # counts the tokens the model wrote for the hole, a healed seam
+        # token included (the guide counts value tokens only).
+        self.budget = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+        self.eos_ids = frozenset(eos_ids)
+        self.ends = self.eos_ids if next_token is None else self.eos_ids | {next_token}
+        self.heal = heal
+        # Healed: the options spelled after the held-back seam text; plain: for beams (no healing).
+        self.choice = CanonicalChoice.of(self.constraint, tok, self.eos_ids, heal)
+        self.plain_choice = self.choice if not heal else CanonicalChoice.of(self.constraint, tok, self.eos_ids)
+        self.heal_healed = self.heal_rest = None
+        self.heal_space: list[int] = []
+        if heal:
+            healed, rest = tok.heal_pairs(heal)
+            self.heal_healed, self.heal_rest = torch.from_numpy(healed), torch.from_numpy(rest)
+            self.heal_space = tok.encode(heal)
+
+    @property
+    def backend(self) -> str:
+        return self.compiled.backend
+
+    @property
+    def compile_seconds(self) -> float:
+        return self.compiled.compile_seconds
+
+    def start(self, seam: bool = True) -> "HoleGuide":
+        """A fresh decoding. seam=False (beam search): no healing, no
+        terminators beyond EOS, the options' plain tokenizations."""
+        return HoleGuide(self, seam)
+
+
+class HoleGuide:
+    """One decoding of one hole. Not thread-safe; clone() for beams."""
+
+    def __init__(self, plan: HolePlan, seam: bool = True):
+        self.plan = plan
+        self.guide: Guide = plan.compiled.start()
+        self.gen: list[int] = []          # tokens the model's cache got for this hole, in order
+        self.ends = plan.ends if seam else frozenset()
+        self._choice = plan.choice if seam else plan.plain_choice
+        self.healing = plan.heal if seam else ""    # seam text still owed by the first token
+        self.heal_text = self.healing               # what gen's text starts with beyond the value
+        self.ended_by = ""                # "" while open; then the guide's reason, "budget", "eos", "next-text", ...
+        self.generated = 0                # sampled tokens that are part of the value (trace)
+        self.forced = 0                   # fast-forwarded tokens (trace)
+        self.block: list[int] = []        # FEED: the tokens to feed
+        self.masked: torch.Tensor | None = None     # SAMPLE: the logits to pick from
+        self._eos_ok = False              # the last mask allowed EOS (so a terminator may end the value)
+        self._scratch: torch.Tensor | None = None   # reused across steps: no per-step logits copy
+
+    def clone(self) -> "HoleGuide":
+        other = HoleGuide.__new__(HoleGuide)
+        other.__dict__.update(self.__dict__)
+        other.guide = self.guide.clone()
+        other.gen = list(self.gen)
+        other._scratch = None             # each beam masks into its own buffer
+        return other
+
+    # ------------------------------------------------------------ state
+    def value(self) -> str:
+        return self.guide.value()
+
+    def text(self) -> str:
+        """Everything generated so far (a trimmed stop string included): for streaming."""
+        return self.guide.text()
+
+    # ------------------------------------------------------------ one step
+    def next(self, logits: torch.Tensor) -> int:
+        """What this step is, given the model's next-token logits (1-D):
+        ENDED, FEED (self.block) or SAMPLE (self.masked, then take())."""
+        guide, n = self.guide, len(self.gen)
+        if guide.is_finished() or n >= self.plan.budget:
+            self.ended_by = guide.ended_by or ("budget" if n >= self.plan.budget else "constraint")
+            return ENDED
+        forced = guide.forced_tokens()
+        if forced:
+            for t in forced:
+                guide.advance(t)
+            self.gen.extend(forced)
+            self.forced += len(forced)
+            self.block = forced
+            return FEED
+        if self.healing:
+            return self._heal_mask(logits)
+        masked = self.mask(logits)
+        if not torch.isfinite(masked).any():
+            raise LmlangRuntimeError(f"hole [{self.plan.name}]: no token satisfies the constraint here",
+                                     hint=f"generated so far: {self.plan.tok.decode(self.gen)!r}")
+        self.masked = masked
+        return SAMPLE
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits with every token this hole cannot take next at -inf
+        (a buffer owned by this guide, valid until its next mask)."""
+        masked = self._copy(logits)
+        self.guide.apply(masked)
+        if self._choice is not None:
+            self._choice.restrict(self.gen, masked)
+        if self.ends:
+            # Where the value may end, the text after the hole may start.
+            width = masked.shape[0]
+            eos_ok = any(masked[e] > NEG_INF for e in self.plan.eos_ids if e < width)
+            if eos_ok:
+                for t in self.ends:
+                    if masked[t] == NEG_INF:
+                        masked[t] = logits[t]
+            self._eos_ok = eos_ok
+        return masked
+
+    def take(self, tok: int) -> bool:
+        """Advance by the token picked from self.masked; True when it ended the value."""
+        if self.healing:
+            return self._take_healed(tok)
+        guide = self.guide
+        eos = tok in self.plan.eos_ids
+        if eos or (tok in self.ends and self._eos_ok and not _allows(guide, tok)):
+            self.ended_by = "eos" if eos else "next-text"
+            guide.advance(self.plan.tok.eos_token_id)   # the guide's EOS, whichever end token was picked
+            return True
+        guide.advance(tok)
+        self.gen.append(tok)
+        self.generated += 1
+        return False
+
+    # ------------------------------------------------------------ healing
+    def _heal_mask(self, logits: torch.Tensor) -> int:
+        """The first token after a held-back space: " 42" (healed) or the
+        bare space itself, never a token the constraint could not continue."""
+        plan = self.plan
+        healed, rest, space = plan.heal_healed, plan.heal_rest, plan.heal_space
+        ok = torch.from_numpy(self.guide.allowed_mask())[rest]
+        masked = self._scratch_for(logits)
+        masked.fill_(NEG_INF)
+        masked[healed[ok]] = logits[healed[ok]]
+        if len(space) == 1:
+            masked[space[0]] = logits[space[0]]
+        if self._choice is not None:
+            self._choice.restrict(self.gen, masked)
+        if not torch.isfinite(masked).any():
+            # Nothing healed fits (a choice whose options cannot follow a space
+            # token): give the space back and decode plainly.
+            self.healing, self.heal_text = "", ""
+            self.block = space
+            return FEED
+        self.masked = masked
+        return SAMPLE
+
+    def _take_healed(self, tok: int) -> bool:
+        plan = self.plan
+        self.healing = ""
+        self.gen.append(tok)
+        if len(plan.heal_space) == 1 and tok == plan.heal_space[0]:
+            return False                  # the bare space: the value starts with the next token
+        idx = int((plan.heal_healed == tok).nonzero()[0])
+        self.guide.advance(int(plan.heal_rest[idx]))
+        self.generated += 1
+        return False
+
+    # ------------------------------------------------------------ buffers
+    def _scratch_for(self, logits: torch.Tensor) -> torch.Tensor:
+        s = self._scratch
+        if s is None or s.shape != logits.shape or s.dtype != logits.dtype or s.device != logits.device:
+            s = self._scratch = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        return s
+
+    def _copy(self, logits: torch.Tensor) -> torch.Tensor:
+        return self._scratch_for(logits).copy_(logits)
+
+
+def _allows(guide: Guide, tok: int) -> bool:
+    m = guide.allowed_mask()
+    return tok < len(m) and bool(m[tok])

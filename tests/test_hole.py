@@ -1,0 +1,182 @@
+"""The hole guide (constraints/hole.py) on the tiny tokenizer: the exact set
+of tokens each step allows, for a choice, a regex with a healed seam space,
+the token budget and the terminators."""
+import re
+
+import pytest
+import torch
+
+from lmlang.constraints import spec as C
+from lmlang.constraints.hole import DEFAULT_MAX_TOKENS, ENDED, FEED, SAMPLE, HolePlan
+
+NEG_INF = float("-inf")
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    import os
+
+    from tiny import build_tokenizer
+
+    from lmlang.constraints.engine import clear_memory_cache
+    from lmlang.constraints.vocab import TokenizerInfo
+
+    old = os.environ.get("LMLANG_HOME")
+    os.environ["LMLANG_HOME"] = str(tmp_path_factory.mktemp("home"))
+    clear_memory_cache()
+    try:
+        yield TokenizerInfo.from_hf(build_tokenizer())
+    finally:
+        clear_memory_cache()
+        if old is None:
+            os.environ.pop("LMLANG_HOME")
+        else:
+            os.environ["LMLANG_HOME"] = old
+
+
+def logits(tok):
+    # distinct finite scores, so a kept score can be told from a copied one
+    return torch.arange(tok.vocab_size, dtype=torch.float32) / tok.vocab_size
+
+
+def finite(masked) -> set[int]:
+    return {int(i) for i in torch.nonzero(torch.isfinite(masked)).flatten()}
+
+
+def guide_allowed(hole) -> set[int]:
+    return {int(i) for i, ok in enumerate(hole.guide.allowed_mask()) if ok}
+
+
+def plan(tok, c, heal="", next_text=None):
+    nxt = tok.encode(next_text)[0] if next_text else None
+    return HolePlan("v", c, tok, [tok.eos_token_id], heal, nxt)
+
+
+def test_choice_follows_canonical_paths_then_ends(tok):
+    options = ("positive", "negative", "neutral")
+    paths = [tok.encode(o) for o in options]
+    hole = plan(tok, C.Choice(options)).start()
+    x = logits(tok)
+    assert hole.next(x) == SAMPLE
+    assert finite(hole.masked) == {p[0] for p in paths}
+    assert torch.equal(hole.masked[[p[0] for p in paths]], x[[p[0] for p in paths]])
+    target = paths[2]                        # "neutral": shares its start with "negative"
+    assert hole.take(target[0]) is False
+    while True:
+        kind = hole.next(x)
+        if kind == ENDED:
+            break
+        if kind == FEED:
+            assert hole.block == target[len(hole.gen) - len(hole.block):len(hole.gen)]
+            continue
+        n = len(hole.gen)
+        assert finite(hole.masked) == {p[n] for p in paths if len(p) > n and p[:n] == hole.gen}
+        assert hole.take(target[n]) is False
+    assert hole.gen == target and hole.value() == "neutral"
+    assert hole.ended_by in ("complete", "stop")
+
+
+def test_terminator_ends_a_value_only_where_it_may_end(tok):
+    dot, eos = tok.encode(".")[0], tok.eos_token_id
+    four = tok.encode("4")[0]
+    p = plan(tok, C.IntType(), next_text=". Done")
+    assert p.ends == {eos, dot}
+    hole = p.start()
+    x = logits(tok)
+    assert hole.next(x) == SAMPLE
+    before = guide_allowed(hole)
+    assert finite(hole.masked) == before and dot not in before and eos not in before
+    hole.take(four)
+    assert hole.next(x) == SAMPLE
+    allowed = guide_allowed(hole)
+    assert eos in allowed and dot not in allowed
+    assert finite(hole.masked) == allowed | {dot}
+    assert float(hole.masked[dot]) == float(x[dot])     # the model's own score, not a forced one
+    assert hole.take(dot) is True
+    assert hole.ended_by == "next-text" and hole.value() == "4" and hole.gen == [four]
+
+    by_eos = p.start()
+    by_eos.next(x)
+    by_eos.take(four)
+    by_eos.next(x)
+    assert by_eos.take(eos) is True and by_eos.ended_by == "eos"
+
+    beam = p.start(seam=False)                          # beams end on EOS only
+    beam.next(x)
+    beam.take(four)
+    assert finite(beam.mask(x)) == allowed
+
+
+def test_regex_with_healed_space(tok):
+    space = tok.encode(" ")
+    assert len(space) == 1
+    p = plan(tok, C.Regex("[a-z]{2,6}"), heal=" ", next_text="\n")
+    # Healed: " " + a token the regex allows first ([a-z]{1,6}); or the bare space.
+    by_bytes = {b: i for i, b in reversed(list(enumerate(tok.token_bytes))) if b}
+    healed = {i: by_bytes[b[1:]] for i, b in enumerate(tok.token_bytes)
+              if b.startswith(b" ") and re.fullmatch(rb"[a-z]{1,6}", b[1:]) and b[1:] in by_bytes}
+    assert healed
+    hole = p.start()
+    x = logits(tok)
+    assert hole.next(x) == SAMPLE
+    assert finite(hole.masked) == set(healed) | set(space)
+    first = max(healed, key=lambda i: len(tok.token_bytes[i]))
+    assert hole.take(first) is False
+    rest = tok.token_bytes[healed[first]].decode()
+    assert hole.gen == [first] and hole.text() == rest and hole.healing == "" and hole.heal_text == " "
+    assert hole.next(x) == SAMPLE                       # now an ordinary step of the regex
+    assert finite(hole.masked) - {tok.encode("\n")[0]} == guide_allowed(hole)
+
+    bare = p.start()
+    bare.next(x)
+    assert bare.take(space[0]) is False
+    assert bare.gen == space and bare.text() == "" and bare.generated == 0
+    assert bare.next(x) == SAMPLE and finite(bare.masked) == guide_allowed(bare)
+
+
+def test_budget_one_place(tok):
+    a = tok.encode("a")[0]
+    x = logits(tok)
+    # tokens(v) <= 3: the guide ends the value.
+    short = plan(tok, C.MaxTokens(3)).start()
+    assert short.plan.budget == 3
+    for _ in range(3):
+        assert short.next(x) == SAMPLE
+        short.take(a)
+    assert short.next(x) == ENDED and short.ended_by == "max_tokens" and short.value() == "aaa"
+    # No budget: the default cuts a free value...
+    free = plan(tok, None).start()
+    assert free.plan.budget == DEFAULT_MAX_TOKENS and free.plan.compiled.plan.max_tokens is None
+    for _ in range(DEFAULT_MAX_TOKENS):
+        assert free.next(x) == SAMPLE
+        free.take(a)
+    assert free.next(x) == ENDED and free.ended_by == "budget" and len(free.gen) == DEFAULT_MAX_TOKENS
+    # ...and a JSON hole carries it in its constraint, so its guide closes the value in time.
+    js = plan(tok, C.JsonSchema('{"type": "object"}'))
+    assert js.compiled.plan.max_tokens == js.budget == DEFAULT_MAX_TOKENS
+
+
+def test_clone_is_independent(tok):
+    x = logits(tok)
+    hole = plan(tok, C.Regex("[a-z]{2,6}")).start(seam=False)
+    hole.mask(x)
+    other = hole.clone()
+    other.take(tok.encode("a")[0])
+    assert hole.gen == [] and hole.text() == "" and other.text() == "a"
+    assert hole.mask(x) is not other.mask(x)
+
+
+def test_budget_below_the_shortest_value_truncates_instead_of_overrunning(tok):
+    """The closing path of `{"name": "", "age": 0}` is longer than 3 tokens:
+    only what the budget allows is forced, and the value ends truncated."""
+    schema = '{"properties": {"age": {"type": "integer"}, "name": {"type": "string"}}, "required": ["name", "age"], "type": "object"}'
+    hole = plan(tok, C.All((C.JsonSchema(schema), C.MaxTokens(3)))).start()
+    x = logits(tok)
+    for _ in range(10):
+        kind = hole.next(x)
+        if kind == ENDED:
+            break
+        if kind == SAMPLE:
+            hole.take(int(torch.argmax(hole.masked)))
+    assert kind == ENDED and len(hole.gen) == 3
+    assert hole.ended_by == "max_tokens" and hole.guide.truncated
