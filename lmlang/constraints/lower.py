@@ -23,6 +23,7 @@ from ..frozen import frozen
 
 from .spec import (All, BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, MaxChars,
                    MaxTokens, Regex, Stop, flatten)
+from .formats import lower_schema_text
 
 INT_REGEX = r"-?(?:0|[1-9][0-9]*)"
 FLOAT_REGEX = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
@@ -156,7 +157,7 @@ def option_fits(option: str, other: Constraint) -> bool:
     if isinstance(other, JsonSchema):
         try:
             import jsonschema
-            jsonschema.validate(json.loads(option), json.loads(other.schema))
+            jsonschema.validate(json.loads(option), json.loads(lower_schema_text(other.schema, other.formats)))
             return json.dumps(json.loads(option), ensure_ascii=False) == option
         except Exception:
             return False
@@ -228,7 +229,7 @@ def lower(c: Constraint | None) -> Plan:
             return _bounded_lark([pattern], max_chars, limits, source=source)
         return Plan("regex", pattern, **limits, source=source)
     if isinstance(shape, JsonSchema):
-        return Plan("json", shape.schema, **limits, source="json")
+        return Plan("json", lower_schema_text(shape.schema, shape.formats), **limits, source="json")
     if isinstance(shape, Grammar):
         return Plan("lark", shape.lark, **limits, source="grammar")
     raise LoweringError(f"unknown constraint {type(shape).__name__}")
