@@ -11,8 +11,11 @@ the keyword's JSON path; a script that opts in with `formats="annotate"` gets
 it treated as the annotation JSON Schema allows it to be (not checked).
 
 A few formats llguidance knows are written here too, where its regex accepts
-strings the format's RFC rejects: `date` and `date-time` (February 29 only in
-leap years) and `hostname` (at most 253 characters).
+strings the format's RFC or Python's checker rejects: `date`, `date-time` and
+`time` (February 29 only in leap years, no year 0000, no leap second) and
+`hostname` (at most 253 characters). Where the RFC and Python's checkers
+differ, lmlang enforces the narrower reading, so a value it lets through
+passes both.
 
 Torch-free, backend-free: the checker and the lowering use it.
 """
@@ -363,23 +366,30 @@ def lower_formats(schema, mode: str = ENFORCE):
     return schema, unenforceable
 
 
-@lru_cache(maxsize=256)
+def _may_have_format(text: str) -> bool:
+    """Cheap test before parsing: a key "format" (possibly \\u-escaped) may be in the text."""
+    return '"format"' in text or "\\u" in text
+
+
+@lru_cache(maxsize=32)
 def lower_schema_text(text: str, mode: str = ENFORCE) -> str:
     """The schema text every backend gets: `lower_formats` applied (the text
     itself when the schema has no format keyword)."""
-    if '"format"' not in text:
+    if not _may_have_format(text):
         return text
     try:
         schema = json.loads(text)
     except ValueError:
         return text  # the check reports it
     lowered, _ = lower_formats(schema, mode)
+    if lowered == schema:
+        return text
     return json.dumps(lowered, ensure_ascii=False)  # key order kept: llguidance emits properties in it
 
 
 def unenforceable_formats(text: str) -> list[tuple[str, str]]:
     """(JSON pointer of the keyword, format name) for each format lmlang cannot enforce."""
-    if '"format"' not in text:
+    if not _may_have_format(text):
         return []
     try:
         schema = json.loads(text)
