@@ -2,6 +2,7 @@
 
     python bench/maskbench.py ../shared/data/maskbench-dev.jsonl [--json] [--limit N]
         [--backends lmlang,llguidance,xgrammar,outlines_core] [--timeout S] [--workers N]
+        [--failures FILE] [--utf8]
 
 For every schema: compile lmlang's JSON constraint for the bundled tokenizer
 (SmolLM2-135M-Instruct), then feed each test instance (`json.dumps(data)`,
@@ -10,9 +11,17 @@ have every token allowed and EOS allowed at the end; an invalid one must hit a
 disallowed token or a disallowed EOS. A schema passes when all its tests do; a
 schema that does not compile (or times out) fails.
 
-`lmlang` is the engine's chain (llguidance, then the gated fallbacks); the other
-rows run one backend alone without lmlang's keyword gating, i.e. the raw
-backend. Each schema runs in a worker process with a per-schema time-out.
+Instances are serialized with `json.dumps` defaults (non-ASCII as \\uXXXX
+escapes, which llguidance never accepts); `--utf8` writes non-ASCII text raw,
+as lmlang generates it. `--failures FILE` writes one JSON line per failing
+schema and configuration: the compile error or time-out, or for each test that
+went wrong whether it was valid, and the token (or EOS) where it was rejected
+or that it was accepted.
+
+`lmlang` is the engine's chain (llguidance, then the gated fallbacks) with the
+default `formats="enforce"`; `lmlang-annotate` (not run unless named) the same
+with `formats="annotate"`; the other rows run one backend alone without
+lmlang's keyword gating, i.e. the raw backend. Each schema runs in a worker process with a per-schema time-out.
 """
 from __future__ import annotations
 
@@ -89,35 +98,49 @@ def _setup(folder: str) -> None:
     _STATE["setup"] = setup
 
 
-def _run_tests(compiled, tests, mask_times: list[float]) -> dict:
+def _token_text(tok, tid: int) -> str:
+    return tok.token_bytes[tid].decode("utf-8", errors="replace") if tid < len(tok.token_bytes) else f"<{tid}>"
+
+
+def _run_tests(compiled, tests, mask_times: list[float], utf8: bool = False) -> dict:
+    """Feed every test through a fresh Guide; `wrong` says, per mismatching test, where it went wrong."""
     tok = _STATE["tok"]
     eos = tok.eos_token_id
     ok = True
     invalid_accepted = valid_rejected = 0
-    for t in tests:
-        ids = tok.encode(json.dumps(t["data"]))
+    wrong: list[dict] = []
+    for n, t in enumerate(tests):
+        text = json.dumps(t["data"], ensure_ascii=not utf8)
+        ids = tok.encode(text)
         g = compiled.start()
         accepted = True
-        for tid in ids:
+        where = None
+        for k, tid in enumerate(ids):
             s = time.perf_counter()
             allowed = g.allowed_mask()
             mask_times.append(time.perf_counter() - s)
             if not allowed[tid]:
                 accepted = False
+                done = "".join(_token_text(tok, i) for i in ids[:k])
+                where = {"token": k, "text": _token_text(tok, tid), "after": done[-60:]}
                 break
             g.advance(tid)
         if accepted:
             accepted = bool(g.allowed_mask()[eos])
+            if not accepted:
+                where = {"token": len(ids), "text": "EOS", "after": text[-60:]}
         if accepted != bool(t["valid"]):
             ok = False
             if accepted:
                 invalid_accepted += 1
+                wrong.append({"test": n, "valid": False, "outcome": "accepted", "data": text[:300]})
             else:
                 valid_rejected += 1
-    return {"pass": ok, "invalid_accepted": invalid_accepted, "valid_rejected": valid_rejected}
+                wrong.append({"test": n, "valid": True, "outcome": "rejected", **where, "data": text[:300]})
+    return {"pass": ok, "invalid_accepted": invalid_accepted, "valid_rejected": valid_rejected, "wrong": wrong}
 
 
-def _one(config: str, schema_text: str, tests: list) -> dict:
+def _one(config: str, schema_text: str, tests: list, utf8: bool = False) -> dict:
     from lmlang.constraints.backends import BackendCannot, get_backend
     from lmlang.constraints.engine import CompiledConstraint, ConstraintCompileError, compile_constraint
     from lmlang.constraints.lower import lower
@@ -130,6 +153,8 @@ def _one(config: str, schema_text: str, tests: list) -> dict:
     try:
         if config == "lmlang":
             compiled = compile_constraint(c, tok)
+        elif config == "lmlang-annotate":  # a script that opted to treat unenforceable formats as annotations
+            compiled = compile_constraint(JsonSchema(schema_text, formats="annotate"), tok)
         else:
             plan = lower(c)
             b = get_backend(config)
@@ -139,7 +164,7 @@ def _one(config: str, schema_text: str, tests: list) -> dict:
                 "error": str(e)[:200], "invalid_accepted": 0, "valid_rejected": 0, "mask_us": []}
     compile_ms = (time.perf_counter() - t0) * 1e3
     try:
-        res = _run_tests(compiled, tests, masks)
+        res = _run_tests(compiled, tests, masks, utf8)
     except Exception as e:  # a backend error mid-way counts as a failure
         res = {"pass": False, "invalid_accepted": 0, "valid_rejected": 0, "error": f"runtime: {e}"[:200]}
     res.update(compiled=True, compile_ms=compile_ms, backend=compiled.backend,
@@ -155,8 +180,8 @@ def _worker(conn, folder: str, home: str) -> None:
         msg = conn.recv()
         if msg is None:
             return
-        idx, config, schema_text, tests = msg
-        conn.send((idx, config, _one(config, schema_text, tests)))
+        idx, config, schema_text, tests, utf8 = msg
+        conn.send((idx, config, _one(config, schema_text, tests, utf8)))
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -231,6 +256,38 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
+def both_compiled(mine: dict, other: dict) -> dict:
+    """Wrong answers on the schemas both configurations compiled: where a rewrite or
+    gate of lmlang's over-restricts (or under-restricts), it shows here."""
+    shared = [i for i in mine if i in other and mine[i].get("compiled") and other[i].get("compiled")]
+    return {"schemas": len(shared),
+            "valid_rejected": sum(mine[i]["valid_rejected"] for i in shared),
+            "other_valid_rejected": sum(other[i]["valid_rejected"] for i in shared),
+            "invalid_accepted": sum(mine[i]["invalid_accepted"] for i in shared),
+            "other_invalid_accepted": sum(other[i]["invalid_accepted"] for i in shared)}
+
+
+def write_failures(path: str, rows: list, configs: list[str], results: dict) -> None:
+    """One JSON line per failing (schema, configuration): why it failed, test by test."""
+    with open(path, "w", encoding="utf-8") as f:
+        for i, row in enumerate(rows):
+            for c in configs:
+                r = results[c].get(i)
+                if r is None or r["pass"]:
+                    continue
+                rec = {"id": row.get("id", str(i)), "config": c}
+                if not r.get("compiled"):
+                    rec["reason"] = "timeout" if r.get("error") == "timeout" else "compile error"
+                    rec["error"] = r.get("error", "")
+                elif r.get("error"):
+                    rec["reason"], rec["error"] = "runtime error", r["error"]
+                else:
+                    rec["reason"] = "wrong answers"
+                    rec["backend"] = r.get("backend")
+                    rec["tests"] = r.get("wrong", [])
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("path")
@@ -244,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--xgrammar-limit", type=int, default=300,
                     help="run xgrammar alone on only the first N schemas (its compiles take 10 ms-10 s)")
     ap.add_argument("--slow-timeout", type=float, default=5.0)
+    ap.add_argument("--failures", metavar="FILE", help="write one JSON line per failing schema and configuration")
+    ap.add_argument("--utf8", action="store_true", help="serialize instances with non-ASCII text raw, not as \\u escapes")
     args = ap.parse_args(argv)
     configs = [c.strip() for c in args.backends.split(",") if c.strip()]
     rows = []
@@ -258,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[int, dict]] = {c: {} for c in configs}
     with tempfile.TemporaryDirectory(prefix="maskbench-") as home:
         pool = Pool(max(1, args.workers), folder, home)
-        tasks = [(i, c, json.dumps(r["schema"]), r["tests"]) for c in configs for i, r in enumerate(rows)
+        tasks = [(i, c, json.dumps(r["schema"]), r["tests"], args.utf8) for c in configs for i, r in enumerate(rows)
                  if (c != "outlines_core" or i < args.slow_limit) and (c != "xgrammar" or i < args.xgrammar_limit)]
         done = [0]
 
@@ -290,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
             "compiled_pct": round(100.0 * len(compiled) / max(1, len(rs)), 2),
             "invalid_accepted": sum(r["invalid_accepted"] for r in rs),
             "valid_rejected": sum(r["valid_rejected"] for r in rs),
+            # valid instances of schemas that did not compile (or timed out): never accepted either
+            "valid_uncompiled": sum(sum(1 for t in rows[i]["tests"] if t["valid"]) for i in range(len(rows))
+                                    if i in results[config] and not results[config][i].get("compiled")),
             "timeouts": sum(1 for r in rs if r.get("error") == "timeout"),
             "compile_ms_p50": round(_pct(cms, 0.5), 3),
             "compile_ms_p95": round(_pct(cms, 0.95), 3),
@@ -298,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     per = {c: summary(c) for c in configs}
+    if args.failures:
+        write_failures(args.failures, rows, configs, results)
     main_cfg = "lmlang" if "lmlang" in per else configs[0]
     out = dict(per[main_cfg])
     out["config"] = main_cfg
@@ -307,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
             if per[c]["schemas"] != per[main_cfg]["schemas"]:
                 out[f"{c}_schemas"] = per[c]["schemas"]
     if main_cfg == "lmlang":
+        for c in configs:
+            if c != "lmlang":
+                out[f"both_compiled_vs_{c}"] = both_compiled(results["lmlang"], results[c])
         used = {}
         for r in results["lmlang"].values():
             if r.get("backend"):
@@ -319,13 +386,13 @@ def main(argv: list[str] | None = None) -> int:
     if True:
         emit = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
         emit(f"MaskBench: {len(rows)} schemas from {args.path}  (wall {wall:.1f} s, {args.workers} workers)")
-        head = f"{'config':14s} {'pass%':>7s} {'compiled%':>9s} {'inv.acc':>7s} {'val.rej':>7s} {'t/o':>4s} " \
+        head = f"{'config':14s} {'pass%':>7s} {'compiled%':>9s} {'inv.acc':>7s} {'val.rej':>7s} {'val.unc':>7s} {'t/o':>4s} " \
                f"{'comp p50 ms':>11s} {'comp p95 ms':>11s} {'mask p50 us':>11s} {'mask p95 us':>11s}"
         emit(head)
         for c in configs:
             s = per[c]
             emit(f"{c + ('*' if s['schemas'] != len(rows) else ''):14s} {s['passing_pct']:7.2f} {s['compiled_pct']:9.2f} {s['invalid_accepted']:7d} "
-                  f"{s['valid_rejected']:7d} {s['timeouts']:4d} {s['compile_ms_p50']:11.2f} "
+                  f"{s['valid_rejected']:7d} {s['valid_uncompiled']:7d} {s['timeouts']:4d} {s['compile_ms_p50']:11.2f} "
                   f"{s['compile_ms_p95']:11.2f} {s['mask_us_p50']:11.1f} {s['mask_us_p95']:11.1f}")
         if any(per[c]["schemas"] != len(rows) for c in configs):
             emit("* on the first schemas only (see --xgrammar-limit, --slow-limit)")
@@ -336,6 +403,13 @@ def main(argv: list[str] | None = None) -> int:
                 emit(f"lmlang / best single backend on the same schemas ({', '.join(full)}): "
                      f"{per['lmlang']['passing_pct'] / best:.3f}")
             emit(f"lmlang backends used: {out.get('lmlang_backends')}")
+            for c in configs:
+                if c != "lmlang":
+                    b = out[f"both_compiled_vs_{c}"]
+                    emit(f"on the {b['schemas']} schemas both lmlang and {c} compile: valid rejected "
+                         f"{b['valid_rejected']} vs {b['other_valid_rejected']}, invalid accepted "
+                         f"{b['invalid_accepted']} vs {b['other_invalid_accepted']}")
+        emit("(val.unc: valid instances of schemas that did not compile)")
     return 0
 
 

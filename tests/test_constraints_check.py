@@ -106,8 +106,11 @@ def test_disjoint_one_of_is_enforced_as_any_of():
     assert problems and problems[0].code == "unsupported-schema" and "oneOf" in problems[0].message
 
 
-def test_unknown_format_is_an_annotation():
-    assert check_constraint(JsonSchema(json.dumps({"type": "string", "format": "topic"}))) == []
+def test_unknown_format_is_refused_unless_the_script_opts_to_annotate():
+    schema = json.dumps({"type": "string", "format": "topic"})
+    problems = check_constraint(JsonSchema(schema))
+    assert [p.code for p in problems] == ["unsupported-format"] and problems[0].message.startswith("#/format:")
+    assert check_constraint(JsonSchema(schema, formats="annotate")) == []
 
 
 def test_constraint_answers_are_cached_on_disk(lmlang_home, monkeypatch):

@@ -307,7 +307,10 @@ class XGrammarBackend(Backend):
                     raise BackendCannot("no option is possible")
                 return compiler.compile_regex(plan.text)
             if plan.kind == "json":
-                unsupported = schema_keywords(json.loads(plan.text)) - XGRAMMAR_ENFORCED
+                from .jsonfix import xgrammar_ignored
+
+                schema = json.loads(plan.text)
+                unsupported = (schema_keywords(schema) - XGRAMMAR_ENFORCED) | xgrammar_ignored(schema)
                 if unsupported and gate:
                     raise BackendCannot(f"xgrammar does not enforce {sorted(unsupported)}")
                 return compiler.compile_json_schema(plan.text, any_whitespace=False,

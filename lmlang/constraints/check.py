@@ -18,7 +18,13 @@ import os
 import re
 from functools import lru_cache
 
+<<<<<<< HEAD
 from ..problems import Problem
+=======
+from ..suggest import did_you_mean
+from .formats import ENFORCE, MODES, lower_schema_text, refusal, unenforceable_formats
+from .jsonfix import xgrammar_ignored
+>>>>>>> wt-mask
 from .lower import (CLOSING_PRIORITY, CLOSING_PRIORITY_IN_STRING, json_string_state, OUTLINES_ENFORCED, XGRAMMAR_ENFORCED, LoweringError, Plan, llguidance_json_options, lower,
                     option_survives_stops, schema_keywords)
 from .shapes import split_options, strip_anchors
@@ -194,7 +200,12 @@ def _first_line(msg: str) -> str:
     return tail[0][len("error:"):].strip() if tail else lines[0]
 
 
-def check_schema(text: str) -> list[ConstraintProblem]:
+def check_schema(text: str, formats: str = ENFORCE) -> list[ConstraintProblem]:
+    """Problems of a JSON schema hole; `formats` is JsonSchema.formats ("enforce" refuses
+    each format lmlang cannot enforce, at its JSON path; "annotate" lets it pass unchecked)."""
+    if formats not in MODES:
+        return [ConstraintProblem(f"formats={formats!r} is not an option", did_you_mean(formats, MODES),
+                                  code="bad-schema")]
     try:
         schema = json.loads(text)
     except ValueError as e:
@@ -212,10 +223,18 @@ def check_schema(text: str) -> list[ConstraintProblem]:
         return [ConstraintProblem(f"invalid JSON schema{where}: {getattr(e, 'message', str(e))}", code="bad-schema")]
     if schema is False:
         return [ConstraintProblem("the JSON schema `false` allows no value", code="unsatisfiable")]
+    if formats == ENFORCE:
+        refused = [refusal(where, name) for where, name in unenforceable_formats(text)]
+        if refused:
+            return [ConstraintProblem(msg, hint, code="unsupported-format") for msg, hint in refused]
+    lowered = lower_schema_text(text, formats)
+    if lowered != text:
+        text, schema = lowered, json.loads(lowered)
     err = backend_error(Plan("json", text))
     if err:
         keywords = schema_keywords(schema) if isinstance(schema, dict) else set()
-        if not (keywords <= XGRAMMAR_ENFORCED or keywords <= OUTLINES_ENFORCED):
+        xgrammar_takes = keywords <= XGRAMMAR_ENFORCED and not xgrammar_ignored(schema)
+        if not (xgrammar_takes or keywords <= OUTLINES_ENFORCED):
             m = re.search(r"Unimplemented keys: \[(.*?)\]", err)
             if m:
                 names = [k.strip().strip('"') for k in m.group(1).split(",")]
@@ -259,7 +278,11 @@ def check_grammar(text: str) -> list[ConstraintProblem]:
 # mtime, which a reinstall or an edit changes; reading package metadata would
 # cost more than the check itself).
 _EXPENSIVE = (Regex, JsonSchema, Grammar)
+<<<<<<< HEAD
 _JUDGES = ("check.py", "lower.py", "shapes.py", "jsonfix.py", "spec.py")
+=======
+_JUDGES = ("check.py", "lower.py", "jsonfix.py", "formats.py", "spec.py")
+>>>>>>> wt-mask
 
 
 @lru_cache(maxsize=1)
@@ -337,7 +360,7 @@ def check_constraint(c: Constraint | None) -> list[ConstraintProblem]:
         if isinstance(s, Regex):
             problems += check_regex(s.pattern)
         elif isinstance(s, JsonSchema):
-            problems += check_schema(s.schema)
+            problems += check_schema(s.schema, s.formats)
         elif isinstance(s, Grammar):
             problems += check_grammar(s.lark)
         elif isinstance(s, Choice):

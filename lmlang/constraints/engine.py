@@ -73,7 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["TokenizerInfo", "CompiledConstraint", "Guide", "compile_constraint", "allowed_tokens_batch",
            "ConstraintCompileError", "clear_memory_cache"]
 
-_CACHE_FORMAT = "1"
+_CACHE_FORMAT = "2"  # 2: formats lowered, xgrammar gate refuses pattern with length bounds
 
 
 class ConstraintCompileError(LmlangRuntimeError):

@@ -3,8 +3,13 @@
 * `oneOf` whose branches are provably disjoint (different JSON types, or a
   required property with different const/enum values in each branch) means the
   same as `anyOf`, so llguidance's `coerce_one_of` is exact for it.
-* A `format` llguidance does not know is dropped: JSON Schema treats unknown
-  formats as annotations (a validator cannot check them either).
+
+`xgrammar_ignored` names what xgrammar's fallback would silently drop.
+
+Formats are not rewritten here: the lowering (formats.py) has already written
+those lmlang enforces as keywords llguidance enforces, and removed those a
+script opted to treat as annotations. A `format` llguidance still reports as
+unknown is one lmlang cannot enforce, and is refused with its JSON path.
 
 Anything else llguidance rejects stays rejected: lmlang never relaxes a
 keyword it cannot enforce. Torch-free.
@@ -131,48 +136,55 @@ def all_one_of_disjoint(schema) -> bool:
     return ok
 
 
-def drop_format(schema, fmt: str):
-    def walk(node):
-        if isinstance(node, dict):
-            return {k: walk(v) for k, v in node.items() if not (k == "format" and node.get("format") == fmt)}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
+def xgrammar_ignored(schema) -> set[str]:
+    """Keyword combinations xgrammar 0.2 accepts but does not enforce, though it
+    enforces each keyword alone: a `pattern` beside `minLength`/`maxLength` (it
+    warns and drops the length bounds)."""
+    from .formats import subschemas
 
-    return walk(schema)
+    found: set[str] = set()
+    for node, _ in subschemas(schema):
+        if "pattern" in node and ("minLength" in node or "maxLength" in node):
+            found.add("pattern with minLength/maxLength")
+    return found
 
 
 _UNKNOWN_FORMAT = re.compile(r"Unknown format: (.+)")
 
 
+def _format_refusal(text: str, name: str) -> str:
+    """The refusal of an unknown format, at the JSON path where the schema uses it."""
+    from .formats import refusal, unenforceable_formats
+
+    where = next((w for w, n in unenforceable_formats(text) if n == name), None)
+    if where is None:  # somewhere lmlang's walk does not reach (e.g. behind an `$anchor` reference)
+        return f"format {name!r} cannot be enforced while decoding"
+    return refusal(where, name)[0]
+
+
 def llguidance_schema_grammar(text: str, options: dict) -> tuple[str, str]:
-    """(grammar, error): llguidance's grammar for a schema after the sound rewrites; error "" if valid."""
+    """(grammar, error): llguidance's grammar for a (lowered) schema after the sound
+    rewrites; error "" if llguidance enforces it."""
     import llguidance
 
-    schema = json.loads(text)
     opts = dict(options)
-    grammar = ""
-    for _ in range(16):
+    while True:
         try:
-            grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=opts)
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(text, overrides=opts)
         except Exception as e:
             return "", str(e)
         err = llguidance.LLMatcher.validate_grammar(grammar).strip()
         if not err:
             return grammar, ""
         m = _UNKNOWN_FORMAT.search(err.splitlines()[0])
-        if m and isinstance(schema, dict):
-            fmt = m.group(1).strip()
-            new = drop_format(schema, fmt)
-            if new != schema:
-                schema = new
+        if m:
+            return grammar, _format_refusal(text, m.group(1).strip())
+        if "oneOf" in err and not opts.get("coerce_one_of"):
+            schema = json.loads(text)
+            if isinstance(schema, dict) and all_one_of_disjoint(schema):
+                opts["coerce_one_of"] = True
                 continue
-        if "oneOf" in err and not opts.get("coerce_one_of") and isinstance(schema, dict) \
-                and all_one_of_disjoint(schema):
-            opts["coerce_one_of"] = True
-            continue
         return grammar, err
-    return grammar, "schema rewriting did not converge"
 
 
-__all__ = ["llguidance_schema_grammar", "one_of_is_disjoint", "drop_format"]
+__all__ = ["llguidance_schema_grammar", "one_of_is_disjoint", "xgrammar_ignored"]

@@ -20,6 +20,7 @@ import json
 from dataclasses import field
 from ..frozen import frozen
 
+from .formats import lower_schema_text
 from .shapes import int_bounds, shape_regex, split_options
 from .spec import (All, BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, MaxChars, MaxTokens,
                    Regex, Stop, flatten)
@@ -172,7 +173,7 @@ def lower(c: Constraint | None) -> Plan:
             return _bounded_lark([pattern], max_chars, limits, source=source)
         return Plan("regex", pattern, **limits, source=source)
     if isinstance(shape, JsonSchema):
-        return Plan("json", shape.schema, **limits, source="json")
+        return Plan("json", lower_schema_text(shape.schema, shape.formats), **limits, source="json")
     if isinstance(shape, Grammar):
         return Plan("lark", shape.lark, **limits, source="grammar")
     raise LoweringError(f"unknown constraint {type(shape).__name__}")

@@ -76,7 +76,9 @@ def option_fits(option: str, other: Constraint) -> bool:
         try:
             import jsonschema
 
-            jsonschema.validate(json.loads(option), json.loads(other.schema))
+            from .formats import lower_schema_text
+
+            jsonschema.validate(json.loads(option), json.loads(lower_schema_text(other.schema, other.formats)))
             return json.dumps(json.loads(option), ensure_ascii=False) == option
         except Exception:
             return False

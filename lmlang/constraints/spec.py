@@ -46,8 +46,14 @@ class BoolType(Constraint):
 
 @frozen
 class JsonSchema(Constraint):
-    """`x is json {...}` or `x is json "schema.json"`: canonical JSON text of a JSON Schema."""
+    """`x is json {...}` or `x is json "schema.json"`: canonical JSON text of a JSON Schema.
+
+    `formats` says what to do with a `format` lmlang cannot enforce while decoding
+    (formats.py lists those it can): "enforce" (the default) refuses the schema at
+    check time, naming the keyword's JSON path; "annotate" treats such a format
+    as an annotation, as JSON Schema permits: not checked."""
     schema: str  # json.dumps(schema, sort_keys=True)
+    formats: str = "enforce"  # "enforce" | "annotate"
 
 
 @frozen
