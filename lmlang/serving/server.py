@@ -167,12 +167,12 @@ def _say(progress: bool, text: str) -> None:
 def _launch(options: ServerOptions, progress: bool) -> ManagedServer:
     from ..models.loader import model_name, resolve_model
 
-    folder = resolve_model(options.model)
-    name = options.name or model_name(folder)
     for lname, lpath in options.lora_modules:
         if not (Path(lpath) / "adapter_config.json").is_file():
             raise ServerStartError(f"LoRA module '{lname}': {lpath} is not a PEFT adapter folder "
                                    "(no adapter_config.json)")
+    folder = resolve_model(options.model)
+    name = options.name or model_name(folder)
     env = ensure_vllm(progress=progress)
     port = free_port()
     logs = cache_dir("logs")
