@@ -98,3 +98,29 @@ def test_an_external_python_without_vllm_is_reported(monkeypatch):
     monkeypatch.setenv("LMLANG_VLLM_PYTHON", sys.executable)
     with pytest.raises(vllm_env.VllmInstallError, match="cannot import vllm"):
         vllm_env.ensure_vllm(progress=False)
+
+
+def test_servers_of_dead_owners_are_reaped(lmlang_home):
+    import subprocess
+    import sys
+
+    from lmlang.serving import server as srv
+
+    dead_owner = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_owner.wait()
+    # stand-ins for vLLM: their command line names the server module, as the real one does
+    argv = [sys.executable, "-c", "import time; time.sleep(120)", vllm_env.SERVER_MODULE]
+    orphan = subprocess.Popen(argv, start_new_session=True)
+    owned = subprocess.Popen(argv, start_new_session=True)
+    try:
+        for proc, owner in ((orphan, dead_owner.pid), (owned, __import__("os").getpid())):
+            srv._record(proc.pid).write_text(json.dumps({"server_pid": proc.pid, "owner_pid": owner, "port": 1}))
+        assert srv.reap_orphans(progress=False) == [orphan.pid]
+        assert orphan.wait(timeout=15) is not None
+        assert owned.poll() is None and srv._record(owned.pid).exists()
+        assert not srv._record(orphan.pid).exists()
+    finally:
+        for p in (orphan, owned):
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -18,6 +18,8 @@ Contract (what the runtime calls for a `model NAME = vllm "SPEC" { ... }` source
         .endpoint(**client options) -> client.Endpoint   .alive() -> bool   .stop()
         .structured_backend  ("guidance": lowered constraints map exactly, see structured.py)
     stop_all()
+    reap_orphans() -> [pid]                    stop servers left behind by a killed lmlang process
+                                               (start_server calls it; records live in cache_dir("servers"))
     ServerStartError (LmlangRuntimeError): the process died or never became healthy; quotes the log tail.
 
 Defaults on a CPU-only machine (measured, /work/shared/NOTES.md: ~1 min start, ~4.3 GB,
@@ -109,24 +111,19 @@ class ManagedServer:
     def endpoint(self, model: str | None = None, **client_options) -> Endpoint:
         return Endpoint(self.base_url, model or self.name, **client_options)
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM to the server's process group, SIGKILL after `grace` seconds."""
         p = self.process
-        if p is None or p.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                p.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        if p is not None and p.poll() is None:
+            _kill_group(p.pid, grace, p.wait)
+        _forget(p.pid if p is not None else None)
 
     def __repr__(self) -> str:
         state = "running" if self.alive() else "stopped"
@@ -144,6 +141,7 @@ def start_server(options: ServerOptions, progress: bool = True) -> ManagedServer
         server = _SERVERS.get(key)
         if server is not None and server.alive():
             return server
+        reap_orphans(progress)
         server = _launch(options, progress)
         _SERVERS[key] = server
         return server
@@ -187,6 +185,7 @@ def _launch(options: ServerOptions, progress: bool) -> ManagedServer:
         log.flush()
         server.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           env=server_env(env.flavor), start_new_session=True, cwd=str(logs))
+    _remember(server)
     try:
         _wait_ready(server, options.startup_timeout)
     except BaseException:
@@ -300,3 +299,94 @@ def _prune_logs(folder: Path) -> None:
             old.unlink()
         except OSError:
             pass
+
+
+# ---------------------------------------------------------------------------- orphans
+# atexit does not run when lmlang is killed (SIGKILL, a test timeout, SIGTERM without a
+# handler), and the server lives in its own process group, so it would outlive us with
+# its ~4.3 GB. Each server is recorded in cache_dir("servers"); the next start stops
+# those whose owner is gone (after checking the pid still runs the vLLM server module).
+
+def _record(pid: int) -> Path:
+    return cache_dir("servers") / f"{pid}.json"
+
+
+def _remember(server: ManagedServer) -> None:
+    data = {"server_pid": server.pid, "owner_pid": os.getpid(), "port": server.port, "log": str(server.log_path)}
+    _record(server.pid).write_text(json.dumps(data))
+
+
+def _forget(pid: int | None) -> None:
+    if pid is not None:
+        try:
+            _record(pid).unlink()
+        except OSError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped by its parent, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] != "Z"
+    except (OSError, ValueError, IndexError):
+        return True
+
+
+def _runs_server(pid: int) -> bool:
+    from .vllm_env import SERVER_MODULE
+
+    try:
+        return SERVER_MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _kill_group(pid: int, grace: float, wait) -> None:
+    """SIGTERM the group led by `pid`, SIGKILL after `grace` s; `wait(timeout=)` waits for it."""
+    for sig, seconds in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            wait(timeout=seconds)
+            return
+        except (subprocess.TimeoutExpired, TimeoutError):
+            continue
+
+
+def _wait_gone(pid: int):
+    def wait(timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid):
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            time.sleep(0.2)
+    return wait
+
+
+def reap_orphans(progress: bool = True) -> list[int]:
+    """Stop recorded servers whose owning process has died; returns their pids."""
+    reaped = []
+    for rec in cache_dir("servers").glob("*.json"):
+        try:
+            data = json.loads(rec.read_text())
+            pid, owner = int(data["server_pid"]), int(data["owner_pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            rec.unlink(missing_ok=True)
+            continue
+        if _pid_alive(owner):
+            continue
+        if _pid_alive(pid) and _runs_server(pid):
+            _say(progress, f"stopping an orphaned vLLM server (pid {pid}, port {data.get('port')})")
+            _kill_group(pid, 10.0, _wait_gone(pid))
+            reaped.append(pid)
+        rec.unlink(missing_ok=True)
+    return reaped
