@@ -286,8 +286,11 @@ def sampling_body(*, max_tokens: int | None = 16, temperature: float | None = 0.
 # ---------------------------------------------------------------------------- async client
 class AsyncClient:
     def __init__(self, endpoint: Endpoint, transport=None):
-        import httpx
-
+        try:
+            import httpx
+        except ImportError:
+            raise LmlangRuntimeError("served models need the httpx package, which is not installed",
+                                     hint="bash scripts/setup.sh (or pip install 'httpx>=0.27,<0.29')") from None
         self.endpoint = endpoint
         headers = {"Content-Type": "application/json"}
         key = endpoint.api_key()
@@ -458,7 +461,13 @@ class Client:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="lmlang-serving", daemon=True)
         self._thread.start()
-        self.aclient = self._run(self._make(endpoint, transport))
+        try:
+            self.aclient = self._run(self._make(endpoint, transport))
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+            self._loop.close()
+            raise
 
     @staticmethod
     async def _make(endpoint: Endpoint, transport) -> AsyncClient:
@@ -495,7 +504,7 @@ class Client:
         return self._run(self.aclient.capabilities(probe))
 
     def close(self) -> None:
-        if self._loop.is_closed():
+        if self._loop.is_closed():  # closed already (idempotent)
             return
         self._run(self.aclient.aclose())
         self._loop.call_soon_threadsafe(self._loop.stop)
