@@ -12,6 +12,8 @@ Contract (what the runtime's server backend calls)
         await .models() -> list[ModelInfo]         GET /models; LoRA modules have a `parent`
         await .health() -> bool                    GET <root>/health
         await .capabilities(probe=True) -> Capabilities           the above plus probes (below)
+        await .tokenize(text) -> list[int]         vLLM's POST <root>/tokenize
+        await .score(prompt_ids, start) -> float   log p(ids[start:] | ids[:start]) from prompt logprobs
         await .aclose()
     Client(endpoint)                               the same methods, synchronous (a private event loop
                                                    thread), plus .completions([kwargs, ...]) for many requests
@@ -327,6 +329,32 @@ class AsyncClient:
             raise BadServerResponse(f"answer is not an OpenAI-compatible completion ({type(e).__name__}: {e}): "
                                     f"{_short(data, 200)}", url=self.endpoint.base_url, request=summary) from None
 
+    async def tokenize(self, text: str, *, add_special_tokens: bool = False, model: str | None = None) -> list[int]:
+        """The server's token ids for `text` (vLLM's POST /tokenize), so prompts can be sent as ids."""
+        body = {"model": model or self.endpoint.model, "prompt": text, "add_special_tokens": add_special_tokens}
+        data, summary = await self._post("/tokenize", body, root=True)
+        try:
+            return [int(t) for t in data["tokens"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise BadServerResponse(f"answer has no token list ({e}): {_short(data, 200)}",
+                                    url=self.endpoint.base_url, request=summary) from None
+
+    async def score(self, prompt_ids: list[int], start: int, *, model: str | None = None) -> float:
+        """log p(prompt_ids[start:] | prompt_ids[:start]) from prompt logprobs: what `distribution`
+        sums per option (send the same ids lmlang's tokenizer gives the prefix and the option)."""
+        if not 1 <= start <= len(prompt_ids):
+            raise ValueError(f"start must be in 1..{len(prompt_ids)}")
+        out = await self.completion(list(prompt_ids), model=model, max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        rows = out.prompt_logprobs or []
+        total = 0.0
+        for pos in range(start, len(prompt_ids)):
+            row = {t.token_id: t.logprob for t in (rows[pos] if pos < len(rows) and rows[pos] else [])}
+            if prompt_ids[pos] not in row:
+                raise BadServerResponse(f"no prompt logprob for token {prompt_ids[pos]} at position {pos}",
+                                        url=self.endpoint.base_url, request=out.request)
+            total += row[prompt_ids[pos]]
+        return total
+
     async def version(self) -> str | None:
         data = await self._get("/version", root=True, missing_ok=True)
         return str(data["version"]) if isinstance(data, dict) and data.get("version") else None
@@ -376,9 +404,10 @@ class AsyncClient:
             self._sem = asyncio.Semaphore(self.endpoint.concurrency)
         return self._sem
 
-    async def _post(self, path: str, body: dict) -> tuple[Any, str]:
+    async def _post(self, path: str, body: dict, root: bool = False) -> tuple[Any, str]:
         summary = _summary(path, body)
-        resp = await self._send("POST", self.endpoint.base_url.rstrip("/") + path, summary, json_body=body)
+        base = self.endpoint.root_url if root else self.endpoint.base_url.rstrip("/")
+        resp = await self._send("POST", base + path, summary, json_body=body)
         return self._json(resp, summary), summary
 
     async def _get(self, path: str, *, root: bool = False, missing_ok: bool = False, raw: bool = False,
@@ -490,6 +519,12 @@ class Client:
             return await asyncio.gather(*coros, return_exceptions=return_exceptions)
 
         return self._run(many())
+
+    def tokenize(self, text: str, **kw) -> list[int]:
+        return self._run(self.aclient.tokenize(text, **kw))
+
+    def score(self, prompt_ids: list[int], start: int, **kw) -> float:
+        return self._run(self.aclient.score(prompt_ids, start, **kw))
 
     def version(self) -> str | None:
         return self._run(self.aclient.version())
