@@ -1,0 +1,392 @@
+"""A managed local vLLM server: lmlang starts it, health-checks it, reuses it and stops it.
+
+Contract (what the runtime calls for a `model NAME = vllm "SPEC" { ... }` source)
+---------------------------------------------------------------------------------
+
+    ServerOptions(model="default", name=None, tensor_parallel=1, dtype=None, max_model_len=None,
+                  gpu_memory=None, args=(), lora_modules=(), max_lora_rank=None,
+                  structured_backend="guidance", startup_timeout=900.0)
+        `model` is any spec lmlang.models.loader.resolve_model accepts (default, a folder, a
+        .gguf, a hub id already in the local HF cache): the server only ever reads that local
+        folder (HF_HUB_OFFLINE=1). `name` is the served model name (default: the model's name).
+        `lora_modules` are (name, folder) pairs; requests name a module as their `model`.
+    start_server(options, progress=True) -> ManagedServer
+        one server per identical options in a process: a second call returns the running one
+        (a dead one is restarted); every server is stopped at interpreter exit.
+    ManagedServer
+        .base_url ("http://127.0.0.1:PORT/v1")  .name  .port  .log_path  .start_seconds
+        .endpoint(**client options) -> client.Endpoint   .alive() -> bool   .stop()
+        .structured_backend  ("guidance": lowered constraints map exactly, see structured.py)
+    stop_all()
+    reap_orphans() -> [pid]                    stop servers left behind by a killed lmlang process
+                                               (start_server calls it; records live in cache_dir("servers"))
+    ServerStartError (LmlangRuntimeError): the process died or never became healthy; quotes the log tail.
+
+Defaults on a CPU-only machine (measured, /work/shared/NOTES.md: ~1 min start, ~4.3 GB,
+~9 tok/s on 2 cores): OMP_NUM_THREADS=1 VLLM_ENABLE_V1_MULTIPROCESSING=0
+VLLM_CPU_KVCACHE_SPACE=2, --enforce-eager (without it the compile takes 5-6 min and its
+cache does not reload) --distributed-executor-backend uni --dtype float32 --max-model-len
+2048. `gpu_memory` and `tensor_parallel` > 1 only mean something on a GPU.
+
+Two flags keep the server's meaning equal to lmlang's local decoding:
+- `--generation-config vllm`: otherwise vLLM applies the model folder's
+  generation_config.json as default sampling parameters, and a request that leaves
+  top_p/top_k out would sample differently than locally.
+- `--structured-outputs-config {"backend": "guidance"}`: llguidance is lmlang's own
+  first backend, so every plan lmlang lowers (regex, JSON with lmlang's layout, Lark
+  with `&` intersections) means the same on the server; vLLM's "auto" picks xgrammar,
+  which turns Lark into EBNF and has no intersection.
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import LmlangRuntimeError
+from ..home import cache_dir
+from .client import Endpoint
+from .vllm_env import VllmEnv, ensure_vllm
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)   # the ranks vLLM 0.32 accepts for --max-lora-rank
+CPU_ENV = {"OMP_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "2"}
+CPU_ARGS = ("--enforce-eager", "--distributed-executor-backend", "uni")
+CPU_DTYPE = "float32"
+CPU_MAX_MODEL_LEN = 2048
+KEEP_LOGS = 20
+
+
+class ServerStartError(LmlangRuntimeError):
+    """A managed server died or never became healthy."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    model: str = "default"
+    name: str | None = None
+    tensor_parallel: int = 1
+    dtype: str | None = None
+    max_model_len: int | None = None
+    gpu_memory: float | None = None
+    args: tuple[str, ...] = ()
+    lora_modules: tuple[tuple[str, str], ...] = ()
+    max_lora_rank: int | None = None
+    structured_backend: str = "guidance"
+    startup_timeout: float = 900.0
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class ManagedServer:
+    def __init__(self, options: ServerOptions, env: VllmEnv, folder: Path, name: str, port: int, log_path: Path):
+        self.options = options
+        self.env = env
+        self.folder = folder
+        self.name = name
+        self.port = port
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+        self.start_seconds: float | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def structured_backend(self) -> str:
+        return self.options.structured_backend
+
+    def endpoint(self, model: str | None = None, **client_options) -> Endpoint:
+        return Endpoint(self.base_url, model or self.name, **client_options)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM to the server's process group, SIGKILL after `grace` seconds."""
+        p = self.process
+        if p is not None and p.poll() is None:
+            _kill_group(p.pid, grace, p.wait)
+        _forget(p.pid if p is not None else None)
+
+    def __repr__(self) -> str:
+        state = "running" if self.alive() else "stopped"
+        return f"ManagedServer({self.name!r} at {self.base_url}, {state}, log {self.log_path})"
+
+
+_SERVERS: dict[str, ManagedServer] = {}
+_LOCK = threading.Lock()
+
+
+def start_server(options: ServerOptions, progress: bool = True) -> ManagedServer:
+    """The running server for these options, started (and health-checked) if needed."""
+    key = options.key()
+    with _LOCK:
+        server = _SERVERS.get(key)
+        if server is not None and server.alive():
+            return server
+        reap_orphans(progress)
+        server = _launch(options, progress)
+        _SERVERS[key] = server
+        return server
+
+
+def stop_all() -> None:
+    with _LOCK:
+        for server in _SERVERS.values():
+            server.stop()
+        _SERVERS.clear()
+
+
+atexit.register(stop_all)
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(f"lmlang: {text}", file=sys.stderr, flush=True)
+
+
+def _launch(options: ServerOptions, progress: bool) -> ManagedServer:
+    from ..models.loader import model_name, resolve_model
+
+    for lname, lpath in options.lora_modules:
+        if not (Path(lpath) / "adapter_config.json").is_file():
+            raise ServerStartError(f"LoRA module '{lname}': {lpath} is not a PEFT adapter folder "
+                                   "(no adapter_config.json)")
+    folder = resolve_model(options.model)
+    name = options.name or model_name(folder)
+    env = ensure_vllm(progress=progress)
+    port = free_port()
+    logs = cache_dir("logs")
+    _prune_logs(logs)
+    log_path = logs / f"vllm-{options.key()}-{os.getpid()}-{port}.log"
+    server = ManagedServer(options, env, folder, name, port, log_path)
+    argv = env.server_argv() + server_args(options, folder, name, port, env.flavor)
+    _say(progress, f"starting vLLM {env.version} for '{name}' on 127.0.0.1:{port} (log: {log_path})")
+    t0 = time.monotonic()
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(argv) + "\n")
+        log.flush()
+        server.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          env=server_env(env.flavor), start_new_session=True, cwd=str(logs))
+    _remember(server)
+    try:
+        _wait_ready(server, options.startup_timeout)
+    except BaseException:
+        server.stop(grace=5.0)
+        raise
+    server.start_seconds = time.monotonic() - t0
+    _say(progress, f"vLLM ready in {server.start_seconds:.0f} s at {server.base_url}")
+    return server
+
+
+def server_args(options: ServerOptions, folder: Path, name: str, port: int, flavor: str) -> list[str]:
+    """The command-line arguments after `python -m <server module>` (pure: unit-tested)."""
+    cpu = flavor == "cpu"
+    args = ["--model", str(folder), "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port),
+            "--generation-config", "vllm",
+            "--structured-outputs-config", json.dumps({"backend": options.structured_backend})]
+    dtype = options.dtype or (CPU_DTYPE if cpu else None)
+    if dtype:
+        args += ["--dtype", dtype]
+    max_len = options.max_model_len or (CPU_MAX_MODEL_LEN if cpu else None)
+    if max_len:
+        args += ["--max-model-len", str(max_len)]
+    if options.tensor_parallel != 1:
+        args += ["--tensor-parallel-size", str(options.tensor_parallel)]
+    if options.gpu_memory is not None and not cpu:
+        args += ["--gpu-memory-utilization", str(options.gpu_memory)]
+    if cpu:
+        args += [a for a in CPU_ARGS if a not in options.args]
+    if options.lora_modules:
+        rank = options.max_lora_rank or lora_rank_for([p for _, p in options.lora_modules])
+        args += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(options.lora_modules)),
+                 "--lora-modules", *[f"{n}={p}" for n, p in options.lora_modules]]
+    return args + list(options.args)
+
+
+def lora_rank_for(folders: list[str]) -> int:
+    """The smallest rank vLLM accepts that covers every adapter's `r`."""
+    need = 1
+    for folder in folders:
+        try:
+            cfg = json.loads((Path(folder) / "adapter_config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise ServerStartError(f"cannot read the LoRA adapter config in {folder}: {e}") from None
+        ranks = [cfg.get("r") or 0, *(cfg.get("rank_pattern") or {}).values()]
+        need = max(need, *[int(r) for r in ranks])
+    for allowed in LORA_RANKS:
+        if allowed >= need:
+            return allowed
+    raise ServerStartError(f"a LoRA adapter has rank {need}; vLLM serves ranks up to {LORA_RANKS[-1]}")
+
+
+def server_env(flavor: str) -> dict:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)          # lmlang's tree must not shadow the venv's packages
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+                "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"})
+    if flavor == "cpu":
+        for k, v in CPU_ENV.items():
+            env.setdefault(k, v)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(server: ManagedServer, timeout: float) -> None:
+    """Poll /health, then /v1/models until the served name is listed."""
+    deadline = time.monotonic() + timeout
+    root = f"http://127.0.0.1:{server.port}"
+    while time.monotonic() < deadline:
+        code = server.process.poll()
+        if code is not None:
+            raise ServerStartError(f"vLLM exited with code {code} while starting '{server.name}'; log: "
+                                   f"{server.log_path}", hint=log_tail(server.log_path))
+        if _get(root + "/health") is not None:
+            models = _get(root + "/v1/models")
+            try:
+                ids = {m["id"] for m in json.loads(models or "{}").get("data", [])}
+            except (ValueError, TypeError, KeyError):
+                ids = set()
+            if server.name in ids:
+                return
+        time.sleep(1.0)
+    raise ServerStartError(f"vLLM did not become healthy within {timeout:g} s; log: {server.log_path}",
+                           hint=log_tail(server.log_path))
+
+
+def _get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.read().decode("utf-8", errors="replace") if resp.status == 200 else None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace").rstrip().splitlines()
+    except OSError:
+        return ""
+    return "last lines of the server log:\n" + "\n".join("    " + line for line in text[-lines:])
+
+
+def _prune_logs(folder: Path) -> None:
+    logs = sorted(folder.glob("vllm-*.log"), key=lambda p: p.stat().st_mtime)
+    for old in logs[:-KEEP_LOGS]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------- orphans
+# atexit does not run when lmlang is killed (SIGKILL, a test timeout, SIGTERM without a
+# handler), and the server lives in its own process group, so it would outlive us with
+# its ~4.3 GB. Each server is recorded in cache_dir("servers"); the next start stops
+# those whose owner is gone (after checking the pid still runs the vLLM server module).
+
+def _record(pid: int) -> Path:
+    return cache_dir("servers") / f"{pid}.json"
+
+
+def _remember(server: ManagedServer) -> None:
+    data = {"server_pid": server.pid, "owner_pid": os.getpid(), "port": server.port, "log": str(server.log_path)}
+    _record(server.pid).write_text(json.dumps(data))
+
+
+def _forget(pid: int | None) -> None:
+    if pid is not None:
+        try:
+            _record(pid).unlink()
+        except OSError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped by its parent, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] != "Z"
+    except (OSError, ValueError, IndexError):
+        return True
+
+
+def _runs_server(pid: int) -> bool:
+    from .vllm_env import SERVER_MODULE
+
+    try:
+        return SERVER_MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _kill_group(pid: int, grace: float, wait) -> None:
+    """SIGTERM the group led by `pid`, SIGKILL after `grace` s; `wait(timeout=)` waits for it."""
+    for sig, seconds in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            wait(timeout=seconds)
+            return
+        except (subprocess.TimeoutExpired, TimeoutError):
+            continue
+
+
+def _wait_gone(pid: int):
+    def wait(timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid):
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            time.sleep(0.2)
+    return wait
+
+
+def reap_orphans(progress: bool = True) -> list[int]:
+    """Stop recorded servers whose owning process has died; returns their pids."""
+    reaped = []
+    for rec in cache_dir("servers").glob("*.json"):
+        try:
+            data = json.loads(rec.read_text())
+            pid, owner = int(data["server_pid"]), int(data["owner_pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            rec.unlink(missing_ok=True)
+            continue
+        if _pid_alive(owner):
+            continue
+        if _pid_alive(pid) and _runs_server(pid):
+            _say(progress, f"stopping an orphaned vLLM server (pid {pid}, port {data.get('port')})")
+            _kill_group(pid, 10.0, _wait_gone(pid))
+            reaped.append(pid)
+        rec.unlink(missing_ok=True)
+    return reaped
