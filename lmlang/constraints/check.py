@@ -18,13 +18,10 @@ import os
 import re
 from functools import lru_cache
 
-<<<<<<< HEAD
 from ..problems import Problem
-=======
 from ..suggest import did_you_mean
 from .formats import ENFORCE, MODES, lower_schema_text, refusal, unenforceable_formats
 from .jsonfix import xgrammar_ignored
->>>>>>> wt-mask
 from .lower import (CLOSING_PRIORITY, CLOSING_PRIORITY_IN_STRING, json_string_state, OUTLINES_ENFORCED, XGRAMMAR_ENFORCED, LoweringError, Plan, llguidance_json_options, lower,
                     option_survives_stops, schema_keywords)
 from .shapes import split_options, strip_anchors
