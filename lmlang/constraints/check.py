@@ -275,11 +275,7 @@ def check_grammar(text: str) -> list[ConstraintProblem]:
 # mtime, which a reinstall or an edit changes; reading package metadata would
 # cost more than the check itself).
 _EXPENSIVE = (Regex, JsonSchema, Grammar)
-<<<<<<< HEAD
-_JUDGES = ("check.py", "lower.py", "shapes.py", "jsonfix.py", "spec.py")
-=======
-_JUDGES = ("check.py", "lower.py", "jsonfix.py", "formats.py", "spec.py")
->>>>>>> wt-mask
+_JUDGES = ("check.py", "lower.py", "shapes.py", "jsonfix.py", "formats.py", "spec.py")
 
 
 @lru_cache(maxsize=1)
