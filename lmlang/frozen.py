@@ -33,6 +33,10 @@ def frozen(cls=None, /):
     """Class decorator; use bare (`@frozen`)."""
     if cls is None:
         return frozen
+    # dataclasses writes a docstring from inspect.signature() for a class
+    # without one (~0.4 ms a class, ~25 ms over the check path): give it the name.
+    if cls.__dict__.get("__doc__") is None:
+        cls.__doc__ = cls.__name__
     cls = dataclasses.dataclass(init=False, repr=False, eq=False)(cls)
     fields = dataclasses.fields(cls)
     init_fields = [f for f in fields if f.init]
