@@ -200,7 +200,7 @@ def test_unenforceable_format_is_refused_with_its_path(fmt):
     problems = check_constraint(JsonSchema(json.dumps(schema)))
     assert [p.code for p in problems] == ["unsupported-format"]
     assert problems[0].message == f"#/properties/url/format: format '{fmt}' cannot be enforced while decoding"
-    assert 'formats="annotate"' in problems[0].hint
+    assert 'json(formats: "annotate")' in problems[0].hint
 
 
 def test_refusal_names_the_path_behind_refs_and_escapes_it():

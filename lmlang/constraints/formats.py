@@ -409,8 +409,8 @@ def refusal(where: str, name: str) -> tuple[str, str]:
         close = did_you_mean(name, known_formats())
         why = "lmlang does not know this format" + (f" ({close})" if close else "")
     hint = (f"{why}; lmlang enforces every JSON Schema format and OpenAPI's byte, binary, password, int8-int32 "
-            "and uint8-uint32. To treat the formats it cannot enforce as annotations (not checked), opt in with "
-            "formats=\"annotate\"")
+            "and uint8-uint32. To treat the formats it cannot enforce as annotations (not checked), write "
+            "`is json(formats: \"annotate\") ...`")
     return message, hint
 
 
