@@ -118,8 +118,9 @@ _HOST_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9\\-]{0,61}[A-Za-z0-9])?"
 HOSTNAME = f"{_HOST_LABEL}(?:\\.{_HOST_LABEL})*"
 # idn-hostname, a sound subset of IDNA 2008 (Python's `idna.encode`): ASCII
 # labels, and labels of lowercase Latin-1 letters (PVALID, NFC, left-to-right)
-# of at most 16 characters, whose A-label fits in 63; at most 100 characters
-# in all when a label is not ASCII, so that the A-label form fits in 253.
+# of at most 16 characters, whose A-label fits in 63; at most 60 characters in
+# all when a label is not ASCII, so that the A-label form fits in 253 (the worst
+# case is one-letter labels: "é." is 2 characters, "xn--9ca." 8).
 _IDN_LATIN = "a-z0-9\\u00DF-\\u00F6\\u00F8-\\u00FF"
 _ASCII_IDN_HOST = f"{_label(_ALNUM, 63)}(?:\\.{_label(_ALNUM, 63)})*"
 _IDN_LABEL = f"(?:{_label(_ALNUM, 63)}|{_label(_IDN_LATIN, 16)})"
@@ -239,7 +240,7 @@ def string_formats() -> dict[str, tuple[dict, ...]]:
         "time": (_pattern(TIME),),
         "hostname": ({**_pattern(HOSTNAME), "maxLength": 253},),
         "idn-hostname": ({"anyOf": [{**_pattern(_ASCII_IDN_HOST), "maxLength": 253},
-                                    {**_pattern(_IDN_HOST), "maxLength": 100}]},),
+                                    {**_pattern(_IDN_HOST), "maxLength": 60}]},),
         "uri-reference": (_pattern(_uri(iri=False, reference=True)),),
         "iri": (_pattern(_uri(iri=True, reference=False)),),
         "iri-reference": (_pattern(_uri(iri=True, reference=True)),),
@@ -409,8 +410,8 @@ def refusal(where: str, name: str) -> tuple[str, str]:
         close = did_you_mean(name, known_formats())
         why = "lmlang does not know this format" + (f" ({close})" if close else "")
     hint = (f"{why}; lmlang enforces every JSON Schema format and OpenAPI's byte, binary, password, int8-int32 "
-            "and uint8-uint32. To treat the formats it cannot enforce as annotations (not checked), opt in with "
-            "formats=\"annotate\"")
+            "and uint8-uint32. To treat the formats it cannot enforce as annotations (not checked), write "
+            "`is json(formats: \"annotate\") ...`")
     return message, hint
 
 
