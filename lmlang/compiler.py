@@ -14,6 +14,7 @@ is enough to run the program and round-trips through JSON. Torch-free.
 from __future__ import annotations
 
 from . import ast as A
+from .models import sources
 from .checker import CheckedProgram, QueryInfo
 from .values import key_name as _key_name, key_text as _key_text, merge_members, plain_value as _plain_value
 from .graph import (AdapterMergeSpec, ApplySpec, Compiled, FuseSpec, InputSpec, LoraSpec, MergeSpec, ModelSpec,
@@ -58,7 +59,7 @@ class Compiler:
         if isinstance(e, A.PathModel):
             p = e.path
             local = self.c.path_for(p, e)
-            src = str(local) if (_exists(local) or p.endswith(".gguf") or p.startswith((".", "/", "~"))) else p
+            src = str(local) if (_exists(local) or sources.classify(p) in ("gguf", "folder")) else p
             return self.add(ModelSpec(src, self.loc(e)), _short(p))
         if isinstance(e, A.ModelRef):
             return self.named_model(e.name)

@@ -9,16 +9,15 @@ means the first declared model, else the bundled default.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from .. import ast as A
 from ..errors import LmlangError
+from ..models import sources
 from ..values import NOT_PLAIN, key_name, key_text, merge_members, model_refs, plain_value, source_refs
 from .context import Context, probe
 
 MAX_CHECKED_DATA_BYTES = 16 * 1024 * 1024
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 def check_models_and_adapters(cx: Context) -> None:
@@ -77,16 +76,17 @@ def check_model_expr(cx: Context, e, allow_router: bool) -> None:
 def _check_model_source(cx: Context, e: A.PathModel) -> None:
     # A hub id is resolved from the local cache when the model is built; a
     # string that can only be a path must exist now.
+    kind = sources.classify(e.path)
     if not e.path.strip():
         cx.error("empty model source", e, 'write a hub id ("org/name"), a folder or a .gguf file')
-    elif e.path.startswith((".", "/", "~")) or e.path.endswith(".gguf"):
+    elif kind in ("folder", "gguf"):
         try:
             path = cx.out.path_for(e.path, e)
         except (OSError, ValueError, RuntimeError):
             path = None
         if path is None or not probe(path, "any"):
             cx.error(f"model not found: {e.path}", e, f"paths resolve relative to the script's folder (looked for {path})")
-    elif not HUB_ID.fullmatch(e.path):
+    elif kind != "hub":
         try:
             local = probe(cx.out.path_for(e.path, e), "any")
         except (OSError, ValueError, RuntimeError):

