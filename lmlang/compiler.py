@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from . import ast as A
 from .models import sources
+from .router_kinds import ROUTER_KINDS
 from .checker import CheckedProgram, QueryInfo
 from .values import key_name as _key_name, key_text as _key_text, merge_members, plain_value as _plain_value
 from .graph import (AdapterMergeSpec, ApplySpec, Compiled, FuseSpec, InputSpec, LoraSpec, MergeSpec, ModelSpec,
@@ -133,7 +134,7 @@ class Compiler:
         r = self.c.routers[name]
         experts, default = [], None
         for e in r.experts.entries:
-            if r.kind == "rules" and _key_name(e.key) == "default":
+            if ROUTER_KINDS[r.kind].has_default and _key_name(e.key) == "default":
                 default = self.model(e.value)
                 continue
             experts.append((self.model(e.key), _router_payload(e.value)))

@@ -9,12 +9,11 @@ from __future__ import annotations
 import re
 
 from .. import ast as A
+from ..router_kinds import DESCRIPTION, EXAMPLES, ROUTER_KINDS, RULE
 from ..values import key_name, plain_value
 from .context import Context, name_span
 from .models import check_model_expr
 
-ROUTER_KINDS = ("embedding", "classify", "rules")
-EMBED_ENCODERS = ("minilm", "base")
 
 
 def check_routers(cx: Context) -> None:
@@ -22,11 +21,12 @@ def check_routers(cx: Context) -> None:
         if r.kind not in ROUTER_KINDS:
             cx.error(f"unknown router kind '{r.kind}'", name_span(r), cx.did_you_mean(r.kind, ROUTER_KINDS, known="kinds"))
             continue
+        kind = ROUTER_KINDS[r.kind]
         _check_options(cx, r)
-        if r.kind == "classify":
+        if kind.needs_using:
             if r.using is None:
-                cx.error("route classify needs `using MODEL` to classify with", name_span(r),
-                         "for example: route classify using base { ... }")
+                cx.error(f"route {r.kind} needs `using MODEL` to classify with", name_span(r),
+                         f"for example: route {r.kind} using base {{ ... }}")
             else:
                 check_model_expr(cx, r.using, allow_router=False)
         elif r.using is not None:
@@ -35,19 +35,21 @@ def check_routers(cx: Context) -> None:
 
 
 def _check_options(cx: Context, r: A.RouterDecl) -> None:
+    kind = ROUTER_KINDS[r.kind]
     for kw in r.options:
-        if r.kind == "embedding" and kw.name == "encoder":
-            v = kw.value.name if isinstance(kw.value, A.ModelRef) else plain_value(kw.value)
-            if v not in EMBED_ENCODERS:
-                cx.error(f"unknown encoder {v!r}", kw.value,
-                         "encoders: minilm (sentence model), base (the expert's base model hidden states)")
-        else:
-            cx.error(f"unknown option '{kw.name}' for route {r.kind}", kw,
-                     "route embedding takes encoder: minilm|base" if r.kind == "embedding" else f"route {r.kind} takes no options")
+        option = kind.option(kw.name)
+        if option is None:
+            cx.error(f"unknown option '{kw.name}' for route {r.kind}", kw, kind.options_text())
+            continue
+        name, allowed, meaning = option
+        v = kw.value.name if isinstance(kw.value, A.ModelRef) else plain_value(kw.value)
+        if v not in allowed:
+            cx.error(f"unknown {name} {v!r}", kw.value, f"{name}s: {meaning}")
 
 
 def _check_experts(cx: Context, r: A.RouterDecl) -> None:
-    if len(r.experts.entries) < (2 if r.kind != "rules" else 1):
+    kind = ROUTER_KINDS[r.kind]
+    if len(r.experts.entries) < kind.min_experts:
         cx.error("a router needs at least two experts", r.experts)
     defaults = 0
     seen: dict = {}
@@ -56,25 +58,28 @@ def _check_experts(cx: Context, r: A.RouterDecl) -> None:
             cx.error("this expert is listed twice", e.key, f"first at line {seen[e.key].span.line}")
             continue
         seen[e.key] = e.key
-        if r.kind == "rules" and key_name(e.key) == "default":
+        if kind.has_default and key_name(e.key) == "default":
             defaults += 1
             check_model_expr(cx, e.value, allow_router=False)
             continue
         check_model_expr(cx, e.key, allow_router=False)
-        _check_how(cx, r.kind, e.value)
-    if r.kind == "rules" and defaults != 1:
-        cx.error("route rules needs exactly one `default: MODEL`", r.experts, "the default catches inputs no rule matches")
+        _check_how(cx, kind.payloads, e.value)
+    if kind.has_default and defaults != 1:
+        cx.error(f"route {r.kind} needs exactly one `default: MODEL`", r.experts,
+                 "the default catches inputs no rule matches")
 
 
-def _check_how(cx: Context, kind: str, v) -> None:
+def _check_how(cx: Context, payloads: tuple, v) -> None:
     """What picks one expert: example texts, a description or a rule."""
-    if kind == "embedding":
+    if EXAMPLES in payloads:
         pv = plain_value(v)
         if not (isinstance(pv, str) or (isinstance(pv, list) and pv and all(isinstance(x, str) for x in pv))):
             cx.error("an embedding expert takes example texts [\"...\", ...] or a description \"...\"", v)
-    elif kind == "classify":
+    elif DESCRIPTION in payloads:
         if not isinstance(plain_value(v), str):
             cx.error("a classify expert takes a description string", v)
+    elif RULE not in payloads:
+        cx.error("this router kind takes no rules", v)
     elif isinstance(v, A.MatchesValue):
         try:
             re.compile(v.pattern)
