@@ -60,6 +60,15 @@ class _Group(click.Group):
             sys.exit(130)
 
 
+def _allow_path_option(f):
+    """--allow-path DIR (repeatable): a folder the script may read besides
+    its own (docs/security.md)."""
+    return click.option("--allow-path", "allow_paths", multiple=True, metavar="DIR",
+                        type=click.Path(file_okay=False),
+                        help="Let the script read files under DIR too (repeatable). A script reads only its own "
+                             "folder's tree by default; env: LMLANG_ALLOW_PATH.")(f)
+
+
 @click.group(cls=_Group)
 @click.version_option(package_name="lmlang")
 def main():
@@ -83,8 +92,9 @@ def main():
 @click.option("--no-progress", is_flag=True, help="Do not draw the progress bar of a data run.")
 @click.option("--threads", type=click.IntRange(min=1), envvar="LMLANG_THREADS", metavar="N",
               help="CPU threads for torch (default: one per core; 1 is much faster on a machine busy with other jobs). Env: LMLANG_THREADS.")
+@_allow_path_option
 def run(file, sets, data, data_format, out, resume, overwrite, limit, batch_size, seed, as_json, trace_path, device,
-        no_progress, threads):
+        no_progress, threads, allow_paths):
     """Run FILE's flow and print what it emits.
 
     With --data, run it once per row and write one JSON line per row:
@@ -98,7 +108,7 @@ def run(file, sets, data, data_format, out, resume, overwrite, limit, batch_size
                             ("--data-format", data_format)):
             if given:
                 raise click.UsageError(f"{flag} needs --data")
-    prog = P.compile_file(file, device=device, batch_size=batch_size, trace_file=trace_path)
+    prog = P.compile_file(file, device=device, batch_size=batch_size, trace_file=trace_path, allow_paths=allow_paths)
     for w in prog.warnings:
         click.echo(w.render(prog.frontend.source), err=True)
     if seed is not None:
@@ -185,7 +195,8 @@ def _run_data(prog, file, data, data_format, out, resume, overwrite, limit, batc
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def check(files, fmt):
+@_allow_path_option
+def check(files, fmt, allow_paths):
     """Check FILES without running them (no model is loaded)."""
     from .frontend import build_file
 
@@ -193,7 +204,7 @@ def check(files, fmt):
     report = []
     for f in files:
         try:
-            fe = build_file(f)
+            fe = build_file(f, allow_paths=allow_paths)
         except LmlangError as e:
             worst = max(worst, e.exit_code)
             if fmt == "json":
@@ -216,12 +227,13 @@ def check(files, fmt):
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["dot", "mermaid", "json"]), default="dot", show_default=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
-def graph(file, fmt, out):
+@_allow_path_option
+def graph(file, fmt, out, allow_paths):
     """Print FILE's execution graph."""
     from .frontend import build_file
     from .graph import graph_to_dot, graph_to_json, graph_to_mermaid
 
-    fe = build_file(file)
+    fe = build_file(file, allow_paths=allow_paths)
     if fmt == "json":
         text = json.dumps(graph_to_json(fe.compiled), indent=2, ensure_ascii=False) + "\n"
     elif fmt == "mermaid":
@@ -282,7 +294,8 @@ def _size_text(n) -> str:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(min=1), envvar="LMLANG_THREADS", metavar="N",
               help="CPU threads for torch (default: one per core; 1 is much faster on a machine busy with other jobs). Env: LMLANG_THREADS.")
-def repl(file, device, threads):
+@_allow_path_option
+def repl(file, device, threads, allow_paths):
     """Enter declarations, statements and expressions one at a time.
 
     On a terminal: syntax highlighting, multi-line blocks and a history file
@@ -293,7 +306,7 @@ def repl(file, device, threads):
     from .repl import run_repl
 
     _set_threads(threads)
-    sys.exit(run_repl(file, device=device))
+    sys.exit(run_repl(file, device=device, allow_paths=allow_paths))
 
 
 @main.command()
@@ -310,7 +323,8 @@ def repl(file, device, threads):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(min=1), envvar="LMLANG_THREADS", metavar="N",
               help="CPU threads for torch (default: one per core; 1 is much faster on a machine busy with other jobs). Env: LMLANG_THREADS.")
-def compare(files, data, expected, output, swap, data_format, limit, batch_size, show, as_json, device, threads):
+@_allow_path_option
+def compare(files, data, expected, output, swap, data_format, limit, batch_size, show, as_json, device, threads, allow_paths):
     """Compare an old and a new program on labelled rows (model-update compatibility).
 
     lmlang compare OLD.lm NEW.lm --data rows.jsonl --expected label
@@ -333,7 +347,7 @@ def compare(files, data, expected, output, swap, data_format, limit, batch_size,
         raise click.UsageError("give OLD.lm NEW.lm, or one FILE with --swap OLD=NEW")
     try:
         rows = C.read_labelled_rows(data, expected, data_format, limit)
-        old = P.compile_file(files[0], device=device)
+        old = P.compile_file(files[0], device=device, allow_paths=allow_paths)
         if swap:
             old_model, sep, new_model = swap.partition("=")
             if not sep or not old_model.strip() or not new_model.strip():
@@ -342,7 +356,7 @@ def compare(files, data, expected, output, swap, data_format, limit, batch_size,
             new = C.swap_model(old, old_model, new_model)
             names = (f"{files[0]} ({old_model})", f"{files[0]} ({old_model}={new_model})")
         else:
-            new = P.compile_file(files[1], device=device)
+            new = P.compile_file(files[1], device=device, allow_paths=allow_paths)
             names = (files[0], files[1])
         for prog in (old, new):
             prog.batch_size = batch_size

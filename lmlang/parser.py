@@ -34,33 +34,11 @@ TERMINAL_NAMES = {
 
 @lru_cache(maxsize=1)
 def _lark():
-    """The LALR parser. Building its tables costs more than parsing a script,
-    so the built parser is cached on disk (Lark checks the grammar's hash and
-    its own version before reusing the file; a stale or unreadable cache is
-    simply rebuilt)."""
-    import lark
+    """The LALR parser, built once per process; its tables come from the
+    on-disk cache when they can (parser_cache.py: JSON, never pickle)."""
+    from .parser_cache import load_parser
 
-    options = dict(parser="lalr", propagate_positions=True, maybe_placeholders=True)
-    cache = _cache_file()
-    if cache is not None:
-        try:
-            return lark.Lark(grammar_text(), cache=cache, **options)
-        except Exception:  # a corrupt or foreign cache file: build without it
-            pass
-    return lark.Lark(grammar_text(), **options)
-
-
-def _cache_file() -> str | None:
-    import hashlib
-
-    from .home import cache_dir
-
-    try:
-        folder = cache_dir("parser")
-    except OSError:
-        return None
-    digest = hashlib.sha256(grammar_text().encode("utf-8")).hexdigest()[:16]
-    return str(folder / f"lmlang-{digest}.lark")
+    return load_parser(grammar_text())
 
 
 def parse(text: str, filename: str = "<string>") -> A.Program:

@@ -251,7 +251,8 @@ class Program:
         checked again, so calls to it are checked like any other."""
         self.functions[name] = fn
         fe = self.frontend
-        self.frontend = _build(fe.source.text, fe.source.filename, fe.checked.base_dir, self.functions, self.schemas)
+        self.frontend = _build(fe.source.text, fe.source.filename, fe.checked.base_dir, self.functions, self.schemas,
+                               fe.allow_paths)
         self._exec = None
         return self
 
@@ -292,31 +293,49 @@ def schema_of(obj) -> dict:
     raise TypeError(f"cannot make a JSON schema from {obj!r}: pass a pydantic model or a dict")
 
 
-def _build(source: str, filename: str, base_dir, functions: dict, schemas: dict | None):
+def _build(source: str, filename: str, base_dir, functions: dict, schemas: dict | None, allow_paths=()):
     from .frontend import build
 
-    return build(source, filename, base_dir, frozenset(functions), schemas=schemas or None)
+    return build(source, filename, base_dir, frozenset(functions), schemas=schemas or None, allow_paths=allow_paths)
+
+
+def _allow_paths(allow_paths) -> tuple[str, ...]:
+    if allow_paths is None:
+        return ()
+    if isinstance(allow_paths, (str, Path)):       # one folder given bare: not its characters
+        allow_paths = [allow_paths]
+    out = []
+    for p in allow_paths:
+        if not isinstance(p, (str, Path)):
+            raise TypeError(f"allow_paths takes folder paths, got {p!r}")
+        out.append(str(p))
+    return tuple(out)
 
 
 def compile(source: str, filename: str = "<string>", *, functions: dict | None = None, base_dir: str | Path | None = None,
             device: str = "auto", schemas: dict | None = None, batch_size: int = 32,
-            trace_file: str | Path | None = None) -> Program:
+            trace_file: str | Path | None = None, allow_paths=None) -> Program:
     """Compile lmlang source text. `functions` are Python functions the flow
     may call; `schemas` maps the name in `x is json "NAME"` to a pydantic
     model or a JSON schema dict (used instead of reading a file);
-    `batch_size` and `trace_file` are the Program's settings."""
+    `batch_size` and `trace_file` are the Program's settings. File
+    references reach only base_dir's tree (default: the current folder)
+    and the folders in `allow_paths` (docs/security.md)."""
     functions = dict(functions or {})
     schemas = {k: schema_of(v) for k, v in (schemas or {}).items()}
-    fe = _build(source, filename, Path(base_dir) if base_dir else None, functions, schemas)
+    fe = _build(source, filename, Path(base_dir) if base_dir else None, functions, schemas, _allow_paths(allow_paths))
     return Program(fe, functions, device, batch_size=batch_size, trace_file=trace_file, schemas=schemas)
 
 
 def compile_file(path: str | Path, *, functions: dict | None = None, device: str = "auto",
-                 schemas: dict | None = None, batch_size: int = 32, trace_file: str | Path | None = None) -> Program:
-    """Compile a .lm file (see `compile`)."""
+                 schemas: dict | None = None, batch_size: int = 32, trace_file: str | Path | None = None,
+                 allow_paths=None) -> Program:
+    """Compile a .lm file (see `compile`); its references reach only its
+    own folder's tree and the folders in `allow_paths`."""
     from .frontend import build_file
 
     functions = dict(functions or {})
     schemas = {k: schema_of(v) for k, v in (schemas or {}).items()}
-    return Program(build_file(path, frozenset(functions), schemas=schemas), functions, device,
+    return Program(build_file(path, frozenset(functions), schemas=schemas, allow_paths=_allow_paths(allow_paths)),
+                   functions, device,
                    batch_size=batch_size, trace_file=trace_file, schemas=schemas)

@@ -92,6 +92,7 @@ class Session:
 
     base_dir: Path = field(default_factory=Path.cwd)
     device: str = "auto"
+    allow_paths: tuple = ()          # --allow-path: folders scripts may read besides base_dir's tree
     functions: dict = field(default_factory=dict)
     decls: list[Decl] = field(default_factory=list)
     vars: dict = field(default_factory=dict)
@@ -207,7 +208,8 @@ class Session:
 
         text, entry_line, emit_line = self._program_text(decls, body, emits, decl_text, decl_names)
         try:
-            prog = P.compile(text, _REPL_FILE, functions=self.functions, base_dir=self.base_dir, device=self.device)
+            prog = P.compile(text, _REPL_FILE, functions=self.functions, base_dir=self.base_dir, device=self.device,
+                          allow_paths=self.allow_paths)
         except CheckError as e:
             if emits:
                 bad = [d for d in e.diagnostics if d.span.line >= emit_line]
@@ -328,7 +330,8 @@ class Session:
 
         text = "\n".join(d.text for d in self.decls) + "\n" + self.loaded_flow[1] + "\n"
         try:
-            prog = P.compile(text, _REPL_FILE, functions=self.functions, base_dir=self.base_dir, device=self.device)
+            prog = P.compile(text, _REPL_FILE, functions=self.functions, base_dir=self.base_dir, device=self.device,
+                          allow_paths=self.allow_paths)
         except LmlangError as e:
             raise _Rejected(e.render(Source(text, _REPL_FILE))) from None
         inputs = {k: v for k, v in self.vars.items() if k in prog.inputs}
@@ -404,11 +407,11 @@ def history_path() -> Path:
     return lmlang_home() / "repl_history"
 
 
-def run_repl(file: str | None = None, device: str = "auto", stdin=None, stdout=None) -> int:
+def run_repl(file: str | None = None, device: str = "auto", stdin=None, stdout=None, allow_paths=()) -> int:
     """The `lmlang repl` loop: prompt_toolkit on a terminal, plain lines otherwise."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    session = Session(device=device)
+    session = Session(device=device, allow_paths=tuple(allow_paths))
     interactive = stdin.isatty() and stdout.isatty()
 
     def emit(lines: list[str]):

@@ -14,6 +14,21 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def allow_test_folders(tmp_path_factory):
+    """Scripts written to one test folder name models and files in others
+    (the session's tiny models): allow the whole temporary tree, as a user
+    allows a shared models folder. tests/test_security.py clears it to test
+    confinement itself."""
+    old = os.environ.get("LMLANG_ALLOW_PATH")
+    os.environ["LMLANG_ALLOW_PATH"] = str(tmp_path_factory.getbasetemp())
+    yield
+    if old is None:
+        os.environ.pop("LMLANG_ALLOW_PATH", None)
+    else:
+        os.environ["LMLANG_ALLOW_PATH"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random tiny Llama with a byte-level BPE tokenizer (seed 0)."""

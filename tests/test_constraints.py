@@ -96,7 +96,7 @@ def test_vocab_disk_cache(hf_tok, lmlang_home):
     from lmlang.constraints.engine import TokenizerInfo
 
     a = TokenizerInfo.from_hf(hf_tok)
-    assert list((lmlang_home / "constraints").glob("vocab-*.pkl"))
+    assert list((lmlang_home / "constraints").glob("vocab-*.bin"))
     b = TokenizerInfo.from_hf(hf_tok)          # read back from disk: nothing is kept on the tokenizer
     assert b is not a and a.hash == b.hash and a.token_bytes == b.token_bytes
     assert not [k for k in vars(hf_tok) if "lmlang" in k]

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import Diagnostic
 from ..source import NO_SPAN, Source, Span
 from ..suggest import did_you_mean
-from .program import CheckedProgram
+from .program import CheckedProgram, PathRefused
 
 MAX_DIAGNOSTICS = 50
 
@@ -85,10 +85,15 @@ class Context:
     did_you_mean = staticmethod(did_you_mean)
 
     def file_ref(self, kind: str, text: str, node, must: str = "file") -> Path | None:
-        """A file the script names, resolved; None (and an error) when it is
-        missing or not a valid path."""
+        """A file the script names, resolved and confined to the allowed
+        folders; None (and an error) when it is refused, missing or not a
+        valid path. Refusal comes before any look at the file, so an error
+        never tells whether something exists outside."""
         try:
-            path = self.out.path_for(text, node)
+            path = self.out.confined_path(text, node)
+        except PathRefused as e:
+            self.refuse(kind, text, node, e)
+            return None
         except (OSError, ValueError, RuntimeError):
             self.error(f"invalid {kind} path {text!r}", node)
             return None
@@ -97,6 +102,13 @@ class Context:
                        f"paths resolve relative to the script's folder (looked for {path})")
             return None
         return path
+
+
+    def refuse(self, kind: str, text: str, node, e: PathRefused) -> None:
+        where = "" if Path(text).expanduser() == e.path else f" (it leads to {e.path})"
+        self.error(f"{kind} path {text!r} is outside the script's folder{where}", node,
+                   "a script reads files only under its own folder; to allow another folder, "
+                   "run with --allow-path DIR (API: allow_paths=[...])", code="path-refused")
 
 
 def probe(path: Path, must: str) -> bool:

@@ -16,6 +16,7 @@ from ..errors import LmlangError
 from ..models import sources
 from ..values import NOT_PLAIN, key_name, key_text, merge_members, model_refs, plain_value, source_refs
 from .context import Context, probe
+from .program import PathRefused
 
 MAX_CHECKED_DATA_BYTES = 16 * 1024 * 1024
 
@@ -81,17 +82,27 @@ def _check_model_source(cx: Context, e: A.PathModel) -> None:
         cx.error("empty model source", e, 'write a hub id ("org/name"), a folder or a .gguf file')
     elif kind in ("folder", "gguf"):
         try:
-            path = cx.out.path_for(e.path, e)
+            path = cx.out.confined_path(e.path, e)
+        except PathRefused as refused:
+            cx.refuse("model", e.path, e, refused)
+            return
         except (OSError, ValueError, RuntimeError):
             path = None
         if path is None or not probe(path, "any"):
             cx.error(f"model not found: {e.path}", e, f"paths resolve relative to the script's folder (looked for {path})")
-    elif kind != "hub":
+    else:
+        # A hub id is not a path, unless a folder of that name sits next to
+        # the script (the compiler then loads the folder): confined too.
         try:
-            local = probe(cx.out.path_for(e.path, e), "any")
+            local = probe(cx.out.confined_path(e.path, e), "any")
+        except PathRefused as refused:
+            local = False
+            if probe(refused.path, "any"):
+                cx.refuse("model", e.path, e, refused)
+                return
         except (OSError, ValueError, RuntimeError):
             local = False
-        if not local:
+        if not local and kind not in ("hub", "default"):
             cx.error(f"{e.path!r} is not a hub id, a folder or a .gguf file", e,
                      'hub ids look like "org/name"; write folders as "./path"')
 

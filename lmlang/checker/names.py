@@ -15,7 +15,7 @@ from ..errors import CheckError, LmlangError
 from ..source import Source
 from ..values import NOT_PLAIN, plain_value
 from .context import Context, article, name_span, probe
-from .program import CheckedProgram, resolve_path
+from .program import CheckedProgram, PathRefused
 
 _TABLES = {A.InputDecl: "inputs", A.ModelDecl: "models", A.AdapterDecl: "adapters", A.RouterDecl: "routers",
            A.QueryDecl: "query_decls"}
@@ -56,7 +56,10 @@ def load_import(cx: Context, use: A.UseDecl) -> list:
     from .passes import check
 
     try:
-        path = resolve_path(use.path, use, cx.base_dir, cx.source.filename)
+        path = cx.out.confined_path(use.path, use)
+    except PathRefused as e:
+        cx.refuse("imported file", use.path, use, e)
+        return []
     except (OSError, ValueError, RuntimeError):
         cx.error(f"invalid path {use.path!r}", use)
         return []
@@ -75,7 +78,7 @@ def load_import(cx: Context, use: A.UseDecl) -> list:
         return []
     try:
         sub_out = check(parse(text, str(path)), Source(text, str(path)), path.parent, cx.functions,
-                        cx.schemas, (*cx.import_stack, here))
+                        cx.schemas, (*cx.import_stack, here), roots=cx.out.roots)
     except CheckError as e:
         cx.out.sources.update(e.sources)
         cx.report.extend(e.diagnostics)

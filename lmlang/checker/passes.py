@@ -16,7 +16,7 @@ from .context import Context, Stop
 from .flow import check_flow, check_unused
 from .models import check_models_and_adapters
 from .names import check_inputs, collect
-from .program import CheckedProgram
+from .program import CheckedProgram, allowed_roots
 from .queries import check_queries
 from .routers import check_routers
 
@@ -31,9 +31,10 @@ PASSES = (
 
 
 def check(program: A.Program, source: Source, base_dir: Path, functions: frozenset = frozenset(),
-          schemas: dict | None = None, import_stack: tuple = ()) -> CheckedProgram:
-    """The checked program; CheckError with every diagnostic if it has errors."""
-    out = CheckedProgram(source, base_dir, program, functions=functions)
+          schemas: dict | None = None, import_stack: tuple = (), roots: tuple = ()) -> CheckedProgram:
+    """The checked program; CheckError with every diagnostic if it has errors.
+    `roots`: the folders file references may reach (default: base_dir's)."""
+    out = CheckedProgram(source, base_dir, program, functions=functions, roots=roots or allowed_roots(base_dir))
     out.sources[source.filename] = source
     cx = Context(source, base_dir, out, functions, dict(schemas or {}), import_stack)
     try:
@@ -53,5 +54,5 @@ def check(program: A.Program, source: Source, base_dir: Path, functions: frozens
 
 
 def check_program(program: A.Program, source: Source, base_dir: Path, functions=frozenset(),
-                  schemas: dict | None = None) -> CheckedProgram:
-    return check(program, source, base_dir, frozenset(functions), schemas)
+                  schemas: dict | None = None, allow_paths=()) -> CheckedProgram:
+    return check(program, source, base_dir, frozenset(functions), schemas, roots=allowed_roots(base_dir, allow_paths))

@@ -19,7 +19,6 @@ plan kind, and the fallback order, is `CHAINS` (see engine.py for the figures).
 from __future__ import annotations
 
 import json
-import pickle
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -245,10 +244,15 @@ class OutlinesCoreBackend(Backend):
             raise BackendCannot(f"outlines_core: {str(e).splitlines()[0]}") from None
 
     def dump(self, artifact: Any) -> bytes | None:
-        return pickle.dumps(artifact, protocol=pickle.HIGHEST_PROTOCOL)
+        # The index's own binary form (what its __reduce__ hands pickle),
+        # read back by Rust: a cache file is data, never unpickled.
+        _rebuild, args = artifact.__reduce__()
+        return args[0] if len(args) == 1 and isinstance(args[0], bytes) else None
 
     def load(self, data: bytes, tok: TokenizerInfo) -> Any:
-        return pickle.loads(data)
+        import outlines_core
+
+        return outlines_core.Index.from_binary(data)
 
     def matcher(self, artifact: Any, tok: TokenizerInfo) -> Matcher:
         import outlines_core

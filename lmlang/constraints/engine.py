@@ -45,7 +45,7 @@ Caching: compile results are keyed by (tokenizer hash, plan, backend) in memory
 and, for backends whose artifacts are expensive (outlines_core indexes, xgrammar
 compiled grammars), on disk under cache_dir("constraints"). The prepared
 vocabulary is on disk too (vocab.py), so a new process pays: hashing the
-tokenizer, one unpickle, the backend's tokenizer setup, then a ms compile.
+tokenizer, one read of its data file, the backend's tokenizer setup, then a ms compile.
 
 Token healing: a Guide starts at a token boundary. The runtime should end the
 prompt on a boundary before a hole (the prompt text before a hole is tokenized
@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from .. import cachefile
 from ..errors import LmlangRuntimeError
 from .backends import CHAINS, BackendCannot, get_backend
 from .guide import Guide
@@ -171,9 +172,9 @@ def compile_constraint(c: Constraint | None, tok: TokenizerInfo, backend: str | 
     from ..home import cache_dir
 
     disk = cache_dir("constraints") / f"cc-{key}.bin"
-    if disk.exists():
+    raw = cachefile.read(disk, "compiled-constraint")    # hashed data, never a pickle: a bad entry is a miss
+    if raw is not None:
         try:
-            raw = disk.read_bytes()
             name, _, data = raw.partition(b"\n")
             b = get_backend(name.decode())
             artifact = b.load(data, tok)
@@ -193,9 +194,7 @@ def compile_constraint(c: Constraint | None, tok: TokenizerInfo, backend: str | 
         out = CompiledConstraint(plan, tok, name, artifact, time.perf_counter() - t0)
         data = b.dump(artifact)
         if data is not None:
-            tmp = disk.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(name.encode() + b"\n" + data)
-            tmp.replace(disk)
+            cachefile.write(disk, "compiled-constraint", name.encode() + b"\n" + data)
         _MEMORY[key] = out
         return out
     raise ConstraintCompileError("no constraint backend can enforce this constraint: " + "; ".join(reasons),

@@ -7,8 +7,10 @@ every backend from that list. Special tokens (other than EOS) are never part of
 a constrained value: they get empty bytes and are always masked.
 
 The prepared vocabulary is cached on disk (cache_dir("constraints")) under the
-tokenizer's content hash, so a new process pays a hash and an unpickle, not a
-walk over the vocabulary. Whoever owns the tokenizer keeps its TokenizerInfo
+tokenizer's content hash, so a new process pays a hash and a read, not a
+walk over the vocabulary. The entry is plain data (integer arrays and the
+tokens' bytes behind a sha256, lmlang/cachefile.py), never a pickle: a
+planted file is a cache miss, not code that runs. Whoever owns the tokenizer keeps its TokenizerInfo
 (models/loader.py's LoadedModel builds it once per loaded model). What is
 derived from the vocabulary (backend tokenizer objects, the bytes -> token
 table, token-healing pairs, stop-crossing masks) is built lazily and kept on
@@ -20,13 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import re
 from typing import Any, Callable
 
 import numpy as np
 
-_FORMAT = 1  # bump when the cached layout changes
+from .. import cachefile
+
+_FORMAT = 2  # bump when the cached layout changes (2: data file, not pickle)
+_KIND = "vocab"
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -117,24 +121,19 @@ class TokenizerInfo:
         digest = hashlib.sha256(f"{_FORMAT}|{n}|{eos}|".encode() + spec.encode()).hexdigest()[:24]
 
         def encode(text: str) -> list[int]:
-            return list(tokenizer.encode(text, add_special_tokens=False))
+            # A value never holds a special token (their bytes are empty and
+            # masked), so text that spells one is text: split it.
+            return list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
 
         from ..home import cache_dir
 
-        path = cache_dir("constraints") / f"vocab-{digest}.pkl"
-        data = None
-        if path.exists():
-            try:
-                data = pickle.loads(path.read_bytes())
-            except Exception:
-                data = None
+        path = cache_dir("constraints") / f"vocab-{digest}.bin"
+        data = _read_cached(path, n)
         if data is None:
             data = _read_vocab(json.loads(spec), tokenizer, n)
             probe = cls(data["token_bytes"], eos, data["special_ids"], hash=digest)
             data["char_len"] = probe.char_len
-            tmp = path.with_suffix(f".tmp{id(data)}")
-            tmp.write_bytes(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
-            tmp.replace(path)
+            cachefile.write(path, _KIND, _cache_body(data))
         return cls(data["token_bytes"], eos, data["special_ids"], hash=digest, encode=encode,
                    char_len=data.get("char_len"))
 
@@ -271,3 +270,43 @@ def _read_vocab(spec: dict, tokenizer: Any, n: int) -> dict:
         if not b and i not in special:
             special.append(i)
     return {"token_bytes": token_bytes, "special_ids": sorted(special)}
+
+
+# ---------------------------------------------------------------- the disk cache
+# Body: a JSON header line {"n", "special_ids"}, then three little-endian
+# arrays back to back: offsets (uint32, n + 1) into the concatenated token
+# bytes, char_len (int32, n), and the bytes themselves.
+
+def _cache_body(data: dict) -> bytes:
+    token_bytes = data["token_bytes"]
+    offsets = np.zeros(len(token_bytes) + 1, dtype="<u4")
+    np.cumsum([len(b) for b in token_bytes], out=offsets[1:])
+    header = json.dumps({"n": len(token_bytes), "special_ids": [int(i) for i in data["special_ids"]]})
+    return (header.encode() + b"\n" + offsets.tobytes() + np.asarray(data["char_len"], dtype="<i4").tobytes()
+            + b"".join(token_bytes))
+
+
+def _read_cached(path, n: int) -> dict | None:
+    """The cached vocabulary of an n-token tokenizer, or None when the entry
+    is missing, damaged or does not describe n tokens (then it is rebuilt)."""
+    body = cachefile.read(path, _KIND)
+    if body is None:
+        return None
+    try:
+        line, _, rest = body.partition(b"\n")
+        header = json.loads(line)
+        if header.get("n") != n:
+            return None
+        special = [int(i) for i in header["special_ids"]]
+        offsets = np.frombuffer(rest, dtype="<u4", count=n + 1)
+        char_len = np.frombuffer(rest, dtype="<i4", count=n, offset=4 * (n + 1)).astype(np.int32)
+        blob = rest[8 * n + 4:]
+        if offsets[0] != 0 or int(offsets[-1]) != len(blob) or np.any(np.diff(offsets.astype(np.int64)) < 0):
+            return None
+        if any(not 0 <= i < n for i in special):
+            return None
+        bounds = offsets.tolist()
+        token_bytes = [blob[bounds[i]:bounds[i + 1]] for i in range(n)]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return {"token_bytes": token_bytes, "special_ids": special, "char_len": char_len}

@@ -107,7 +107,7 @@ class QueryRun:
     def __init__(self, lm: LM, prompt: RenderedPrompt, constraints: dict):
         self.lm = lm
         self.prompt = prompt
-        self.chunk_ids = [lm.encode(c, first=(i == 0)) if c else [] for i, c in enumerate(prompt.chunks)]
+        self.chunk_ids = [prompt.chunk_ids(lm, i) for i in range(len(prompt.chunks))]
         if not self.chunk_ids[0]:
             self.chunk_ids[0] = [next(iter(lm.eos_ids))]   # a prompt that opens with a hole starts after EOS
         # Token healing: a chunk that ends in a bare space token would make the
@@ -189,8 +189,7 @@ class RowDecoder:
             # string, text after a stop) or across a seam that tokenizes
             # differently as one text.
             target = hole.heal_text + value
-            chunk = run.prompt.chunks[i + 1]
-            canon = lm.encode(target + chunk)
+            canon = run.prompt.chunk_ids(lm, i + 1, before=target)
             gen = hole.gen
             keep = 0
             while keep < len(gen) and keep < len(canon) and gen[keep] == canon[keep]:
@@ -345,7 +344,7 @@ def beam_search(run: QueryRun, width: int) -> Decoded:
         traces[i].ended_by = h.guide.ended_by or "beam"
         if i + 1 < len(run.holes):
             batch = at_start
-            nxt = lm.encode(value + run.prompt.chunks[i + 1])
+            nxt = run.prompt.chunk_ids(lm, i + 1, before=value)
             if run.holes[i + 1].heal:
                 nxt = nxt[:-1]
             batch.feed([nxt])

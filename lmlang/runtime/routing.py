@@ -114,22 +114,22 @@ class Router:
     def _classify(self, texts: list[str]) -> list[str]:
         from ..constraints import spec as C
         from .decode import QueryRun, score_distribution
-        from .prompt import RenderedPrompt, _apply_template
+        from .prompt import render
 
         lm = self.lm_for(self.spec.using)
         labels = [self.names[nid] for nid, _ in self.spec.experts]
         # The checker gives every classify expert a description.
         menu = "\n".join(f"- {name}: {payload.text}" for name, (_nid, payload) in zip(labels, self.spec.experts))
         out = []
+        segments = (
+            ("system", (("text", "You route requests. Reply with the name of the one expert best suited to the input."),)),
+            ("user", (("text", f"Experts:\n{menu}\n\nInput: "), ("interp", ("input",)), ("text", "\n\nWhich expert?"))),
+            ("assistant", (("hole", "expert"),)),
+        )
         for text in texts:
-            messages = [
-                {"role": "system", "content": "You route requests. Reply with the name of the one expert best suited to the input."},
-                {"role": "user", "content": f"Experts:\n{menu}\n\nInput: {text}\n\nWhich expert?"},
-                {"role": "assistant", "content": "\ue000HOLE0\ue001"},
-            ]
-            full = _apply_template(lm.tokenizer, messages)
-            before, _, after = full.partition("\ue000HOLE0\ue001")
-            run = QueryRun(lm, RenderedPrompt((before, after), ("expert",)), {"expert": C.Choice(tuple(labels))})
+            # The input is a value: plain text, never part of the template.
+            prompt = render(segments, {"input": text}, lm.tokenizer, chat=True)
+            run = QueryRun(lm, prompt, {"expert": C.Choice(tuple(labels))})
             d = score_distribution(run, ("expert", tuple(labels)))
             out.append(self.spec.experts[labels.index(d.values["expert"])][0])
         return out
