@@ -246,12 +246,11 @@ def encode_record(record: dict) -> bytes:
     the row is still recorded."""
     try:
         return (json.dumps(record, ensure_ascii=False, allow_nan=False, default=str) + "\n").encode("utf-8")
-    except (ValueError, TypeError, RecursionError, UnicodeEncodeError) as e:
-        why = ("holds NaN or Infinity, which JSON cannot write" if isinstance(e, ValueError) and "JSON compliant" in str(e)
-               else f"cannot be written as JSON ({type(e).__name__}: {e})")
+    except (ValueError, TypeError, RecursionError, UnicodeEncodeError):
         part = "output" if "output" in record else "input"
         fallback = {"row": record.get("row"), "input": None,
-                    "error": {"type": "DataError", "message": f"the row's {part} {why}", "hint": "", "exit_code": 1}}
+                    "error": {"type": "DataError", "message": f"the row's {part} {_unwritable(record.get(part))}",
+                              "hint": "", "exit_code": 1}}
         if part == "output" and _encodable(record.get("input")):
             fallback["input"] = record["input"]
         return (json.dumps(fallback, ensure_ascii=True, default=str) + "\n").encode("utf-8")
@@ -259,10 +258,23 @@ def encode_record(record: dict) -> bytes:
 
 def _encodable(value) -> bool:
     try:
-        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        json.dumps(value, ensure_ascii=False, allow_nan=False, default=str).encode("utf-8")
         return True
     except (ValueError, TypeError, RecursionError, UnicodeEncodeError):
         return False
+
+
+def _unwritable(value) -> str:
+    """Why `value` cannot be a JSON line, as the end of a sentence."""
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False, default=str).encode("utf-8")
+    except ValueError as e:
+        if "JSON compliant" in str(e):
+            return "holds NaN or Infinity, which JSON cannot write"
+        return f"cannot be written as JSON ({e})"
+    except (TypeError, RecursionError, UnicodeEncodeError) as e:
+        return f"cannot be written as JSON ({type(e).__name__}: {e})"
+    return "cannot be written as JSON"
 
 
 class OutputWriter:
@@ -455,6 +467,9 @@ def run_data(program, rows: Iterable[DataRow], write: Callable[[dict], None], *,
     inputs = set(program.inputs)
 
     def record(rec: dict, error: BaseException | None):
+        if error is None and not _encodable(rec):
+            error = DataError(f"the row's output {_unwritable(rec.get('output'))}")
+            rec = row_record(rec["row"], rec["input"] if _encodable(rec["input"]) else None, error=error)
         write(rec)
         if error is None:
             summary.ok += 1
