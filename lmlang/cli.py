@@ -109,6 +109,8 @@ def run(file, sets, data, data_format, out, resume, overwrite, limit, batch_size
             if given:
                 raise click.UsageError(f"{flag} needs --data")
     prog = P.compile_file(file, device=device, batch_size=batch_size, trace_file=trace_path, allow_paths=allow_paths)
+    if trace_path:
+        _check_trace(trace_path, {"script": file, "--data": data, "--out": out})
     for w in prog.warnings:
         click.echo(w.render(prog.frontend.source), err=True)
     if seed is not None:
@@ -130,56 +132,80 @@ def run(file, sets, data, data_format, out, resume, overwrite, limit, batch_size
             click.echo(f"{k}: {value_text(v)}")
 
 
+def _check_trace(path: str, protect: dict) -> None:
+    """--trace must be a file lmlang can append to, and not one the run
+    reads or writes; found out before any model loads."""
+    from .datarun import OutputError, _same_file
+
+    for role, other in protect.items():
+        if other and _same_file(path, other):
+            raise OutputError(f"--trace {path} is the {role} file", hint="write the trace to another file")
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise OutputError(f"cannot write --trace {path}: {e.strerror or e}",
+                          hint="the folder must exist and be writable") from None
+
+
+def _open_out(D, out: str, data: str, file: str, resume: bool, overwrite: bool):
+    """Open and lock --out before any model loads; returns (OutputFile, rows already done)."""
+    output = D.OutputFile.open(out, protect={"--data": data, "script": file}, regular=resume)
+    try:
+        done: set = set()
+        if resume:
+            state = output.resume_state()
+            done = state.done
+            if state.dropped_partial:
+                click.echo(f"{out}: dropped a partial last line (the previous run was killed mid-write)", err=True)
+        elif overwrite:
+            output.truncate()
+        elif output.size() > 0:
+            raise D.DataError(f"{out} already has results", hint="pass --resume to continue it or --overwrite to start over")
+    except BaseException:
+        output.close()
+        raise
+    return output, done
+
+
 def _run_data(prog, file, data, data_format, out, resume, overwrite, limit, batch_size, sets, as_json, progress) -> int:
     """The --data half of `lmlang run`; returns the exit code."""
     from . import datarun as D
-    from .errors import DataError
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
     if resume and not out:
         raise click.UsageError("--resume needs --out")
     fixed = _parse_sets(sets)          # --set values apply to every row unless a column gives one
-    done: set = set()
-    if out:
-        outp = os.path.abspath(out)
-        if os.path.abspath(data) == outp:
-            raise DataError("--out must not be the --data file")
-        if resume:
-            state = D.resume_state(out)
-            done = state.done
-            if state.dropped_partial:
-                click.echo(f"{out}: dropped a partial last line (the previous run was killed mid-write)", err=True)
-        elif overwrite:
-            open(out, "w").close()
-        elif os.path.exists(out) and os.path.getsize(out) > 0:
-            raise DataError(f"{out} already has results", hint="pass --resume to continue it or --overwrite to start over")
-    rows = D.read_rows(data, data_format)
-    if fixed:
-        rows = (D.DataRow(r.index, {**fixed, **r.values}, r.error) if r.values is not None else r for r in rows)
-    total = D.count_rows(data) if data_format is None or data_format == D.format_of(data) else None
-    if total is not None and limit is not None:
-        total = min(total, limit)
-    # Load base models before the first row: a model that cannot load stops the
-    # run at once (exit 1) instead of failing every row, and the bar's rows/s
-    # and ETA measure rows, not loading.
-    if progress:
-        with D.status("loading models"):
-            prog.load_models()
-    else:
-        prog.load_models()
-    writer = D.OutputWriter(out)
-    bar = None
-    if progress:
-        left = None if total is None else max(total - sum(1 for i in done if i < total), 0)
-        bar = D.RowProgress(left, description=os.path.basename(data))
-        bar.start()
+    rows = D.read_rows(data, data_format)          # opens the data (and reads a CSV header) now
+    output, done = _open_out(D, out, data, file, resume, overwrite) if out else (None, set())
+    writer = D.OutputWriter(output)
     try:
-        summary = D.run_data(prog, rows, writer.write, done=done, limit=limit, chunk_size=batch_size,
-                             on_progress=(lambda n, _t: bar.update(n)) if bar else None)
+        if fixed:
+            rows = (D.DataRow(r.index, {**fixed, **r.values}, r.error) if r.values is not None else r for r in rows)
+        total = D.count_rows(data) if data_format is None or data_format == D.format_of(data) else None
+        if total is not None and limit is not None:
+            total = min(total, limit)
+        # Load base models before the first row: a model that cannot load stops the
+        # run at once (exit 1) instead of failing every row, and the bar's rows/s
+        # and ETA measure rows, not loading.
+        if progress:
+            with D.status("loading models"):
+                prog.load_models()
+        else:
+            prog.load_models()
+        bar = None
+        if progress:
+            left = None if total is None else max(total - sum(1 for i in done if i < total), 0)
+            bar = D.RowProgress(left, description=os.path.basename(data))
+            bar.start()
+        try:
+            summary = D.run_data(prog, rows, writer.write, done=done, limit=limit, chunk_size=batch_size,
+                                 on_progress=(lambda n, _t: bar.update(n)) if bar else None)
+        finally:
+            if bar:
+                bar.stop()
     finally:
-        if bar:
-            bar.stop()
         writer.close()
     if summary.ignored_columns:
         click.echo("ignored columns that name no input: " + ", ".join(sorted(summary.ignored_columns)), err=True)
@@ -241,8 +267,14 @@ def graph(file, fmt, out, allow_paths):
     else:
         text = graph_to_dot(fe.compiled)
     if out:
-        with open(out, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        from .datarun import OutputError
+
+        try:
+            with open(out, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as e:
+            raise OutputError(f"cannot write -o {out}: {e.strerror or e}",
+                              hint="the folder must exist and be writable") from None
     else:
         click.echo(text, nl=False)
 

@@ -19,6 +19,8 @@ import csv
 import io
 import json
 import os
+import stat
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -27,6 +29,12 @@ from .errors import DataError, LmlangError
 
 
 # ---------------------------------------------------------------- reading rows
+
+# A quoted CSV cell may run over several lines; one that runs longer than
+# this is taken for an unclosed quote, so a stray `"` costs its own row, not
+# every row after it.
+MAX_RECORD_LINES = 1000
+
 
 @dataclass
 class DataRow:
@@ -40,18 +48,43 @@ def read_rows(path: str | Path, fmt: str | None = None) -> Iterator[DataRow]:
     error (file and line named) instead of stopping the run. JSONL follows
     lmlang.jsonl's contract (blank lines are skipped and do not count as
     rows); an empty CSV cell means "not given", so the input's default (if
-    any) applies."""
+    any) applies.
+
+    The file is opened, and a CSV header read and checked, before this
+    returns: a file that cannot be read at all is a DataError now, before
+    any model loads, not at the first row."""
     path = Path(path)
     fmt = fmt or _format_of(path)
+    _check_readable(path)
     try:
-        fh = open(path, "rb") if fmt != "csv" else open(path, encoding="utf-8", newline="")
+        fh = open(path, "rb")
     except OSError as e:
         raise DataError(f"cannot read data file {path}: {e.strerror or e}") from None
+    if fmt != "csv":
+        return _closing(fh, _jsonl_rows(fh, path))
+    try:
+        records = _csv_records(fh)
+        header = _csv_header(records, path)
+    except BaseException:
+        fh.close()
+        raise
+    return _closing(fh, _csv_rows(records, header, path))
+
+
+def _check_readable(path: Path) -> None:
+    """A data file is a regular file or a pipe (`--data <(zcat rows.jsonl.gz)`);
+    a folder or a device such as /dev/zero would never end."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise DataError(f"cannot read data file {path}: {e.strerror or e}") from None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        raise DataError(f"data file {path} is not a regular file or a pipe")
+
+
+def _closing(fh, rows: Iterator[DataRow]) -> Iterator[DataRow]:
     with fh:
-        if fmt == "csv":
-            yield from _csv_rows(fh, path)
-        else:
-            yield from _jsonl_rows(fh, path)
+        yield from rows
 
 
 def _format_of(path: Path) -> str:
@@ -74,28 +107,112 @@ def _jsonl_rows(fh, path: Path) -> Iterator[DataRow]:
                                                  hint="each line must be one JSON object mapping input names to values"))
 
 
-def _csv_rows(fh, path: Path) -> Iterator[DataRow]:
-    reader = csv.reader(fh)
-    try:
-        header = next(reader)
-    except StopIteration:
-        return
-    except csv.Error as e:
-        raise DataError(f"{path}:1: bad CSV header: {e}") from None
-    index = 0
+class _CsvLines:
+    """Physical lines of a CSV file for csv.reader, each decoded on its own
+    (a bad byte spoils its row, not the 8 KB around it): bytes that are not
+    UTF-8 become lone surrogates (surrogateescape), which `_not_utf8` finds
+    in the cells. Remembers the lines the current record took, so a bad
+    record can be given back and read again from its second line."""
+
+    def __init__(self, fh):
+        from .jsonl import bounded_lines
+
+        self.raw = enumerate(bounded_lines(fh), start=1)
+        self.back: deque = deque()
+        self.taken: list[tuple[int, str | None]] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if len(self.taken) >= MAX_RECORD_LINES:
+            raise _BadRecord(f"a quoted cell runs over more than {MAX_RECORD_LINES} lines (an unclosed quote?)")
+        if self.back:
+            number, text = self.back.popleft()
+        else:
+            number, raw = next(self.raw)
+            text = None if raw is None else raw.decode("utf-8", "surrogateescape")
+            if number == 1 and text is not None and text.startswith("\ufeff"):
+                text = text[1:]
+        self.taken.append((number, text))
+        if text is None:
+            from .jsonl import MAX_LINE_BYTES
+
+            raise _BadRecord(f"line longer than {MAX_LINE_BYTES >> 20} MiB")
+        return text
+
+
+class _BadRecord(Exception):
+    pass
+
+
+def _csv_records(fh) -> Iterator[tuple[int, list[str] | None, str]]:
+    """(first line, cells, "") per CSV record, or (first line, None, problem)
+    for one that is malformed. After a bad record, reading starts again on
+    the line after its first, so an unclosed quote spoils one row and the
+    rows it swallowed are read as rows."""
+    lines = _CsvLines(fh)
+    reader = csv.reader(lines, strict=True)
     while True:
+        lines.taken = []
         try:
             cells = next(reader)
         except StopIteration:
             return
-        except csv.Error as e:
-            yield DataRow(index, None, DataError(f"{path}:{reader.line_num}: bad CSV row: {e}"))
-            index += 1
+        except (csv.Error, _BadRecord) as e:
+            taken = lines.taken
+            if not taken:
+                return
+            problem = str(e)
+            if problem == "unexpected end of data":
+                problem = "a quoted cell is never closed"
+            lines.back.extendleft(reversed(taken[1:]))
+            reader = csv.reader(lines, strict=True)
+            yield taken[0][0], None, problem
             continue
-        if not any(c.strip() for c in cells):
+        yield lines.taken[0][0] if lines.taken else 0, cells, ""
+
+
+def _not_utf8(cells: list[str]) -> str:
+    for cell in cells:
+        for ch in cell:
+            if "\udc80" <= ch <= "\udcff":
+                return f"not UTF-8 text (byte 0x{ord(ch) - 0xdc00:02x})"
+    return ""
+
+
+def _csv_header(records, path: Path) -> list[str]:
+    for line, cells, problem in records:
+        if cells == []:
+            continue                     # blank lines before the header
+        if cells is None:
+            raise DataError(f"{path}:{line}: bad CSV header: {problem}")
+        bad = _not_utf8(cells)
+        if bad:
+            raise DataError(f"{path}:{line}: bad CSV header: {bad}")
+        seen: set = set()
+        for name in cells:
+            if name and name in seen:
+                raise DataError(f"{path}:{line}: column '{name}' appears twice in the CSV header",
+                                hint="each column names one input; rename or drop one of them")
+            seen.add(name)
+        return cells
+    return []
+
+
+def _csv_rows(records, header: list[str], path: Path) -> Iterator[DataRow]:
+    if not header:
+        return
+    index = 0
+    for line, cells, problem in records:
+        if cells is not None and not any(c.strip() for c in cells):
             continue
-        if len(cells) > len(header):
-            yield DataRow(index, None, DataError(f"{path}:{reader.line_num}: {len(cells)} cells but {len(header)} columns"))
+        if cells is None:
+            yield DataRow(index, None, DataError(f"{path}:{line}: bad CSV row: {problem}"))
+        elif _not_utf8(cells):
+            yield DataRow(index, None, DataError(f"{path}:{line}: bad CSV row: {_not_utf8(cells)}"))
+        elif len(cells) > len(header):
+            yield DataRow(index, None, DataError(f"{path}:{line}: {len(cells)} cells but {len(header)} columns"))
         else:
             yield DataRow(index, {k: v for k, v in zip(header, cells) if v != ""})
         index += 1
@@ -121,16 +238,58 @@ def row_record(index: int, inputs: dict | None, values: dict | None = None, erro
     return rec
 
 
+def encode_record(record: dict) -> bytes:
+    """One output line. JSON has no NaN or Infinity and no lone surrogates,
+    and Python would write them anyway, so a record that holds one (a flow
+    that computed float("nan"), a Python function's odd return value) is
+    replaced by an error record for its row: the file stays valid JSON and
+    the row is still recorded."""
+    try:
+        return (json.dumps(record, ensure_ascii=False, allow_nan=False, default=str) + "\n").encode("utf-8")
+    except (ValueError, TypeError, RecursionError, UnicodeEncodeError):
+        part = "output" if "output" in record else "input"
+        fallback = {"row": record.get("row"), "input": None,
+                    "error": {"type": "DataError", "message": f"the row's {part} {_unwritable(record.get(part))}",
+                              "hint": "", "exit_code": 1}}
+        if part == "output" and _encodable(record.get("input")):
+            fallback["input"] = record["input"]
+        return (json.dumps(fallback, ensure_ascii=True, default=str) + "\n").encode("utf-8")
+
+
+def _encodable(value) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False, default=str).encode("utf-8")
+        return True
+    except (ValueError, TypeError, RecursionError, UnicodeEncodeError):
+        return False
+
+
+def _unwritable(value) -> str:
+    """Why `value` cannot be a JSON line, as the end of a sentence."""
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False, default=str).encode("utf-8")
+    except ValueError as e:
+        if "JSON compliant" in str(e):
+            return "holds NaN or Infinity, which JSON cannot write"
+        return f"cannot be written as JSON ({e})"
+    except (TypeError, RecursionError, UnicodeEncodeError) as e:
+        return f"cannot be written as JSON ({type(e).__name__}: {e})"
+    return "cannot be written as JSON"
+
+
 class OutputWriter:
     """Appends one JSON line per row, each with a single write(2) so a crash
-    leaves at most one partial line (at the end)."""
+    leaves at most one partial line (at the end). `out` is an OutputFile (a
+    locked --out), a path, or None for stdout."""
 
-    def __init__(self, path: str | Path | None):
-        self.path = Path(path) if path else None
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if self.path else None
+    def __init__(self, out: "OutputFile | str | Path | None"):
+        if isinstance(out, (str, Path)):
+            out = OutputFile.open(out)
+        self.out = out
+        self.fd = out.fd if out is not None else None
 
     def write(self, record: dict) -> None:
-        data = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        data = encode_record(record)
         if self.fd is None:
             import sys
 
@@ -138,14 +297,100 @@ class OutputWriter:
             sys.stdout.flush()
             return
         view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        except OSError as e:
+            raise OutputWriteError(f"cannot write to {self.out.path}: {e.strerror or e}",
+                                   hint="the rows recorded so far are kept; free space, then run again with --resume") from None
+
+    def close(self) -> None:
+        if self.out is not None:
+            self.out.close()
+            self.fd = None
+
+
+class OutputError(DataError):
+    """An --out (or --trace) path that cannot be used: a command-line error, exit code 2."""
+
+    exit_code = 2
+
+
+class OutputWriteError(DataError):
+    """Writing a record failed (disk full): the run stops; it resumes later."""
+
+
+class OutputFile:
+    """A data run's --out file, opened for appending and locked (flock) for
+    as long as the run lasts, so a second run on the same file, or a second
+    `--resume`, fails at once instead of writing every row again. Opened
+    before any model loads, so a path that cannot be written fails fast."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self.fd = path, fd
+
+    @classmethod
+    def open(cls, path: str | Path, *, protect: dict | None = None, regular: bool = False) -> "OutputFile":
+        """Open and lock `path`. `protect` maps a role ("--data") to a file
+        the output must not be, compared as files (a symlink or a hard link
+        to the data is the data). `regular`: refuse a path that exists and
+        is not a regular file (what --resume reads back), before opening it
+        (opening a FIFO would wait for a reader)."""
+        path = Path(path)
+        for role, other in (protect or {}).items():
+            if other is not None and _same_file(path, Path(other)):
+                raise OutputError(f"--out {path} is the {role} file" + ("" if str(path) == str(other) else f" {other}"),
+                                  hint="write the results to another file")
+        if regular and os.path.exists(path) and not os.path.isfile(path):
+            raise OutputError(f"--resume needs a regular file; {path} is not one",
+                              hint="resume into the results file a run wrote")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputError(f"cannot write --out {path}: {e.strerror or e}",
+                              hint="the folder must exist and be writable") from None
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataError(f"{path} is in use by another lmlang run",
+                            hint="wait for it to finish, or write to another --out") from None
+        except OSError:
+            pass                         # a filesystem without locks: run unlocked, as before
+        return cls(path, fd)
+
+    @property
+    def regular(self) -> bool:
+        return stat.S_ISREG(os.fstat(self.fd).st_mode)
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size if self.regular else 0
+
+    def truncate(self) -> None:
+        """--overwrite: start afresh (a pipe or device has nothing to cut)."""
+        if self.regular:
+            os.ftruncate(self.fd, 0)
+
+    def resume_state(self) -> "ResumeState":
+        if not self.regular:
+            raise OutputError(f"--resume needs a regular file; {self.path} is not one",
+                              hint="resume into the results file a run wrote")
+        return resume_state(self.path)
 
     def close(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)
+            os.close(self.fd)        # releases the lock
             self.fd = None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False                 # one of them does not exist (yet)
 
 
 @dataclass
@@ -158,11 +403,16 @@ class ResumeState:
 def resume_state(path: str | Path) -> ResumeState:
     """Which rows an existing output file already holds. A truncated last
     line (no newline: the process died mid-write) is cut off the file so the
-    next append starts on a fresh line; so is an unparseable last line."""
+    next append starts on a fresh line; so is an unparseable last line.
+    Only a regular file is read: a pipe or a device (/dev/zero) would be
+    read until memory ran out."""
     path = Path(path)
     state = ResumeState()
     if not path.exists():
         return state
+    if not path.is_file():
+        raise OutputError(f"--resume needs a regular file; {path} is not one",
+                          hint="resume into the results file a run wrote")
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     lines = data[:end].splitlines()
@@ -182,7 +432,7 @@ def resume_state(path: str | Path) -> ResumeState:
         try:
             rec = json.loads(raw)
             idx = rec["row"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise DataError(f"{path}:{n}: not an lmlang results line; refusing to resume into it",
                             hint="point --out at a results file written by `lmlang run --data`") from None
         state.done.add(idx)
@@ -217,6 +467,9 @@ def run_data(program, rows: Iterable[DataRow], write: Callable[[dict], None], *,
     inputs = set(program.inputs)
 
     def record(rec: dict, error: BaseException | None):
+        if error is None and not _encodable(rec):
+            error = DataError(f"the row's output {_unwritable(rec.get('output'))}")
+            rec = row_record(rec["row"], rec["input"] if _encodable(rec["input"]) else None, error=error)
         write(rec)
         if error is None:
             summary.ok += 1
@@ -228,18 +481,33 @@ def run_data(program, rows: Iterable[DataRow], write: Callable[[dict], None], *,
 
     chunk: list[DataRow] = []
 
+    def run_chunk(rows: list[DataRow], used: dict) -> None:
+        reported: set = set()
+
+        def on_done(outcome):
+            reported.add(outcome.index)
+            record(row_record(outcome.index, used[outcome.index], outcome.values, outcome.error), outcome.error)
+
+        try:
+            program.run_each([used[r.index] for r in rows], on_done, ids=[r.index for r in rows], chunk_size=len(rows))
+        except OutputWriteError:
+            raise
+        except Exception as e:          # noqa: BLE001 - a row that breaks the runtime must not take its chunk along
+            left = [r for r in rows if r.index not in reported]
+            if len(rows) == 1:
+                for r in left:
+                    record(row_record(r.index, used[r.index], error=e), e)
+                return
+            for r in left:              # find the row: the others run again, one at a time
+                run_chunk([r], used)
+
     def flush():
         if not chunk:
             return
         used = {r.index: {k: v for k, v in r.values.items() if k in inputs} for r in chunk}
         for r in chunk:
             summary.ignored_columns.update(k for k in r.values if k not in inputs)
-
-        def on_done(outcome):
-            rec = row_record(outcome.index, used[outcome.index], outcome.values, outcome.error)
-            record(rec, outcome.error)
-
-        program.run_each([used[r.index] for r in chunk], on_done, ids=[r.index for r in chunk], chunk_size=len(chunk))
+        run_chunk(list(chunk), used)
         chunk.clear()
 
     for row in rows:
@@ -260,10 +528,12 @@ def run_data(program, rows: Iterable[DataRow], write: Callable[[dict], None], *,
 
 
 def count_rows(path: str | Path) -> int | None:
-    """A cheap row count for the progress bar (None when it would be costly)."""
+    """A cheap row count for the progress bar (None when it would be costly,
+    or would consume the data: a pipe is read once, by the run)."""
     path = Path(path)
     try:
-        if path.stat().st_size > 512 * 1024 * 1024:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 512 * 1024 * 1024:
             return None
         with open(path, "rb") as fh:
             if path.suffix.lower() == ".csv":

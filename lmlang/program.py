@@ -6,7 +6,8 @@ makes public; the executor behind a Program stays private to it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterator
 
 if TYPE_CHECKING:
     from .frontend import FrontEnd
@@ -190,6 +191,10 @@ class Program:
         """Run the query `name` once; returns its values by hole (what
         `prog.queries[name](...)` does). `on_token(hole, text)` is called with
         each piece of a hole's text as it decodes (what `.stream()` uses)."""
+        if isinstance(args, (str, bytes, Mapping)) or not isinstance(args, Iterable):
+            raise TypeError(f"call_query: args must be a list or tuple of positional arguments, got {type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise TypeError(f"call_query: kwargs must be a dict of arguments by name, got {type(kwargs).__name__}")
         stream = (lambda _row, hole, text: on_token(hole, text)) if on_token else None
         return self._executor().call_query(name, list(args), dict(kwargs or {}), on_token=stream)
 
@@ -199,14 +204,28 @@ class Program:
         the decoding batch size), calling `on_done(outcome)` as each row
         finishes; an outcome has `.index` (from `ids`, default 0, 1, ...),
         `.values` and `.error`. Rows never raise: errors go to on_done."""
+        if isinstance(rows, Mapping):
+            raise TypeError("run_each takes rows (an iterable of dicts), not one dict")
         execu = self._executor()
         size = max(1, chunk_size or self._batch_size)
         id_iter = iter(ids) if ids is not None else None
         chunk, chunk_ids, n = [], [], 0
         for row in rows:
-            chunk.append(dict(row))
-            chunk_ids.append(next(id_iter) if id_iter is not None else n)
+            rid = n
+            if id_iter is not None:
+                rid = next(id_iter, None)
+                if rid is None:
+                    raise ValueError(f"run_each: ids ran out at row {n}; give one id per row")
             n += 1
+            if not isinstance(row, Mapping):
+                # Named here, where the row's id is known; the other rows run.
+                from .runtime.executor import InputError, RowOutcome
+
+                on_done(RowOutcome(rid, error=InputError(
+                    f"row {rid}: expected a dict of input names to values, got {_kind(row)}")))
+                continue
+            chunk.append(dict(row))
+            chunk_ids.append(rid)
             if len(chunk) >= size:
                 execu.run_rows(chunk, on_done=on_done, row_ids=chunk_ids)
                 chunk, chunk_ids = [], []
@@ -224,7 +243,11 @@ class Program:
         errors="return" puts the LmlangError in that row's place.
         progress=True draws a progress bar on stderr; a callable is called
         as progress(done, total) after each row."""
-        rows = [dict(r) for r in rows]
+        if errors not in ("raise", "return"):
+            raise ValueError(f"run_batch: errors must be 'raise' or 'return', got {errors!r}")
+        if isinstance(rows, Mapping):
+            raise TypeError("run_batch takes a list of rows (dicts); for one row use run(**row)")
+        rows = list(rows)
         results: list = [None] * len(rows)
         errs: list = [None] * len(rows)
         report, close = _progress_reporter(progress, len(rows))
@@ -255,6 +278,12 @@ class Program:
                                fe.allow_paths)
         self._exec = None
         return self
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "None"
+    return f"a {type(value).__name__}"
 
 
 def _check_batch_size(n) -> int:

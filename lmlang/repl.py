@@ -36,7 +36,9 @@ _REPL_FILE = "<repl>"
 
 HELP = """\
 Enter declarations (model, query, input, adapter, router, use), statements
-(x = ..., if, for, emit) or expressions; blocks continue while braces are open.
+(x = ..., if, for, emit) or expressions; blocks continue while braces are open
+(the prompt shows which). A line starting with a command runs it, even inside
+an unfinished entry, which is then dropped.
 
   :help           this text
   :load FILE      add FILE's declarations (its flow runs with :run)
@@ -48,6 +50,43 @@ Enter declarations (model, query, input, adapter, router, use), statements
   :models         the default and cached models
   :reset          forget every declaration and variable
   :quit           leave (or Ctrl-D)"""
+
+
+# Every command word; a line starting with one of them runs as that command
+# even inside an unfinished entry (which is then dropped), so `:quit` and
+# `:help` always work.
+COMMANDS = ("help", "h", "?", "quit", "q", "exit", "reset", "vars", "decls", "load", "run", "graph", "models",
+            "trace")
+_COMMAND_LINE = re.compile(r"^\s*:(" + "|".join(re.escape(c) for c in COMMANDS) + r")(?=\s|$)")
+
+
+def is_command(line: str) -> bool:
+    """Whether `line` is a REPL command (`:quit`, `:load FILE`, ...)."""
+    return bool(_COMMAND_LINE.match(line))
+
+
+def open_brackets(text: str) -> str:
+    """What is still open at the end of `text`, outermost first: bracket
+    characters, then three double quotes for an unclosed triple-quoted
+    string ("" if nothing is). Shown in the continuation prompt."""
+    stack: list[str] = []
+    for _i, ch in brackets(text):
+        if ch == '"""':
+            return "".join(stack) + '"""'
+        if ch == '"':
+            continue
+        if ch in "{[(":
+            stack.append(ch)
+        elif stack:
+            stack.pop()
+    return "".join(stack)
+
+
+def continuation_prompt(text_before: str, width: int) -> str:
+    """The prompt of a continuation line: what is open, right-aligned in
+    the width of the main prompt (`lm> ` -> `..{ `, `.{[ `)."""
+    opened = open_brackets(text_before)[-(max(width - 1, 1)):]
+    return opened.rjust(max(width - 1, 0), ".") + " "
 
 
 def needs_more(text: str) -> bool:
@@ -432,10 +471,16 @@ def run_repl(file: str | None = None, device: str = "auto", stdin=None, stdout=N
         return _interactive(session, emit, error)
     buf = ""
     for line in stdin:
-        buf += line
-        if needs_more(buf):
-            continue
-        entry, buf = buf, ""
+        if is_command(line):
+            if buf.strip():               # a command ends an unfinished entry instead of joining it
+                error(f"error: unfinished entry dropped (still open: {open_brackets(buf) or 'nothing'})")
+                worst = max(worst, 2)
+            entry, buf = line, ""
+        else:
+            buf += line
+            if needs_more(buf):
+                continue
+            entry, buf = buf, ""
         try:
             emit(session.feed(entry))
         except EOFError:
@@ -447,6 +492,15 @@ def run_repl(file: str | None = None, device: str = "auto", stdin=None, stdout=N
         error("error: unexpected end of input inside an open block")
         worst = 2
     return worst
+
+
+def split_command(entry: str) -> tuple[str, str]:
+    """(unfinished text, command) when an entry's last line is a command
+    typed under an unfinished entry; ("", entry) otherwise."""
+    head, sep, last = entry.rpartition("\n")
+    if sep and head.strip() and is_command(last):
+        return head, last
+    return "", entry
 
 
 def _interactive(session: Session, emit, error) -> int:
@@ -462,14 +516,17 @@ def _interactive(session: Session, emit, error) -> int:
     @keys.add("enter")
     def _(event):
         buf = event.current_buffer
-        if needs_more(buf.text):
+        if needs_more(buf.text) and not is_command(buf.text.rsplit("\n", 1)[-1]):
             buf.insert_text("\n")
         else:
             buf.validate_and_handle()
 
+    def continuation(width: int, line_number: int, wrap_count: int) -> str:
+        before = "\n".join(ps.default_buffer.text.split("\n")[:line_number])
+        return continuation_prompt(before, width)
+
     ps = PromptSession(history=FileHistory(str(history_path())), lexer=PygmentsLexer(LmlangLexer),
-                       multiline=True, key_bindings=keys,
-                       prompt_continuation=lambda width, line_number, wrap_count: "." * (width - 1) + " ")
+                       multiline=True, key_bindings=keys, prompt_continuation=continuation)
     emit(["lmlang repl — :help for commands, Ctrl-D to leave"])
     while True:
         try:
@@ -478,6 +535,9 @@ def _interactive(session: Session, emit, error) -> int:
             continue
         except EOFError:
             return 0
+        dropped, entry = split_command(entry)
+        if dropped:
+            error(f"error: unfinished entry dropped (still open: {open_brackets(dropped) or 'nothing'})")
         try:
             emit(session.feed(entry))
         except EOFError:

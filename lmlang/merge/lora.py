@@ -19,17 +19,15 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import MergeError
 from ..models.peft_config import pattern_value
 from .options import METHODS, adapter_merge_problems, first_adapter_is_base, unknown_method_message
-from .stream import (MARKER, MergeConfigError, ParamResolver, _dtype_name, _publish, copy_side_files,
+from .stream import (MARKER, MergeConfigError, ParamResolver, WorkFolder, _dtype_name, _publish, copy_side_files,
                      layer_positions, load_input, stream_tensors)
 from .safetensors_io import NAME_TO_ST
 
@@ -59,6 +57,14 @@ class LoraAdapter:
     modules: dict[str, LoraModule]  # base weight name ("model.layers.0.self_attn.q_proj.weight") -> factors
 
 
+# A merged LoRA re-factored at `rank` whose relative reconstruction error
+# (Frobenius norm of what truncation lost over that of the merged delta)
+# passes this gets a warning: the adapter then differs from the merge by more
+# than a tenth. Sign-electing and sparsifying methods (ties, dare, pcb...)
+# raise the delta's rank far above the inputs' sum, so they pass it often.
+RECONSTRUCTION_WARNING = 0.10
+
+
 @dataclass
 class LoraMergeResult:
     path: Path
@@ -67,6 +73,23 @@ class LoraMergeResult:
     rank: int | None = None
     module_errors: dict[str, float] = field(default_factory=dict)
     overall_error: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line on what the re-factoring kept ("" for a full-model output)."""
+        if self.overall_error is None:
+            return ""
+        return f"rank {self.rank}, reconstruction error {self.overall_error:.1%}"
+
+
+def reconstruction_warnings(result: LoraMergeResult, method: str) -> list[str]:
+    if result.overall_error is None or result.overall_error <= RECONSTRUCTION_WARNING:
+        return []
+    worst = max(result.module_errors.items(), key=lambda kv: kv[1], default=None)
+    where = f" (worst module {worst[0]}: {worst[1]:.1%})" if worst else ""
+    return [f"the merged adapter keeps the {method} merge only approximately: truncating it to rank {result.rank} "
+            f"loses {result.overall_error:.1%} of the merged delta{where}, above the {RECONSTRUCTION_WARNING:.0%} "
+            "threshold; raise `rank`, or merge into a full model (base + adapters) for the exact result"]
 
 
 def load_lora(path: str | os.PathLike) -> LoraAdapter:
@@ -122,9 +145,13 @@ def _content_key(folder: Path) -> str:
 def merge_loras(method: str, adapters: Sequence[tuple[str | os.PathLike, Mapping[str, Any] | None]],
                 params: Mapping[str, Any] | None = None, base_model: str | os.PathLike | None = None,
                 output: str = "full", rank: int | None = None, out_dir: str | os.PathLike | None = None,
-                compat: str = "lmlang", dtype: str | None = None) -> LoraMergeResult:
+                compat: str = "lmlang", dtype: str | None = None,
+                announce: Callable[[], None] | None = None) -> LoraMergeResult:
     """Merge LoRA adapters by their delta weights; output "full" (needs base_model)
-    or "lora" (truncated SVD at `rank`, default the sum of the input ranks)."""
+    or "lora" (truncated SVD at `rank`, default the sum of the input ranks).
+    A "lora" result reports its reconstruction error (`overall_error`,
+    `module_errors`) and, past RECONSTRUCTION_WARNING, says so in
+    `warnings`, cached or not. announce: as in merge_models."""
     import torch
 
     from .methods import TensorContext, get_method
@@ -205,9 +232,14 @@ def merge_loras(method: str, adapters: Sequence[tuple[str | os.PathLike, Mapping
         except (OSError, ValueError):
             saved = {}
         if saved.get("key") == key:
-            return LoraMergeResult(final, time.perf_counter() - t_start, True, saved.get("rank"),
-                                   saved.get("module_errors", {}), saved.get("overall_error"))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+            cached = LoraMergeResult(final, time.perf_counter() - t_start, True, saved.get("rank"),
+                                     saved.get("module_errors", {}), saved.get("overall_error"))
+            cached.warnings = reconstruction_warnings(cached, method)
+            return cached
+    if announce is not None:
+        announce()
+    work = WorkFolder(final, whole_dir=out_dir is None)
+    tmp = work.path
     result = LoraMergeResult(final, 0.0, False)
     try:
         if output == "full":
@@ -220,10 +252,12 @@ def merge_loras(method: str, adapters: Sequence[tuple[str | os.PathLike, Mapping
         (tmp / MARKER).write_text(json.dumps({"key": key, "recipe": recipe, "rank": result.rank,
                                               "module_errors": result.module_errors,
                                               "overall_error": result.overall_error}, indent=2, default=str))
+        work.release()
         published = _publish(tmp, final, replace=out_dir is not None)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        work.discard()
         raise
+    result.warnings = reconstruction_warnings(result, method)
     result.cached = not published
     result.seconds = time.perf_counter() - t_start
     return result

@@ -17,6 +17,7 @@ gradient list (`[0, 0.5, 1]`, interpolated over the layers) or a list of
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping, Sequence
 
 from ..frozen import frozen
@@ -151,6 +152,10 @@ def _scalar_problem(name: str, spec: OptionSpec, value: Any) -> str:
     if not isinstance(value, _VALID_TYPES[spec.type]):
         return f"option '{name}' must be a {spec.type}, got {value!r}"
     if spec.type != "bool":
+        if isinstance(value, float) and not math.isfinite(value):
+            # NaN compares false with every bound, so it would pass them and
+            # write an all-NaN model; inf scales deltas to inf.
+            return f"option '{name}' must be a finite number, got {value!r}"
         if spec.min is not None and value < spec.min:
             return f"option '{name}' must be >= {spec.min}, got {value!r}"
         if spec.max is not None and value > spec.max:

@@ -55,18 +55,68 @@ class TensorMeta:
 
 
 def read_header(path: Path) -> tuple[dict, bytes]:
+    """The header of a safetensors file, checked to describe the file: every
+    entry a known dtype, a shape and offsets whose size matches it, the
+    tensors covering the data exactly (a truncated or padded file fails
+    here, by name, instead of deep inside a loader)."""
+    header, raw, problem = _header(Path(path))
+    if problem:
+        raise MergeError(problem)
+    return header, raw
+
+
+def safetensors_problem(path: Path) -> str:
+    """What is wrong with a safetensors file ("" if nothing), from its header
+    and size alone: what `read_header` checks, as a message."""
+    return _header(Path(path))[2]
+
+
+def _header(path: Path) -> tuple[dict, bytes, str]:
     try:
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             raw = f.read(8)
             if len(raw) != 8:
-                raise MergeError(f"{path}: not a safetensors file (too short)")
+                return {}, b"", f"{path}: not a safetensors file ({'empty' if not raw else 'too short'})"
             (n,) = struct.unpack("<Q", raw)
-            if n > 100_000_000:
-                raise MergeError(f"{path}: not a safetensors file (header size {n})")
+            if n > 100_000_000 or 8 + n > size:
+                return {}, b"", f"{path}: not a safetensors file, or truncated (header of {n} bytes in a {size}-byte file)"
             header = f.read(n)
-        return json.loads(header), header
-    except (OSError, ValueError) as e:
-        raise MergeError(f"cannot read safetensors header of {path}: {e}") from None
+        parsed = json.loads(header)
+    except OSError as e:
+        return {}, b"", f"cannot read {path}: {e.strerror or e}"
+    except (ValueError, RecursionError) as e:
+        return {}, b"", f"{path}: corrupt safetensors header (not JSON: {e})"
+    problem = _entries_problem(parsed, size - 8 - n)
+    return (parsed, header, f"{path}: corrupt safetensors header ({problem})" if problem else "")
+
+
+def _entries_problem(header, data_size: int) -> str:
+    if not isinstance(header, dict):
+        return "not a JSON object"
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            return f"entry {name!r} is not an object"
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in DTYPE_SIZES:
+            return f"tensor {name}: unknown dtype {dtype!r}"
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            return f"tensor {name}: bad shape {shape!r}"
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1]):
+            return f"tensor {name}: bad data_offsets {offsets!r}"
+        if offsets[1] - offsets[0] != DTYPE_SIZES[dtype] * _numel(shape):
+            return f"tensor {name}: {offsets[1] - offsets[0]} bytes for a {dtype} tensor of shape {shape}"
+        end = max(end, offsets[1])
+    if end > data_size:
+        return f"the tensors need {end} bytes of data, the file holds {data_size}: truncated"
+    if end < data_size:
+        return f"{data_size - end} bytes of data that no tensor covers"
+    return ""
 
 
 def weight_files(folder: Path) -> list[Path]:

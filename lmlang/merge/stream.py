@@ -15,6 +15,7 @@ compat mode and dtypes, so a rerun is free and concurrent runs are safe.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -228,6 +229,79 @@ def _write_card(folder: Path, recipe: dict, inputs: list[dict], seconds: float) 
     (folder / "README.md").write_text("\n".join(lines))
 
 
+OWNER_FILE = ".lmlang-owner"
+# A temp folder with no owner file is from an older lmlang, or one being set
+# up this instant: it is left alone until it is this old (seconds).
+UNOWNED_STALE_AFTER = 24 * 3600
+
+
+class WorkFolder:
+    """The temporary folder a merge writes before publishing it as `final`.
+
+    A killed merge leaves its folder behind (hundreds of MB under the merges
+    cache), so every new one first removes the stale ones beside it. Stale
+    means provably abandoned: each folder holds an owner file that its
+    process keeps flock'ed while it works, and the kernel drops the lock
+    when the process dies, however it dies. A concurrent merge's folder is
+    locked, so it is never touched. The owner file is renamed into place
+    only once locked, so a folder seen without a lock really has no owner."""
+
+    def __init__(self, final: Path, *, whole_dir: bool = False):
+        clean_stale_work(final.parent, None if whole_dir else final.name)
+        self.path = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        partial = self.path / (OWNER_FILE + ".new")
+        self._fd: int | None = os.open(partial, os.O_WRONLY | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
+        os.rename(partial, self.path / OWNER_FILE)
+
+    def release(self) -> None:
+        """Drop the owner file (it is not part of the result) before publishing."""
+        if self._fd is not None:
+            try:
+                os.unlink(self.path / OWNER_FILE)
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)
+            self._fd = None
+
+    def discard(self) -> None:
+        self.release()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def clean_stale_work(folder: Path, name: str | None = None) -> list[Path]:
+    """Remove abandoned merge temp folders in `folder` (those of `name` only,
+    when given: an --out folder's parent is the user's, not the cache's).
+    Returns what was removed."""
+    pattern = f".{name}.tmp-*" if name else ".*.tmp-*"
+    removed = []
+    for tmp in folder.glob(pattern):
+        if tmp.is_dir() and not tmp.is_symlink() and _abandoned(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _abandoned(tmp: Path) -> bool:
+    try:
+        fd = os.open(tmp / OWNER_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        try:
+            return time.time() - tmp.stat().st_mtime > UNOWNED_STALE_AFTER
+        except OSError:
+            return False
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False                 # its merge is running
+    finally:
+        os.close(fd)                 # (also releases the lock we may have taken)
+    return True
+
+
 def _publish(tmp: Path, final: Path, replace: bool) -> bool:
     """Rename tmp into place. Without `replace`, False if another run published
     `final` first (its result is equivalent: same key)."""
@@ -371,8 +445,13 @@ def merge_models(method: str, models: Sequence[tuple[str | os.PathLike, Mapping[
                  base: str | os.PathLike | None = None, params: Mapping[str, Any] | None = None,
                  out_dir: str | os.PathLike | None = None, compat: str = "lmlang", dtype: str | None = None,
                  tokenizer_source: str | os.PathLike | None = None, tokenizer_policy: str = "strict",
-                 compute_dtype: str | None = "float32", max_shard_size: int = 2 << 30) -> MergeResult:
+                 compute_dtype: str | None = "float32", max_shard_size: int = 2 << 30,
+                 announce: Callable[[], None] | None = None) -> MergeResult:
     """Merge HF safetensors folders tensor by tensor; see the module docstring.
+
+    announce: called once, just before the work starts, when the result is
+    not already there (a caller's "merging X..." line: a cached result is
+    not merged again, and the caller says so instead).
 
     models: [(folder, per-model options)] (a base listed among them is the base).
     dtype: output dtype (default: each tensor keeps the base's / first model's).
@@ -478,7 +557,10 @@ def merge_models(method: str, models: Sequence[tuple[str | os.PathLike, Mapping[
 
     digest_cache = _DigestCache()
     known = [digest_cache.get(m.content_key) for m in inputs]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    if announce is not None:
+        announce()
+    work = WorkFolder(final, whole_dir=out_dir is None)
+    tmp = work.path
     try:
         exact_threads = compat == "mergekit" and _reduces(method, params)
         saved_threads = torch.get_num_threads()
@@ -501,9 +583,10 @@ def merge_models(method: str, models: Sequence[tuple[str | os.PathLike, Mapping[
         _write_card(tmp, recipe, card_inputs, seconds)
         (tmp / MARKER).write_text(json.dumps({"key": key, "recipe": recipe, "inputs": card_inputs,
                                               "lmlang_format": FORMAT_VERSION}, indent=2, default=str))
+        work.release()
         published = _publish(tmp, final, replace=out_dir is not None)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        work.discard()
         raise
     stats.update({"key": key, "tensors": len(names),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -236,8 +237,13 @@ def convert_gguf(gguf: Path) -> Path:
         _remove_orphan_temps(final)
         tmp = _temp_dir_for(final)
         try:
-            print(f"lmlang: converting {gguf.name} to safetensors once (about 30 s)...", file=sys.stderr)
-            _convert_into(gguf, tmp)
+            try:
+                _convert_into(gguf, tmp)
+            except (ImportError, MemoryError, LmlangRuntimeError):
+                raise
+            except Exception as exc:      # noqa: BLE001 - a damaged file fails anywhere in the GGUF reader
+                raise LmlangRuntimeError(f"could not convert {gguf}: {_exc_text(exc)}",
+                                         hint="the file is damaged or of an architecture transformers cannot read") from exc
             marker = {"name": gguf.stem, "source": str(gguf), "content_key": final.name.rsplit("-", 1)[1],
                       "format": CONVERT_VERSION, "dtype": "float32"}
             (tmp / MARKER).write_text(json.dumps(marker, indent=2))
@@ -251,6 +257,8 @@ def _convert_into(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _check_gguf_magic(gguf)
+    print(f"lmlang: converting {gguf.name} to safetensors once (about 30 s)...", file=sys.stderr)
     kw = dict(gguf_file=gguf.name, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kw)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
@@ -272,6 +280,25 @@ def _convert_into(gguf: Path, out: Path) -> None:
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, str) and template and not (out / "chat_template.jinja").exists():
         (out / "chat_template.jinja").write_text(template)
+
+
+def _check_gguf_magic(gguf: Path) -> None:
+    """A .gguf file starts with b"GGUF"; anything else is refused by name
+    rather than by a traceback from the GGUF reader."""
+    try:
+        with open(gguf, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelNotFoundError(f"cannot read {gguf}: {e.strerror or e}") from None
+    if magic != b"GGUF":
+        raise LmlangRuntimeError(f"{gguf} is not a GGUF file (it does not start with the GGUF magic bytes)",
+                                 hint="point the model at a .gguf file, or a folder of safetensors weights")
+
+
+def _exc_text(exc: BaseException) -> str:
+    """An exception's first line, for a one-line error."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _temp_dir_for(final: Path) -> Path:
@@ -358,13 +385,25 @@ def _load_uncached(path: Path, device: str, dtype: str) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_weight_files(path)
     common = dict(local_files_only=True, trust_remote_code=False)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, dtype), use_safetensors=True, **common)
-    except (OSError, ValueError, KeyError) as exc:
-        raise LmlangRuntimeError(f"could not load model from {path}: {exc}") from exc
+    except (ImportError, MemoryError):
+        raise
+    except Exception as exc:              # noqa: BLE001 - tokenizers raise their own types
+        raise LmlangRuntimeError(f"could not load the tokenizer of {path}: {_exc_text(exc)}",
+                                 hint="the folder needs tokenizer.json (or the files its tokenizer class reads)") from exc
+    try:
+        with _HeldLoadReport() as report:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=getattr(torch, dtype), use_safetensors=True, **common)
+            report.release()          # loaded: its notes (reinitialised tensors) are worth seeing
+    except (ImportError, MemoryError):
+        raise
+    except Exception as exc:              # noqa: BLE001 - safetensors, config and shape errors all land here
+        raise LmlangRuntimeError(f"could not load model from {path}: {_weights_problem(path) or _exc_text(exc)}",
+                                 hint="the weights and config.json must come from the same model") from exc
     model.to(device)
     model.eval()
     if tokenizer.pad_token is None:
@@ -374,6 +413,73 @@ def _load_uncached(path: Path, device: str, dtype: str) -> LoadedModel:
     if getattr(model.generation_config, "pad_token_id", None) is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(model, tokenizer, device, dtype, path, model_name(path))
+
+
+class _HeldLoadReport(logging.Filter):
+    """Holds back transformers' load-report table while a model loads: when
+    the load then fails, lmlang's one-line error says why and the table
+    would only bury it; when it succeeds, `release` logs it as usual."""
+
+    _LOGGER = "transformers.modeling_utils"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in str(record.msg):
+            self.held.append(record)
+            return False
+        return True
+
+    def __enter__(self) -> "_HeldLoadReport":
+        logging.getLogger(self._LOGGER).addFilter(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger(self._LOGGER).removeFilter(self)
+
+    def release(self) -> None:
+        logger = logging.getLogger(self._LOGGER)
+        logger.removeFilter(self)
+        for record in self.held:
+            logger.handle(record)
+        self.held.clear()
+
+
+def check_weight_files(folder: Path) -> None:
+    """Every safetensors file of a model folder must be whole: an empty,
+    truncated or corrupt file is named here, before transformers reads it."""
+    from ..merge.safetensors_io import safetensors_problem
+
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        problem = safetensors_problem(f)
+        if problem:
+            raise LmlangRuntimeError(f"could not load model from {folder}: {problem}",
+                                     hint="the file is damaged or incomplete; copy or convert it again")
+
+
+def _weights_problem(folder: Path) -> str:
+    """Why weights do not fit their config.json, by the first tensor whose
+    shape differs from the shape the config builds (on the meta device, so
+    nothing is allocated); "" when that is not the reason."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from ..merge.safetensors_io import scan_tensors, weight_files
+
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
+        found, _ = scan_tensors(weight_files(folder))
+    except Exception:                     # noqa: BLE001 - only a diagnosis: fall back to the loader's message
+        return ""
+    for name, meta in sorted(found.items()):
+        if name in expected and tuple(meta.shape) != expected[name]:
+            return (f"tensor {name} has shape {list(meta.shape)} in the weights but config.json makes it "
+                    f"{list(expected[name])}")
+    return ""
 
 
 def clear_model_cache() -> None:

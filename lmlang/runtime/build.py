@@ -41,6 +41,19 @@ def say(msg: str) -> None:
     print(f"lmlang: {msg}", file=sys.stderr, flush=True)
 
 
+class _Announce:
+    """A merge's "merging X" line, said only when the merge really runs
+    (merges call it after their cache lookup); `said` tells the caller
+    whether to say "X (cached)" instead."""
+
+    def __init__(self, msg: str):
+        self.msg, self.said = msg, False
+
+    def __call__(self) -> None:
+        self.said = True
+        say(self.msg)
+
+
 class Builder:
     def __init__(self, compiled: Compiled):
         self.c = compiled
@@ -78,9 +91,13 @@ class Builder:
             opts = dict(spec.options)
             params = {k: v for k, v in opts.items() if k not in STEP_OPTIONS}
             adapters = [(self.value(a), dict(p)) for a, p in spec.adapters]
-            say(f"merging adapters ({spec.method}) for {self.c.display_name(nid)}")
+            name = self.c.display_name(nid)
+            announce = _Announce(f"merging adapters ({spec.method}) for {name}")
             res = merge_loras(spec.method, adapters, params, output="lora", rank=opts.get("rank"),
-                              compat=opts.get("compat", "lmlang"), dtype=opts.get("dtype"))
+                              compat=opts.get("compat", "lmlang"), dtype=opts.get("dtype"), announce=announce)
+            say(f"merged {name}: {res.summary()}" if announce.said else f"{name} (cached): {res.summary()}")
+            for w in res.warnings:
+                say(f"warning: {name}: {w}")
             return Path(res.path)
         if isinstance(spec, ApplySpec):
             base = self.value(spec.base)
@@ -131,8 +148,12 @@ class Builder:
                         raise MergeError(f"merge {spec.method} has no per-model weight, so it cannot apply an adapter at scale {scale:g}",
                                          hint=f"at {spec.loc}: apply the adapter at scale 1, or merge with a weighted method")
                     adapters.append((folder, p))
-                say(f"merging {self.c.display_name(nid)} ({spec.method} over adapter deltas)")
-                res = merge_loras(spec.method, adapters, params, base_model=bases.pop(), output="full", compat=compat, dtype=dtype)
+                name = self.c.display_name(nid)
+                announce = _Announce(f"merging {name} ({spec.method} over adapter deltas)")
+                res = merge_loras(spec.method, adapters, params, base_model=bases.pop(), output="full", compat=compat,
+                                  dtype=dtype, announce=announce)
+                if not announce.said:
+                    say(f"{name} (cached)")
                 return Folder(Path(res.path))
         folders = []
         for v, p in inputs:
@@ -141,8 +162,12 @@ class Builder:
             if isinstance(v, Stacked):
                 v = self._materialise(v)
             folders.append((v.path, p))
-        say(f"merging {self.c.display_name(nid)} ({spec.method}, streamed tensor by tensor; cached)")
-        res = merge_models(spec.method, folders, base=base_path, params=params, compat=compat, dtype=dtype)
+        name = self.c.display_name(nid)
+        announce = _Announce(f"merging {name} ({spec.method}, streamed tensor by tensor; cached)")
+        res = merge_models(spec.method, folders, base=base_path, params=params, compat=compat, dtype=dtype,
+                           announce=announce)
+        if not announce.said:
+            say(f"{name} (cached)")
         return Folder(Path(res.path))
 
     def _materialise(self, v: Stacked) -> Folder:

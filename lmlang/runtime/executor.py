@@ -3,7 +3,11 @@ runs query nodes through the decoding loop, and interprets flow steps in
 order."""
 from __future__ import annotations
 
+import json
+import math
+import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,38 +19,165 @@ from .flow import Interpreter
 from .lm import HFModel, LM
 from .prompt import render, value_text
 from .trace import QueryTrace, Trace
+from .window import refuse_overlong
 
 
 class InputError(ScriptError):
     """A missing or ill-typed program input (exit code 2, like a script error)."""
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def coerce_input(name: str, value, type_name: str):
-    """Inputs from --set arrive as text; convert them to the declared type."""
-    import json
+    """An input value checked against its declared type, never coerced
+    silently. Text (from --set or a CSV cell) is read as the type says:
+    an integer literal for int, a finite number for float, true/false
+    (yes/no, 1/0) for bool, JSON text for lists and json. Values already
+    typed (JSONL, the Python API) must be of the type; an int is a float,
+    a whole float (2.0) an int, and a number or boolean reads as its text
+    for str. NaN, Infinity, a lone surrogate, null for a str or a dict
+    for a list are InputErrors naming the input."""
+    try:
+        return _coerce(value, type_name, 0)
+    except _Mismatch as m:
+        where = f" (at {m.path})" if m.path else ""
+        raise InputError(f"input '{name}' expects {type_name}, got {m.got}{where}", hint=m.hint) from None
+
+
+class _Mismatch(Exception):
+    def __init__(self, got: str, hint: str = "", path: str = ""):
+        super().__init__(got)
+        self.got, self.hint, self.path = got, hint, path
+
+
+_INT_TEXT = re.compile(r"\s*[+-]?[0-9]+\s*")
+_FLOAT_TEXT = re.compile(r"\s*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*")
+_BOOL_TEXT = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, (dict, list, tuple)):
+        return f"a {'dict' if isinstance(value, dict) else 'list'}"
+    if isinstance(value, (str, int, float, bool)):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return f"a Python {type(value).__name__}"
+
+
+def _text(value: str) -> str:
+    if _SURROGATE.search(value):
+        raise _Mismatch("a string with a lone surrogate, which is not text")
+    return value
+
+
+def _coerce(value, t: str, depth: int):
+    from ..jsonl import MAX_DEPTH
+
+    if depth > MAX_DEPTH:
+        raise _Mismatch(f"a value nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Mismatch(repr(value), "JSON has no NaN or Infinity; give a finite number")
+    if t == "str":
+        if isinstance(value, str):
+            return _text(value)
+        if isinstance(value, (bool, int, float)):
+            return value_text(value)
+        raise _Mismatch(_shown(value), "give text; encode structured values as a JSON string, or declare the input json")
+    if t == "int":
+        if isinstance(value, bool):
+            raise _Mismatch(_shown(value))
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and _INT_TEXT.fullmatch(value):
+            try:
+                return int(value)
+            except ValueError:          # more digits than Python converts (4,300)
+                raise _Mismatch("an integer with too many digits") from None
+        raise _Mismatch(_shown(value))
+    if t == "float":
+        if isinstance(value, bool) or not (isinstance(value, (int, float))
+                                           or isinstance(value, str) and _FLOAT_TEXT.fullmatch(value)):
+            raise _Mismatch(_shown(value))
+        try:
+            out = float(value)
+        except OverflowError:           # an int past 1.8e308
+            out = math.inf
+        if not math.isfinite(out):
+            raise _Mismatch(_shown(value) + ", beyond a float's range")
+        return out
+    if t == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOL_TEXT:
+            return _BOOL_TEXT[value.strip().lower()]
+        raise _Mismatch(_shown(value), "give true or false")
+    if t.startswith("list[") and t.endswith("]") or t == "json":
+        if isinstance(value, str):
+            value = _json_text(value)
+        if t == "json":
+            return _json_value(value, depth)
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch(_shown(value), "give a JSON list")
+        item = t[len("list["):-1]
+        out = []
+        for i, x in enumerate(value):
+            try:
+                out.append(_coerce(x, item, depth + 1))
+            except _Mismatch as m:
+                raise _Mismatch(m.got, m.hint, f"[{i}]{m.path}") from None
+        return out
+    return value                      # any: whatever the caller gives
+
+
+def _json_text(text: str):
+    from ..jsonl import loads_strict
 
     try:
-        if type_name == "str":
-            return value if isinstance(value, str) else str(value)
-        if type_name == "int":
-            if isinstance(value, bool):
-                raise ValueError
-            return int(value)
-        if type_name == "float":
-            return float(value)
-        if type_name == "bool":
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("true", "1", "yes"):
-                return True
-            if str(value).lower() in ("false", "0", "no"):
-                return False
-            raise ValueError
-        if type_name.startswith("list") or type_name == "json":
-            return json.loads(value) if isinstance(value, str) else value
-    except (ValueError, TypeError):
-        raise InputError(f"input '{name}' expects {type_name}, got {value!r}") from None
-    return value
+        return loads_strict(text)
+    except RecursionError:
+        raise _Mismatch("JSON text nested too deeply") from None
+    except ValueError as e:
+        raise _Mismatch(f"{_shown(text)}, which is not JSON ({e})") from None
+
+
+def _json_value(value, depth: int):
+    """A JSON value as plain data (tuples become lists), or a _Mismatch."""
+    from ..jsonl import MAX_DEPTH
+
+    if depth > MAX_DEPTH:
+        raise _Mismatch(f"a value nested deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Mismatch(repr(value), "JSON has no NaN or Infinity")
+        return value
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, (list, tuple)):
+        out = []
+        for i, x in enumerate(value):
+            try:
+                out.append(_json_value(x, depth + 1))
+            except _Mismatch as m:
+                raise _Mismatch(m.got, m.hint, f"[{i}]{m.path}") from None
+        return out
+    if isinstance(value, dict):
+        out = {}
+        for k, x in value.items():
+            if not isinstance(k, str):
+                raise _Mismatch(f"a dict key {_shown(k)}, not a string")
+            try:
+                out[_text(k)] = _json_value(x, depth + 1)
+            except _Mismatch as m:
+                raise _Mismatch(m.got, m.hint, f"[{json.dumps(k)}]{m.path}") from None
+        return out
+    raise _Mismatch(_shown(value), "a json input takes dicts, lists, strings, numbers, booleans and null")
 
 
 @dataclass
@@ -163,6 +294,9 @@ class Executor:
         for k, v in kwargs.items():
             if k not in params:
                 raise LmlangRuntimeError(f"{spec.name}() has no parameter '{k}'")
+            if k in env:
+                raise LmlangRuntimeError(f"{spec.name}() got '{k}' twice, by position and by name",
+                                         hint="give each parameter once")
             env[k] = v
         missing = [p for p in params if p not in env]
         if missing:
@@ -235,7 +369,10 @@ class Executor:
         for i in group:
             try:
                 prompt = render(spec.segments, envs[i], lm.tokenizer, spec.chat, spec.loc)
-                runs.append(QueryRun(lm, prompt, dict(spec.constraints)))
+                refuse_overlong(lm, spec.name, prompt.chunks, loc=spec.loc)       # before tokenizing
+                run = QueryRun(lm, prompt, dict(spec.constraints))
+                refuse_overlong(lm, spec.name, prompt.chunks, run.chunk_ids, loc=spec.loc)   # before any forward pass
+                runs.append(run)
                 ok.append(i)
             except LmlangError as e:
                 results[i] = e
@@ -323,6 +460,8 @@ class Executor:
         return outcomes
 
     def bind_inputs(self, inputs: dict) -> dict:
+        if not isinstance(inputs, Mapping):
+            raise InputError(f"a row must map input names to values, got {_shown(inputs)}")
         declared = {s.name: s for s in self.c.nodes.values() if isinstance(s, InputSpec)}
         unknown = [k for k in inputs if k not in declared]
         if unknown:
