@@ -11,6 +11,7 @@ import hashlib
 import json
 
 from ..constraints import spec as C
+from ..constraints.kinds import CONSTRAINT_KINDS
 from ..frozen import frozen
 from .ir import IR_TYPES, Assign, Emit, IRNode, Payload, Stmt, ir_form
 
@@ -218,8 +219,7 @@ class StepSpec(Spec):
 
 SPEC_TYPES = {cls.__name__: cls for cls in (InputSpec, ModelSpec, LoraSpec, TrainSpec, AdapterMergeSpec, ApplySpec,
                                            MergeSpec, FuseSpec, RouterSpec, QuerySpec, StepSpec)}
-CONSTRAINT_TYPES = {cls.__name__: cls for cls in (C.Choice, C.Regex, C.IntType, C.FloatType, C.BoolType, C.JsonSchema,
-                                                 C.Grammar, C.Stop, C.MaxTokens, C.MaxChars, C.All)}
+CONSTRAINT_TYPES = {k.cls.__name__: k.cls for k in CONSTRAINT_KINDS.values()}
 
 
 # ---------------------------------------------------------------- ids and JSON
