@@ -190,12 +190,15 @@ class Program:
                                   threads=self.threads, dtype=self.dtype, device_map=self.device_map)
         return self._exec
 
-    def prepare_models(self) -> list[str]:
+    def prepare_models(self, load: bool | None = None) -> list[str]:
         """Make sure the program's base models can run before the first row:
-        with the result cache off, load them (load_models); with it on, only
-        find them (a missing model still fails at once), so a run that the
-        cache answers never loads weights. Returns their names."""
-        if not self.cache:
+        load them (load_models), or with `load` False only find them (a
+        missing model still fails at once). The default loads them unless
+        the result cache is on: a run that the cache answers never loads
+        weights. Returns their names."""
+        if load is None:
+            load = not self.cache
+        if load:
             return self.load_models()
         from .graph import ModelSpec
         from .models.loader import resolve_model

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -368,14 +369,17 @@ class Executor:
         return misses
 
     def device_kind(self) -> str:
-        """What the device setting resolves to (cpu, cuda, a device map): results may differ across them."""
+        """What the device setting resolves to (results may differ across
+        devices), told without importing torch: "auto" is CUDA exactly when a
+        GPU is visible and torch is a CUDA build (torch's version, which says
+        which, is part of the cache's code fingerprint)."""
         if self.device_map:
             return f"map:{self.device_map}"
         if self.device != "auto":
             return self.device.split(":")[0]
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpu = os.path.exists("/dev/nvidiactl") and visible not in ("", "-1")
+        return "auto:gpu" if gpu else "auto:cpu"
 
     # ------------------------------------------------------------ flow
     def run(self, inputs: dict) -> dict:
