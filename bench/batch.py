@@ -34,7 +34,7 @@ query line(t: str) using base {
     where s stops before "\\n" and tokens(s) <= 16
 }
 flow { r = line(topic) emit s = r.s }'''
-    prog = lmlang.compile(src)
+    prog = lmlang.compile(src, cache=False)          # time decoding, not the result cache
     prog.run(topic="warm-up")
     prog._executor().batch_size = args.batch_size
     rows = [{"topic": TOPICS[i % len(TOPICS)] + ("" if i < len(TOPICS) else f" ({i})")} for i in range(args.rows)]

@@ -69,7 +69,7 @@ def main() -> None:
     source = "model base = default\n" + "\n".join(
         f'query q_{k}(x: str) using base {{\n  system "{SYSTEM}"\n  user "{{x}}"\n  assistant "[v]"\n  {KINDS[k][1]}\n}}'
         for k in kinds)
-    prog = lmlang.compile(source, str(work / "bench.lm"), base_dir=work)
+    prog = lmlang.compile(source, str(work / "bench.lm"), base_dir=work, cache=False)   # time decoding, not the cache
     loaded = load_model(resolve_model("default"))
     model, tok = loaded.model, loaded.tokenizer
     results = {}

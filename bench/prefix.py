@@ -48,7 +48,7 @@ query label(text: str) using base {{
     assistant "[l]"
     where l in ["positive", "negative"]
 }}'''
-    prog = lmlang.compile(src)
+    prog = lmlang.compile(src, cache=False)          # time decoding, not the result cache
     q = prog.queries["label"]
     q(text="warm-up")                       # load, compile, first forward
     exe = prog._executor()

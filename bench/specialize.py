@@ -208,7 +208,7 @@ def evaluate(v: Variant, cfg: dict, workdir: Path, test_rows: list[dict], log) -
     t0 = time.perf_counter()
     prog = None
     try:
-        prog = lmlang.compile_file(path)
+        prog = lmlang.compile_file(path, cache=False)
         outs = prog.run_batch([{"x": r["x"], "task": r["task"]} for r in test_rows], errors="return")
     except LmlangError as e:
         res.error = f"{type(e).__name__}: {e.message}"

@@ -72,7 +72,7 @@ def main() -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", LMLANG_THREADS=str(args.threads),
                TOKENIZERS_PARALLELISM="false")
     lmlang_exe = str(Path(sys.executable).parent / "lmlang")
-    run_cmd = [lmlang_exe, "run", "examples/hello.lm", "--json", "--trace", os.devnull]
+    run_cmd = [lmlang_exe, "run", "examples/hello.lm", "--json", "--trace", os.devnull, "--no-cache"]   # the work itself, each time
     if not Path(lmlang_exe).exists():
         run_cmd = [sys.executable, "-m", "lmlang.cli", *run_cmd[1:]]
 

@@ -6,6 +6,7 @@ Python traceback (set LMLANG_DEBUG=1 to see one).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -28,13 +29,31 @@ def _fail(e: LmlangError, fmt: str = "text"):
 
 
 def _set_threads(threads: int | None) -> None:
-    """torch's default is one intra-op thread per core, which collapses when
-    the cores are shared (a batch-8 forward measured 9.3 s instead of 0.86 s
-    beside another job on 2 cores)."""
+    """An explicit --threads / LMLANG_THREADS, applied now (the REPL, compare);
+    without one the runtime picks at the first model load (runtime/threads.py)."""
     if threads:
-        import torch
+        from .runtime.threads import apply_threads
 
-        torch.set_num_threads(threads)
+        apply_threads(threads)
+
+
+_THREADS_HELP = ("CPU threads for torch (default: the idle physical cores, at most 4; see docs/cli.md). "
+                 "Env: LMLANG_THREADS.")
+
+
+def _parse_dtypes(values: tuple[str, ...]):
+    """--dtype D (every model) or --dtype MODEL=D (repeatable) -> Program's dtype setting."""
+    if not values:
+        return "auto"
+    per_model = {}
+    for v in values:
+        name, sep, dt = v.rpartition("=")
+        if not sep:
+            if len(values) > 1:
+                raise click.BadParameter("give one --dtype D for every model, or MODEL=D per model", param_hint="--dtype")
+            return v
+        per_model[name.strip()] = dt.strip()
+    return per_model
 
 
 def _parse_sets(pairs: tuple[str, ...]) -> dict:
@@ -90,11 +109,16 @@ def main():
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Append a JSONL trace of every query to this file.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--no-progress", is_flag=True, help="Do not draw the progress bar of a data run.")
-@click.option("--threads", type=click.IntRange(min=1), envvar="LMLANG_THREADS", metavar="N",
-              help="CPU threads for torch (default: one per core; 1 is much faster on a machine busy with other jobs). Env: LMLANG_THREADS.")
+@click.option("--threads", type=click.IntRange(min=1), envvar="LMLANG_THREADS", metavar="N", help=_THREADS_HELP)
+@click.option("--no-cache", is_flag=True, help="Decode every call again instead of answering repeated ones from the result cache.")
+@click.option("--dtype", "dtypes", multiple=True, metavar="[MODEL=]D",
+              help="Inference dtype: float32, bfloat16 or float16 for every model, or MODEL=D per model (default: auto).")
+@click.option("--device-map", metavar="MAP", help="Spread a model larger than one device over several (auto, balanced, sequential).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="With --data: split the rows over Ray actors (a local cluster, or the one at ADDRESS).")
 @_allow_path_option
 def run(file, sets, data, data_format, out, resume, overwrite, limit, batch_size, seed, as_json, trace_path, device,
-        no_progress, threads, allow_paths):
+        no_progress, threads, no_cache, dtypes, device_map, ray_address, allow_paths):
     """Run FILE's flow and print what it emits.
 
     With --data, run it once per row and write one JSON line per row:
@@ -102,13 +126,14 @@ def run(file, sets, data, data_format, out, resume, overwrite, limit, batch_size
     """
     from . import program as P
 
-    _set_threads(threads)
     if not data:
         for flag, given in (("--out", out), ("--resume", resume), ("--overwrite", overwrite), ("--limit", limit is not None),
-                            ("--data-format", data_format)):
+                            ("--data-format", data_format), ("--ray", ray_address is not None)):
             if given:
                 raise click.UsageError(f"{flag} needs --data")
-    prog = P.compile_file(file, device=device, batch_size=batch_size, trace_file=trace_path, allow_paths=allow_paths)
+    prog = P.compile_file(file, device=device, batch_size=batch_size, trace_file=trace_path, allow_paths=allow_paths,
+                          threads=threads, cache=False if no_cache else None, dtype=_parse_dtypes(dtypes),
+                          device_map=device_map)
     if trace_path:
         _check_trace(trace_path, {"script": file, "--data": data, "--out": out})
     for w in prog.warnings:
@@ -118,7 +143,7 @@ def run(file, sets, data, data_format, out, resume, overwrite, limit, batch_size
     try:
         if data:
             code = _run_data(prog, file, data, data_format, out, resume, overwrite, limit, batch_size, sets, as_json,
-                             not no_progress)
+                             not no_progress, ray_address=ray_address)
             sys.exit(code)
         result = prog.run(**_parse_sets(sets))
     finally:
@@ -168,8 +193,10 @@ def _open_out(D, out: str, data: str, file: str, resume: bool, overwrite: bool):
     return output, done
 
 
-def _run_data(prog, file, data, data_format, out, resume, overwrite, limit, batch_size, sets, as_json, progress) -> int:
-    """The --data half of `lmlang run`; returns the exit code."""
+def _run_data(prog, file, data, data_format, out, resume, overwrite, limit, batch_size, sets, as_json, progress,
+              ray_address=None) -> int:
+    """The --data half of `lmlang run`; returns the exit code. ray_address:
+    run the rows on Ray ("local": a cluster of this machine)."""
     from . import datarun as D
 
     if resume and overwrite:
@@ -188,20 +215,28 @@ def _run_data(prog, file, data, data_format, out, resume, overwrite, limit, batc
             total = min(total, limit)
         # Load base models before the first row: a model that cannot load stops the
         # run at once (exit 1) instead of failing every row, and the bar's rows/s
-        # and ETA measure rows, not loading.
+        # and ETA measure rows, not loading. With the result cache on (or on Ray,
+        # where actors load them) they are only found here: weights load at the
+        # first call the cache cannot answer.
         if progress:
             with D.status("loading models"):
-                prog.load_models()
+                prog.prepare_models(load=False if ray_address else None)
         else:
-            prog.load_models()
+            prog.prepare_models(load=False if ray_address else None)
         bar = None
         if progress:
             left = None if total is None else max(total - sum(1 for i in done if i < total), 0)
             bar = D.RowProgress(left, description=os.path.basename(data))
             bar.start()
         try:
-            summary = D.run_data(prog, rows, writer.write, done=done, limit=limit, chunk_size=batch_size,
-                                 on_progress=(lambda n, _t: bar.update(n)) if bar else None)
+            run_rows = D.run_data
+            if ray_address:
+                from .distributed import run_data_ray
+
+                run_rows = functools.partial(run_data_ray, address=None if ray_address == "local" else ray_address,
+                                             threads=prog.threads)
+            summary = run_rows(prog, rows, writer.write, done=done, limit=limit, chunk_size=batch_size,
+                               on_progress=(lambda n, _t: bar.update(n)) if bar else None)
         finally:
             if bar:
                 bar.stop()
@@ -324,8 +359,7 @@ def _size_text(n) -> str:
 @main.command()
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--threads", type=click.IntRange(min=1), envvar="LMLANG_THREADS", metavar="N",
-              help="CPU threads for torch (default: one per core; 1 is much faster on a machine busy with other jobs). Env: LMLANG_THREADS.")
+@click.option("--threads", type=click.IntRange(min=1), envvar="LMLANG_THREADS", metavar="N", help=_THREADS_HELP)
 @_allow_path_option
 def repl(file, device, threads, allow_paths):
     """Enter declarations, statements and expressions one at a time.
@@ -353,8 +387,7 @@ def repl(file, device, threads, allow_paths):
 @click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, metavar="N", help="Flipped rows listed per kind.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (with every flipped row).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--threads", type=click.IntRange(min=1), envvar="LMLANG_THREADS", metavar="N",
-              help="CPU threads for torch (default: one per core; 1 is much faster on a machine busy with other jobs). Env: LMLANG_THREADS.")
+@click.option("--threads", type=click.IntRange(min=1), envvar="LMLANG_THREADS", metavar="N", help=_THREADS_HELP)
 @_allow_path_option
 def compare(files, data, expected, output, swap, data_format, limit, batch_size, show, as_json, device, threads, allow_paths):
     """Compare an old and a new program on labelled rows (model-update compatibility).
@@ -400,6 +433,33 @@ def compare(files, data, expected, output, swap, data_format, limit, batch_size,
         click.echo(json.dumps(report.to_dict(), ensure_ascii=False, default=str))
     else:
         click.echo(report.render(max_rows=show))
+
+
+@main.group()
+def cache():
+    """Show or clear the result cache (LMLANG_HOME/results)."""
+
+
+@cache.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def cache_info(as_json):
+    """Where the result cache is, how many entries, how large."""
+    from .runtime.result_cache import cache_info as info
+
+    d = info()
+    if as_json:
+        click.echo(json.dumps(d))
+        return
+    click.echo(f"{d['path']}: {d['entries']} entr{'y' if d['entries'] == 1 else 'ies'}, {_size_text(d['bytes'])}")
+
+
+@cache.command("clear")
+def cache_clear():
+    """Delete every cached result."""
+    from .runtime.result_cache import cache_clear as clear
+
+    n = clear()
+    click.echo(f"removed {n} cached result{'s' * (n != 1)}")
 
 
 def _register_lazy_commands() -> None:

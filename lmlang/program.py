@@ -91,12 +91,19 @@ class Program:
 
     Settings: `device` (where models load), `batch_size` (rows decoded
     together, and rows per chunk of `run_each`), the seed override
-    (`set_seed`) and `trace_file` (a JSONL file that gets each query's trace
-    record as it is made; `close()` closes it)."""
+    (`set_seed`), `trace_file` (a JSONL file that gets each query's trace
+    record as it is made; `close()` closes it), `cache` (the result cache:
+    None follows LMLANG_CACHE, on unless it says 0), `threads` (torch's CPU
+    threads; None: LMLANG_THREADS, else a default that counts idle cores),
+    `dtype` (inference dtype: "auto", "float32", "bfloat16", "float16", or
+    {model name: dtype}), `device_map` (e.g. "auto": spread a model larger
+    than one device over several) and `parallel` (independent calls of a row
+    decode together)."""
 
     def __init__(self, frontend: FrontEnd, functions: dict | None = None, device: str = "auto", *,
                  batch_size: int = 32, seed: int | None = None, trace_file: str | Path | None = None,
-                 schemas: dict | None = None):
+                 schemas: dict | None = None, cache: bool | None = None, threads: int | None = None,
+                 dtype: str | dict = "auto", device_map: str | dict | None = None, parallel: bool = True):
         self.frontend = frontend
         self.functions: dict[str, Callable] = dict(functions or {})
         self.device = device
@@ -106,6 +113,14 @@ class Program:
         self._trace_file = trace_file
         self._trace: Trace | None = None             # made on first use (keeps `import lmlang` light)
         self._exec = None
+        from .runtime.result_cache import cache_enabled_by_default
+        from .runtime.threads import requested_threads
+
+        self.cache = cache_enabled_by_default() if cache is None else bool(cache)
+        self.threads = requested_threads(threads) if threads is not None else None
+        self.dtype = _check_dtype(dtype)
+        self.device_map = device_map
+        self.parallel = bool(parallel)
 
     # ------------------------------------------------------------ inspection
     @property
@@ -168,10 +183,35 @@ class Program:
     def _executor(self):
         if self._exec is None:
             from .runtime.executor import Executor
+            from .runtime.result_cache import ResultCache
 
             self._exec = Executor(self.frontend.compiled, self.functions, device=self.device, trace=self.trace,
-                                  batch_size=self._batch_size, seed=self._seed)
+                                  batch_size=self._batch_size, seed=self._seed,
+                                  cache=ResultCache() if self.cache else None, parallel=self.parallel,
+                                  threads=self.threads, dtype=self.dtype, device_map=self.device_map)
         return self._exec
+
+    def prepare_models(self, load: bool | None = None) -> list[str]:
+        """Make sure the program's base models can run before the first row:
+        load them (load_models), or with `load` False only find them (a
+        missing model still fails at once). The default loads them unless
+        the result cache is on: a run that the cache answers never loads
+        weights. Returns their names."""
+        if load is None:
+            load = not self.cache
+        if load:
+            return self.load_models()
+        from .graph import ModelSpec
+        from .models.loader import resolve_model
+
+        execu = self._executor()
+        names = []
+        for nid in sorted(execu.c.nodes):
+            spec = execu.c.spec(nid)
+            if isinstance(spec, ModelSpec):
+                resolve_model(spec.source)
+                names.append(execu.c.display_name(nid))
+        return names
 
     def load_models(self) -> list[str]:
         """Load the program's base models now (they otherwise load at their
@@ -292,6 +332,14 @@ def _check_batch_size(n) -> int:
     return n
 
 
+def _check_dtype(dtype):
+    names = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16", "half")
+    for d in (dtype.values() if isinstance(dtype, dict) else [dtype]):
+        if d not in names:
+            raise ValueError(f"dtype must be one of {', '.join(names[:4])} (or a dict of them by model name), got {d!r}")
+    return dict(dtype) if isinstance(dtype, dict) else dtype
+
+
 def _check_seed(seed):
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -343,22 +391,27 @@ def _allow_paths(allow_paths) -> tuple[str, ...]:
 
 def compile(source: str, filename: str = "<string>", *, functions: dict | None = None, base_dir: str | Path | None = None,
             device: str = "auto", schemas: dict | None = None, batch_size: int = 32,
-            trace_file: str | Path | None = None, allow_paths=None) -> Program:
+            trace_file: str | Path | None = None, allow_paths=None, cache: bool | None = None,
+            threads: int | None = None, dtype: str | dict = "auto", device_map: str | dict | None = None,
+            parallel: bool = True) -> Program:
     """Compile lmlang source text. `functions` are Python functions the flow
     may call; `schemas` maps the name in `x is json "NAME"` to a pydantic
     model or a JSON schema dict (used instead of reading a file);
-    `batch_size` and `trace_file` are the Program's settings. File
+    `batch_size`, `trace_file`, `cache`, `threads`, `dtype`, `device_map`
+    and `parallel` are the Program's settings (see Program). File
     references reach only base_dir's tree (default: the current folder)
     and the folders in `allow_paths` (docs/security.md)."""
     functions = dict(functions or {})
     schemas = {k: schema_of(v) for k, v in (schemas or {}).items()}
     fe = _build(source, filename, Path(base_dir) if base_dir else None, functions, schemas, _allow_paths(allow_paths))
-    return Program(fe, functions, device, batch_size=batch_size, trace_file=trace_file, schemas=schemas)
+    return Program(fe, functions, device, batch_size=batch_size, trace_file=trace_file, schemas=schemas, cache=cache,
+                   threads=threads, dtype=dtype, device_map=device_map, parallel=parallel)
 
 
 def compile_file(path: str | Path, *, functions: dict | None = None, device: str = "auto",
                  schemas: dict | None = None, batch_size: int = 32, trace_file: str | Path | None = None,
-                 allow_paths=None) -> Program:
+                 allow_paths=None, cache: bool | None = None, threads: int | None = None, dtype: str | dict = "auto",
+                 device_map: str | dict | None = None, parallel: bool = True) -> Program:
     """Compile a .lm file (see `compile`); its references reach only its
     own folder's tree and the folders in `allow_paths`."""
     from .frontend import build_file
@@ -366,5 +419,5 @@ def compile_file(path: str | Path, *, functions: dict | None = None, device: str
     functions = dict(functions or {})
     schemas = {k: schema_of(v) for k, v in (schemas or {}).items()}
     return Program(build_file(path, frozenset(functions), schemas=schemas, allow_paths=_allow_paths(allow_paths)),
-                   functions, device,
-                   batch_size=batch_size, trace_file=trace_file, schemas=schemas)
+                   functions, device, batch_size=batch_size, trace_file=trace_file, schemas=schemas, cache=cache,
+                   threads=threads, dtype=dtype, device_map=device_map, parallel=parallel)

@@ -9,6 +9,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 # Tests never reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The result cache would answer a test from an earlier test's (or session's)
+# decoding; the tests of the cache itself turn it on (tests/test_result_cache.py).
+os.environ.setdefault("LMLANG_CACHE", "0")
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"

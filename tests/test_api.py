@@ -113,6 +113,7 @@ def test_stream_is_token_by_token(tiny_model_dir):
 
 
 def test_batch_size_reaches_the_decoder_and_chunks(tiny_model_dir, monkeypatch):
+    import lmlang.runtime.decode as D
     import lmlang.runtime.executor as X
 
     p = lmlang.compile(f'input t: str\nmodel m = "{tiny_model_dir}"\n{QUERY}flow {{ emit a = q(t).a }}\n', batch_size=2)
@@ -121,8 +122,8 @@ def test_batch_size_reaches_the_decoder_and_chunks(tiny_model_dir, monkeypatch):
         with pytest.raises(ValueError, match="batch_size"):
             p.batch_size = bad
     decoded, chunks = [], []
-    real_decoder, real_rows = X.run_decoder, X.Executor.run_rows
-    monkeypatch.setattr(X, "run_decoder", lambda lm, runs, *a, **k: decoded.append(len(runs)) or real_decoder(lm, runs, *a, **k))
+    real_decoder, real_rows = D.decode_rows, X.Executor.run_rows
+    monkeypatch.setattr(D, "decode_rows", lambda lm, runs, *a, **k: decoded.append(len(runs)) or real_decoder(lm, runs, *a, **k))
     monkeypatch.setattr(X.Executor, "run_rows", lambda self, rows, **k: chunks.append(len(rows)) or real_rows(self, rows, **k))
     rows = [{"t": f"r{i}"} for i in range(5)]
     p.run_each(rows, lambda o: None, chunk_size=5)

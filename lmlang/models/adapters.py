@@ -646,13 +646,18 @@ class AdapterHost:
                 if not module_ops:
                     continue
                 shape = (-1,) + (1,) * (out.dim() - 1)
+                # A model spread over several devices (device_map) runs this
+                # module wherever its layer sits: bring the row index there.
+                scales = scales.view(shape).to(device=out.device, dtype=out.dtype)
                 if index is None:
                     for op in module_ops:
-                        out = out + op.delta(module, x, base_out) * scales.view(shape).to(out.dtype)
+                        out = out + op.delta(module, x, base_out) * scales
                 else:
+                    if index.device != x.device:
+                        index = index.to(x.device)
                     xs, bs = x.index_select(0, index), base_out.index_select(0, index)
                     for op in module_ops:
-                        out = out.index_add(0, index, op.delta(module, xs, bs) * scales.view(shape).to(out.dtype))
+                        out = out.index_add(0, index, op.delta(module, xs, bs) * scales)
             return out
 
         return hook

@@ -366,27 +366,31 @@ def _pick_device_dtype(device: str, dtype: str) -> tuple[str, str]:
     return device, _DTYPES[dtype]
 
 
-def load_model(path: Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load a resolved folder once per process per (path, device, dtype)."""
+def load_model(path: Path, device: str = "auto", dtype: str = "auto", device_map: str | dict | None = None) -> LoadedModel:
+    """Load a resolved folder once per process per (path, device, dtype, device map).
+    device_map (e.g. "auto", "balanced"): spread a model too large for one
+    device over all of them (accelerate places the layers); `device` then
+    only decides the dtype default."""
     path = Path(path).resolve()
     if not path.is_dir():
         raise ModelNotFoundError(f"model folder not found: {path}")
     if not _has_safetensors(path):
         raise _unsafe_weights_error(path)
     device, dtype = _pick_device_dtype(device, dtype)
-    key = (str(path), device, dtype)
+    key = (str(path), device, dtype, json.dumps(device_map, sort_keys=True))
     with _CACHE_LOCK:  # one lock: a second thread waits rather than loads twice
         if key not in _CACHE:
-            _CACHE[key] = _load_uncached(path, device, dtype)
+            _CACHE[key] = _load_uncached(path, device, dtype, device_map)
         return _CACHE[key]
 
 
-def _load_uncached(path: Path, device: str, dtype: str) -> LoadedModel:
+def _load_uncached(path: Path, device: str, dtype: str, device_map=None) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_weight_files(path)
     common = dict(local_files_only=True, trust_remote_code=False)
+    placement = {"device_map": device_map} if device_map is not None else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
     except (ImportError, MemoryError):
@@ -397,14 +401,18 @@ def _load_uncached(path: Path, device: str, dtype: str) -> LoadedModel:
     try:
         with _HeldLoadReport() as report:
             model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=getattr(torch, dtype), use_safetensors=True, **common)
+                path, dtype=getattr(torch, dtype), use_safetensors=True, **placement, **common)
             report.release()          # loaded: its notes (reinitialised tensors) are worth seeing
     except (ImportError, MemoryError):
         raise
     except Exception as exc:              # noqa: BLE001 - safetensors, config and shape errors all land here
         raise LmlangRuntimeError(f"could not load model from {path}: {_weights_problem(path) or _exc_text(exc)}",
                                  hint="the weights and config.json must come from the same model") from exc
-    model.to(device)
+    if device_map is None:
+        model.to(device)
+    else:
+        # Inputs go where the first layer sits: the input embeddings' device.
+        device = str(model.get_input_embeddings().weight.device)
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

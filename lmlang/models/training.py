@@ -33,7 +33,9 @@ The adapter is a PEFT folder (adapter_config.json + adapter_model.safetensors)
 under ``cache_dir("adapters") / <sha256 of base content, data bytes, options>``,
 published atomically; a second run with the same inputs reuses it without
 training. Training is a plain fp32 AdamW loop (no Trainer), seeded: the same
-seed gives bit-identical weights on the same machine.
+seed gives bit-identical weights on the same machine. It runs on the
+program's device (`device`: "auto" takes CUDA when there is one): the base and
+every batch move there, and only the loss comes back to the host, once a step.
 """
 from __future__ import annotations
 
@@ -263,8 +265,11 @@ def adapter_cache_key(base_key: str, data: bytes, options: dict) -> str:
 # ---------------------------------------------------------------- training
 
 
-def train_lora(base_path: Path, data_path: Path, options: dict | None = None, progress: bool = True) -> TrainResult:
-    """Fine-tune a LoRA on `data_path` over the HF folder `base_path`; the cached PEFT folder."""
+def train_lora(base_path: Path, data_path: Path, options: dict | None = None, progress: bool = True,
+               device: str = "cpu") -> TrainResult:
+    """Fine-tune a LoRA on `data_path` over the HF folder `base_path`; the cached PEFT folder.
+    The cache key does not include the device: an adapter trained on a GPU
+    serves CPU runs and the other way round."""
     start = time.perf_counter()
     base_path, data_path = Path(base_path), Path(data_path)
     opts = normalize_options(options)
@@ -284,6 +289,7 @@ def train_lora(base_path: Path, data_path: Path, options: dict | None = None, pr
     model, tokenizer = _load_base(base_path)
     examples = encode_rows(tokenizer, rows, opts["max_length"], data_path)
     peft_model = _wrap(model, opts, base_path)
+    peft_model.to(training_device(device))
     losses, steps = _fit(peft_model, tokenizer, examples, opts, progress)
     final_loss = losses[-1] if losses else float("nan")
     seconds = time.perf_counter() - start
@@ -329,6 +335,21 @@ def _load_base(base_path: Path):
     return model, tokenizer
 
 
+def training_device(device: str):
+    """The torch device to train on: "auto" is CUDA when available, else the CPU."""
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise LmlangRuntimeError(f"unknown device '{device}'", hint="use auto, cpu or cuda") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LmlangRuntimeError(f"device '{device}' requested but CUDA is not available", hint="use cpu or auto")
+    return dev
+
+
 def _wrap(model, opts: dict, base_path: Path):
     import torch
     from peft import LoraConfig, get_peft_model
@@ -348,6 +369,7 @@ def _fit(peft_model, tokenizer, examples: list[Example], opts: dict, progress: b
     import torch
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    device = next(peft_model.parameters()).device
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=0.0)
     generator = torch.Generator().manual_seed(opts["seed"])
@@ -355,7 +377,8 @@ def _fit(peft_model, tokenizer, examples: list[Example], opts: dict, progress: b
     batch = opts["batch_size"]
     per_epoch = math.ceil(len(examples) / batch)
     total = per_epoch * opts["epochs"]
-    loss_fn = _head_on_labels_only(peft_model, collate(examples[:batch], pad_id)) or _full_logits_loss(peft_model)
+    sample = tuple(t.to(device) for t in collate(examples[:batch], pad_id))
+    loss_fn = _head_on_labels_only(peft_model, sample) or _full_logits_loss(peft_model)
     peft_model.train()
     epoch_losses: list[float] = []
     step = 0
@@ -364,7 +387,8 @@ def _fit(peft_model, tokenizer, examples: list[Example], opts: dict, progress: b
             order = torch.randperm(len(examples), generator=generator).tolist()
             running = 0.0
             for i in range(0, len(order), batch):
-                ids, mask, labels = collate([examples[j] for j in order[i:i + batch]], pad_id)
+                ids, mask, labels = (t.to(device, non_blocking=True)
+                                     for t in collate([examples[j] for j in order[i:i + batch]], pad_id))
                 loss = loss_fn(ids, mask, labels)
                 loss.backward()
                 optimizer.step()

@@ -55,8 +55,9 @@ class _Announce:
 
 
 class Builder:
-    def __init__(self, compiled: Compiled):
+    def __init__(self, compiled: Compiled, device: str = "auto"):
         self.c = compiled
+        self.device = device                         # where adapters train (the program's device)
         self.values: dict[str, object] = {}          # node id -> its built value, once per process
 
     def value(self, nid: str):
@@ -80,7 +81,7 @@ class Builder:
                 raise LmlangRuntimeError(f"adapter {self.c.display_name(nid)}: train on a plain model, not an adapted or fused one",
                                          hint=f"at {spec.loc}")
             options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.options}
-            result = train_lora(base.path, Path(spec.data), options, progress=True)
+            result = train_lora(base.path, Path(spec.data), options, progress=True, device=self.device)
             if not result.cached:
                 say(f"trained adapter {self.c.display_name(nid)} on {Path(spec.data).name} in {result.seconds:.0f} s "
                     f"(final loss {result.final_loss:.3f}; cached for later runs)")

@@ -48,15 +48,27 @@ class Decoded:
 
 
 class Sampler:
-    """argmax, or seeded sampling with temperature / top-k / top-p."""
+    """argmax, or seeded sampling with temperature / top-k / top-p.
+
+    Sampling happens where the logits are: the generator lives on their
+    device, so a GPU run never copies a probability vector to the host; only
+    the chosen token id comes back (the guide needs it). The same seed gives
+    the same draws on one device; CPU and CUDA generators draw differently."""
 
     def __init__(self, greedy: bool = True, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0):
         self.greedy = greedy
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+        self.seed = seed
         self.generator = None
         if not greedy:
             self.generator = torch.Generator(device="cpu")
             self.generator.manual_seed(seed)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if self.generator.device != device:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(self.seed)
+        return self.generator
 
     def pick(self, masked: torch.Tensor) -> int:
         if self.greedy:
@@ -71,7 +83,7 @@ class Sampler:
             drop = torch.cumsum(sorted_p, dim=-1) - sorted_p > self.top_p
             sorted_p = torch.where(drop, torch.zeros_like(sorted_p), sorted_p)
             probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-        return int(torch.multinomial(probs.cpu(), 1, generator=self.generator))
+        return int(torch.multinomial(probs, 1, generator=self._generator(probs.device)))
 
 
 def sampler_for(decoder: tuple, k: int = 0, seed: int | None = None) -> Sampler:

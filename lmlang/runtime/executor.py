@@ -1,12 +1,19 @@
 """Runs a compiled graph: builds model nodes on demand (once per process),
-runs query nodes through the decoding loop, and interprets flow steps in
-order."""
+runs query calls through the result cache and the decoding loop, and runs
+the flow of many rows at once.
+
+Rows and their independent steps advance together (schedule.py,
+prefetch.py); every call that waits goes to `run_calls`, which answers what
+the result cache holds, routes what a router decides, and decodes the rest
+in shared batches (dispatch.py). torch is imported only when something must
+decode: a run answered from the cache never loads a model."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +21,11 @@ from typing import Callable
 
 from ..errors import LmlangError, LmlangRuntimeError, ScriptError
 from ..graph import Compiled, InputSpec, QuerySpec
-from .decode import QueryRun, run_decoder
+from .dispatch import SAMPLING, Job, Strategy, decode_jobs
 from .flow import Interpreter
-from .lm import HFModel, LM
-from .prompt import render, value_text
+from .prompt import value_text
+from .schedule import Scheduler
 from .trace import QueryTrace, Trace
-from .window import refuse_overlong
 
 
 class InputError(ScriptError):
@@ -189,45 +195,99 @@ class RowOutcome:
 
 class Executor:
     """Runs one Compiled graph. Its settings are fields its owner (a
-    Program) sets: `batch_size` rows decode together; `seed`, when not None,
+    Program) sets: `batch_size` calls decode together; `seed`, when not None,
     overrides every sampling decoder's seed (lmlang run --seed); `trace`
-    collects a record per query."""
+    collects a record per query call; `cache` (a ResultCache or None) answers
+    repeated calls; `parallel` makes independent calls of a row together;
+    `threads` is torch's thread count (None: runtime/threads.py picks);
+    `dtype` ("auto", a dtype name, or {model name: dtype}) and `device_map`
+    say how weights load; `strategy` is how calls share batches (dispatch.py)."""
 
     def __init__(self, compiled: Compiled, functions: dict | None = None, device: str = "auto",
-                 trace: Trace | None = None, batch_size: int = 32, seed: int | None = None):
+                 trace: Trace | None = None, batch_size: int = 32, seed: int | None = None, *,
+                 cache=None, parallel: bool = True, threads: int | None = None, dtype="auto",
+                 device_map: str | None = None):
         self.c = compiled
         self.functions = dict(functions or {})
         self.device = device
         self.trace = trace if trace is not None else Trace()
         self.batch_size = batch_size
         self.seed = seed
-        self._lms: dict[str, LM] = {}                 # model node id -> its LM
+        self.cache = cache
+        self.parallel = parallel
+        self.threads = threads
+        self.dtype = dtype
+        self.device_map = device_map
+        self.strategy = Strategy()
+        self._lms: dict = {}                          # model node id -> its LM
         self._routers: dict = {}                      # router node id -> Router
-        self._base_lms: dict[str, HFModel] = {}       # base folder -> the plain model (hidden-state embeddings)
+        self._base_lms: dict = {}                     # base folder -> the plain model (hidden-state embeddings)
+        self._stacks: dict[int, tuple] = {}           # id(LM) -> (its AdapterHost, adapter stack), for mixed batches
+        self._dtypes: dict | None = None              # folder -> dtype, from a per-model dtype setting
+        self._keys = None                             # result_cache.CallKeys, made at the first cached call
+        self._torch_ready = False
         from .build import Builder
 
-        self.builder = Builder(compiled)
+        self.builder = Builder(compiled, device=device)
         self.query_ids = {s.name: n for n, s in self.c.nodes.items() if isinstance(s, QuerySpec)}
 
     # ------------------------------------------------------------ models
-    def lm(self, nid: str) -> LM:
+    def _prepare_torch(self) -> None:
+        """Before the first model loads: torch's thread count (threads.py)."""
+        if not self._torch_ready:
+            from .threads import apply_threads
+
+            apply_threads(self.threads)
+            self._torch_ready = True
+
+    def lm(self, nid: str):
         if nid not in self._lms:
+            self._prepare_torch()
             self._lms[nid] = self.lm_for_value(self.builder.value(nid), self.c.display_name(nid))
         return self._lms[nid]
 
-    def lm_for_value(self, value, name: str) -> LM:
+    def _load(self, path):
+        from ..models.loader import load_model
+
+        return load_model(path, device=self.device, dtype=self.dtype_for(path), device_map=self.device_map)
+
+    def dtype_for(self, path) -> str:
+        """The inference dtype of the model in folder `path` (the `dtype` setting)."""
+        if self.dtype is None or isinstance(self.dtype, str):
+            return self.dtype or "auto"
+        if self._dtypes is None:
+            self._dtypes = self._dtype_table()
+        return self._dtypes.get(str(Path(path).resolve()), "auto")
+
+    def _dtype_table(self) -> dict:
+        """{model name: dtype} as {folder: dtype}: an adapted model runs in its base's dtype."""
+        from .build import Folder, Stacked
+
+        models = [n for n, i in self.c.names.items() if i in self.c.nodes and self.c.spec(i).kind in ("model", "apply", "merge")]
+        table = {}
+        for name, dt in self.dtype.items():
+            if name not in models:
+                raise LmlangRuntimeError(f"dtype: the script has no model named '{name}'", hint="models: " + ", ".join(models))
+            value = self.builder.value(self.c.names[name])
+            folder = value.path if isinstance(value, Folder) else value.base if isinstance(value, Stacked) else None
+            if folder is None:
+                raise LmlangRuntimeError(f"dtype: '{name}' is a fusion; give its members' dtypes instead")
+            table[str(Path(folder).resolve())] = dt
+        return table
+
+    def lm_for_value(self, value, name: str):
         from transformers.utils import logging as hf_logging
 
-        from ..models.loader import load_model
         from .build import Folder, Fused, Stacked
+        from .lm import HFModel
 
         hf_logging.disable_progress_bar()    # lmlang prints its own progress
         if isinstance(value, Folder):
-            return HFModel(load_model(value.path, device=self.device), name=name)
+            return HFModel(self._load(value.path), name=name)
         if isinstance(value, Stacked):
             from ..models.adapters import AdapterHost
 
-            loaded = load_model(value.base, device=self.device)
+            loaded = self._load(value.base)
             host = AdapterHost.for_model(loaded)
             stack = []
             for folder, scale in value.stack:
@@ -237,7 +297,9 @@ class Executor:
                 stack.append((key, scale))
             stack = tuple(stack)
             base_lm = self._base_lm(loaded, value.base)
-            return base_lm.with_hook(name, lambda: host.activate(stack))
+            lm = base_lm.with_hook(name, lambda: host.activate(stack))
+            self._stacks[id(lm)] = (host, stack)
+            return lm
         if isinstance(value, Fused):
             from .fusion import FusedLM
 
@@ -245,17 +307,31 @@ class Executor:
             return FusedLM(members, value.mode, dict(value.options), name=name)
         raise LmlangRuntimeError(f"cannot run {value!r}")
 
-    def base_lm(self, nid: str) -> HFModel:
+    def mixed_lm(self, lms: list):
+        """One model whose row i runs lms[i]'s adapter stack (all over one
+        base): a batch that mixes experts (dispatch.py)."""
+        entries = [self._stacks.get(id(lm), (None, ())) for lm in lms]
+        stacks = [stack for _, stack in entries]
+        hosts = {id(h): h for h, _ in entries if h is not None}
+        if not hosts or all(s == stacks[0] for s in stacks):
+            return lms[0]
+        (host,) = hosts.values()
+        base = self._base_lm(host.loaded, host.loaded.path)
+        mixed = base.with_hook("+".join(sorted({lm.name for lm in lms})), lambda: host.activate_rows(stacks))
+        mixed.prefix_reuse = False          # rows hold different weights: no shared prefix, no cached one
+        return mixed
+
+    def base_lm(self, nid: str):
         """The plain model under a model node (for hidden-state embeddings)."""
-        from ..models.loader import load_model
         from .build import Folder, Stacked
 
+        self._prepare_torch()
         value = self.builder.value(nid)
         if isinstance(value, Stacked):
             value = Folder(value.base)
         if not isinstance(value, Folder):
             raise LmlangRuntimeError("encoder: base needs experts built on a plain model, not fusions")
-        return self._base_lm(load_model(value.path, device=self.device), value.path)
+        return self._base_lm(self._load(value.path), value.path)
 
     def expert_name(self, nid: str) -> str:
         names = self.c.node_names.get(nid)
@@ -274,12 +350,15 @@ class Executor:
         if nid not in self._routers:
             from .routing import Router
 
+            self._prepare_torch()
             spec = self.c.spec(nid)
             names = {e: self.expert_name(e) for e, _ in spec.experts}
             self._routers[nid] = Router(spec, names, self.lm, self.base_lm)
         return self._routers[nid]
 
-    def _base_lm(self, loaded, path) -> HFModel:
+    def _base_lm(self, loaded, path):
+        from .lm import HFModel
+
         key = str(path)
         if key not in self._base_lms:
             self._base_lms[key] = HFModel(loaded, name=Path(path).name)
@@ -308,101 +387,131 @@ class Executor:
 
     def call_query(self, name: str, args: list, kwargs: dict, on_token=None) -> dict:
         """One query on one row (the API's program.queries[name](...));
-        on_token as in run_query_rows."""
-        (out,) = self.run_query_rows(name, [(list(args), dict(kwargs))], on_token=on_token)
+        on_token(row, hole, text) streams values as they grow."""
+        stream = (lambda h, t: on_token(0, h, t)) if on_token else None
+        (out,) = self.run_calls([(name, list(args), dict(kwargs), None, None, stream)])
         if isinstance(out, LmlangError):
             raise out
         return out
 
-    def run_query_rows(self, name: str, calls: list[tuple[list, dict]], rows: list[int] | None = None,
-                       on_token=None) -> list:
-        """Run one query for many rows, batched; each entry is a result dict
-        or the LmlangError of that row (other rows go on). on_token(i, hole,
-        text) streams values as they grow (i indexes `calls`)."""
-        nid = self.query_ids.get(name)
-        if nid is None:
-            raise LmlangRuntimeError(f"undefined function '{name}'")
-        spec: QuerySpec = self.c.spec(nid)
+    def run_calls(self, calls: list[tuple]) -> list:
+        """Answer many query calls at once: (name, args, kwargs, row, position,
+        stream) each, where position names the call within its row's flow
+        (its sampling seed derives from it). Each result is a dict of values
+        or the LmlangError of that call; other calls go on."""
         results: list = [None] * len(calls)
-        envs = {}
-        for i, (args, kwargs) in enumerate(calls):
+        jobs: list[Job] = []
+        for i, (name, args, kwargs, row, position, stream) in enumerate(calls):
+            nid = self.query_ids.get(name)
+            if nid is None:
+                results[i] = LmlangRuntimeError(f"undefined function '{name}'")
+                continue
+            spec: QuerySpec = self.c.spec(nid)
             try:
-                envs[i] = self.bind_args(spec, args, kwargs)
+                env = self.bind_args(spec, args, kwargs)
             except LmlangError as e:
                 results[i] = e
-        if self.c.spec(spec.model).kind == "router":
-            by_expert = self._route(spec, envs, results)
-        else:
-            by_expert = {spec.model: sorted(envs)}
-        for expert, todo in by_expert.items():
-            lm = self.lm(expert)
-            routed = self.expert_name(expert) if expert != spec.model else None
-            for start in range(0, len(todo), self.batch_size):
-                group = todo[start:start + self.batch_size]
-                self._decode_group(spec, lm, group, envs, results, rows, routed, on_token)
+                continue
+            jobs.append(Job(i, spec, env, spec.model, row, self.call_seed(spec, row, position), stream=stream))
+        texts = self._router_texts(jobs, results)
+        jobs = [j for j in jobs if results[j.index] is None]
+        todo = self._from_cache(jobs, texts, results) if self.cache is not None else jobs
+        self._route(todo, texts)
+        try:
+            decode_jobs(self, [j for j in todo if j.result is None], self.strategy)
+        except LmlangError as e:           # nothing of it decoded (e.g. a model that cannot load)
+            for j in todo:
+                if j.result is None:
+                    j.result = e
+        for job in todo:
+            results[job.index] = job.result
+            if self.cache is not None and isinstance(job.result, dict):
+                self.cache.put(job.key, query=job.spec.name, model=getattr(job.lm, "name", ""), result=job.result,
+                               texts=job.texts, prompt=job.prompt)
         return results
 
-    def _route(self, spec: QuerySpec, envs: dict, results: list) -> dict:
-        """Route each row, then group rows by chosen expert (each expert decodes its rows batched)."""
-        from .flow import Interpreter
+    def call_seed(self, spec: QuerySpec, row, position) -> int | None:
+        """This call's sampling seed: the decoder's (or --seed's) seed, mixed
+        with the row and the call's position in the flow, so each call of a
+        sampling query draws anew, reproducibly (None: the decoder does not sample)."""
+        name, opts = spec.decoder
+        if name not in SAMPLING:
+            return None
+        base = self.seed if self.seed is not None else dict(opts).get("seed", 0)
+        text = json.dumps([base, row, position], default=str)
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
-        interp = Interpreter(self.functions, set())
-        texts, ok = [], []
-        for i in sorted(envs):
+    def _router_texts(self, jobs: list[Job], results: list) -> dict:
+        """The router argument's text of each routed call (job index -> text)."""
+        texts = {}
+        interp = None
+        for job in jobs:
+            if self.c.spec(job.spec.model).kind != "router":
+                continue
+            interp = interp or Interpreter(self.functions, set())
             try:
-                (arg,) = [_eval_pure(interp, a, envs[i]) for a in spec.router_args]
-                texts.append(arg if isinstance(arg, str) else value_text(arg))
-                ok.append(i)
+                (arg,) = [_eval_pure(interp, a, job.env) for a in job.spec.router_args]
+                texts[job.index] = arg if isinstance(arg, str) else value_text(arg)
             except LmlangError as e:
-                results[i] = e
-        groups: dict = {}
-        if ok:
-            choices = self.router(spec.model).route(texts)
-            for i, nid in zip(ok, choices):
-                groups.setdefault(nid, []).append(i)
-        return groups
+                results[job.index] = e
+        return texts
 
-    def _decode_group(self, spec: QuerySpec, lm: LM, group: list[int], envs: dict, results: list, rows,
-                      expert: str | None = None, stream=None) -> None:
-        t0 = time.perf_counter()
-        runs, ok = [], []
-        for i in group:
+    def _route(self, jobs: list[Job], texts: dict) -> None:
+        """Each routed call's expert (a router decides for many rows at once)."""
+        by_router: dict = {}
+        for job in jobs:
+            if job.index in texts:
+                by_router.setdefault(job.spec.model, []).append(job)
+        for rid, group in by_router.items():
             try:
-                prompt = render(spec.segments, envs[i], lm.tokenizer, spec.chat, spec.loc)
-                refuse_overlong(lm, spec.name, prompt.chunks, loc=spec.loc)       # before tokenizing
-                run = QueryRun(lm, prompt, dict(spec.constraints))
-                refuse_overlong(lm, spec.name, prompt.chunks, run.chunk_ids, loc=spec.loc)   # before any forward pass
-                runs.append(run)
-                ok.append(i)
+                choices = self.router(rid).route([texts[j.index] for j in group])
             except LmlangError as e:
-                results[i] = e
-        if not runs:
-            return
-        on_token = (lambda r, h, t: stream(ok[r], h, t)) if stream else None
-        try:
-            decoded = run_decoder(lm, runs, spec.decoder, spec.distribution, seed=self.seed, on_token=on_token)
-        except LmlangError as e:
-            if len(runs) == 1:
-                results[ok[0]] = e
-                return
-            # Isolate the failing row: decode the group one by one.
-            for i in ok:
-                self._decode_group(spec, lm, [i], envs, results, rows, expert, stream)
-            return
-        wall = (time.perf_counter() - t0) / len(runs)
-        for i, run, d in zip(ok, runs, decoded):
-            out = dict(d.values)
-            if d.distribution is not None:
-                out["distribution"] = d.distribution
-            if expert is not None:
-                out["expert"] = expert
-            results[i] = out
-            holes = [vars(h) for h in d.holes]
-            self.trace.add(QueryTrace(
-                query=spec.name, model=lm.name, prompt=run.prompt.display(), values=dict(d.texts), holes=holes,
-                forward_passes=d.forward_passes, tokens_generated=sum(h["generated"] for h in holes),
-                tokens_forced=sum(h["forced"] for h in holes), wall_seconds=wall,
-                decoder=spec.decoder[0], expert=expert, row=rows[i] if rows else None))
+                for j in group:
+                    j.result = e
+                continue
+            for job, expert in zip(group, choices):
+                job.lm_nid, job.expert = expert, self.expert_name(expert)
+
+    def _from_cache(self, jobs: list[Job], texts: dict, results: list) -> list[Job]:
+        """Answer the calls the result cache holds; the others come back."""
+        if self._keys is None:
+            from .result_cache import CallKeys
+
+            self._keys = CallKeys(self.c, {"device": self.device_kind(), "dtype": self.dtype,
+                                           "device_map": self.device_map})
+        misses = []
+        for job in jobs:
+            try:
+                job.key = self._keys.call_key(job.spec, job.env, job.seed, texts.get(job.index))
+            except LmlangError as e:        # a model that cannot be found fails the call, as decoding would
+                results[job.index] = e
+                continue
+            entry = self.cache.get(job.key)
+            if entry is None:
+                misses.append(job)
+                continue
+            out, holes = entry["result"], entry["texts"]
+            results[job.index] = out
+            if job.stream:
+                for hole, text in holes.items():
+                    job.stream(hole, text)
+            self.trace.add(QueryTrace(query=job.spec.name, model=str(entry.get("model", "")), prompt=str(entry.get("prompt", "")),
+                                      values=dict(holes), decoder=job.spec.decoder[0], expert=out.get("expert"),
+                                      row=job.row, cached=True))
+        return misses
+
+    def device_kind(self) -> str:
+        """What the device setting resolves to (results may differ across
+        devices), told without importing torch: "auto" is CUDA exactly when a
+        GPU is visible and torch is a CUDA build (torch's version, which says
+        which, is part of the cache's code fingerprint)."""
+        if self.device_map:
+            return f"map:{self.device_map}"
+        if self.device != "auto":
+            return self.device.split(":")[0]
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpu = os.path.exists("/dev/nvidiactl") and visible not in ("", "-1")
+        return "auto:gpu" if gpu else "auto:cpu"
 
     # ------------------------------------------------------------ flow
     def run(self, inputs: dict) -> dict:
@@ -414,49 +523,34 @@ class Executor:
     def run_rows(self, rows: list[dict], on_done: Callable[[RowOutcome], None] | None = None,
                  row_ids: list[int] | None = None) -> list[RowOutcome]:
         """Run the flow for many input rows. Rows advance together: whenever
-        several rows wait on the same query, they decode as one batch."""
+        calls wait (of several rows, or of independent steps of one row),
+        they decode in shared batches."""
         row_ids = row_ids or list(range(len(rows)))
         steps = [self.c.spec(n).stmt for n in self.c.steps]
-        interp = Interpreter(self.functions, set(self.query_ids))
+        interp = Interpreter(self.functions, set(self.query_ids), prefetch=self.parallel)
         outcomes = [RowOutcome(rid) for rid in row_ids]
-        gens, pending = {}, {}
 
         def finish(r: int, values=None, error=None):
             outcomes[r].values, outcomes[r].error = values, error
             if on_done:
                 on_done(outcomes[r])
 
-        def advance(r: int, value=None, error=None):
+        def dispatch(slots):
             try:
-                req = gens[r].throw(error) if error is not None else gens[r].send(value)
-                pending[r] = req
-            except StopIteration as stop:
-                finish(r, values=stop.value)
+                return self.run_calls([(s.call.name, s.call.args, s.call.kwargs, s.row.id, s.call.position, None)
+                                       for s in slots])
             except LmlangError as e:
-                finish(r, error=e)
+                return [e] * len(slots)
 
+        sched = Scheduler(dispatch, finish)
         for r, inputs in enumerate(rows):
             try:
                 env = self.bind_inputs(inputs)
             except LmlangError as e:
                 finish(r, error=e)
                 continue
-            gens[r] = interp.run_steps(steps, env)
-            advance(r)
-        while pending:
-            name = next(iter(pending.values())).name
-            waiting = [r for r, req in pending.items() if req.name == name]
-            calls = [(pending[r].args, pending[r].kwargs) for r in waiting]
-            try:
-                results = self.run_query_rows(name, calls, [row_ids[r] for r in waiting])
-            except LmlangError as e:
-                results = [e] * len(waiting)
-            for r, res in zip(waiting, results):
-                del pending[r]
-                if isinstance(res, LmlangError):
-                    advance(r, error=res)
-                else:
-                    advance(r, value=res)
+            sched.add_row(r, row_ids[r], interp.run_steps(steps, env))
+        sched.run()
         return outcomes
 
     def bind_inputs(self, inputs: dict) -> dict:

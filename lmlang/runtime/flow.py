@@ -5,6 +5,13 @@ Values are plain Python data (str, int, float, bool, list, dict); field
 access is a dict lookup, so a script can never reach Python attributes.
 Calls go to queries, a fixed table of builtins, or functions registered
 through the API.
+
+A row's flow is a generator that yields a QueryCall whenever it needs a
+query's result; the scheduler (schedule.py) batches the calls of many rows
+and sends each its result. Every call carries its position: the call site
+and the indices of the loops around it. The position names one call of one
+row whatever the order calls are made in, so sampling seeds derive from it
+and calls made early (prefetch.py) are matched to the flow's own calls.
 """
 from __future__ import annotations
 
@@ -19,96 +26,146 @@ class FlowError(LmlangRuntimeError):
 
 class QueryCall:
     """A request the flow yields when it needs a query's result; the driver
-    batches requests from many rows and sends each row its result back."""
+    batches requests from many rows and sends each row its result back.
+    `path` holds the indices of the enclosing loops' iterations, so
+    (loc, path) names this call among all calls of the row."""
 
-    __slots__ = ("name", "args", "kwargs", "loc")
+    __slots__ = ("name", "args", "kwargs", "loc", "path")
 
-    def __init__(self, name, args, kwargs, loc):
-        self.name, self.args, self.kwargs, self.loc = name, args, kwargs, loc
+    def __init__(self, name, args, kwargs, loc, path=()):
+        self.name, self.args, self.kwargs, self.loc, self.path = name, args, kwargs, loc, path
+
+    @property
+    def position(self) -> tuple:
+        return (self.name, self.loc, self.path)
+
+
+class Future:
+    """A value that a prefetch task is still computing (prefetch.py); reading
+    it joins the task."""
+
+    __slots__ = ("task",)
+
+    def __init__(self, task):
+        self.task = task
+
+
+class Spawn:
+    """Yielded to start `gen` as a task of the same row, running alongside;
+    the task handle is sent back at once."""
+
+    __slots__ = ("gen",)
+
+    def __init__(self, gen):
+        self.gen = gen
+
+
+class Join:
+    """Yielded to wait for a spawned task: its value is sent back, its error thrown in."""
+
+    __slots__ = ("task",)
+
+    def __init__(self, task):
+        self.task = task
 
 
 class Interpreter:
-    """Runs the statement IR as a generator per row (yielding QueryCalls)."""
+    """Runs the statement IR as a generator per row (yielding QueryCalls).
+    With `prefetch` on, the row also spawns a task that makes, ahead of time,
+    every call whose arguments are already known (prefetch.py), so
+    independent calls of one row decode together."""
 
-    def __init__(self, functions: dict, queries: set):
+    def __init__(self, functions: dict, queries: set, prefetch: bool = False):
         self.functions = functions
         self.queries = queries
+        self.prefetcher = None
+        if prefetch and queries:
+            from .prefetch import Prefetcher
+
+            self.prefetcher = Prefetcher(self)
 
     def run_steps(self, steps, env: dict):
         emitted: dict = {}
+        if self.prefetcher is not None:
+            yield Spawn(self.prefetcher.block(tuple(steps), dict(env), frozenset(), ()))
         for stmt in steps:
-            yield from self.stmt(stmt, env, emitted)
+            yield from self.stmt(stmt, env, emitted, ())
         return emitted
 
-    def stmt(self, s: I.Stmt, env: dict, emitted: dict):
+    def stmt(self, s: I.Stmt, env: dict, emitted: dict, path: tuple = ()):
         match s:
             case I.Assign(name, value):
-                env[name] = yield from self.expr(value, env)
+                env[name] = yield from self.expr(value, env, path)
             case I.If(cond, then, orelse):
-                test = yield from self.expr(cond, env)
+                test = yield from self.expr(cond, env, path)
                 for x in (then if _truthy(test) else orelse):
-                    yield from self.stmt(x, env, emitted)
+                    yield from self.stmt(x, env, emitted, path)
             case I.For(var, it, body):
-                items = yield from self.expr(it, env)
+                items = yield from self.expr(it, env, path)
                 if not isinstance(items, (list, tuple)):
                     raise FlowError(f"for loops over lists, got {type(items).__name__}")
-                for item in items:
+                if self.prefetcher is not None and len(items) > 1:
+                    yield Spawn(self.prefetcher.loop(s, items, dict(env), path))
+                for i, item in enumerate(items):
                     env[var] = item
                     for x in body:
-                        yield from self.stmt(x, env, emitted)
+                        yield from self.stmt(x, env, emitted, path + (i,))
             case I.Emit(items):
                 for name, e in items:
-                    emitted[name] = yield from self.expr(e, env)
+                    emitted[name] = yield from self.expr(e, env, path)
 
-    def expr(self, e: I.Expr, env: dict):
+    def expr(self, e: I.Expr, env: dict, path: tuple = ()):
         match e:
             case I.Lit(value):
                 return value
             case I.Var(name):
                 if name not in env:
                     raise FlowError(f"'{name}' has no value here", hint="it is assigned only on some paths")
-                return env[name]
+                v = env[name]
+                if isinstance(v, Future):           # only in a prefetch task's environment
+                    v = yield Join(v.task)
+                return v
             case I.Attr(obj_e, name):
-                obj = yield from self.expr(obj_e, env)
+                obj = yield from self.expr(obj_e, env, path)
                 if isinstance(obj, dict) and name in obj:
                     return obj[name]
                 raise FlowError(f"no field '{name}' in {_short(obj)}")
             case I.Index(obj_e, idx_e):
-                obj = yield from self.expr(obj_e, env)
-                idx = yield from self.expr(idx_e, env)
+                obj = yield from self.expr(obj_e, env, path)
+                idx = yield from self.expr(idx_e, env, path)
                 return _index(obj, idx)
             case I.ListExpr(items):
                 out = []
                 for x in items:
-                    out.append((yield from self.expr(x, env)))
+                    out.append((yield from self.expr(x, env, path)))
                 return out
             case I.UnaryOp(op, operand):
-                v = yield from self.expr(operand, env)
+                v = yield from self.expr(operand, env, path)
                 if op == "not":
                     return not _truthy(v)
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
                     raise FlowError(f"cannot negate {_short(v)}")
                 return -v
             case I.BinOp(op, left_e, right_e):
-                left = yield from self.expr(left_e, env)
+                left = yield from self.expr(left_e, env, path)
                 if op == "and":
-                    return (yield from self.expr(right_e, env)) if _truthy(left) else left
+                    return (yield from self.expr(right_e, env, path)) if _truthy(left) else left
                 if op == "or":
-                    return left if _truthy(left) else (yield from self.expr(right_e, env))
-                right = yield from self.expr(right_e, env)
+                    return left if _truthy(left) else (yield from self.expr(right_e, env, path))
+                right = yield from self.expr(right_e, env, path)
                 return _binop(op, left, right)
             case I.Call():
-                return (yield from self.call(e, env))
+                return (yield from self.call(e, env, path))
         raise FlowError(f"unknown expression {e.tag}")  # pragma: no cover
 
-    def call(self, e: I.Call, env: dict):
+    def call(self, e: I.Call, env: dict, path: tuple = ()):
         name, loc = e.func, e.loc
         argv = []
         for a in e.args:
-            argv.append((yield from self.expr(a, env)))
+            argv.append((yield from self.expr(a, env, path)))
         kw = {}
         for k, v in e.kwargs:
-            kw[k] = yield from self.expr(v, env)
+            kw[k] = yield from self.expr(v, env, path)
         if name in self.functions:
             try:
                 return self.functions[name](*argv, **kw)
@@ -122,7 +179,7 @@ class Interpreter:
             except (TypeError, ValueError, AttributeError) as exc:
                 raise FlowError(f"{name}(): {exc}", hint=f"at {loc}") from None
         if name in self.queries:
-            return (yield QueryCall(name, argv, kw, loc))
+            return (yield QueryCall(name, argv, kw, loc, path))
         raise FlowError(f"undefined function '{name}'", hint=f"at {loc}")
 
 

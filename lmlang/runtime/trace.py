@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,24 +21,28 @@ class QueryTrace:
     decoder: str = "argmax"
     expert: str | None = None
     row: int | None = None
+    cached: bool = False                             # answered from the result cache (nothing decoded)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class Trace:
-    """Collects records; optionally appends each as a JSON line as it comes."""
+    """Collects records; optionally appends each as a JSON line as it comes.
+    Safe to add to from several threads (calls on different models decode side by side)."""
 
     def __init__(self, path: str | Path | None = None):
         self.records: list[QueryTrace] = []
         self.path = Path(path) if path else None
         self._fh = open(self.path, "a", encoding="utf-8") if self.path else None
+        self._lock = threading.Lock()
 
     def add(self, rec: QueryTrace) -> None:
-        self.records.append(rec)
-        if self._fh:
-            self._fh.write(json.dumps(rec.to_dict(), ensure_ascii=False, default=str) + "\n")
-            self._fh.flush()
+        with self._lock:
+            self.records.append(rec)
+            if self._fh:
+                self._fh.write(json.dumps(rec.to_dict(), ensure_ascii=False, default=str) + "\n")
+                self._fh.flush()
 
     def close(self) -> None:
         if self._fh:

@@ -1,0 +1,228 @@
+"""Decoding a set of query calls: which share one batch, which run side by side.
+
+The scheduler hands over every call that waits, of every row and every
+independent step. They decode in *units*: one batch over one KV cache.
+
+* Calls of argmax or sample queries on one loaded model share units, chunked
+  by the batch size: one query over many rows, and different queries too
+  (each row keeps its own prompt, constraints and sampler), when
+  `Strategy.queries` is "shared".
+* Calls on different adapter stacks over one base (routed rows, experts,
+  `base + a` next to `base + b`) share units too when `Strategy.adapters` is
+  "mixed": one forward with row-indexed adapter deltas
+  (AdapterHost.activate_rows), no prefix reuse across rows of different
+  stacks (their caches differ); "grouped" decodes one unit per stack, each
+  with its prefix cache.
+* best_of, vote, beam and distribution queries, and fusions, decode per
+  query and model as before (they fan a row out into several themselves).
+* Units on different base models form lanes. `Strategy.models` runs lanes
+  one after another ("sequential") or on threads ("concurrent"); "auto"
+  runs them concurrently only when a lane's model computes elsewhere (a
+  served model, `LM.remote`), since local lanes share the same cores.
+
+The defaults are the faster choice measured by bench/scale.py (docs/cli.md,
+"Parallel steps", has the figures). A unit that fails is retried one call at
+a time, so one bad call never fails the others.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import LmlangError
+from ..graph import QuerySpec
+from .trace import QueryTrace
+
+SAMPLING = ("sample", "best_of", "vote")
+SHARED_DECODERS = ("argmax", "sample")
+
+
+@dataclass
+class Strategy:
+    queries: str = "shared"        # shared | separate
+    adapters: str = "mixed"        # mixed | grouped
+    models: str = "auto"           # auto | concurrent | sequential
+
+
+@dataclass
+class Job:
+    """One query call to decode."""
+    index: int                        # position in the dispatched list
+    spec: QuerySpec
+    env: dict                         # bound arguments
+    lm_nid: str                       # the model node that decodes it (a routed call: its expert)
+    row: int | None = None
+    seed: int | None = None           # this call's sampling seed (None: the decoder does not sample)
+    expert: str | None = None         # a routed call's expert name
+    stream: Callable | None = None    # stream(hole, text)
+    key: str | None = None            # its result cache key
+    lm: object = None
+    result: object = None             # dict of values, or the LmlangError
+    texts: dict = field(default_factory=dict)
+    prompt: str = ""
+
+
+def decode_jobs(execu, jobs: list[Job], strategy: Strategy) -> None:
+    """Decode every job, setting job.result (values or an LmlangError)."""
+    ready = []
+    for job in jobs:
+        try:
+            job.lm = execu.lm(job.lm_nid)
+            ready.append(job)
+        except LmlangError as e:
+            job.result = e
+    lanes = plan(ready, strategy, execu.batch_size, execu.mixed_lm)
+    concurrent = strategy.models == "concurrent" or (
+        strategy.models == "auto" and any(getattr(u[0], "remote", False) for lane in lanes for u in lane))
+    if concurrent and len(lanes) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(lanes), thread_name_prefix="lmlang-lane") as pool:
+            for f in [pool.submit(_run_lane, execu, lane) for lane in lanes]:
+                f.result()
+    else:
+        for lane in lanes:
+            _run_lane(execu, lane)
+
+
+def plan(jobs: list[Job], strategy: Strategy, batch_size: int, mixed_lm) -> list[list[tuple]]:
+    """Lanes (one per base model) of units (lm, jobs, shared?)."""
+    lanes: dict = {}
+    for job in jobs:
+        loaded = getattr(job.lm, "loaded", None)
+        shared = (job.spec.decoder[0] in SHARED_DECODERS and job.spec.distribution is None and loaded is not None)
+        base = id(loaded) if loaded is not None else id(job.lm)
+        key = ("shared",) if shared else ("solo", job.spec.name, id(job.lm))
+        if shared and strategy.queries == "separate":
+            key = ("shared", job.spec.name)
+        lanes.setdefault(base, {}).setdefault(key, []).append(job)
+    out = []
+    for groups in lanes.values():
+        units = []
+        for key, group in groups.items():
+            if key[0] == "solo":
+                units += [(group[0].lm, group[i:i + batch_size], False) for i in range(0, len(group), batch_size)]
+            else:
+                units += _shared_units(group, strategy, batch_size, mixed_lm)
+        out.append(units)
+    return out
+
+
+def _shared_units(group: list[Job], strategy: Strategy, batch_size: int, mixed_lm) -> list[tuple]:
+    by_lm: dict = {}
+    for job in group:
+        by_lm.setdefault(id(job.lm), []).append(job)
+    if strategy.adapters == "grouped" or len(by_lm) == 1:
+        return [(jobs[0].lm, jobs[i:i + batch_size], True) for jobs in by_lm.values() for i in range(0, len(jobs), batch_size)]
+    ordered = [j for jobs in by_lm.values() for j in jobs]
+    units = []
+    for i in range(0, len(ordered), batch_size):
+        chunk = ordered[i:i + batch_size]
+        lms = {id(j.lm): j.lm for j in chunk}
+        units.append((chunk[0].lm if len(lms) == 1 else mixed_lm([j.lm for j in chunk]), chunk, True))
+    return units
+
+
+def _run_lane(execu, units: list[tuple]) -> None:
+    for lm, jobs, shared in units:
+        if shared:
+            decode_shared(execu, lm, jobs)
+        else:
+            decode_solo(execu, lm, jobs)
+
+
+def prepare_runs(lm, jobs: list[Job]) -> tuple[list, list[Job]]:
+    """Each job's prompt rendered and tokenized for lm, as a QueryRun; a job
+    whose prompt fails (or cannot fit the model's window: refused before
+    tokenizing and again before any forward pass) gets its error instead."""
+    from .decode import QueryRun
+    from .prompt import render
+    from .window import refuse_overlong
+
+    runs, ok = [], []
+    for job in jobs:
+        spec = job.spec
+        try:
+            prompt = render(spec.segments, job.env, lm.tokenizer, spec.chat, spec.loc)
+            refuse_overlong(lm, spec.name, prompt.chunks, loc=spec.loc)
+            run = QueryRun(lm, prompt, dict(spec.constraints))
+            refuse_overlong(lm, spec.name, prompt.chunks, run.chunk_ids, loc=spec.loc)
+            runs.append(run)
+            ok.append(job)
+        except LmlangError as e:
+            job.result = e
+    return runs, ok
+
+
+def decode_shared(execu, lm, jobs: list[Job]) -> None:
+    """argmax / sample calls (any queries) over one batch, each row with its own sampler."""
+    from .decode import decode_rows, sampler_for
+
+    t0 = time.perf_counter()
+    runs, ok = prepare_runs(lm, jobs)
+    if not runs:
+        return
+    samplers = [sampler_for(j.spec.decoder, seed=j.seed) for j in ok]
+    streams = [j.stream for j in ok]
+    on_token = (lambda r, h, t: streams[r] and streams[r](h, t)) if any(streams) else None
+    try:
+        decoded = decode_rows(lm, runs, samplers, on_token=on_token)
+    except LmlangError as e:
+        _isolate(execu, ok, e, decode_shared)
+        return
+    wall = (time.perf_counter() - t0) / len(runs)
+    for job, run, d in zip(ok, runs, decoded):
+        finish(execu, job, run.prompt.display(), d, wall)
+
+
+def decode_solo(execu, lm, jobs: list[Job]) -> None:
+    """best_of / vote / beam / distribution calls of one query, and calls on fusions."""
+    from .decode import run_decoder
+
+    t0 = time.perf_counter()
+    runs, ok = prepare_runs(lm, jobs)
+    if not runs:
+        return
+    spec = ok[0].spec
+    try:
+        if spec.decoder[0] in SAMPLING:        # each call samples with its own seed
+            decoded = []
+            for job, run in zip(ok, runs):
+                streams = (lambda r, h, t, s=job.stream: s(h, t)) if job.stream else None
+                decoded += run_decoder(lm, [run], spec.decoder, spec.distribution, seed=job.seed, on_token=streams)
+        else:
+            stream = ok[0].stream if len(ok) == 1 else None
+            decoded = run_decoder(lm, runs, spec.decoder, spec.distribution,
+                                  on_token=(lambda r, h, t: stream(h, t)) if stream else None)
+    except LmlangError as e:
+        _isolate(execu, ok, e, decode_solo)
+        return
+    wall = (time.perf_counter() - t0) / len(runs)
+    for job, run, d in zip(ok, runs, decoded):
+        finish(execu, job, run.prompt.display(), d, wall)
+
+
+def _isolate(execu, jobs: list[Job], error: LmlangError, again) -> None:
+    """A unit failed: one call alone gets the error; several retry one by one
+    (each on its own model, not a mixed one) so the others still decode."""
+    if len(jobs) == 1:
+        jobs[0].result = error
+        return
+    for job in jobs:
+        again(execu, job.lm, [job])
+
+
+def finish(execu, job: Job, prompt: str, d, wall: float) -> None:
+    out = dict(d.values)
+    if d.distribution is not None:
+        out["distribution"] = d.distribution
+    if job.expert is not None:
+        out["expert"] = job.expert
+    job.result, job.texts, job.prompt = out, dict(d.texts), prompt
+    holes = [vars(h) for h in d.holes]
+    execu.trace.add(QueryTrace(
+        query=job.spec.name, model=job.lm.name, prompt=prompt, values=dict(d.texts), holes=holes,
+        forward_passes=d.forward_passes, tokens_generated=sum(h["generated"] for h in holes),
+        tokens_forced=sum(h["forced"] for h in holes), wall_seconds=wall,
+        decoder=job.spec.decoder[0], expert=job.expert, row=job.row))
