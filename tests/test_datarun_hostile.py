@@ -118,7 +118,7 @@ def test_a_row_longer_than_the_window_is_refused_before_it_runs(tiny_model_dir, 
     """The tiny model's window is 2,048 tokens. A huge row is refused by its
     length in characters (never tokenized); one just past the window by its
     token count; neither reaches a forward pass."""
-    import lmlang.runtime.executor as E
+    import lmlang.runtime.decode as E
 
     f = script(tmp_path, tiny_model_dir)
     huge = "word " * 600_000                                      # 3 MB
@@ -126,9 +126,10 @@ def test_a_row_longer_than_the_window_is_refused_before_it_runs(tiny_model_dir, 
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps({"t": t}) + "\n" for t in ["a", huge, medium, "b"]))
     fed = []
-    real = E.run_decoder
-    monkeypatch.setattr(E, "run_decoder", lambda lm, runs, *a, **k: fed.append(
-        max(sum(len(c) for c in r.chunk_ids) for r in runs)) or real(lm, runs, *a, **k))
+    for name in ("run_decoder", "decode_rows"):            # every way a batch reaches a forward pass
+        real = getattr(E, name)
+        monkeypatch.setattr(E, name, lambda lm, runs, *a, _real=real, **k: fed.append(
+            max(sum(len(c) for c in r.chunk_ids) for r in runs)) or _real(lm, runs, *a, **k))
     out = tmp_path / "out.jsonl"
     r = invoke(f, "--data", data, "--out", out)
     recs = records(out)
