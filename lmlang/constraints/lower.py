@@ -4,9 +4,11 @@ A Plan has one *shape* (what the value's text must be) and *limits* that are
 enforced by lmlang's own Guide around any backend:
 
     kind     "free"   no shape: no backend, no mask beyond special tokens
-             "regex"  full-match regex (Rust/derivre syntax); Choice, Int,
+             "regex"  full-match regex (Rust/derivre syntax); Choice, Int
+                      (its bounds, int64 where open: an exact digit regex),
                       Float, Bool and `matches` all lower here
-             "json"   a JSON Schema (canonical JSON text)
+             "json"   a JSON Schema (canonical JSON text), its formats written
+                      as keywords (formats.py) and its objects closed (closed.py)
              "lark"   a Lark grammar; also a regex intersected with a length
                       bound (`matches r"..." and len(x) <= n` -> exact, by
                       llguidance's lexeme `&`)
@@ -20,8 +22,9 @@ import json
 from dataclasses import field
 from ..frozen import frozen
 
+from .closed import closed_schema_text
 from .formats import lower_schema_text
-from .shapes import int_bounds, shape_regex, split_options
+from .shapes import shape_regex, split_options
 from .spec import (All, BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, MaxChars, MaxTokens,
                    Regex, Stop, flatten)
 
@@ -67,6 +70,21 @@ def escape_regex(text: str) -> str:
 
 def choice_regex(options: tuple[str, ...]) -> str:
     return "|".join(escape_regex(o) for o in options) if options else r"[^\s\S]"
+
+
+# llguidance's Earley parser allows 2,000 items in one row, and a choice
+# written as one rule of N alternatives predicts all N at its first byte.
+# Longer lists become one lexeme (the lexer's union of the literals), which
+# no row limit applies to; short ones keep the rule form.
+CHOICE_RULE_MAX = 1000
+
+
+def choice_lark(options: tuple[str, ...]) -> str:
+    """A choice as a Lark grammar for llguidance: exactly the options."""
+    body = " | ".join(json.dumps(o, ensure_ascii=False) for o in options)
+    if len(options) <= CHOICE_RULE_MAX:
+        return "start: " + body
+    return "start: CHOICE\nCHOICE: " + body + "\n"
 
 
 def lark_string(text: str) -> str:
@@ -158,14 +176,6 @@ def lower(c: Constraint | None) -> Plan:
         return _bounded_lark(regexes, max_chars, limits, source="+".join(_shape_regex(s)[1] for s in shapes))
 
     shape = shapes[0]
-    if isinstance(shape, IntType) and any(b is not None for b in int_bounds(shape)):
-        lo, hi = int_bounds(shape)
-        schema: dict = {"type": "integer"}
-        if lo is not None:
-            schema["minimum"] = lo
-        if hi is not None:
-            schema["maximum"] = hi
-        return Plan("json", json.dumps(schema, sort_keys=True), **limits, source="int")
     rx = _shape_regex(shape)
     if rx is not None:
         pattern, source = rx
@@ -173,7 +183,8 @@ def lower(c: Constraint | None) -> Plan:
             return _bounded_lark([pattern], max_chars, limits, source=source)
         return Plan("regex", pattern, **limits, source=source)
     if isinstance(shape, JsonSchema):
-        return Plan("json", lower_schema_text(shape.schema, shape.formats), **limits, source="json")
+        return Plan("json", closed_schema_text(lower_schema_text(shape.schema, shape.formats)), **limits,
+                    source="json")
     if isinstance(shape, Grammar):
         return Plan("lark", shape.lark, **limits, source="grammar")
     raise LoweringError(f"unknown constraint {type(shape).__name__}")

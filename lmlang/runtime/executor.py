@@ -235,7 +235,7 @@ class Executor:
         for i in group:
             try:
                 prompt = render(spec.segments, envs[i], lm.tokenizer, spec.chat, spec.loc)
-                runs.append(QueryRun(lm, prompt, dict(spec.constraints)))
+                runs.append(QueryRun(lm, prompt, dict(spec.constraints), spec.name, spec.loc))
                 ok.append(i)
             except LmlangError as e:
                 results[i] = e
