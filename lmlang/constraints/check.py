@@ -504,6 +504,14 @@ def check_constraint(c: Constraint | None) -> list[ConstraintProblem]:
                     f"empty integer range {shown}" + ("" if None not in int_bounds(p) else
                                                       f" (an open end is int64's: {lo}..{hi})"),
                     code="unsatisfiable"))
+    if stops and any(isinstance(s, (JsonSchema, Grammar)) for s in shapes):
+        # A stop inside a JSON value or a grammar's text would end it before
+        # the shape does (and cannot be folded into it exactly, as it is for a
+        # regex): the value would break its shape.
+        what = "JSON value" if any(isinstance(s, JsonSchema) for s in shapes) else "grammar's text"
+        problems.append(ConstraintProblem(
+            f"a stop string cannot end a {what}: it would cut the value before its shape is complete",
+            "drop the stop (the value ends where its shape ends), or write the end into the shape", code="conflict"))
     for s in shapes:
         if isinstance(s, Regex):
             problems += check_regex(s.pattern)
@@ -522,11 +530,14 @@ def check_constraint(c: Constraint | None) -> list[ConstraintProblem]:
         return [ConstraintProblem(str(e), "use one shape per hole (`in`, `matches`, `is ...`)", code="conflict")]
     if plan.options is not None or not plan.has_shape:
         return problems
-    if len(shapes) > 1 or (plan.kind == "lark" and plan.source.endswith("&len")):
+    folded = plan.kind == "lark" and plan.source != "grammar" and (plan.source.endswith("&len") or plan.stops)
+    if len(shapes) > 1 or folded:
         if plan_is_empty(plan):
             what = " and ".join(_describe(s) for s in shapes)
             if max_chars is not None:
                 what += f" within len(x) <= {max_chars}"
+            for stop in stops:
+                what += f" that {'stops at' if stop.include else 'stops before'} {stop.text!r}"
             return [ConstraintProblem(f"no value satisfies {what}", code="unsatisfiable")]
     elif max_chars is not None and plan.kind == "lark":
         shortest = grammar_min_length(plan.text)

@@ -114,11 +114,14 @@ class CompiledConstraint:
 
     @property
     def special_index_t(self):
+        """Free text between characters: the tokens never allowed (special
+        tokens, and those that start with a stray UTF-8 continuation byte)."""
         if self._special_index_t is None:
             import torch
 
             ids = [i for i in self.tok.special_ids if i != self.tok.eos_token_id]
-            self._special_index_t = torch.tensor(ids, dtype=torch.long)
+            ids += [int(i) for i in self.utf8_table().broken_start]
+            self._special_index_t = torch.tensor(sorted(set(ids)), dtype=torch.long)
         return self._special_index_t
 
     def start_path(self) -> list[int] | None:

@@ -54,6 +54,7 @@ _SLACK_CHARS = 2
 _UTF8_ZONE = 4
 # The greedy walk's step limit: at least 256 steps, else 4 per token of budget.
 _WALK_MIN, _WALK_MAX = 256, 4096
+_LOOP = 6             # the walk's loop window (tokens)
 
 
 class GuideError(ValueError):
@@ -229,6 +230,8 @@ class Guide:
         rem = self.remaining_tokens()
         if rem is not None and rem <= _UTF8_ZONE:
             out &= self._utf8_table.fits(self._utf8, rem)
+        else:
+            out &= self._utf8_table.valid[self._utf8]
         out[eos] = self._utf8 == 0
 
     def apply(self, logits: "torch.Tensor") -> None:
@@ -302,8 +305,8 @@ class Guide:
                 return
         if plan.max_tokens is not None and self.tokens_generated + self._spent >= plan.max_tokens:
             self._finish("max_tokens")
-        elif plan.max_chars is not None and self._chars >= plan.max_chars:
-            self._finish("max_chars")
+        elif plan.max_chars is not None and self._chars >= plan.max_chars and not self._utf8:
+            self._finish("max_chars")    # (free text first finishes its last character: continuations count 0)
 
     def spend(self, n: int = 1) -> None:
         """Count n tokens against the budget that are not part of the value
@@ -554,7 +557,13 @@ def closing_path(c: "CompiledConstraint", m: Matcher, text: bytes, rem_t: int | 
         if not steps:
             m.fill(w)
             order = orders[1] if state[0] else orders[0]
-            chosen = next((t for t in order if (int(w[t // 32]) >> (t % 32)) & 1), None)
+            # The first allowed byte in priority, but not one of a loop: when
+            # the last few tokens are at most two distinct ones (`a*b` would
+            # take `a` for ever, `(0|1)*2` 0 and 1), another allowed byte first.
+            loop = set(path[-_LOOP:]) if len(path) >= _LOOP and len(set(path[-_LOOP:])) <= 2 else ()
+            chosen = next((t for t in order if (int(w[t // 32]) >> (t % 32)) & 1 and t not in loop), None)
+            if chosen is None:
+                chosen = next((t for t in order if (int(w[t // 32]) >> (t % 32)) & 1), None)
             if chosen is None:
                 for word in np.flatnonzero(w):
                     bits = int(w[word]) & 0xFFFFFFFF

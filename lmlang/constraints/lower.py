@@ -33,8 +33,10 @@ JSON_ITEM_SEPARATOR = ", "
 JSON_KEY_SEPARATOR = ": "
 
 # Greedy closing (guide.py, check.py) prefers bytes that end structures, then short scalars.
-CLOSING_PRIORITY = (b'}]"0' + b"123456789" + b":" + b"tfnle" + b"abcdghijkmopqrsuvwxyz" +
-                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ" + b" .-+_/@#$%^&*!?~`'|\\;<>=" + b",[{")
+# The comma ends a value and moves on (a number could take digits, a point or
+# an exponent for ever), so it comes before every byte that extends a value.
+CLOSING_PRIORITY = (b'}]",0' + b"123456789" + b":" + b"tfnle" + b"abcdghijkmopqrsuvwxyz" +
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ" + b" .-+_/@#$%^&*!?~`'|\\;<>=" + b"[{")
 
 CLOSING_PRIORITY_IN_STRING = b'"' + CLOSING_PRIORITY.replace(b'"', b"")
 
@@ -179,7 +181,7 @@ def lower(c: Constraint | None) -> Plan:
     rx = _shape_regex(shape)
     if rx is not None:
         pattern, source = rx
-        if max_chars is not None:
+        if max_chars is not None or stops:
             return _bounded_lark([pattern], max_chars, limits, source=source)
         return Plan("regex", pattern, **limits, source=source)
     if isinstance(shape, JsonSchema):
@@ -190,10 +192,23 @@ def lower(c: Constraint | None) -> Plan:
     raise LoweringError(f"unknown constraint {type(shape).__name__}")
 
 
+def _literal(text: str) -> str:
+    """text as a regex matching itself, in a syntax every backend reads (hex escapes)."""
+    return "".join(c if c.isascii() and c.isalnum() else f"\\x{{{ord(c):x}}}" for c in text)
+
+
 def _bounded_lark(regexes: list[str], max_chars: int | None, limits: dict, source: str) -> Plan:
+    """Regex-like shapes, a length bound and stop strings as one lark lexeme
+    (an intersection: exact). A stop on a shape is part of its language, so a
+    value ended by a stop still matches the shape: `stops before s` means the
+    value never contains s (the shape's own end ends it), `stops at s` that s
+    occurs only at its end."""
     terms = [lark_regex(r) for r in regexes]
     if max_chars is not None:
         terms.append(lark_regex(f"(?s:.{{0,{max_chars}}})"))
+    for stop in limits["stops"]:
+        tail = ".+" if stop.include else ".*"
+        terms.append("~" + lark_regex(f"(?s:.*{_literal(stop.text)}{tail})"))
     grammar = "start: VALUE\nVALUE: " + " & ".join(terms) + "\n"
     return Plan("lark", grammar, **limits, source=source + "&len" if max_chars is not None else source)
 
