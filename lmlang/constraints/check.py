@@ -25,7 +25,7 @@ from .formats import ENFORCE, MODES, lower_schema_text, refusal, unenforceable_f
 from .jsonfix import xgrammar_ignored
 from .lower import (CLOSING_PRIORITY, CLOSING_PRIORITY_IN_STRING, OUTLINES_ENFORCED, XGRAMMAR_ENFORCED, LoweringError,
                     Plan, choice_lark, json_string_state, llguidance_json_options, lower, option_survives_stops,
-                    schema_keywords)
+                    schema_keywords, with_stops_folded)
 from .shapes import int_bounds, int_range, split_options, strip_anchors
 from .spec import (All, BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, MaxChars, MaxTokens,
                    Regex, Stop, flatten)
@@ -525,7 +525,7 @@ def check_constraint(c: Constraint | None) -> list[ConstraintProblem]:
         return problems
     max_chars = min((p.n for p in parts if isinstance(p, MaxChars)), default=None)
     try:
-        plan = lower(c)
+        plan = with_stops_folded(lower(c))
     except LoweringError as e:
         return [ConstraintProblem(str(e), "use one shape per hole (`in`, `matches`, `is ...`)", code="conflict")]
     if plan.options is not None or not plan.has_shape:

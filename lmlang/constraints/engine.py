@@ -63,7 +63,7 @@ import numpy as np
 from ..errors import LmlangRuntimeError
 from .backends import CHAINS, BackendCannot, get_backend
 from .guide import Guide
-from .lower import Plan, lower
+from .lower import Plan, lower, with_stops_folded
 from .spec import Constraint
 from .vocab import TokenizerInfo
 
@@ -199,7 +199,7 @@ def _key(tok: TokenizerInfo, plan: Plan, backend: str | None) -> str:
 def compile_constraint(c: Constraint | None, tok: TokenizerInfo, backend: str | None = None) -> CompiledConstraint:
     """Compile a constraint for one tokenizer. `backend` forces one backend (no fallback)."""
     t0 = time.perf_counter()
-    plan = lower(c)
+    plan = with_stops_folded(lower(c))
     key = _key(tok, plan, backend)
     hit = _MEMORY.get(key)
     if hit is not None:

@@ -19,6 +19,7 @@ Torch-free, backend-free: the checker uses it too.
 from __future__ import annotations
 
 import json
+import dataclasses
 from dataclasses import field
 from ..frozen import frozen
 
@@ -181,7 +182,7 @@ def lower(c: Constraint | None) -> Plan:
     rx = _shape_regex(shape)
     if rx is not None:
         pattern, source = rx
-        if max_chars is not None or stops:
+        if max_chars is not None:
             return _bounded_lark([pattern], max_chars, limits, source=source)
         return Plan("regex", pattern, **limits, source=source)
     if isinstance(shape, JsonSchema):
@@ -198,19 +199,33 @@ def _literal(text: str) -> str:
 
 
 def _bounded_lark(regexes: list[str], max_chars: int | None, limits: dict, source: str) -> Plan:
-    """Regex-like shapes, a length bound and stop strings as one lark lexeme
-    (an intersection: exact). A stop on a shape is part of its language, so a
-    value ended by a stop still matches the shape: `stops before s` means the
-    value never contains s (the shape's own end ends it), `stops at s` that s
-    occurs only at its end."""
     terms = [lark_regex(r) for r in regexes]
     if max_chars is not None:
         terms.append(lark_regex(f"(?s:.{{0,{max_chars}}})"))
-    for stop in limits["stops"]:
-        tail = ".+" if stop.include else ".*"
-        terms.append("~" + lark_regex(f"(?s:.*{_literal(stop.text)}{tail})"))
     grammar = "start: VALUE\nVALUE: " + " & ".join(terms) + "\n"
     return Plan("lark", grammar, **limits, source=source + "&len" if max_chars is not None else source)
+
+
+def with_stops_folded(plan: Plan) -> Plan:
+    """The plan local decoding compiles (and the check judges): a regex-like
+    shape's stop strings folded into its language, one lark lexeme (an exact
+    intersection), so a value a stop ends still matches the shape: with
+    `stops before s` the value never contains s (the shape's own end ends it),
+    with `stops at s` s occurs only at its end. A server (serving/) gets the
+    plan as lowered, with its stops as stop strings."""
+    if not plan.stops or plan.options is not None or plan.kind not in ("regex", "lark") or plan.source == "grammar":
+        return plan
+    terms = ["~" + lark_regex(f"(?s:.*{_literal(s.text)}{'.+' if s.include else '.*'})") for s in plan.stops]
+    if plan.kind == "regex":
+        text = "start: VALUE\nVALUE: " + " & ".join([lark_regex(plan.text)] + terms) + "\n"
+    else:                                   # _bounded_lark's one VALUE line
+        text = plan.text.rstrip("\n") + " & " + " & ".join(terms) + "\n"
+    return dataclasses.replace(plan, kind="lark", text=text)
+
+
+def _literal(text: str) -> str:
+    """text as a regex matching itself, in a syntax every backend reads (hex escapes)."""
+    return "".join(c if c.isascii() and c.isalnum() else f"\\x{{{ord(c):x}}}" for c in text)
 
 
 # --------------------------------------------------------------------- JSON Schema keyword support
