@@ -1,7 +1,11 @@
 """Inline JSON types (`{ name: str, age: int(0..150), tags?: [str] }`) -> JSON Schema.
 
 Objects are closed (additionalProperties: false) and required unless `?`,
-so what the model writes is exactly what the type says."""
+so what the model writes is exactly what the type says. Numbers are bounded
+where the type leaves an end open: an `int` within +-(2**53 - 1), the range
+every JSON reader (JavaScript's included) reads exactly; a `float` within
++-1e16, written without an exponent, so it is always a finite double and a
+model never writes hundreds of digits."""
 from __future__ import annotations
 
 from . import ast as A
@@ -15,6 +19,11 @@ SCALAR_SCHEMAS = {
     "null": {"type": "null"},
     "any": {},
 }
+
+
+JSON_INT_MAX = 2 ** 53 - 1          # open ends of an inline `int`
+JSON_FLOAT_MAX = 1e16               # open ends of an inline `float`
+_DEFAULT_BOUNDS = {"int": (-JSON_INT_MAX, JSON_INT_MAX), "float": (-JSON_FLOAT_MAX, JSON_FLOAT_MAX)}
 
 
 class JsonTypeError(Exception):
@@ -54,14 +63,19 @@ def to_schema(t: A.JsonType) -> dict:
             raise JsonTypeError(f"unknown JSON type '{t.name}'", t, did_you_mean(t.name, SCALAR_SCHEMAS)
                                 or "use str, int, float, bool, null, any, [T] or { ... }")
         schema = dict(SCALAR_SCHEMAS[t.name])
-        if t.range is not None:
-            if t.name in ("int", "float"):
+        if t.name in _DEFAULT_BOUNDS:
+            lo, hi = _DEFAULT_BOUNDS[t.name]
+            if t.range is not None:
                 _check_range(t.range, integral=t.name == "int")
-                if t.range.lo is not None:
-                    schema["minimum"] = t.range.lo
-                if t.range.hi is not None:
-                    schema["maximum"] = t.range.hi
-            elif t.name == "str":
+                lo = lo if t.range.lo is None else t.range.lo
+                hi = hi if t.range.hi is None else t.range.hi
+            if lo > hi:
+                raise JsonTypeError(f"empty range {lo}..{hi} (an open end of `{t.name}` is {hi if t.range.hi is None else lo})",
+                                    t.range, f"an inline {t.name} lies within {_DEFAULT_BOUNDS[t.name][0]}.."
+                                             f"{_DEFAULT_BOUNDS[t.name][1]} unless both ends are given")
+            schema["minimum"], schema["maximum"] = lo, hi
+        elif t.range is not None:
+            if t.name == "str":
                 _check_range(t.range, integral=True)
                 if t.range.lo is not None:
                     schema["minLength"] = int(t.range.lo)

@@ -154,9 +154,10 @@ def test_choice_forced_tokens(tok, backend):
     (Regex(r"^(cat|dog)s?$"), ["cat", "dogs"], ["cats!", "bird", ""]),
 ])
 def test_shapes_accept_reject_agree(tok, backend, shape, good, bad):
-    if backend == "outlines_core" and isinstance(shape, FloatType):
+    if backend == "outlines_core" and isinstance(shape, (IntType, FloatType)):
         pytest.xfail("outlines_core 0.2.14 drops transitions from an accepting state into a non-accepting one "
-                     "(after '3' it refuses '.'): why it is last in lmlang's chains")
+                     "(after '3' it refuses '.'; int64's digit-count alternatives lose '42' after '4'): "
+                     "why it is last in lmlang's chains")
     cc = compile_(shape, tok, backend)
     for s in good:
         assert accepts(cc, tok, s), (backend, s)

@@ -144,16 +144,17 @@ def test_budget_one_place(tok):
         assert short.next(x) == SAMPLE
         short.take(a)
     assert short.next(x) == ENDED and short.ended_by == "max_tokens" and short.value() == "aaa"
-    # No budget: the default cuts a free value...
+    # No budget: every hole carries the default one in its constraint, so its
+    # guide ends the value (free text on a character boundary, a shape closed in time).
     free = plan(tok, None).start()
-    assert free.plan.budget == DEFAULT_MAX_TOKENS and free.plan.compiled.plan.max_tokens is None
+    assert free.plan.budget == free.plan.compiled.plan.max_tokens == DEFAULT_MAX_TOKENS
     for _ in range(DEFAULT_MAX_TOKENS):
         assert free.next(x) == SAMPLE
         free.take(a)
-    assert free.next(x) == ENDED and free.ended_by == "budget" and len(free.gen) == DEFAULT_MAX_TOKENS
-    # ...and a JSON hole carries it in its constraint, so its guide closes the value in time.
-    js = plan(tok, C.JsonSchema('{"type": "object"}'))
-    assert js.compiled.plan.max_tokens == js.budget == DEFAULT_MAX_TOKENS
+    assert free.next(x) == ENDED and free.ended_by == "max_tokens" and len(free.gen) == DEFAULT_MAX_TOKENS
+    for c in (C.JsonSchema('{"type": "object"}'), C.Regex("[a-z]+"), C.IntType()):
+        p = plan(tok, c)
+        assert p.compiled.plan.max_tokens == p.budget == DEFAULT_MAX_TOKENS
 
 
 def test_clone_is_independent(tok):
@@ -166,17 +167,12 @@ def test_clone_is_independent(tok):
     assert hole.mask(x) is not other.mask(x)
 
 
-def test_budget_below_the_shortest_value_truncates_instead_of_overrunning(tok):
-    """The closing path of `{"name": "", "age": 0}` is longer than 3 tokens:
-    only what the budget allows is forced, and the value ends truncated."""
+def test_budget_below_the_shortest_value_fails_before_decoding(tok):
+    """The shortest `{"name": "", "age": 0}` takes more than 3 tokens: the hole
+    fails by name before any token is decoded, instead of being cut short."""
+    from lmlang.errors import LmlangRuntimeError
+
     schema = '{"properties": {"age": {"type": "integer"}, "name": {"type": "string"}}, "required": ["name", "age"], "type": "object"}'
-    hole = plan(tok, C.All((C.JsonSchema(schema), C.MaxTokens(3)))).start()
-    x = logits(tok)
-    for _ in range(10):
-        kind = hole.next(x)
-        if kind == ENDED:
-            break
-        if kind == SAMPLE:
-            hole.take(int(torch.argmax(hole.masked)))
-    assert kind == ENDED and len(hole.gen) == 3
-    assert hole.ended_by == "max_tokens" and hole.guide.truncated
+    with pytest.raises(LmlangRuntimeError, match=r"hole \[v\]: its shortest value found needs \d+ tokens, over the budget of 3") as e:
+        plan(tok, C.All((C.JsonSchema(schema), C.MaxTokens(3))))
+    assert e.value.code == "no-value-fits" and "tokens(v) <= 3" in e.value.hint

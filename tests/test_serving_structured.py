@@ -6,6 +6,7 @@ import json
 import pytest
 
 from lmlang.constraints.lower import llguidance_json_options
+from lmlang.constraints.shapes import FLOAT_REGEX, INT64_MAX, INT64_MIN, int_regex
 from lmlang.constraints.spec import (All, BoolType, Choice, FloatType, Grammar, IntType, JsonSchema, MaxChars,
                                      MaxTokens, Regex, Stop)
 from lmlang.serving.client import Completion
@@ -24,10 +25,9 @@ MAPPING = [
     (None, {}),
     (Choice(("yes", "no")), {"structured": {"choice": ["yes", "no"]}}),
     (Regex(r"^[0-9]{3}-[0-9]{4}$"), {"structured": {"regex": "[0-9]{3}-[0-9]{4}"}}),
-    (IntType(), {"structured": {"regex": r"-?(?:0|[1-9][0-9]*)"}}),
-    (IntType(0, 150), {"structured": {"json": {"type": "integer", "minimum": 0, "maximum": 150,
-                                               "x-guidance": LAYOUT}}}),
-    (FloatType(), {"structured": {"regex": r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"}}),
+    (IntType(), {"structured": {"regex": int_regex(INT64_MIN, INT64_MAX)}}),     # int64 when unbounded
+    (IntType(0, 150), {"structured": {"regex": "(?:[0-9]|[1-9][0-9]|(?:1(?:[0-4][0-9]|50)))"}}),
+    (FloatType(), {"structured": {"regex": FLOAT_REGEX}}),
     (BoolType(), {"structured": {"regex": "true|false"}}),
     (SCHEMA, {"structured": {"json": {**json.loads(SCHEMA.schema), "x-guidance": LAYOUT}}}),
     (Grammar('start: "a"+ "b"'), {"structured": {"grammar": 'start: "a"+ "b"'}}),

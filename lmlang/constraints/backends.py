@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from ..suggest import did_you_mean
-from .lower import OUTLINES_ENFORCED, XGRAMMAR_ENFORCED, Plan, llguidance_json_options, schema_keywords
+from .lower import (OUTLINES_ENFORCED, XGRAMMAR_ENFORCED, Plan, choice_lark, llguidance_json_options,
+                    schema_keywords)
 from .vocab import TokenizerInfo
 
 
@@ -153,8 +154,7 @@ class LLGuidanceBackend(Backend):
             if plan.options is not None:  # a Choice: literal alternatives, no regex escaping issues
                 if not plan.options:
                     raise BackendCannot("no option is possible")
-                body = " | ".join(json.dumps(o, ensure_ascii=False) for o in plan.options)
-                return llguidance.LLMatcher.grammar_from_lark("start: " + body)
+                return llguidance.LLMatcher.grammar_from_lark(choice_lark(plan.options))
             return llguidance.LLMatcher.grammar_from_regex(plan.text)
         raise BackendCannot(f"no grammar for plan kind {plan.kind}")
 

@@ -20,11 +20,13 @@ from functools import lru_cache
 
 from ..problems import Problem
 from ..suggest import did_you_mean
+from .closed import closed_schema_text
 from .formats import ENFORCE, MODES, lower_schema_text, refusal, unenforceable_formats
 from .jsonfix import xgrammar_ignored
-from .lower import (CLOSING_PRIORITY, CLOSING_PRIORITY_IN_STRING, json_string_state, OUTLINES_ENFORCED, XGRAMMAR_ENFORCED, LoweringError, Plan, llguidance_json_options, lower,
-                    option_survives_stops, schema_keywords)
-from .shapes import split_options, strip_anchors
+from .lower import (CLOSING_PRIORITY, CLOSING_PRIORITY_IN_STRING, OUTLINES_ENFORCED, XGRAMMAR_ENFORCED, LoweringError,
+                    Plan, choice_lark, json_string_state, llguidance_json_options, lower, option_survives_stops,
+                    schema_keywords, with_stops_folded)
+from .shapes import int_bounds, int_range, split_options, strip_anchors
 from .spec import (All, BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, MaxChars, MaxTokens,
                    Regex, Stop, flatten)
 
@@ -59,8 +61,7 @@ def _grammar(plan: Plan) -> str:
     if plan.kind == "lark":
         return llguidance.LLMatcher.grammar_from_lark(plan.text)
     if plan.options is not None:
-        return llguidance.LLMatcher.grammar_from_lark(
-            "start: " + " | ".join(json.dumps(o, ensure_ascii=False) for o in plan.options))
+        return llguidance.LLMatcher.grammar_from_lark(choice_lark(plan.options))
     return llguidance.LLMatcher.grammar_from_regex(plan.text)
 
 
@@ -224,7 +225,7 @@ def check_schema(text: str, formats: str = ENFORCE) -> list[ConstraintProblem]:
         refused = [refusal(where, name) for where, name in unenforceable_formats(text)]
         if refused:
             return [ConstraintProblem(msg, hint, code="unsupported-format") for msg, hint in refused]
-    lowered = lower_schema_text(text, formats)
+    lowered = closed_schema_text(lower_schema_text(text, formats))
     if lowered != text:
         text, schema = lowered, json.loads(lowered)
     err = backend_error(Plan("json", text))
@@ -244,18 +245,126 @@ def check_schema(text: str, formats: str = ENFORCE) -> list[ConstraintProblem]:
         return []
     if plan_is_empty(Plan("json", text)):
         return [ConstraintProblem("the JSON schema allows no value", code="unsatisfiable")]
+    if isinstance(schema, dict) and not schema_has_finite_value(schema):
+        return [ConstraintProblem("the JSON schema allows no finite value: a required property (or array item) "
+                                  "leads back to the object it is in, so every value would contain itself",
+                                  "make the recursive property optional, or let it be null",
+                                  code="unsatisfiable")]
     return []
+
+
+def schema_has_finite_value(root: dict) -> bool:
+    """False only when no finite JSON value can satisfy the schema: every
+    type it allows needs a required property or a minimum of array items
+    whose schema (through local `$ref`s) needs the same again. Anything it
+    cannot judge counts as satisfiable (the backends and the runtime's
+    budget check catch the rest). The least fixpoint over `$ref` targets."""
+    productive: set[str] = set()
+
+    def ok(node, depth: int = 0) -> bool:
+        if node is False:
+            return False
+        if not isinstance(node, dict) or depth > 64:
+            return True
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#") and ref not in productive:
+            return False
+        if "const" in node or ("enum" in node and node["enum"]):
+            return True
+        all_of = node.get("allOf")
+        if isinstance(all_of, list) and not all(ok(s, depth + 1) for s in all_of):
+            return False
+        for key in ("anyOf", "oneOf"):
+            branches = node.get(key)
+            if isinstance(branches, list) and branches and not any(ok(s, depth + 1) for s in branches):
+                return False
+        types = node.get("type")
+        types = [types] if isinstance(types, str) else types if isinstance(types, list) else None
+        if types is None or any(t not in ("object", "array") for t in types):
+            return True
+        return any(_object_ok(node, ok, depth) if t == "object" else _array_ok(node, ok, depth) for t in types)
+
+    refs = set()
+    for node in _dicts(root):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#"):
+            refs.add(ref)
+    changed = True
+    while changed:
+        changed = False
+        for ref in refs - productive:
+            if ok(_resolve_ref(root, ref)):
+                productive.add(ref)
+                changed = True
+    return ok(root)
+
+
+def _object_ok(node: dict, ok, depth: int) -> bool:
+    props = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+    required = node.get("required") if isinstance(node.get("required"), list) else []
+    for name in required:
+        if name in props:
+            sub = props[name]
+        elif node.get("patternProperties"):
+            continue                      # a pattern may cover it: not judged
+        else:
+            sub = node.get("additionalProperties", True)
+        if not ok(sub, depth + 1):
+            return False
+    return True
+
+
+def _array_ok(node: dict, ok, depth: int) -> bool:
+    n = node.get("minItems", 0)
+    n = n if isinstance(n, int) else 0
+    prefix = node.get("prefixItems") if isinstance(node.get("prefixItems"), list) else []
+    if any(not ok(s, depth + 1) for s in prefix[:n]):
+        return False
+    items = node.get("items", True)
+    if n > len(prefix) and isinstance(items, (dict, bool)) and not ok(items, depth + 1):
+        return False
+    if "contains" in node and node.get("minContains", 1) and not ok(node["contains"], depth + 1):
+        return False
+    return True
+
+
+def _dicts(root):
+    """Every dict in a JSON document (iteratively: schemas may be deep)."""
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            yield node
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+
+
+def _resolve_ref(root, ref: str):
+    cur = root
+    for part in [p for p in ref[1:].split("/") if p]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return True                   # unresolvable: not judged here
+    return cur
 
 
 def check_grammar(text: str) -> list[ConstraintProblem]:
     try:
-        import lark
-
-        lark.Lark(text, start="start", parser="earley")
+        shortest = grammar_min_length(text)
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return [ConstraintProblem(f"invalid Lark grammar: {msg}", "the grammar needs a `start` rule",
                                   code="bad-grammar")]
+    if shortest is None:
+        return [ConstraintProblem("the grammar derives no finite text: every way to finish `start` needs "
+                                  "`start` again (or another rule that never finishes)",
+                                  "give each recursive rule an alternative without the recursion",
+                                  code="unsatisfiable")]
     err = backend_error(Plan("lark", text))
     if err:
         return [ConstraintProblem(f"grammar cannot be enforced while decoding: {_first_line(err)}",
@@ -263,6 +372,48 @@ def check_grammar(text: str) -> list[ConstraintProblem]:
     if plan_is_empty(Plan("lark", text)):
         return [ConstraintProblem("the grammar derives no text", code="unsatisfiable")]
     return []
+
+
+@lru_cache(maxsize=16)
+def grammar_min_length(text: str) -> int | None:
+    """The length in characters of the grammar's shortest text, as a
+    context-free grammar (llguidance's lexer can only rule more out, so no
+    value it decodes is shorter); None when `start` derives no finite text.
+    Knuth's shortest-derivation algorithm: linear in the grammar's size.
+    Raises lark's error for an invalid grammar."""
+    import heapq
+
+    import lark
+
+    parser = lark.Lark(text, start="start", parser="earley")
+    width = {t.name: t.pattern.min_width for t in parser.terminals}
+    base, missing, origin = [], [], []
+    uses: dict[str, list[int]] = {}
+    for i, rule in enumerate(parser.rules):
+        origin.append(rule.origin.name)
+        cost, n = 0, 0
+        for sym in rule.expansion:
+            if sym.is_term:
+                cost += width.get(sym.name, 0)
+            else:
+                n += 1
+                uses.setdefault(sym.name, []).append(i)
+        base.append(cost)
+        missing.append(n)
+    heap = [(base[i], origin[i]) for i in range(len(base)) if missing[i] == 0]
+    heapq.heapify(heap)
+    done: dict[str, int] = {}
+    while heap:
+        cost, name = heapq.heappop(heap)
+        if name in done:
+            continue
+        done[name] = cost
+        for i in uses.get(name, ()):
+            base[i] += cost
+            missing[i] -= 1
+            if missing[i] == 0:
+                heapq.heappush(heap, (base[i], origin[i]))
+    return done.get("start")
 
 
 # ------------------------------------------------------------------ disk cache of results
@@ -275,7 +426,7 @@ def check_grammar(text: str) -> list[ConstraintProblem]:
 # mtime, which a reinstall or an edit changes; reading package metadata would
 # cost more than the check itself).
 _EXPENSIVE = (Regex, JsonSchema, Grammar)
-_JUDGES = ("check.py", "lower.py", "shapes.py", "jsonfix.py", "formats.py", "spec.py")
+_JUDGES = ("check.py", "lower.py", "shapes.py", "jsonfix.py", "formats.py", "spec.py", "closed.py")
 
 
 @lru_cache(maxsize=1)
@@ -346,9 +497,21 @@ def check_constraint(c: Constraint | None) -> list[ConstraintProblem]:
         if isinstance(p, MaxChars) and p.n < 0:
             problems.append(ConstraintProblem(f"len(x) <= {p.n} is impossible", code="unsatisfiable"))
         if isinstance(p, IntType):
-            lo, hi = getattr(p, "lo", None), getattr(p, "hi", None)
-            if lo is not None and hi is not None and lo > hi:
-                problems.append(ConstraintProblem(f"empty integer range {lo}..{hi}", code="unsatisfiable"))
+            lo, hi = int_range(p)
+            if lo > hi:
+                shown = "..".join("" if b is None else str(b) for b in int_bounds(p))
+                problems.append(ConstraintProblem(
+                    f"empty integer range {shown}" + ("" if None not in int_bounds(p) else
+                                                      f" (an open end is int64's: {lo}..{hi})"),
+                    code="unsatisfiable"))
+    if stops and any(isinstance(s, (JsonSchema, Grammar)) for s in shapes):
+        # A stop inside a JSON value or a grammar's text would end it before
+        # the shape does (and cannot be folded into it exactly, as it is for a
+        # regex): the value would break its shape.
+        what = "JSON value" if any(isinstance(s, JsonSchema) for s in shapes) else "grammar's text"
+        problems.append(ConstraintProblem(
+            f"a stop string cannot end a {what}: it would cut the value before its shape is complete",
+            "drop the stop (the value ends where its shape ends), or write the end into the shape", code="conflict"))
     for s in shapes:
         if isinstance(s, Regex):
             problems += check_regex(s.pattern)
@@ -362,18 +525,27 @@ def check_constraint(c: Constraint | None) -> list[ConstraintProblem]:
         return problems
     max_chars = min((p.n for p in parts if isinstance(p, MaxChars)), default=None)
     try:
-        plan = lower(c)
+        plan = with_stops_folded(lower(c))
     except LoweringError as e:
         return [ConstraintProblem(str(e), "use one shape per hole (`in`, `matches`, `is ...`)", code="conflict")]
     if plan.options is not None or not plan.has_shape:
         return problems
-    if len(shapes) > 1 or (plan.kind == "lark" and plan.source.endswith("&len")):
+    folded = plan.kind == "lark" and plan.source != "grammar" and (plan.source.endswith("&len") or plan.stops)
+    if len(shapes) > 1 or folded:
         if plan_is_empty(plan):
             what = " and ".join(_describe(s) for s in shapes)
             if max_chars is not None:
                 what += f" within len(x) <= {max_chars}"
+            for stop in stops:
+                what += f" that {'stops at' if stop.include else 'stops before'} {stop.text!r}"
             return [ConstraintProblem(f"no value satisfies {what}", code="unsatisfiable")]
-    elif max_chars is not None and plan.kind in ("json", "lark"):
+    elif max_chars is not None and plan.kind == "lark":
+        shortest = grammar_min_length(plan.text)
+        if shortest is not None and shortest > max_chars:
+            return [ConstraintProblem(
+                f"len(x) <= {max_chars} is shorter than the shortest text the grammar derives "
+                f"({shortest} characters)", code="unsatisfiable")]
+    elif max_chars is not None and plan.kind == "json":
         short = shortest_value(plan)
         if short is not None and len(short) > max_chars:
             return [ConstraintProblem(

@@ -17,20 +17,26 @@ NEG_INF = float("-inf")
 
 
 class CanonicalChoice:
-    def __init__(self, paths: list[list[int]], eos_ids: Iterable[int]):
+    def __init__(self, paths: list[list[int]], eos_ids: Iterable[int], shortest: int = 0):
         self.paths = paths
         self.eos_ids = sorted(set(eos_ids))
+        self.shortest = shortest      # tokens of the shortest option, kept or not
 
     @classmethod
     def of(cls, constraint: Constraint | None, tok_info, eos_ids: Iterable[int],
-           prefix: str = "") -> "CanonicalChoice | None":
+           prefix: str = "", budget: int | None = None) -> "CanonicalChoice | None":
         """For a hole whose constraint includes a choice (None otherwise).
         `prefix` is text held back by token healing, which every option's
-        first token must then carry."""
+        first token must then carry. With a token `budget`, only the options
+        whose spelling fits it are kept (`paths` may then be empty)."""
         choice = next((p for p in flatten(constraint) if isinstance(p, Choice)), None)
         if choice is None:
             return None
-        return cls([tok_info.encode(prefix + o) for o in choice.options], eos_ids)
+        paths = [tok_info.encode(prefix + o) for o in choice.options]
+        shortest = min((len(p) for p in paths), default=0)
+        if budget is not None:
+            paths = [p for p in paths if len(p) <= budget]
+        return cls(paths, eos_ids, shortest)
 
     def allowed(self, generated: list[int]) -> tuple[list[int], bool]:
         """(next tokens that continue a path, whether `generated` is a whole option)."""

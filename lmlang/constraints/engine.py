@@ -64,7 +64,7 @@ from .. import cachefile
 from ..errors import LmlangRuntimeError
 from .backends import CHAINS, BackendCannot, get_backend
 from .guide import Guide
-from .lower import Plan, lower
+from .lower import Plan, lower, with_stops_folded
 from .spec import Constraint
 from .vocab import TokenizerInfo
 
@@ -96,6 +96,7 @@ class CompiledConstraint:
         self._free_base: np.ndarray | None = None
         self._special_index_t = None
         self._crossing: dict[tuple[bytes, int], np.ndarray] = {}
+        self._lazy: dict[str, Any] = {}    # computed on first use, shared by every copy from the memory cache
 
     def start(self) -> Guide:
         matcher = None if self.backend == "none" else get_backend(self.backend).matcher(self.artifact, self.tok)
@@ -114,12 +115,54 @@ class CompiledConstraint:
 
     @property
     def special_index_t(self):
+        """Free text between characters: the tokens never allowed (special
+        tokens, and those that start with a stray UTF-8 continuation byte)."""
         if self._special_index_t is None:
             import torch
 
             ids = [i for i in self.tok.special_ids if i != self.tok.eos_token_id]
-            self._special_index_t = torch.tensor(ids, dtype=torch.long)
+            ids += [int(i) for i in self.utf8_table().broken_start]
+            self._special_index_t = torch.tensor(sorted(set(ids)), dtype=torch.long)
         return self._special_index_t
+
+    def start_path(self) -> list[int] | None:
+        """The witness a bounded shape starts from (guide.py): a greedy
+        completion of the whole value within the plan's limits; None when the
+        walk finds none (`start_problem` says why). Computed once."""
+        if "start" not in self._lazy:
+            self._lazy["start"] = self._find_start_path()
+        return self._lazy["start"][0]
+
+    @property
+    def start_problem(self) -> str:
+        self.start_path()
+        return self._lazy["start"][1]
+
+    def _find_start_path(self) -> tuple[list[int] | None, str]:
+        from .guide import backend_reason, closing_path
+
+        m = get_backend(self.backend).matcher(self.artifact, self.tok)
+        plan = self.plan
+        path = closing_path(self, m, b"", plan.max_tokens)
+        if path is None:
+            reason = backend_reason(m)
+            if reason:
+                return None, f"the constraint engine gave up ({reason})"
+            what = "" if plan.max_tokens is None else f" within {plan.max_tokens} tokens"
+            return None, f"no value of this constraint was found{what}"
+        if plan.max_tokens is not None and len(path) > plan.max_tokens:
+            return None, (f"its shortest value found needs {len(path)} tokens, over the budget of "
+                          f"{plan.max_tokens}")
+        chars = int(sum(int(self.tok.char_len[t]) for t in path))
+        exact = plan.kind == "lark" and plan.source.endswith("&len")
+        if plan.max_chars is not None and not exact and chars > plan.max_chars:
+            return None, f"its shortest value found has {chars} characters, over len(x) <= {plan.max_chars}"
+        return path, ""
+
+    def utf8_table(self):
+        from .utf8 import table_for
+
+        return table_for(self.tok)
 
     def stop_crossing(self, stop: bytes, k: int) -> np.ndarray:
         """Tokens that would complete `stop` before their own end, when the text ends with stop[:k]."""
@@ -157,12 +200,12 @@ def _key(tok: TokenizerInfo, plan: Plan, backend: str | None) -> str:
 def compile_constraint(c: Constraint | None, tok: TokenizerInfo, backend: str | None = None) -> CompiledConstraint:
     """Compile a constraint for one tokenizer. `backend` forces one backend (no fallback)."""
     t0 = time.perf_counter()
-    plan = lower(c)
+    plan = with_stops_folded(lower(c))
     key = _key(tok, plan, backend)
     hit = _MEMORY.get(key)
     if hit is not None:
         out = CompiledConstraint(hit.plan, hit.tok, hit.backend, hit.artifact, time.perf_counter() - t0, "memory")
-        out._free_base, out._crossing = hit._free_base, hit._crossing
+        out._free_base, out._crossing, out._lazy = hit._free_base, hit._crossing, hit._lazy
         return out
     if plan.kind == "free":
         out = CompiledConstraint(plan, tok, "none", None, time.perf_counter() - t0)

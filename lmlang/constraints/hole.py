@@ -42,8 +42,8 @@ import torch
 from ..errors import LmlangRuntimeError
 from . import spec as C
 from .choice import CanonicalChoice
-from .engine import CompiledConstraint, compile_constraint
-from .guide import Guide
+from .engine import CompiledConstraint, ConstraintCompileError, compile_constraint
+from .guide import Guide, GuideError
 from .vocab import TokenizerInfo
 
 DEFAULT_MAX_TOKENS = 256     # a hole with no token budget stops here (reported in the trace)
@@ -53,14 +53,15 @@ NEG_INF = float("-inf")
 ENDED, FEED, SAMPLE = 0, 1, 2
 
 
-def with_default_budget(c: C.Constraint | None) -> C.Constraint | None:
-    """A JSON or grammar hole without a token budget gets the default one, as
-    a constraint: the guide then closes the value validly when the budget
-    runs short, instead of being cut mid-value."""
+def with_default_budget(c: C.Constraint | None) -> C.Constraint:
+    """Every hole gets a token budget, as a constraint: `tokens(x) <= N` when
+    the script says so, else DEFAULT_MAX_TOKENS. The guide then owns it: a
+    shape is closed validly before the budget runs out, free text ends on a
+    character boundary, instead of a value cut wherever the count ran out."""
     parts = C.flatten(c)
-    if any(isinstance(p, (C.JsonSchema, C.Grammar)) for p in parts) and not any(isinstance(p, C.MaxTokens) for p in parts):
-        return C.All(parts + (C.MaxTokens(DEFAULT_MAX_TOKENS),))
-    return c
+    if any(isinstance(p, C.MaxTokens) for p in parts):
+        return c
+    return C.All(parts + (C.MaxTokens(DEFAULT_MAX_TOKENS),))
 
 
 def seam_to_heal(chunk_ids: list[int], decode: Callable[[list[int]], str], eos_ids: Iterable[int],
@@ -86,24 +87,49 @@ class HolePlan:
         self.name = name
         self.tok = tok
         self.constraint = with_default_budget(constraint)
-        self.compiled: CompiledConstraint = compile_constraint(self.constraint, tok)
-        max_tokens = self.compiled.plan.max_tokens
-        # The one budget: the plan's `tokens(x) <= N`, else the default. It
-        # counts the tokens the model wrote for the hole, a healed seam
-        # token included (the guide counts value tokens only).
-        self.budget = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+        try:
+            self.compiled: CompiledConstraint = compile_constraint(self.constraint, tok)
+        except ConstraintCompileError as e:
+            raise LmlangRuntimeError(f"hole [{name}]: {e.message}", hint=e.hint, code="constraint-backend") from None
+        # The one budget: the plan's `tokens(x) <= N` (the default when the
+        # script sets none). It counts the tokens the model wrote for the
+        # hole, a healed seam's bare space included (guide.spend).
+        self.budget = self.compiled.plan.max_tokens
         self.eos_ids = frozenset(eos_ids)
         self.ends = self.eos_ids if next_token is None else self.eos_ids | {next_token}
         self.heal = heal
         # Healed: the options spelled after the held-back seam text; plain: for beams (no healing).
-        self.choice = CanonicalChoice.of(self.constraint, tok, self.eos_ids, heal)
-        self.plain_choice = self.choice if not heal else CanonicalChoice.of(self.constraint, tok, self.eos_ids)
+        # Either keeps only the options whose spelling fits the budget.
+        options = self.compiled.plan.options      # a choice's options that survive its other parts
+        choice = C.Choice(options) if options is not None else None
+        self.plain_choice = CanonicalChoice.of(choice, tok, self.eos_ids, budget=self.budget)
+        self.choice = self.plain_choice if not heal else \
+            CanonicalChoice.of(choice, tok, self.eos_ids, heal, budget=self.budget)
+        self._check_a_value_fits()
         self.heal_healed = self.heal_rest = None
         self.heal_space: list[int] = []
         if heal:
             healed, rest = tok.heal_pairs(heal)
             self.heal_healed, self.heal_rest = torch.from_numpy(healed), torch.from_numpy(rest)
             self.heal_space = tok.encode(heal)
+
+    def _check_a_value_fits(self) -> None:
+        """Before decoding: some value of the constraint fits the budget, or
+        the hole fails here, by name, instead of being cut or crashing."""
+        c = self.compiled
+        if self.plain_choice is not None:
+            if not self.plain_choice.paths:
+                raise LmlangRuntimeError(
+                    f"hole [{self.name}]: no option fits in {self.budget} tokens "
+                    f"(the shortest takes {self.plain_choice.shortest} with this model's tokenizer)",
+                    hint=f"raise tokens({self.name}) <= {self.budget}, or shorten the options", code="no-value-fits")
+            if self.choice is not None and not self.choice.paths:
+                self.choice = self.plain_choice       # no healed spelling fits: decode after the seam plainly
+            return
+        if c.plan.has_shape and c.start_path() is None:
+            raise LmlangRuntimeError(f"hole [{self.name}]: {c.start_problem}",
+                                     hint=f"raise tokens({self.name}) <= {self.budget}, or relax the constraint "
+                                          "(its shortest value must fit)", code="no-value-fits")
 
     @property
     def backend(self) -> str:
@@ -161,11 +187,21 @@ class HoleGuide:
         guide, n = self.guide, len(self.gen)
         if guide.is_finished() or n >= self.plan.budget:
             self.ended_by = guide.ended_by or ("budget" if n >= self.plan.budget else "constraint")
+            if not guide.complete():      # never returned cut short (the guide's witness prevents it)
+                raise self._error("the token budget ran out before the value was complete")
             return ENDED
         forced = guide.forced_tokens()
         if forced:
-            for t in forced:
-                guide.advance(t)
+            taken = 0
+            try:
+                for t in forced:
+                    guide.advance(t)
+                    taken += 1
+                    if guide.is_finished():
+                        break
+            except GuideError as e:
+                raise self._error(str(e)) from None
+            forced = forced[:taken]
             self.gen.extend(forced)
             self.forced += len(forced)
             self.block = forced
@@ -174,10 +210,27 @@ class HoleGuide:
             return self._heal_mask(logits)
         masked = self.mask(logits)
         if not torch.isfinite(masked).any():
-            raise LmlangRuntimeError(f"hole [{self.plan.name}]: no token satisfies the constraint here",
-                                     hint=f"generated so far: {self.plan.tok.decode(self.gen)!r}")
+            raise self._error("no token satisfies the constraint here")
         self.masked = masked
         return SAMPLE
+
+    def fits(self, tok: int) -> bool:
+        """Whether the value can still be completed within its budget after
+        tok (picked from self.masked). False: set masked[tok] to -inf and pick
+        again; some token always fits (the guide's witness)."""
+        if self.healing:
+            plan = self.plan
+            if len(plan.heal_space) == 1 and tok == plan.heal_space[0]:
+                return self.guide.fits_spending(1)
+            idx = int((plan.heal_healed == tok).nonzero()[0])
+            return self.guide.fits(int(plan.heal_rest[idx]))
+        if tok in self.ends and self._eos_ok:
+            return True                   # EOS, or the text after the hole where the value may end
+        return self.guide.fits(tok)
+
+    def _error(self, what: str) -> LmlangRuntimeError:
+        return LmlangRuntimeError(f"hole [{self.plan.name}]: {what}",
+                                  hint=f"generated so far: {self.plan.tok.decode(self.gen)!r}", code="constraint-failed")
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """The logits with every token this hole cannot take next at -inf
@@ -203,11 +256,14 @@ class HoleGuide:
             return self._take_healed(tok)
         guide = self.guide
         eos = tok in self.plan.eos_ids
-        if eos or (tok in self.ends and self._eos_ok and not _allows(guide, tok)):
-            self.ended_by = "eos" if eos else "next-text"
-            guide.advance(self.plan.tok.eos_token_id)   # the guide's EOS, whichever end token was picked
-            return True
-        guide.advance(tok)
+        try:
+            if eos or (tok in self.ends and self._eos_ok and not _allows(guide, tok)):
+                self.ended_by = "eos" if eos else "next-text"
+                guide.advance(self.plan.tok.eos_token_id)   # the guide's EOS, whichever end token was picked
+                return True
+            guide.advance(tok)
+        except GuideError as e:
+            raise self._error(str(e)) from None
         self.gen.append(tok)
         self.generated += 1
         return False
@@ -231,6 +287,8 @@ class HoleGuide:
             # token): give the space back and decode plainly.
             self.healing, self.heal_text = "", ""
             self.block = space
+            if self._choice is not None:
+                self._choice = plan.plain_choice
             return FEED
         self.masked = masked
         return SAMPLE
@@ -240,9 +298,13 @@ class HoleGuide:
         self.healing = ""
         self.gen.append(tok)
         if len(plan.heal_space) == 1 and tok == plan.heal_space[0]:
-            return False                  # the bare space: the value starts with the next token
+            self.guide.spend(1)           # the bare space: the value starts with the next token
+            return False
         idx = int((plan.heal_healed == tok).nonzero()[0])
-        self.guide.advance(int(plan.heal_rest[idx]))
+        try:
+            self.guide.advance(int(plan.heal_rest[idx]))
+        except GuideError as e:
+            raise self._error(str(e)) from None
         self.generated += 1
         return False
 

@@ -4,9 +4,11 @@ A Plan has one *shape* (what the value's text must be) and *limits* that are
 enforced by lmlang's own Guide around any backend:
 
     kind     "free"   no shape: no backend, no mask beyond special tokens
-             "regex"  full-match regex (Rust/derivre syntax); Choice, Int,
+             "regex"  full-match regex (Rust/derivre syntax); Choice, Int
+                      (its bounds, int64 where open: an exact digit regex),
                       Float, Bool and `matches` all lower here
-             "json"   a JSON Schema (canonical JSON text)
+             "json"   a JSON Schema (canonical JSON text), its formats written
+                      as keywords (formats.py) and its objects closed (closed.py)
              "lark"   a Lark grammar; also a regex intersected with a length
                       bound (`matches r"..." and len(x) <= n` -> exact, by
                       llguidance's lexeme `&`)
@@ -17,11 +19,13 @@ Torch-free, backend-free: the checker uses it too.
 from __future__ import annotations
 
 import json
+import dataclasses
 from dataclasses import field
 from ..frozen import frozen
 
+from .closed import closed_schema_text
 from .formats import lower_schema_text
-from .shapes import int_bounds, shape_regex, split_options
+from .shapes import shape_regex, split_options
 from .spec import (All, BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, MaxChars, MaxTokens,
                    Regex, Stop, flatten)
 
@@ -30,8 +34,10 @@ JSON_ITEM_SEPARATOR = ", "
 JSON_KEY_SEPARATOR = ": "
 
 # Greedy closing (guide.py, check.py) prefers bytes that end structures, then short scalars.
-CLOSING_PRIORITY = (b'}]"0' + b"123456789" + b":" + b"tfnle" + b"abcdghijkmopqrsuvwxyz" +
-                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ" + b" .-+_/@#$%^&*!?~`'|\\;<>=" + b",[{")
+# The comma ends a value and moves on (a number could take digits, a point or
+# an exponent for ever), so it comes before every byte that extends a value.
+CLOSING_PRIORITY = (b'}]",0' + b"123456789" + b":" + b"tfnle" + b"abcdghijkmopqrsuvwxyz" +
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ" + b" .-+_/@#$%^&*!?~`'|\\;<>=" + b"[{")
 
 CLOSING_PRIORITY_IN_STRING = b'"' + CLOSING_PRIORITY.replace(b'"', b"")
 
@@ -67,6 +73,21 @@ def escape_regex(text: str) -> str:
 
 def choice_regex(options: tuple[str, ...]) -> str:
     return "|".join(escape_regex(o) for o in options) if options else r"[^\s\S]"
+
+
+# llguidance's Earley parser allows 2,000 items in one row, and a choice
+# written as one rule of N alternatives predicts all N at its first byte.
+# Longer lists become one lexeme (the lexer's union of the literals), which
+# no row limit applies to; short ones keep the rule form.
+CHOICE_RULE_MAX = 1000
+
+
+def choice_lark(options: tuple[str, ...]) -> str:
+    """A choice as a Lark grammar for llguidance: exactly the options."""
+    body = " | ".join(json.dumps(o, ensure_ascii=False) for o in options)
+    if len(options) <= CHOICE_RULE_MAX:
+        return "start: " + body
+    return "start: CHOICE\nCHOICE: " + body + "\n"
 
 
 def lark_string(text: str) -> str:
@@ -158,14 +179,6 @@ def lower(c: Constraint | None) -> Plan:
         return _bounded_lark(regexes, max_chars, limits, source="+".join(_shape_regex(s)[1] for s in shapes))
 
     shape = shapes[0]
-    if isinstance(shape, IntType) and any(b is not None for b in int_bounds(shape)):
-        lo, hi = int_bounds(shape)
-        schema: dict = {"type": "integer"}
-        if lo is not None:
-            schema["minimum"] = lo
-        if hi is not None:
-            schema["maximum"] = hi
-        return Plan("json", json.dumps(schema, sort_keys=True), **limits, source="int")
     rx = _shape_regex(shape)
     if rx is not None:
         pattern, source = rx
@@ -173,10 +186,16 @@ def lower(c: Constraint | None) -> Plan:
             return _bounded_lark([pattern], max_chars, limits, source=source)
         return Plan("regex", pattern, **limits, source=source)
     if isinstance(shape, JsonSchema):
-        return Plan("json", lower_schema_text(shape.schema, shape.formats), **limits, source="json")
+        return Plan("json", closed_schema_text(lower_schema_text(shape.schema, shape.formats)), **limits,
+                    source="json")
     if isinstance(shape, Grammar):
         return Plan("lark", shape.lark, **limits, source="grammar")
     raise LoweringError(f"unknown constraint {type(shape).__name__}")
+
+
+def _literal(text: str) -> str:
+    """text as a regex matching itself, in a syntax every backend reads (hex escapes)."""
+    return "".join(c if c.isascii() and c.isalnum() else f"\\x{{{ord(c):x}}}" for c in text)
 
 
 def _bounded_lark(regexes: list[str], max_chars: int | None, limits: dict, source: str) -> Plan:
@@ -185,6 +204,28 @@ def _bounded_lark(regexes: list[str], max_chars: int | None, limits: dict, sourc
         terms.append(lark_regex(f"(?s:.{{0,{max_chars}}})"))
     grammar = "start: VALUE\nVALUE: " + " & ".join(terms) + "\n"
     return Plan("lark", grammar, **limits, source=source + "&len" if max_chars is not None else source)
+
+
+def with_stops_folded(plan: Plan) -> Plan:
+    """The plan local decoding compiles (and the check judges): a regex-like
+    shape's stop strings folded into its language, one lark lexeme (an exact
+    intersection), so a value a stop ends still matches the shape: with
+    `stops before s` the value never contains s (the shape's own end ends it),
+    with `stops at s` s occurs only at its end. A server (serving/) gets the
+    plan as lowered, with its stops as stop strings."""
+    if not plan.stops or plan.options is not None or plan.kind not in ("regex", "lark") or plan.source == "grammar":
+        return plan
+    terms = ["~" + lark_regex(f"(?s:.*{_literal(s.text)}{'.+' if s.include else '.*'})") for s in plan.stops]
+    if plan.kind == "regex":
+        text = "start: VALUE\nVALUE: " + " & ".join([lark_regex(plan.text)] + terms) + "\n"
+    else:                                   # _bounded_lark's one VALUE line
+        text = plan.text.rstrip("\n") + " & " + " & ".join(terms) + "\n"
+    return dataclasses.replace(plan, kind="lark", text=text)
+
+
+def _literal(text: str) -> str:
+    """text as a regex matching itself, in a syntax every backend reads (hex escapes)."""
+    return "".join(c if c.isascii() and c.isalnum() else f"\\x{{{ord(c):x}}}" for c in text)
 
 
 # --------------------------------------------------------------------- JSON Schema keyword support

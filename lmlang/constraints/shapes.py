@@ -19,8 +19,13 @@ import re
 
 from .spec import BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, Regex
 
-INT_REGEX = r"-?(?:0|[1-9][0-9]*)"
-FLOAT_REGEX = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+# `x is int` without bounds is an int64: a model never writes 256 digits,
+# and every value fits the integer types of the languages that read it.
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+# `x is float`: at most 16 digits before the point and 16 after it, and an
+# exponent of at most two digits, so every value is a finite double
+# (|x| < 1e116) written the way people write numbers.
+FLOAT_REGEX = r"-?(?:0|[1-9][0-9]{0,15})(?:\.[0-9]{1,16})?(?:[eE][+-]?[0-9]{1,2})?"
 BOOL_REGEX = r"true|false"
 
 
@@ -44,7 +49,7 @@ def shape_regex(c: Constraint) -> str | None:
     if isinstance(c, Regex):
         return strip_anchors(c.pattern)
     if isinstance(c, IntType):
-        return INT_REGEX
+        return int_regex(*int_range(c))
     if isinstance(c, FloatType):
         return FLOAT_REGEX
     if isinstance(c, BoolType):
@@ -53,7 +58,61 @@ def shape_regex(c: Constraint) -> str | None:
 
 
 def int_bounds(c: IntType) -> tuple[int | None, int | None]:
+    """The bounds the script wrote (None where it left an end open)."""
     return getattr(c, "lo", None), getattr(c, "hi", None)
+
+
+def int_range(c: IntType) -> tuple[int, int]:
+    """The inclusive range an int hole decodes: its bounds, int64 where open."""
+    lo, hi = int_bounds(c)
+    return (INT64_MIN if lo is None else lo), (INT64_MAX if hi is None else hi)
+
+
+def int_regex(lo: int, hi: int) -> str:
+    """The decimal integers from lo to hi, exactly ("-0" and leading zeros
+    excluded), as a regex; one that matches nothing when lo > hi."""
+    parts = []
+    if lo > hi:
+        return r"[^\s\S]"
+    if lo <= -1:
+        parts += ["-" + p for p in _naturals(-min(hi, -1), -lo)]
+    if hi >= 0:
+        parts += _naturals(max(lo, 0), hi)
+    return "(?:" + "|".join(parts) + ")" if parts else r"[^\s\S]"
+
+
+def _naturals(a: int, b: int) -> list[str]:
+    """Alternatives for the naturals a..b (0 <= a <= b), one per digit count."""
+    out = []
+    for n in range(len(str(a)), len(str(b)) + 1):
+        x = str(a) if n == len(str(a)) else "1" + "0" * (n - 1)
+        y = str(b) if n == len(str(b)) else "9" * n
+        out.append(_group(_digits(x, y)))
+    return out
+
+
+def _digits(x: str, y: str) -> str:
+    """Digit strings of one length between x and y (x <= y)."""
+    if x == y:
+        return x
+    if x[0] == y[0]:
+        return x[0] + _group(_digits(x[1:], y[1:]))
+    rest = len(x) - 1
+    tail = "" if rest == 0 else "[0-9]" if rest == 1 else f"[0-9]{{{rest}}}"
+    lo_d, hi_d, alts, last = int(x[0]), int(y[0]), [], ""
+    if x[1:] != "0" * rest:
+        alts.append(x[0] + _group(_digits(x[1:], "9" * rest)))
+        lo_d += 1
+    if y[1:] != "9" * rest:
+        last = y[0] + _group(_digits("0" * rest, y[1:]))
+        hi_d -= 1
+    if lo_d <= hi_d:
+        alts.append((str(lo_d) if lo_d == hi_d else f"[{lo_d}-{hi_d}]") + tail)
+    return "|".join(alts + ([last] if last else []))
+
+
+def _group(r: str) -> str:
+    return f"(?:{r})" if "|" in r else r
 
 
 def option_fits(option: str, other: Constraint) -> bool:
@@ -61,11 +120,10 @@ def option_fits(option: str, other: Constraint) -> bool:
     if isinstance(other, Choice):
         return option in other.options
     if isinstance(other, IntType):
-        if not re.fullmatch(INT_REGEX, option):
+        if not re.fullmatch(r"-?(?:0|[1-9][0-9]*)", option) or option == "-0":
             return False
-        lo, hi = int_bounds(other)
-        v = int(option)
-        return (lo is None or v >= lo) and (hi is None or v <= hi)
+        lo, hi = int_range(other)
+        return lo <= int(option) <= hi
     pattern = shape_regex(other)
     if pattern is not None:
         try:

@@ -18,7 +18,8 @@ import torch
 
 from ..constraints import spec as C
 from ..constraints.hole import FEED, SAMPLE, HoleGuide, HolePlan, seam_to_heal
-from ..errors import LmlangRuntimeError
+from ..errors import LmlangError, LmlangRuntimeError
+from ..source import NO_SPAN, Span
 from .lm import LM, Batch
 from .prefix import prefill
 from .prompt import RenderedPrompt
@@ -112,13 +113,25 @@ def typed_value(text: str, constraint) -> object:
     return text
 
 
+def span_of(loc: str) -> Span:
+    """A graph node's `loc` ("file:line:col") as a span (NO_SPAN when it has none)."""
+    filename, _, rest = loc.rpartition(":")
+    filename, _, line = filename.rpartition(":")
+    if not (filename and line.isdigit() and rest.isdigit()):
+        return NO_SPAN
+    return Span(int(line), int(rest), int(line), int(rest) + 1, filename)
+
+
 class QueryRun:
     """One rendered prompt: its chunks as token ids, and one HolePlan per hole
-    (constraints/hole.py), which owns everything about the hole's mask."""
+    (constraints/hole.py), which owns everything about the hole's mask.
+    `query` and `loc` (the query's name and "file:line:col") position the
+    errors a hole raises while decoding."""
 
-    def __init__(self, lm: LM, prompt: RenderedPrompt, constraints: dict):
+    def __init__(self, lm: LM, prompt: RenderedPrompt, constraints: dict, query: str = "", loc: str = ""):
         self.lm = lm
         self.prompt = prompt
+        self.query, self.span = query, span_of(loc)
         self.chunk_ids = [prompt.chunk_ids(lm, i) for i in range(len(prompt.chunks))]
         if not self.chunk_ids[0]:
             self.chunk_ids[0] = [next(iter(lm.eos_ids))]   # a prompt that opens with a hole starts after EOS
@@ -130,8 +143,21 @@ class QueryRun:
             heal.append(seam_to_heal(self.chunk_ids[i], lm.decode, lm.eos_ids, lm.tok_info))
             if heal[-1]:
                 self.chunk_ids[i] = self.chunk_ids[i][:-1]
-        self.holes = [HolePlan(h, constraints.get(h), lm.tok_info, lm.eos_ids, heal[i], self._next_token(i))
-                      for i, h in enumerate(prompt.holes)]
+        try:
+            self.holes = [HolePlan(h, constraints.get(h), lm.tok_info, lm.eos_ids, heal[i], self._next_token(i))
+                          for i, h in enumerate(prompt.holes)]
+        except LmlangError as e:
+            raise self.positioned(e) from None
+
+    def positioned(self, e: LmlangError) -> LmlangError:
+        """e, at the query's position and naming the query (once)."""
+        if not e.span.line and self.span.line:
+            e.span = self.span
+        if self.query and not getattr(e, "_query_named", False):
+            e.message = f"query {self.query}, {e.message}"
+            e.args = (e.message,)
+            e._query_named = True
+        return e
 
     def _next_token(self, i: int) -> int | None:
         """The first token of the text after hole i (it ends the hole)."""
@@ -163,7 +189,10 @@ class RowDecoder:
 
     def step(self, logits: torch.Tensor, batch: Batch, row: int) -> list[int]:
         """Decide this row's next block of tokens to feed ([] when done)."""
-        block = self._step(logits, batch, row)
+        try:
+            block = self._step(logits, batch, row)
+        except LmlangError as e:
+            raise self.run.positioned(e) from None
         if self.on_text is not None and not self.done:
             text = self.current.text()
             if len(text) > self._streamed:
@@ -179,6 +208,13 @@ class RowDecoder:
         if kind == SAMPLE:
             masked = hole.masked
             tok = self.sampler.pick(masked)
+            while not hole.fits(tok):
+                # The value could not be completed within its budget after
+                # tok: pick again without it (the guide's witness always fits).
+                masked[tok] = NEG_INF
+                if not torch.isfinite(masked).any():
+                    raise hole._error("no token leaves room to complete the value within its budget")
+                tok = self.sampler.pick(masked)
             self.logprob += float(torch.log_softmax(masked, dim=-1)[tok])
             if not hole.take(tok):
                 return [tok]
@@ -305,6 +341,21 @@ def score_distribution(run: QueryRun, distribution: tuple) -> Decoded:
     return Decoded(values, texts, float(max(scores)), batch.forward_passes, [], dict(zip(options, probs)))
 
 
+def _beam_candidates(h: HoleGuide, logp: torch.Tensor, lp: float, row: int, width: int) -> list:
+    """A beam's `width` best next tokens that leave room to complete the
+    value, each with its own copy of the hole guide (a few more are looked at
+    when some do not fit; the guide's witness always does)."""
+    out = []
+    finite = int(torch.isfinite(logp).sum())
+    for t in torch.topk(logp, min(finite, width + 16)).indices.tolist():
+        if len(out) >= width:
+            break
+        c = h.clone()
+        if c.fits(t):
+            out.append((lp + float(logp[t]), row, t, c))
+    return out
+
+
 def beam_search(run: QueryRun, width: int) -> Decoded:
     """Beam search per hole, beams as batch rows. The best finished beam
     (length-normalised log-probability) of a hole continues: the cache is
@@ -324,15 +375,12 @@ def beam_search(run: QueryRun, width: int) -> Decoded:
             cands = []
             for r, (lp, h) in enumerate(beams):
                 logp = torch.log_softmax(h.mask(batch.logits[r]), -1)
-                k = min(width, int(torch.isfinite(logp).sum()))
-                for t in torch.topk(logp, k).indices.tolist():
-                    cands.append((lp + float(logp[t]), r, t))
+                cands += _beam_candidates(h, logp, lp, r, width)
             cands.sort(key=lambda c: -c[0])
             keep = []
-            for lp, r, t in cands:
+            for lp, r, t, h in cands:
                 if len(keep) + len(finished) >= width * 2 or len(keep) >= width:
                     break
-                h = beams[r][1].clone()
                 if h.take(t) or h.guide.is_finished():
                     finished.append((lp, h))
                 else:

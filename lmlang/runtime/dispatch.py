@@ -146,7 +146,7 @@ def prepare_runs(lm, jobs: list[Job]) -> tuple[list, list[Job]]:
         try:
             prompt = render(spec.segments, job.env, lm.tokenizer, spec.chat, spec.loc)
             refuse_overlong(lm, spec.name, prompt.chunks, loc=spec.loc)
-            run = QueryRun(lm, prompt, dict(spec.constraints))
+            run = QueryRun(lm, prompt, dict(spec.constraints), spec.name, spec.loc)
             refuse_overlong(lm, spec.name, prompt.chunks, run.chunk_ids, loc=spec.loc)
             runs.append(run)
             ok.append(job)
