@@ -16,12 +16,13 @@ import json
 from .. import ast as A
 from .. import types as T
 from ..constraints import spec as C
+from ..constraints.kinds import IS_TYPES
 from ..jsontypes import JsonTypeError, to_schema
 from ..source import Span
 from ..values import plain_value
 from .context import Context
 
-_IS_KINDS = {"int": C.IntType, "float": C.FloatType, "bool": C.BoolType}
+_IS_KINDS = IS_TYPES          # `x is int|float|bool`, from the constraint-kind table
 
 
 def lower_constraints(cx: Context, hole: str, conds: list, node: A.Hole, q: A.QueryDecl):

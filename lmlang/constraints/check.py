@@ -27,7 +27,9 @@ from .lower import (CLOSING_PRIORITY, CLOSING_PRIORITY_IN_STRING, OUTLINES_ENFOR
                     Plan, choice_lark, json_string_state, llguidance_json_options, lower, option_survives_stops,
                     schema_keywords, with_stops_folded)
 from .shapes import int_bounds, int_range, split_options, strip_anchors
-from .spec import (All, BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, MaxChars, MaxTokens,
+from .kinds import kind_of
+from .kinds import split as split_by_role
+from .spec import (BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, MaxChars, MaxTokens,
                    Regex, Stop, flatten)
 
 # A constraint's problems are the structured problems every validator returns.
@@ -482,11 +484,21 @@ def check_constraint_cached(c: Constraint | None) -> list[ConstraintProblem]:
 
 
 # ------------------------------------------------------------------ whole constraint
+# The check-time judge of each shape kind (constraints/kinds.py names the
+# kinds); a shape without one is judged only as part of the whole plan below.
+_SHAPE_JUDGES = {
+    "regex": lambda s, shapes, stops, parts: check_regex(s.pattern),
+    "json": lambda s, shapes, stops, parts: check_schema(s.schema, s.formats),
+    "grammar": lambda s, shapes, stops, parts: check_grammar(s.lark),
+    "choice": lambda s, shapes, stops, parts: _check_choice(s, shapes, stops, parts),
+}
+
+
 def check_constraint(c: Constraint | None) -> list[ConstraintProblem]:
     problems: list[ConstraintProblem] = []
     parts = flatten(c)
-    stops = tuple(p for p in parts if isinstance(p, Stop))
-    shapes = [p for p in parts if not isinstance(p, (Stop, MaxTokens, MaxChars, All))]
+    split = split_by_role(c)
+    stops, shapes, max_chars = split.stops, list(split.shapes), split.max_chars
     for p in parts:
         if isinstance(p, Stop) and not p.text:
             problems.append(ConstraintProblem("empty stop string: generation would end before it starts",
@@ -513,17 +525,11 @@ def check_constraint(c: Constraint | None) -> list[ConstraintProblem]:
             f"a stop string cannot end a {what}: it would cut the value before its shape is complete",
             "drop the stop (the value ends where its shape ends), or write the end into the shape", code="conflict"))
     for s in shapes:
-        if isinstance(s, Regex):
-            problems += check_regex(s.pattern)
-        elif isinstance(s, JsonSchema):
-            problems += check_schema(s.schema, s.formats)
-        elif isinstance(s, Grammar):
-            problems += check_grammar(s.lark)
-        elif isinstance(s, Choice):
-            problems += _check_choice(s, shapes, stops, parts)
+        judge = _SHAPE_JUDGES.get(kind_of(s).name)
+        if judge is not None:
+            problems += judge(s, shapes, stops, parts)
     if problems:
         return problems
-    max_chars = min((p.n for p in parts if isinstance(p, MaxChars)), default=None)
     try:
         plan = with_stops_folded(lower(c))
     except LoweringError as e:

@@ -25,9 +25,10 @@ from ..frozen import frozen
 
 from .closed import closed_schema_text
 from .formats import lower_schema_text
+from .kinds import kind_of
+from .kinds import split as split_by_role
 from .shapes import shape_regex, split_options
-from .spec import (All, BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, MaxChars, MaxTokens,
-                   Regex, Stop, flatten)
+from .spec import (Choice, Constraint, Grammar, JsonSchema, Stop)
 
 # JSON text layout lmlang generates and accepts: exactly what json.dumps writes.
 JSON_ITEM_SEPARATOR = ", "
@@ -130,10 +131,7 @@ def _shape_regex(c: Constraint) -> tuple[str, str] | None:
     pattern = shape_regex(c)
     if pattern is None:
         return None
-    return pattern, _SOURCES[type(c)]
-
-
-_SOURCES = {Regex: "regex", IntType: "int", FloatType: "float", BoolType: "bool"}
+    return pattern, kind_of(c).name
 
 
 def option_survives_stops(option: str, stops: tuple[Stop, ...]) -> bool:
@@ -150,12 +148,9 @@ def option_survives_stops(option: str, stops: tuple[Stop, ...]) -> bool:
 
 
 def lower(c: Constraint | None) -> Plan:
-    parts = flatten(c)
-    stops = tuple(p for p in parts if isinstance(p, Stop))
-    max_tokens = min((p.n for p in parts if isinstance(p, MaxTokens)), default=None)
-    max_chars = min((p.n for p in parts if isinstance(p, MaxChars)), default=None)
-    shapes = [p for p in parts if not isinstance(p, (Stop, MaxTokens, MaxChars, All))]
-    limits = dict(stops=stops, max_tokens=max_tokens, max_chars=max_chars)
+    split = split_by_role(c)
+    stops, max_chars, shapes = split.stops, split.max_chars, list(split.shapes)
+    limits = dict(stops=stops, max_tokens=split.max_tokens, max_chars=max_chars)
     if not shapes:
         return Plan("free", **limits, source="free")
 

@@ -89,9 +89,6 @@ class All(Constraint):
     parts: tuple[Constraint, ...]
 
 
-SHAPES = (Choice, Regex, IntType, FloatType, BoolType, JsonSchema, Grammar)
-
-
 def flatten(c: Constraint | None) -> tuple[Constraint, ...]:
     if c is None:
         return ()
