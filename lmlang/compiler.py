@@ -60,8 +60,11 @@ class Compiler:
         if isinstance(e, A.PathModel):
             return self.add(ModelSpec(self.source_path(e.path, e), self.loc(e)), _short(e.path))
         if isinstance(e, A.ServerModel):
-            opts = _source_options(e.options)
-            return self.add(ServerSpec(e.url, opts, self.loc(e)), dict(opts).get("model") or _host(e.url))
+            opts = dict(_source_options(e.options))
+            if "tokenizer" in opts:
+                opts["tokenizer"] = self.source_path(opts["tokenizer"], e)
+            return self.add(ServerSpec(e.url, tuple(sorted(opts.items())), self.loc(e)),
+                            opts.get("model") or _host(e.url))
         if isinstance(e, A.VllmModel):
             return self.add(VllmSpec(self.source_path(e.source, e), _source_options(e.options), self.loc(e)),
                             _short(e.source))

@@ -73,6 +73,7 @@ class Executor:
         self._lms: dict[str, LM] = {}                 # model node id -> its LM
         self._routers: dict = {}                      # router node id -> Router
         self._base_lms: dict[str, HFModel] = {}       # base folder -> the plain model (hidden-state embeddings)
+        self._engines: dict = {}                      # model node id -> its engine (engine_for)
         from .build import Builder
 
         self.builder = Builder(compiled)
@@ -200,13 +201,22 @@ class Executor:
             by_expert = self._route(spec, envs, results)
         else:
             by_expert = {spec.model: sorted(envs)}
+        from .engines import RowsJob
+
         for expert, todo in by_expert.items():
-            lm = self.lm(expert)
             routed = self.expert_name(expert) if expert != spec.model else None
-            for start in range(0, len(todo), self.batch_size):
-                group = todo[start:start + self.batch_size]
-                self._decode_group(spec, lm, group, envs, results, rows, routed, on_token)
+            self.engine_for(expert).run_rows(RowsJob(spec, todo, envs, results, rows, routed, on_token, self.seed,
+                                                     self.trace))
         return results
+
+    def engine_for(self, nid: str):
+        """The engine that runs queries on model node `nid` (runtime/engines:
+        the local decoding loop, or requests to a server), made once per node."""
+        if nid not in self._engines:
+            from .engines import engine_for_node
+
+            self._engines[nid] = engine_for_node(self, nid)
+        return self._engines[nid]
 
     def _route(self, spec: QuerySpec, envs: dict, results: list) -> dict:
         """Route each row, then group rows by chosen expert (each expert decodes its rows batched)."""
