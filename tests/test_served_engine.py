@@ -237,3 +237,37 @@ def test_rows_are_in_flight_together_up_to_the_concurrency(tiny_model_dir, monke
         rows = prog.run_batch([{"t": str(i)} for i in range(9)])
     assert rows == [{"y": "red"}] * 9
     assert fake.max_in_flight == 3
+
+
+def test_a_server_that_is_gone_is_an_error_naming_it(monkeypatch):
+    from lmlang.runtime.engines import deploy
+    from lmlang.serving.server import free_port
+
+    monkeypatch.setattr(deploy, "_DEPLOYMENTS", {})
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    prog = lmlang.compile(f'model base = server "{url}" {{ model: "m", retries: 0, timeout: 5 }}\n'
+                          'query q(t: str) using base { "{t} [x]" where tokens(x) <= 3 }\n')
+    with pytest.raises(LmlangError) as e:
+        prog.queries["q"]("hi")
+    assert url in str(e.value) and "cannot connect" in str(e.value)
+
+
+def test_a_lora_enabled_server_serves_compatible_options(tmp_path):
+    from pathlib import Path
+
+    from lmlang.serving.server import ManagedServer, ServerOptions, server_args, server_env
+
+    lora = ServerOptions(model="default", name="smollm2", enable_lora=True, max_lora_rank=64)
+    server = ManagedServer(lora, None, Path("/m"), "smollm2", 1, Path("/dev/null"))
+    assert server.serves(ServerOptions(model="default"))                              # no LoRA needed
+    assert server.serves(ServerOptions(model="default", enable_lora=True, max_lora_rank=16))
+    assert not server.serves(ServerOptions(model="default", enable_lora=True, max_lora_rank=128))
+    assert not server.serves(ServerOptions(model="default", max_model_len=1024))     # other engine settings
+    plain = ManagedServer(ServerOptions(model="default"), None, Path("/m"), "m", 1, Path("/dev/null"))
+    assert not plain.serves(lora)
+    args = server_args(lora, Path("/m"), "smollm2", 1, "cpu")
+    i = args.index("--max-lora-rank")
+    assert "--enable-lora" in args and args[i + 1] == "64" and args[args.index("--max-loras") + 1] == "4"
+    assert "--lora-modules" not in args
+    assert server_env("cpu", lora=True)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in server_env("cpu")

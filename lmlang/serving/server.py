@@ -190,21 +190,29 @@ class ManagedServer:
                 raise ServerStartError(f"LoRA module '{name}' has rank {need}, more than this server's "
                                        f"max_lora_rank {self.options.lora_rank()}",
                                        hint=f"set max_lora_rank: {need if need in LORA_RANKS else 'a larger rank'}")
-            body = json.dumps({"lora_name": name, "lora_path": folder}).encode()
-            req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/load_lora_adapter", data=body,
-                                         headers={"Content-Type": "application/json"}, method="POST")
             try:
-                with urllib.request.urlopen(req, timeout=timeout) as resp:
-                    resp.read()
+                self._post_lora(name, folder, inplace=False, timeout=timeout)
             except urllib.error.HTTPError as e:
                 detail = e.read().decode("utf-8", errors="replace")[:500]
-                raise ServerStartError(f"vLLM refused LoRA module '{name}' ({folder}): HTTP {e.code}: {detail}",
-                                       hint=log_tail(self.log_path)) from None
+                if e.code == 400 and "already been loaded" in detail:
+                    # A server shared with another lmlang process (attach_server): the name is
+                    # ours to define, so reload it from this folder.
+                    self._post_lora(name, folder, inplace=True, timeout=timeout)
+                else:
+                    raise ServerStartError(f"vLLM refused LoRA module '{name}' ({folder}): HTTP {e.code}: "
+                                           f"{detail}", hint=log_tail(self.log_path)) from None
             except (urllib.error.URLError, OSError) as e:
                 raise ServerStartError(f"cannot load LoRA module '{name}' into vLLM: {e}",
                                        hint=log_tail(self.log_path)) from None
             self.loras[name] = folder
             return name
+
+    def _post_lora(self, name: str, folder: str, inplace: bool, timeout: float) -> None:
+        body = json.dumps({"lora_name": name, "lora_path": folder, "load_inplace": inplace}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/load_lora_adapter", data=body,
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            resp.read()
 
     def __repr__(self) -> str:
         state = "running" if self.alive() else "stopped"

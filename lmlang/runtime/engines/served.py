@@ -60,7 +60,7 @@ class ServedEngine(Engine):
         self.executor = executor
         self.nid = nid
         self._target: tuple[Deployment, str] | None = None
-        self.on_request = None             # called with each request's keywords (bench/engine.py replays them)
+        self.on_request = None             # on_request(row index, hole, keywords): bench/engine.py replays them
 
     def target(self) -> tuple[Deployment, str]:
         """(deployment, model name): the server is started or probed on first use."""
@@ -153,18 +153,18 @@ class _Rows:
             return await self.distribution(rendered, *self.spec.distribution)
         seed = opts.get("seed") if self.job.seed is None else self.job.seed
         if name == "argmax":
-            return await self.sample_run(rendered, {"temperature": 0.0}, stream=i)
+            return await self.sample_run(i, rendered, {"temperature": 0.0}, stream=True)
         if name == "sample":
-            return await self.sample_run(rendered, _sampling(opts, seed), stream=i)
+            return await self.sample_run(i, rendered, _sampling(opts, seed), stream=True)
         if name in ("best_of", "vote"):
-            runs = await asyncio.gather(*(self.sample_run(rendered, _sampling(opts, seed + k), logprobs=True)
+            runs = await asyncio.gather(*(self.sample_run(i, rendered, _sampling(opts, seed + k), logprobs=True)
                                           for k in range(opts["n"])))
             best = _best_of(runs) if name == "best_of" else _vote(runs, rendered.holes[-1])
             best.tokens, best.requests = sum(r.tokens for r in runs), sum(r.requests for r in runs)
             return best
         raise LmlangRuntimeError(f"served model '{self.label}' cannot run decoder {name}")   # the checker refuses beam
 
-    async def sample_run(self, rendered, sampling: dict, stream: int | None = None, logprobs: bool = False) -> _Run:
+    async def sample_run(self, i: int, rendered, sampling: dict, stream: bool = False, logprobs: bool = False) -> _Run:
         from ..decode import typed_value
 
         dep, run = self.dep, _Run()
@@ -178,7 +178,7 @@ class _Rows:
             kw = {**sampling, **req.kwargs(), "model": self.model}
             if logprobs:
                 kw["logprobs"] = 0
-            out = await self._request(rendered, cur, req, kw)
+            out = await self._request(i, hole, rendered, cur, req, kw)
             text, ended_by = req.value(out, self.where)
             run.texts[hole] = text
             run.values[hole] = typed_value(text, self.constraints.get(hole))
@@ -187,15 +187,15 @@ class _Rows:
             run.logprob += sum(t.logprob for t in out.logprobs or ())
             run.holes.append({"name": hole, "backend": "server", "compile_seconds": 0.0,
                               "generated": out.completion_tokens or 0, "forced": 0, "ended_by": ended_by})
-            if stream is not None and self.job.on_token is not None:
-                self.job.on_token(stream, hole, text)
+            if stream and self.job.on_token is not None:
+                self.job.on_token(i, hole, text)
             cur.advance(text)
         return run
 
-    async def _request(self, rendered, cur: Cursor, req, kw: dict):
+    async def _request(self, i: int, hole: str, rendered, cur: Cursor, req, kw: dict):
         ac = self.dep.client.aclient
         if self.engine.on_request is not None:
-            self.engine.on_request(dict(kw, prompt=cur.prompt(with_seam=not req.heal)))
+            self.engine.on_request(i, hole, dict(kw, prompt=cur.prompt(with_seam=not req.heal)))
         if self.dep.api == "chat":
             return await ac.chat(json.loads(rendered.chunks[0]), **kw)
         return await ac.completion(cur.prompt(with_seam=not req.heal), **kw)
