@@ -271,3 +271,28 @@ def test_a_lora_enabled_server_serves_compatible_options(tmp_path):
     assert "--lora-modules" not in args
     assert server_env("cpu", lora=True)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in server_env("cpu")
+
+
+def test_on_a_lora_server_a_scoring_request_is_never_in_flight_with_another():
+    """vLLM 0.32 with LoRA enabled dies when prompt_logprobs meet another request
+    in one batch (deploy.ScoreGate): scores go alone, ordinary requests share."""
+    import asyncio
+
+    from lmlang.runtime.engines.deploy import ScoreGate
+
+    gate, log, now = ScoreGate(), [], {"shared": 0, "alone": 0}
+
+    async def request(kind: str, k: int):
+        async with (gate.alone() if kind == "alone" else gate.shared()):
+            now[kind] += 1
+            log.append(dict(now))
+            await asyncio.sleep(0.001 * (k % 3))
+            now[kind] -= 1
+
+    async def main():
+        await asyncio.gather(*(request("alone" if k % 4 == 0 else "shared", k) for k in range(40)))
+
+    asyncio.run(main())
+    assert len(log) == 40
+    assert all(s["alone"] <= 1 and not (s["alone"] and s["shared"]) for s in log)
+    assert max(s["shared"] for s in log) > 1                       # ordinary requests still overlap

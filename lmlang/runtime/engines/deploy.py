@@ -20,7 +20,9 @@ with LoRA support and each adapter stack is exported as one exact PEFT folder
 """
 from __future__ import annotations
 
+import asyncio
 import threading
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,65 @@ from ...errors import LmlangRuntimeError
 
 _LOCK = threading.Lock()
 _DEPLOYMENTS: dict = {}
+
+
+class ScoreGate:
+    """Scoring requests (prompt log-probabilities) alone on a LoRA-enabled vLLM.
+
+    vLLM 0.32 (CPU build, measured here) kills its engine (EngineDeadError,
+    every later request fails) when a request with `prompt_logprobs` is batched
+    with any other request while LoRA is enabled: LogitsProcessorWithLoRA
+    indexes the batch's LoRA slots with the prompt's positions ("einsum():
+    subscript b has size 2 for operand 1 which does not broadcast with
+    previously seen size 14"). Alone in its batch the one slot broadcasts
+    correctly (that request's own adapter on every position). So on such a
+    server lmlang sends a scoring request only while none of its other
+    requests is in flight, and ordinary requests wait while one scores. Other
+    programs' requests to the same server are not seen: a LoRA server shared
+    with other clients should not serve `distribution` queries.
+
+    Lives on the client's loop (the Deployment's client runs every request)."""
+
+    def __init__(self):
+        self._cond: asyncio.Condition | None = None
+        self._shared = 0            # ordinary requests in flight
+        self._alone = False         # a scoring request in flight
+        self._waiting = 0           # scoring requests waiting (they go first: no starvation)
+
+    def _c(self) -> asyncio.Condition:
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        return self._cond
+
+    @asynccontextmanager
+    async def shared(self):
+        c = self._c()
+        async with c:
+            await c.wait_for(lambda: not self._alone and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            async with c:
+                self._shared -= 1
+                c.notify_all()
+
+    @asynccontextmanager
+    async def alone(self):
+        c = self._c()
+        async with c:
+            self._waiting += 1
+            try:
+                await c.wait_for(lambda: not self._alone and not self._shared)
+            finally:
+                self._waiting -= 1
+            self._alone = True
+        try:
+            yield
+        finally:
+            async with c:
+                self._alone = False
+                c.notify_all()
 
 
 @dataclass
@@ -41,6 +102,7 @@ class Deployment:
     api: str = "completions"        # "completions" | "chat"
     server: object = None           # the ManagedServer of a vllm source
     is_vllm: bool = True            # vLLM's extra endpoints (/tokenize, /detokenize) exist
+    gate: ScoreGate | None = None   # a vLLM with LoRA enabled: scoring requests go alone (ScoreGate)
 
     @property
     def url(self) -> str:
@@ -123,7 +185,8 @@ def _start_vllm(spec, opts: dict, lora: bool) -> Deployment:
     server = start_server(options)
     client = Client(server.endpoint(**_client_options(opts)))
     return Deployment("vllm", f"vllm {spec.source}", client, server.name, load_tokens(str(server.folder)),
-                      ServerFeatures("vllm", True, server.structured_backend), server=server)
+                      ServerFeatures("vllm", True, server.structured_backend), server=server,
+                      gate=ScoreGate() if server.options.lora else None)
 
 
 def _connect(spec, opts: dict) -> Deployment:
@@ -151,7 +214,8 @@ def _connect(spec, opts: dict) -> Deployment:
         engine, structured = "openai", False       # not vLLM, or it ignores structured outputs: never trust it
     features = ServerFeatures(engine, structured, backend)
     return Deployment("server", spec.url, client, model, _server_tokens(opts, caps, model), features,
-                      api=opts.get("api", "completions"), is_vllm=bool(caps.version))
+                      api=opts.get("api", "completions"), is_vllm=bool(caps.version),
+                      gate=ScoreGate() if caps.version and any(m.is_lora for m in caps.models) else None)
 
 
 def _only_model(url: str, caps) -> str:

@@ -26,6 +26,7 @@ handed on; a row whose request fails gets its error, the other rows go on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -196,9 +197,17 @@ class _Rows:
         ac = self.dep.client.aclient
         if self.engine.on_request is not None:
             self.engine.on_request(i, hole, dict(kw, prompt=cur.prompt(with_seam=not req.heal)))
-        if self.dep.api == "chat":
-            return await ac.chat(json.loads(rendered.chunks[0]), **kw)
-        return await ac.completion(cur.prompt(with_seam=not req.heal), **kw)
+        async with self._gated(alone=False):
+            if self.dep.api == "chat":
+                return await ac.chat(json.loads(rendered.chunks[0]), **kw)
+            return await ac.completion(cur.prompt(with_seam=not req.heal), **kw)
+
+    def _gated(self, alone: bool):
+        """The deployment's ScoreGate (a LoRA-enabled vLLM), or nothing to wait for."""
+        gate = self.dep.gate
+        if gate is None:
+            return contextlib.nullcontext()
+        return gate.alone() if alone else gate.shared()
 
     async def distribution(self, rendered, hole: str, options: tuple) -> _Run:
         """Exact option probabilities from prompt log-probabilities (see module docstring)."""
@@ -208,7 +217,8 @@ class _Rows:
         ac = self.dep.client.aclient
 
         async def score(ids: list, end: int) -> float:
-            return await ac.score(prefix + ids + [end], len(prefix), model=self.model)
+            async with self._gated(alone=True):
+                return await ac.score(prefix + ids + [end], len(prefix), model=self.model)
 
         flat = await asyncio.gather(*(score(ids, e) for ids in opt_ids for e in ends))
         per = [flat[k * len(ends):(k + 1) * len(ends)] for k in range(len(options))]
