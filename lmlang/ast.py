@@ -140,7 +140,23 @@ class FuseExpr(Node):
     members: Block
 
 
-ModelExpr = Union[DefaultModel, PathModel, ModelRef, RouterCall, Adapted, MergeExpr, FuseExpr]
+@frozen
+class ServerModel(Node):
+    """`server "URL" { model: "...", ... }`: a model behind an OpenAI-compatible
+    server. Only a declaration starts with it (like a source string)."""
+    url: str
+    options: Block
+
+
+@frozen
+class VllmModel(Node):
+    """`vllm "SPEC" { ... }` or `vllm default`: a local model that lmlang serves
+    with vLLM (started, health-checked, reused and stopped by lmlang)."""
+    source: str                         # "default", a hub id, a folder or a .gguf
+    options: Block
+
+
+ModelExpr = Union[DefaultModel, PathModel, ModelRef, RouterCall, Adapted, MergeExpr, FuseExpr, ServerModel, VllmModel]
 Value = Union[Literal, ListValue, Block, MatchesValue, ContainsValue, ModelExpr]
 
 

@@ -21,6 +21,7 @@ from .values import key_name as _key_name, key_text as _key_text, merge_members,
 from .graph import (AdapterMergeSpec, ApplySpec, Compiled, FuseSpec, InputSpec, LoraSpec, MergeSpec, ModelSpec,
                     QuerySpec, RouterSpec, Spec, StepSpec, TrainSpec, content_digest)
 from .graph import ir as I
+from .graph.specs import ServerSpec, VllmSpec
 
 
 class Compiler:
@@ -58,10 +59,16 @@ class Compiler:
         if isinstance(e, A.DefaultModel):
             return self.add(ModelSpec("default", self.loc(e)), "default")
         if isinstance(e, A.PathModel):
-            p = e.path
-            local = self.c.path_for(p, e)
-            src = str(local) if (_exists(local) or sources.classify(p) in ("gguf", "folder")) else p
-            return self.add(ModelSpec(src, self.loc(e)), _short(p))
+            return self.add(ModelSpec(self.source_path(e.path, e), self.loc(e)), _short(e.path))
+        if isinstance(e, A.ServerModel):
+            opts = dict(_source_options(e.options))
+            if "tokenizer" in opts:
+                opts["tokenizer"] = self.source_path(opts["tokenizer"], e)
+            return self.add(ServerSpec(e.url, tuple(sorted(opts.items())), self.loc(e)),
+                            opts.get("model") or _host(e.url))
+        if isinstance(e, A.VllmModel):
+            return self.add(VllmSpec(self.source_path(e.source, e), _source_options(e.options), self.loc(e)),
+                            _short(e.source))
         if isinstance(e, A.ModelRef):
             return self.named_model(e.name)
         if isinstance(e, A.Adapted):
@@ -85,6 +92,14 @@ class Compiler:
             opts = tuple(sorted((kw.name, _plain_value(kw.value)) for kw in e.options))
             return self.add(FuseSpec(e.mode, members, opts, self.loc(e)), e.mode)
         raise TypeError(f"not a model expression: {e!r}")  # the checker rejects these
+
+    def source_path(self, p: str, node) -> str:
+        """A model source as the loader reads it: "default", a hub id, or an
+        absolute path (relative paths resolve against the script's folder)."""
+        if p == "default":
+            return p
+        local = self.c.path_for(p, node)
+        return str(local) if (_exists(local) or sources.classify(p) in ("gguf", "folder")) else p
 
     def named_model(self, name: str) -> str:
         if name in self.names:
@@ -256,6 +271,17 @@ def _params(value) -> tuple:
     if isinstance(value, A.Block):
         return tuple(sorted((_key_text(e.key), _freeze(_plain_value(e.value))) for e in value.entries))
     return (("weight", float(_plain_value(value))),)
+
+
+def _source_options(block: A.Block) -> tuple:
+    """A served source's options as sorted (key, value) pairs, lists as tuples."""
+    from .checker.models import source_options
+
+    return tuple(sorted((k, _freeze(v)) for k, v in source_options(block).items()))
+
+
+def _host(url: str) -> str:
+    return url.split("://", 1)[-1].split("/", 1)[0]
 
 
 def _option_value(v):

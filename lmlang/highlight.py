@@ -15,7 +15,7 @@ from .builtins import BUILTINS as FLOW_BUILTINS
 DECLARATIONS = ("input", "model", "adapter", "router", "query", "flow", "use")
 KEYWORDS = ("using", "decode", "where", "distribution", "if", "else", "for", "in", "emit", "and", "or", "not",
             "is", "matches", "stops", "at", "before", "lora", "train", "on", "merge", "fuse", "route", "json",
-            "grammar", "contains")
+            "grammar", "contains", "server", "vllm")
 CONSTANTS = ("true", "false", "default")
 ROLES = ("system", "user", "assistant")
 TYPES = ("str", "int", "float", "bool", "json", "list", "any")

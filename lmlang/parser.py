@@ -377,6 +377,18 @@ def _make_transformer_class():
                 expr = A.PathModel(expr.value, span=expr.span)
             return A.ModelDecl(str(name), expr, span=self.sp(meta), name_span=self.tsp(name))
 
+        def server_source(self, meta, ch):
+            url, block = ch
+            return A.ServerModel(url.value, block or A.Block((), span=self.sp(meta)), span=self.sp(meta))
+
+        def vllm_source(self, meta, ch):
+            src, block = ch
+            return A.VllmModel(src.value, block or A.Block((), span=self.sp(meta)), span=self.sp(meta))
+
+        def vllm_default(self, meta, ch):
+            (block,) = ch
+            return A.VllmModel("default", block or A.Block((), span=self.sp(meta)), span=self.sp(meta))
+
         def model_expr(self, meta, ch):
             base, adapters = ch[0], tuple(ch[1:])
             if not adapters:

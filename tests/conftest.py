@@ -13,6 +13,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # decoding; the tests of the cache itself turn it on (tests/test_result_cache.py).
 os.environ.setdefault("LMLANG_CACHE", "0")
 
+from served_server import lora_dir, vllm_server  # noqa: E402,F401  (one real vLLM per test run)
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 

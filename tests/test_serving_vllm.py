@@ -1,19 +1,17 @@
-"""Against a REAL vLLM server serving the bundled model (marker `vllm`).
+"""Against a REAL vLLM server serving the bundled model (marker `vllm`): the client
+and the constraint mapping on their own (tests/test_served_vllm.py runs scripts).
 
-The session fixture builds the vLLM venv once (cached under the lmlang home: ~10 min and
-~3.4 GB the first time on 2 busy cores), makes a small deterministic LoRA adapter, and
-starts ONE server for the whole run (module-scoped: only this module uses it, and the
-~4.3 GB it holds are given back as soon as the module is done). Set
+The session fixture (tests/served_server.py) builds the vLLM venv once (cached under
+the lmlang home: ~10 min and ~3.4 GB the first time on 2 busy cores), makes a small
+deterministic LoRA adapter, and starts ONE server for the whole run. Set
 LMLANG_SKIP_VLLM=1 to skip these tests on a machine that cannot install vLLM, or
-LMLANG_TEST_VLLM_URL=http://127.0.0.1:PORT/v1 to run them against a server you started
-with the same options (served name "smollm2", LoRA module "rnd" made as `lora_dir` makes it).
+LMLANG_TEST_VLLM_URL=http://127.0.0.1:PORT/v1 to run them against a server started
+with `python tests/served_server.py`.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 
@@ -22,62 +20,14 @@ pytestmark = [pytest.mark.vllm, pytest.mark.e2e]
 from lmlang.constraints.spec import (All, BoolType, Choice, FloatType, Grammar, IntType, JsonSchema, MaxChars,
                                      MaxTokens, Regex, Stop)
 from lmlang.serving.structured import ServedConstraint, ServerFeatures, served_value, to_request
+from served_server import LORA, SERVED
 
-SERVED = "smollm2"
-LORA = "rnd"
 SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
 
 
 def chat_prompt(user: str, assistant: str = "") -> str:
     """A raw prompt that ends inside the assistant turn (SmolLM2's chat template)."""
     return f"{SYSTEM}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}"
-
-
-@pytest.fixture(scope="module")
-def lora_dir(tmp_path_factory) -> Path:
-    """A LoRA adapter with seeded random A and B (no training needed): it changes the
-    model's output, deterministically, so served and local results can be compared."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from lmlang.models.loader import resolve_model
-
-    model = AutoModelForCausalLM.from_pretrained(resolve_model("default"), dtype=torch.float32)
-    torch.manual_seed(0)
-    cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    out = tmp_path_factory.mktemp("lora") / LORA
-    get_peft_model(model, cfg).save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def vllm_server(lora_dir):
-    if os.environ.get("LMLANG_SKIP_VLLM"):
-        pytest.skip("LMLANG_SKIP_VLLM is set")
-    from lmlang.serving.server import ServerOptions, start_server
-
-    url = os.environ.get("LMLANG_TEST_VLLM_URL")
-    if url:
-        yield _External(url)
-        return
-    server = start_server(ServerOptions(model="default", name=SERVED, lora_modules=((LORA, str(lora_dir)),)))
-    yield server
-    server.stop()
-
-
-class _External:
-    """A server started outside the tests (LMLANG_TEST_VLLM_URL)."""
-
-    options = None
-
-    def __init__(self, url: str):
-        self.base_url = url
-
-    def endpoint(self, **kw):
-        from lmlang.serving.client import Endpoint
-
-        return Endpoint(self.base_url, SERVED, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -103,18 +53,20 @@ def test_version_models_and_capabilities(client, vllm_server):
     caps = client.capabilities()
     assert caps.version == VLLM_VERSION and caps.engine == "vllm"
     assert caps.base_models == (SERVED,)
-    assert caps.lora_modules == (LORA,)
+    assert LORA in caps.lora_modules                 # others load as scripts apply adapters
     assert {m.id: m.parent for m in caps.models}[LORA] == SERVED
     assert caps.structured_outputs is True and caps.prompt_logprobs is True
     assert client.health()
 
 
 def test_the_same_options_reuse_the_running_server(vllm_server):
-    from lmlang.serving.server import start_server
+    from lmlang.serving.server import ServerOptions, start_server
 
-    if vllm_server.options is None:
-        pytest.skip("the server was started outside the tests")
     assert start_server(vllm_server.options, progress=False) is vllm_server
+    # what `model m = vllm default` asks for, with and without adapters, is served by it too
+    assert start_server(ServerOptions(model="default"), progress=False) is vllm_server
+    assert start_server(ServerOptions(model="default", enable_lora=True, max_lora_rank=64),
+                        progress=False) is vllm_server
 
 
 # ---------------------------------------------------------------------------- constraint kinds

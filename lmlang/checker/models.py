@@ -1,11 +1,15 @@
 """Models and adapters: model expressions (sources, references, adapters
-applied, merges, fusion), adapter sources (LoRA folders, training, adapter
-merges) and cycles between declarations.
+applied, merges, fusion), served models (`server`, `vllm`), adapter sources
+(LoRA folders, training, adapter merges) and cycles between declarations.
 
 Every option block is judged by the table that the runtime executes from
-(lmlang.merge.options, lmlang.models.options); this module only maps their
-structured problems onto the script's spans. `using` omitted in a query
-means the first declared model, else the bundled default.
+(lmlang.merge.options, lmlang.models.options, lmlang.models.sources); this
+module only maps their structured problems onto the script's spans. What a
+model expression can do (fuse, merge, train on, take adapters) is read from
+the features of its source kind (sources.SOURCE_KINDS), so a served model
+asked for something its engine cannot do is a check error that names the
+model and the feature. `using` omitted in a query means the first declared
+model, else the bundled default.
 """
 from __future__ import annotations
 
@@ -46,7 +50,11 @@ def check_model_expr(cx: Context, e, allow_router: bool) -> None:
     if isinstance(e, A.DefaultModel):
         return
     if isinstance(e, A.PathModel):
-        _check_model_source(cx, e)
+        _check_model_source(cx, e.path, e)
+    elif isinstance(e, A.ServerModel):
+        _check_server(cx, e)
+    elif isinstance(e, A.VllmModel):
+        _check_vllm(cx, e)
     elif isinstance(e, A.ModelRef):
         _check_model_ref(cx, e, allow_router)
     elif isinstance(e, A.RouterCall):
@@ -58,6 +66,7 @@ def check_model_expr(cx: Context, e, allow_router: bool) -> None:
             cx.error(f"router '{e.router}' takes 1 argument, got {len(e.args)}", e)
     elif isinstance(e, A.Adapted):
         check_model_expr(cx, e.base, allow_router=False)
+        _refuse(cx, e.base, "adapters", "take adapters")
         for a in e.adapters:
             if a.adapter not in cx.out.adapters:
                 kind = cx.out.kind_of(a.adapter)
@@ -74,37 +83,148 @@ def check_model_expr(cx: Context, e, allow_router: bool) -> None:
         cx.error("expected a model", e)
 
 
-def _check_model_source(cx: Context, e: A.PathModel) -> None:
+def _check_model_source(cx: Context, text: str, e: A.Node) -> None:
     # A hub id is resolved from the local cache when the model is built; a
     # string that can only be a path must exist now.
-    kind = sources.classify(e.path)
-    if not e.path.strip():
+    kind = sources.classify(text)
+    if not text.strip():
         cx.error("empty model source", e, 'write a hub id ("org/name"), a folder or a .gguf file')
     elif kind in ("folder", "gguf"):
         try:
-            path = cx.out.confined_path(e.path, e)
+            path = cx.out.confined_path(text, e)
         except PathRefused as refused:
-            cx.refuse("model", e.path, e, refused)
+            cx.refuse("model", text, e, refused)
             return
         except (OSError, ValueError, RuntimeError):
             path = None
         if path is None or not probe(path, "any"):
-            cx.error(f"model not found: {e.path}", e, f"paths resolve relative to the script's folder (looked for {path})")
+            cx.error(f"model not found: {text}", e, f"paths resolve relative to the script's folder (looked for {path})")
     else:
         # A hub id is not a path, unless a folder of that name sits next to
         # the script (the compiler then loads the folder): confined too.
         try:
-            local = probe(cx.out.confined_path(e.path, e), "any")
+            local = probe(cx.out.confined_path(text, e), "any")
         except PathRefused as refused:
             local = False
             if probe(refused.path, "any"):
-                cx.refuse("model", e.path, e, refused)
+                cx.refuse("model", text, e, refused)
                 return
         except (OSError, ValueError, RuntimeError):
             local = False
         if not local and kind not in ("hub", "default"):
-            cx.error(f"{e.path!r} is not a hub id, a folder or a .gguf file", e,
+            cx.error(f"{text!r} is not a hub id, a folder or a .gguf file", e,
                      'hub ids look like "org/name"; write folders as "./path"')
+
+
+# ---------------------------------------------------------------- served models
+
+def _check_server(cx: Context, e: A.ServerModel) -> None:
+    problem = sources.url_problem(e.url)
+    if problem is not None:
+        cx.error(problem.message, e, problem.hint, code=problem.code)
+    opts = _check_source_options(cx, "server", e.options)
+    if isinstance(opts.get("tokenizer"), str):
+        node = next(x.value for x in e.options.entries if key_name(x.key) == "tokenizer")
+        _check_model_source(cx, opts["tokenizer"], node)
+
+
+def _check_vllm(cx: Context, e: A.VllmModel) -> None:
+    _check_model_source(cx, e.source, e)
+    _check_source_options(cx, "vllm", e.options)
+
+
+def source_option_value(v):
+    """A source option's value: a literal, a list of literals, or a bare word
+    (`dtype: bfloat16`, `api: chat`, `tokenizer: default`); NOT_PLAIN otherwise."""
+    if isinstance(v, A.ModelRef):
+        return v.name
+    if isinstance(v, A.DefaultModel):
+        return "default"
+    return plain_value(v)
+
+
+def source_options(block: A.Block) -> dict:
+    """The plain options of a `server` / `vllm` block (what the compiler records)."""
+    out = {}
+    for e in block.entries:
+        key = key_name(e.key) or key_text(e.key)
+        value = source_option_value(e.value)
+        if value is not NOT_PLAIN:
+            out[key] = value
+    return out
+
+
+def _check_source_options(cx: Context, kind: str, block: A.Block) -> dict:
+    """Each option judged by the registry's table; returns the good ones."""
+    good: dict = {}
+    seen: set = set()
+    for e in block.entries:
+        key = key_name(e.key) or key_text(e.key)
+        if key in seen:
+            cx.error(f"option '{key}' given twice", e.key)
+            continue
+        seen.add(key)
+        value = source_option_value(e.value)
+        problem = sources.check_source_option(kind, key, None if value is NOT_PLAIN else value)
+        if problem is not None:
+            on_key = problem.code == "unknown-option" or (problem.code == "secret-in-script" and key != "api_key_env")
+            at = e.key if on_key else e.value
+            cx.error(problem.message, at, problem.hint, code=problem.code)
+        else:
+            good[key] = value
+    return good
+
+
+def model_source(cx: Context, e, _depth: int = 0) -> sources.SourceKind | None:
+    """The source kind a model expression runs on, with the features of its
+    declaration (a merge or a fusion runs in process: a local kind); None for
+    a router call, an undefined name or a cycle."""
+    if _depth > 64:
+        return None
+    if isinstance(e, A.DefaultModel):
+        return sources.SOURCE_KINDS["default"]
+    if isinstance(e, A.PathModel):
+        return sources.SOURCE_KINDS[sources.classify(e.path) or "folder"]
+    if isinstance(e, A.ServerModel):
+        return sources.SOURCE_KINDS["server"].with_options(source_options(e.options))
+    if isinstance(e, A.VllmModel):
+        return sources.SOURCE_KINDS["vllm"]
+    if isinstance(e, A.ModelRef):
+        d = cx.out.models.get(e.name)
+        return model_source(cx, d.expr, _depth + 1) if d is not None else None
+    if isinstance(e, A.Adapted):
+        return model_source(cx, e.base, _depth + 1)
+    if isinstance(e, (A.MergeExpr, A.FuseExpr)):
+        return sources.SOURCE_KINDS["folder"]
+    return None
+
+
+WHY_NOT = {
+    "logits": "fusion mixes next-token logits in this process, and a server only returns text",
+    "merge": "a merge reads weights tensor by tensor in this process, and the result would run locally",
+    "weights": "training needs the model's weights in this process",
+    "adapters": "lmlang can only load LoRA modules into a vLLM it starts itself",
+}
+
+
+def _refuse(cx: Context, e, feature: str, action: str) -> None:
+    """A check error when the model `e` runs on a source that lacks `feature`."""
+    kind = model_source(cx, e)
+    if kind is None or kind.engine != "served":
+        return
+    have = getattr(kind, feature)
+    if have:
+        return
+    name = e.name if isinstance(e, A.ModelRef) else "this model"
+    why = WHY_NOT[feature]
+    if feature == "adapters":
+        hint = (f"serve the adapter as a LoRA module on that server and name it: server \"...\" {{ model: \"MODULE\" }}"
+                ", or serve the model with `vllm`")
+    elif feature == "weights":
+        hint = "train on the local model (e.g. `default`) or serve the model with `vllm \"...\"`, whose weights are local"
+    else:
+        hint = "use local models here (default, a folder, a hub id)"
+    cx.error(f"served model '{name}' ({kind.name}) cannot {action}: {why}", e, hint, code="served-unsupported")
 
 
 def _check_model_ref(cx: Context, e: A.ModelRef, allow_router: bool) -> None:
@@ -137,6 +257,7 @@ def _check_fuse(cx: Context, e: A.FuseExpr) -> None:
     weights = [plain_value(m.value) for m in e.members.entries]
     for m, w in zip(e.members.entries, weights):
         check_model_expr(cx, m.key, allow_router=False)
+        _refuse(cx, m.key, "logits", "fuse")
         if not isinstance(w, (int, float)) or isinstance(w, bool):
             cx.error("a fuse weight must be a number", m.value)
     numbers = [w for w in weights if isinstance(w, (int, float))]
@@ -177,6 +298,7 @@ def _check_train_options(cx: Context, block: A.Block) -> None:
         seen.add(key)
         if key in model_options.TRAIN_MODEL_OPTIONS:
             check_model_expr(cx, e.value, allow_router=False)
+            _refuse(cx, e.value, "weights", "be trained on")
             continue
         value = plain_value(e.value)
         problem = model_options.check_train_option(key, None if value is NOT_PLAIN else value)
@@ -266,6 +388,7 @@ class _MergeEntries:
             else:
                 self.has_base = True
                 check_model_expr(cx, e.value, allow_router=False)
+                _refuse(cx, e.value, "merge", "be merged")
         elif key == "models":
             self._read_members(e)
         else:
@@ -288,6 +411,7 @@ class _MergeEntries:
             self.n_models += 1
             if not self.over_adapters:
                 check_model_expr(cx, member, allow_router=False)
+                _refuse(cx, member, "merge", "be merged")
             elif key_name(member) not in out.adapters:
                 name, text = key_name(member), key_text(member)
                 kind = out.kind_of(name) if name else ""

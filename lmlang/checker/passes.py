@@ -19,12 +19,14 @@ from .names import check_inputs, collect
 from .program import CheckedProgram, allowed_roots
 from .queries import check_queries
 from .routers import check_routers
+from .served import check_served
 
 PASSES = (
     check_inputs,
     check_models_and_adapters,
     check_routers,
     check_queries,
+    check_served,
     check_flow,
     check_unused,
 )

@@ -36,8 +36,8 @@ def graph_from_json(data: dict | str) -> Compiled:
     return Compiled(nodes, names, [tuple(e) for e in data["edges"]], dict(data["names"]), list(data["steps"]))
 
 
-_DOT_SHAPES = {"model": "cylinder", "query": "note", "step": "ellipse", "router": "diamond", "input": "invhouse",
-               "lora": "folder", "train": "folder", "adapter_merge": "folder"}
+_DOT_SHAPES = {"model": "cylinder", "server": "cylinder", "vllm": "cylinder", "query": "note", "step": "ellipse",
+               "router": "diamond", "input": "invhouse", "lora": "folder", "train": "folder", "adapter_merge": "folder"}
 
 
 def _display_label(compiled: Compiled, nid: str) -> str:

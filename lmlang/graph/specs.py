@@ -59,6 +59,34 @@ class ModelSpec(Spec):
 
 
 @frozen
+class ServerSpec(Spec):
+    """A model behind an OpenAI-compatible server (`server "URL" { ... }`)."""
+    kind = "server"
+    url: str
+    options: tuple                    # sorted (key, value): model, api_key_env (a NAME), concurrency, ...
+    loc: str = ""
+
+    def label(self) -> str:
+        model = dict(self.options).get("model")
+        return f"server {self.url}" + (f" ({model})" if model else "")
+
+
+@frozen
+class VllmSpec(Spec):
+    """A local model served by a vLLM that lmlang starts (`vllm "SPEC" { ... }`)."""
+    kind = "vllm"
+    source: str                       # as ModelSpec.source: "default" | hub id | absolute path
+    options: tuple                    # sorted (key, value): tensor_parallel, dtype, args, concurrency, ...
+    loc: str = ""
+
+    def label(self) -> str:
+        src = self.source
+        if src.startswith("/"):
+            src = "/".join(src.rstrip("/").split("/")[-2:])
+        return f"vllm {src if len(src) < 40 else '...' + src[-37:]}"
+
+
+@frozen
 class LoraSpec(Spec):
     """A LoRA adapter read from a PEFT folder."""
     kind = "lora"
@@ -217,8 +245,9 @@ class StepSpec(Spec):
         return self.stmt.tag
 
 
-SPEC_TYPES = {cls.__name__: cls for cls in (InputSpec, ModelSpec, LoraSpec, TrainSpec, AdapterMergeSpec, ApplySpec,
-                                           MergeSpec, FuseSpec, RouterSpec, QuerySpec, StepSpec)}
+SPEC_TYPES = {cls.__name__: cls for cls in (InputSpec, ModelSpec, ServerSpec, VllmSpec, LoraSpec, TrainSpec,
+                                           AdapterMergeSpec, ApplySpec, MergeSpec, FuseSpec, RouterSpec, QuerySpec,
+                                           StepSpec)}
 CONSTRAINT_TYPES = {k.cls.__name__: k.cls for k in CONSTRAINT_KINDS.values()}
 
 

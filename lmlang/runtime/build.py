@@ -67,7 +67,7 @@ class Builder:
 
     def _build(self, nid: str):
         spec = self.c.spec(nid)
-        if isinstance(spec, ModelSpec):
+        if isinstance(spec, ModelSpec) or spec.kind == "vllm":   # a vLLM source's weights are local too (training)
             from ..models.loader import resolve_model
 
             return Folder(resolve_model(spec.source))

@@ -64,9 +64,20 @@ class Job:
 
 
 def decode_jobs(execu, jobs: list[Job], strategy: Strategy) -> None:
-    """Decode every job, setting job.result (values or an LmlangError)."""
-    ready = []
+    """Decode every job, setting job.result (values or an LmlangError).
+    Calls on served models go to their engine (runtime/engines), the rest
+    decode here in local batches."""
+    served: dict = {}
+    local = []
     for job in jobs:
+        if execu.is_served(job.lm_nid):
+            served.setdefault((job.lm_nid, job.spec.name, job.expert, job.seed), []).append(job)
+        else:
+            local.append(job)
+    for group in served.values():
+        run_served(execu, group)
+    ready = []
+    for job in local:
         try:
             job.lm = execu.lm(job.lm_nid)
             ready.append(job)
@@ -84,6 +95,27 @@ def decode_jobs(execu, jobs: list[Job], strategy: Strategy) -> None:
     else:
         for lane in lanes:
             _run_lane(execu, lane)
+
+
+def run_served(execu, jobs: list[Job]) -> None:
+    """Calls of one query on one served model node (same expert, same seed)
+    as one RowsJob for its engine, which keeps many requests in flight."""
+    from ..errors import LmlangRuntimeError
+    from .engines import RowsJob
+
+    results: list = [None] * len(jobs)
+    streams = [j.stream for j in jobs]
+    on_token = (lambda i, h, t: streams[i] and streams[i](h, t)) if any(streams) else None
+    rows = RowsJob(jobs[0].spec, list(range(len(jobs))), {k: j.env for k, j in enumerate(jobs)}, results,
+                   [j.row for j in jobs], jobs[0].expert, on_token, jobs[0].seed if jobs[0].seed is not None
+                   else execu.seed, execu.trace)
+    try:
+        execu.engine_for(jobs[0].lm_nid).run_rows(rows)
+    except LmlangError as e:
+        results = [r if r is not None else e for r in results]
+    for job, result in zip(jobs, results):
+        job.result = result if result is not None else LmlangRuntimeError(
+            f"query {job.spec.name}: the served engine returned no result for this call")
 
 
 def plan(jobs: list[Job], strategy: Strategy, batch_size: int, mixed_lm) -> list[list[tuple]]:

@@ -226,6 +226,7 @@ class Executor:
         self._dtypes: dict | None = None              # folder -> dtype, from a per-model dtype setting
         self._keys = None                             # result_cache.CallKeys, made at the first cached call
         self._torch_ready = False
+        self._engines: dict = {}                      # model node id -> its engine (engine_for)
         from .build import Builder
 
         self.builder = Builder(compiled, device=device)
@@ -425,7 +426,7 @@ class Executor:
                     j.result = e
         for job in todo:
             results[job.index] = job.result
-            if self.cache is not None and isinstance(job.result, dict):
+            if self.cache is not None and job.key is not None and isinstance(job.result, dict):
                 self.cache.put(job.key, query=job.spec.name, model=getattr(job.lm, "name", ""), result=job.result,
                                texts=job.texts, prompt=job.prompt)
         return results
@@ -440,6 +441,29 @@ class Executor:
         base = self.seed if self.seed is not None else dict(opts).get("seed", 0)
         text = json.dumps([base, row, position], default=str)
         return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+    def engine_for(self, nid: str):
+        """The engine that runs queries on model node `nid` (runtime/engines:
+        the local decoding loop, or requests to a server), made once per node."""
+        if nid not in self._engines:
+            from .engines import engine_for_node
+
+            self._engines[nid] = engine_for_node(self, nid)
+        return self._engines[nid]
+
+    def is_served(self, nid: str) -> bool:
+        """Whether model node `nid` runs on a server (its calls go to its engine, not to a local batch)."""
+        from .engines import source_kind_of
+
+        return self.c.spec(nid).kind != "router" and source_kind_of(self.c, nid) in ("server", "vllm")
+
+    def is_remote(self, nid: str) -> bool:
+        """Whether model node `nid` (or, for a router, one of its experts) is a server lmlang does not manage."""
+        from .engines import source_kind_of
+
+        spec = self.c.spec(nid)
+        nids = spec.deps() if spec.kind == "router" else (nid,)
+        return any(self.c.spec(n).kind != "router" and source_kind_of(self.c, n) == "server" for n in nids)
 
     def _router_texts(self, jobs: list[Job], results: list) -> dict:
         """The router argument's text of each routed call (job index -> text)."""
@@ -481,6 +505,9 @@ class Executor:
                                            "device_map": self.device_map})
         misses = []
         for job in jobs:
+            if self.is_remote(job.spec.model):
+                misses.append(job)          # a remote server's answers may change behind its URL: never cached
+                continue
             try:
                 job.key = self._keys.call_key(job.spec, job.env, job.seed, texts.get(job.index))
             except LmlangError as e:        # a model that cannot be found fails the call, as decoding would

@@ -13,10 +13,13 @@ Contract (what the runtime's server backend calls)
         await .health() -> bool                    GET <root>/health
         await .capabilities(probe=True) -> Capabilities           the above plus probes (below)
         await .tokenize(text) -> list[int]         vLLM's POST <root>/tokenize
+        await .tokenize_chat(messages, add_generation_prompt) -> list[int]   the server's chat template
+        await .detokenize(ids) -> str              vLLM's POST <root>/detokenize
         await .score(prompt_ids, start) -> float   log p(ids[start:] | ids[:start]) from prompt logprobs
         await .aclose()
     Client(endpoint)                               the same methods, synchronous (a private event loop
                                                    thread), plus .completions([kwargs, ...]) for many requests
+                                                   and .run(coroutine) for a caller's own gather over .aclient
     sampling keywords: max_tokens, temperature, top_p, top_k, seed, stop, include_stop, logprobs
         (top-k per generated token), prompt_logprobs (vLLM: top-k per prompt token, the prompt's own
         token included), structured (vLLM `structured_outputs` dict, from structured.py),
@@ -339,6 +342,31 @@ class AsyncClient:
             raise BadServerResponse(f"answer has no token list ({e}): {_short(data, 200)}",
                                     url=self.endpoint.base_url, request=summary) from None
 
+    async def tokenize_chat(self, messages: list[dict], *, add_generation_prompt: bool = True,
+                            model: str | None = None) -> list[int]:
+        """Token ids of `messages` rendered by the server's own chat template (vLLM)."""
+        body = {"model": model or self.endpoint.model, "messages": messages,
+                "add_generation_prompt": add_generation_prompt}
+        data, summary = await self._post("/tokenize", body, root=True)
+        try:
+            return [int(t) for t in data["tokens"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise BadServerResponse(f"answer has no token list ({e}): {_short(data, 200)}",
+                                    url=self.endpoint.base_url, request=summary) from None
+
+    async def detokenize(self, ids: list[int], *, model: str | None = None) -> str:
+        """The text of token ids (vLLM's POST <root>/detokenize)."""
+        body = {"model": model or self.endpoint.model, "tokens": list(ids)}
+        data, summary = await self._post("/detokenize", body, root=True)
+        try:
+            text = data["prompt"]
+        except (KeyError, TypeError) as e:
+            raise BadServerResponse(f"answer has no text ({e}): {_short(data, 200)}",
+                                    url=self.endpoint.base_url, request=summary) from None
+        if not isinstance(text, str):
+            raise BadServerResponse("answer's text is not a string", url=self.endpoint.base_url, request=summary)
+        return text
+
     async def score(self, prompt_ids: list[int], start: int, *, model: str | None = None) -> float:
         """log p(prompt_ids[start:] | prompt_ids[:start]) from prompt logprobs: what `distribution`
         sums per option (send the same ids lmlang's tokenizer gives the prefix and the option)."""
@@ -504,6 +532,11 @@ class Client:
 
     def _run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def run(self, coro):
+        """Run a coroutine (one that awaits self.aclient's methods) on the client's
+        loop and return its result: many requests in flight from synchronous code."""
+        return self._run(coro)
 
     def completion(self, prompt: str | list[int], **kw) -> Completion:
         return self._run(self.aclient.completion(prompt, **kw))

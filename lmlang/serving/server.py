@@ -4,19 +4,29 @@ Contract (what the runtime calls for a `model NAME = vllm "SPEC" { ... }` source
 ---------------------------------------------------------------------------------
 
     ServerOptions(model="default", name=None, tensor_parallel=1, dtype=None, max_model_len=None,
-                  gpu_memory=None, args=(), lora_modules=(), max_lora_rank=None,
-                  structured_backend="guidance", startup_timeout=900.0)
+                  gpu_memory=None, args=(), lora_modules=(), max_lora_rank=None, enable_lora=False,
+                  max_loras=4, structured_backend="guidance", startup_timeout=900.0)
         `model` is any spec lmlang.models.loader.resolve_model accepts (default, a folder, a
         .gguf, a hub id already in the local HF cache): the server only ever reads that local
         folder (HF_HUB_OFFLINE=1). `name` is the served model name (default: the model's name).
         `lora_modules` are (name, folder) pairs; requests name a module as their `model`.
+        `enable_lora`: serve LoRA modules, also ones loaded later (load_lora) up to
+        `max_lora_rank` (default 64 when no module is given at start).
     start_server(options, progress=True) -> ManagedServer
-        one server per identical options in a process: a second call returns the running one
-        (a dead one is restarted); every server is stopped at interpreter exit.
+        one server per configuration in a process: a second call returns the running one when
+        it serves these options (same model and engine settings; a LoRA-enabled server also
+        serves options without LoRA, or with LoRA modules it can load), else starts one; a dead
+        one is restarted; every server is stopped at interpreter exit.
     ManagedServer
-        .base_url ("http://127.0.0.1:PORT/v1")  .name  .port  .log_path  .start_seconds
+        .base_url ("http://127.0.0.1:PORT/v1")  .name  .port  .log_path  .start_seconds  .folder
         .endpoint(**client options) -> client.Endpoint   .alive() -> bool   .stop()
+        .load_lora(name, folder)    a LoRA module, loaded once (vLLM's runtime LoRA loading)
+        .serves(options) -> bool    this server can answer for those options
         .structured_backend  ("guidance": lowered constraints map exactly, see structured.py)
+    attach_server(base_url, options, name) -> ManagedServer
+        a vLLM started elsewhere with these options (by another process, or by hand as
+        docs/serving.md shows), registered so start_server(options) reuses it; never stopped
+        by lmlang (the test suite's LMLANG_TEST_VLLM_URL)
     stop_all()
     reap_orphans() -> [pid]                    stop servers left behind by a killed lmlang process
                                                (start_server calls it; records live in cache_dir("servers"))
@@ -59,7 +69,9 @@ from ..home import cache_dir
 from .client import Endpoint
 from .vllm_env import VllmEnv, ensure_vllm
 
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)   # the ranks vLLM 0.32 accepts for --max-lora-rank
+from ..models.sources import VLLM_LORA_RANKS as LORA_RANKS   # the ranks vLLM 0.32 accepts for --max-lora-rank
+
+DEFAULT_LORA_RANK = 64       # --max-lora-rank of a LoRA-enabled server started without modules
 CPU_ENV = {"OMP_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "2"}
 CPU_ARGS = ("--enforce-eager", "--distributed-executor-backend", "uni")
 CPU_DTYPE = "float32"
@@ -82,11 +94,30 @@ class ServerOptions:
     args: tuple[str, ...] = ()
     lora_modules: tuple[tuple[str, str], ...] = ()
     max_lora_rank: int | None = None
+    enable_lora: bool = False
+    max_loras: int = 4
     structured_backend: str = "guidance"
     startup_timeout: float = 900.0
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    @property
+    def lora(self) -> bool:
+        return self.enable_lora or bool(self.lora_modules)
+
+    def engine_key(self) -> str:
+        """What decides how the server computes: two option sets with the same
+        engine key (and LoRA covered) can share one server."""
+        fields = ("model", "tensor_parallel", "dtype", "max_model_len", "gpu_memory", "args", "structured_backend")
+        return json.dumps([getattr(self, f) for f in fields], default=str)
+
+    def lora_rank(self) -> int:
+        if self.max_lora_rank:
+            return self.max_lora_rank
+        if self.lora_modules:
+            return lora_rank_for([p for _, p in self.lora_modules])
+        return DEFAULT_LORA_RANK
 
 
 class ManagedServer:
@@ -99,6 +130,8 @@ class ManagedServer:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
         self.start_seconds: float | None = None
+        self.loras: dict[str, str] = dict(options.lora_modules)    # LoRA modules served: name -> folder
+        self._lora_lock = threading.Lock()
 
     @property
     def base_url(self) -> str:
@@ -115,15 +148,71 @@ class ManagedServer:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
+    attached = False                   # started elsewhere (attach_server): not ours to stop
+
     def alive(self) -> bool:
+        if self.attached:
+            return _get(f"http://127.0.0.1:{self.port}/health") is not None
         return self.process is not None and self.process.poll() is None
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM to the server's process group, SIGKILL after `grace` seconds."""
+        if self.attached:
+            return
         p = self.process
         if p is not None and p.poll() is None:
             _kill_group(p.pid, grace, p.wait)
         _forget(p.pid if p is not None else None)
+
+    def serves(self, options: ServerOptions) -> bool:
+        """Can this (running) server answer requests made for `options`?"""
+        mine = self.options
+        if mine.engine_key() != options.engine_key():
+            return False
+        if not options.lora:
+            return True
+        if not mine.lora:
+            return False
+        return mine.lora_rank() >= options.lora_rank() and mine.max_loras >= options.max_loras
+
+    def load_lora(self, name: str, folder: str | Path, timeout: float = 600.0) -> str:
+        """Serve the PEFT folder as LoRA module `name` (vLLM's POST /v1/load_lora_adapter);
+        a module already served under that name is not loaded again. Returns the name."""
+        folder = str(folder)
+        with self._lora_lock:
+            if self.loras.get(name) == folder:
+                return name
+            if not self.options.lora:
+                raise ServerStartError(f"vLLM for '{self.name}' was started without LoRA support",
+                                       hint="start it with enable_lora=True")
+            need = lora_rank_for([folder])
+            if need > self.options.lora_rank():
+                raise ServerStartError(f"LoRA module '{name}' has rank {need}, more than this server's "
+                                       f"max_lora_rank {self.options.lora_rank()}",
+                                       hint=f"set max_lora_rank: {need if need in LORA_RANKS else 'a larger rank'}")
+            try:
+                self._post_lora(name, folder, inplace=False, timeout=timeout)
+            except urllib.error.HTTPError as e:
+                detail = e.read().decode("utf-8", errors="replace")[:500]
+                if e.code == 400 and "already been loaded" in detail:
+                    # A server shared with another lmlang process (attach_server): the name is
+                    # ours to define, so reload it from this folder.
+                    self._post_lora(name, folder, inplace=True, timeout=timeout)
+                else:
+                    raise ServerStartError(f"vLLM refused LoRA module '{name}' ({folder}): HTTP {e.code}: "
+                                           f"{detail}", hint=log_tail(self.log_path)) from None
+            except (urllib.error.URLError, OSError) as e:
+                raise ServerStartError(f"cannot load LoRA module '{name}' into vLLM: {e}",
+                                       hint=log_tail(self.log_path)) from None
+            self.loras[name] = folder
+            return name
+
+    def _post_lora(self, name: str, folder: str, inplace: bool, timeout: float) -> None:
+        body = json.dumps({"lora_name": name, "lora_path": folder, "load_inplace": inplace}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/load_lora_adapter", data=body,
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            resp.read()
 
     def __repr__(self) -> str:
         state = "running" if self.alive() else "stopped"
@@ -135,21 +224,45 @@ _LOCK = threading.Lock()
 
 
 def start_server(options: ServerOptions, progress: bool = True) -> ManagedServer:
-    """The running server for these options, started (and health-checked) if needed."""
+    """The running server for these options, started (and health-checked) if needed.
+    A running server started for other options is reused when it serves these
+    (see ManagedServer.serves); their LoRA modules are loaded into it."""
     key = options.key()
     with _LOCK:
         server = _SERVERS.get(key)
-        if server is not None and server.alive():
-            return server
-        reap_orphans(progress)
-        server = _launch(options, progress)
+        if server is None or not server.alive():
+            server = next((s for s in _SERVERS.values() if s.alive() and s.serves(options)), None)
+        if server is None:
+            reap_orphans(progress)
+            server = _launch(options, progress)
         _SERVERS[key] = server
-        return server
+    for name, folder in options.lora_modules:
+        server.load_lora(name, folder)
+    return server
+
+
+def attach_server(base_url: str, options: ServerOptions, name: str) -> ManagedServer:
+    """A running vLLM on this machine (started with `options`, serving `name`),
+    registered so that start_server(options) and compatible options reuse it."""
+    from urllib.parse import urlsplit
+
+    from ..models.loader import resolve_model
+
+    port = urlsplit(base_url).port
+    if port is None or urlsplit(base_url).hostname not in ("127.0.0.1", "localhost"):
+        raise ServerStartError(f"cannot attach to {base_url}: a managed server listens on 127.0.0.1:PORT")
+    server = ManagedServer(options, None, resolve_model(options.model), name, port, Path(os.devnull))
+    server.attached = True
+    if not server.alive():
+        raise ServerStartError(f"no vLLM answers at {base_url}/health")
+    with _LOCK:
+        _SERVERS[options.key()] = server
+    return server
 
 
 def stop_all() -> None:
     with _LOCK:
-        for server in _SERVERS.values():
+        for server in set(_SERVERS.values()):
             server.stop()
         _SERVERS.clear()
 
@@ -184,7 +297,8 @@ def _launch(options: ServerOptions, progress: bool) -> ManagedServer:
         log.write("$ " + " ".join(argv) + "\n")
         log.flush()
         server.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=server_env(env.flavor), start_new_session=True, cwd=str(logs))
+                                          env=server_env(env.flavor, lora=options.lora), start_new_session=True,
+                                          cwd=str(logs))
     _remember(server)
     try:
         _wait_ready(server, options.startup_timeout)
@@ -214,10 +328,11 @@ def server_args(options: ServerOptions, folder: Path, name: str, port: int, flav
         args += ["--gpu-memory-utilization", str(options.gpu_memory)]
     if cpu:
         args += [a for a in CPU_ARGS if a not in options.args]
-    if options.lora_modules:
-        rank = options.max_lora_rank or lora_rank_for([p for _, p in options.lora_modules])
-        args += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(options.lora_modules)),
-                 "--lora-modules", *[f"{n}={p}" for n, p in options.lora_modules]]
+    if options.lora:
+        slots = max(len(options.lora_modules), options.max_loras if options.enable_lora else 1)
+        args += ["--enable-lora", "--max-lora-rank", str(options.lora_rank()), "--max-loras", str(slots)]
+        if options.lora_modules:
+            args += ["--lora-modules", *[f"{n}={p}" for n, p in options.lora_modules]]
     return args + list(options.args)
 
 
@@ -237,11 +352,16 @@ def lora_rank_for(folders: list[str]) -> int:
     raise ServerStartError(f"a LoRA adapter has rank {need}; vLLM serves ranks up to {LORA_RANKS[-1]}")
 
 
-def server_env(flavor: str) -> dict:
+def server_env(flavor: str, lora: bool = False) -> dict:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)          # lmlang's tree must not shadow the venv's packages
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
                 "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"})
+    if lora:
+        # Adapters declared after the server started (another script in the
+        # process, the REPL) load through POST /v1/load_lora_adapter. The
+        # server listens on 127.0.0.1 only.
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     if flavor == "cpu":
         for k, v in CPU_ENV.items():
             env.setdefault(k, v)

