@@ -68,7 +68,12 @@ def test_every_method_streams(method, params, per, tiny_model_dir, tiny_model_di
     for name in base:  # the streamed result equals the kernel applied to whole tensors
         g, pm = resolver.resolve(name, pos[name])
         ref = get_method(method).merge([m[name] for m in ins], base[name], pm, g, TensorContext(name, "lmlang", params.get("seed", 0)))
-        assert torch.equal(out[name], ref), name
+        if method == "tsv":
+            # TSV's SVD goes through LAPACK, whose blocking depends on torch's
+            # thread count: bit-equality holds only at equal thread counts.
+            assert torch.allclose(out[name], ref, rtol=1e-4, atol=1e-6), name
+        else:
+            assert torch.equal(out[name], ref), name
 
 
 def test_slerp_gradient_per_layer(tiny_model_dir, tiny_model_dir_b, tmp_path):
