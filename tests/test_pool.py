@@ -55,7 +55,7 @@ def adapters(tiny_model_dir, tmp_path_factory):
     (root / "math" / "lmlang_adapter.json").write_text(json.dumps({"data": str(data)}))
     (root / "senti" / "README.md").write_text("---\nlibrary_name: peft\n---\n# Sentiment\n\n"
                                               "Labels a movie   review as\npositive or negative.\n\nMore text.\n")
-    (root / "misc" / "README.md").write_text("# Only a heading\n")
+    (root / "misc" / "README.md").write_text("# Only a heading\n\n- **Developed by:** [More Information Needed]\n")
     (root / "notes").mkdir()                       # matched by the glob, but not a PEFT folder
     return root
 

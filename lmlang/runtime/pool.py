@@ -250,7 +250,8 @@ def training_prompts(folder: Path, n: int) -> list[str]:
 
 
 def card_description(folder: Path) -> str:
-    """The first paragraph of an adapter's README.md that is not a heading or front matter."""
+    """The first paragraph of an adapter's README.md that is not a heading,
+    front matter or a template placeholder ("[More Information Needed]")."""
     try:
         text = (folder / "README.md").read_text(encoding="utf-8")
     except OSError:
@@ -260,7 +261,8 @@ def card_description(folder: Path) -> str:
         text = text[end + 4:] if end >= 0 else ""
     for para in text.split("\n\n"):
         para = para.strip()
-        if para and not para.startswith(("#", "<!--", "```", "|")):
+        # PEFT's save_pretrained writes a template card: its placeholders describe nothing.
+        if para and not para.startswith(("#", "<!--", "```", "|")) and "More Information Needed" not in para:
             return " ".join(para.split())[:500]
     return ""
 
