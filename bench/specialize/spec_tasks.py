@@ -13,6 +13,19 @@ instruction and its input), `y` the exact answer. Training files hold
 
 Train and held-out rows never share an `x`. Everything is seeded, so the
 files (and so the adapters' cache keys) are identical across runs.
+
+EXTRA_TASKS (the adapter-pool and dynamic-composition bench, behind
+bench/specialize.py --composition; the three above and their seeds are
+unchanged, docs/specialize.md's table depends on them):
+
+- reverse: "Reverse the letters of the word: tamino" -> "onimat" (seeded
+  pseudo-words of 2-3 consonant-vowel syllables)
+- capitals: "What is the capital of France?" -> "Paris" (three phrasings)
+- plural: "Give the plural of the noun: box" -> "boxes" (regular rules and
+  a few irregular nouns, two phrasings)
+- antonyms: "Give the opposite of the word: hot" -> "cold" (two phrasings)
+- count_letters: "How many times does the letter a appear in banana?" -> "3"
+- units: "Convert 7 km to m." -> "7000" (six unit pairs, integer factors)
 """
 from __future__ import annotations
 
@@ -22,6 +35,8 @@ import re
 from pathlib import Path
 
 TASKS = ("sentiment", "arithmetic", "dates")
+EXTRA_TASKS = ("reverse", "capitals", "plural", "antonyms", "count_letters", "units")
+ALL_TASKS = TASKS + EXTRA_TASKS
 
 POSITIVE = ["great", "wonderful", "excellent", "fantastic", "amazing", "delightful", "superb", "lovely",
             "brilliant", "enjoyable", "charming", "perfect"]
@@ -84,6 +99,126 @@ def dates_row(rng: random.Random) -> dict:
 
 MAKERS = {"sentiment": sentiment_row, "arithmetic": arithmetic_row, "dates": dates_row}
 
+# ---------------------------------------------------------------- extra tasks (--composition)
+
+CAPITALS = {"France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon",
+            "Japan": "Tokyo", "China": "Beijing", "India": "New Delhi", "Russia": "Moscow", "Egypt": "Cairo",
+            "Canada": "Ottawa", "Mexico": "Mexico City", "Brazil": "Brasilia", "Argentina": "Buenos Aires",
+            "Peru": "Lima", "Chile": "Santiago", "Kenya": "Nairobi", "Greece": "Athens", "Norway": "Oslo",
+            "Sweden": "Stockholm", "Finland": "Helsinki", "Denmark": "Copenhagen", "Poland": "Warsaw",
+            "Austria": "Vienna", "Hungary": "Budapest", "Ireland": "Dublin", "Belgium": "Brussels",
+            "Netherlands": "Amsterdam", "Turkey": "Ankara", "Iran": "Tehran", "Iraq": "Baghdad",
+            "Thailand": "Bangkok", "Vietnam": "Hanoi", "Indonesia": "Jakarta", "Philippines": "Manila",
+            "South Korea": "Seoul", "Australia": "Canberra", "New Zealand": "Wellington", "Cuba": "Havana",
+            "Colombia": "Bogota", "Venezuela": "Caracas", "Morocco": "Rabat", "Nigeria": "Abuja",
+            "Ethiopia": "Addis Ababa", "Ukraine": "Kyiv", "Czechia": "Prague", "Romania": "Bucharest",
+            "Switzerland": "Bern", "Pakistan": "Islamabad", "Saudi Arabia": "Riyadh"}
+CAPITAL_PROMPTS = ["What is the capital of {c}?", "Name the capital city of {c}.", "Which city is the capital of {c}?"]
+NOUN_WORDS = ["cat", "dog", "box", "bus", "church", "dish", "city", "baby", "day", "key", "tree", "car", "book",
+              "fox", "glass", "brush", "lady", "boy", "toy", "house", "lamp", "pen", "cup", "watch", "class",
+              "story", "party", "bird", "chair", "table", "match", "kiss", "berry", "valley", "horse", "river",
+              "apple", "window", "pencil", "beach", "wish", "tax", "army", "monkey", "road", "song", "flower",
+              "garden", "bench", "fly", "field", "guess", "door", "ship", "cloud", "hill", "lake", "star",
+              "bridge", "plant", "coin", "boat", "farm", "sky", "penny", "inch", "dress", "bag", "hat", "shoe"]
+IRREGULAR = {"child": "children", "man": "men", "woman": "women", "mouse": "mice", "foot": "feet",
+             "tooth": "teeth", "goose": "geese", "person": "people", "sheep": "sheep", "fish": "fish"}
+PLURAL_PROMPTS = ["Give the plural of the noun: {n}", "Write the plural form of {n}."]
+ANTONYM_PAIRS = [("hot", "cold"), ("big", "small"), ("fast", "slow"), ("happy", "sad"), ("up", "down"),
+                 ("open", "closed"), ("light", "dark"), ("early", "late"), ("rich", "poor"), ("strong", "weak"),
+                 ("young", "old"), ("full", "empty"), ("hard", "soft"), ("wet", "dry"), ("loud", "quiet"),
+                 ("high", "low"), ("long", "short"), ("thick", "thin"), ("clean", "dirty"), ("true", "false"),
+                 ("left", "right"), ("first", "last"), ("inside", "outside"), ("win", "lose"), ("buy", "sell"),
+                 ("push", "pull"), ("give", "take"), ("begin", "end"), ("day", "night"), ("north", "south"),
+                 ("east", "west"), ("above", "below"), ("cheap", "expensive"), ("safe", "dangerous"),
+                 ("sweet", "sour"), ("near", "far"), ("love", "hate")]
+ANTONYM_PROMPTS = ["Give the opposite of the word: {w}", "What is the antonym of {w}?"]
+UNITS = [("km", "m", 1000), ("m", "cm", 100), ("kg", "g", 1000), ("hours", "minutes", 60),
+         ("minutes", "seconds", 60), ("liters", "ml", 1000)]
+SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+
+REVERSE_PROMPT = "Reverse the letters of the word: {w}"
+COUNT_PROMPT = "How many times does the letter {c} appear in {w}?"
+UNITS_PROMPT = "Convert {n} {a} to {b}."
+
+
+def plural(noun: str) -> str:
+    if noun in IRREGULAR:
+        return IRREGULAR[noun]
+    if noun.endswith(("s", "x", "z", "ch", "sh")):
+        return noun + "es"
+    if noun.endswith("y") and noun[-2] not in "aeiou":
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def antonym_lookup() -> dict[str, str]:
+    out = {}
+    for a, b in ANTONYM_PAIRS:
+        out.setdefault(a, b)
+        out.setdefault(b, a)
+    return out
+
+
+def reverse_row(rng: random.Random) -> dict:
+    w = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3)))
+    return {"task": "reverse", "x": REVERSE_PROMPT.format(w=w), "y": w[::-1]}
+
+
+def capitals_row(rng: random.Random) -> dict:
+    country = rng.choice(sorted(CAPITALS))
+    return {"task": "capitals", "x": rng.choice(CAPITAL_PROMPTS).format(c=country), "y": CAPITALS[country]}
+
+
+def plural_row(rng: random.Random) -> dict:
+    noun = rng.choice(NOUN_WORDS + sorted(IRREGULAR))
+    return {"task": "plural", "x": rng.choice(PLURAL_PROMPTS).format(n=noun), "y": plural(noun)}
+
+
+def antonyms_row(rng: random.Random) -> dict:
+    table = antonym_lookup()
+    word = rng.choice(sorted(table))
+    return {"task": "antonyms", "x": rng.choice(ANTONYM_PROMPTS).format(w=word), "y": table[word]}
+
+
+def count_letters_row(rng: random.Random) -> dict:
+    w = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4)))
+    c = rng.choice(sorted(set(w)) + ["a", "e"])
+    return {"task": "count_letters", "x": COUNT_PROMPT.format(c=c, w=w), "y": str(w.count(c))}
+
+
+def units_row(rng: random.Random) -> dict:
+    a, b, factor = rng.choice(UNITS)
+    n = rng.randint(1, 30)
+    return {"task": "units", "x": UNITS_PROMPT.format(n=n, a=a, b=b), "y": str(n * factor)}
+
+
+MAKERS.update({"reverse": reverse_row, "capitals": capitals_row, "plural": plural_row, "antonyms": antonyms_row,
+               "count_letters": count_letters_row, "units": units_row})
+CONSTRAINTS.update({
+    "reverse": 'y matches r"[a-z]+"',
+    "capitals": "y in [" + ", ".join(json.dumps(c) for c in sorted(set(CAPITALS.values()))) + "]",
+    "plural": 'y matches r"[a-z]+"',
+    "antonyms": "y in [" + ", ".join(json.dumps(w) for w in sorted(antonym_lookup())) + "]",
+    "count_letters": "y is int and tokens(y) <= 2",
+    "units": "y is int and tokens(y) <= 6",
+})
+DESCRIPTIONS.update({
+    "reverse": "reverses the letters of a word",
+    "capitals": "names the capital city of a country",
+    "plural": "gives the plural form of a noun",
+    "antonyms": "gives the opposite of a word",
+    "count_letters": "counts how many times a letter appears in a word",
+    "units": "converts a quantity between units such as km and m",
+})
+RULES.update({
+    "reverse": r'matches r"(?i)reverse the letters"',
+    "capitals": r'matches r"(?i)capital"',
+    "plural": r'matches r"(?i)plural"',
+    "antonyms": r'matches r"(?i)opposite|antonym"',
+    "count_letters": r'matches r"(?i)how many times does the letter"',
+    "units": r'matches r"^Convert [0-9]+ "',
+})
+
 
 def make_split(task: str, n_train: int, n_test: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """(train, held-out) rows of one task; no `x` appears in both."""
@@ -118,12 +253,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
         path.write_text(text, encoding="utf-8")
 
 
-def write_task_files(folder: Path, n_train: int, n_test: int, seed: int = 0) -> dict[str, dict]:
+def write_task_files(folder: Path, n_train: int, n_test: int, seed: int = 0,
+                     tasks: tuple[str, ...] = TASKS) -> dict[str, dict]:
     """Writes train_<task>.jsonl ({"prompt","completion"}) and test_<task>.jsonl
     ({"task","x","y"}) per task; returns {task: {"train": path, "test": path,
-    "train_rows": [...], "test_rows": [...]}}."""
+    "train_rows": [...], "test_rows": [...]}}; `tasks` defaults to the three
+    original tasks (ALL_TASKS adds the extra ones)."""
     out = {}
-    for task in TASKS:
+    for task in tasks:
         train, test = make_split(task, n_train, n_test, seed)
         tp, hp = folder / f"train_{task}.jsonl", folder / f"test_{task}.jsonl"
         write_jsonl(tp, [{"prompt": r["x"], "completion": r["y"]} for r in train])
