@@ -7,6 +7,7 @@ answers is tested in test_served_vllm.py."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -31,8 +32,12 @@ def completion(text, finish="stop", stop_reason=None, tokens=3):
 # ---------------------------------------------------------------- holes -> requests
 
 def test_a_held_back_seam_prefixes_the_shape_and_is_cut_off_the_value():
+    from lmlang.constraints.shapes import shape_regex
+
     req = plan_hole("n", C.IntType(), EXACT, "m", heal=" ")
-    assert req.structured == {"regex": r"\x20(?:-?(?:0|[1-9][0-9]*))"} and req.max_tokens == 256
+    int64 = shape_regex(C.IntType())                      # an unbounded `is int` is int64 (docs/language.md)
+    assert re.fullmatch(int64, "9223372036854775807") and not re.fullmatch(int64, "9223372036854775808")
+    assert req.structured == {"regex": r"\x20(?:" + int64 + ")"} and req.max_tokens == 256
     assert req.value(completion(" 42"), "server x") == ("42", "eos")
     choice = plan_hole("c", C.Choice(("yes", "no")), EXACT, "m", heal=" ")
     assert choice.structured == {"choice": [" yes", " no"]}
