@@ -65,6 +65,22 @@ def test_fixture_name_says_whether_it_is_clean(path):
     assert outcome(path)["ok"] == path.name.startswith("ok_")
 
 
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_each_broken_fixture_expects_exactly_one_error(path):
+    """One error per err_ fixture, so a fixture's name says which check it
+    covers and a regression shows up as exactly that fixture failing;
+    warnings may accompany it. A clean fixture expects no error at all.
+    Reads the committed expectation, so a regeneration that lets a second
+    error in (or drops the only one) is caught here too."""
+    expected = json.loads(path.with_suffix(".expected.json").read_text(encoding="utf-8"))
+    listed = expected.get("diagnostics", []) + expected.get("warnings", [])
+    errors = [d["message"] for d in listed if d["severity"] == "error"]
+    if path.name.startswith("err_"):
+        assert expected["ok"] is False and len(errors) == 1, (path.name, errors)
+    else:
+        assert errors == [], (path.name, errors)
+
+
 def test_every_diagnostic_has_a_span_in_a_real_file():
     for path in CASES:
         got = outcome(path)
