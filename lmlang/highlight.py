@@ -11,15 +11,23 @@ from pygments.lexer import RegexLexer, bygroups, include, words
 from pygments.token import (Comment, Keyword, Name, Number, Operator, Punctuation, String, Text, Whitespace)
 
 from .builtins import BUILTINS as FLOW_BUILTINS
+from .constraints.kinds import KEYWORDS as CONSTRAINT_KEYWORDS
+from .models.sources import SOURCE_KINDS
+from .router_kinds import ROUTER_KINDS
 
 DECLARATIONS = ("input", "model", "adapter", "router", "query", "flow", "use")
-KEYWORDS = ("using", "decode", "where", "distribution", "if", "else", "for", "in", "emit", "and", "or", "not",
-            "is", "matches", "stops", "at", "before", "lora", "train", "on", "merge", "fuse", "route", "json",
-            "grammar", "contains", "server", "vllm")
+# Keywords come from the tables that define them (constraint kinds, model
+# sources written with a keyword), so a new kind highlights without an edit here.
+_CORE_KEYWORDS = ("using", "decode", "where", "distribution", "if", "else", "for", "in", "emit", "and", "or", "not",
+                  "lora", "train", "on", "merge", "fuse", "route", "json", "contains")
 CONSTANTS = ("true", "false", "default")
 ROLES = ("system", "user", "assistant")
 TYPES = ("str", "int", "float", "bool", "json", "list", "any")
 BUILTINS = ("tokens", *FLOW_BUILTINS)
+KEYWORDS = tuple(w for w in dict.fromkeys((*_CORE_KEYWORDS, *CONSTRAINT_KEYWORDS,
+                                           *(k.keyword for k in SOURCE_KINDS.values() if k.keyword)))
+                 if w not in BUILTINS)
+ROUTER_KINDS_WORDS = tuple(ROUTER_KINDS)          # `route embedding { ... }`
 
 
 class LmlangLexer(RegexLexer):
@@ -35,6 +43,7 @@ class LmlangLexer(RegexLexer):
             (words(DECLARATIONS, suffix=r"\b"), Keyword.Declaration),
             (words(ROLES, suffix=r'(?=\s*r?")'), Keyword.Pseudo),
             (words(CONSTANTS, suffix=r"\b"), Keyword.Constant),
+            (r"(route)(\s+)(" + "|".join(ROUTER_KINDS_WORDS) + r")\b", bygroups(Keyword, Whitespace, Name.Builtin)),
             (words(KEYWORDS, suffix=r"\b"), Keyword),
             (r'r"""', String.Regex, "rlong"),
             (r'"""', String.Double, "long"),

@@ -53,13 +53,14 @@ class SourceKind:
     beam: bool = True
     prompt_logprobs: bool = True
     engine: str = "local"
+    keyword: str = ""               # the word a script writes it with (`server "URL"`), if any
 
     def with_options(self, options: dict) -> "SourceKind":
         """The features of one declaration: a `server { api: "chat" }` has no
         raw-prompt endpoint and no prompt log-probabilities."""
         if self.name == "server" and options.get("api") == "chat":
             return SourceKind(self.name, self.summary, logits=False, raw_prompt=False, adapters="", weights=False,
-                              merge=False, beam=False, prompt_logprobs=False, engine=self.engine)
+                              merge=False, beam=False, prompt_logprobs=False, engine=self.engine, keyword=self.keyword)
         return self
 
 
@@ -71,9 +72,9 @@ SOURCE_KINDS: dict[str, SourceKind] = {k.name: k for k in (
     SourceKind("gguf", "a local .gguf file, dequantized once into the lmlang home"),
     SourceKind("hub", "a hub id, resolved from the local Hugging Face cache only"),
     SourceKind("server", "a model behind an OpenAI-compatible server (vLLM, SGLang, llama.cpp, TGI, a hosted API)",
-               adapters="", weights=False, **_SERVED),
+               adapters="", weights=False, keyword="server", **_SERVED),
     SourceKind("vllm", "a local model served by a vLLM that lmlang starts, health-checks and stops",
-               adapters="modules", **_SERVED),
+               adapters="modules", keyword="vllm", **_SERVED),
 )}
 
 # Ranks vLLM accepts for --max-lora-rank (vLLM 0.32).
