@@ -18,11 +18,13 @@ fields, kw_only fields and default factories behave as in dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import MISSING, FrozenInstanceError
 
-try:
+# A version check, not try/except ImportError: mypy (python_version 3.10) follows it.
+if sys.version_info >= (3, 11):
     from typing import dataclass_transform
-except ImportError:  # Python 3.10: typing_extensions (a pydantic dependency)
+else:  # Python 3.10: typing_extensions (a pydantic dependency)
     from typing_extensions import dataclass_transform
 
 __all__ = ["frozen", "FrozenInstanceError", "children", "walk"]

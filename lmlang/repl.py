@@ -342,7 +342,7 @@ class Session:
         old_base = self.base_dir
         self.base_dir = p.resolve().parent       # the file's relative paths resolve next to it
         try:
-            out = self.declare(text, filename=str(p))
+            self.declare(text, filename=str(p))     # its "defined ..." lines: summed up below
         except _Rejected:
             self.base_dir = old_base
             raise

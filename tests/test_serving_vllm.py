@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.vllm, pytest.mark.e2e]
-
 from lmlang.constraints.spec import (All, BoolType, Choice, FloatType, Grammar, IntType, JsonSchema, MaxChars,
                                      MaxTokens, Regex, Stop)
 from lmlang.serving.structured import ServedConstraint, ServerFeatures, served_value, to_request
+
+pytestmark = [pytest.mark.vllm, pytest.mark.e2e]
 
 SERVED = "smollm2"
 LORA = "rnd"
