@@ -297,6 +297,7 @@ class OutputWriter:
             sys.stdout.flush()
             return
         view = memoryview(data)
+        assert self.out is not None      # a descriptor comes from an output file
         try:
             while view:
                 n = os.write(self.fd, view)
@@ -328,7 +329,8 @@ class OutputFile:
     before any model loads, so a path that cannot be written fails fast."""
 
     def __init__(self, path: Path, fd: int):
-        self.path, self.fd = path, fd
+        self.path = path
+        self.fd: int | None = fd         # None once closed
 
     @classmethod
     def open(cls, path: str | Path, *, protect: dict | None = None, regular: bool = False) -> "OutputFile":

@@ -46,7 +46,7 @@ def frozen(cls=None, /):
     cls._lm_keyword = tuple((f.name, f.default, f.default_factory) for f in init_fields if f.kw_only)
     cls._lm_compare = tuple(f.name for f in fields if f.compare)
     cls._lm_repr = tuple(f.name for f in fields if f.repr)
-    cls.__match_args__ = tuple(name for name, _, _ in cls._lm_positional)
+    setattr(cls, "__match_args__", tuple(name for name, _, _ in cls._lm_positional))   # (read-only to mypy)
     names = tuple(f.name for f in fields)
     cls._lm_fields = staticmethod(lambda: names)
     own = cls.__dict__

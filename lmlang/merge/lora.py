@@ -206,7 +206,7 @@ def merge_loras(method: str, adapters: Sequence[tuple[str | os.PathLike, Mapping
         base = torch.zeros(shapes[name]) if info.base != "ignored" else None
         return impl.merge(deltas, base, per, glob, ctx)
 
-    recipe = {"merge_method": method, "lora_adapters": [{"adapter": str(lora.path), **({"parameters": o} if o else {})}
+    recipe: dict[str, Any] = {"merge_method": method, "lora_adapters": [{"adapter": str(lora.path), **({"parameters": o} if o else {})}
                                                         for lora, o in zip(loras, per_model)],
               "parameters": params, "output": output, "compat": compat, "dtype": _dtype_name(dtype) or "inherit"}
     if base_input:
@@ -293,8 +293,9 @@ def _write_lora(tmp: Path, loras: Sequence[LoraAdapter], names: Sequence[str], m
         rank = sum(int(lora.config.get("r", 8)) for lora in loras)
     if rank < 1:
         raise MergeConfigError(f"rank must be >= 1, got {rank}")
-    out_dt = torch.float32 if _dtype_name(dtype) is None else \
-        {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[_dtype_name(dtype)]
+    dt_name = _dtype_name(dtype)
+    out_dt = torch.float32 if dt_name is None else \
+        {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dt_name]
     tensors: dict[str, Any] = {}
     errors: dict[str, float] = {}
     err_sq = total_sq = 0.0
