@@ -366,13 +366,16 @@ class OutputFile:
 
     @property
     def regular(self) -> bool:
+        assert self.fd is not None, "output file used after close"
         return stat.S_ISREG(os.fstat(self.fd).st_mode)
 
     def size(self) -> int:
+        assert self.fd is not None, "output file used after close"
         return os.fstat(self.fd).st_size if self.regular else 0
 
     def truncate(self) -> None:
         """--overwrite: start afresh (a pipe or device has nothing to cut)."""
+        assert self.fd is not None, "output file used after close"
         if self.regular:
             os.ftruncate(self.fd, 0)
 
@@ -388,7 +391,7 @@ class OutputFile:
             self.fd = None
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _same_file(a: str | Path, b: str | Path) -> bool:
     try:
         return os.path.samefile(a, b)
     except OSError:

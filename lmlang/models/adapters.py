@@ -367,11 +367,11 @@ def build_adapter(name: str, path: Path, config: dict, tensors: dict[str, torch.
                 raise _fail(path, f"{module_name}.bias has no counterpart in the base model")
             bias = parts.get("bias", getattr(module, "bias", None))
             if bias is not None and getattr(module, "bias", None) is not None and bias.shape != module.bias.shape:
-                raise _fail(path, f"shape mismatch at {module_name}.bias: saved {tuple(bias.shape)}, base {tuple(module.bias.shape)}")
+                raise _fail(path, f"shape mismatch at {module_name}.bias: saved {tuple(bias.shape)}, base {tuple(module.bias.shape)}")  # type: ignore[arg-type]  # torch types Module attributes as Tensor | Module
             touches_vocab = touches_vocab or isinstance(module, nn.Embedding) or module is _output_embeddings(base)
             same = torch.allclose(saved.to(module.weight.device, torch.float32), module.weight.float(), rtol=1e-3, atol=1e-5) and (
                 bias is None or getattr(module, "bias", None) is None
-                or torch.allclose(bias.to(module.bias.device, torch.float32), module.bias.float(), rtol=1e-3, atol=1e-5))
+                or torch.allclose(bias.to(module.bias.device, torch.float32), module.bias.float(), rtol=1e-3, atol=1e-5))  # type: ignore[arg-type]  # as above
             if not same:  # an unchanged copy of the base module costs a matmul and adds nothing
                 module_ops.append(_Replace(saved.detach(), None if bias is None else bias.detach()).to(device, dtype))
         if module_ops:
