@@ -86,8 +86,10 @@ def main() -> None:
         chat = tok.apply_chat_template([{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt_text}],
                                        tokenize=False, add_generation_prompt=True)
         ids = tok(chat, return_tensors="pt", add_special_tokens=False).input_ids
-        gen = lambda: model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_tokens, min_new_tokens=n_tokens,
-                                     do_sample=False, pad_token_id=tok.pad_token_id)
+
+        def gen(ids=ids, n_tokens=n_tokens):
+            return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_tokens,
+                                  min_new_tokens=n_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
         gen()
         hf_wall, _ = median_time(gen, args.reps)
         hf_tps = n_tokens / hf_wall

@@ -29,7 +29,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -328,7 +327,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[maskbench] {done[0]}/{len(tasks)} done, {time.perf_counter() - t_start:.0f} s",
                       file=sys.stderr, flush=True)
 
-        setup = pool.setup
         try:
             pool.run([t for t in tasks if t[1] != "outlines_core"], args.timeout, on_result)
             pool.run([t for t in tasks if t[1] == "outlines_core"], args.slow_timeout, on_result)

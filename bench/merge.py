@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,7 +144,6 @@ def run_measured(cmd: list[str], env: dict) -> dict:
 
 
 def compare(dir_a: Path, dir_b: Path) -> tuple[float, int, list[str]]:
-    import torch
     from safetensors import safe_open
 
     def index(d: Path) -> dict[str, Path]:

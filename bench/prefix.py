@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     import lmlang
 
-    shots = "\\n".join(f"Review: {t}\\nLabel: {l}" for t, l in SHOTS)
+    shots = "\\n".join(f"Review: {t}\\nLabel: {lab}" for t, lab in SHOTS)
     src = f'''model base = default
 query label(text: str) using base {{
     system "You label restaurant reviews as positive or negative. Examples:\\n{shots}"

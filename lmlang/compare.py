@@ -295,6 +295,7 @@ def read_labelled_rows(path: str | Path, expected: str, fmt: str | None = None, 
             break
         if r.error is not None:
             raise r.error
+        assert r.values is not None           # a row without an error has its values
         if expected not in r.values:
             raise DataError(f"{path}: row {r.index} has no '{expected}' column",
                             hint="--expected names the column that holds the right answer")
@@ -308,7 +309,7 @@ def run_outputs(program, rows: list[dict], expected: str, output: str) -> list[t
     inputs = set(program.inputs)
     used = [{k: v for k, v in row.items() if k in inputs and k != expected} for row in rows]
     results = program.run_batch(used, errors="return")
-    out = []
+    out: list[tuple[object, str | None]] = []
     for res in results:
         if isinstance(res, BaseException):
             out.append((None, getattr(res, "message", None) or str(res)))

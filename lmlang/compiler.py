@@ -71,6 +71,7 @@ class Compiler:
                             _short(e.source))
         if isinstance(e, A.ModelRef):
             return self.named_model(e.name)
+        base: str | None                      # a merge's base may be absent
         if isinstance(e, A.Adapted):
             base = self.model(e.base)
             adapters = tuple((self.adapter(a.adapter), float(a.scale)) for a in e.adapters)
@@ -135,7 +136,9 @@ class Compiler:
                 key = _key_name(e.key)
                 if key == "models":
                     for key_node, value in merge_members(e.value):
-                        adapters.append((self.adapter(_key_name(key_node)), _params(value)))
+                        member = _key_name(key_node)
+                        assert member is not None     # the checker: an adapter merge's members are names
+                        adapters.append((self.adapter(member), _params(value)))
                 else:
                     opts.append((_key_text(e.key), _option_value(e.value)))
             nid = self.add(AdapterMergeSpec(src.method, tuple(adapters), tuple(sorted(opts)), self.loc(src)), name)

@@ -297,6 +297,7 @@ class OutputWriter:
             sys.stdout.flush()
             return
         view = memoryview(data)
+        assert self.out is not None      # a descriptor comes from an output file
         try:
             while view:
                 n = os.write(self.fd, view)
@@ -328,7 +329,8 @@ class OutputFile:
     before any model loads, so a path that cannot be written fails fast."""
 
     def __init__(self, path: Path, fd: int):
-        self.path, self.fd = path, fd
+        self.path = path
+        self.fd: int | None = fd         # None once closed
 
     @classmethod
     def open(cls, path: str | Path, *, protect: dict | None = None, regular: bool = False) -> "OutputFile":
@@ -364,13 +366,16 @@ class OutputFile:
 
     @property
     def regular(self) -> bool:
+        assert self.fd is not None, "output file used after close"
         return stat.S_ISREG(os.fstat(self.fd).st_mode)
 
     def size(self) -> int:
+        assert self.fd is not None, "output file used after close"
         return os.fstat(self.fd).st_size if self.regular else 0
 
     def truncate(self) -> None:
         """--overwrite: start afresh (a pipe or device has nothing to cut)."""
+        assert self.fd is not None, "output file used after close"
         if self.regular:
             os.ftruncate(self.fd, 0)
 
@@ -386,7 +391,7 @@ class OutputFile:
             self.fd = None
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _same_file(a: str | Path, b: str | Path) -> bool:
     try:
         return os.path.samefile(a, b)
     except OSError:

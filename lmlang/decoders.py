@@ -2,6 +2,8 @@
 against and the runtime reads defaults from. Torch-free."""
 from __future__ import annotations
 
+from typing import Any
+
 from .frozen import frozen
 from .problems import Problem
 from .suggest import did_you_mean
@@ -36,7 +38,7 @@ DECODERS: dict[str, dict[str, Opt]] = {
 def resolve(name: str, given: dict) -> dict:
     """Defaults filled in; assumes `given` passed validate()."""
     spec = DECODERS[name]
-    out = {k: o.default for k, o in spec.items()}
+    out: dict[str, Any] = {k: o.default for k, o in spec.items()}
     out.update(given)
     for k, o in spec.items():
         if o.type is float:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from .datarun import DataRow, DataRunSummary, row_record
 from .errors import LmlangRuntimeError
@@ -58,7 +58,7 @@ def connect(address: str | None = None, num_cpus: int | None = None):
     """ray.init once: to ADDRESS (or RAY_ADDRESS), else a local cluster."""
     ray = import_ray()
     if not ray.is_initialized():
-        kwargs = {"include_dashboard": False, "log_to_driver": False}
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if address:
             kwargs["address"] = address
         elif num_cpus:

@@ -5,8 +5,6 @@ Exit codes (documented in docs/cli.md): 0 ok, 1 runtime error, 2 script error.
 """
 from __future__ import annotations
 
-from dataclasses import field
-
 from .source import NO_SPAN, Source, Span
 from .frozen import frozen
 

@@ -18,11 +18,13 @@ fields, kw_only fields and default factories behave as in dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import MISSING, FrozenInstanceError
 
-try:
+# A version check, not try/except ImportError: mypy (python_version 3.10) follows it.
+if sys.version_info >= (3, 11):
     from typing import dataclass_transform
-except ImportError:  # Python 3.10: typing_extensions (a pydantic dependency)
+else:  # Python 3.10: typing_extensions (a pydantic dependency)
     from typing_extensions import dataclass_transform
 
 __all__ = ["frozen", "FrozenInstanceError", "children", "walk"]
@@ -44,7 +46,7 @@ def frozen(cls=None, /):
     cls._lm_keyword = tuple((f.name, f.default, f.default_factory) for f in init_fields if f.kw_only)
     cls._lm_compare = tuple(f.name for f in fields if f.compare)
     cls._lm_repr = tuple(f.name for f in fields if f.repr)
-    cls.__match_args__ = tuple(name for name, _, _ in cls._lm_positional)
+    setattr(cls, "__match_args__", tuple(name for name, _, _ in cls._lm_positional))   # (read-only to mypy)
     names = tuple(f.name for f in fields)
     cls._lm_fields = staticmethod(lambda: names)
     own = cls.__dict__

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Iterable, Iterator, cast
 
 from .frozen import frozen
 
@@ -60,11 +60,14 @@ def read_jsonl(path: str | Path) -> Iterator[JsonlLine]:
 def parse_jsonl(lines: bytes | Iterable[bytes] | IO[bytes]) -> Iterator[JsonlLine]:
     """The non-blank lines of JSONL bytes (the whole text, an iterable of
     lines, or a file opened in binary mode, read a bounded line at a time)."""
+    rows: Iterable[bytes | None]
     if isinstance(lines, (bytes, bytearray)):
-        lines = bytes(lines).split(b"\n")
+        rows = bytes(lines).split(b"\n")
     elif hasattr(lines, "readline"):
-        lines = bounded_lines(lines)
-    for number, raw in enumerate(lines, start=1):
+        rows = bounded_lines(cast(IO[bytes], lines))
+    else:
+        rows = lines
+    for number, raw in enumerate(rows, start=1):
         if raw is None or len(raw) > MAX_LINE_BYTES + 2:        # + 2: the line's own "\\r\\n"
             yield JsonlLine(number, None, f"line longer than {MAX_LINE_BYTES >> 20} MiB", "too-long")
             continue

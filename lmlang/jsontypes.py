@@ -70,6 +70,7 @@ def to_schema(t: A.JsonType) -> dict:
                 lo = lo if t.range.lo is None else t.range.lo
                 hi = hi if t.range.hi is None else t.range.hi
             if lo > hi:
+                assert t.range is not None        # the default bounds are never empty
                 raise JsonTypeError(f"empty range {lo}..{hi} (an open end of `{t.name}` is {hi if t.range.hi is None else lo})",
                                     t.range, f"an inline {t.name} lies within {_DEFAULT_BOUNDS[t.name][0]}.."
                                              f"{_DEFAULT_BOUNDS[t.name][1]} unless both ends are given")

@@ -251,7 +251,7 @@ class Program:
         id_iter = iter(ids) if ids is not None else None
         chunk, chunk_ids, n = [], [], 0
         for row in rows:
-            rid = n
+            rid: int | None = n
             if id_iter is not None:
                 rid = next(id_iter, None)
                 if rid is None:

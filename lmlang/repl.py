@@ -22,9 +22,13 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import LmlangError, ScriptError
 from .source import Source, brackets
+
+if TYPE_CHECKING:
+    from .program import Program
 
 DECL_WORDS = ("input", "model", "adapter", "router", "query", "use")
 STMT_WORDS = ("if", "for", "emit")
@@ -136,7 +140,7 @@ class Session:
     decls: list[Decl] = field(default_factory=list)
     vars: dict = field(default_factory=dict)
     loaded_flow: tuple[str, str] | None = None    # (file, flow source) from :load
-    last_program: object = None
+    last_program: Program | None = None
 
     # ------------------------------------------------------------ entries
     def feed(self, entry: str) -> list[str]:
@@ -215,7 +219,7 @@ class Session:
 
     # ------------------------------------------------------------ building programs
     def _program_text(self, decls: list[Decl], body: str, emits: list[str] | None = None, decl_text: str = "",
-                      decl_names: set = frozenset()) -> tuple[str, int, int]:
+                      decl_names: set | frozenset = frozenset()) -> tuple[str, int, int]:
         """The whole program, the line where the entry (decl_text or body)
         starts, and the line where the generated emit lines start."""
         declared = set(decl_names)
@@ -241,7 +245,7 @@ class Session:
         return text, body_line, emit_line
 
     def _compile(self, decls: list[Decl], body: str, entry_lines: str | None, emits: list[str] | None = None,
-                 entry_offset: int = 0, decl_text: str = "", decl_names: set = frozenset(), filename: str = _REPL_FILE):
+                 entry_offset: int = 0, decl_text: str = "", decl_names: set | frozenset = frozenset(), filename: str = _REPL_FILE):
         from . import program as P
         from .errors import CheckError
 
@@ -342,7 +346,7 @@ class Session:
         old_base = self.base_dir
         self.base_dir = p.resolve().parent       # the file's relative paths resolve next to it
         try:
-            out = self.declare(text, filename=str(p))
+            self.declare(text, filename=str(p))     # its "defined ..." lines: summed up below
         except _Rejected:
             self.base_dir = old_base
             raise
@@ -525,7 +529,7 @@ def _interactive(session: Session, emit, error) -> int:
         before = "\n".join(ps.default_buffer.text.split("\n")[:line_number])
         return continuation_prompt(before, width)
 
-    ps = PromptSession(history=FileHistory(str(history_path())), lexer=PygmentsLexer(LmlangLexer),
+    ps: PromptSession[str] = PromptSession(history=FileHistory(str(history_path())), lexer=PygmentsLexer(LmlangLexer),
                        multiline=True, key_bindings=keys, prompt_continuation=continuation)
     emit(["lmlang repl — :help for commands, Ctrl-D to leave"])
     while True:

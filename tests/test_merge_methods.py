@@ -8,7 +8,7 @@ import torch
 
 from lmlang.errors import MergeError
 from lmlang.merge import methods as M
-from lmlang.merge.options import METHODS, method_names, method_options, resolve_setting, validate_options
+from lmlang.merge.options import method_names, method_options, resolve_setting, validate_options
 
 T = torch.tensor
 

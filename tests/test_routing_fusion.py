@@ -1,5 +1,4 @@
 """Routers and logit fusion on tiny models."""
-import pytest
 import torch
 
 import lmlang

@@ -1,6 +1,5 @@
 """Model-building nodes at run time, on tiny models: merges, adapters
 applied at query time, in-script training, adapter merges."""
-import json
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """Seams between prompt text and holes fall on canonical token boundaries:
 the cache ends up holding exactly the canonical tokenization of the text."""
 import pytest
-import torch
 
 from lmlang.constraints import spec as C
 from lmlang.runtime.decode import QueryRun, Sampler, decode_rows

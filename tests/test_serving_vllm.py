@@ -15,12 +15,12 @@ import math
 
 import pytest
 
-pytestmark = [pytest.mark.vllm, pytest.mark.e2e]
-
 from lmlang.constraints.spec import (All, BoolType, Choice, FloatType, Grammar, IntType, JsonSchema, MaxChars,
                                      MaxTokens, Regex, Stop)
 from lmlang.serving.structured import ServedConstraint, ServerFeatures, served_value, to_request
 from served_server import LORA, SERVED
+
+pytestmark = [pytest.mark.vllm, pytest.mark.e2e]
 
 SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
 

@@ -302,8 +302,8 @@ def schema_has_finite_value(root: dict) -> bool:
 
 
 def _object_ok(node: dict, ok, depth: int) -> bool:
-    props = node.get("properties") if isinstance(node.get("properties"), dict) else {}
-    required = node.get("required") if isinstance(node.get("required"), list) else []
+    props = node["properties"] if isinstance(node.get("properties"), dict) else {}
+    required = node["required"] if isinstance(node.get("required"), list) else []
     for name in required:
         if name in props:
             sub = props[name]
@@ -319,7 +319,7 @@ def _object_ok(node: dict, ok, depth: int) -> bool:
 def _array_ok(node: dict, ok, depth: int) -> bool:
     n = node.get("minItems", 0)
     n = n if isinstance(n, int) else 0
-    prefix = node.get("prefixItems") if isinstance(node.get("prefixItems"), list) else []
+    prefix = node["prefixItems"] if isinstance(node.get("prefixItems"), list) else []
     if any(not ok(s, depth + 1) for s in prefix[:n]):
         return False
     items = node.get("items", True)
@@ -465,6 +465,7 @@ def check_constraint_cached(c: Constraint | None) -> list[ConstraintProblem]:
     or written is simply bypassed)."""
     if not any(isinstance(p, _EXPENSIVE) for p in flatten(c)):
         return check_constraint(c)
+    assert c is not None                  # flatten(None) is empty: answered above
     try:
         path = _cache_path(c)
     except OSError:

@@ -179,7 +179,7 @@ class CompiledConstraint:
         rest = [o.encode("utf-8")[len(text):] for o in self.plan.options if o.encode("utf-8").startswith(text)]
         if not rest or any(not r for r in rest):
             return b""
-        return os.path.commonprefix(rest)
+        return os.path.commonprefix(rest)  # type: ignore[return-value]  # typeshed: bytes in, bytes out ('' only for [])
 
     def __repr__(self) -> str:
         return f"CompiledConstraint(kind={self.plan.kind}, backend={self.backend}, {self.compile_seconds * 1e3:.1f} ms)"
@@ -218,9 +218,9 @@ def compile_constraint(c: Constraint | None, tok: TokenizerInfo, backend: str | 
     raw = cachefile.read(disk, "compiled-constraint")    # hashed data, never a pickle: a bad entry is a miss
     if raw is not None:
         try:
-            name, _, data = raw.partition(b"\n")
-            b = get_backend(name.decode())
-            artifact = b.load(data, tok)
+            head, _, body = raw.partition(b"\n")
+            b = get_backend(head.decode())
+            artifact = b.load(body, tok)
             out = CompiledConstraint(plan, tok, b.name, artifact, time.perf_counter() - t0, "disk")
             _MEMORY[key] = out
             return out

@@ -176,7 +176,7 @@ def _printable_except(excluded: str) -> str:
 
 def _class_chars(lo: int, excluded: str) -> str:
     """A class body of the printable ASCII characters from `lo` up, but `excluded`."""
-    out = []
+    out: list[list[int]] = []
     for c in range(lo, 0x7F):
         if chr(c) not in excluded:
             if out and out[-1][1] == c - 1:

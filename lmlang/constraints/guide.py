@@ -103,7 +103,8 @@ class Guide:
         # Free text owes continuation bytes while a character is unfinished.
         self._utf8 = 0
         self._utf8_table = compiled.utf8_table() if matcher is None and plan.max_tokens is not None else None
-        self._fast_until = (plan.max_tokens - _UTF8_ZONE) if self._utf8_table is not None else 1 << 62
+        self._fast_until = (plan.max_tokens - _UTF8_ZONE) if self._utf8_table is not None and plan.max_tokens is not None \
+            else 1 << 62
 
     # ------------------------------------------------------------------ state
     def clone(self) -> "Guide":
@@ -167,6 +168,7 @@ class Guide:
     # ------------------------------------------------------------------ masks
     def _fill(self) -> None:
         if not self._words_fresh:
+            assert self._m is not None
             self._m.fill(self._words)
             self._words_fresh = True
 
@@ -228,6 +230,7 @@ class Guide:
         tokens after which the unfinished character can still be finished."""
         eos = self._tok.eos_token_id
         rem = self.remaining_tokens()
+        assert self._utf8_table is not None      # free text under a token budget (set up in __init__)
         if rem is not None and rem <= _UTF8_ZONE:
             out &= self._utf8_table.fits(self._utf8, rem)
         else:
@@ -370,6 +373,7 @@ class Guide:
     def _check(self, ids: list[int]) -> bool:
         """Take ids on a copy of the matcher; True (and the witness after them
         remembered for advance) when a closing path then fits what is left."""
+        assert self._m is not None          # a bounded/choice value always has a matcher
         m = self._m.clone()
         for t in ids:
             if not m.consume(t):
@@ -430,6 +434,7 @@ class Guide:
             ids = self._tok.encode(forced.decode("utf-8"))
         except UnicodeDecodeError:
             return []
+        assert self._m is not None          # a bounded/choice value always has a matcher
         m = self._m.clone()
         out: list[int] = []
         for t in ids:
@@ -464,6 +469,7 @@ class Guide:
         t = self._only_token(self._words)
         if t is None:
             return []
+        assert self._m is not None          # a bounded/choice value always has a matcher
         m = self._m.clone()
         w = np.zeros_like(self._words)
         out: list[int] = []
@@ -519,6 +525,7 @@ class Guide:
             near = (rem_t is not None and rem_t <= 2 * est + 16) or \
                    (rem_c is not None and rem_c <= 2 * self._closing_chars + 32)
             if self._closing is None or near or step - self._closing_at >= 16:
+                assert self._m is not None          # a bounded/choice value always has a matcher
                 path = self._closing_path(self._m.clone(), bytes(self._text), rem_t)
                 self._closing = path
                 self._closing_chars = self._chars_of(path) if path is not None else 0

@@ -59,7 +59,7 @@ def with_default_budget(c: C.Constraint | None) -> C.Constraint:
     shape is closed validly before the budget runs out, free text ends on a
     character boundary, instead of a value cut wherever the count ran out."""
     parts = C.flatten(c)
-    if any(isinstance(p, C.MaxTokens) for p in parts):
+    if c is not None and any(isinstance(p, C.MaxTokens) for p in parts):
         return c
     return C.All(parts + (C.MaxTokens(DEFAULT_MAX_TOKENS),))
 
@@ -94,7 +94,9 @@ class HolePlan:
         # The one budget: the plan's `tokens(x) <= N` (the default when the
         # script sets none). It counts the tokens the model wrote for the
         # hole, a healed seam's bare space included (guide.spend).
-        self.budget = self.compiled.plan.max_tokens
+        budget = self.compiled.plan.max_tokens
+        assert budget is not None                 # with_default_budget gave every hole one
+        self.budget = budget
         self.eos_ids = frozenset(eos_ids)
         self.ends = self.eos_ids if next_token is None else self.eos_ids | {next_token}
         self.heal = heal
@@ -109,7 +111,9 @@ class HolePlan:
         self.heal_healed = self.heal_rest = None
         self.heal_space: list[int] = []
         if heal:
-            healed, rest = tok.heal_pairs(heal)
+            pairs = tok.heal_pairs(heal)
+            assert pairs is not None              # seam_to_heal holds back only a seam some tokens carry
+            healed, rest = pairs
             self.heal_healed, self.heal_rest = torch.from_numpy(healed), torch.from_numpy(rest)
             self.heal_space = tok.encode(heal)
 
@@ -222,6 +226,7 @@ class HoleGuide:
             plan = self.plan
             if len(plan.heal_space) == 1 and tok == plan.heal_space[0]:
                 return self.guide.fits_spending(1)
+            assert plan.heal_healed is not None and plan.heal_rest is not None   # healing: set with the seam
             idx = int((plan.heal_healed == tok).nonzero()[0])
             return self.guide.fits(int(plan.heal_rest[idx]))
         if tok in self.ends and self._eos_ok:
@@ -274,6 +279,7 @@ class HoleGuide:
         bare space itself, never a token the constraint could not continue."""
         plan = self.plan
         healed, rest, space = plan.heal_healed, plan.heal_rest, plan.heal_space
+        assert healed is not None and rest is not None    # healing: set with the seam
         ok = torch.from_numpy(self.guide.allowed_mask())[rest]
         masked = self._scratch_for(logits)
         masked.fill_(NEG_INF)
@@ -300,6 +306,7 @@ class HoleGuide:
         if len(plan.heal_space) == 1 and tok == plan.heal_space[0]:
             self.guide.spend(1)           # the bare space: the value starts with the next token
             return False
+        assert plan.heal_healed is not None and plan.heal_rest is not None   # healing: set with the seam
         idx = int((plan.heal_healed == tok).nonzero()[0])
         try:
             self.guide.advance(int(plan.heal_rest[idx]))

@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import json
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
 
 _NUMERIC = {"integer", "number"}
 
@@ -97,8 +101,9 @@ def _discriminator_values(root, branch, prop: str):
 
 def one_of_is_disjoint(root, branches: list) -> bool:
     types = [_types(root, b) for b in branches]
-    if all(t is not None for t in types):
-        if all(not _overlap(types[i], types[j]) for i in range(len(types)) for j in range(i + 1, len(types))):
+    known = [t for t in types if t is not None]
+    if len(known) == len(types):
+        if all(not _overlap(known[i], known[j]) for i in range(len(known)) for j in range(i + 1, len(known))):
             return True
     first = _resolve(root, branches[0]) if branches else None
     if not isinstance(first, dict):
@@ -162,12 +167,12 @@ def _format_refusal(text: str, name: str) -> str:
     return refusal(where, name)[0]
 
 
-def llguidance_schema_grammar(text: str, options: dict) -> tuple[str, str]:
+def llguidance_schema_grammar(text: str, options: JsonCompileOptions) -> tuple[str, str]:
     """(grammar, error): llguidance's grammar for a (lowered) schema after the sound
     rewrites; error "" if llguidance enforces it."""
     import llguidance
 
-    opts = dict(options)
+    opts = options.copy()
     while True:
         try:
             grammar = llguidance.LLMatcher.grammar_from_json_schema(text, overrides=opts)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import dataclasses
 from dataclasses import field
+from typing import TYPE_CHECKING, Any
 from ..frozen import frozen
 
 from .closed import closed_schema_text
@@ -29,6 +30,9 @@ from .kinds import kind_of
 from .kinds import split as split_by_role
 from .shapes import shape_regex, split_options
 from .spec import (Choice, Constraint, Grammar, JsonSchema, Stop)
+
+if TYPE_CHECKING:  # the type only: the front end never imports llguidance
+    from llguidance._lib import JsonCompileOptions
 
 # JSON text layout lmlang generates and accepts: exactly what json.dumps writes.
 JSON_ITEM_SEPARATOR = ", "
@@ -150,7 +154,7 @@ def option_survives_stops(option: str, stops: tuple[Stop, ...]) -> bool:
 def lower(c: Constraint | None) -> Plan:
     split = split_by_role(c)
     stops, max_chars, shapes = split.stops, split.max_chars, list(split.shapes)
-    limits = dict(stops=stops, max_tokens=split.max_tokens, max_chars=max_chars)
+    limits: dict[str, Any] = dict(stops=stops, max_tokens=split.max_tokens, max_chars=max_chars)
     if not shapes:
         return Plan("free", **limits, source="free")
 
@@ -170,8 +174,9 @@ def lower(c: Constraint | None) -> Plan:
         if any(isinstance(s, (JsonSchema, Grammar)) for s in shapes):
             raise LoweringError("a JSON or grammar shape cannot be combined with another shape")
         # regex-like shapes intersect exactly as lark lexemes
-        regexes = [_shape_regex(s)[0] for s in shapes]
-        return _bounded_lark(regexes, max_chars, limits, source="+".join(_shape_regex(s)[1] for s in shapes))
+        rxs = [rx for s in shapes if (rx := _shape_regex(s)) is not None]
+        assert len(rxs) == len(shapes)          # JSON and grammar shapes were ruled out above
+        return _bounded_lark([r for r, _ in rxs], max_chars, limits, source="+".join(src for _, src in rxs))
 
     shape = shapes[0]
     rx = _shape_regex(shape)
@@ -218,11 +223,6 @@ def with_stops_folded(plan: Plan) -> Plan:
     return dataclasses.replace(plan, kind="lark", text=text)
 
 
-def _literal(text: str) -> str:
-    """text as a regex matching itself, in a syntax every backend reads (hex escapes)."""
-    return "".join(c if c.isascii() and c.isalnum() else f"\\x{{{ord(c):x}}}" for c in text)
-
-
 # --------------------------------------------------------------------- JSON Schema keyword support
 # Keywords each backend *enforces* (not merely parses). A schema may fall back to a
 # backend only when all of its keywords are in that backend's set; otherwise
@@ -266,6 +266,6 @@ def schema_keywords(schema) -> set[str]:
     return found
 
 
-def llguidance_json_options() -> dict:
+def llguidance_json_options() -> JsonCompileOptions:
     return {"whitespace_flexible": False, "item_separator": JSON_ITEM_SEPARATOR,
             "key_separator": JSON_KEY_SEPARATOR}

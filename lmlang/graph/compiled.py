@@ -47,4 +47,4 @@ class Compiled:
         return (isinstance(other, Compiled) and self.nodes == other.nodes and self.node_names == other.node_names
                 and self.edges == other.edges and self.names == other.names and self.steps == other.steps)
 
-    __hash__ = None
+    __hash__ = None   # type: ignore[assignment]  # unhashable (mutable): Python's idiom, which typeshed types as a method

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 
-from ..constraints import spec as C
 from ..constraints.kinds import CONSTRAINT_KINDS
 from ..frozen import frozen
 from .ir import IR_TYPES, Assign, Emit, IRNode, Payload, Stmt, ir_form

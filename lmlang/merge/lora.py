@@ -206,15 +206,15 @@ def merge_loras(method: str, adapters: Sequence[tuple[str | os.PathLike, Mapping
         base = torch.zeros(shapes[name]) if info.base != "ignored" else None
         return impl.merge(deltas, base, per, glob, ctx)
 
-    recipe = {"merge_method": method, "lora_adapters": [{"adapter": str(l.path), **({"parameters": o} if o else {})}
-                                                        for l, o in zip(loras, per_model)],
+    recipe: dict[str, Any] = {"merge_method": method, "lora_adapters": [{"adapter": str(lora.path), **({"parameters": o} if o else {})}
+                                                        for lora, o in zip(loras, per_model)],
               "parameters": params, "output": output, "compat": compat, "dtype": _dtype_name(dtype) or "inherit"}
     if base_input:
         recipe["base_model"] = str(base_input.path)
     if output == "lora":
         recipe["rank"] = rank
     key = hashlib.sha256(json.dumps({"v": 1, "recipe": {k: v for k, v in recipe.items() if k not in ("lora_adapters", "base_model")},
-                                     "adapters": [[_content_key(l.path), o] for l, o in zip(loras, per_model)],
+                                     "adapters": [[_content_key(lora.path), o] for lora, o in zip(loras, per_model)],
                                      "base": base_input.content_key if base_input else None},
                                     sort_keys=True, default=str).encode()).hexdigest()
     if out_dir is None:
@@ -290,16 +290,17 @@ def _write_lora(tmp: Path, loras: Sequence[LoraAdapter], names: Sequence[str], m
     from safetensors.torch import save_file
 
     if rank is None:
-        rank = sum(int(l.config.get("r", 8)) for l in loras)
+        rank = sum(int(lora.config.get("r", 8)) for lora in loras)
     if rank < 1:
         raise MergeConfigError(f"rank must be >= 1, got {rank}")
-    out_dt = torch.float32 if _dtype_name(dtype) is None else \
-        {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[_dtype_name(dtype)]
+    dt_name = _dtype_name(dtype)
+    out_dt = torch.float32 if dt_name is None else \
+        {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dt_name]
     tensors: dict[str, Any] = {}
     errors: dict[str, float] = {}
     err_sq = total_sq = 0.0
-    embedding_modules = {n for l in loras for n, m in l.modules.items() if m.embedding}
-    fan_in = {n for l in loras for n, m in l.modules.items() if m.fan_in_fan_out}
+    embedding_modules = {n for lora in loras for n, m in lora.modules.items() if m.embedding}
+    fan_in = {n for lora in loras for n, m in lora.modules.items() if m.fan_in_fan_out}
     for name in names:
         d = merged_delta(name)
         mat = d.T if (name in embedding_modules or name in fan_in) else d  # B @ A layout

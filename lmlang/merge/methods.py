@@ -144,6 +144,7 @@ def _magnitude_(t: Tensor, density: float, rescale: bool, compat: str) -> None:
     del w
     t.mul_(mask)
     if rescale:
+        assert before is not None
         after = t.abs().sum()
         if before >= 1e-7 and after >= 1e-7:
             t.mul_(before / after)

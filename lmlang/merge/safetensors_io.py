@@ -179,7 +179,7 @@ class TensorReader:
 
         buf = torch.empty(meta.nbytes, dtype=torch.uint8)
         if meta.nbytes:
-            view = memoryview(buf.numpy())
+            view = memoryview(buf.numpy())  # type: ignore[arg-type]  # ndarray is a buffer (numpy types __buffer__ for 3.12+ only)
             fd = self._fd(meta.file)
             done = 0
             while done < meta.nbytes:
@@ -187,7 +187,7 @@ class TensorReader:
                 if n <= 0:
                     raise MergeError(f"{meta.file}: truncated while reading {meta.name}")
                 done += n
-        sha = hashlib.sha256(memoryview(buf.numpy())).hexdigest() if digest else None
+        sha = hashlib.sha256(memoryview(buf.numpy())).hexdigest() if digest else None  # type: ignore[arg-type]  # as above
         tensor = buf.view(torch_dtype(meta.dtype)).reshape(meta.shape) if meta.nbytes else \
             torch.empty(meta.shape, dtype=torch_dtype(meta.dtype))
         return tensor, sha

@@ -144,8 +144,8 @@ def check_compatible(inputs: Sequence[ModelInput], tokenizer_policy: str = "stri
     if tokenizer_policy == "strict":
         keys = {m.tokenizer_key for m in inputs if m.tokenizer_key is not None}
         if len(keys) > 1:
-            names = ", ".join(m.path.name for m in inputs)
-            raise MergeError(f"cannot merge {names}: their tokenizers differ (different vocabularies make rows of "
+            listed = ", ".join(m.path.name for m in inputs)
+            raise MergeError(f"cannot merge {listed}: their tokenizers differ (different vocabularies make rows of "
                              "the embedding matrices mean different tokens); use tokenizer_policy='ignore' if the "
                              "vocabularies are known to agree")
     drop: set[str] = set()
@@ -385,7 +385,7 @@ def stream_tensors(out_folder: Path, names: Sequence[str], inputs: Sequence[Mode
 
     def process(name: str) -> None:
         t0 = time.perf_counter()
-        tensors = []
+        tensors: list[Any] = []            # a tensor per input, None where the input lacks it
         for i, inp in enumerate(inputs):
             meta = inp.tensors.get(name)
             if meta is None:

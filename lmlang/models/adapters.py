@@ -266,7 +266,7 @@ def _layer_shape(module: nn.Module) -> tuple[int, int] | None:
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
     if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # GPT-2 style, weight (in, out)
-        return module.weight.shape[0], module.weight.shape[1]
+        return module.weight.shape[0], module.weight.shape[1]  # type: ignore[index, return-value]  # torch types Module attributes as Tensor | Module
     return None
 
 
@@ -285,8 +285,8 @@ def build_adapter(name: str, path: Path, config: dict, tensors: dict[str, torch.
 
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
-        module, kind = _module_key(path, key)
-        grouped.setdefault(module, {})[kind] = tensor
+        owner, kind = _module_key(path, key)
+        grouped.setdefault(owner, {})[kind] = tensor
 
     r_default = config.get("r", 8)
     alpha_default = config.get("lora_alpha", r_default)
@@ -367,11 +367,11 @@ def build_adapter(name: str, path: Path, config: dict, tensors: dict[str, torch.
                 raise _fail(path, f"{module_name}.bias has no counterpart in the base model")
             bias = parts.get("bias", getattr(module, "bias", None))
             if bias is not None and getattr(module, "bias", None) is not None and bias.shape != module.bias.shape:
-                raise _fail(path, f"shape mismatch at {module_name}.bias: saved {tuple(bias.shape)}, base {tuple(module.bias.shape)}")
+                raise _fail(path, f"shape mismatch at {module_name}.bias: saved {tuple(bias.shape)}, base {tuple(module.bias.shape)}")  # type: ignore[arg-type]  # torch types Module attributes as Tensor | Module
             touches_vocab = touches_vocab or isinstance(module, nn.Embedding) or module is _output_embeddings(base)
             same = torch.allclose(saved.to(module.weight.device, torch.float32), module.weight.float(), rtol=1e-3, atol=1e-5) and (
                 bias is None or getattr(module, "bias", None) is None
-                or torch.allclose(bias.to(module.bias.device, torch.float32), module.bias.float(), rtol=1e-3, atol=1e-5))
+                or torch.allclose(bias.to(module.bias.device, torch.float32), module.bias.float(), rtol=1e-3, atol=1e-5))  # type: ignore[arg-type]  # as above
             if not same:  # an unchanged copy of the base module costs a matmul and adds nothing
                 module_ops.append(_Replace(saved.detach(), None if bias is None else bias.detach()).to(device, dtype))
         if module_ops:
@@ -430,7 +430,7 @@ class _Rows:
             )
         if batch not in self._expanded:
             k = batch // self.rows
-            entries = []
+            entries: list[tuple[LoraAdapter, torch.Tensor | None, torch.Tensor]] = []
             for adapter, index, scales in self.entries:
                 if index is None:
                     entries.append((adapter, None, scales.repeat_interleave(k)))
@@ -616,7 +616,7 @@ class AdapterHost:
         if strategy == "mixed":
             with self.activate_rows(stacks):
                 return self._base(**inputs).logits
-        logits = None
+        logits: torch.Tensor | None = None
         for stack, rows in self.group_rows(stacks):
             index = torch.tensor(rows, dtype=torch.long)
             sub = {k: (v.index_select(0, index.to(v.device)) if torch.is_tensor(v) else v) for k, v in inputs.items()}
@@ -625,6 +625,7 @@ class AdapterHost:
             if logits is None:
                 logits = part.new_empty((len(stacks),) + tuple(part.shape[1:]))
             logits[index.to(part.device)] = part
+        assert logits is not None                 # stacks is never empty: one group at least
         return logits
 
     # ---- the hook

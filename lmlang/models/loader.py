@@ -339,7 +339,7 @@ def _remove_orphan_temps(final: Path) -> None:
 
 # ---------------------------------------------------------------- loading
 
-_CACHE: dict[tuple[str, str, str], LoadedModel] = {}
+_CACHE: dict[tuple[str, str, str, str], LoadedModel] = {}   # (folder, device, dtype, device map)
 _CACHE_LOCK = threading.Lock()
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16", "half": "float16"}
@@ -409,7 +409,7 @@ def _load_uncached(path: Path, device: str, dtype: str, device_map=None) -> Load
         raise LmlangRuntimeError(f"could not load model from {path}: {_weights_problem(path) or _exc_text(exc)}",
                                  hint="the weights and config.json must come from the same model") from exc
     if device_map is None:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers' decorated .to() types its first parameter as the model
     else:
         # Inputs go where the first layer sits: the input embeddings' device.
         device = str(model.get_input_embeddings().weight.device)

@@ -165,11 +165,11 @@ class Builder:
             folders.append((v.path, p))
         name = self.c.display_name(nid)
         announce = _Announce(f"merging {name} ({spec.method}, streamed tensor by tensor; cached)")
-        res = merge_models(spec.method, folders, base=base_path, params=params, compat=compat, dtype=dtype,
-                           announce=announce)
+        merged = merge_models(spec.method, folders, base=base_path, params=params, compat=compat, dtype=dtype,
+                              announce=announce)
         if not announce.said:
             say(f"{name} (cached)")
-        return Folder(Path(res.path))
+        return Folder(Path(merged.path))
 
     def _materialise(self, v: Stacked) -> Folder:
         """base + adapters as a full folder (cached), for merges that mix

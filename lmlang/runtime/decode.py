@@ -60,12 +60,13 @@ class Sampler:
         self.greedy = greedy
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.seed = seed
-        self.generator = None
+        self.generator: torch.Generator | None = None
         if not greedy:
             self.generator = torch.Generator(device="cpu")
             self.generator.manual_seed(seed)
 
     def _generator(self, device: torch.device) -> torch.Generator:
+        assert self.generator is not None       # sampling (not greedy) made one
         if self.generator.device != device:
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(self.seed)
@@ -156,7 +157,7 @@ class QueryRun:
         if self.query and not getattr(e, "_query_named", False):
             e.message = f"query {self.query}, {e.message}"
             e.args = (e.message,)
-            e._query_named = True
+            setattr(e, "_query_named", True)     # a marker, read with getattr above
         return e
 
     def _next_token(self, i: int) -> int | None:
@@ -173,7 +174,8 @@ class RowDecoder:
         self.on_text = on_text            # (hole, text piece) as the value grows: streaming
         self._streamed = 0
         self.hole = -1
-        self.values, self.texts = {}, {}
+        self.values: dict[str, object] = {}
+        self.texts: dict[str, str] = {}
         self.logprob = 0.0
         self.traces = [HoleTrace(p.name, p.backend, p.compile_seconds) for p in run.holes]
         self.done = False
@@ -207,6 +209,7 @@ class RowDecoder:
             return hole.block
         if kind == SAMPLE:
             masked = hole.masked
+            assert masked is not None         # SAMPLE: hole.next set it
             tok = self.sampler.pick(masked)
             while not hole.fits(tok):
                 # The value could not be completed within its budget after
@@ -345,7 +348,7 @@ def _beam_candidates(h: HoleGuide, logp: torch.Tensor, lp: float, row: int, widt
     """A beam's `width` best next tokens that leave room to complete the
     value, each with its own copy of the hole guide (a few more are looked at
     when some do not fit; the guide's witness always does)."""
-    out = []
+    out: list[tuple[float, int, int, HoleGuide]] = []
     finite = int(torch.isfinite(logp).sum())
     for t in torch.topk(logp, min(finite, width + 16)).indices.tolist():
         if len(out) >= width:
@@ -377,7 +380,7 @@ def beam_search(run: QueryRun, width: int) -> Decoded:
                 logp = torch.log_softmax(h.mask(batch.logits[r]), -1)
                 cands += _beam_candidates(h, logp, lp, r, width)
             cands.sort(key=lambda c: -c[0])
-            keep = []
+            keep: list[tuple[float, HoleGuide, int]] = []
             for lp, r, t, h in cands:
                 if len(keep) + len(finished) >= width * 2 or len(keep) >= width:
                     break

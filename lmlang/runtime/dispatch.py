@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import LmlangError
 from ..graph import QuerySpec
@@ -57,7 +57,7 @@ class Job:
     expert: str | None = None         # a routed call's expert name
     stream: Callable | None = None    # stream(hole, text)
     key: str | None = None            # its result cache key
-    lm: object = None
+    lm: Any = None                    # the LM that decodes it (runtime.lm.LM; set before decoding)
     result: object = None             # dict of values, or the LmlangError
     texts: dict = field(default_factory=dict)
     prompt: str = ""
@@ -125,7 +125,7 @@ def plan(jobs: list[Job], strategy: Strategy, batch_size: int, mixed_lm) -> list
         loaded = getattr(job.lm, "loaded", None)
         shared = (job.spec.decoder[0] in SHARED_DECODERS and job.spec.distribution is None and loaded is not None)
         base = id(loaded) if loaded is not None else id(job.lm)
-        key = ("shared",) if shared else ("solo", job.spec.name, id(job.lm))
+        key: tuple = ("shared",) if shared else ("solo", job.spec.name, id(job.lm))
         if shared and strategy.queries == "separate":
             key = ("shared", job.spec.name)
         lanes.setdefault(base, {}).setdefault(key, []).append(job)
@@ -197,7 +197,7 @@ def decode_shared(execu, lm, jobs: list[Job]) -> None:
         return
     samplers = [sampler_for(j.spec.decoder, seed=j.seed) for j in ok]
     streams = [j.stream for j in ok]
-    on_token = (lambda r, h, t: streams[r] and streams[r](h, t)) if any(streams) else None
+    on_token = (lambda r, h, t: (s := streams[r]) and s(h, t)) if any(streams) else None
     try:
         decoded = decode_rows(lm, runs, samplers, on_token=on_token)
     except LmlangError as e:

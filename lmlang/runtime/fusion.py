@@ -28,6 +28,7 @@ def combine(logits: list[torch.Tensor], weights: list[float], mode: str, plausib
     width = min(x.shape[-1] for x in logits)
     logps = [torch.log_softmax(x[..., :width].float(), dim=-1) for x in logits]
     fused = sum(w * lp for w, lp in zip(weights, logps))
+    assert isinstance(fused, torch.Tensor)         # a fused model has members: never sum()'s start 0
     if mode == "contrastive":
         pos = [(w, lp) for w, lp in zip(weights, logps) if w > 0]
         total = sum(w for w, _ in pos)
@@ -64,7 +65,7 @@ class FusedBatch(Batch):
     def __init__(self, lm: FusedLM, parts: list[Batch]):
         self.lm, self.parts = lm, parts
         self.rows = parts[0].rows
-        self._logits = None
+        self._logits: torch.Tensor | None = None
 
     def _combine(self, outs: list[torch.Tensor]) -> torch.Tensor:
         return combine(outs, [w for _, w in self.lm.members], self.lm.mode, self.lm.plausibility)

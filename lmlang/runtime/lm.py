@@ -25,6 +25,8 @@ from .prefix import PrefixCache
 
 class Batch(ABC):
     rows: int
+    ids: list[list[int]]     # real tokens per row, for traces and tests
+    _passes: int             # forward passes run (a subclass that counts otherwise overrides forward_passes)
 
     @abstractmethod
     def feed(self, blocks: list[list[int]], all_logits: bool = False) -> torch.Tensor:
@@ -66,6 +68,7 @@ class LM(ABC):
     vocab_size: int
     prefix_cache: PrefixCache   # prefixes this model computed, for the next prefill (prefix.py)
     prefix_reuse: bool          # False: every prefill starts from scratch (bench/prefix.py)
+    _eos_ids: set[int]
 
     def __init__(self) -> None:
         self.prefix_cache = PrefixCache()
@@ -140,6 +143,7 @@ class HFBatch(Batch):
 
     @property
     def logits(self) -> torch.Tensor:
+        assert self._logits is not None, "logits read before the batch was fed"
         return self._logits
 
     @torch.no_grad()   # not inference_mode: masks and caches are edited in place later
@@ -147,7 +151,7 @@ class HFBatch(Batch):
         lm = self.lm
         width = max((len(b) for b in blocks), default=0)
         if width == 0:
-            return self._logits
+            return self.logits
         ids = torch.full((self.rows, width), lm.pad_id, dtype=torch.long)
         block_mask = torch.zeros((self.rows, width), dtype=torch.long)
         pos = torch.zeros((self.rows, width), dtype=torch.long)
@@ -165,7 +169,7 @@ class HFBatch(Batch):
         dev = lm.device
         self.mask = torch.cat([self.mask, block_mask.to(dev)], dim=1)
         self.dense = self.dense and bool(block_mask.all())
-        kwargs = {lm.cache_kw: self.cache}
+        kwargs: dict[str, Any] = {lm.cache_kw: self.cache}
         if not self.dense:
             attention = self.mask.clone()
             # A fully padded row (nothing fed yet) would attend to nothing; let

@@ -98,7 +98,7 @@ class Prefetcher:
                     yield from self._parts(e, env, dirty, path)
             dirty = dirty | self.writes(s)
 
-    def loop(self, s: I.For, items: list, env: dict, path: tuple):
+    def loop(self, s: I.For, items: list | tuple, env: dict, path: tuple):
         """A task: the iterations of a loop the flow has just entered (its list known)."""
         inner = self.writes(s) - {s.var}
         for i, item in enumerate(items):

@@ -48,7 +48,7 @@ class RenderedPrompt:
         text = before + self.chunks[i]
         if not text:
             return []
-        spans = ((0, len(before)),) if before else ()
+        spans: tuple[tuple[int, int], ...] = ((0, len(before)),) if before else ()
         if i < len(self.data):
             spans += tuple((a + len(before), b + len(before)) for a, b in self.data[i])
         return encode_text(lm.tokenizer, text, spans, first=(i == 0 and not before))

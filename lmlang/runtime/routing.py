@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import cast
 
 import torch
 
@@ -72,7 +73,7 @@ class Router:
         self.names = expert_names            # node id -> display name
         self.lm_for = lm_for                 # node id -> LM
         self.base_lm_for = base_lm_for       # node id -> the plain HF model under it (hidden-state embeddings)
-        self._expert_vecs = None
+        self._expert_vecs: list[torch.Tensor] | None = None
 
     def route(self, texts: list[str]) -> list[str]:
         mode = self.spec.mode
@@ -90,6 +91,7 @@ class Router:
                 return nid
             if isinstance(rule, I.Contains) and any(w.lower() in text.lower() for w in rule.words):
                 return nid
+        assert self.spec.default is not None     # the checker gives a rules router exactly one default
         return self.spec.default
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
@@ -102,7 +104,8 @@ class Router:
         if self._expert_vecs is None:
             vecs = []
             for _nid, payload in self.spec.experts:
-                examples = [payload.text] if isinstance(payload, I.Description) else list(payload.texts)
+                # the checker: an embedding expert has a description or examples
+                examples = [payload.text] if isinstance(payload, I.Description) else list(cast(I.Examples, payload).texts)
                 vecs.append(self._embed(examples))
             self._expert_vecs = vecs
         queries = self._embed(texts)
@@ -119,7 +122,8 @@ class Router:
         lm = self.lm_for(self.spec.using)
         labels = [self.names[nid] for nid, _ in self.spec.experts]
         # The checker gives every classify expert a description.
-        menu = "\n".join(f"- {name}: {payload.text}" for name, (_nid, payload) in zip(labels, self.spec.experts))
+        menu = "\n".join(f"- {name}: {cast(I.Description, payload).text}"
+                         for name, (_nid, payload) in zip(labels, self.spec.experts))
         out = []
         segments = (
             ("system", (("text", "You route requests. Reply with the name of the one expert best suited to the input."),)),
