@@ -8,6 +8,7 @@ into LmlangSyntaxError with a span and a hint: nothing of Lark escapes.
 """
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
 
@@ -18,7 +19,11 @@ from .source import Source, Span, brackets, line_col
 
 MAX_NESTING = 64           # deeper brackets are refused before Lark sees them
 MAX_EXPR_DEPTH = 100       # deeper expressions (long operator chains too) are refused after parsing
-MAX_SOURCE_BYTES = 16 * 1024 * 1024
+MAX_BLOCK_DEPTH = 64       # deeper statement nesting (an `else if` chain counts one level a branch) too
+MAX_SOURCE_BYTES = 1024 * 1024     # check time stays around a second at this size
+MAX_STRING_CHARS = 256 * 1024      # one string literal
+MAX_LIST_ITEMS = 10_000            # one list (a choice's options)
+MAX_NUMBER_DIGITS = 100    # digits of a number literal (Python refuses int() past 4,300)
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0": "\0"}
@@ -45,7 +50,8 @@ def parse(text: str, filename: str = "<string>") -> A.Program:
     source = Source(text, filename)
     if len(text.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
         raise LmlangSyntaxError(f"script is larger than {MAX_SOURCE_BYTES // (1024 * 1024)} MB",
-                                source.span(1, 1), "split it into files joined with `use`").with_source(source)
+                                source.span(1, 1), "split it into files joined with `use`, and keep long texts "
+                                "in data files").with_source(source)
     _check_nesting(source)
     import lark
 
@@ -84,28 +90,34 @@ def _check_nesting(source: Source) -> None:
 
 
 def _check_expression_depth(program: A.Program) -> None:
-    """Every later stage (checker, compiler, JSON export, the flow
-    interpreter) walks expressions recursively; bounding their depth here,
-    without recursion, keeps all of them clear of RecursionError.
+    """Every later stage (checker, compiler, graph hashing and JSON export,
+    the flow interpreter) walks statements and expressions recursively;
+    bounding their depth here, without recursion, keeps all of them clear of
+    RecursionError.
 
     The flow and the router calls of queries are walked with the AST's
-    generic children(); depth counts expression levels below each outermost
-    expression (statements, however nested, do not count)."""
-    stack: list = [(d, 0, None) for d in program.decls if isinstance(d, A.FlowDecl)]
-    stack += [(a, 1, a) for d in program.decls if isinstance(d, A.QueryDecl) and isinstance(d.using, A.RouterCall)
+    generic children(); expression depth counts levels below each outermost
+    expression, block depth counts nested statements (each `else if` of a
+    chain nests one level: it is the else branch of the one before)."""
+    stack: list = [(d, 0, None, 0) for d in program.decls if isinstance(d, A.FlowDecl)]
+    stack += [(a, 1, a, 0) for d in program.decls if isinstance(d, A.QueryDecl) and isinstance(d.using, A.RouterCall)
               for a in d.using.args]
     while stack:
-        node, depth, root = stack.pop()
+        node, depth, root, block = stack.pop()
         if depth > MAX_EXPR_DEPTH:
             raise LmlangSyntaxError("expression nested too deeply", root.span,
                                     f"split it into steps; keep expressions under {MAX_EXPR_DEPTH} levels")
+        if block > MAX_BLOCK_DEPTH:
+            raise LmlangSyntaxError(f"statements nested more than {MAX_BLOCK_DEPTH} deep", node.span,
+                                    "an `else if` chain nests one level per branch: look the value up in a "
+                                    "list or a router, or split the chain into several `if` statements")
         for child in node.children():
             if not isinstance(child, A.Expr):
-                stack.append((child, 0, None))
+                stack.append((child, 0, None, block + isinstance(child, (A.If, A.For))))
             elif root is None:
-                stack.append((child, 1, child))
+                stack.append((child, 1, child, block))
             else:
-                stack.append((child, depth + 1, root))
+                stack.append((child, depth + 1, root, block))
 
 
 def _describe_terminal(name: str) -> str:
@@ -208,14 +220,15 @@ def decode_string(tok, source: Source) -> str:
     if raw:
         return body
     out, i = [], 0
-    while i < len(body):
-        if body[i] == "\\" and i + 1 < len(body):
-            text, n = _escape(body, i)
-            out.append(text)
-            i += n
-            continue
-        out.append(body[i])
-        i += 1
+    while i < len(body):                # jump from backslash to backslash: long strings stay fast
+        j = body.find("\\", i)
+        if j < 0 or j + 1 >= len(body):
+            out.append(body[i:])
+            break
+        out.append(body[i:j])
+        text, n = _escape(body, j)
+        out.append(text)
+        i = j + n
     return "".join(out)
 
 
@@ -314,11 +327,15 @@ def _make_transformer_class():
         # -- terminals and small pieces
         def string(self, meta, ch):
             tok = ch[0]
+            if len(tok) > MAX_STRING_CHARS:
+                raise LmlangSyntaxError(f"string of {len(tok)} characters, more than {MAX_STRING_CHARS}",
+                                        Span(tok.line, tok.column, tok.line, tok.column + 1, self.source.filename),
+                                        "keep long texts in a data file (`--data`) or an input's value")
             return _StringTok(tok, decode_string(tok, self.source), self.tsp(tok))
 
         def signed_number(self, meta, ch):
             sign, num = ch
-            v = _number(str(num))
+            v = _number(num, self.tsp(num))
             return A.Literal(-v if sign else v, span=self.sp(meta))
 
         def true(self, meta, ch):
@@ -328,6 +345,9 @@ def _make_transformer_class():
             return A.Literal(False, span=self.sp(meta))
 
         def list_value(self, meta, ch):
+            if len(ch) > MAX_LIST_ITEMS:
+                raise LmlangSyntaxError(f"list of {len(ch)} items, more than {MAX_LIST_ITEMS}", self.sp(meta),
+                                        "match the value with `matches r\"...\"` or a grammar instead")
             return A.ListValue(tuple(self._value(c) for c in ch if c is not None), span=self.sp(meta))
 
         def _value(self, v):
@@ -463,7 +483,7 @@ def _make_transformer_class():
 
         def c_len(self, meta, ch):
             fn, hole, op, n = ch
-            return A.CLen(str(fn), str(hole), str(op), int(n), span=self.sp(meta))
+            return A.CLen(str(fn), str(hole), str(op), _number(n, self.tsp(n)), span=self.sp(meta))
 
         def j_object(self, meta, ch):
             return A.JObject(tuple(ch), span=self.sp(meta))
@@ -583,7 +603,7 @@ def _make_transformer_class():
             return (str(ch[0]), ch[1])
 
         def number(self, meta, ch):
-            return A.Lit(_number(str(ch[0])), span=self.sp(meta))
+            return A.Lit(_number(ch[0], self.tsp(ch[0])), span=self.sp(meta))
 
         def string_lit(self, meta, ch):
             return A.Lit(ch[0].value, span=ch[0].span)
@@ -603,10 +623,22 @@ def _make_transformer_class():
     return ToAst
 
 
-def _number(text: str):
+def _number(tok, span: Span):
+    """A number literal's value. Longer than MAX_NUMBER_DIGITS digits, or a
+    float that overflows to infinity, is refused here with its span: no later
+    stage (range regexes, JSON export, int() of a bound) meets such a value."""
+    text = str(tok)
+    digits = len(text.split("e")[0].split("E")[0].replace(".", ""))
+    if digits > MAX_NUMBER_DIGITS:
+        raise LmlangSyntaxError(f"number has {digits} digits, more than {MAX_NUMBER_DIGITS}", span,
+                                "write a smaller number (int holes hold 64-bit values)")
     if re.fullmatch(r"\d+", text):
         return int(text)
-    return float(text)
+    value = float(text)
+    if not math.isfinite(value):
+        raise LmlangSyntaxError(f"number {text} is too large (not a finite 64-bit float)", span,
+                                "write a number below 1.8e308")
+    return value
 
 
 _TO_AST = None

@@ -114,16 +114,21 @@ def brackets(text: str):
 
 
 def _close(text: str, i: int, quote: str, one_line: bool) -> int:
+    """Index of the closing quote from i (skipping escapes), or -1. Jumps
+    with str.find between the characters that matter, so a long string is
+    scanned at C speed."""
     n = len(text)
     while i < n:
-        if text[i] == "\\":
-            i += 2
+        q = text.find(quote, i)
+        b = text.find("\\", i, q if q >= 0 else n)
+        if one_line:
+            nl = text.find("\n", i, b if b >= 0 else (q if q >= 0 else n))
+            if nl >= 0:
+                return -1
+        if b >= 0:
+            i = b + 2
             continue
-        if one_line and text[i] == "\n":
-            return -1
-        if text.startswith(quote, i):
-            return i
-        i += 1
+        return q
     return -1
 
 

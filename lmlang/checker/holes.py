@@ -20,6 +20,7 @@ from ..jsontypes import JsonTypeError, to_schema
 from ..source import Span
 from ..values import plain_value
 from .context import Context
+from .limits import MAX_SCHEMA_DEPTH, grammar_problem, schema_problem
 
 _IS_KINDS = {"int": C.IntType, "float": C.FloatType, "bool": C.BoolType}
 
@@ -114,9 +115,15 @@ def _shape(cx: Context, hole: str, c) -> C.Constraint | None:
         if path is None:
             return None
         try:
-            return C.Grammar(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             cx.error(f"cannot read grammar {c.file}: {getattr(e, 'strerror', None) or e}", c)
+            return None
+        problem = grammar_problem(text)
+        if problem is not None:
+            cx.error(f"grammar {c.file}: {problem[0]}", c, problem[1])
+            return None
+        return C.Grammar(text)
     return None
 
 
@@ -149,15 +156,30 @@ def _json_schema(cx: Context, c: A.CJson):
             cx.error(str(e), e.node, e.hint)
             return None
     if c.file in cx.schemas:
-        return cx.schemas[c.file]
+        return _bounded_schema(cx, c, cx.schemas[c.file])
     path = cx.file_ref("JSON schema", c.file, c)
     if path is None:
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        cx.error(f"cannot read JSON schema {c.file}: nested more than {MAX_SCHEMA_DEPTH} levels deep", c,
+                 "name the inner parts in `$defs` and refer to them with `$ref`")
+        return None
     except (OSError, ValueError) as e:
         cx.error(f"cannot read JSON schema {c.file}: {e}", c)
         return None
+    return _bounded_schema(cx, c, schema)
+
+
+def _bounded_schema(cx: Context, c: A.CJson, schema):
+    """The schema, or None with an error where its nesting or `$ref` chains
+    pass the limits the schema libraries survive (schema_limits.py)."""
+    problem = schema_problem(schema)
+    if problem is not None:
+        cx.error(f"JSON schema {c.file}: {problem[0]}", c, problem[1])
+        return None
+    return schema
 
 
 def _report_problems(cx: Context, hole: str, constraint, at: Span) -> None:
