@@ -16,12 +16,13 @@ from . import ast as A
 from .errors import LmlangSyntaxError
 from .grammar_file import grammar_text
 from .source import Source, Span, brackets, line_col
+from .suggest import closest
 
 MAX_NESTING = 64           # deeper brackets are refused before Lark sees them
 MAX_EXPR_DEPTH = 100       # deeper expressions (long operator chains too) are refused after parsing
 MAX_BLOCK_DEPTH = 64       # deeper statement nesting (an `else if` chain counts one level a branch) too
-MAX_SOURCE_BYTES = 1024 * 1024     # check time stays around a second at this size
-MAX_STRING_CHARS = 256 * 1024      # one string literal
+MAX_SOURCE_BYTES = 4 * 1024 * 1024     # check time stays a few seconds at this size
+MAX_STRING_CHARS = 1024 * 1024      # one string literal
 MAX_LIST_ITEMS = 10_000            # one list (a choice's options)
 MAX_NUMBER_DIGITS = 100    # digits of a number literal (Python refuses int() past 4,300)
 
@@ -47,6 +48,8 @@ def _lark():
 
 
 def parse(text: str, filename: str = "<string>") -> A.Program:
+    if text.startswith("\ufeff"):       # a byte order mark some editors write: not part of the script
+        text = text[1:]
     source = Source(text, filename)
     if len(text.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
         raise LmlangSyntaxError(f"script is larger than {MAX_SOURCE_BYTES // (1024 * 1024)} MB",
@@ -138,15 +141,18 @@ def _syntax_error(e, source: Source) -> LmlangSyntaxError:
     line = getattr(e, "line", 1) or 1
     col = getattr(e, "column", 1) or 1
     expected = sorted({_describe_terminal(t) for t in (getattr(e, "expected", None) or getattr(e, "allowed", None) or ())})
+    unclosed = _unclosed_string(source, line)
+    if unclosed is not None:
+        return unclosed
     if isinstance(e, lark.exceptions.UnexpectedCharacters):
         ch = source.text[e.pos_in_stream] if e.pos_in_stream < len(source.text) else ""
         message = f"unexpected character {ch!r}"
         span = source.span(line, col)
-        if ch == '"':
-            message = "unterminated string"
     elif isinstance(e, lark.exceptions.UnexpectedEOF) or getattr(getattr(e, "token", None), "type", "") == "$END":
-        lines = source.text.splitlines() or [""]
-        line, col = len(lines), len(lines[-1]) + 1
+        line = source.line_count()
+        if line > 1 and not source.line_text(line):         # a final newline: point at the last text
+            line -= 1
+        col = len(source.line_text(line)) + 1
         message = "unexpected end of file"
         span = source.span(line, col)
     else:
@@ -161,7 +167,11 @@ def _syntax_error(e, source: Source) -> LmlangSyntaxError:
         else:
             message = f"unexpected {shown!r}"
     hint = ""
-    if expected:
+    word = getattr(getattr(e, "token", None), "type", "") == "NAME" and str(e.token)
+    keywords = [x.strip("'") for x in expected if x.startswith("'") and x[1:2].isalpha()]
+    if word and keywords and closest(word, keywords):
+        hint = f"did you mean '{closest(word, keywords)}'?"
+    elif expected:
         shown = expected[:8]
         if len(expected) > 8:
             hint = "expected " + ", ".join(shown) + ", ..."
@@ -170,6 +180,32 @@ def _syntax_error(e, source: Source) -> LmlangSyntaxError:
         else:
             hint = "expected " + shown[0]
     return LmlangSyntaxError(message, span, hint).with_source(source)
+
+
+def _unclosed_string(source: Source, upto_line: int) -> LmlangSyntaxError | None:
+    """The error for the first string never closed at or before the line
+    where parsing failed: Lark only sees a stray quote (or an `r`, or an
+    empty string and a stray quote for \"\"\"), so its own message says
+    little; this points at where the string starts."""
+    for i, ch in brackets(source.text):
+        if ch not in ('"', '"""'):
+            continue
+        line, col = line_col(source.text, i)
+        if line > upto_line:
+            return None
+        if i > 0 and source.text[i - 1] == "r":
+            end = source.text.find('"', i + 1)          # a raw string has no escapes: closed after all?
+            if ch == '"' and end >= 0 and "\n" not in source.text[i:end]:
+                continue
+            i, col = i - 1, col - 1
+        span = source.span(line, col, line, col + len(ch) + (source.text[i] == "r"))
+        if ch == '"""':
+            return LmlangSyntaxError('unclosed string: this """ is never closed', span,
+                                     'close it with """').with_source(source)
+        return LmlangSyntaxError('unclosed string: this " has no closing " on its line', span,
+                                 'close it on the same line, or write """...""" for text over '
+                                 "several lines").with_source(source)
+    return None
 
 
 # ---------------------------------------------------------------- strings

@@ -91,7 +91,7 @@ def test_choice_judge_is_linear_and_still_finds_duplicates_and_dead_options():
 
 
 def test_script_size_limit():
-    assert "larger than 1 MB" in str(error_of("#" * (P.MAX_SOURCE_BYTES + 1)))
+    assert "larger than 4 MB" in str(error_of("#" * (P.MAX_SOURCE_BYTES + 1)))
 
 
 def _schema_script(tmp_path, schema_text: str):

@@ -119,7 +119,7 @@ def _check_model_ref(cx: Context, e: A.ModelRef, allow_router: bool) -> None:
         cx.error(f"'{e.name}' is {kind}, not a model", e)
     else:
         cx.error(f"undefined model '{e.name}'", e,
-                 cx.did_you_mean(e.name, out.models) or "declare it with `model NAME = ...`")
+                 cx.did_you_mean(e.name, [*out.models, "default"]) or "declare it with `model NAME = ...`")
 
 
 def _check_fuse(cx: Context, e: A.FuseExpr) -> None:
