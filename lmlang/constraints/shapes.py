@@ -68,9 +68,14 @@ def option_fits(option: str, other: Constraint) -> bool:
         return (lo is None or v >= lo) and (hi is None or v <= hi)
     pattern = shape_regex(other)
     if pattern is not None:
+        # linear time: a ReDoS pattern checked against options took seconds
+        # per character with `re`; a pattern the engine cannot run cannot be
+        # decoded either (check_regex reports it), so no option fits it
+        from . import linear_regex
+
         try:
-            return re.fullmatch(pattern, option) is not None
-        except re.error:
+            return linear_regex.fullmatch(pattern, option)
+        except ValueError:
             return False
     if isinstance(other, JsonSchema):
         try:
