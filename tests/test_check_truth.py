@@ -33,3 +33,68 @@ query q() using base {
         lmlang.compile(src)
     d = info.value.diagnostics[0]
     assert "only hole" in d.message and d.span.line == 6
+
+
+def _tiny(path, **kw):
+    from tiny import build_tiny_model
+
+    return build_tiny_model(path, **kw)
+
+
+@pytest.fixture(scope="module")
+def odd_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("odd")
+    return {"vocab": _tiny(root / "vocab", seed=2, vocab_size=300),
+            "hidden": _tiny(root / "hidden", seed=3, hidden=32)}
+
+
+@pytest.mark.parametrize("which, words", [("vocab", "vocabulary size"), ("hidden", "hidden size 32, 2 layers")])
+def test_merge_of_models_that_differ_is_a_check_error(tiny_model_dir, odd_models, which, words):
+    src = f'''
+model a = "{tiny_model_dir}"
+model b = "{odd_models[which]}"
+model m = merge linear {{ models: {{ a: 0.5, b: 0.5 }} }}
+'''
+    with pytest.raises(LmlangError) as info:
+        lmlang.compile(src)
+    d = info.value.diagnostics[0]
+    assert "cannot merge models that differ" in d.message and d.span.line == 4
+    assert words in d.message
+
+
+def test_fuse_of_models_with_another_vocabulary_is_a_check_error(tiny_model_dir, odd_models):
+    src = f'''
+model a = "{tiny_model_dir}"
+model b = "{odd_models["vocab"]}"
+model f = fuse {{ a: 1.0, b: 1.0 }}
+'''
+    with pytest.raises(LmlangError, match="cannot fuse models that differ"):
+        lmlang.compile(src)
+
+
+def test_merge_of_compatible_models_checks(tiny_model_dir, tiny_model_dir_b):
+    lmlang.compile(f'model a = "{tiny_model_dir}"\nmodel b = "{tiny_model_dir_b}"\n'
+                   'model m = merge linear { models: { a: 0.5, b: 0.5 } }\n')
+
+
+def test_hub_id_not_in_the_local_cache_is_a_check_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(LmlangError) as info:
+        lmlang.compile('model m = "some-org/not-cached-model"\n')
+    d = info.value.diagnostics[0]
+    assert "not in the local Hugging Face cache" in d.message and d.span.line == 1
+    assert "never downloads" in d.hint
+
+
+def test_hub_id_in_the_local_cache_checks_and_is_compared(tmp_path, monkeypatch, tiny_model_dir, odd_models):
+    import shutil
+
+    snap = tmp_path / "cache" / "models--org--tiny" / "snapshots" / "abc"
+    shutil.copytree(tiny_model_dir, snap)
+    (tmp_path / "cache" / "models--org--tiny" / "refs").mkdir()
+    (tmp_path / "cache" / "models--org--tiny" / "refs" / "main").write_text("abc")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    lmlang.compile('model m = "org/tiny"\n')
+    with pytest.raises(LmlangError, match="cannot merge models that differ"):
+        lmlang.compile(f'model a = "org/tiny"\nmodel b = "{odd_models["vocab"]}"\n'
+                       'model m = merge linear { models: { a: 0.5, b: 0.5 } }\n')

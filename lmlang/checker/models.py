@@ -16,6 +16,7 @@ from ..errors import LmlangError
 from ..models import sources
 from ..values import NOT_PLAIN, key_name, key_text, merge_members, model_refs, plain_value, source_refs
 from .context import Context, probe
+from .compat import check_compatible
 from .program import PathRefused
 
 MAX_CHECKED_DATA_BYTES = 16 * 1024 * 1024
@@ -105,6 +106,12 @@ def _check_model_source(cx: Context, e: A.PathModel) -> None:
         if not local and kind not in ("hub", "default"):
             cx.error(f"{e.path!r} is not a hub id, a folder or a .gguf file", e,
                      'hub ids look like "org/name"; write folders as "./path"')
+        elif not local and kind == "hub":
+            from ..models.facts import hub_snapshot     # the loader's own cache lookup, now rather than at run
+
+            _folder, message, hint = hub_snapshot(e.path)
+            if message:
+                cx.error(message, e, hint)
 
 
 def _check_model_ref(cx: Context, e: A.ModelRef, allow_router: bool) -> None:
@@ -134,6 +141,8 @@ def _check_fuse(cx: Context, e: A.FuseExpr) -> None:
             cx.error(problem.message, kw if problem.code == "unknown-option" else kw.value, problem.hint)
     if len(e.members.entries) < 2:
         cx.error("fuse needs at least two models", e.members)
+    else:
+        check_compatible(cx, [m.key for m in e.members.entries], "fuse")
     weights = [plain_value(m.value) for m in e.members.entries]
     for m, w in zip(e.members.entries, weights):
         check_model_expr(cx, m.key, allow_router=False)
@@ -219,6 +228,8 @@ def check_merge(cx: Context, method: str, block: A.Block, over_adapters: bool = 
                                                  has_base=entries.has_base)
     for p in problems:
         _report_merge_problem(cx, method, p, block, opts, entries.members)
+    if not over_adapters:
+        check_compatible(cx, [*entries.base_nodes, *(m for m, _ in entries.members)], "merge")
 
 
 def _report_merge_problem(cx: Context, method: str, p, block: A.Block, opts: dict, members: list) -> None:
@@ -251,6 +262,7 @@ class _MergeEntries:
         self.members: list[tuple] = []            # (member node, its parameters) for members that read
         self.n_models = 0
         self.has_models = self.has_base = False
+        self.base_nodes: list = []
         self.seen: set[str] = set()
 
     def read(self, e: A.Entry) -> None:
@@ -265,6 +277,7 @@ class _MergeEntries:
                          "list the adapters under models: { ... }")
             else:
                 self.has_base = True
+                self.base_nodes = [e.value]
                 check_model_expr(cx, e.value, allow_router=False)
         elif key == "models":
             self._read_members(e)
