@@ -77,13 +77,14 @@ def test_merge_of_compatible_models_checks(tiny_model_dir, tiny_model_dir_b):
                    'model m = merge linear { models: { a: 0.5, b: 0.5 } }\n')
 
 
-def test_hub_id_not_in_the_local_cache_is_a_check_error(tmp_path, monkeypatch):
+def test_hub_id_not_in_the_local_cache_is_reported_at_check(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    with pytest.raises(LmlangError) as info:
-        lmlang.compile('model m = "some-org/not-cached-model"\n')
-    d = info.value.diagnostics[0]
-    assert "not in the local Hugging Face cache" in d.message and d.span.line == 1
-    assert "never downloads" in d.hint
+    from lmlang.frontend import build
+
+    fe = build('model m = "some-org/not-cached-model"\n', "t.lm")
+    w = [w for w in fe.warnings if w.code == "hub-not-cached"]
+    assert w and "not in the local Hugging Face cache" in w[0].message and w[0].span.line == 1
+    assert "never downloads" in w[0].hint
 
 
 def test_hub_id_in_the_local_cache_checks_and_is_compared(tmp_path, monkeypatch, tiny_model_dir, odd_models):
