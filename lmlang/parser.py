@@ -500,10 +500,11 @@ def _make_transformer_class():
             return A.CMatches(str(ch[0]), ch[1].value, span=self.sp(meta))
 
         def c_json(self, meta, ch):
-            hole, t = ch
+            hole, opts, t = ch
+            opts = opts or ()
             if isinstance(t, _StringTok):
-                return A.CJson(str(hole), None, t.value, span=self.sp(meta))
-            return A.CJson(str(hole), t, None, span=self.sp(meta))
+                return A.CJson(str(hole), None, t.value, opts, span=self.sp(meta))
+            return A.CJson(str(hole), t, None, opts, span=self.sp(meta))
 
         def c_grammar(self, meta, ch):
             return A.CGrammar(str(ch[0]), ch[1].value, span=self.sp(meta))

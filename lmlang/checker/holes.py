@@ -19,7 +19,7 @@ from ..constraints import spec as C
 from ..jsontypes import JsonTypeError, to_schema
 from ..source import Span
 from ..values import plain_value
-from .context import Context
+from .context import Context, name_span
 from .limits import MAX_SCHEMA_DEPTH, grammar_problem, schema_problem
 
 _IS_KINDS = {"int": C.IntType, "float": C.FloatType, "bool": C.BoolType}
@@ -109,7 +109,8 @@ def _shape(cx: Context, hole: str, c) -> C.Constraint | None:
         schema = _json_schema(cx, c)
         # Declared property order is kept: the decoder writes keys in
         # schema order, so `{name, age}` comes out name first.
-        return None if schema is None else C.JsonSchema(json.dumps(schema))
+        formats = _json_formats(cx, c)
+        return None if schema is None or formats is None else C.JsonSchema(json.dumps(schema), formats=formats)
     if isinstance(c, A.CGrammar):
         path = cx.file_ref("grammar", c.file, c)
         if path is None:
@@ -145,6 +146,28 @@ def _is_shape(cx: Context, hole: str, c: A.CIs) -> C.Constraint | None:
         cx.error(f"empty range {lo:g}..{hi:g}", c.range, "write the lower bound first")
         return None
     return C.IntType(int(lo) if lo is not None else None, int(hi) if hi is not None else None)
+
+
+def _json_formats(cx: Context, c: A.CJson) -> str | None:
+    """The `formats` option of `json(formats: "annotate")`: "enforce" (the
+    default) or "annotate"; None after an error."""
+    from ..constraints.formats import ENFORCE, MODES
+    from ..suggest import did_you_mean
+
+    formats = ENFORCE
+    for kw in c.options:
+        if kw.name != "formats":
+            cx.error(f"unknown json option '{kw.name}'", name_span(kw), did_you_mean(kw.name, ["formats"]) or
+                     'the one option is formats: "enforce" or "annotate"')
+            return None
+        value = plain_value(kw.value)
+        if value not in MODES:
+            shown = repr(value) if isinstance(value, (str, int, float, bool)) else "this"
+            cx.error(f"formats: {shown} is not an option", kw.value,
+                     did_you_mean(str(value), MODES) or 'write formats: "enforce" or formats: "annotate"')
+            return None
+        formats = value
+    return formats
 
 
 def _json_schema(cx: Context, c: A.CJson):
