@@ -70,10 +70,28 @@ def parse(text: str, filename: str = "<string>") -> A.Program:
     except lark.exceptions.VisitError as e:
         if isinstance(e.orig_exc, LmlangSyntaxError):
             raise e.orig_exc.with_source(source) from None
+        if isinstance(e.orig_exc, RecursionError):
+            raise _too_deep(source) from None
         raise
     except RecursionError:
-        raise LmlangSyntaxError("expression nested too deeply", source.span(1, 1),
-                                f"keep nesting under {MAX_NESTING} levels").with_source(source) from None
+        raise _too_deep(source) from None
+
+
+_ELSE_IF = re.compile(r"\belse\s+if\b")
+
+
+def _too_deep(source: Source) -> LmlangSyntaxError:
+    """Lark's tree walk ran out of stack: brackets are bounded before it
+    runs, so this is a chain of thousands of `else if`s. Point at the
+    branch past the block-depth limit (or at the start, for anything else)."""
+    chain = [m.start() for _, m in zip(range(MAX_BLOCK_DEPTH + 1), _ELSE_IF.finditer(source.text))]
+    if len(chain) > MAX_BLOCK_DEPTH:
+        line, col = line_col(source.text, chain[-1])
+        return LmlangSyntaxError(f"statements nested more than {MAX_BLOCK_DEPTH} deep", source.span(line, col),
+                                 "an `else if` chain nests one level per branch: look the value up in a list or "
+                                 "a router, or split the chain into several `if` statements").with_source(source)
+    return LmlangSyntaxError("expression nested too deeply", source.span(1, 1),
+                             f"keep nesting under {MAX_NESTING} levels").with_source(source)
 
 
 def _check_nesting(source: Source) -> None:

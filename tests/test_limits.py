@@ -146,3 +146,9 @@ def test_grammar_rules_limit(tmp_path):
     (tmp_path / "g.lark").write_text("x" * (L.MAX_GRAMMAR_BYTES + 1))
     with pytest.raises(LmlangError, match="bytes, more than"):
         build(hole('x is grammar "g.lark"'), str(tmp_path / "t.lm"), base_dir=tmp_path)
+
+
+def test_thousands_of_else_ifs_stop_before_the_parser_tree_walk_overflows():
+    e = error_of(else_if_chain(3000))
+    d = e.diagnostics[0]
+    assert "nested more than 64" in d.message and d.span.line == 8 and d.span.col > 1
