@@ -14,38 +14,47 @@ from .context import Context
 MAX_REF_HOPS = 32          # model NAME = other = ... chains followed to a source
 
 
-def model_facts(cx: Context, e, hops: int = 0):
-    """ModelFacts of a model expression, or None when unknown."""
-    from ..models.facts import folder_facts, hub_snapshot
+def model_source(cx: Context, e, hops: int = 0):
+    """Where a model expression's weights come from, as a key: ("default",),
+    ("folder", path) or ("gguf", path); None when unknown. Fine-tunes and
+    adapters of one base share its key, so they are never compared."""
+    from ..models.facts import hub_snapshot
 
     if hops > MAX_REF_HOPS:
         return None
     if isinstance(e, A.ModelRef):
         decl = cx.out.models.get(e.name)
         expr = getattr(decl, "expr", None) if decl is not None else None
-        return model_facts(cx, expr, hops + 1) if expr is not None else None
+        return model_source(cx, expr, hops + 1) if expr is not None else None
     if isinstance(e, A.Adapted):
-        return model_facts(cx, e.base, hops + 1)
+        return model_source(cx, e.base, hops + 1)
     if isinstance(e, A.DefaultModel) or (isinstance(e, A.PathModel) and e.path == "default"):
-        return _converted_facts(None)
-    if isinstance(e, A.PathModel):
-        kind = sources.classify(e.path)
-        folder = None
-        if kind == "folder" or kind == "hub":
-            try:
-                local = cx.out.confined_path(e.path, e)
-                folder = local if local is not None and local.is_dir() else None
-            except Exception:  # noqa: BLE001 - refused or unreadable paths are reported by the source check
-                folder = None
-        if folder is None and kind == "hub":
-            folder = hub_snapshot(e.path)[0]
-        if kind == "gguf":
-            try:
-                return _converted_facts(cx.out.confined_path(e.path, e))
-            except Exception:  # noqa: BLE001 - reported by the source check
-                return None
-        return folder_facts(folder) if folder is not None else None
+        return ("default",)
+    if not isinstance(e, A.PathModel):
+        return None
+    kind = sources.classify(e.path)
+    try:
+        local = cx.out.confined_path(e.path, e)
+    except Exception:  # noqa: BLE001 - refused or unreadable paths are reported by the source check
+        local = None
+    if kind == "gguf":
+        return ("gguf", local) if local is not None else None
+    if local is not None and local.is_dir():
+        return ("folder", local.resolve())
+    if kind == "hub":
+        folder = hub_snapshot(e.path)[0]
+        return ("folder", folder.resolve()) if folder is not None else None
     return None
+
+
+def _facts(key):
+    from ..models.facts import folder_facts
+
+    if key[0] == "default":
+        return _converted_facts(None)
+    if key[0] == "gguf":
+        return _converted_facts(key[1])
+    return folder_facts(key[1])
 
 
 def _converted_facts(gguf):
@@ -64,13 +73,23 @@ def _converted_facts(gguf):
 
 def check_compatible(cx: Context, members: list, what: str) -> None:
     """One error on the first member whose known facts differ from the first
-    member's (`what`: "merge" or "fuse")."""
-    known = [(m, f) for m in members if (f := model_facts(cx, m)) is not None]
+    member's (`what`: "merge" or "fuse"). Facts are read only when members
+    come from different sources, once per source."""
+    keyed = [(m, k) for m in members if (k := model_source(cx, m)) is not None]
+    if len({k for _, k in keyed}) < 2:
+        return
+    facts: dict = {}
+    known = []
+    for node, key in keyed:
+        if key not in facts:
+            facts[key] = _facts(key)
+        if facts[key] is not None:
+            known.append((node, facts[key]))
     if len(known) < 2:
         return
     first_node, first = known[0]
-    for node, facts in known[1:]:
-        diff = first.mismatch(facts)
+    for node, f in known[1:]:
+        diff = first.mismatch(f)
         if diff:
             cx.error(f"cannot {what} models that differ: {_label(node)} has {diff} of {_label(first_node)}", node,
                      f"{what} only fine-tunes of one base model (same architecture, vocabulary and tokenizer)")
