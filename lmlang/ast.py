@@ -274,6 +274,7 @@ class CJson(Node):
     hole: str
     inline: "JsonType | None" = None
     file: str | None = None
+    options: tuple["KwArg", ...] = ()       # `json(formats: "annotate")`
 
 
 @frozen

@@ -15,7 +15,7 @@ from .checker import CheckedProgram, check_program
 from .compiler import Compiled, compile_checked
 from .errors import LmlangError
 from .parser import parse
-from .source import Source
+from .source import Source, decode_script
 
 
 @dataclass
@@ -54,15 +54,11 @@ def env_allow_paths() -> tuple[str, ...]:
 def build_file(path: str | Path, functions=frozenset(), schemas: dict | None = None, allow_paths=()) -> FrontEnd:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = decode_script(path.read_bytes(), str(path))
     except FileNotFoundError:
         from .errors import ScriptError
 
         raise ScriptError(f"no such file: {path}", hint="check the path") from None
-    except UnicodeDecodeError as e:
-        from .errors import ScriptError
-
-        raise ScriptError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         from .errors import ScriptError
 

@@ -8,6 +8,7 @@ into LmlangSyntaxError with a span and a hint: nothing of Lark escapes.
 """
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
 
@@ -15,10 +16,15 @@ from . import ast as A
 from .errors import LmlangSyntaxError
 from .grammar_file import grammar_text
 from .source import Source, Span, brackets, line_col
+from .suggest import closest
 
 MAX_NESTING = 64           # deeper brackets are refused before Lark sees them
 MAX_EXPR_DEPTH = 100       # deeper expressions (long operator chains too) are refused after parsing
-MAX_SOURCE_BYTES = 16 * 1024 * 1024
+MAX_BLOCK_DEPTH = 64       # deeper statement nesting (an `else if` chain counts one level a branch) too
+MAX_SOURCE_BYTES = 4 * 1024 * 1024     # check time stays a few seconds at this size
+MAX_STRING_CHARS = 1024 * 1024      # one string literal
+MAX_LIST_ITEMS = 10_000            # one list (a choice's options)
+MAX_NUMBER_DIGITS = 100    # digits of a number literal (Python refuses int() past 4,300)
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0": "\0"}
@@ -42,10 +48,13 @@ def _lark():
 
 
 def parse(text: str, filename: str = "<string>") -> A.Program:
+    if text.startswith("\ufeff"):       # a byte order mark some editors write: not part of the script
+        text = text[1:]
     source = Source(text, filename)
     if len(text.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
         raise LmlangSyntaxError(f"script is larger than {MAX_SOURCE_BYTES // (1024 * 1024)} MB",
-                                source.span(1, 1), "split it into files joined with `use`").with_source(source)
+                                source.span(1, 1), "split it into files joined with `use`, and keep long texts "
+                                "in data files").with_source(source)
     _check_nesting(source)
     import lark
 
@@ -61,10 +70,28 @@ def parse(text: str, filename: str = "<string>") -> A.Program:
     except lark.exceptions.VisitError as e:
         if isinstance(e.orig_exc, LmlangSyntaxError):
             raise e.orig_exc.with_source(source) from None
+        if isinstance(e.orig_exc, RecursionError):
+            raise _too_deep(source) from None
         raise
     except RecursionError:
-        raise LmlangSyntaxError("expression nested too deeply", source.span(1, 1),
-                                f"keep nesting under {MAX_NESTING} levels").with_source(source) from None
+        raise _too_deep(source) from None
+
+
+_ELSE_IF = re.compile(r"\belse\s+if\b")
+
+
+def _too_deep(source: Source) -> LmlangSyntaxError:
+    """Lark's tree walk ran out of stack: brackets are bounded before it
+    runs, so this is a chain of thousands of `else if`s. Point at the
+    branch past the block-depth limit (or at the start, for anything else)."""
+    chain = [m.start() for _, m in zip(range(MAX_BLOCK_DEPTH + 1), _ELSE_IF.finditer(source.text))]
+    if len(chain) > MAX_BLOCK_DEPTH:
+        line, col = line_col(source.text, chain[-1])
+        return LmlangSyntaxError(f"statements nested more than {MAX_BLOCK_DEPTH} deep", source.span(line, col),
+                                 "an `else if` chain nests one level per branch: look the value up in a list or "
+                                 "a router, or split the chain into several `if` statements").with_source(source)
+    return LmlangSyntaxError("expression nested too deeply", source.span(1, 1),
+                             f"keep nesting under {MAX_NESTING} levels").with_source(source)
 
 
 def _check_nesting(source: Source) -> None:
@@ -84,28 +111,34 @@ def _check_nesting(source: Source) -> None:
 
 
 def _check_expression_depth(program: A.Program) -> None:
-    """Every later stage (checker, compiler, JSON export, the flow
-    interpreter) walks expressions recursively; bounding their depth here,
-    without recursion, keeps all of them clear of RecursionError.
+    """Every later stage (checker, compiler, graph hashing and JSON export,
+    the flow interpreter) walks statements and expressions recursively;
+    bounding their depth here, without recursion, keeps all of them clear of
+    RecursionError.
 
     The flow and the router calls of queries are walked with the AST's
-    generic children(); depth counts expression levels below each outermost
-    expression (statements, however nested, do not count)."""
-    stack: list = [(d, 0, None) for d in program.decls if isinstance(d, A.FlowDecl)]
-    stack += [(a, 1, a) for d in program.decls if isinstance(d, A.QueryDecl) and isinstance(d.using, A.RouterCall)
+    generic children(); expression depth counts levels below each outermost
+    expression, block depth counts nested statements (each `else if` of a
+    chain nests one level: it is the else branch of the one before)."""
+    stack: list = [(d, 0, None, 0) for d in program.decls if isinstance(d, A.FlowDecl)]
+    stack += [(a, 1, a, 0) for d in program.decls if isinstance(d, A.QueryDecl) and isinstance(d.using, A.RouterCall)
               for a in d.using.args]
     while stack:
-        node, depth, root = stack.pop()
+        node, depth, root, block = stack.pop()
         if depth > MAX_EXPR_DEPTH:
             raise LmlangSyntaxError("expression nested too deeply", root.span,
                                     f"split it into steps; keep expressions under {MAX_EXPR_DEPTH} levels")
+        if block > MAX_BLOCK_DEPTH:
+            raise LmlangSyntaxError(f"statements nested more than {MAX_BLOCK_DEPTH} deep", node.span,
+                                    "an `else if` chain nests one level per branch: look the value up in a "
+                                    "list or a router, or split the chain into several `if` statements")
         for child in node.children():
             if not isinstance(child, A.Expr):
-                stack.append((child, 0, None))
+                stack.append((child, 0, None, block + isinstance(child, (A.If, A.For))))
             elif root is None:
-                stack.append((child, 1, child))
+                stack.append((child, 1, child, block))
             else:
-                stack.append((child, depth + 1, root))
+                stack.append((child, depth + 1, root, block))
 
 
 def _describe_terminal(name: str) -> str:
@@ -126,15 +159,18 @@ def _syntax_error(e, source: Source) -> LmlangSyntaxError:
     line = getattr(e, "line", 1) or 1
     col = getattr(e, "column", 1) or 1
     expected = sorted({_describe_terminal(t) for t in (getattr(e, "expected", None) or getattr(e, "allowed", None) or ())})
+    unclosed = _unclosed_string(source, line)
+    if unclosed is not None:
+        return unclosed
     if isinstance(e, lark.exceptions.UnexpectedCharacters):
         ch = source.text[e.pos_in_stream] if e.pos_in_stream < len(source.text) else ""
         message = f"unexpected character {ch!r}"
         span = source.span(line, col)
-        if ch == '"':
-            message = "unterminated string"
     elif isinstance(e, lark.exceptions.UnexpectedEOF) or getattr(getattr(e, "token", None), "type", "") == "$END":
-        lines = source.text.splitlines() or [""]
-        line, col = len(lines), len(lines[-1]) + 1
+        line = source.line_count()
+        if line > 1 and not source.line_text(line):         # a final newline: point at the last text
+            line -= 1
+        col = len(source.line_text(line)) + 1
         message = "unexpected end of file"
         span = source.span(line, col)
     else:
@@ -149,7 +185,11 @@ def _syntax_error(e, source: Source) -> LmlangSyntaxError:
         else:
             message = f"unexpected {shown!r}"
     hint = ""
-    if expected:
+    word = getattr(getattr(e, "token", None), "type", "") == "NAME" and str(e.token)
+    keywords = [x.strip("'") for x in expected if x.startswith("'") and x[1:2].isalpha()]
+    if word and keywords and closest(word, keywords):
+        hint = f"did you mean '{closest(word, keywords)}'?"
+    elif expected:
         shown = expected[:8]
         if len(expected) > 8:
             hint = "expected " + ", ".join(shown) + ", ..."
@@ -158,6 +198,32 @@ def _syntax_error(e, source: Source) -> LmlangSyntaxError:
         else:
             hint = "expected " + shown[0]
     return LmlangSyntaxError(message, span, hint).with_source(source)
+
+
+def _unclosed_string(source: Source, upto_line: int) -> LmlangSyntaxError | None:
+    """The error for the first string never closed at or before the line
+    where parsing failed: Lark only sees a stray quote (or an `r`, or an
+    empty string and a stray quote for \"\"\"), so its own message says
+    little; this points at where the string starts."""
+    for i, ch in brackets(source.text):
+        if ch not in ('"', '"""'):
+            continue
+        line, col = line_col(source.text, i)
+        if line > upto_line:
+            return None
+        if i > 0 and source.text[i - 1] == "r":
+            end = source.text.find('"', i + 1)          # a raw string has no escapes: closed after all?
+            if ch == '"' and end >= 0 and "\n" not in source.text[i:end]:
+                continue
+            i, col = i - 1, col - 1
+        span = source.span(line, col, line, col + len(ch) + (source.text[i] == "r"))
+        if ch == '"""':
+            return LmlangSyntaxError('unclosed string: this """ is never closed', span,
+                                     'close it with """').with_source(source)
+        return LmlangSyntaxError('unclosed string: this " has no closing " on its line', span,
+                                 'close it on the same line, or write """...""" for text over '
+                                 "several lines").with_source(source)
+    return None
 
 
 # ---------------------------------------------------------------- strings
@@ -208,14 +274,15 @@ def decode_string(tok, source: Source) -> str:
     if raw:
         return body
     out, i = [], 0
-    while i < len(body):
-        if body[i] == "\\" and i + 1 < len(body):
-            text, n = _escape(body, i)
-            out.append(text)
-            i += n
-            continue
-        out.append(body[i])
-        i += 1
+    while i < len(body):                # jump from backslash to backslash: long strings stay fast
+        j = body.find("\\", i)
+        if j < 0 or j + 1 >= len(body):
+            out.append(body[i:])
+            break
+        out.append(body[i:j])
+        text, n = _escape(body, j)
+        out.append(text)
+        i = j + n
     return "".join(out)
 
 
@@ -314,11 +381,15 @@ def _make_transformer_class():
         # -- terminals and small pieces
         def string(self, meta, ch):
             tok = ch[0]
+            if len(tok) > MAX_STRING_CHARS:
+                raise LmlangSyntaxError(f"string of {len(tok)} characters, more than {MAX_STRING_CHARS}",
+                                        Span(tok.line, tok.column, tok.line, tok.column + 1, self.source.filename),
+                                        "keep long texts in a data file (`--data`) or an input's value")
             return _StringTok(tok, decode_string(tok, self.source), self.tsp(tok))
 
         def signed_number(self, meta, ch):
             sign, num = ch
-            v = _number(str(num))
+            v = _number(num, self.tsp(num))
             return A.Literal(-v if sign else v, span=self.sp(meta))
 
         def true(self, meta, ch):
@@ -328,6 +399,9 @@ def _make_transformer_class():
             return A.Literal(False, span=self.sp(meta))
 
         def list_value(self, meta, ch):
+            if len(ch) > MAX_LIST_ITEMS:
+                raise LmlangSyntaxError(f"list of {len(ch)} items, more than {MAX_LIST_ITEMS}", self.sp(meta),
+                                        "match the value with `matches r\"...\"` or a grammar instead")
             return A.ListValue(tuple(self._value(c) for c in ch if c is not None), span=self.sp(meta))
 
         def _value(self, v):
@@ -456,10 +530,11 @@ def _make_transformer_class():
             return A.CMatches(str(ch[0]), ch[1].value, span=self.sp(meta))
 
         def c_json(self, meta, ch):
-            hole, t = ch
+            hole, opts, t = ch
+            opts = opts or ()
             if isinstance(t, _StringTok):
-                return A.CJson(str(hole), None, t.value, span=self.sp(meta))
-            return A.CJson(str(hole), t, None, span=self.sp(meta))
+                return A.CJson(str(hole), None, t.value, opts, span=self.sp(meta))
+            return A.CJson(str(hole), t, None, opts, span=self.sp(meta))
 
         def c_grammar(self, meta, ch):
             return A.CGrammar(str(ch[0]), ch[1].value, span=self.sp(meta))
@@ -475,7 +550,7 @@ def _make_transformer_class():
 
         def c_len(self, meta, ch):
             fn, hole, op, n = ch
-            return A.CLen(str(fn), str(hole), str(op), int(n), span=self.sp(meta))
+            return A.CLen(str(fn), str(hole), str(op), _number(n, self.tsp(n)), span=self.sp(meta))
 
         def j_object(self, meta, ch):
             return A.JObject(tuple(ch), span=self.sp(meta))
@@ -595,7 +670,7 @@ def _make_transformer_class():
             return (str(ch[0]), ch[1])
 
         def number(self, meta, ch):
-            return A.Lit(_number(str(ch[0])), span=self.sp(meta))
+            return A.Lit(_number(ch[0], self.tsp(ch[0])), span=self.sp(meta))
 
         def string_lit(self, meta, ch):
             return A.Lit(ch[0].value, span=ch[0].span)
@@ -615,10 +690,22 @@ def _make_transformer_class():
     return ToAst
 
 
-def _number(text: str):
+def _number(tok, span: Span):
+    """A number literal's value. Longer than MAX_NUMBER_DIGITS digits, or a
+    float that overflows to infinity, is refused here with its span: no later
+    stage (range regexes, JSON export, int() of a bound) meets such a value."""
+    text = str(tok)
+    digits = len(text.split("e")[0].split("E")[0].replace(".", ""))
+    if digits > MAX_NUMBER_DIGITS:
+        raise LmlangSyntaxError(f"number has {digits} digits, more than {MAX_NUMBER_DIGITS}", span,
+                                "write a smaller number (int holes hold 64-bit values)")
     if re.fullmatch(r"\d+", text):
         return int(text)
-    return float(text)
+    value = float(text)
+    if not math.isfinite(value):
+        raise LmlangSyntaxError(f"number {text} is too large (not a finite 64-bit float)", span,
+                                "write a number below 1.8e308")
+    return value
 
 
 _TO_AST = None

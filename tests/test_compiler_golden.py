@@ -23,6 +23,13 @@ CASES = sorted(FIXTURES.glob("*.lm"))
 REGEN = os.environ.get("LMLANG_REGEN") == "1"
 
 
+@pytest.fixture(autouse=True)
+def fixed_hub_cache(monkeypatch):
+    """Hub ids are looked up in the local HF cache at check time: one fixed,
+    empty cache makes the fixtures' warnings the same on every machine."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(FIXTURES / "no-hub-cache"))
+
+
 def _normalise(obj):
     text = json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True)
     return json.loads(text.replace(str(FIXTURES), "$FIXTURES"))

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pygments import lex
 from pygments.lexers import get_lexer_by_name, get_lexer_for_filename
-from pygments.token import Error, Keyword, Name, String
+from pygments.token import Error, Keyword, Name, Punctuation, String
 
 from lmlang.highlight import LmlangLexer
 
@@ -32,3 +32,13 @@ def test_token_kinds():
     assert (String.Interpol, "{x}") in toks and (Name.Variable, "[a]") in toks
     assert (String.Escape, "\\{") in toks
     assert (String.Regex, "[a-z]+") in toks
+
+
+def test_json_options_lex_as_a_call():
+    src = 'query q() using m {\n  "[o]"\n  where o is json(formats: "annotate") "s.json"\n}\n'
+    tokens = list(lex(src, LmlangLexer()))
+    assert not [t for t in tokens if t[0] is Error]
+    toks = [(t, v) for t, v in tokens if v.strip()]
+    i = toks.index((Keyword, "json"))
+    assert toks[i + 1:i + 4] == [(Punctuation, "("), (Name, "formats"), (Punctuation, ":")]
+    assert (String.Double, "annotate") in toks

@@ -163,7 +163,7 @@ def test_every_node_has_a_span_and_no_lark_type_escapes():
     ('query q() { "[x" }', 1, 14, "unclosed '['"),
     ('query q() { "{a.}" }', 1, 14, "invalid interpolation"),
     ('query q() { "a]" }', 1, 15, "unmatched ']'"),
-    ('model m = "abc', 1, 11, "unterminated string"),
+    ('model m = "abc', 1, 11, "unclosed string"),
     ("model m = default\n§", 2, 1, "unexpected character"),
     ("flow {", 1, 7, "end of file"),
     ('query q() { "[x]" distribution x in ["a"] distribution x in ["b"] }', 1, 43, "at most one distribution"),

@@ -243,10 +243,17 @@ def _check_errors(text: str, tmp_path) -> list[str]:
 
 def test_checker_refuses_what_training_would_refuse(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
-    # 1e999 is inf: the old checker let it through to fail when training started
-    text = 'adapter a = train lora on "d.jsonl" { alpha: 1e999, dropout: 1.0, rank: 4 }\n'
+    text = 'adapter a = train lora on "d.jsonl" { alpha: -1, dropout: 1.0, rank: 4 }\n'
     assert _check_errors(text, tmp_path) == ["training option 'alpha' must be positive",
                                              "training option 'dropout' must be in [0, 1)"]
+    # 1e999 is inf: the old checker let it through to fail when training started;
+    # the parser now refuses every non-finite number literal, at the number
+    from lmlang.errors import LmlangSyntaxError
+    from lmlang.frontend import build_file
+
+    (tmp_path / "main.lm").write_text('adapter a = train lora on "d.jsonl" { alpha: 1e999, rank: 4 }\n')
+    with pytest.raises(LmlangSyntaxError, match="not a finite"):
+        build_file(tmp_path / "main.lm")
 
 
 def test_checker_reports_structured_merge_problems_on_the_member(tmp_path):

@@ -20,7 +20,8 @@ from ..constraints.kinds import IS_TYPES
 from ..jsontypes import JsonTypeError, to_schema
 from ..source import Span
 from ..values import plain_value
-from .context import Context
+from .context import Context, name_span
+from .limits import MAX_SCHEMA_DEPTH, grammar_problem, schema_problem
 
 _IS_KINDS = IS_TYPES          # `x is int|float|bool`, from the constraint-kind table
 
@@ -109,15 +110,22 @@ def _shape(cx: Context, hole: str, c) -> C.Constraint | None:
         schema = _json_schema(cx, c)
         # Declared property order is kept: the decoder writes keys in
         # schema order, so `{name, age}` comes out name first.
-        return None if schema is None else C.JsonSchema(json.dumps(schema))
+        formats = _json_formats(cx, c)
+        return None if schema is None or formats is None else C.JsonSchema(json.dumps(schema), formats=formats)
     if isinstance(c, A.CGrammar):
         path = cx.file_ref("grammar", c.file, c)
         if path is None:
             return None
         try:
-            return C.Grammar(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             cx.error(f"cannot read grammar {c.file}: {getattr(e, 'strerror', None) or e}", c)
+            return None
+        problem = grammar_problem(text)
+        if problem is not None:
+            cx.error(f"grammar {c.file}: {problem[0]}", c, problem[1])
+            return None
+        return C.Grammar(text)
     return None
 
 
@@ -141,6 +149,28 @@ def _is_shape(cx: Context, hole: str, c: A.CIs) -> C.Constraint | None:
     return C.IntType(int(lo) if lo is not None else None, int(hi) if hi is not None else None)
 
 
+def _json_formats(cx: Context, c: A.CJson) -> str | None:
+    """The `formats` option of `json(formats: "annotate")`: "enforce" (the
+    default) or "annotate"; None after an error."""
+    from ..constraints.formats import ENFORCE, MODES
+    from ..suggest import did_you_mean
+
+    formats = ENFORCE
+    for kw in c.options:
+        if kw.name != "formats":
+            cx.error(f"unknown json option '{kw.name}'", name_span(kw), did_you_mean(kw.name, ["formats"]) or
+                     'the one option is formats: "enforce" or "annotate"')
+            return None
+        value = plain_value(kw.value)
+        if value not in MODES:
+            shown = repr(value) if isinstance(value, (str, int, float, bool)) else "this"
+            cx.error(f"formats: {shown} is not an option", kw.value,
+                     did_you_mean(str(value), MODES) or 'write formats: "enforce" or formats: "annotate"')
+            return None
+        formats = value
+    return formats
+
+
 def _json_schema(cx: Context, c: A.CJson):
     """The schema of `is json {...}`, `is json "file.json"` or an API schema."""
     if c.inline is not None:
@@ -150,15 +180,30 @@ def _json_schema(cx: Context, c: A.CJson):
             cx.error(str(e), e.node, e.hint)
             return None
     if c.file in cx.schemas:
-        return cx.schemas[c.file]
+        return _bounded_schema(cx, c, cx.schemas[c.file])
     path = cx.file_ref("JSON schema", c.file, c)
     if path is None:
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        cx.error(f"cannot read JSON schema {c.file}: nested more than {MAX_SCHEMA_DEPTH} levels deep", c,
+                 "name the inner parts in `$defs` and refer to them with `$ref`")
+        return None
     except (OSError, ValueError) as e:
         cx.error(f"cannot read JSON schema {c.file}: {e}", c)
         return None
+    return _bounded_schema(cx, c, schema)
+
+
+def _bounded_schema(cx: Context, c: A.CJson, schema):
+    """The schema, or None with an error where its nesting or `$ref` chains
+    pass the limits the schema libraries survive (schema_limits.py)."""
+    problem = schema_problem(schema)
+    if problem is not None:
+        cx.error(f"JSON schema {c.file}: {problem[0]}", c, problem[1])
+        return None
+    return schema
 
 
 def _report_problems(cx: Context, hole: str, constraint, at: Span) -> None:

@@ -20,6 +20,7 @@ from ..errors import LmlangError
 from ..models import sources
 from ..values import NOT_PLAIN, key_name, key_text, merge_members, model_refs, plain_value, source_refs
 from .context import Context, probe
+from .compat import check_compatible
 from .program import PathRefused
 
 MAX_CHECKED_DATA_BYTES = 16 * 1024 * 1024
@@ -114,6 +115,14 @@ def _check_model_source(cx: Context, text: str, e: A.Node) -> None:
         if not local and kind not in ("hub", "default"):
             cx.error(f"{text!r} is not a hub id, a folder or a .gguf file", e,
                      'hub ids look like "org/name"; write folders as "./path"')
+        elif not local and kind == "hub":
+            from ..models.facts import hub_snapshot     # the loader's own cache lookup, now rather than at run
+
+            # A warning, not an error: scripts may be checked on a machine
+            # other than the one that runs them (and fixtures name hub ids).
+            _folder, message, hint = hub_snapshot(e.path)
+            if message:
+                cx.warn(f"{message}: a run here fails when it loads the model", e, hint, code="hub-not-cached")
 
 
 # ---------------------------------------------------------------- served models
@@ -239,7 +248,7 @@ def _check_model_ref(cx: Context, e: A.ModelRef, allow_router: bool) -> None:
         cx.error(f"'{e.name}' is {kind}, not a model", e)
     else:
         cx.error(f"undefined model '{e.name}'", e,
-                 cx.did_you_mean(e.name, out.models) or "declare it with `model NAME = ...`")
+                 cx.did_you_mean(e.name, [*out.models, "default"]) or "declare it with `model NAME = ...`")
 
 
 def _check_fuse(cx: Context, e: A.FuseExpr) -> None:
@@ -254,6 +263,8 @@ def _check_fuse(cx: Context, e: A.FuseExpr) -> None:
             cx.error(problem.message, kw if problem.code == "unknown-option" else kw.value, problem.hint)
     if len(e.members.entries) < 2:
         cx.error("fuse needs at least two models", e.members)
+    else:
+        check_compatible(cx, [m.key for m in e.members.entries], "fuse")
     weights = [plain_value(m.value) for m in e.members.entries]
     for m, w in zip(e.members.entries, weights):
         check_model_expr(cx, m.key, allow_router=False)
@@ -341,6 +352,8 @@ def check_merge(cx: Context, method: str, block: A.Block, over_adapters: bool = 
                                                  has_base=entries.has_base)
     for p in problems:
         _report_merge_problem(cx, method, p, block, opts, entries.members)
+    if not over_adapters:
+        check_compatible(cx, [*entries.base_nodes, *(m for m, _ in entries.members)], "merge")
 
 
 def _report_merge_problem(cx: Context, method: str, p, block: A.Block, opts: dict, members: list) -> None:
@@ -373,6 +386,7 @@ class _MergeEntries:
         self.members: list[tuple] = []            # (member node, its parameters) for members that read
         self.n_models = 0
         self.has_models = self.has_base = False
+        self.base_nodes: list = []
         self.seen: set[str] = set()
 
     def read(self, e: A.Entry) -> None:
@@ -387,6 +401,7 @@ class _MergeEntries:
                          "list the adapters under models: { ... }")
             else:
                 self.has_base = True
+                self.base_nodes = [e.value]
                 check_model_expr(cx, e.value, allow_router=False)
                 _refuse(cx, e.value, "merge", "be merged")
         elif key == "models":

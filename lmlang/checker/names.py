@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import ast as A
 from .. import types as T
 from ..errors import CheckError, LmlangError
-from ..source import Source
+from ..source import Source, decode_script
 from ..values import NOT_PLAIN, plain_value
 from .context import Context, article, name_span, probe
 from .program import CheckedProgram, PathRefused
@@ -72,9 +72,13 @@ def load_import(cx: Context, use: A.UseDecl) -> list:
         cx.error(f"imported file not found: {use.path}", use, f"looked for {path}")
         return []
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        text = decode_script(path.read_bytes(), str(path))
+    except OSError as e:
         cx.error(f"cannot read {use.path}: {getattr(e, 'strerror', None) or e}", use)
+        return []
+    except LmlangError as e:                # not UTF-8: the bad byte's position in the used file
+        cx.out.sources[str(path)] = e.source
+        cx.error(e.message, e.span, e.hint)
         return []
     try:
         sub_out = check(parse(text, str(path)), Source(text, str(path)), path.parent, cx.functions,

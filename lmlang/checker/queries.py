@@ -155,8 +155,12 @@ def _check_distribution(cx: Context, q: A.QueryDecl, holes: list, conds: dict, d
     if dist.hole not in conds:
         cx.error(f"distribution over [{dist.hole}], which is not a hole of this prompt", dist,
                  cx.did_you_mean(dist.hole, holes))
-    elif holes and dist.hole != holes[-1]:
-        cx.error("distribution must be over the last hole", dist, f"the last hole is [{holes[-1]}]")
+    elif len(holes) > 1:
+        # the scorer runs on the prompt up to the hole, with no value for an
+        # earlier hole (runtime/decode.py score_distribution): say so here
+        cx.error(f"distribution over [{dist.hole}] needs it to be the query's only hole, and this query has "
+                 f"{len(holes)}", dist, "move the other holes into a query of their own and pass their values "
+                 "to this one as parameters")
     elif conds[dist.hole]:
         cx.error(f"[{dist.hole}] has both a distribution and where-constraints", dist,
                  "the distribution's options are its constraint")

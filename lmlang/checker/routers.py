@@ -85,6 +85,13 @@ def _check_how(cx: Context, payloads: tuple, v) -> None:
             re.compile(v.pattern)
         except re.error as e:
             cx.error(f"invalid regex: {e}", v)
+            return
+        from ..constraints.linear_regex import unsupported
+
+        why = unsupported(v.pattern)
+        if why:     # rules run on a linear-time engine, so a row can never take minutes
+            cx.error(f"rules match with a linear-time regex engine, which cannot run this pattern: {why}", v,
+                     "rewrite it without look-around, backreferences or \\b; `contains [\"...\"]` matches words")
     elif isinstance(v, A.ContainsValue):
         words = plain_value(v.words)
         if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):

@@ -126,9 +126,14 @@ def option_fits(option: str, other: Constraint) -> bool:
         return lo <= int(option) <= hi
     pattern = shape_regex(other)
     if pattern is not None:
+        # linear time: a ReDoS pattern checked against options took seconds
+        # per character with `re`; a pattern the engine cannot run cannot be
+        # decoded either (check_regex reports it), so no option fits it
+        from . import linear_regex
+
         try:
-            return re.fullmatch(pattern, option) is not None
-        except re.error:
+            return linear_regex.fullmatch(pattern, option)
+        except ValueError:
             return False
     if isinstance(other, JsonSchema):
         try:
@@ -153,8 +158,12 @@ def option_fits(option: str, other: Constraint) -> bool:
 
 def split_options(options, other: Constraint) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(the options that are values of `other`, those that are not), each in order."""
-    fit = tuple(o for o in options if option_fits(o, other))
-    return fit, tuple(o for o in options if o not in fit)
+    if isinstance(other, Choice):                   # set membership: two long lists stay linear
+        allowed = set(other.options)
+        fits = [o in allowed for o in options]
+    else:
+        fits = [option_fits(o, other) for o in options]
+    return (tuple(o for o, f in zip(options, fits) if f), tuple(o for o, f in zip(options, fits) if not f))
 
 
 def merge_shapes(a: Constraint, b: Constraint) -> Constraint | None:

@@ -132,7 +132,13 @@ class Builder:
         # Fine-tunes given as `base + adapter` on the merge's own base merge by
         # exact delta algebra (delta W = scale * B @ A), never by averaging
         # A and B; that needs one adapter per input on one shared base.
+        # A two-model method (slerp) with a real base interpolates between
+        # the base and the other model: the full-model path below does that.
+        from ..merge.options import first_adapter_is_base
+
         stacked = [v for v, _ in inputs if isinstance(v, Stacked)]
+        if first_adapter_is_base(spec.method) and base_path is not None:
+            stacked = []
         if stacked and len(stacked) == len(inputs) and all(len(v.stack) == 1 for v in stacked):
             bases = {v.base for v in stacked}
             if len(bases) == 1 and (base_path is None or base_path in bases):

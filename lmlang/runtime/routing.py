@@ -13,12 +13,12 @@ expert decodes its rows as one batch.
 """
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from typing import cast
 
 import torch
 
+from ..constraints import linear_regex
 from ..errors import LmlangRuntimeError
 from ..graph import RouterSpec
 from ..graph import ir as I
@@ -87,7 +87,7 @@ class Router:
 
     def _rule(self, text: str) -> str:
         for nid, rule in self.spec.experts:
-            if isinstance(rule, I.Matches) and re.search(rule.pattern, text):
+            if isinstance(rule, I.Matches) and linear_regex.search(rule.pattern, text):   # no backtracking
                 return nid
             if isinstance(rule, I.Contains) and any(w.lower() in text.lower() for w in rule.words):
                 return nid
