@@ -71,7 +71,9 @@ def test_every_method_streams(method, params, per, tiny_model_dir, tiny_model_di
         if method == "tsv":
             # TSV's SVD goes through LAPACK, whose blocking depends on torch's
             # thread count: bit-equality holds only at equal thread counts.
-            assert torch.allclose(out[name], ref, rtol=1e-4, atol=1e-6), name
+            # Compare as a whole tensor (relative Frobenius error): single
+            # entries near zero carry the rounding of the decomposition.
+            assert (out[name] - ref).norm() <= 1e-4 * ref.norm(), name
         else:
             assert torch.equal(out[name], ref), name
 
