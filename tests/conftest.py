@@ -4,13 +4,18 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+# The tests mirror the package in subfolders (frontend/, runtime/, ...);
+# shared helpers (tiny.py, served_server.py) sit here, and a few test modules
+# import another's helpers (make_lora, FakeServer), so every folder is importable.
+TESTS = Path(__file__).resolve().parent
+for _folder in [TESTS, *sorted(p for p in TESTS.iterdir() if p.is_dir() and p.name not in ("fixtures", "__pycache__"))]:
+    sys.path.insert(0, str(_folder))
 
 # Tests never reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # The result cache would answer a test from an earlier test's (or session's)
-# decoding; the tests of the cache itself turn it on (tests/test_result_cache.py).
+# decoding; the tests of the cache itself turn it on (tests/runtime/test_result_cache.py).
 os.environ.setdefault("LMLANG_CACHE", "0")
 
 from served_server import lora_dir, vllm_server  # noqa: E402,F401  (one real vLLM per test run)
@@ -23,7 +28,7 @@ EXAMPLES = REPO / "examples"
 def allow_test_folders(tmp_path_factory):
     """Scripts written to one test folder name models and files in others
     (the session's tiny models): allow the whole temporary tree, as a user
-    allows a shared models folder. tests/test_security.py clears it to test
+    allows a shared models folder. tests/security/test_security.py clears it to test
     confinement itself."""
     old = os.environ.get("LMLANG_ALLOW_PATH")
     os.environ["LMLANG_ALLOW_PATH"] = str(tmp_path_factory.getbasetemp())

@@ -15,7 +15,7 @@ prompt's structure:
 
 For ordinary values this changes nothing: the text is the one the template
 would have rendered with the values inside, and the ids are the tokenizer's
-own tokenization of the whole chunk (tests/test_seams.py pins them).
+own tokenization of the whole chunk (tests/runtime/test_seams.py pins them).
 Interpolation is a lookup of names and dict keys, never Python formatting.
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pygments.token import Error, Keyword, Name, Punctuation, String
 
 from lmlang.highlight import LmlangLexer
 
-EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").rglob("*.lm"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").rglob("*.lm"))
 
 
 def test_registered_through_the_entry_point():

@@ -24,7 +24,7 @@ import pytest
 from lmlang.constraints.spec import (All, BoolType, Choice, FloatType, Grammar, IntType, JsonSchema, MaxChars,
                                      MaxTokens, Regex, Stop)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BACKENDS = ("llguidance", "outlines_core", "xgrammar")
 
 

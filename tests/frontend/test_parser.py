@@ -1,6 +1,7 @@
 """The parser: every construct becomes the AST node it should, with spans;
 syntax errors are LmlangSyntaxError with a location and a hint; nothing of
 Lark escapes; pathological input ends cleanly."""
+from pathlib import Path
 import dataclasses
 
 import pytest
@@ -150,7 +151,7 @@ def test_keywords_are_soft_where_unambiguous():
 
 
 def test_every_node_has_a_span_and_no_lark_type_escapes():
-    text = open(__file__.replace("test_parser.py", "fixtures/ok_constraints.lm")).read()
+    text = open(Path(__file__).resolve().parents[1] / "fixtures" / "ok_constraints.lm").read()
     for node in walk(parse(text, "f.lm")):
         assert "lark" not in type(node).__module__
         if isinstance(node, A.Node):

@@ -25,7 +25,7 @@ from lmlang.cli import main
 from lmlang.errors import CheckError, LmlangRuntimeError, ScriptError
 from lmlang.frontend import build, build_file
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class _Plant:
@@ -189,7 +189,7 @@ def test_no_code_loading_in_the_package():
 @pytest.mark.parametrize("attack", ['flow { emit x = __import__("os") }', 'flow { emit x = open("/etc/passwd") }',
                                     'query q(x: str) { user "{x.__class__}" assistant "[a]" }'])
 def test_no_python_in_scripts(attack):
-    """(The full table is tests/test_safety.py.)"""
+    """(The full table is tests/security/test_safety.py.)"""
     with pytest.raises(ScriptError):
         build("model base = default\n" + attack, "attack.lm")
 

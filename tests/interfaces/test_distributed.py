@@ -17,7 +17,7 @@ ray = pytest.importorskip("ray")
 
 from lmlang.distributed import RayDataRun, actor_count, actor_options, model_bytes  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

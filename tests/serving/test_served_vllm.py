@@ -23,11 +23,10 @@ from pathlib import Path
 import pytest
 
 import lmlang
-from lmlang.errors import LmlangError
 
 pytestmark = [pytest.mark.vllm, pytest.mark.e2e]
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(autouse=True)
@@ -205,9 +204,9 @@ def test_distribution_is_exact_up_to_numerics(vllm_server):
     served = lmlang.compile("model base = vllm default\n" + DECODERS)
     local = lmlang.compile("model base = default\n" + DECODERS)
     for name, q in (("odds", "Is the sun a star?"), ("plain_odds", "Is ice cold?")):
-        s, l = served.queries[name](q), local.queries[name](q)
-        assert s["a"] == l["a"]
-        for option, p in l["distribution"].items():
+        s, loc = served.queries[name](q), local.queries[name](q)
+        assert s["a"] == loc["a"]
+        for option, p in loc["distribution"].items():
             assert abs(s["distribution"][option] - p) < 1e-3, (name, option, s["distribution"], p)
 
 

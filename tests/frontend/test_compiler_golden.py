@@ -5,7 +5,7 @@ broken one's is its list of diagnostics. Paths are written relative to the
 fixtures folder ($FIXTURES), so the files are the same on every machine.
 
 Regenerate after an intended change with:
-    LMLANG_REGEN=1 python -m pytest tests/test_compiler_golden.py
+    LMLANG_REGEN=1 python -m pytest tests/frontend/test_compiler_golden.py
 and review the diff.
 """
 import json
@@ -18,7 +18,7 @@ from lmlang.graph import graph_from_json, graph_to_json
 from lmlang.errors import LmlangError
 from lmlang.frontend import build_file
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CASES = sorted(FIXTURES.glob("*.lm"))
 REGEN = os.environ.get("LMLANG_REGEN") == "1"
 

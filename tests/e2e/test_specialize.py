@@ -10,7 +10,7 @@ import pytest
 
 import lmlang
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench" / "specialize.py"
 sys.path.insert(0, str(REPO / "bench" / "specialize"))
 

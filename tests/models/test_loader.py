@@ -43,7 +43,7 @@ def fake_hub_model(root: Path, repo: str, src: Path, sha: str = "0123abcd" * 5) 
 
 def test_import_does_not_load_torch():
     code = "import lmlang.models.loader, sys; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_load_tiny_folder(tiny_model_dir):

@@ -15,7 +15,7 @@ from lmlang.cli import main
 from lmlang.errors import CheckError
 from lmlang.frontend import build, build_file
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def errors(text: str, tmp_path: Path | None = None) -> list[str]:

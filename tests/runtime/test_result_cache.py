@@ -13,7 +13,7 @@ import lmlang
 from lmlang.cli import main
 from lmlang.runtime.result_cache import ResultCache, cache_clear, cache_info
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def source(model_dir, decoder: str = "", adapter: str | None = None) -> str:

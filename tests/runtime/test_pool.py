@@ -11,7 +11,6 @@ import torch
 
 from lmlang.errors import LmlangRuntimeError
 from lmlang.merge.lora import load_lora
-from lmlang.runtime import pool as poolmod
 from lmlang.runtime.pool import (AdapterPool, EmbeddingIndex, discover, card_description, gate_scores, stacks_for,
                                  standardize, train_gates, training_prompts, weights_from_scores)
 

@@ -12,7 +12,7 @@ from lmlang.constraints.check import check_constraint
 from lmlang.constraints.spec import (All, BoolType, Choice, Grammar, IntType, JsonSchema, MaxChars, MaxTokens, Regex,
                                      Stop)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 OBJ = json.dumps({"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]})
 

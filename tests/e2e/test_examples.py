@@ -13,7 +13,7 @@ import pytest
 
 from lmlang.frontend import build_file
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ALL = sorted(EXAMPLES.glob("*.lm")) + sorted((EXAMPLES / "lib").glob("*.lm"))
 ARITH = re.compile(r"(?:[0-9]+|\(.*\))(?: [-+*/] (?:[0-9]+|\(.*\)))*")
 

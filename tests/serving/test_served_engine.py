@@ -18,7 +18,7 @@ from lmlang.runtime.engines.served_holes import plan_hole
 from lmlang.serving.client import Completion
 from lmlang.serving.structured import ServedValueError, ServerFeatures
 
-from test_serving_client import OK, FakeServer
+from test_serving_client import FakeServer
 
 EXACT = ServerFeatures()                                  # vLLM with the guidance backend
 XGRAMMAR = ServerFeatures("vllm", True, "xgrammar")

@@ -1,5 +1,5 @@
 """Against a REAL vLLM server serving the bundled model (marker `vllm`): the client
-and the constraint mapping on their own (tests/test_served_vllm.py runs scripts).
+and the constraint mapping on their own (tests/serving/test_served_vllm.py runs scripts).
 
 The session fixture (tests/served_server.py) builds the vLLM venv once (cached under
 the lmlang home: ~10 min and ~3.4 GB the first time on 2 busy cores), makes a small

@@ -19,7 +19,7 @@ from lmlang.errors import LmlangError
 from lmlang.frontend import build, build_file
 from lmlang.source import ODD_BREAKS
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SEEDS = sorted((REPO / "examples").glob("*.lm")) + sorted((REPO / "tests" / "fixtures").glob("ok_*.lm"))
 CASES = int(os.environ.get("LMLANG_FUZZ_CASES", "4000"))
 TOKEN = re.compile(r'r?"(?:[^"\\\n]|\\.)*"|[A-Za-z_][A-Za-z0-9_]*|\d+(?:\.\d+)?|\S')

@@ -20,7 +20,7 @@ from lmlang.graph import (GRAPH_FORMAT_VERSION, StepSpec, content_digest, from_j
 from lmlang.graph import ir as I
 from lmlang.parser import parse
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 CALL = I.Call("q", (I.Var("t"), I.Lit(3)), (("k", I.ListExpr((I.Lit("a"), I.Lit(True)))),), "f.lm:2:5")
 NODES = [

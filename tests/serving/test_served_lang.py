@@ -84,7 +84,7 @@ def test_server_options_are_judged_by_the_registry(options, message):
 
 def test_unknown_options_get_did_you_mean():
     with pytest.raises(CheckError) as e:
-        compile_(f'model m = vllm default {{ tensor_paralel: 2 }}\n' + CHOICE_Q.format())
+        compile_('model m = vllm default { tensor_paralel: 2 }\n' + CHOICE_Q.format())
     d = e.value.diagnostics[0]
     assert d.message == "unknown option 'tensor_paralel' for a vllm model" and d.hint == "did you mean 'tensor_parallel'?"
 

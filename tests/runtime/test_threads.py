@@ -10,7 +10,7 @@ import pytest
 import lmlang
 from lmlang.runtime import threads as T
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("cores, load, want", [
