@@ -146,6 +146,11 @@ def run(file, sets, data, data_format, out, resume, overwrite, limit, batch_size
                              not no_progress, ray_address=ray_address)
             sys.exit(code)
         result = prog.run(**_parse_sets(sets))
+    except LmlangError as e:
+        src = prog.frontend.source          # a runtime error positioned in the script shows its line too
+        if e.span.filename == src.filename:
+            e.with_source(src)
+        raise
     finally:
         prog.close()
     if as_json:

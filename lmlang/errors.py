@@ -64,6 +64,17 @@ class LmlangError(Exception):
     def render(self, source: Source | None = None) -> str:
         return "\n".join(d.render(self.source_for(d, source)) for d in self.diagnostics)
 
+    def at_node(self, span: Span, name: str) -> "LmlangError":
+        """Position an error raised while building or loading a graph node
+        (a model, adapter, merge) at the node's declaration, named as the
+        script names it; an error that already has a position keeps it."""
+        if not self.span.line and span.line:
+            self.span = span
+            if name and not self.message.startswith(name):
+                self.message = f"{name}: {self.message}"
+                self.args = (self.message,)
+        return self
+
     def __str__(self) -> str:
         return self.render()
 

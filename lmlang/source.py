@@ -185,3 +185,12 @@ def decode_script(data: bytes, filename: str) -> str:
         raise ScriptError(f"the script is not UTF-8 text: byte 0x{data[e.start]:02x} ({e.reason})",
                           Span(line, col, line, col + 1, filename),
                           "save the file as UTF-8").with_source(source) from None
+
+
+def span_of(loc: str) -> Span:
+    """A graph node's `loc` ("file:line:col") as a span (NO_SPAN when it has none)."""
+    filename, _, rest = loc.rpartition(":")
+    filename, _, line = filename.rpartition(":")
+    if not (filename and line.isdigit() and rest.isdigit()):
+        return NO_SPAN
+    return Span(int(line), int(rest), int(line), int(rest) + 1, filename)

@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import LmlangRuntimeError, MergeError
+from ..errors import LmlangError, LmlangRuntimeError, MergeError
+from ..source import span_of
 from ..graph import (AdapterMergeSpec, ApplySpec, Compiled, FuseSpec, LoraSpec, MergeSpec, ModelSpec, RouterSpec,
                      TrainSpec)
 from ..merge.options import STEP_OPTIONS
@@ -62,7 +63,10 @@ class Builder:
 
     def value(self, nid: str):
         if nid not in self.values:
-            self.values[nid] = self._build(nid)
+            try:
+                self.values[nid] = self._build(nid)
+            except LmlangError as e:
+                raise e.at_node(span_of(getattr(self.c.spec(nid), "loc", "")), self.c.display_name(nid))
         return self.values[nid]
 
     def _build(self, nid: str):

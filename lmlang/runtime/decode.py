@@ -19,7 +19,7 @@ import torch
 from ..constraints import spec as C
 from ..constraints.hole import FEED, SAMPLE, HoleGuide, HolePlan, seam_to_heal
 from ..errors import LmlangError, LmlangRuntimeError
-from ..source import NO_SPAN, Span
+from ..source import span_of
 from .lm import LM, Batch
 from .prefix import prefill
 from .prompt import RenderedPrompt
@@ -112,15 +112,6 @@ def typed_value(text: str, constraint) -> object:
         except ValueError as e:
             raise LmlangRuntimeError(f"decoded value {text!r} does not parse: {e}") from None
     return text
-
-
-def span_of(loc: str) -> Span:
-    """A graph node's `loc` ("file:line:col") as a span (NO_SPAN when it has none)."""
-    filename, _, rest = loc.rpartition(":")
-    filename, _, line = filename.rpartition(":")
-    if not (filename and line.isdigit() and rest.isdigit()):
-        return NO_SPAN
-    return Span(int(line), int(rest), int(line), int(rest) + 1, filename)
 
 
 class QueryRun:

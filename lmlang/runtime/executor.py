@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import LmlangError, LmlangRuntimeError, ScriptError
+from ..source import span_of
 from ..graph import Compiled, InputSpec, QuerySpec
 from .dispatch import SAMPLING, Job, Strategy, decode_jobs
 from .flow import Interpreter
@@ -244,7 +245,11 @@ class Executor:
     def lm(self, nid: str):
         if nid not in self._lms:
             self._prepare_torch()
-            self._lms[nid] = self.lm_for_value(self.builder.value(nid), self.c.display_name(nid))
+            name = self.c.display_name(nid)
+            try:
+                self._lms[nid] = self.lm_for_value(self.builder.value(nid), name)
+            except LmlangError as e:
+                raise e.at_node(span_of(getattr(self.c.spec(nid), "loc", "")), name)
         return self._lms[nid]
 
     def _load(self, path):
