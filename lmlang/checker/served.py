@@ -93,7 +93,7 @@ def _check_query_on(cx: Context, info, expr, model: str, kind: sources.SourceKin
     for hole in info.holes:
         if info.distribution is not None and hole == info.distribution[0]:
             continue
-        served = to_request(info.constraints.get(hole), features)
+        served = to_request(info.constraints.get(hole), features, payload=False)
         if isinstance(served, Unsupported):
             p = served.problem(model)
             cx.error(p.message.replace("(x)", f"({hole})"), _hole_span(q, hole), p.hint.replace("(x)", f"({hole})"),

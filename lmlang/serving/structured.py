@@ -137,8 +137,11 @@ class ServedConstraint:
 
 
 # ---------------------------------------------------------------------------- mapping
-def to_request(c: Constraint | None, features: ServerFeatures = ServerFeatures()) -> ServedConstraint | Unsupported:
-    """The request fields that make a server enforce `c`, or why it cannot."""
+def to_request(c: Constraint | None, features: ServerFeatures = ServerFeatures(),
+               payload: bool = True) -> ServedConstraint | Unsupported:
+    """The request fields that make a server enforce `c`, or why it cannot.
+    payload=False: only whether it can (the checker's question); a JSON
+    schema's guidance form, which needs llguidance, is not built."""
     try:
         plan = lower(c)
     except LoweringError as e:
@@ -146,7 +149,7 @@ def to_request(c: Constraint | None, features: ServerFeatures = ServerFeatures()
     stops = _stops(plan, features)
     if isinstance(stops, Unsupported):
         return stops
-    shape = _shape(plan, features)
+    shape = _shape(plan, features, payload)
     if isinstance(shape, Unsupported):
         return shape
     form, structured, semantic = shape
@@ -169,7 +172,7 @@ def _stops(plan: Plan, features: ServerFeatures) -> bool | None | Unsupported:
     return None
 
 
-def _shape(plan: Plan, features: ServerFeatures):
+def _shape(plan: Plan, features: ServerFeatures, payload: bool = True):
     """(form, structured_outputs, semantic_json) or Unsupported."""
     limited = plan.max_chars is not None
     if plan.kind == "free":
@@ -192,7 +195,7 @@ def _shape(plan: Plan, features: ServerFeatures):
         return "regex", {"regex": plan.text}, False
     if plan.kind == "json":
         if features.backend == GUIDANCE:
-            return "json", {"json": guidance_schema(plan)}, False
+            return "json", {"json": guidance_schema(plan) if payload else {}}, False
         return "json", {"json": json.loads(plan.text)}, True
     # lark: a user grammar, or a regex intersected with a length bound (llguidance's `&`)
     if plan.source.endswith("&len") and features.backend != GUIDANCE:
