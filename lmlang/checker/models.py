@@ -227,7 +227,7 @@ def _refuse(cx: Context, e, feature: str, action: str) -> None:
     name = e.name if isinstance(e, A.ModelRef) else "this model"
     why = WHY_NOT[feature]
     if feature == "adapters":
-        hint = (f"serve the adapter as a LoRA module on that server and name it: server \"...\" {{ model: \"MODULE\" }}"
+        hint = ("serve the adapter as a LoRA module on that server and name it: server \"...\" { model: \"MODULE\" }"
                 ", or serve the model with `vllm`")
     elif feature == "weights":
         hint = "train on the local model (e.g. `default`) or serve the model with `vllm \"...\"`, whose weights are local"
