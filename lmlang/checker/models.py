@@ -120,7 +120,7 @@ def _check_model_source(cx: Context, text: str, e: A.Node) -> None:
 
             # A warning, not an error: scripts may be checked on a machine
             # other than the one that runs them (and fixtures name hub ids).
-            _folder, message, hint = hub_snapshot(e.path)
+            _folder, message, hint = hub_snapshot(text)
             if message:
                 cx.warn(f"{message}: a run here fails when it loads the model", e, hint, code="hub-not-cached")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..errors import LmlangRuntimeError, MergeError
 from ..graph import (AdapterMergeSpec, ApplySpec, Compiled, FuseSpec, LoraSpec, MergeSpec, ModelSpec, RouterSpec,
                      TrainSpec)
+from ..graph.specs import VllmSpec
 from ..merge.options import STEP_OPTIONS
 
 
@@ -67,7 +68,7 @@ class Builder:
 
     def _build(self, nid: str):
         spec = self.c.spec(nid)
-        if isinstance(spec, ModelSpec) or spec.kind == "vllm":   # a vLLM source's weights are local too (training)
+        if isinstance(spec, (ModelSpec, VllmSpec)):   # a vLLM source's weights are local too (training)
             from ..models.loader import resolve_model
 
             return Folder(resolve_model(spec.source))
