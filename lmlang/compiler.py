@@ -90,8 +90,8 @@ class Compiler:
             return self.add(MergeSpec(e.method, base, tuple(models), tuple(sorted(options)), self.loc(e)), e.method)
         if isinstance(e, A.FuseExpr):
             members = tuple((self.model(m.key), float(_plain_value(m.value))) for m in e.members.entries)
-            opts = tuple(sorted((kw.name, _plain_value(kw.value)) for kw in e.options))
-            return self.add(FuseSpec(e.mode, members, opts, self.loc(e)), e.mode)
+            fuse_opts = tuple(sorted((kw.name, _plain_value(kw.value)) for kw in e.options))
+            return self.add(FuseSpec(e.mode, members, fuse_opts, self.loc(e)), e.mode)
         raise TypeError(f"not a model expression: {e!r}")  # the checker rejects these
 
     def source_path(self, p: str, node) -> str:

@@ -5,8 +5,12 @@ Exit codes (documented in docs/cli.md): 0 ok, 1 runtime error, 2 script error.
 """
 from __future__ import annotations
 
+from typing import TypeVar
+
 from .source import NO_SPAN, Source, Span
 from .frozen import frozen
+
+_E = TypeVar("_E", bound="LmlangError")      # with_source returns the error's own class
 
 
 @frozen
@@ -50,7 +54,7 @@ class LmlangError(Exception):
     def diagnostics(self) -> list[Diagnostic]:
         return [Diagnostic(self.message, self.span, self.hint, "error", self.code)]
 
-    def with_source(self, source: Source) -> "LmlangError":
+    def with_source(self: _E, source: Source) -> _E:
         if self.source is None:
             self.source = source
         return self

@@ -31,7 +31,7 @@ ROUTER_KINDS_WORDS = tuple(ROUTER_KINDS)          # `route embedding { ... }`
 
 
 class LmlangLexer(RegexLexer):
-    name = "lmlang"
+    name = "lmlang"  # type: ignore[assignment]  # pygments' untyped Lexer.name = None reads as type None
     aliases = ["lmlang", "lm"]
     filenames = ["*.lm"]
     mimetypes = ["text/x-lmlang"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from functools import lru_cache
+from typing import get_args
 
 from . import ast as A
 from .errors import LmlangSyntaxError
@@ -110,6 +111,9 @@ def _check_nesting(source: Source) -> None:
             depth = max(depth - 1, 0)
 
 
+_EXPR_TYPES = get_args(A.Expr)          # isinstance() takes the classes of the Union
+
+
 def _check_expression_depth(program: A.Program) -> None:
     """Every later stage (checker, compiler, graph hashing and JSON export,
     the flow interpreter) walks statements and expressions recursively;
@@ -133,7 +137,7 @@ def _check_expression_depth(program: A.Program) -> None:
                                     "an `else if` chain nests one level per branch: look the value up in a "
                                     "list or a router, or split the chain into several `if` statements")
         for child in node.children():
-            if not isinstance(child, A.Expr):
+            if not isinstance(child, _EXPR_TYPES):
                 stack.append((child, 0, None, block + isinstance(child, (A.If, A.For))))
             elif root is None:
                 stack.append((child, 1, child, block))
@@ -163,7 +167,7 @@ def _syntax_error(e, source: Source) -> LmlangSyntaxError:
     if unclosed is not None:
         return unclosed
     if isinstance(e, lark.exceptions.UnexpectedCharacters):
-        ch = source.text[e.pos_in_stream] if e.pos_in_stream < len(source.text) else ""
+        ch = source.text[e.pos_in_stream] if e.pos_in_stream < len(source.text) else ""  # type: ignore[index, operator]  # lark declares pos_in_stream = None; UnexpectedCharacters sets the int position
         message = f"unexpected character {ch!r}"
         span = source.span(line, col)
     elif isinstance(e, lark.exceptions.UnexpectedEOF) or getattr(getattr(e, "token", None), "type", "") == "$END":
@@ -185,18 +189,18 @@ def _syntax_error(e, source: Source) -> LmlangSyntaxError:
         else:
             message = f"unexpected {shown!r}"
     hint = ""
-    word = getattr(getattr(e, "token", None), "type", "") == "NAME" and str(e.token)
+    name = getattr(getattr(e, "token", None), "type", "") == "NAME" and str(e.token)
     keywords = [x.strip("'") for x in expected if x.startswith("'") and x[1:2].isalpha()]
-    if word and keywords and closest(word, keywords):
-        hint = f"did you mean '{closest(word, keywords)}'?"
+    if name and keywords and closest(name, keywords):
+        hint = f"did you mean '{closest(name, keywords)}'?"
     elif expected:
-        shown = expected[:8]
+        listed = expected[:8]
         if len(expected) > 8:
-            hint = "expected " + ", ".join(shown) + ", ..."
-        elif len(shown) > 1:
-            hint = "expected " + ", ".join(shown[:-1]) + " or " + shown[-1]
+            hint = "expected " + ", ".join(listed) + ", ..."
+        elif len(listed) > 1:
+            hint = "expected " + ", ".join(listed[:-1]) + " or " + listed[-1]
         else:
-            hint = "expected " + shown[0]
+            hint = "expected " + listed[0]
     return LmlangSyntaxError(message, span, hint).with_source(source)
 
 

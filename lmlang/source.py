@@ -71,7 +71,7 @@ class Source:
         if span.line <= 0:
             return ""
         last = max(span.end_line, span.line)
-        numbers = list(range(span.line, last + 1))
+        numbers: list[int | None] = list(range(span.line, last + 1))
         if len(numbers) > max_lines:
             numbers = numbers[:max_lines - 1] + [None, last]
         width = len(str(last))

@@ -179,6 +179,7 @@ def _json_schema(cx: Context, c: A.CJson):
         except JsonTypeError as e:
             cx.error(str(e), e.node, e.hint)
             return None
+    assert c.file is not None       # the parser sets inline or file
     if c.file in cx.schemas:
         return _bounded_schema(cx, c, cx.schemas[c.file])
     path = cx.file_ref("JSON schema", c.file, c)

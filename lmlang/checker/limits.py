@@ -12,6 +12,7 @@ took minutes. The limits are documented in docs/language.md ("Limits").
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 MAX_SCHEMA_DEPTH = 128      # nested JSON objects and arrays in one schema
 MAX_REF_CHAIN = 100         # `$ref`s followed one inside another (recursion cut at the cycle)
@@ -54,7 +55,7 @@ def _depth(value) -> int:
     while stack:
         node, d = stack.pop()
         if isinstance(node, dict):
-            children = node.values()
+            children: Iterable = node.values()
         elif isinstance(node, list):
             children = node
         else:

@@ -120,7 +120,7 @@ def _check_model_source(cx: Context, text: str, e: A.Node) -> None:
 
             # A warning, not an error: scripts may be checked on a machine
             # other than the one that runs them (and fixtures name hub ids).
-            _folder, message, hint = hub_snapshot(e.path)
+            _folder, message, hint = hub_snapshot(text)
             if message:
                 cx.warn(f"{message}: a run here fails when it loads the model", e, hint, code="hub-not-cached")
 
@@ -227,7 +227,7 @@ def _refuse(cx: Context, e, feature: str, action: str) -> None:
     name = e.name if isinstance(e, A.ModelRef) else "this model"
     why = WHY_NOT[feature]
     if feature == "adapters":
-        hint = (f"serve the adapter as a LoRA module on that server and name it: server \"...\" {{ model: \"MODULE\" }}"
+        hint = ("serve the adapter as a LoRA module on that server and name it: server \"...\" { model: \"MODULE\" }"
                 ", or serve the model with `vllm`")
     elif feature == "weights":
         hint = "train on the local model (e.g. `default`) or serve the model with `vllm \"...\"`, whose weights are local"

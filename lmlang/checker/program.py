@@ -48,7 +48,7 @@ class CheckedProgram:
     warnings: list = field(default_factory=list)
     sources: dict = field(default_factory=dict)     # filename -> Source (imports)
     functions: frozenset = frozenset()
-    query_decls: dict = field(default_factory=dict)  # name -> QueryDecl (before checking)
+    query_decls: dict[str, A.QueryDecl] = field(default_factory=dict)  # name -> QueryDecl (before checking)
     roots: tuple = ()                                # resolved folders file references may reach
 
     def path_for(self, text: str, node) -> Path:

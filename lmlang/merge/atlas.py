@@ -145,7 +145,6 @@ def completion_loss(examples, pad_id: int, batch_size: int, seed: int) -> Callab
 
 def expert_deltas(base_input, folder: Path) -> tuple[dict, Any]:
     """{weight name: fp32 delta} of a LoRA folder or a full model folder, and the LoraAdapter (or None)."""
-    import torch
 
     from .lora import load_lora
     from .twin import _read_tensors
@@ -215,8 +214,8 @@ def fit_atlas(base: str | os.PathLike, experts: Sequence[tuple[str, str | os.Pat
     if saved is not None:
         return _result(final, saved, True, time.perf_counter() - start)
     pairs = [expert_deltas(base_input, p) for p in folders]
-    deltas, loras = [d for d, _ in pairs], [l for _, l in pairs]
-    if opts["output"] == "lora" and any(l is None for l in loras):
+    deltas, loras = [d for d, _ in pairs], [ad for _, ad in pairs]
+    if opts["output"] == "lora" and any(ad is None for ad in loras):
         raise MergeConfigError("merge atlas: output lora needs LoRA experts (a full model has no LoRA form)")
     model, tokenizer = _load_base(base_input.path)
     model.eval()
@@ -262,7 +261,7 @@ def _write(final: Path, base_input, deltas, loras, groups, coef, opts: dict, man
         if opts["output"] == "full":
             _write_full(tmp, base_input, targets, merged, None)
         else:
-            rank = sum(int(l.config.get("r", 8)) for l in loras)
+            rank = sum(int(ad.config.get("r", 8)) for ad in loras)
             manifest["rank"], _, manifest["lora_error"] = _write_lora(tmp, loras, targets, merged, rank, None)
             cfg = json.loads((tmp / "adapter_config.json").read_text())
             cfg["base_model_name_or_path"] = str(base_input.path)

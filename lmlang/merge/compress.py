@@ -134,7 +134,6 @@ def compress_module(a, b, lora_scale: float, density: float, quantize: str, alph
     Returns {"a", "b": stored values, "scale": c with W_hat = c * b @ a,
     "mask_a", "mask_b", "error": relative Frobenius error, "norm_sq",
     "diff_sq"}. Embedding factors are passed in the same B @ A layout."""
-    import torch
 
     kept_a, mask_a = sparsify(a, density)
     kept_b, mask_b = sparsify(b, density)

@@ -117,7 +117,7 @@ def build_twin(base: str | os.PathLike, experts: Sequence[tuple[str, str | os.Pa
     params = dict(core_params if core_params is not None else ({"density": 0.5} if core in ("ties", "dare_ties", "pcb") else {}))
     folders = [Path(p).expanduser().resolve() for _, p in experts]
     loras = [load_lora(p) for p in folders]
-    k = int(rank) if rank is not None else sum(int(l.config.get("r", 8)) for l in loras)
+    k = int(rank) if rank is not None else sum(int(ad.config.get("r", 8)) for ad in loras)
     if k < 1:
         raise MergeConfigError(f"twin rank must be at least 1, got {k}")
     base_input = load_input(base)
@@ -153,7 +153,7 @@ def _write_exclusive(tmp: Path, base_input, core_path: Path, names: list[str], l
 
     from .lora import _write_lora
 
-    targets = sorted(set().union(*(set(l.modules) for l in loras)))
+    targets = sorted(set().union(*(set(ad.modules) for ad in loras)))
     base_w = _read_tensors(base_input.path, targets)
     core_w = _read_tensors(core_path, targets)
     core_delta = {n: core_w[n].float() - base_w[n].float() for n in targets}
@@ -166,7 +166,7 @@ def _write_exclusive(tmp: Path, base_input, core_path: Path, names: list[str], l
 
         sub = tmp / "exclusive" / f"{i}-{_slug(name)}"
         sub.mkdir(parents=True)
-        _, per_module, overall = _write_lora(sub, [lora, *(l for l in loras if l is not lora)], targets, exclusive, rank, None)
+        _, per_module, overall = _write_lora(sub, [lora, *(other for other in loras if other is not lora)], targets, exclusive, rank, None)
         cfg_path = sub / "adapter_config.json"
         cfg = json.loads(cfg_path.read_text())
         cfg["base_model_name_or_path"] = str(core_path)

@@ -58,7 +58,8 @@ def folder_facts(folder: Path) -> ModelFacts | None:
         return None
     if not isinstance(config, dict):
         return None
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    text_config = config.get("text_config")
+    text = text_config if isinstance(text_config, dict) else config
     archs = config.get("architectures")
     arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else config.get("model_type")
     vocab = text.get("vocab_size")

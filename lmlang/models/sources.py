@@ -15,6 +15,7 @@ writes it.
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..frozen import frozen
@@ -64,7 +65,7 @@ class SourceKind:
         return self
 
 
-_SERVED = dict(logits=False, beam=False, merge=False, engine="served")
+_SERVED: dict[str, Any] = dict(logits=False, beam=False, merge=False, engine="served")
 
 SOURCE_KINDS: dict[str, SourceKind] = {k.name: k for k in (
     SourceKind("default", "the bundled SmolLM2-135M-Instruct (offline)"),

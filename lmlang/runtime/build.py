@@ -17,6 +17,7 @@ from ..errors import LmlangError, LmlangRuntimeError, MergeError
 from ..source import span_of
 from ..graph import (AdapterMergeSpec, ApplySpec, Compiled, FuseSpec, LoraSpec, MergeSpec, ModelSpec, RouterSpec,
                      TrainSpec)
+from ..graph.specs import VllmSpec
 from ..merge.options import STEP_OPTIONS
 
 
@@ -71,7 +72,7 @@ class Builder:
 
     def _build(self, nid: str):
         spec = self.c.spec(nid)
-        if isinstance(spec, ModelSpec) or spec.kind == "vllm":   # a vLLM source's weights are local too (training)
+        if isinstance(spec, (ModelSpec, VllmSpec)):   # a vLLM source's weights are local too (training)
             from ..models.loader import resolve_model
 
             return Folder(resolve_model(spec.source))

@@ -105,7 +105,7 @@ def run_served(execu, jobs: list[Job]) -> None:
 
     results: list = [None] * len(jobs)
     streams = [j.stream for j in jobs]
-    on_token = (lambda i, h, t: streams[i] and streams[i](h, t)) if any(streams) else None
+    on_token = (lambda i, h, t: (s := streams[i]) and s(h, t)) if any(streams) else None
     rows = RowsJob(jobs[0].spec, list(range(len(jobs))), {k: j.env for k, j in enumerate(jobs)}, results,
                    [j.row for j in jobs], jobs[0].expert, on_token, jobs[0].seed if jobs[0].seed is not None
                    else execu.seed, execu.trace)

@@ -17,16 +17,19 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, cast
 
 from ..errors import LmlangError, LmlangRuntimeError, ScriptError
+from ..graph import ApplySpec, Compiled, InputSpec, QuerySpec, RouterSpec, StepSpec
 from ..source import span_of
-from ..graph import Compiled, InputSpec, QuerySpec
 from .dispatch import SAMPLING, Job, Strategy, decode_jobs
 from .flow import Interpreter
 from .prompt import value_text
 from .schedule import Scheduler
 from .trace import QueryTrace, Trace
+
+if TYPE_CHECKING:
+    from .result_cache import CallKeys
 
 
 class InputError(ScriptError):
@@ -131,13 +134,13 @@ def _coerce(value, t: str, depth: int):
         if not isinstance(value, (list, tuple)):
             raise _Mismatch(_shown(value), "give a JSON list")
         item = t[len("list["):-1]
-        out = []
+        items = []
         for i, x in enumerate(value):
             try:
-                out.append(_coerce(x, item, depth + 1))
+                items.append(_coerce(x, item, depth + 1))
             except _Mismatch as m:
                 raise _Mismatch(m.got, m.hint, f"[{i}]{m.path}") from None
-        return out
+        return items
     return value                      # any: whatever the caller gives
 
 
@@ -175,15 +178,15 @@ def _json_value(value, depth: int):
                 raise _Mismatch(m.got, m.hint, f"[{i}]{m.path}") from None
         return out
     if isinstance(value, dict):
-        out = {}
+        obj = {}
         for k, x in value.items():
             if not isinstance(k, str):
                 raise _Mismatch(f"a dict key {_shown(k)}, not a string")
             try:
-                out[_text(k)] = _json_value(x, depth + 1)
+                obj[_text(k)] = _json_value(x, depth + 1)
             except _Mismatch as m:
                 raise _Mismatch(m.got, m.hint, f"[{json.dumps(k)}]{m.path}") from None
-        return out
+        return obj
     raise _Mismatch(_shown(value), "a json input takes dicts, lists, strings, numbers, booleans and null")
 
 
@@ -225,7 +228,7 @@ class Executor:
         self._base_lms: dict = {}                     # base folder -> the plain model (hidden-state embeddings)
         self._stacks: dict[int, tuple] = {}           # id(LM) -> (its AdapterHost, adapter stack), for mixed batches
         self._dtypes: dict | None = None              # folder -> dtype, from a per-model dtype setting
-        self._keys = None                             # result_cache.CallKeys, made at the first cached call
+        self._keys: CallKeys | None = None            # made at the first cached call
         self._torch_ready = False
         self._engines: dict = {}                      # model node id -> its engine (engine_for)
         from .build import Builder
@@ -295,13 +298,13 @@ class Executor:
 
             loaded = self._load(value.base)
             host = AdapterHost.for_model(loaded)
-            stack = []
+            pairs = []
             for folder, scale in value.stack:
                 key = str(folder)
                 if key not in host.names:
                     host.add(key, Path(folder))
-                stack.append((key, scale))
-            stack = tuple(stack)
+                pairs.append((key, scale))
+            stack = tuple(pairs)
             base_lm = self._base_lm(loaded, value.base)
             lm = base_lm.with_hook(name, lambda: host.activate(stack))
             self._stacks[id(lm)] = (host, stack)
@@ -344,7 +347,7 @@ class Executor:
         if names:
             return names[0]
         spec = self.c.spec(nid)
-        if spec.kind == "apply":
+        if isinstance(spec, ApplySpec):
             parts = [self.expert_name(spec.base)]
             for a, scale in spec.adapters:
                 n = self.expert_name(a)
@@ -358,6 +361,7 @@ class Executor:
 
             self._prepare_torch()
             spec = self.c.spec(nid)
+            assert isinstance(spec, RouterSpec)     # router() is asked only about router nodes
             names = {e: self.expert_name(e) for e, _ in spec.experts}
             self._routers[nid] = Router(spec, names, self.lm, self.base_lm)
         return self._routers[nid]
@@ -412,7 +416,8 @@ class Executor:
             if nid is None:
                 results[i] = LmlangRuntimeError(f"undefined function '{name}'")
                 continue
-            spec: QuerySpec = self.c.spec(nid)
+            spec = self.c.spec(nid)
+            assert isinstance(spec, QuerySpec)      # query_ids maps names to query nodes
             try:
                 env = self.bind_args(spec, args, kwargs)
             except LmlangError as e:
@@ -550,6 +555,7 @@ class Executor:
         (outcome,) = self.run_rows([inputs])
         if outcome.error is not None:
             raise outcome.error
+        assert outcome.values is not None       # a row without an error ends with its emitted values
         return outcome.values
 
     def run_rows(self, rows: list[dict], on_done: Callable[[RowOutcome], None] | None = None,
@@ -558,7 +564,7 @@ class Executor:
         calls wait (of several rows, or of independent steps of one row),
         they decode in shared batches."""
         row_ids = row_ids or list(range(len(rows)))
-        steps = [self.c.spec(n).stmt for n in self.c.steps]
+        steps = [cast(StepSpec, self.c.spec(n)).stmt for n in self.c.steps]   # c.steps lists step nodes
         interp = Interpreter(self.functions, set(self.query_ids), prefetch=self.parallel)
         outcomes = [RowOutcome(rid) for rid in row_ids]
 

@@ -168,9 +168,9 @@ def _descend(experts, anchor, target, grid: int, max_weight: float) -> torch.Ten
         for i in range(n):
             c = point.repeat(len(values), 1)
             c[:, i] = values
-            best = c[int(_losses(c, experts, anchor, target).argmin(dim=1)[0])]
-            if not torch.equal(best, point):
-                point, changed = best, True
+            best_point = c[int(_losses(c, experts, anchor, target).argmin(dim=1)[0])]
+            if not torch.equal(best_point, point):
+                point, changed = best_point, True
     return point
 
 
@@ -187,6 +187,8 @@ def fuse_with(expert_logits, weights: torch.Tensor, anchor_logits=None, target_l
 
 class DynamicFusedLM(FusedLM):
     """Experts (and an optional anchor and target) fused with per-step weights."""
+    anchor_index: int | None
+    target_index: int | None
 
     def __init__(self, experts: Sequence, anchor=None, target=None, options: dict | None = None, name: str = "fuse"):
         if target is not None and anchor is None:
@@ -214,6 +216,7 @@ class DynamicFusedLM(FusedLM):
 
 
 class DynamicFusedBatch(FusedBatch):
+    lm: DynamicFusedLM
     last_weights: torch.Tensor | None = None
 
     def _combine(self, outs: list[torch.Tensor]) -> torch.Tensor:

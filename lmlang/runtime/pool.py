@@ -99,7 +99,7 @@ class RowMixedBatch(Batch):
         self.lm, self.inner, self.stacks = lm, inner, stacks
 
     @property
-    def rows(self) -> int:
+    def rows(self) -> int:  # type: ignore[override]  # a read-only view of inner.rows; only a batch sets its own rows
         return self.inner.rows
 
     def feed(self, blocks, all_logits: bool = False):

@@ -376,7 +376,7 @@ class AsyncClient:
         rows = out.prompt_logprobs or []
         total = 0.0
         for pos in range(start, len(prompt_ids)):
-            row = {t.token_id: t.logprob for t in (rows[pos] if pos < len(rows) and rows[pos] else [])}
+            row = {t.token_id: t.logprob for t in ((rows[pos] if pos < len(rows) else None) or [])}
             if prompt_ids[pos] not in row:
                 raise BadServerResponse(f"no prompt logprob for token {prompt_ids[pos]} at position {pos}",
                                         url=self.endpoint.base_url, request=out.request)
@@ -424,7 +424,7 @@ class AsyncClient:
             out = await self.completion("Hello there", max_tokens=1, temperature=0.0, prompt_logprobs=0)
         except ServerRejected:
             return False
-        return bool(out.prompt_logprobs) and any(row for row in out.prompt_logprobs)
+        return any(out.prompt_logprobs or [])
 
     # -------------------------------------------------------------- transport
     def _semaphore(self) -> asyncio.Semaphore:

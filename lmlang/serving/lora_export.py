@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import LmlangRuntimeError
@@ -34,19 +35,19 @@ EXPORT_VERSION = 1
 MARKER = "lmlang-served-adapter.json"
 
 
-def export_stack(stack: list[tuple[str | os.PathLike, float]]) -> Path:
+def export_stack(stack: Sequence[tuple[str | os.PathLike, float]]) -> Path:
     """The folder of one PEFT adapter equal to the stack [(adapter folder, scale), ...]."""
-    stack = [(Path(f), float(s)) for f, s in stack]
-    if not stack:
+    pairs = [(Path(f), float(s)) for f, s in stack]
+    if not pairs:
         raise ValueError("an empty adapter stack")
-    if len(stack) == 1 and stack[0][1] == 1.0:
-        return stack[0][0]
-    out = cache_dir("served-adapters") / _key(stack)
+    if len(pairs) == 1 and pairs[0][1] == 1.0:
+        return pairs[0][0]
+    out = cache_dir("served-adapters") / _key(pairs)
     if (out / MARKER).is_file():
         return out
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
     try:
-        _write(stack, tmp)
+        _write(pairs, tmp)
         try:
             os.replace(tmp, out)
         except OSError:               # another process published it first

@@ -121,7 +121,7 @@ class ServerOptions:
 
 
 class ManagedServer:
-    def __init__(self, options: ServerOptions, env: VllmEnv, folder: Path, name: str, port: int, log_path: Path):
+    def __init__(self, options: ServerOptions, env: VllmEnv | None, folder: Path, name: str, port: int, log_path: Path):
         self.options = options
         self.env = env
         self.folder = folder
@@ -378,6 +378,7 @@ def _wait_ready(server: ManagedServer, timeout: float) -> None:
     """Poll /health, then /v1/models until the served name is listed."""
     deadline = time.monotonic() + timeout
     root = f"http://127.0.0.1:{server.port}"
+    assert server.process is not None       # start_server waits only after Popen
     while time.monotonic() < deadline:
         code = server.process.poll()
         if code is not None:
@@ -432,6 +433,7 @@ def _record(pid: int) -> Path:
 
 
 def _remember(server: ManagedServer) -> None:
+    assert server.pid is not None           # recorded right after Popen
     data = {"server_pid": server.pid, "owner_pid": os.getpid(), "port": server.port, "log": str(server.log_path)}
     _record(server.pid).write_text(json.dumps(data))
 

@@ -23,12 +23,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from ...graph.specs import QuerySpec
+    from ..trace import Trace
 
 
 @dataclass
 class RowsJob:
-    spec: object                      # the QuerySpec
+    spec: QuerySpec
     rows: list[int]                   # indices into envs and results
     envs: dict                        # index -> the query's arguments by parameter name
     results: list                     # index -> result dict | LmlangError (filled by the engine)
@@ -36,7 +40,7 @@ class RowsJob:
     expert: str | None = None         # the routed expert's name (the `expert` result field)
     on_token: Callable | None = None  # on_token(index, hole, text) as values grow
     seed: int | None = None           # overrides the sampling decoders' seed (lmlang run --seed)
-    trace: object = None              # the Trace to add records to
+    trace: Trace | None = None        # the Trace to add records to
 
 
 class Engine(ABC):

@@ -25,8 +25,15 @@ import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ...errors import LmlangRuntimeError
+
+if TYPE_CHECKING:
+    from ...serving.client import Client
+    from ...serving.server import ManagedServer
+    from ...serving.structured import ServerFeatures
+    from .served_prompt import Tokens
 
 _LOCK = threading.Lock()
 _DEPLOYMENTS: dict = {}
@@ -95,12 +102,12 @@ class ScoreGate:
 class Deployment:
     kind: str                       # "server" | "vllm"
     label: str                      # for messages: the URL, or "vllm <source>"
-    client: object                  # lmlang.serving.client.Client (its loop runs the requests)
+    client: Client                  # its loop runs the requests
     model: str                      # the served base model's name
-    tokens: object | None           # served_prompt.Tokens, or None (prompts go as text)
-    features: object                # lmlang.serving.structured.ServerFeatures
+    tokens: Tokens | None           # None: prompts go as text
+    features: ServerFeatures
     api: str = "completions"        # "completions" | "chat"
-    server: object = None           # the ManagedServer of a vllm source
+    server: ManagedServer | None = None     # the ManagedServer of a vllm source
     is_vllm: bool = True            # vLLM's extra endpoints (/tokenize, /detokenize) exist
     gate: ScoreGate | None = None   # a vLLM with LoRA enabled: scoring requests go alone (ScoreGate)
 
@@ -128,15 +135,17 @@ def source_node(compiled, nid: str) -> tuple[str, list]:
 def deployment_of(compiled, nid: str) -> Deployment:
     spec = compiled.spec(nid)
     opts = dict(spec.options)
+    key: tuple
+    adapted = spec.kind == "vllm" and _adapted(compiled, nid)
     if spec.kind == "vllm":
-        key = ("vllm", spec.source, tuple(sorted(opts.items())), _adapted(compiled, nid))
+        key = ("vllm", spec.source, tuple(sorted(opts.items())), adapted)
     else:
         key = ("server", spec.url, tuple(sorted(opts.items())))
     with _LOCK:
         dep = _DEPLOYMENTS.get(key)
         if dep is not None and (dep.server is None or dep.server.alive()):
             return dep
-        dep = _start_vllm(spec, opts, key[-1]) if spec.kind == "vllm" else _connect(spec, opts)
+        dep = _start_vllm(spec, opts, adapted) if spec.kind == "vllm" else _connect(spec, opts)
         _DEPLOYMENTS[key] = dep
         return dep
 

@@ -21,9 +21,10 @@ class LocalEngine(Engine):
         from ..dispatch import Job, decode_jobs
 
         ex = self.executor
+        on_token = job.on_token
         jobs = []
         for i in job.rows:
-            stream = (lambda h, t, i=i: job.on_token(i, h, t)) if job.on_token else None
+            stream = (lambda h, t, i=i: on_token(i, h, t)) if on_token else None
             row = job.row_ids[i] if job.row_ids else None
             jobs.append(Job(i, job.spec, job.envs[i], self.nid, row, job.seed, expert=job.expert, stream=stream))
         decode_jobs(ex, jobs, ex.strategy)

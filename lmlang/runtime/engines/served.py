@@ -156,8 +156,10 @@ class _Rows:
         if name == "argmax":
             return await self.sample_run(i, rendered, {"temperature": 0.0}, stream=True)
         if name == "sample":
+            assert seed is not None       # sampling decoders resolve a default seed (decoders.SAMPLING)
             return await self.sample_run(i, rendered, _sampling(opts, seed), stream=True)
         if name in ("best_of", "vote"):
+            assert seed is not None       # as for sample
             runs = await asyncio.gather(*(self.sample_run(i, rendered, _sampling(opts, seed + k), logprobs=True)
                                           for k in range(opts["n"])))
             best = _best_of(runs) if name == "best_of" else _vote(runs, rendered.holes[-1])

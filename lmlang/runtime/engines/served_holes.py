@@ -134,6 +134,7 @@ def plan_hole(name: str, constraint: C.Constraint | None, features: ServerFeatur
             heal, structured = "", served.structured
     stops = served.stops
     if terminator and features.engine == "vllm" and _may_end(served, terminator):
+        assert structured is not None     # _may_end holds only for choice and regex forms, which carry one
         structured = _with_suffix(served.form, structured, terminator)
         stops = stops + (terminator,) if terminator not in stops else stops
     else:
@@ -145,6 +146,7 @@ def _canonical_choice(name, c, served: ServedConstraint, heal: str, terminator: 
                       next_token: int | None, budget: int) -> HoleRequest:
     """A choice as a grammar of its options' canonical token paths (after the
     held-back seam), optionally followed by the next text's first token."""
+    assert served.plan.options is not None      # the choice form: a Choice shape
     paths = [tokens.tok_info.encode(heal + o) for o in served.plan.options]
     body = " | ".join(" ".join(f"<[{t}]>" for t in p) for p in paths if p)
     grammar = f"start: choice\nchoice: {body}\n"
@@ -160,8 +162,10 @@ def _healed(served: ServedConstraint, heal: str, features: ServerFeatures):
     rx = escape_regex(heal)
     form = served.form
     if form == "choice":
+        assert served.plan.options is not None  # the choice form: a Choice shape
         return {"choice": [heal + o for o in served.plan.options]}
     if form == "regex":
+        assert served.structured is not None    # the regex form always carries its regex
         return {"regex": f"{rx}(?:{served.structured['regex']})"}
     if form == "free" and features.structured and features.engine == "vllm":
         return {"regex": f"{rx}(?s:.*)"}

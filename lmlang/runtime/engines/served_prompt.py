@@ -20,16 +20,20 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ...errors import LmlangRuntimeError
 from ..prompt import RenderedPrompt
+
+if TYPE_CHECKING:
+    from ...constraints.vocab import TokenizerInfo
 
 
 @dataclass
 class Tokens:
     """A model's tokenizer without its weights: what prompts and healing need."""
-    tokenizer: object
-    tok_info: object                  # constraints.vocab.TokenizerInfo
+    tokenizer: Any                    # a transformers tokenizer
+    tok_info: TokenizerInfo
     eos_ids: frozenset
     folder: str
 
@@ -92,6 +96,7 @@ class Cursor:
         from ...constraints.hole import seam_to_heal
 
         tk, chunks = self.tokens, self.rendered.chunks
+        assert tk is not None             # start() takes the exact path only with tokens
         ids = [tk.encode(c, first=(i == 0)) if c else [] for i, c in enumerate(chunks)]
         if not ids[0]:
             ids[0] = [min(tk.eos_ids)]     # a prompt that opens with a hole starts after EOS (as decode.QueryRun)
@@ -123,6 +128,7 @@ class Cursor:
         i = self.hole
         if self.ids is not None:
             return list(self.ids) + (list(self.held[i]) if with_seam else [])
+        assert self.text is not None      # the text path: _start_text set it
         return self.text + (self.heals[i] if with_seam else "")
 
     def advance(self, value: str) -> None:
@@ -134,6 +140,7 @@ class Cursor:
         chunk = self.rendered.chunks[i + 1]
         piece = self.heals[i] + value + chunk
         if self.ids is not None:
+            assert self.tokens is not None     # the exact path (ids) has tokens
             feed = self.tokens.encode(piece)
             if self.heals[i + 1] and feed:
                 self.held[i + 1] = feed[-1:]
