@@ -13,6 +13,7 @@ for greedy generation. Ratios are against lmlang mixed.
 The second form trains a LoRA (r=8, q/v) on 100 "sentiment: ..." rows and
 reports seconds per step, total time and held-out accuracy before/after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 PROMPTS = [
-    "The capital of France is", "Write a haiku about the sea.", "What is 12 * 7?", "Translate 'good morning' to Spanish.",
-    "List three colors.", "Explain gravity in one sentence.", "Who wrote Hamlet?", "Give me a synonym for happy.",
-    "Name a planet.", "How many legs does a spider have?", "Say hello.", "What is the opposite of cold?",
-    "Describe a cat in five words.", "Is the sun a star?", "Count from one to five.", "What color is the sky on a clear day?",
+    "The capital of France is",
+    "Write a haiku about the sea.",
+    "What is 12 * 7?",
+    "Translate 'good morning' to Spanish.",
+    "List three colors.",
+    "Explain gravity in one sentence.",
+    "Who wrote Hamlet?",
+    "Give me a synonym for happy.",
+    "Name a planet.",
+    "How many legs does a spider have?",
+    "Say hello.",
+    "What is the opposite of cold?",
+    "Describe a cat in five words.",
+    "Is the sun a star?",
+    "Count from one to five.",
+    "What color is the sky on a clear day?",
 ]
 
 
@@ -51,7 +64,9 @@ def random_loras(model_dir: Path, out: Path, k: int, rank: int = 8) -> list[Path
     for i in range(k):
         base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         torch.manual_seed(i)
-        peft_model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        peft_model = get_peft_model(
+            base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        )
         for name, p in peft_model.named_parameters():  # keep the model sane: small deltas
             if "lora_B" in name:
                 p.data.mul_(0.01)
@@ -105,8 +120,10 @@ def bench_rows(args) -> dict:
             peft_model.load_adapter(path, adapter_name=name)
         peft_model.eval()
 
-        texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-                 for p in (PROMPTS * (args.rows // len(PROMPTS) + 1))[: args.rows]]
+        texts = [
+            tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+            for p in (PROMPTS * (args.rows // len(PROMPTS) + 1))[: args.rows]
+        ]
         batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         row_names = [names[i % args.adapters] for i in range(args.rows)]
         stacks = [((n, 1.0),) for n in row_names]
@@ -166,15 +183,26 @@ def bench_rows(args) -> dict:
         # the strategies must agree before their timings mean anything
         a, b, c = ours_mixed_forward(), ours_grouped_forward(), peft_mixed_forward()
         last = batch["attention_mask"].bool()
-        agree = {"ours_mixed_vs_grouped": float((a - b)[last].abs().max()), "ours_mixed_vs_peft": float((a - c)[last].abs().max())}
+        agree = {
+            "ours_mixed_vs_grouped": float((a - b)[last].abs().max()),
+            "ours_mixed_vs_peft": float((a - c)[last].abs().max()),
+        }
 
         cases = {
-            "forward": {"lmlang mixed": ours_mixed_forward, "lmlang grouped": ours_grouped_forward,
-                        "peft adapter_names": peft_mixed_forward, "peft set_adapter groups": peft_grouped_forward,
-                        "base (no adapter)": base_forward},
-            "generate": {"lmlang mixed": ours_mixed_generate, "lmlang grouped": ours_grouped_generate,
-                         "peft adapter_names": peft_mixed_generate, "peft set_adapter groups": peft_grouped_generate,
-                         "base (no adapter)": base_generate},
+            "forward": {
+                "lmlang mixed": ours_mixed_forward,
+                "lmlang grouped": ours_grouped_forward,
+                "peft adapter_names": peft_mixed_forward,
+                "peft set_adapter groups": peft_grouped_forward,
+                "base (no adapter)": base_forward,
+            },
+            "generate": {
+                "lmlang mixed": ours_mixed_generate,
+                "lmlang grouped": ours_grouped_generate,
+                "peft adapter_names": peft_mixed_generate,
+                "peft set_adapter groups": peft_grouped_generate,
+                "base (no adapter)": base_generate,
+            },
         }
         results = {phase: interleaved(fns, args.repeat) for phase, fns in cases.items()}
 
@@ -183,19 +211,44 @@ def bench_rows(args) -> dict:
                 pass
 
         switch_us = interleaved({"switch": lambda: [switch() for _ in range(1000)]}, 3)["switch"] / 1000 * 1e6
-        return {"model": str(loaded.path), "rows": args.rows, "adapters": args.adapters, "prompt_tokens": int(batch["input_ids"].shape[1]),
-                "new_tokens": args.new_tokens, "threads": torch.get_num_threads(), "max_abs_diff": agree,
-                "switch_us": switch_us, "seconds": results}
+        return {
+            "model": str(loaded.path),
+            "rows": args.rows,
+            "adapters": args.adapters,
+            "prompt_tokens": int(batch["input_ids"].shape[1]),
+            "new_tokens": args.new_tokens,
+            "threads": torch.get_num_threads(),
+            "max_abs_diff": agree,
+            "switch_us": switch_us,
+            "seconds": results,
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- training
 
-POS = ["wonderful", "excellent", "great", "delightful", "superb", "fantastic", "lovely", "brilliant", "amazing", "charming"]
+POS = [
+    "wonderful",
+    "excellent",
+    "great",
+    "delightful",
+    "superb",
+    "fantastic",
+    "lovely",
+    "brilliant",
+    "amazing",
+    "charming",
+]
 NEG = ["awful", "terrible", "boring", "dreadful", "horrible", "disappointing", "bad", "dull", "miserable", "painful"]
 NOUNS = ["film", "meal", "service", "book", "hotel", "concert", "game", "phone", "trip", "show", "class", "coffee"]
-FRAMES = ["The {n} was {a}.", "What a {a} {n}!", "I found the {n} {a}.", "Honestly, a {a} {n}.", "Our {n} turned out {a}."]
+FRAMES = [
+    "The {n} was {a}.",
+    "What a {a} {n}!",
+    "I found the {n} {a}.",
+    "Honestly, a {a} {n}.",
+    "Our {n} turned out {a}.",
+]
 
 
 def sentiment_rows(seed: int, n: int) -> list[dict]:
@@ -213,11 +266,14 @@ def accuracy(loaded, rows, host=None, stack=()) -> float:
 
     tok = loaded.tokenizer
     tok.padding_side = "left"
-    texts = [tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], add_generation_prompt=True, tokenize=False) for r in rows]
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], add_generation_prompt=True, tokenize=False)
+        for r in rows
+    ]
     batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    with torch.no_grad(), (host.activate(stack) if host else _null()):
+    with torch.no_grad(), host.activate(stack) if host else _null():
         out = loaded.model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
-    answers = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    answers = tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     return sum(a.strip().lower().startswith(r["completion"]) for a, r in zip(answers, rows)) / len(rows)
 
 
@@ -255,10 +311,21 @@ def bench_train(args) -> dict:
         host = AdapterHost.for_model(loaded)
         host.add("sentiment", result.path)
         after = accuracy(loaded, held_out, host, (("sentiment", 1.0),))
-        return {"model": str(loaded.path), "rows": 100, "held_out": len(held_out), "options": meta["options"],
-                "cached": result.cached, "steps": meta["steps"], "train_seconds": meta["seconds"],
-                "seconds_per_step": meta["seconds"] / max(1, meta["steps"]), "epoch_losses": meta["epoch_losses"],
-                "accuracy_before": before, "accuracy_after": after, "threads": torch.get_num_threads(), "adapter": str(result.path)}
+        return {
+            "model": str(loaded.path),
+            "rows": 100,
+            "held_out": len(held_out),
+            "options": meta["options"],
+            "cached": result.cached,
+            "steps": meta["steps"],
+            "train_seconds": meta["seconds"],
+            "seconds_per_step": meta["seconds"] / max(1, meta["steps"]),
+            "epoch_losses": meta["epoch_losses"],
+            "accuracy_before": before,
+            "accuracy_after": after,
+            "threads": torch.get_num_threads(),
+            "adapter": str(result.path),
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -282,14 +349,20 @@ def main(argv=None) -> int:
         print(json.dumps(report, indent=1))
         return 0
     if args.train:
-        print(f"LoRA r={report['options']['rank']} {'/'.join(report['options']['target_modules'])} on {report['rows']} rows, "
-              f"{report['steps']} steps: {report['seconds_per_step']:.2f} s/step, {report['train_seconds']:.1f} s total"
-              f"{' (cached run)' if report['cached'] else ''}")
+        print(
+            f"LoRA r={report['options']['rank']} {'/'.join(report['options']['target_modules'])} on {report['rows']} rows, "
+            f"{report['steps']} steps: {report['seconds_per_step']:.2f} s/step, {report['train_seconds']:.1f} s total"
+            f"{' (cached run)' if report['cached'] else ''}"
+        )
         print(f"epoch losses: {', '.join(f'{x:.3f}' for x in report['epoch_losses'])}")
-        print(f"held-out accuracy ({report['held_out']} rows): {report['accuracy_before']:.2f} -> {report['accuracy_after']:.2f}")
+        print(
+            f"held-out accuracy ({report['held_out']} rows): {report['accuracy_before']:.2f} -> {report['accuracy_after']:.2f}"
+        )
         return 0
-    print(f"{report['rows']} rows, {report['adapters']} adapters, {report['prompt_tokens']} prompt tokens, "
-          f"{report['new_tokens']} new tokens, {report['threads']} threads")
+    print(
+        f"{report['rows']} rows, {report['adapters']} adapters, {report['prompt_tokens']} prompt tokens, "
+        f"{report['new_tokens']} new tokens, {report['threads']} threads"
+    )
     for phase, rows in report["seconds"].items():
         ref = rows["lmlang mixed"]
         print(f"\n{phase}:")

@@ -26,6 +26,7 @@ part lmlang adds). --json prints one final line:
     {"check_seconds_max": ..., "cold_check_seconds_max": ..., "warm_seconds_max": ..., "python_startup_seconds": ...,
      "torch_imported": false, ...}
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,12 @@ def fresh(path: Path, repeat: int) -> dict:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "lmlang.cli", "check", str(path)], capture_output=True, cwd=REPO)
     cli = time.perf_counter() - t0
-    return {"fresh_seconds": round(min(best, cli), 4), "fresh_cpu_seconds": round(best_cpu, 4),
-            "exit_code": code, "heavy_imports": heavy}
+    return {
+        "fresh_seconds": round(min(best, cli), 4),
+        "fresh_cpu_seconds": round(best_cpu, 4),
+        "exit_code": code,
+        "heavy_imports": heavy,
+    }
 
 
 def cold(path: Path) -> float:
@@ -123,8 +128,10 @@ def main() -> None:
         row["warm_seconds"] = warm(f, args.repeat)
         rows[f.name] = row
         if not args.json:
-            print(f"{f.name:24} fresh {row['fresh_seconds']:.3f}s (cpu {row['fresh_cpu_seconds']:.3f}s)  cold {row['cold_seconds']:.3f}s  warm {row['warm_seconds'] * 1000:7.1f} ms  "
-                  f"exit {row['exit_code']}  heavy imports: {row['heavy_imports'] or 'none'}")
+            print(
+                f"{f.name:24} fresh {row['fresh_seconds']:.3f}s (cpu {row['fresh_cpu_seconds']:.3f}s)  cold {row['cold_seconds']:.3f}s  warm {row['warm_seconds'] * 1000:7.1f} ms  "
+                f"exit {row['exit_code']}  heavy imports: {row['heavy_imports'] or 'none'}"
+            )
     fresh_max = max(r["fresh_seconds"] for r in rows.values())
     summary = {
         "check_seconds_max": fresh_max,
@@ -133,7 +140,9 @@ def main() -> None:
         "warm_seconds_max": max(r["warm_seconds"] for r in rows.values()),
         "python_startup_seconds": base,
         "check_over_startup": round(fresh_max / base, 2) if base else None,
-        "torch_imported": any("torch" in r["heavy_imports"] or "transformers" in r["heavy_imports"] for r in rows.values()),
+        "torch_imported": any(
+            "torch" in r["heavy_imports"] or "transformers" in r["heavy_imports"] for r in rows.values()
+        ),
         "networkx_imported": any("networkx" in r["heavy_imports"] for r in rows.values()),
         "all_ok": all(r["exit_code"] == 0 for r in rows.values()),
         "files": rows,
@@ -141,8 +150,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"python start-up {base:.3f}s; slowest fresh check {fresh_max:.3f}s "
-              f"({summary['check_over_startup']}x start-up); slowest warm check {summary['warm_seconds_max'] * 1000:.1f} ms")
+        print(
+            f"python start-up {base:.3f}s; slowest fresh check {fresh_max:.3f}s "
+            f"({summary['check_over_startup']}x start-up); slowest warm check {summary['warm_seconds_max'] * 1000:.1f} ms"
+        )
 
 
 if __name__ == "__main__":

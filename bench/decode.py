@@ -9,6 +9,7 @@ fast-forwarded tokens too: that is the point of fast-forward). Each figure is
 the median of --reps calls after one warm-up call; outlines' first call is
 reported separately because it pays its index compilation there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,14 +22,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SYSTEM = "You are a precise assistant. Answer in the requested format only."
-PERSON_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24}, "age": {"type": "integer", "minimum": 0, "maximum": 150},
-                 "city": {"type": "string", "maxLength": 24}},
-                 "required": ["name", "age", "city"], "additionalProperties": False}
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 24},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "city": {"type": "string", "maxLength": 24},
+    },
+    "required": ["name", "age", "city"],
+    "additionalProperties": False,
+}
 ARITH = 'start: expr\nexpr: NUMBER (OP NUMBER)*\nOP: " + " | " - " | " * "\nNUMBER: /[0-9]{1,3}/\n'
 
 KINDS = {
-    "choice": ("Is this review positive or negative? Review: The film was a delight from start to finish.",
-               'where v in ["positive", "negative", "mixed"]'),
+    "choice": (
+        "Is this review positive or negative? Review: The film was a delight from start to finish.",
+        'where v in ["positive", "negative", "mixed"]',
+    ),
     "regex": ("Write a phone number for the office, in the form 555-1234.", 'where v matches r"[0-9]{3}-[0-9]{4}"'),
     "json": ("Extract the person as JSON: Ada Lovelace, 36, lives in London.", "where v is json \"person.json\""),
     "grammar": ("Write an arithmetic expression whose value is 10, like 4 + 6.", "where v is grammar \"arith.lark\""),
@@ -68,44 +78,71 @@ def main() -> None:
     kinds = args.kinds.split(",")
     source = "model base = default\n" + "\n".join(
         f'query q_{k}(x: str) using base {{\n  system "{SYSTEM}"\n  user "{{x}}"\n  assistant "[v]"\n  {KINDS[k][1]}\n}}'
-        for k in kinds)
-    prog = lmlang.compile(source, str(work / "bench.lm"), base_dir=work, cache=False)   # time decoding, not the cache
+        for k in kinds
+    )
+    prog = lmlang.compile(source, str(work / "bench.lm"), base_dir=work, cache=False)  # time decoding, not the cache
     loaded = load_model(resolve_model("default"))
     model, tok = loaded.model, loaded.tokenizer
     results = {}
     for kind in kinds:
         prompt_text, _ = KINDS[kind]
         q = prog.queries[f"q_{kind}"]
-        q(x=prompt_text)                                   # warm-up: constraint compile, caches
+        q(x=prompt_text)  # warm-up: constraint compile, caches
         trace = prog.trace.records
         wall, out = median_time(lambda: q(x=prompt_text), args.reps)
         rec = trace[-1]
         n_tokens = rec.tokens_generated + rec.tokens_forced
         lm_tps = n_tokens / wall
         # transformers greedy generate on the same rendered prompt, same new-token count.
-        chat = tok.apply_chat_template([{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt_text}],
-                                       tokenize=False, add_generation_prompt=True)
+        chat = tok.apply_chat_template(
+            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt_text}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
         ids = tok(chat, return_tensors="pt", add_special_tokens=False).input_ids
 
         def gen(ids=ids, n_tokens=n_tokens):
-            return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_tokens,
-                                  min_new_tokens=n_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            return model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n_tokens,
+                min_new_tokens=n_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )
+
         gen()
         hf_wall, _ = median_time(gen, args.reps)
         hf_tps = n_tokens / hf_wall
-        row = {"value": out["v"], "tokens": n_tokens, "forced": rec.tokens_forced, "forward_passes": rec.forward_passes,
-               "lmlang_s": round(wall, 4), "lmlang_tok_s": round(lm_tps, 2), "hf_s": round(hf_wall, 4),
-               "hf_tok_s": round(hf_tps, 2), "ratio_vs_hf": round(lm_tps / hf_tps, 3)}
+        row = {
+            "value": out["v"],
+            "tokens": n_tokens,
+            "forced": rec.tokens_forced,
+            "forward_passes": rec.forward_passes,
+            "lmlang_s": round(wall, 4),
+            "lmlang_tok_s": round(lm_tps, 2),
+            "hf_s": round(hf_wall, 4),
+            "hf_tok_s": round(hf_tps, 2),
+            "ratio_vs_hf": round(lm_tps / hf_tps, 3),
+        }
         if not args.no_outlines:
             row.update(bench_outlines(kind, model, tok, chat, n_tokens, args.reps, lm_tps))
         results[kind] = row
-        print(f"{kind:8s} value={json.dumps(out['v'])[:60]:60s} tokens={n_tokens:3d} (forced {rec.tokens_forced:2d}) "
-              f"lmlang {lm_tps:6.1f} tok/s  hf {hf_tps:6.1f} tok/s  x{row['ratio_vs_hf']:.2f}"
-              + (f"  outlines {row['outlines_tok_s']:6.1f} tok/s (first call {row['outlines_first_s']:.2f} s)  x{row['ratio_vs_outlines']:.2f}"
-                 if "outlines_tok_s" in row else ""), flush=True)
+        print(
+            f"{kind:8s} value={json.dumps(out['v'])[:60]:60s} tokens={n_tokens:3d} (forced {rec.tokens_forced:2d}) "
+            f"lmlang {lm_tps:6.1f} tok/s  hf {hf_tps:6.1f} tok/s  x{row['ratio_vs_hf']:.2f}"
+            + (
+                f"  outlines {row['outlines_tok_s']:6.1f} tok/s (first call {row['outlines_first_s']:.2f} s)  x{row['ratio_vs_outlines']:.2f}"
+                if "outlines_tok_s" in row
+                else ""
+            ),
+            flush=True,
+        )
     summary = {
         "ratio_vs_hf": min(r["ratio_vs_hf"] for r in results.values()),
-        "ratio_vs_outlines": min((r["ratio_vs_outlines"] for r in results.values() if "ratio_vs_outlines" in r), default=None),
+        "ratio_vs_outlines": min(
+            (r["ratio_vs_outlines"] for r in results.values() if "ratio_vs_outlines" in r), default=None
+        ),
         "kinds": results,
     }
     if args.json:
@@ -120,8 +157,12 @@ def bench_outlines(kind, model, tok, chat, n_tokens, reps, lm_tps) -> dict:
         return {"outlines_error": str(e)}
     from typing import Literal
 
-    types = {"choice": Literal["positive", "negative", "mixed"], "regex": Regex(r"[0-9]{3}-[0-9]{4}"),
-             "json": JsonSchema(json.dumps(PERSON_SCHEMA)), "grammar": CFG(ARITH)}
+    types = {
+        "choice": Literal["positive", "negative", "mixed"],
+        "regex": Regex(r"[0-9]{3}-[0-9]{4}"),
+        "json": JsonSchema(json.dumps(PERSON_SCHEMA)),
+        "grammar": CFG(ARITH),
+    }
     try:
         om = outlines.from_transformers(model, tok)
         t0 = time.perf_counter()
@@ -133,8 +174,14 @@ def bench_outlines(kind, model, tok, chat, n_tokens, reps, lm_tps) -> dict:
         return {"outlines_error": f"{type(e).__name__}: {e}"[:200]}
     n = len(tok(text, add_special_tokens=False).input_ids)
     tps = n / wall
-    return {"outlines_value": text[:80], "outlines_tokens": n, "outlines_s": round(wall, 4), "outlines_tok_s": round(tps, 2),
-            "outlines_first_s": round(first, 3), "ratio_vs_outlines": round(lm_tps / tps, 3)}
+    return {
+        "outlines_value": text[:80],
+        "outlines_tokens": n,
+        "outlines_s": round(wall, 4),
+        "outlines_tok_s": round(tps, 2),
+        "outlines_first_s": round(first, 3),
+        "ratio_vs_outlines": round(lm_tps / tps, 3),
+    }
 
 
 if __name__ == "__main__":

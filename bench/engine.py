@@ -14,6 +14,7 @@ counts. Keys of --json: rows_per_s_ratio (lmlang / plain client, goal >= 0.9),
 violations (lmlang's values that break their constraint, or rows that failed,
 goal 0), kinds_ok, server_start_s, and the rows/s of each side.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,31 +41,49 @@ query extract(text: str) using base {{
 flow {{ e = extract(text) emit sentiment = e.sentiment, code = e.code, details = e.details }}
 '''
 ITEMS = ["notebooks", "pens", "a lamp", "coffee beans", "two chairs", "a kettle", "batteries", "a rug"]
-MOODS = ["I love your shop!", "This is the third time the parcel is late.", "Please process this.",
-         "Your service is terrible.", "Thanks a lot for the quick help."]
+MOODS = [
+    "I love your shop!",
+    "This is the third time the parcel is late.",
+    "Please process this.",
+    "Your service is terrible.",
+    "Thanks a lot for the quick help.",
+]
 CODE = re.compile(r"[A-Z]{3}-[0-9]{3}")
 
 
 def rows(n: int) -> list[dict]:
-    return [{"text": f"{MOODS[i % len(MOODS)]} Order {chr(65 + i % 26)}{chr(66 + i % 24)}{chr(67 + i % 22)}-"
-                     f"{100 + i:03d}: {1 + i % 9} x {ITEMS[i % len(ITEMS)]}."} for i in range(n)]
+    return [
+        {
+            "text": f"{MOODS[i % len(MOODS)]} Order {chr(65 + i % 26)}{chr(66 + i % 24)}{chr(67 + i % 22)}-"
+            f"{100 + i:03d}: {1 + i % 9} x {ITEMS[i % len(ITEMS)]}."
+        }
+        for i in range(n)
+    ]
 
 
 def violations(outputs: list) -> tuple[int, dict]:
     """Values that break their constraint (checked here independently), and rows that failed."""
     import jsonschema
 
-    schema = {"type": "object", "required": ["item", "quantity"], "additionalProperties": False,
-              "properties": {"item": {"type": "string", "minLength": 1, "maxLength": 20},
-                             "quantity": {"type": "integer", "minimum": 1, "maximum": 100}}}
+    schema = {
+        "type": "object",
+        "required": ["item", "quantity"],
+        "additionalProperties": False,
+        "properties": {
+            "item": {"type": "string", "minLength": 1, "maxLength": 20},
+            "quantity": {"type": "integer", "minimum": 1, "maximum": 100},
+        },
+    }
     bad, ok = 0, {"choice": 0, "regex": 0, "json": 0}
     for out in outputs:
         if not isinstance(out, dict):
             bad += 1
             continue
-        checks = {"choice": out["sentiment"] in ("positive", "negative", "neutral"),
-                  "regex": bool(CODE.fullmatch(out["code"])),
-                  "json": jsonschema.Draft202012Validator(schema).is_valid(out["details"])}
+        checks = {
+            "choice": out["sentiment"] in ("positive", "negative", "neutral"),
+            "regex": bool(CODE.fullmatch(out["code"])),
+            "json": jsonschema.Draft202012Validator(schema).is_valid(out["details"]),
+        }
         bad += sum(not v for v in checks.values())
         for k, v in checks.items():
             ok[k] += v
@@ -127,8 +146,9 @@ def main() -> None:
     if args.url:
         served = f'server "{args.url}" {{ backend: guidance, concurrency: {args.concurrency}, timeout: 900 }}'
     else:
-        served = (f'vllm default {{ concurrency: {args.concurrency}, timeout: 900, '
-                  f'args: ["--no-enable-prefix-caching"] }}')
+        served = (
+            f'vllm default {{ concurrency: {args.concurrency}, timeout: 900, args: ["--no-enable-prefix-caching"] }}'
+        )
     prog = lmlang.compile(SCRIPT.format(model=served))
     prog.batch_size = max(args.rows, 1)
     execu = prog._executor()
@@ -137,7 +157,7 @@ def main() -> None:
     dep, model = engine.target()
     start = getattr(dep.server, "start_seconds", None)
     server_start_s = round(start if start is not None else time.perf_counter() - t0, 1) if not args.url else None
-    prog.run_batch(data[:4])                          # warm-up: grammars compiled, connections open
+    prog.run_batch(data[:4])  # warm-up: grammars compiled, connections open
 
     best_l, outputs, sent = None, None, None
     best_p = None
@@ -160,18 +180,25 @@ def main() -> None:
 
     n = len(data)
     result = {
-        "rows": n, "concurrency": args.concurrency, "requests": sum(len(r) for r in sent.values()),
-        "lmlang_rows_per_s": round(n / best_l, 3), "openai_rows_per_s": round(n / best_p, 3),
-        "rows_per_s_ratio": round(best_p / best_l, 3), "violations": bad,
-        "kinds_ok": [k for k, v in ok.items() if v == n], "server_start_s": server_start_s,
+        "rows": n,
+        "concurrency": args.concurrency,
+        "requests": sum(len(r) for r in sent.values()),
+        "lmlang_rows_per_s": round(n / best_l, 3),
+        "openai_rows_per_s": round(n / best_p, 3),
+        "rows_per_s_ratio": round(best_p / best_l, 3),
+        "violations": bad,
+        "kinds_ok": [k for k, v in ok.items() if v == n],
+        "server_start_s": server_start_s,
         "local_rows_per_s": round(local_rps, 3) if local_rps else None,
         "served_vs_local": round((n / best_l) / local_rps, 2) if local_rps else None,
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
-    print(f"{n} rows, {result['requests']} requests, concurrency {args.concurrency}: lmlang "
-          f"{result['lmlang_rows_per_s']} rows/s, plain openai client {result['openai_rows_per_s']} rows/s "
-          f"(ratio {result['rows_per_s_ratio']}); violations {bad}; kinds ok {result['kinds_ok']}; "
-          f"server start {server_start_s} s; local engine {result['local_rows_per_s']} rows/s")
+    print(
+        f"{n} rows, {result['requests']} requests, concurrency {args.concurrency}: lmlang "
+        f"{result['lmlang_rows_per_s']} rows/s, plain openai client {result['openai_rows_per_s']} rows/s "
+        f"(ratio {result['rows_per_s_ratio']}); violations {bad}; kinds ok {result['kinds_ok']}; "
+        f"server start {server_start_s} s; local engine {result['local_rows_per_s']} rows/s"
+    )
     if args.json:
         print(json.dumps(result))
 

@@ -23,6 +23,7 @@ default `formats="enforce"`; `lmlang-annotate` (not run unless named) the same
 with `formats="annotate"`; the other rows run one backend alone without
 lmlang's keyword gating, i.e. the raw backend. Each schema runs in a worker process with a per-schema time-out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -159,15 +160,26 @@ def _one(config: str, schema_text: str, tests: list, utf8: bool = False) -> dict
             b = get_backend(config)
             compiled = CompiledConstraint(plan, tok, config, b.compile(plan, tok, gate=False), 0.0)
     except (BackendCannot, ConstraintCompileError, Exception) as e:
-        return {"pass": False, "compiled": False, "compile_ms": (time.perf_counter() - t0) * 1e3,
-                "error": str(e)[:200], "invalid_accepted": 0, "valid_rejected": 0, "mask_us": []}
+        return {
+            "pass": False,
+            "compiled": False,
+            "compile_ms": (time.perf_counter() - t0) * 1e3,
+            "error": str(e)[:200],
+            "invalid_accepted": 0,
+            "valid_rejected": 0,
+            "mask_us": [],
+        }
     compile_ms = (time.perf_counter() - t0) * 1e3
     try:
         res = _run_tests(compiled, tests, masks, utf8)
     except Exception as e:  # a backend error mid-way counts as a failure
         res = {"pass": False, "invalid_accepted": 0, "valid_rejected": 0, "error": f"runtime: {e}"[:200]}
-    res.update(compiled=True, compile_ms=compile_ms, backend=compiled.backend,
-               mask_us=[m * 1e6 for m in masks[:: max(1, len(masks) // 50)]])
+    res.update(
+        compiled=True,
+        compile_ms=compile_ms,
+        backend=compiled.backend,
+        mask_us=[m * 1e6 for m in masks[:: max(1, len(masks) // 50)]],
+    )
     return res
 
 
@@ -218,17 +230,34 @@ class Pool:
                         idx, config, res = s["conn"].recv()
                     except EOFError:
                         idx, config = s["task"][0], s["task"][1]
-                        res = {"pass": False, "compiled": False, "error": "worker crashed", "compile_ms": 0.0,
-                               "invalid_accepted": 0, "valid_rejected": 0, "mask_us": []}
+                        res = {
+                            "pass": False,
+                            "compiled": False,
+                            "error": "worker crashed",
+                            "compile_ms": 0.0,
+                            "invalid_accepted": 0,
+                            "valid_rejected": 0,
+                            "mask_us": [],
+                        }
                         self._replace(s)
                     s["task"] = None
                     on_result(idx, config, res)
                 elif now - s["since"] > timeout:
                     idx, config = s["task"][0], s["task"][1]
                     self._replace(s)
-                    on_result(idx, config, {"pass": False, "compiled": False, "error": "timeout",
-                                            "compile_ms": timeout * 1e3, "invalid_accepted": 0,
-                                            "valid_rejected": 0, "mask_us": []})
+                    on_result(
+                        idx,
+                        config,
+                        {
+                            "pass": False,
+                            "compiled": False,
+                            "error": "timeout",
+                            "compile_ms": timeout * 1e3,
+                            "invalid_accepted": 0,
+                            "valid_rejected": 0,
+                            "mask_us": [],
+                        },
+                    )
 
     def _replace(self, s) -> None:
         s["proc"].kill()
@@ -259,11 +288,13 @@ def both_compiled(mine: dict, other: dict) -> dict:
     """Wrong answers on the schemas both configurations compiled: where a rewrite or
     gate of lmlang's over-restricts (or under-restricts), it shows here."""
     shared = [i for i in mine if i in other and mine[i].get("compiled") and other[i].get("compiled")]
-    return {"schemas": len(shared),
-            "valid_rejected": sum(mine[i]["valid_rejected"] for i in shared),
-            "other_valid_rejected": sum(other[i]["valid_rejected"] for i in shared),
-            "invalid_accepted": sum(mine[i]["invalid_accepted"] for i in shared),
-            "other_invalid_accepted": sum(other[i]["invalid_accepted"] for i in shared)}
+    return {
+        "schemas": len(shared),
+        "valid_rejected": sum(mine[i]["valid_rejected"] for i in shared),
+        "other_valid_rejected": sum(other[i]["valid_rejected"] for i in shared),
+        "invalid_accepted": sum(mine[i]["invalid_accepted"] for i in shared),
+        "other_invalid_accepted": sum(other[i]["invalid_accepted"] for i in shared),
+    }
 
 
 def write_failures(path: str, rows: list, configs: list[str], results: dict) -> None:
@@ -295,13 +326,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default=",".join(ALL))
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds per schema and backend")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--slow-limit", type=int, default=10,
-                    help="run outlines_core (JSON index builds take seconds) on only the first N schemas")
-    ap.add_argument("--xgrammar-limit", type=int, default=300,
-                    help="run xgrammar alone on only the first N schemas (its compiles take 10 ms-10 s)")
+    ap.add_argument(
+        "--slow-limit",
+        type=int,
+        default=10,
+        help="run outlines_core (JSON index builds take seconds) on only the first N schemas",
+    )
+    ap.add_argument(
+        "--xgrammar-limit",
+        type=int,
+        default=300,
+        help="run xgrammar alone on only the first N schemas (its compiles take 10 ms-10 s)",
+    )
     ap.add_argument("--slow-timeout", type=float, default=5.0)
     ap.add_argument("--failures", metavar="FILE", help="write one JSON line per failing schema and configuration")
-    ap.add_argument("--utf8", action="store_true", help="serialize instances with non-ASCII text raw, not as \\u escapes")
+    ap.add_argument(
+        "--utf8", action="store_true", help="serialize instances with non-ASCII text raw, not as \\u escapes"
+    )
     args = ap.parse_args(argv)
     configs = [c.strip() for c in args.backends.split(",") if c.strip()]
     rows = []
@@ -316,16 +357,23 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[int, dict]] = {c: {} for c in configs}
     with tempfile.TemporaryDirectory(prefix="maskbench-") as home:
         pool = Pool(max(1, args.workers), folder, home)
-        tasks = [(i, c, json.dumps(r["schema"]), r["tests"], args.utf8) for c in configs for i, r in enumerate(rows)
-                 if (c != "outlines_core" or i < args.slow_limit) and (c != "xgrammar" or i < args.xgrammar_limit)]
+        tasks = [
+            (i, c, json.dumps(r["schema"]), r["tests"], args.utf8)
+            for c in configs
+            for i, r in enumerate(rows)
+            if (c != "outlines_core" or i < args.slow_limit) and (c != "xgrammar" or i < args.xgrammar_limit)
+        ]
         done = [0]
 
         def on_result(idx, config, res):
             results[config][idx] = res
             done[0] += 1
             if done[0] % 100 == 0:
-                print(f"[maskbench] {done[0]}/{len(tasks)} done, {time.perf_counter() - t_start:.0f} s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[maskbench] {done[0]}/{len(tasks)} done, {time.perf_counter() - t_start:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         try:
             pool.run([t for t in tasks if t[1] != "outlines_core"], args.timeout, on_result)
@@ -348,8 +396,11 @@ def main(argv: list[str] | None = None) -> int:
             "invalid_accepted": sum(r["invalid_accepted"] for r in rs),
             "valid_rejected": sum(r["valid_rejected"] for r in rs),
             # valid instances of schemas that did not compile (or timed out): never accepted either
-            "valid_uncompiled": sum(sum(1 for t in rows[i]["tests"] if t["valid"]) for i in range(len(rows))
-                                    if i in results[config] and not results[config][i].get("compiled")),
+            "valid_uncompiled": sum(
+                sum(1 for t in rows[i]["tests"] if t["valid"])
+                for i in range(len(rows))
+                if i in results[config] and not results[config][i].get("compiled")
+            ),
             "timeouts": sum(1 for r in rs if r.get("error") == "timeout"),
             "compile_ms_p50": round(_pct(cms, 0.5), 3),
             "compile_ms_p95": round(_pct(cms, 0.95), 3),
@@ -384,29 +435,37 @@ def main(argv: list[str] | None = None) -> int:
     if True:
         emit = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
         emit(f"MaskBench: {len(rows)} schemas from {args.path}  (wall {wall:.1f} s, {args.workers} workers)")
-        head = f"{'config':14s} {'pass%':>7s} {'compiled%':>9s} {'inv.acc':>7s} {'val.rej':>7s} {'val.unc':>7s} {'t/o':>4s} " \
-               f"{'comp p50 ms':>11s} {'comp p95 ms':>11s} {'mask p50 us':>11s} {'mask p95 us':>11s}"
+        head = (
+            f"{'config':14s} {'pass%':>7s} {'compiled%':>9s} {'inv.acc':>7s} {'val.rej':>7s} {'val.unc':>7s} {'t/o':>4s} "
+            f"{'comp p50 ms':>11s} {'comp p95 ms':>11s} {'mask p50 us':>11s} {'mask p95 us':>11s}"
+        )
         emit(head)
         for c in configs:
             s = per[c]
-            emit(f"{c + ('*' if s['schemas'] != len(rows) else ''):14s} {s['passing_pct']:7.2f} {s['compiled_pct']:9.2f} {s['invalid_accepted']:7d} "
-                  f"{s['valid_rejected']:7d} {s['valid_uncompiled']:7d} {s['timeouts']:4d} {s['compile_ms_p50']:11.2f} "
-                  f"{s['compile_ms_p95']:11.2f} {s['mask_us_p50']:11.1f} {s['mask_us_p95']:11.1f}")
+            emit(
+                f"{c + ('*' if s['schemas'] != len(rows) else ''):14s} {s['passing_pct']:7.2f} {s['compiled_pct']:9.2f} {s['invalid_accepted']:7d} "
+                f"{s['valid_rejected']:7d} {s['valid_uncompiled']:7d} {s['timeouts']:4d} {s['compile_ms_p50']:11.2f} "
+                f"{s['compile_ms_p95']:11.2f} {s['mask_us_p50']:11.1f} {s['mask_us_p95']:11.1f}"
+            )
         if any(per[c]["schemas"] != len(rows) for c in configs):
             emit("* on the first schemas only (see --xgrammar-limit, --slow-limit)")
         if "lmlang" in per:
             full = [c for c in configs if c != "lmlang" and per[c]["schemas"] == per["lmlang"]["schemas"]]
             best = max((per[c]["passing_pct"] for c in full), default=0.0)
             if best:
-                emit(f"lmlang / best single backend on the same schemas ({', '.join(full)}): "
-                     f"{per['lmlang']['passing_pct'] / best:.3f}")
+                emit(
+                    f"lmlang / best single backend on the same schemas ({', '.join(full)}): "
+                    f"{per['lmlang']['passing_pct'] / best:.3f}"
+                )
             emit(f"lmlang backends used: {out.get('lmlang_backends')}")
             for c in configs:
                 if c != "lmlang":
                     b = out[f"both_compiled_vs_{c}"]
-                    emit(f"on the {b['schemas']} schemas both lmlang and {c} compile: valid rejected "
-                         f"{b['valid_rejected']} vs {b['other_valid_rejected']}, invalid accepted "
-                         f"{b['invalid_accepted']} vs {b['other_invalid_accepted']}")
+                    emit(
+                        f"on the {b['schemas']} schemas both lmlang and {c} compile: valid rejected "
+                        f"{b['valid_rejected']} vs {b['other_valid_rejected']}, invalid accepted "
+                        f"{b['invalid_accepted']} vs {b['other_invalid_accepted']}"
+                    )
         emit("(val.unc: valid instances of schemas that did not compile)")
     return 0
 

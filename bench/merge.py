@@ -14,6 +14,7 @@ tensor. --json prints a final line with time_ratio, rss_ratio (lmlang /
 mergekit, summed over methods) and max_abs_diff per method. DARE masks come
 from different RNG streams by design, so its diff is not expected to be 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,10 @@ print(json.dumps({"rc": p.returncode, "seconds": time.perf_counter() - t,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
                   "tail": (p.stdout + p.stderr)[-1500:]}))
 """
-LMLANG_RUN = "import sys; from lmlang.merge.mergekit_yaml import run_mergekit_yaml; " \
-             "r = run_mergekit_yaml(sys.argv[1], sys.argv[2], compat='mergekit'); print(r.stats)"
+LMLANG_RUN = (
+    "import sys; from lmlang.merge.mergekit_yaml import run_mergekit_yaml; "
+    "r = run_mergekit_yaml(sys.argv[1], sys.argv[2], compat='mergekit'); print(r.stats)"
+)
 
 
 def ensure_mergekit() -> Path:
@@ -120,16 +123,16 @@ def recipes(base: Path, a: Path, b: Path) -> dict[str, str]:
     common = f"base_model: {base}\ndtype: float32\n"
     return {
         "ties": f"merge_method: ties\n{common}models:\n"
-                f"  - model: {a}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
-                f"  - model: {b}\n    parameters: {{weight: 0.6, density: 0.3}}\n"
-                "parameters: {normalize: true}\n",
+        f"  - model: {a}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
+        f"  - model: {b}\n    parameters: {{weight: 0.6, density: 0.3}}\n"
+        "parameters: {normalize: true}\n",
         "dare_ties": f"merge_method: dare_ties\n{common}models:\n"
-                     f"  - model: {a}\n    parameters: {{weight: 0.5, density: 0.5}}\n"
-                     f"  - model: {b}\n    parameters: {{weight: 0.5, density: 0.5}}\n"
-                     "parameters: {seed: 42}\n",
+        f"  - model: {a}\n    parameters: {{weight: 0.5, density: 0.5}}\n"
+        f"  - model: {b}\n    parameters: {{weight: 0.5, density: 0.5}}\n"
+        "parameters: {seed: 42}\n",
         "slerp": f"merge_method: slerp\n{common}models:\n  - model: {base}\n  - model: {a}\n"
-                 "parameters:\n  t:\n    - filter: self_attn\n      value: [0, 0.5, 0.3, 0.7, 1]\n"
-                 "    - filter: mlp\n      value: [1, 0.5, 0.7, 0.3, 0]\n    - value: 0.5\n",
+        "parameters:\n  t:\n    - filter: self_attn\n      value: [0, 0.5, 0.3, 0.7, 1]\n"
+        "    - filter: mlp\n      value: [1, 0.5, 0.7, 0.3, 0]\n    - value: 0.5\n",
     }
 
 
@@ -208,33 +211,66 @@ def main() -> None:
             cfg = tmp / f"{method}.yaml"
             cfg.write_text(text)
             mk_out, lm_out = tmp / f"mk-{method}", tmp / f"lm-{method}"
-            mk_res = run_measured([str(mk), str(cfg), str(mk_out), "--lazy-unpickle", "--random-seed", "42",
-                                   "--copy-tokenizer", "--quiet"], env)
+            mk_res = run_measured(
+                [
+                    str(mk),
+                    str(cfg),
+                    str(mk_out),
+                    "--lazy-unpickle",
+                    "--random-seed",
+                    "42",
+                    "--copy-tokenizer",
+                    "--quiet",
+                ],
+                env,
+            )
             lm_env = dict(env, LMLANG_HOME=str(tmp / f"home-{method}"))
             lm_res = run_measured([sys.executable, "-c", LMLANG_RUN, str(cfg), str(lm_out)], lm_env)
             diff, n_common, only = compare(mk_out, lm_out)
-            rows.append({"method": method, "mk_s": mk_res["seconds"], "lm_s": lm_res["seconds"],
-                         "mk_rss": mk_res["peak_rss_mb"], "lm_rss": lm_res["peak_rss_mb"],
-                         "max_abs_diff": diff, "tensors": n_common, "only_one_side": only})
+            rows.append(
+                {
+                    "method": method,
+                    "mk_s": mk_res["seconds"],
+                    "lm_s": lm_res["seconds"],
+                    "mk_rss": mk_res["peak_rss_mb"],
+                    "lm_rss": lm_res["peak_rss_mb"],
+                    "max_abs_diff": diff,
+                    "tensors": n_common,
+                    "only_one_side": only,
+                }
+            )
             shutil.rmtree(mk_out, ignore_errors=True)
             shutil.rmtree(lm_out, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{'method':<10} {'mergekit s':>10} {'lmlang s':>9} {'ratio':>6} {'mk RSS MB':>10} {'lm RSS MB':>10} "
-          f"{'ratio':>6} {'max|diff|':>10} tensors")
+    print(
+        f"{'method':<10} {'mergekit s':>10} {'lmlang s':>9} {'ratio':>6} {'mk RSS MB':>10} {'lm RSS MB':>10} "
+        f"{'ratio':>6} {'max|diff|':>10} tensors"
+    )
     for r in rows:
-        print(f"{r['method']:<10} {r['mk_s']:>10.1f} {r['lm_s']:>9.1f} {r['lm_s'] / r['mk_s']:>6.2f} "
-              f"{r['mk_rss']:>10.0f} {r['lm_rss']:>10.0f} {r['lm_rss'] / r['mk_rss']:>6.2f} "
-              f"{r['max_abs_diff']:>10.3g} {r['tensors']}" + (f" (one side only: {r['only_one_side']})" if r["only_one_side"] else ""))
+        print(
+            f"{r['method']:<10} {r['mk_s']:>10.1f} {r['lm_s']:>9.1f} {r['lm_s'] / r['mk_s']:>6.2f} "
+            f"{r['mk_rss']:>10.0f} {r['lm_rss']:>10.0f} {r['lm_rss'] / r['mk_rss']:>6.2f} "
+            f"{r['max_abs_diff']:>10.3g} {r['tensors']}"
+            + (f" (one side only: {r['only_one_side']})" if r["only_one_side"] else "")
+        )
     if args.json and rows:
-        print(json.dumps({
-            "time_ratio": round(sum(r["lm_s"] for r in rows) / sum(r["mk_s"] for r in rows), 3),
-            "rss_ratio": round(sum(r["lm_rss"] for r in rows) / sum(r["mk_rss"] for r in rows), 3),
-            "max_abs_diff": {r["method"]: r["max_abs_diff"] for r in rows},
-            "seconds": {r["method"]: {"lmlang": round(r["lm_s"], 2), "mergekit": round(r["mk_s"], 2)} for r in rows},
-            "peak_rss_mb": {r["method"]: {"lmlang": round(r["lm_rss"]), "mergekit": round(r["mk_rss"])} for r in rows},
-            "model": "tiny" if args.tiny else "SmolLM2-135M-Instruct (fp32)",
-        }))
+        print(
+            json.dumps(
+                {
+                    "time_ratio": round(sum(r["lm_s"] for r in rows) / sum(r["mk_s"] for r in rows), 3),
+                    "rss_ratio": round(sum(r["lm_rss"] for r in rows) / sum(r["mk_rss"] for r in rows), 3),
+                    "max_abs_diff": {r["method"]: r["max_abs_diff"] for r in rows},
+                    "seconds": {
+                        r["method"]: {"lmlang": round(r["lm_s"], 2), "mergekit": round(r["mk_s"], 2)} for r in rows
+                    },
+                    "peak_rss_mb": {
+                        r["method"]: {"lmlang": round(r["lm_rss"]), "mergekit": round(r["mk_rss"])} for r in rows
+                    },
+                    "model": "tiny" if args.tiny else "SmolLM2-135M-Instruct (fp32)",
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ bundled model.
 
     python bench/prefix.py [--json] [--queries 16]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,23 +15,45 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SHOTS = [("The food was cold and the waiter ignored us.", "negative"), ("A wonderful evening, great wine!", "positive"),
-         ("Service was slow but the dessert was superb.", "positive"), ("Overpriced and bland.", "negative"),
-         ("I would come back tomorrow.", "positive"), ("The room smelled of smoke.", "negative"),
-         ("Friendly staff and a cosy terrace.", "positive"), ("We waited an hour for a salad.", "negative"),
-         ("Best pizza in town, hands down.", "positive"), ("The music was far too loud to talk.", "negative"),
-         ("Fresh bread, lovely soup, kind owners.", "positive"), ("They forgot half of our order.", "negative"),
-         ("The terrace had a beautiful view of the harbour at sunset.", "positive"),
-         ("Our waiter was patient and explained every dish on the menu.", "positive"),
-         ("The steak arrived grey and chewy, and nobody apologised.", "negative"),
-         ("Prices were fair and the portions were more than generous.", "positive"),
-         ("We found a hair in the salad and the manager just shrugged.", "negative"),
-         ("The chocolate cake was rich, warm and worth the trip alone.", "positive"),
-         ("Tables were sticky and the toilets had not been cleaned.", "negative")]
-QUESTIONS = ["The pasta was perfect.", "Rude staff, never again.", "Nice view, average food.", "Cold coffee.",
-             "Delicious and cheap!", "The table was dirty.", "Lovely garden seating.", "Way too salty.",
-             "Quick and friendly service.", "Burnt toast and weak tea.", "A hidden gem.", "Noisy and cramped.",
-             "Great cocktails.", "Slow kitchen.", "Generous portions.", "Stale croissants."]
+SHOTS = [
+    ("The food was cold and the waiter ignored us.", "negative"),
+    ("A wonderful evening, great wine!", "positive"),
+    ("Service was slow but the dessert was superb.", "positive"),
+    ("Overpriced and bland.", "negative"),
+    ("I would come back tomorrow.", "positive"),
+    ("The room smelled of smoke.", "negative"),
+    ("Friendly staff and a cosy terrace.", "positive"),
+    ("We waited an hour for a salad.", "negative"),
+    ("Best pizza in town, hands down.", "positive"),
+    ("The music was far too loud to talk.", "negative"),
+    ("Fresh bread, lovely soup, kind owners.", "positive"),
+    ("They forgot half of our order.", "negative"),
+    ("The terrace had a beautiful view of the harbour at sunset.", "positive"),
+    ("Our waiter was patient and explained every dish on the menu.", "positive"),
+    ("The steak arrived grey and chewy, and nobody apologised.", "negative"),
+    ("Prices were fair and the portions were more than generous.", "positive"),
+    ("We found a hair in the salad and the manager just shrugged.", "negative"),
+    ("The chocolate cake was rich, warm and worth the trip alone.", "positive"),
+    ("Tables were sticky and the toilets had not been cleaned.", "negative"),
+]
+QUESTIONS = [
+    "The pasta was perfect.",
+    "Rude staff, never again.",
+    "Nice view, average food.",
+    "Cold coffee.",
+    "Delicious and cheap!",
+    "The table was dirty.",
+    "Lovely garden seating.",
+    "Way too salty.",
+    "Quick and friendly service.",
+    "Burnt toast and weak tea.",
+    "A hidden gem.",
+    "Noisy and cramped.",
+    "Great cocktails.",
+    "Slow kitchen.",
+    "Generous portions.",
+    "Stale croissants.",
+]
 
 
 def main() -> None:
@@ -48,14 +71,15 @@ query label(text: str) using base {{
     assistant "[l]"
     where l in ["positive", "negative"]
 }}'''
-    prog = lmlang.compile(src, cache=False)          # time decoding, not the result cache
+    prog = lmlang.compile(src, cache=False)  # time decoding, not the result cache
     q = prog.queries["label"]
-    q(text="warm-up")                       # load, compile, first forward
+    q(text="warm-up")  # load, compile, first forward
     exe = prog._executor()
     lm = exe.lm(exe.c.spec(exe.query_ids["label"]).model)
     qs = (QUESTIONS * 4)[: args.queries]
-    prefix_tokens = len(lm.encode(lm.tokenizer.apply_chat_template(
-        [{"role": "system", "content": "x"}], tokenize=False)))  # rough header size (reported below precisely)
+    prefix_tokens = len(
+        lm.encode(lm.tokenizer.apply_chat_template([{"role": "system", "content": "x"}], tokenize=False))
+    )  # rough header size (reported below precisely)
 
     def run(reuse: bool) -> tuple[float, list]:
         lm.prefix_reuse = reuse
@@ -69,12 +93,24 @@ query label(text: str) using base {{
     rec = prog.trace.records[-1]
     shared = len(lm.encode(rec.prompt.split("Review: " + qs[-1])[0]))
     speedup = t_off / t_on
-    print(f"{args.queries} queries, shared prefix ~{shared} tokens: without reuse {t_off:.2f} s, with reuse {t_on:.2f} s, "
-          f"speedup x{speedup:.2f}; same answers: {out_off == out_on}")
+    print(
+        f"{args.queries} queries, shared prefix ~{shared} tokens: without reuse {t_off:.2f} s, with reuse {t_on:.2f} s, "
+        f"speedup x{speedup:.2f}; same answers: {out_off == out_on}"
+    )
     del prefix_tokens
     if args.json:
-        print(json.dumps({"speedup": round(speedup, 3), "queries": args.queries, "prefix_tokens": shared,
-                          "seconds_without": round(t_off, 3), "seconds_with": round(t_on, 3), "same_answers": out_off == out_on}))
+        print(
+            json.dumps(
+                {
+                    "speedup": round(speedup, 3),
+                    "queries": args.queries,
+                    "prefix_tokens": shared,
+                    "seconds_without": round(t_off, 3),
+                    "seconds_with": round(t_on, 3),
+                    "same_answers": out_off == out_on,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ On the bundled model (CPU, fp32), it prints:
 The machine's load average is recorded next to the figures (`load`): on a
 shared machine every figure moves with the other jobs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,10 +41,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-TEXTS = ["The pasta was perfect.", "Rude staff, never again.", "Nice view, average food.", "Cold coffee.",
-         "Delicious and cheap!", "The table was dirty.", "Lovely garden seating.", "Way too salty.",
-         "Quick and friendly service.", "Burnt toast and weak tea.", "A hidden gem.", "Noisy and cramped.",
-         "Great cocktails.", "Slow kitchen.", "Generous portions.", "Stale croissants."]
+TEXTS = [
+    "The pasta was perfect.",
+    "Rude staff, never again.",
+    "Nice view, average food.",
+    "Cold coffee.",
+    "Delicious and cheap!",
+    "The table was dirty.",
+    "Lovely garden seating.",
+    "Way too salty.",
+    "Quick and friendly service.",
+    "Burnt toast and weak tea.",
+    "A hidden gem.",
+    "Noisy and cramped.",
+    "Great cocktails.",
+    "Slow kitchen.",
+    "Generous portions.",
+    "Stale croissants.",
+]
 SUMS = [f"What is {a} + {b}?" for a, b in [(3, 4), (12, 9), (7, 8), (20, 15), (6, 6), (11, 30), (9, 14), (25, 25)]]
 
 ONE_QUERY = '''model base = default
@@ -147,12 +162,16 @@ def run_cli(args: list[str], env: dict | None = None) -> float:
 
 
 def write_rows(path: Path, n: int, key: str = "text") -> Path:
-    path.write_text("".join(json.dumps({key: TEXTS[i % len(TEXTS)] + ("" if i < len(TEXTS) else f" ({i})")}) + "\n"
-                            for i in range(n)))
+    path.write_text(
+        "".join(
+            json.dumps({key: TEXTS[i % len(TEXTS)] + ("" if i < len(TEXTS) else f" ({i})")}) + "\n" for i in range(n)
+        )
+    )
     return path
 
 
 # ---------------------------------------------------------------- in-process figures
+
 
 def parallel_steps(rows: int) -> dict:
     import lmlang
@@ -161,7 +180,7 @@ def parallel_steps(rows: int) -> dict:
     progs = {par: lmlang.compile(FOUR_CALLS, cache=False, parallel=par, batch_size=32) for par in (False, True)}
     data = [{"text": TEXTS[i % len(TEXTS)]} for i in range(rows)]
     for prog in progs.values():
-        prog.run_batch(data[:2])                                    # load, compile constraints
+        prog.run_batch(data[:2])  # load, compile constraints
     seq = min(timed(lambda: progs[False].run_batch(data)) for _ in range(2))
     par = min(timed(lambda: progs[True].run_batch(data)) for _ in range(2))
     out["parallel_steps_speedup"] = seq / par
@@ -175,8 +194,10 @@ def parallel_steps(rows: int) -> dict:
     separate = min(timed(lambda: progs[True].run_batch(data)) for _ in range(2))
     out["cross_query_speedup"] = separate / par
     out["cross_query_seconds"] = {"separate": round(separate, 2), "shared": round(par, 2)}
-    log(f"parallel steps: {rows} rows x 4 calls: sequential {seq:.2f} s, parallel {par:.2f} s "
-        f"(x{seq / par:.2f}); one row x{one_seq / one_par:.2f}; queries in separate batches {separate:.2f} s")
+    log(
+        f"parallel steps: {rows} rows x 4 calls: sequential {seq:.2f} s, parallel {par:.2f} s "
+        f"(x{seq / par:.2f}); one row x{one_seq / one_par:.2f}; queries in separate batches {separate:.2f} s"
+    )
     return out
 
 
@@ -189,11 +210,13 @@ def mixed_adapters() -> dict:
     for strategy in ("grouped", "mixed"):
         prog = lmlang.compile(EXPERTS, base_dir=REPO / "examples", cache=False, batch_size=32)
         prog._executor().strategy = Strategy(adapters=strategy)
-        prog.run_batch(rows[:4])                                    # train (cached), load, warm up
+        prog.run_batch(rows[:4])  # train (cached), load, warm up
         times[strategy] = min(timed(lambda: prog.run_batch(rows)) for _ in range(2))
     log(f"16 routed rows over 2 experts: grouped {times['grouped']:.2f} s, mixed {times['mixed']:.2f} s")
-    return {"mixed_adapter_speedup": times["grouped"] / times["mixed"],
-            "mixed_adapter_seconds": {k: round(v, 2) for k, v in times.items()}}
+    return {
+        "mixed_adapter_speedup": times["grouped"] / times["mixed"],
+        "mixed_adapter_seconds": {k: round(v, 2) for k, v in times.items()},
+    }
 
 
 def concurrent_models() -> dict:
@@ -208,19 +231,24 @@ def concurrent_models() -> dict:
         prog._executor().strategy = Strategy(models=mode)
         prog.run_batch(rows[:2])
         times[mode] = min(timed(lambda: prog.run_batch(rows)) for _ in range(2))
-    log(f"two models, 8 rows: one after the other {times['sequential']:.2f} s, on two threads {times['concurrent']:.2f} s")
-    return {"concurrent_models_speedup": times["sequential"] / times["concurrent"],
-            "concurrent_models_seconds": {k: round(v, 2) for k, v in times.items()}}
+    log(
+        f"two models, 8 rows: one after the other {times['sequential']:.2f} s, on two threads {times['concurrent']:.2f} s"
+    )
+    return {
+        "concurrent_models_speedup": times["sequential"] / times["concurrent"],
+        "concurrent_models_seconds": {k: round(v, 2) for k, v in times.items()},
+    }
 
 
 # ---------------------------------------------------------------- whole commands
+
 
 def cache_hit(work: Path, rows: int) -> dict:
     from lmlang.home import lmlang_home
 
     home = work / "home"
     home.mkdir()
-    (home / "models").symlink_to(lmlang_home() / "models")        # the converted model, not a second conversion
+    (home / "models").symlink_to(lmlang_home() / "models")  # the converted model, not a second conversion
     script = work / "one.lm"
     script.write_text(ONE_QUERY)
     data = write_rows(work / "cache_rows.jsonl", rows)
@@ -228,9 +256,14 @@ def cache_hit(work: Path, rows: int) -> dict:
     first = run_cli(["run", str(script), "--data", str(data), "--out", str(work / "c1.jsonl"), "--no-progress"], env)
     second = run_cli(["run", str(script), "--data", str(data), "--out", str(work / "c2.jsonl"), "--no-progress"], env)
     same = (work / "c1.jsonl").read_text() == (work / "c2.jsonl").read_text()
-    log(f"result cache, {rows} rows: first run {first:.2f} s, second {second:.2f} s (x{first / second:.1f}; same output: {same})")
-    return {"cache_hit_speedup": first / second, "cache_hit_seconds": {"first": round(first, 2), "second": round(second, 2)},
-            "cache_hit_same_output": same}
+    log(
+        f"result cache, {rows} rows: first run {first:.2f} s, second {second:.2f} s (x{first / second:.1f}; same output: {same})"
+    )
+    return {
+        "cache_hit_speedup": first / second,
+        "cache_hit_seconds": {"first": round(first, 2), "second": round(second, 2)},
+        "cache_hit_same_output": same,
+    }
 
 
 def ray_ratio(work: Path, rows: int) -> dict:
@@ -240,23 +273,57 @@ def ray_ratio(work: Path, rows: int) -> dict:
     script.write_text(ONE_QUERY)
     data = write_rows(work / "ray_rows.jsonl", rows)
     env = {"LMLANG_CACHE": "0"}
-    local = run_cli(["run", str(script), "--data", str(data), "--out", str(work / "local.jsonl"), "--no-progress",
-                     "--threads", "2", "--batch-size", "8"], env)
+    local = run_cli(
+        [
+            "run",
+            str(script),
+            "--data",
+            str(data),
+            "--out",
+            str(work / "local.jsonl"),
+            "--no-progress",
+            "--threads",
+            "2",
+            "--batch-size",
+            "8",
+        ],
+        env,
+    )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         address = ray.get_runtime_context().gcs_address
-        dist = run_cli(["run", str(script), "--data", str(data), "--out", str(work / "ray.jsonl"), "--no-progress",
-                        "--threads", "1", "--batch-size", "8", "--ray", address], env)
+        dist = run_cli(
+            [
+                "run",
+                str(script),
+                "--data",
+                str(data),
+                "--out",
+                str(work / "ray.jsonl"),
+                "--no-progress",
+                "--threads",
+                "1",
+                "--batch-size",
+                "8",
+                "--ray",
+                address,
+            ],
+            env,
+        )
     finally:
         ray.shutdown()
-    key = lambda p: sorted(json.loads(x)["row"] for x in p.read_text().splitlines())   # noqa: E731
+    key = lambda p: sorted(json.loads(x)["row"] for x in p.read_text().splitlines())  # noqa: E731
     same_rows = key(work / "local.jsonl") == key(work / "ray.jsonl") == list(range(rows))
     local_rate, ray_rate = rows / local, rows / dist
-    log(f"{rows} rows: one process of 2 threads {local_rate:.2f} rows/s ({local:.1f} s), "
-        f"Ray 2 actors x 1 thread {ray_rate:.2f} rows/s ({dist:.1f} s); every row once: {same_rows}")
-    return {"ray_rows_per_s_ratio": ray_rate / local_rate,
-            "ray_rows_per_s": {"local_2_threads": round(local_rate, 3), "ray_2_actors": round(ray_rate, 3), "rows": rows},
-            "ray_every_row_once": same_rows}
+    log(
+        f"{rows} rows: one process of 2 threads {local_rate:.2f} rows/s ({local:.1f} s), "
+        f"Ray 2 actors x 1 thread {ray_rate:.2f} rows/s ({dist:.1f} s); every row once: {same_rows}"
+    )
+    return {
+        "ray_rows_per_s_ratio": ray_rate / local_rate,
+        "ray_rows_per_s": {"local_2_threads": round(local_rate, 3), "ray_2_actors": round(ray_rate, 3), "rows": rows},
+        "ray_every_row_once": same_rows,
+    }
 
 
 def main() -> None:

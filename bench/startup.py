@@ -16,6 +16,7 @@ same prompt (the chat template applied, as lmlang does). Nothing lmlang adds
 the same thread count (--threads, default 2) and HF offline. Run it on a quiet
 machine: both sides are CPU-bound.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,11 +69,24 @@ def main() -> None:
 
     from lmlang.models.loader import resolve_model
 
-    folder = resolve_model("default")               # converts the bundled GGUF once if needed
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", LMLANG_THREADS=str(args.threads),
-               TOKENIZERS_PARALLELISM="false")
+    folder = resolve_model("default")  # converts the bundled GGUF once if needed
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        LMLANG_THREADS=str(args.threads),
+        TOKENIZERS_PARALLELISM="false",
+    )
     lmlang_exe = str(Path(sys.executable).parent / "lmlang")
-    run_cmd = [lmlang_exe, "run", "examples/hello.lm", "--json", "--trace", os.devnull, "--no-cache"]   # the work itself, each time
+    run_cmd = [
+        lmlang_exe,
+        "run",
+        "examples/hello.lm",
+        "--json",
+        "--trace",
+        os.devnull,
+        "--no-cache",
+    ]  # the work itself, each time
     if not Path(lmlang_exe).exists():
         run_cmd = [sys.executable, "-m", "lmlang.cli", *run_cmd[1:]]
 
@@ -88,19 +102,27 @@ def main() -> None:
     timed(floor_cmd, env)
 
     runs, floors = [], []
-    for _ in range(args.reps):                      # interleaved: drift hits both sides alike
+    for _ in range(args.reps):  # interleaved: drift hits both sides alike
         runs.append(timed(run_cmd, env)[0])
         floors.append(timed(floor_cmd, env)[0])
     run_s, floor_s = statistics.median(runs), statistics.median(floors)
-    summary = {"run_wall_s": round(run_s, 3), "floor_s": round(floor_s, 3),
-               "startup_ratio": round(run_s / floor_s, 3), "tokens": n_tokens, "reps": args.reps,
-               "threads": args.threads, "run_all_s": [round(x, 3) for x in runs],
-               "floor_all_s": [round(x, 3) for x in floors]}
+    summary = {
+        "run_wall_s": round(run_s, 3),
+        "floor_s": round(floor_s, 3),
+        "startup_ratio": round(run_s / floor_s, 3),
+        "tokens": n_tokens,
+        "reps": args.reps,
+        "threads": args.threads,
+        "run_all_s": [round(x, 3) for x in runs],
+        "floor_all_s": [round(x, 3) for x in floors],
+    }
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"lmlang run hello.lm {run_s:.2f} s   floor (torch+transformers, load, {n_tokens} tokens) "
-              f"{floor_s:.2f} s   ratio x{run_s / floor_s:.2f}")
+        print(
+            f"lmlang run hello.lm {run_s:.2f} s   floor (torch+transformers, load, {n_tokens} tokens) "
+            f"{floor_s:.2f} s   ratio x{run_s / floor_s:.2f}"
+        )
 
 
 if __name__ == "__main__":

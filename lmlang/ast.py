@@ -5,6 +5,7 @@ Grouped by declaration family: inputs, model expressions, adapters, routers,
 queries (prompt segments, constraints, decoders), flow statements and
 expressions.
 """
+
 from __future__ import annotations
 
 from dataclasses import field
@@ -31,6 +32,7 @@ class Node:
 class Named(Node):
     """A node that introduces a name; `name_span` covers just the name, so a
     diagnostic about the name underlines the name, not the whole block."""
+
     name_span: Span | None = field(default=None, compare=False, repr=False, kw_only=True)
 
     @property
@@ -40,9 +42,11 @@ class Named(Node):
 
 # ------------------------------------------------------------------ types
 
+
 @frozen
 class TypeRef(Node):
     """`str`, `int`, `float`, `bool`, `json`, `list[str]`."""
+
     name: str
     arg: "TypeRef | None" = None
 
@@ -51,6 +55,7 @@ class TypeRef(Node):
 
 
 # ------------------------------------------------------------------ values (blocks, options)
+
 
 @frozen
 class Literal(Node):
@@ -64,7 +69,7 @@ class ListValue(Node):
 
 @frozen
 class Entry(Node):
-    key: "ModelExpr | Literal"   # an option name reads as ModelRef(name)
+    key: "ModelExpr | Literal"  # an option name reads as ModelRef(name)
     value: "Value"
 
 
@@ -91,6 +96,7 @@ class KwArg(Named):
 
 # ------------------------------------------------------------------ model expressions
 
+
 @frozen
 class DefaultModel(Node):
     pass
@@ -99,6 +105,7 @@ class DefaultModel(Node):
 @frozen
 class PathModel(Node):
     """A hub id, a local folder or a .gguf file (decided at resolution)."""
+
     path: str
 
 
@@ -110,6 +117,7 @@ class ModelRef(Node):
 @frozen
 class RouterCall(Node):
     """`pick(text)`: a router applied to arguments; only valid after `using`."""
+
     router: str
     args: tuple["Expr", ...]
 
@@ -123,6 +131,7 @@ class ScaledAdapter(Node):
 @frozen
 class Adapted(Node):
     """`base + polite * 0.8 + math`: adapters applied (not merged) in order."""
+
     base: "ModelExpr"
     adapters: tuple[ScaledAdapter, ...]
 
@@ -135,7 +144,7 @@ class MergeExpr(Node):
 
 @frozen
 class FuseExpr(Node):
-    mode: str                      # "linear" | "contrastive"
+    mode: str  # "linear" | "contrastive"
     options: tuple[KwArg, ...]
     members: Block
 
@@ -144,6 +153,7 @@ class FuseExpr(Node):
 class ServerModel(Node):
     """`server "URL" { model: "...", ... }`: a model behind an OpenAI-compatible
     server. Only a declaration starts with it (like a source string)."""
+
     url: str
     options: Block
 
@@ -152,7 +162,8 @@ class ServerModel(Node):
 class VllmModel(Node):
     """`vllm "SPEC" { ... }` or `vllm default`: a local model that lmlang serves
     with vLLM (started, health-checked, reused and stopped by lmlang)."""
-    source: str                         # "default", a hub id, a folder or a .gguf
+
+    source: str  # "default", a hub id, a folder or a .gguf
     options: Block
 
 
@@ -161,6 +172,7 @@ Value = Union[Literal, ListValue, Block, MatchesValue, ContainsValue, ModelExpr]
 
 
 # ------------------------------------------------------------------ declarations
+
 
 @frozen
 class UseDecl(Node):
@@ -206,13 +218,14 @@ class AdapterDecl(Named):
 @frozen
 class RouterDecl(Named):
     name: str
-    kind: str                           # embedding | classify | rules
+    kind: str  # embedding | classify | rules
     options: tuple[KwArg, ...]
     using: "ModelExpr | None"
     experts: Block
 
 
 # ------------------------------------------------------------------ queries
+
 
 @frozen
 class Text(Node):
@@ -222,6 +235,7 @@ class Text(Node):
 @frozen
 class Interp(Node):
     """`{name}` or `{name.field}`: a lookup, never Python formatting."""
+
     path: tuple[str, ...]
 
 
@@ -232,7 +246,7 @@ class Hole(Node):
 
 @frozen
 class Segment(Node):
-    role: str | None                    # system | user | assistant | None (plain text)
+    role: str | None  # system | user | assistant | None (plain text)
     parts: tuple[Union[Text, Interp, Hole], ...]
 
 
@@ -244,11 +258,12 @@ class Param(Named):
 
 @frozen
 class Decoder(Node):
-    name: str                           # argmax | sample | beam | best_of | vote
+    name: str  # argmax | sample | beam | best_of | vote
     options: tuple[KwArg, ...] = ()
 
 
 # constraints ------------------------------------------------------
+
 
 @frozen
 class CIn(Node):
@@ -265,8 +280,8 @@ class CMatches(Node):
 @frozen
 class CIs(Node):
     hole: str
-    type: str                           # int | float | bool
-    range: "JRange | None" = None       # `is int(0..10)`: inclusive bounds
+    type: str  # int | float | bool
+    range: "JRange | None" = None  # `is int(0..10)`: inclusive bounds
 
 
 @frozen
@@ -274,7 +289,7 @@ class CJson(Node):
     hole: str
     inline: "JsonType | None" = None
     file: str | None = None
-    options: tuple["KwArg", ...] = ()       # `json(formats: "annotate")`
+    options: tuple["KwArg", ...] = ()  # `json(formats: "annotate")`
 
 
 @frozen
@@ -287,14 +302,14 @@ class CGrammar(Node):
 class CStop(Node):
     hole: str
     text: str
-    include: bool                       # stops at (True) / stops before (False)
+    include: bool  # stops at (True) / stops before (False)
 
 
 @frozen
 class CLen(Node):
-    fn: str                             # tokens | len
+    fn: str  # tokens | len
     hole: str
-    op: str                             # <= < == >= > (checker accepts <= and <)
+    op: str  # <= < == >= > (checker accepts <= and <)
     n: int
 
 
@@ -314,6 +329,7 @@ class Distribution(Node):
 
 # inline JSON types -------------------------------------------------
 
+
 @frozen
 class JRange(Node):
     lo: float | None
@@ -322,7 +338,7 @@ class JRange(Node):
 
 @frozen
 class JScalar(Node):
-    name: str                           # str int float bool null any
+    name: str  # str int float bool null any
     range: JRange | None = None
 
 
@@ -365,6 +381,7 @@ class QueryDecl(Named):
 
 # ------------------------------------------------------------------ flow
 
+
 @frozen
 class Lit(Node):
     value: Union[str, int, float, bool]
@@ -401,14 +418,14 @@ class Call(Node):
 
 @frozen
 class BinOp(Node):
-    op: str                             # + - * / % == != < <= > >= and or in
+    op: str  # + - * / % == != < <= > >= and or in
     left: "Expr"
     right: "Expr"
 
 
 @frozen
 class UnaryOp(Node):
-    op: str                             # not | -
+    op: str  # not | -
     operand: "Expr"
 
 

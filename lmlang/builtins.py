@@ -4,6 +4,7 @@ against (arity, argument types, result type) and the runtime calls.
 Torch-free and cheap to import: the checker reads it on every `lmlang check`.
 Values are plain Python data, so a builtin never reaches Python attributes.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -43,7 +44,7 @@ class Builtin:
     min_args: int
     max_args: int
     result: T.T
-    args: tuple = ()     # accepted type names per positional argument; unlisted: anything
+    args: tuple = ()  # accepted type names per positional argument; unlisted: anything
 
     def arity_text(self) -> str:
         return f"{self.min_args}" if self.min_args == self.max_args else f"{self.min_args} to {self.max_args}"
@@ -51,19 +52,28 @@ class Builtin:
 
 _ANY_TEXT = ("str", "int", "float", "bool")
 
-BUILTINS: dict[str, Builtin] = {b.name: b for b in (
-    Builtin("len", len, 1, 1, T.INT, (("str", "list", "record"),)),
-    Builtin("str", value_text, 1, 1, T.STR),
-    Builtin("int", _int, 1, 1, T.INT, (_ANY_TEXT,)),
-    Builtin("float", float, 1, 1, T.FLOAT, (_ANY_TEXT,)),
-    Builtin("lower", lambda s: str(s).lower(), 1, 1, T.STR, (("str",),)),
-    Builtin("upper", lambda s: str(s).upper(), 1, 1, T.STR, (("str",),)),
-    Builtin("strip", lambda s: str(s).strip(), 1, 1, T.STR, (("str",),)),
-    Builtin("join", _join, 1, 2, T.STR, (("list",), ("str",))),
-    Builtin("split", lambda s, sep=None: str(s).split(sep), 1, 2, T.list_of(T.STR), (("str",), ("str",))),
-    Builtin("range", lambda a, b=None: list(range(a)) if b is None else list(range(a, b)), 1, 2,
-            T.list_of(T.INT), (("int",), ("int",))),
-    Builtin("contains", lambda a, b: b in a, 2, 2, T.BOOL, (("str", "list"),)),
-    Builtin("replace", lambda s, a, b: str(s).replace(a, b), 3, 3, T.STR, (("str",), ("str",), ("str",))),
-    Builtin("round", lambda x, n=0: round(x, n), 1, 2, T.FLOAT, (("int", "float"), ("int",))),
-)}
+BUILTINS: dict[str, Builtin] = {
+    b.name: b
+    for b in (
+        Builtin("len", len, 1, 1, T.INT, (("str", "list", "record"),)),
+        Builtin("str", value_text, 1, 1, T.STR),
+        Builtin("int", _int, 1, 1, T.INT, (_ANY_TEXT,)),
+        Builtin("float", float, 1, 1, T.FLOAT, (_ANY_TEXT,)),
+        Builtin("lower", lambda s: str(s).lower(), 1, 1, T.STR, (("str",),)),
+        Builtin("upper", lambda s: str(s).upper(), 1, 1, T.STR, (("str",),)),
+        Builtin("strip", lambda s: str(s).strip(), 1, 1, T.STR, (("str",),)),
+        Builtin("join", _join, 1, 2, T.STR, (("list",), ("str",))),
+        Builtin("split", lambda s, sep=None: str(s).split(sep), 1, 2, T.list_of(T.STR), (("str",), ("str",))),
+        Builtin(
+            "range",
+            lambda a, b=None: list(range(a)) if b is None else list(range(a, b)),
+            1,
+            2,
+            T.list_of(T.INT),
+            (("int",), ("int",)),
+        ),
+        Builtin("contains", lambda a, b: b in a, 2, 2, T.BOOL, (("str", "list"),)),
+        Builtin("replace", lambda s, a, b: str(s).replace(a, b), 3, 3, T.STR, (("str",), ("str",), ("str",))),
+        Builtin("round", lambda x, n=0: round(x, n), 1, 2, T.FLOAT, (("int", "float"), ("int",))),
+    )
+}

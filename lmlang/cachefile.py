@@ -13,6 +13,7 @@ Layout: one header line, then the body.
 
     lmlang-cache <kind> <sha256 of body>\n<body>
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,7 @@ import uuid
 from pathlib import Path
 
 MAGIC = b"lmlang-cache"
-MAX_ENTRY_BYTES = 256 * 1024 * 1024   # nothing lmlang caches this way comes near it
+MAX_ENTRY_BYTES = 256 * 1024 * 1024  # nothing lmlang caches this way comes near it
 
 
 def read(path: Path, kind: str) -> bytes | None:

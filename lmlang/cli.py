@@ -4,6 +4,7 @@ Exit codes: 0 ok, 1 runtime error, 2 script error (syntax, check, inputs).
 Errors print as `file:line:col`, the line, an underline and a hint; never a
 Python traceback (set LMLANG_DEBUG=1 to see one).
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,8 +38,9 @@ def _set_threads(threads: int | None) -> None:
         apply_threads(threads)
 
 
-_THREADS_HELP = ("CPU threads for torch (default: the idle physical cores, at most 4; see docs/cli.md). "
-                 "Env: LMLANG_THREADS.")
+_THREADS_HELP = (
+    "CPU threads for torch (default: the idle physical cores, at most 4; see docs/cli.md). Env: LMLANG_THREADS."
+)
 
 
 def _parse_dtypes(values: tuple[str, ...]):
@@ -50,7 +52,9 @@ def _parse_dtypes(values: tuple[str, ...]):
         name, sep, dt = v.rpartition("=")
         if not sep:
             if len(values) > 1:
-                raise click.BadParameter("give one --dtype D for every model, or MODEL=D per model", param_hint="--dtype")
+                raise click.BadParameter(
+                    "give one --dtype D for every model, or MODEL=D per model", param_hint="--dtype"
+                )
             return v
         per_model[name.strip()] = dt.strip()
     return per_model
@@ -82,10 +86,15 @@ class _Group(click.Group):
 def _allow_path_option(f):
     """--allow-path DIR (repeatable): a folder the script may read besides
     its own (docs/security.md)."""
-    return click.option("--allow-path", "allow_paths", multiple=True, metavar="DIR",
-                        type=click.Path(file_okay=False),
-                        help="Let the script read files under DIR too (repeatable). A script reads only its own "
-                             "folder's tree by default; env: LMLANG_ALLOW_PATH.")(f)
+    return click.option(
+        "--allow-path",
+        "allow_paths",
+        multiple=True,
+        metavar="DIR",
+        type=click.Path(file_okay=False),
+        help="Let the script read files under DIR too (repeatable). A script reads only its own "
+        "folder's tree by default; env: LMLANG_ALLOW_PATH.",
+    )(f)
 
 
 @click.group(cls=_Group)
@@ -97,28 +106,88 @@ def main():
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set a program input (repeatable).")
-@click.option("--data", "data", type=click.Path(dir_okay=False), help="Run once per row of a .jsonl or .csv file (columns map to inputs).")
-@click.option("--data-format", type=click.Choice(["jsonl", "csv"]), help="Format of --data when its suffix does not say.")
-@click.option("--out", "out", type=click.Path(dir_okay=False), help="Append each row's result to this JSONL file (default: stdout).")
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(dir_okay=False),
+    help="Run once per row of a .jsonl or .csv file (columns map to inputs).",
+)
+@click.option(
+    "--data-format", type=click.Choice(["jsonl", "csv"]), help="Format of --data when its suffix does not say."
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False),
+    help="Append each row's result to this JSONL file (default: stdout).",
+)
 @click.option("--resume", is_flag=True, help="Skip the rows already in --out and append the rest.")
 @click.option("--overwrite", is_flag=True, help="Start --out afresh even if it has results.")
 @click.option("--limit", type=click.IntRange(min=0), metavar="N", help="Use only the first N data rows.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Rows decoded together (and rows per chunk of a data run).")
-@click.option("--seed", type=click.IntRange(min=0), help="Override the seed of every sampling decoder (sample, best_of, vote).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Rows decoded together (and rows per chunk of a data run).",
+)
+@click.option(
+    "--seed", type=click.IntRange(min=0), help="Override the seed of every sampling decoder (sample, best_of, vote)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the emitted values (or a data run's summary) as JSON.")
-@click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Append a JSONL trace of every query to this file.")
+@click.option(
+    "--trace", "trace_path", type=click.Path(dir_okay=False), help="Append a JSONL trace of every query to this file."
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--no-progress", is_flag=True, help="Do not draw the progress bar of a data run.")
 @click.option("--threads", type=click.IntRange(min=1), envvar="LMLANG_THREADS", metavar="N", help=_THREADS_HELP)
-@click.option("--no-cache", is_flag=True, help="Decode every call again instead of answering repeated ones from the result cache.")
-@click.option("--dtype", "dtypes", multiple=True, metavar="[MODEL=]D",
-              help="Inference dtype: float32, bfloat16 or float16 for every model, or MODEL=D per model (default: auto).")
-@click.option("--device-map", metavar="MAP", help="Spread a model larger than one device over several (auto, balanced, sequential).")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
-              help="With --data: split the rows over Ray actors (a local cluster, or the one at ADDRESS).")
+@click.option(
+    "--no-cache", is_flag=True, help="Decode every call again instead of answering repeated ones from the result cache."
+)
+@click.option(
+    "--dtype",
+    "dtypes",
+    multiple=True,
+    metavar="[MODEL=]D",
+    help="Inference dtype: float32, bfloat16 or float16 for every model, or MODEL=D per model (default: auto).",
+)
+@click.option(
+    "--device-map",
+    metavar="MAP",
+    help="Spread a model larger than one device over several (auto, balanced, sequential).",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="With --data: split the rows over Ray actors (a local cluster, or the one at ADDRESS).",
+)
 @_allow_path_option
-def run(file, sets, data, data_format, out, resume, overwrite, limit, batch_size, seed, as_json, trace_path, device,
-        no_progress, threads, no_cache, dtypes, device_map, ray_address, allow_paths):
+def run(
+    file,
+    sets,
+    data,
+    data_format,
+    out,
+    resume,
+    overwrite,
+    limit,
+    batch_size,
+    seed,
+    as_json,
+    trace_path,
+    device,
+    no_progress,
+    threads,
+    no_cache,
+    dtypes,
+    device_map,
+    ray_address,
+    allow_paths,
+):
     """Run FILE's flow and print what it emits.
 
     With --data, run it once per row and write one JSON line per row:
@@ -127,13 +196,27 @@ def run(file, sets, data, data_format, out, resume, overwrite, limit, batch_size
     from . import program as P
 
     if not data:
-        for flag, given in (("--out", out), ("--resume", resume), ("--overwrite", overwrite), ("--limit", limit is not None),
-                            ("--data-format", data_format), ("--ray", ray_address is not None)):
+        for flag, given in (
+            ("--out", out),
+            ("--resume", resume),
+            ("--overwrite", overwrite),
+            ("--limit", limit is not None),
+            ("--data-format", data_format),
+            ("--ray", ray_address is not None),
+        ):
             if given:
                 raise click.UsageError(f"{flag} needs --data")
-    prog = P.compile_file(file, device=device, batch_size=batch_size, trace_file=trace_path, allow_paths=allow_paths,
-                          threads=threads, cache=False if no_cache else None, dtype=_parse_dtypes(dtypes),
-                          device_map=device_map)
+    prog = P.compile_file(
+        file,
+        device=device,
+        batch_size=batch_size,
+        trace_file=trace_path,
+        allow_paths=allow_paths,
+        threads=threads,
+        cache=False if no_cache else None,
+        dtype=_parse_dtypes(dtypes),
+        device_map=device_map,
+    )
     if trace_path:
         _check_trace(trace_path, {"script": file, "--data": data, "--out": out})
     for w in prog.warnings:
@@ -142,12 +225,25 @@ def run(file, sets, data, data_format, out, resume, overwrite, limit, batch_size
         prog.set_seed(seed)
     try:
         if data:
-            code = _run_data(prog, file, data, data_format, out, resume, overwrite, limit, batch_size, sets, as_json,
-                             not no_progress, ray_address=ray_address)
+            code = _run_data(
+                prog,
+                file,
+                data,
+                data_format,
+                out,
+                resume,
+                overwrite,
+                limit,
+                batch_size,
+                sets,
+                as_json,
+                not no_progress,
+                ray_address=ray_address,
+            )
             sys.exit(code)
         result = prog.run(**_parse_sets(sets))
     except LmlangError as e:
-        src = prog.frontend.source          # a runtime error positioned in the script shows its line too
+        src = prog.frontend.source  # a runtime error positioned in the script shows its line too
         if e.span.filename == src.filename:
             e.with_source(src)
         raise
@@ -174,8 +270,9 @@ def _check_trace(path: str, protect: dict) -> None:
         with open(path, "a", encoding="utf-8"):
             pass
     except OSError as e:
-        raise OutputError(f"cannot write --trace {path}: {e.strerror or e}",
-                          hint="the folder must exist and be writable") from None
+        raise OutputError(
+            f"cannot write --trace {path}: {e.strerror or e}", hint="the folder must exist and be writable"
+        ) from None
 
 
 def _open_out(D, out: str, data: str, file: str, resume: bool, overwrite: bool):
@@ -191,15 +288,18 @@ def _open_out(D, out: str, data: str, file: str, resume: bool, overwrite: bool):
         elif overwrite:
             output.truncate()
         elif output.size() > 0:
-            raise D.DataError(f"{out} already has results", hint="pass --resume to continue it or --overwrite to start over")
+            raise D.DataError(
+                f"{out} already has results", hint="pass --resume to continue it or --overwrite to start over"
+            )
     except BaseException:
         output.close()
         raise
     return output, done
 
 
-def _run_data(prog, file, data, data_format, out, resume, overwrite, limit, batch_size, sets, as_json, progress,
-              ray_address=None) -> int:
+def _run_data(
+    prog, file, data, data_format, out, resume, overwrite, limit, batch_size, sets, as_json, progress, ray_address=None
+) -> int:
     """The --data half of `lmlang run`; returns the exit code. ray_address:
     run the rows on Ray ("local": a cluster of this machine)."""
     from . import datarun as D
@@ -208,8 +308,8 @@ def _run_data(prog, file, data, data_format, out, resume, overwrite, limit, batc
         raise click.UsageError("--resume and --overwrite exclude each other")
     if resume and not out:
         raise click.UsageError("--resume needs --out")
-    fixed = _parse_sets(sets)          # --set values apply to every row unless a column gives one
-    rows = D.read_rows(data, data_format)          # opens the data (and reads a CSV header) now
+    fixed = _parse_sets(sets)  # --set values apply to every row unless a column gives one
+    rows = D.read_rows(data, data_format)  # opens the data (and reads a CSV header) now
     output, done = _open_out(D, out, data, file, resume, overwrite) if out else (None, set())
     writer = D.OutputWriter(output)
     try:
@@ -238,10 +338,18 @@ def _run_data(prog, file, data, data_format, out, resume, overwrite, limit, batc
             if ray_address:
                 from .distributed import run_data_ray
 
-                run_rows = functools.partial(run_data_ray, address=None if ray_address == "local" else ray_address,
-                                             threads=prog.threads)
-            summary = run_rows(prog, rows, writer.write, done=done, limit=limit, chunk_size=batch_size,
-                               on_progress=(lambda n, _t: bar.update(n)) if bar else None)
+                run_rows = functools.partial(
+                    run_data_ray, address=None if ray_address == "local" else ray_address, threads=prog.threads
+                )
+            summary = run_rows(
+                prog,
+                rows,
+                writer.write,
+                done=done,
+                limit=limit,
+                chunk_size=batch_size,
+                on_progress=(lambda n, _t: bar.update(n)) if bar else None,
+            )
         finally:
             if bar:
                 bar.stop()
@@ -249,8 +357,11 @@ def _run_data(prog, file, data, data_format, out, resume, overwrite, limit, batc
         writer.close()
     if summary.ignored_columns:
         click.echo("ignored columns that name no input: " + ", ".join(sorted(summary.ignored_columns)), err=True)
-    line = (f"{summary.ok} ok, {summary.failed} failed"
-            + (f", {summary.skipped} already done" if summary.skipped else "") + (f" -> {out}" if out else ""))
+    line = (
+        f"{summary.ok} ok, {summary.failed} failed"
+        + (f", {summary.skipped} already done" if summary.skipped else "")
+        + (f" -> {out}" if out else "")
+    )
     if as_json:
         click.echo(json.dumps({**summary.to_dict(), "out": out}), err=not out)
     else:
@@ -283,7 +394,9 @@ def check(files, fmt, allow_paths):
         else:
             for w in fe.warnings:
                 click.echo(w.render(fe.source), err=True)
-            click.echo(f"{f}: ok" + (f" ({len(fe.warnings)} warning{'s' * (len(fe.warnings) != 1)})" if fe.warnings else ""))
+            click.echo(
+                f"{f}: ok" + (f" ({len(fe.warnings)} warning{'s' * (len(fe.warnings) != 1)})" if fe.warnings else "")
+            )
     if fmt == "json":
         click.echo(json.dumps(report if len(report) > 1 else report[0], indent=2))
     sys.exit(worst)
@@ -313,8 +426,9 @@ def graph(file, fmt, out, allow_paths):
             with open(out, "w", encoding="utf-8") as fh:
                 fh.write(text)
         except OSError as e:
-            raise OutputError(f"cannot write -o {out}: {e.strerror or e}",
-                              hint="the folder must exist and be writable") from None
+            raise OutputError(
+                f"cannot write -o {out}: {e.strerror or e}", hint="the folder must exist and be writable"
+            ) from None
     else:
         click.echo(text, nl=False)
 
@@ -347,10 +461,26 @@ def _engine_rows() -> list[dict]:
 
     env = installed_vllm()
     if env is None:
-        return [{"name": "vllm", "kind": "engine", "ready": False, "path": None, "size": None,
-                 "source": "built on first use of a `vllm` model (about 6 minutes, 3.4 GB)"}]
-    return [{"name": f"{env['package']} {env['version']}", "kind": "engine", "ready": True, "path": env["path"],
-             "size": env.get("bytes"), "source": env.get("python")}]
+        return [
+            {
+                "name": "vllm",
+                "kind": "engine",
+                "ready": False,
+                "path": None,
+                "size": None,
+                "source": "built on first use of a `vllm` model (about 6 minutes, 3.4 GB)",
+            }
+        ]
+    return [
+        {
+            "name": f"{env['package']} {env['version']}",
+            "kind": "engine",
+            "ready": True,
+            "path": env["path"],
+            "size": env.get("bytes"),
+            "source": env.get("python"),
+        }
+    ]
 
 
 def declared_models(file: str) -> list[dict]:
@@ -373,8 +503,15 @@ def declared_models(file: str) -> list[dict]:
         if spec.kind == "apply":
             kind, source = "adapted", node_label(c, nid)
         options = dict(getattr(spec, "options", ()) or ()) if spec.kind in ("server", "vllm") else {}
-        rows.append({"name": name, "kind": kind, "engine": SOURCE_KINDS[base].engine if kind != "fuse" else "local",
-                     "source": source if source is not None else node_label(c, nid), "options": options})
+        rows.append(
+            {
+                "name": name,
+                "kind": kind,
+                "engine": SOURCE_KINDS[base].engine if kind != "fuse" else "local",
+                "source": source if source is not None else node_label(c, nid),
+                "options": options,
+            }
+        )
     return rows
 
 
@@ -406,9 +543,11 @@ def models_table(rows: list[dict], width: int | None = None) -> str:
     for col in ("name", "kind", "ready", "size", "path"):
         table.add_column(col, overflow="fold", no_wrap=col != "path")
     for m in rows:
-        ready = "yes" if m["ready"] else ("converts on first use" if m["kind"] == "default" and m.get("source") else "no")
+        ready = (
+            "yes" if m["ready"] else ("converts on first use" if m["kind"] == "default" and m.get("source") else "no")
+        )
         table.add_row(m["name"], m["kind"], ready, _size_text(m.get("size")), m.get("path") or "-")
-    with open(os.devnull, "w") as sink:   # render once, wide enough that paths never fold
+    with open(os.devnull, "w") as sink:  # render once, wide enough that paths never fold
         console = Console(width=width or 400, record=True, file=sink, color_system=None)
         console.print(table)
     return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
@@ -445,19 +584,38 @@ def repl(file, device, threads, allow_paths):
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--data", "data", required=True, type=click.Path(dir_okay=False), help="Labelled rows, .jsonl or .csv (columns map to inputs).")
+@click.option(
+    "--data",
+    "data",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Labelled rows, .jsonl or .csv (columns map to inputs).",
+)
 @click.option("--expected", required=True, metavar="COLUMN", help="The column holding the right answer (not an input).")
 @click.option("--output", "output", metavar="NAME", help="The emitted value to compare (default: the only one).")
-@click.option("--swap", metavar="OLD=NEW", help="With one FILE: compare it as is against it with model OLD rebound to model NEW.")
-@click.option("--data-format", type=click.Choice(["jsonl", "csv"]), help="Format of --data when its suffix does not say.")
+@click.option(
+    "--swap", metavar="OLD=NEW", help="With one FILE: compare it as is against it with model OLD rebound to model NEW."
+)
+@click.option(
+    "--data-format", type=click.Choice(["jsonl", "csv"]), help="Format of --data when its suffix does not say."
+)
 @click.option("--limit", type=click.IntRange(min=0), metavar="N", help="Use only the first N data rows.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Rows decoded together.")
-@click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, metavar="N", help="Flipped rows listed per kind.")
+@click.option(
+    "--show",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    metavar="N",
+    help="Flipped rows listed per kind.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (with every flipped row).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(min=1), envvar="LMLANG_THREADS", metavar="N", help=_THREADS_HELP)
 @_allow_path_option
-def compare(files, data, expected, output, swap, data_format, limit, batch_size, show, as_json, device, threads, allow_paths):
+def compare(
+    files, data, expected, output, swap, data_format, limit, batch_size, show, as_json, device, threads, allow_paths
+):
     """Compare an old and a new program on labelled rows (model-update compatibility).
 
     lmlang compare OLD.lm NEW.lm --data rows.jsonl --expected label
@@ -494,7 +652,7 @@ def compare(files, data, expected, output, swap, data_format, limit, batch_size,
         for prog in (old, new):
             prog.batch_size = batch_size
         report = C.compare(old, new, rows, expected, output, old_name=names[0], new_name=names[1])
-    except DataError as e:          # a bad data file is the caller's mistake, like a script error
+    except DataError as e:  # a bad data file is the caller's mistake, like a script error
         _print_error(e)
         sys.exit(2)
     if as_json:

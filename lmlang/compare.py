@@ -15,6 +15,7 @@ so the report lists them.
 The CLI is `lmlang compare OLD.lm NEW.lm --data rows.jsonl --expected label`
 or `lmlang compare FILE.lm --swap clf=tuned --data ... --expected ...`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,12 +33,13 @@ class CompareError(ScriptError):
 
 # ---------------------------------------------------------------- the report
 
+
 @dataclass
 class RowComparison:
-    index: int                 # 0-based row number in the data
-    inputs: dict               # the row without the expected column
+    index: int  # 0-based row number in the data
+    inputs: dict  # the row without the expected column
     expected: object
-    old: object = None         # the old program's output value (None on error)
+    old: object = None  # the old program's output value (None on error)
     new: object = None
     old_ok: bool = False
     new_ok: bool = False
@@ -46,7 +48,7 @@ class RowComparison:
 
     @property
     def flip(self) -> str:
-        """"negative" (right -> wrong), "positive" (wrong -> right) or ""."""
+        """ "negative" (right -> wrong), "positive" (wrong -> right) or ""."""
         if self.old_ok and not self.new_ok:
             return "negative"
         if self.new_ok and not self.old_ok:
@@ -54,8 +56,15 @@ class RowComparison:
         return ""
 
     def to_dict(self) -> dict:
-        d = {"row": self.index, "input": self.inputs, "expected": self.expected, "old": self.old, "new": self.new,
-             "old_ok": self.old_ok, "new_ok": self.new_ok}
+        d = {
+            "row": self.index,
+            "input": self.inputs,
+            "expected": self.expected,
+            "old": self.old,
+            "new": self.new,
+            "old_ok": self.old_ok,
+            "new_ok": self.new_ok,
+        }
         if self.old_error is not None:
             d["old_error"] = self.old_error
         if self.new_error is not None:
@@ -65,8 +74,8 @@ class RowComparison:
 
 @dataclass
 class CompareReport:
-    expected: str                       # the expected column
-    output: str                         # the emitted value compared
+    expected: str  # the expected column
+    output: str  # the emitted value compared
     old_name: str = "old"
     new_name: str = "new"
     rows: list[RowComparison] = field(default_factory=list)
@@ -114,12 +123,23 @@ class CompareReport:
 
     def to_dict(self, rows: bool = False) -> dict:
         d = {
-            "rows": self.total, "expected": self.expected, "output": self.output,
-            "old": {"name": self.old_name, "correct": self.old_correct, "accuracy": self.old_accuracy,
-                    "errors": self.old_errors},
-            "new": {"name": self.new_name, "correct": self.new_correct, "accuracy": self.new_accuracy,
-                    "errors": self.new_errors},
-            "negative_flips": len(self.negative_flips), "positive_flips": len(self.positive_flips),
+            "rows": self.total,
+            "expected": self.expected,
+            "output": self.output,
+            "old": {
+                "name": self.old_name,
+                "correct": self.old_correct,
+                "accuracy": self.old_accuracy,
+                "errors": self.old_errors,
+            },
+            "new": {
+                "name": self.new_name,
+                "correct": self.new_correct,
+                "accuracy": self.new_accuracy,
+                "errors": self.new_errors,
+            },
+            "negative_flips": len(self.negative_flips),
+            "positive_flips": len(self.positive_flips),
             "negative_flip_rate": self.negative_flip_rate,
             "negative_flip_rows": [r.to_dict() for r in self.negative_flips],
             "positive_flip_rows": [r.to_dict() for r in self.positive_flips],
@@ -134,8 +154,10 @@ class CompareReport:
 
         width = max(len(self.old_name), len(self.new_name), 3)
         lines = [f"{self.total} rows, comparing emitted '{self.output}' with column '{self.expected}'"]
-        for tag, name, ok, acc, errs in (("old", self.old_name, self.old_correct, self.old_accuracy, self.old_errors),
-                                         ("new", self.new_name, self.new_correct, self.new_accuracy, self.new_errors)):
+        for tag, name, ok, acc, errs in (
+            ("old", self.old_name, self.old_correct, self.old_accuracy, self.old_errors),
+            ("new", self.new_name, self.new_correct, self.new_accuracy, self.new_errors),
+        ):
             extra = f", {errs} errors" if errs else ""
             lines.append(f"  {tag} {name:<{width}}  accuracy {acc:6.1%}  ({ok}/{self.total}{extra})")
         neg, pos = self.negative_flips, self.positive_flips
@@ -168,10 +190,11 @@ def _inputs_text(inputs: dict) -> str:
 
 def _short(text: str, n: int = 80) -> str:
     text = text.replace("\n", "\\n")
-    return text if len(text) <= n else text[:n - 3] + "..."
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 # ---------------------------------------------------------------- matching
+
 
 def matches(value, expected) -> bool:
     """Whether an emitted value equals the expected one. Equal values match;
@@ -184,13 +207,18 @@ def matches(value, expected) -> bool:
         return expected is None
     if isinstance(value, str) and isinstance(expected, str):
         return value.strip() == expected.strip()
-    if type(value) is type(expected) or (isinstance(value, (int, float)) and isinstance(expected, (int, float))
-                                         and not isinstance(value, bool) and not isinstance(expected, bool)):
+    if type(value) is type(expected) or (
+        isinstance(value, (int, float))
+        and isinstance(expected, (int, float))
+        and not isinstance(value, bool)
+        and not isinstance(expected, bool)
+    ):
         return value == expected
     return value_text(value).strip() == value_text(expected).strip()
 
 
 # ---------------------------------------------------------------- emitted names
+
 
 def emitted_names(program) -> list[str]:
     """The names a program's flow can emit, in source order (static)."""
@@ -209,17 +237,22 @@ def pick_output(prog_a, prog_b, output: str | None) -> str:
     if output is not None:
         for prog, names in ((prog_a, a), (prog_b, b)):
             if output not in names:
-                raise CompareError(f"{_prog_name(prog)} emits no '{output}'",
-                                   hint="it emits: " + (", ".join(names) or "nothing"))
+                raise CompareError(
+                    f"{_prog_name(prog)} emits no '{output}'", hint="it emits: " + (", ".join(names) or "nothing")
+                )
         return output
     common = [n for n in a if n in b]
     if len(a) == 1 and a == b:
         return a[0]
     if not common:
-        raise CompareError("the two programs emit no common name",
-                           hint=f"old emits {', '.join(a) or 'nothing'}; new emits {', '.join(b) or 'nothing'}")
-    raise CompareError("the programs emit several values; say which to compare",
-                       hint="pass --output NAME (output=NAME); shared: " + ", ".join(common))
+        raise CompareError(
+            "the two programs emit no common name",
+            hint=f"old emits {', '.join(a) or 'nothing'}; new emits {', '.join(b) or 'nothing'}",
+        )
+    raise CompareError(
+        "the programs emit several values; say which to compare",
+        hint="pass --output NAME (output=NAME); shared: " + ", ".join(common),
+    )
 
 
 def _prog_name(prog) -> str:
@@ -227,6 +260,7 @@ def _prog_name(prog) -> str:
 
 
 # ---------------------------------------------------------------- swapping a model
+
 
 def swap_model(program, old: str, new: str):
     """A copy of `program` in which the model name `old` is bound to the
@@ -241,15 +275,18 @@ def swap_model(program, old: str, new: str):
     checked = fe.checked
     for name in (old, new):
         if name not in checked.models:
-            raise CompareError(f"--swap: no model named '{name}'",
-                               hint="declared models: " + (", ".join(checked.models) or "none"))
+            raise CompareError(
+                f"--swap: no model named '{name}'", hint="declared models: " + (", ".join(checked.models) or "none")
+            )
     if old == new:
         return program
     refs = _model_refs(checked, checked.models[new].expr)
     if old in refs:
-        raise CompareError(f"--swap {old}={new}: '{new}' is built from '{old}', so rebinding '{old}' to it is circular",
-                           hint=f"declare the model the queries use under its own name (model current = {old}) "
-                                f"and swap that: --swap current={new}")
+        raise CompareError(
+            f"--swap {old}={new}: '{new}' is built from '{old}', so rebinding '{old}' to it is circular",
+            hint=f"declare the model the queries use under its own name (model current = {old}) "
+            f"and swap that: --swap current={new}",
+        )
     models = dict(checked.models)
     models[old] = dataclasses.replace(models[old], expr=models[new].expr)
     swapped = dataclasses.replace(checked, models=models)
@@ -257,8 +294,9 @@ def swap_model(program, old: str, new: str):
         compiled = compile_checked(swapped)
     except LmlangError as e:
         raise e.with_source(fe.source) from None
-    return Program(FrontEnd(fe.source, swapped, compiled), dict(program.functions), program.device,
-                   schemas=program.schemas)
+    return Program(
+        FrontEnd(fe.source, swapped, compiled), dict(program.functions), program.device, schemas=program.schemas
+    )
 
 
 def _model_refs(checked, expr) -> set[str]:
@@ -284,6 +322,7 @@ def _model_refs(checked, expr) -> set[str]:
 
 # ---------------------------------------------------------------- running
 
+
 def read_labelled_rows(path: str | Path, expected: str, fmt: str | None = None, limit: int | None = None) -> list[dict]:
     """Rows of a .jsonl/.csv file, each checked to have the expected column.
     A bad row or a row without the column is a DataError naming the row."""
@@ -295,10 +334,12 @@ def read_labelled_rows(path: str | Path, expected: str, fmt: str | None = None, 
             break
         if r.error is not None:
             raise r.error
-        assert r.values is not None           # a row without an error has its values
+        assert r.values is not None  # a row without an error has its values
         if expected not in r.values:
-            raise DataError(f"{path}: row {r.index} has no '{expected}' column",
-                            hint="--expected names the column that holds the right answer")
+            raise DataError(
+                f"{path}: row {r.index} has no '{expected}' column",
+                hint="--expected names the column that holds the right answer",
+            )
         rows.append(r.values)
     return rows
 
@@ -320,8 +361,16 @@ def run_outputs(program, rows: list[dict], expected: str, output: str) -> list[t
     return out
 
 
-def compare(prog_a, prog_b, rows: Iterable[dict], expected: str, output: str | None = None, *,
-            old_name: str = "old", new_name: str = "new") -> CompareReport:
+def compare(
+    prog_a,
+    prog_b,
+    rows: Iterable[dict],
+    expected: str,
+    output: str | None = None,
+    *,
+    old_name: str = "old",
+    new_name: str = "new",
+) -> CompareReport:
     """Run both programs over `rows` (dicts of columns; `expected` is the
     right answer, the other columns feed inputs of the same name) and
     compare each one's emitted `output` with it."""
@@ -335,8 +384,17 @@ def compare(prog_a, prog_b, rows: Iterable[dict], expected: str, output: str | N
     report = CompareReport(expected, output, old_name, new_name)
     for i, (row, (va, ea), (vb, eb)) in enumerate(zip(rows, a, b)):
         exp = row[expected]
-        report.rows.append(RowComparison(
-            index=i, inputs={k: v for k, v in row.items() if k != expected}, expected=exp, old=va, new=vb,
-            old_ok=ea is None and matches(va, exp), new_ok=eb is None and matches(vb, exp),
-            old_error=ea, new_error=eb))
+        report.rows.append(
+            RowComparison(
+                index=i,
+                inputs={k: v for k, v in row.items() if k != expected},
+                expected=exp,
+                old=va,
+                new=vb,
+                old_ok=ea is None and matches(va, exp),
+                new_ok=eb is None and matches(vb, exp),
+                old_error=ea,
+                new_error=eb,
+            )
+        )
     return report

@@ -11,6 +11,7 @@ sub-expressions collapse into one node and ids are stable across runs. Flow
 statements are lowered to the flow IR (`lmlang.graph.ir`) so the graph alone
 is enough to run the program and round-trips through JSON. Torch-free.
 """
+
 from __future__ import annotations
 
 from . import ast as A
@@ -18,8 +19,22 @@ from .models import sources
 from .router_kinds import ROUTER_KINDS
 from .checker import CheckedProgram, QueryInfo
 from .values import key_name as _key_name, key_text as _key_text, merge_members, plain_value as _plain_value
-from .graph import (AdapterMergeSpec, ApplySpec, Compiled, FuseSpec, InputSpec, LoraSpec, MergeSpec, ModelSpec,
-                    QuerySpec, RouterSpec, Spec, StepSpec, TrainSpec, content_digest)
+from .graph import (
+    AdapterMergeSpec,
+    ApplySpec,
+    Compiled,
+    FuseSpec,
+    InputSpec,
+    LoraSpec,
+    MergeSpec,
+    ModelSpec,
+    QuerySpec,
+    RouterSpec,
+    Spec,
+    StepSpec,
+    TrainSpec,
+    content_digest,
+)
 from .graph import ir as I
 from .graph.specs import ServerSpec, VllmSpec
 
@@ -64,14 +79,16 @@ class Compiler:
             opts = dict(_source_options(e.options))
             if "tokenizer" in opts:
                 opts["tokenizer"] = self.source_path(opts["tokenizer"], e)
-            return self.add(ServerSpec(e.url, tuple(sorted(opts.items())), self.loc(e)),
-                            opts.get("model") or _host(e.url))
+            return self.add(
+                ServerSpec(e.url, tuple(sorted(opts.items())), self.loc(e)), opts.get("model") or _host(e.url)
+            )
         if isinstance(e, A.VllmModel):
-            return self.add(VllmSpec(self.source_path(e.source, e), _source_options(e.options), self.loc(e)),
-                            _short(e.source))
+            return self.add(
+                VllmSpec(self.source_path(e.source, e), _source_options(e.options), self.loc(e)), _short(e.source)
+            )
         if isinstance(e, A.ModelRef):
             return self.named_model(e.name)
-        base: str | None                      # a merge's base may be absent
+        base: str | None  # a merge's base may be absent
         if isinstance(e, A.Adapted):
             base = self.model(e.base)
             adapters = tuple((self.adapter(a.adapter), float(a.scale)) for a in e.adapters)
@@ -86,7 +103,7 @@ class Compiler:
                     for key_node, value in merge_members(entry.value):
                         models.append((self.model(key_node), _params(value)))
                 else:
-                    options.append((_key_text(entry.key), _option_value(entry.value)))   # `density:` or `"density":`
+                    options.append((_key_text(entry.key), _option_value(entry.value)))  # `density:` or `"density":`
             return self.add(MergeSpec(e.method, base, tuple(models), tuple(sorted(options)), self.loc(e)), e.method)
         if isinstance(e, A.FuseExpr):
             members = tuple((self.model(m.key), float(_plain_value(m.value))) for m in e.members.entries)
@@ -137,7 +154,7 @@ class Compiler:
                 if key == "models":
                     for key_node, value in merge_members(e.value):
                         member = _key_name(key_node)
-                        assert member is not None     # the checker: an adapter merge's members are names
+                        assert member is not None  # the checker: an adapter merge's members are names
                         adapters.append((self.adapter(member), _params(value)))
                 else:
                     opts.append((_key_text(e.key), _option_value(e.value)))
@@ -157,7 +174,12 @@ class Compiler:
                 continue
             experts.append((self.model(e.key), _router_payload(e.value)))
         using = self.model(r.using) if r.using is not None else None
-        opts = tuple(sorted((kw.name, kw.value.name if isinstance(kw.value, A.ModelRef) else _plain_value(kw.value)) for kw in r.options))
+        opts = tuple(
+            sorted(
+                (kw.name, kw.value.name if isinstance(kw.value, A.ModelRef) else _plain_value(kw.value))
+                for kw in r.options
+            )
+        )
         nid = self.add(RouterSpec(name, r.kind, tuple(experts), default, using, opts, self.loc(r)), name, name)
         self.names[name] = nid
         return nid
@@ -175,16 +197,32 @@ class Compiler:
             router_args = ()
         segments = tuple((s.role, tuple(_part(p) for p in s.parts)) for s in q.segments)
         params = tuple((p.name, p.type.describe() if p.type else "any") for p in q.params)
-        nid = self.add(QuerySpec(q.name, params, model, router_args, info.chat, segments, info.holes,
-                                 tuple((h, info.constraints[h]) for h in info.holes), info.decoder,
-                                 info.distribution, self.loc(q)), q.name, q.name)
+        nid = self.add(
+            QuerySpec(
+                q.name,
+                params,
+                model,
+                router_args,
+                info.chat,
+                segments,
+                info.holes,
+                tuple((h, info.constraints[h]) for h in info.holes),
+                info.decoder,
+                info.distribution,
+                self.loc(q),
+            ),
+            q.name,
+            q.name,
+        )
         self.names[q.name] = nid
         return nid
 
     def compile(self) -> Compiled:
         for name, d in self.c.inputs.items():
             default = _plain_value(d.default) if d.default is not None else None
-            self.names[name] = self.add(InputSpec(name, d.type.describe(), _freeze(default), d.default is not None), name, name)
+            self.names[name] = self.add(
+                InputSpec(name, d.type.describe(), _freeze(default), d.default is not None), name, name
+            )
         for name in self.c.models:
             self.named_model(name)
         for name in self.c.adapters:
@@ -215,6 +253,7 @@ class Compiler:
 
 # ---------------------------------------------------------------- flow IR
 
+
 def expr_ir(e: A.Expr) -> I.Expr:
     match e:
         case A.Lit(value):
@@ -228,8 +267,9 @@ def expr_ir(e: A.Expr) -> I.Expr:
         case A.ListExpr(items):
             return I.ListExpr(tuple(expr_ir(x) for x in items))
         case A.Call(func, args, kwargs):
-            return I.Call(func, tuple(expr_ir(a) for a in args), tuple((k, expr_ir(v)) for k, v in kwargs),
-                          e.span.location())
+            return I.Call(
+                func, tuple(expr_ir(a) for a in args), tuple((k, expr_ir(v)) for k, v in kwargs), e.span.location()
+            )
         case A.BinOp(op, left, right):
             return I.BinOp(op, expr_ir(left), expr_ir(right))
         case A.UnaryOp(op, operand):

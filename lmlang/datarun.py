@@ -13,6 +13,7 @@ counted). Each line is written with one `write` on an O_APPEND descriptor,
 so after a crash the file holds whole lines plus at most one truncated last
 line; `resume_state` drops that line and the rows it lists are not run again.
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,8 @@ MAX_RECORD_LINES = 1000
 
 @dataclass
 class DataRow:
-    index: int                       # 0-based row number in the data file
-    values: dict | None = None       # column -> value (None when unreadable)
+    index: int  # 0-based row number in the data file
+    values: dict | None = None  # column -> value (None when unreadable)
     error: LmlangError | None = None  # why the row could not be read
 
 
@@ -103,8 +104,14 @@ def _jsonl_rows(fh, path: Path) -> Iterator[DataRow]:
         if row.value is not None:
             yield DataRow(index, row.value)
         else:
-            yield DataRow(index, None, DataError(f"{path}:{row.line}: bad data row: {row.problem}",
-                                                 hint="each line must be one JSON object mapping input names to values"))
+            yield DataRow(
+                index,
+                None,
+                DataError(
+                    f"{path}:{row.line}: bad data row: {row.problem}",
+                    hint="each line must be one JSON object mapping input names to values",
+                ),
+            )
 
 
 class _CsvLines:
@@ -177,14 +184,14 @@ def _not_utf8(cells: list[str]) -> str:
     for cell in cells:
         for ch in cell:
             if "\udc80" <= ch <= "\udcff":
-                return f"not UTF-8 text (byte 0x{ord(ch) - 0xdc00:02x})"
+                return f"not UTF-8 text (byte 0x{ord(ch) - 0xDC00:02x})"
     return ""
 
 
 def _csv_header(records, path: Path) -> list[str]:
     for line, cells, problem in records:
         if cells == []:
-            continue                     # blank lines before the header
+            continue  # blank lines before the header
         if cells is None:
             raise DataError(f"{path}:{line}: bad CSV header: {problem}")
         bad = _not_utf8(cells)
@@ -193,8 +200,10 @@ def _csv_header(records, path: Path) -> list[str]:
         seen: set = set()
         for name in cells:
             if name and name in seen:
-                raise DataError(f"{path}:{line}: column '{name}' appears twice in the CSV header",
-                                hint="each column names one input; rename or drop one of them")
+                raise DataError(
+                    f"{path}:{line}: column '{name}' appears twice in the CSV header",
+                    hint="each column names one input; rename or drop one of them",
+                )
             seen.add(name)
         return cells
     return []
@@ -219,6 +228,7 @@ def _csv_rows(records, header: list[str], path: Path) -> Iterator[DataRow]:
 
 
 # ---------------------------------------------------------------- output records
+
 
 def error_record(e: BaseException) -> dict:
     if isinstance(e, LmlangError):
@@ -248,9 +258,16 @@ def encode_record(record: dict) -> bytes:
         return (json.dumps(record, ensure_ascii=False, allow_nan=False, default=str) + "\n").encode("utf-8")
     except (ValueError, TypeError, RecursionError, UnicodeEncodeError):
         part = "output" if "output" in record else "input"
-        fallback = {"row": record.get("row"), "input": None,
-                    "error": {"type": "DataError", "message": f"the row's {part} {_unwritable(record.get(part))}",
-                              "hint": "", "exit_code": 1}}
+        fallback = {
+            "row": record.get("row"),
+            "input": None,
+            "error": {
+                "type": "DataError",
+                "message": f"the row's {part} {_unwritable(record.get(part))}",
+                "hint": "",
+                "exit_code": 1,
+            },
+        }
         if part == "output" and _encodable(record.get("input")):
             fallback["input"] = record["input"]
         return (json.dumps(fallback, ensure_ascii=True, default=str) + "\n").encode("utf-8")
@@ -297,14 +314,16 @@ class OutputWriter:
             sys.stdout.flush()
             return
         view = memoryview(data)
-        assert self.out is not None      # a descriptor comes from an output file
+        assert self.out is not None  # a descriptor comes from an output file
         try:
             while view:
                 n = os.write(self.fd, view)
                 view = view[n:]
         except OSError as e:
-            raise OutputWriteError(f"cannot write to {self.out.path}: {e.strerror or e}",
-                                   hint="the rows recorded so far are kept; free space, then run again with --resume") from None
+            raise OutputWriteError(
+                f"cannot write to {self.out.path}: {e.strerror or e}",
+                hint="the rows recorded so far are kept; free space, then run again with --resume",
+            ) from None
 
     def close(self) -> None:
         if self.out is not None:
@@ -330,7 +349,7 @@ class OutputFile:
 
     def __init__(self, path: Path, fd: int):
         self.path = path
-        self.fd: int | None = fd         # None once closed
+        self.fd: int | None = fd  # None once closed
 
     @classmethod
     def open(cls, path: str | Path, *, protect: dict | None = None, regular: bool = False) -> "OutputFile":
@@ -342,26 +361,31 @@ class OutputFile:
         path = Path(path)
         for role, other in (protect or {}).items():
             if other is not None and _same_file(path, Path(other)):
-                raise OutputError(f"--out {path} is the {role} file" + ("" if str(path) == str(other) else f" {other}"),
-                                  hint="write the results to another file")
+                raise OutputError(
+                    f"--out {path} is the {role} file" + ("" if str(path) == str(other) else f" {other}"),
+                    hint="write the results to another file",
+                )
         if regular and os.path.exists(path) and not os.path.isfile(path):
-            raise OutputError(f"--resume needs a regular file; {path} is not one",
-                              hint="resume into the results file a run wrote")
+            raise OutputError(
+                f"--resume needs a regular file; {path} is not one", hint="resume into the results file a run wrote"
+            )
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as e:
-            raise OutputError(f"cannot write --out {path}: {e.strerror or e}",
-                              hint="the folder must exist and be writable") from None
+            raise OutputError(
+                f"cannot write --out {path}: {e.strerror or e}", hint="the folder must exist and be writable"
+            ) from None
         try:
             import fcntl
 
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise DataError(f"{path} is in use by another lmlang run",
-                            hint="wait for it to finish, or write to another --out") from None
+            raise DataError(
+                f"{path} is in use by another lmlang run", hint="wait for it to finish, or write to another --out"
+            ) from None
         except OSError:
-            pass                         # a filesystem without locks: run unlocked, as before
+            pass  # a filesystem without locks: run unlocked, as before
         return cls(path, fd)
 
     @property
@@ -381,13 +405,15 @@ class OutputFile:
 
     def resume_state(self) -> "ResumeState":
         if not self.regular:
-            raise OutputError(f"--resume needs a regular file; {self.path} is not one",
-                              hint="resume into the results file a run wrote")
+            raise OutputError(
+                f"--resume needs a regular file; {self.path} is not one",
+                hint="resume into the results file a run wrote",
+            )
         return resume_state(self.path)
 
     def close(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)        # releases the lock
+            os.close(self.fd)  # releases the lock
             self.fd = None
 
 
@@ -395,14 +421,14 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
     try:
         return os.path.samefile(a, b)
     except OSError:
-        return False                 # one of them does not exist (yet)
+        return False  # one of them does not exist (yet)
 
 
 @dataclass
 class ResumeState:
-    done: set = field(default_factory=set)      # row indices already recorded
-    errors: int = 0                              # of those, how many are errors
-    dropped_partial: bool = False                # a truncated last line was removed
+    done: set = field(default_factory=set)  # row indices already recorded
+    errors: int = 0  # of those, how many are errors
+    dropped_partial: bool = False  # a truncated last line was removed
 
 
 def resume_state(path: str | Path) -> ResumeState:
@@ -416,8 +442,9 @@ def resume_state(path: str | Path) -> ResumeState:
     if not path.exists():
         return state
     if not path.is_file():
-        raise OutputError(f"--resume needs a regular file; {path} is not one",
-                          hint="resume into the results file a run wrote")
+        raise OutputError(
+            f"--resume needs a regular file; {path} is not one", hint="resume into the results file a run wrote"
+        )
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     lines = data[:end].splitlines()
@@ -438,8 +465,10 @@ def resume_state(path: str | Path) -> ResumeState:
             rec = json.loads(raw)
             idx = rec["row"]
         except (ValueError, KeyError, TypeError, RecursionError):
-            raise DataError(f"{path}:{n}: not an lmlang results line; refusing to resume into it",
-                            hint="point --out at a results file written by `lmlang run --data`") from None
+            raise DataError(
+                f"{path}:{n}: not an lmlang results line; refusing to resume into it",
+                hint="point --out at a results file written by `lmlang run --data`",
+            ) from None
         state.done.add(idx)
         if "error" in rec:
             state.errors += 1
@@ -448,22 +477,31 @@ def resume_state(path: str | Path) -> ResumeState:
 
 # ---------------------------------------------------------------- the run
 
+
 @dataclass
 class DataRunSummary:
-    total: int = 0          # rows in the data (after --limit)
-    skipped: int = 0        # already in the output (--resume)
+    total: int = 0  # rows in the data (after --limit)
+    skipped: int = 0  # already in the output (--resume)
     ok: int = 0
     failed: int = 0
-    worst_exit: int = 0     # highest exit code among failed rows
-    ignored_columns: set = field(default_factory=set)   # data columns that name no input
+    worst_exit: int = 0  # highest exit code among failed rows
+    ignored_columns: set = field(default_factory=set)  # data columns that name no input
 
     def to_dict(self) -> dict:
         return {"rows": self.total, "skipped": self.skipped, "ok": self.ok, "failed": self.failed}
 
 
-def run_data(program, rows: Iterable[DataRow], write: Callable[[dict], None], *, done: set | None = None,
-             limit: int | None = None, chunk_size: int = 32,
-             on_progress: Callable[[int, int], None] | None = None, total_hint: int | None = None) -> DataRunSummary:
+def run_data(
+    program,
+    rows: Iterable[DataRow],
+    write: Callable[[dict], None],
+    *,
+    done: set | None = None,
+    limit: int | None = None,
+    chunk_size: int = 32,
+    on_progress: Callable[[int, int], None] | None = None,
+    total_hint: int | None = None,
+) -> DataRunSummary:
     """Run `program` over `rows` in chunks of `chunk_size` (queries batch
     across the rows of a chunk), calling `write` with each row's record as
     soon as that row completes. Rows whose index is in `done` are skipped."""
@@ -497,13 +535,13 @@ def run_data(program, rows: Iterable[DataRow], write: Callable[[dict], None], *,
             program.run_each([used[r.index] for r in rows], on_done, ids=[r.index for r in rows], chunk_size=len(rows))
         except OutputWriteError:
             raise
-        except Exception as e:          # noqa: BLE001 - a row that breaks the runtime must not take its chunk along
+        except Exception as e:  # noqa: BLE001 - a row that breaks the runtime must not take its chunk along
             left = [r for r in rows if r.index not in reported]
             if len(rows) == 1:
                 for r in left:
                     record(row_record(r.index, used[r.index], error=e), e)
                 return
-            for r in left:              # find the row: the others run again, one at a time
+            for r in left:  # find the row: the others run again, one at a time
                 run_chunk([r], used)
 
     def flush():
@@ -542,13 +580,16 @@ def count_rows(path: str | Path) -> int | None:
             return None
         with open(path, "rb") as fh:
             if path.suffix.lower() == ".csv":
-                return max(sum(1 for line in io.TextIOWrapper(fh, encoding="utf-8", errors="replace") if line.strip()) - 1, 0)
+                return max(
+                    sum(1 for line in io.TextIOWrapper(fh, encoding="utf-8", errors="replace") if line.strip()) - 1, 0
+                )
             return sum(1 for line in fh if line.strip())
     except OSError:
         return None
 
 
 # ---------------------------------------------------------------- progress
+
 
 class RowProgress:
     """A rich progress bar on stderr: rows done / total, rows/s, ETA.
@@ -578,12 +619,22 @@ class RowProgress:
                 if task.total is None or not r:
                     return Text("eta -", style="progress.remaining")
                 left = max(task.total - task.completed, 0) / r
-                return Text(f"eta {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}",
-                            style="progress.remaining")
+                return Text(
+                    f"eta {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}",
+                    style="progress.remaining",
+                )
 
         self.console = Console(stderr=True)
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
-                                 TimeElapsedColumn(), Eta(), console=self.console, transient=False)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            Rate(),
+            TimeElapsedColumn(),
+            Eta(),
+            console=self.console,
+            transient=False,
+        )
         self.task = self.progress.add_task(description, total=total, completed=completed)
         self.base = completed
 

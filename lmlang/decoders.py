@@ -1,5 +1,6 @@
 """Decoder names and their options, with ranges: one table the checker validates
 against and the runtime reads defaults from. Torch-free."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,7 +16,7 @@ class Opt:
     default: object
     lo: float | None = None
     hi: float | None = None
-    lo_open: bool = False       # lo itself excluded (temperature > 0)
+    lo_open: bool = False  # lo itself excluded (temperature > 0)
     doc: str = ""
 
 
@@ -55,18 +56,35 @@ def validate(name: str, given: dict) -> list[Problem]:
     problems = []
     for key, value in given.items():
         if key not in spec:
-            hint = did_you_mean(key, spec) or (f"{name} takes: " + ", ".join(spec) if spec else f"{name} takes no options")
+            hint = did_you_mean(key, spec) or (
+                f"{name} takes: " + ", ".join(spec) if spec else f"{name} takes no options"
+            )
             problems.append(Problem(f"unknown option '{key}' for decoder {name}", hint, "unknown-option", option=key))
             continue
         o = spec[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (o.type is int and not isinstance(value, int)):
-            problems.append(Problem(f"{name}({key}) must be {'an integer' if o.type is int else 'a number'}",
-                                    code="bad-type", option=key))
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (o.type is int and not isinstance(value, int))
+        ):
+            problems.append(
+                Problem(
+                    f"{name}({key}) must be {'an integer' if o.type is int else 'a number'}",
+                    code="bad-type",
+                    option=key,
+                )
+            )
             continue
         low_bad = o.lo is not None and (value <= o.lo if o.lo_open else value < o.lo)
         high_bad = o.hi is not None and value > o.hi
         if low_bad or high_bad:
             lo = f"> {o.lo}" if o.lo_open else f">= {o.lo}"
-            problems.append(Problem(f"{name}({key}: {value}) is out of range", f"{key} must be {lo} and <= {o.hi}",
-                                    "bad-value", option=key))
+            problems.append(
+                Problem(
+                    f"{name}({key}: {value}) is out of range",
+                    f"{key} must be {lo} and <= {o.hi}",
+                    "bad-value",
+                    option=key,
+                )
+            )
     return problems

@@ -27,6 +27,7 @@ requests, and the memory estimate counts local model folders only.
 
 Ray is an optional dependency: `pip install 'lmlang[ray]'`.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,9 +38,9 @@ from typing import Any, Callable, Iterable
 from .datarun import DataRow, DataRunSummary, row_record
 from .errors import LmlangRuntimeError
 
-CHUNKS_PER_ACTOR = 2          # in flight per actor: the next chunk is queued while one returns
-MAX_ATTEMPTS = 3              # actor deaths a chunk survives before its rows are recorded as failed
-MEMORY_MARGIN = 1.3           # weights in memory vs on disk (activations, KV caches, torch itself)
+CHUNKS_PER_ACTOR = 2  # in flight per actor: the next chunk is queued while one returns
+MAX_ATTEMPTS = 3  # actor deaths a chunk survives before its rows are recorded as failed
+MEMORY_MARGIN = 1.3  # weights in memory vs on disk (activations, KV caches, torch itself)
 
 
 class WorkerLost(LmlangRuntimeError):
@@ -66,12 +67,15 @@ def connect(address: str | None = None, num_cpus: int | None = None):
         try:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise LmlangRuntimeError(f"cannot reach the Ray cluster{' at ' + address if address else ''}: {e}",
-                                     hint="start one with `ray start --head`, or leave ADDRESS out for a local one") from None
+            raise LmlangRuntimeError(
+                f"cannot reach the Ray cluster{' at ' + address if address else ''}: {e}",
+                hint="start one with `ray start --head`, or leave ADDRESS out for a local one",
+            ) from None
     return ray
 
 
 # ---------------------------------------------------------------- what an actor holds
+
 
 class ProgramSpec:
     """Everything an actor needs to build the driver's program: the script's
@@ -84,16 +88,28 @@ class ProgramSpec:
         self.base_dir = str(fe.checked.base_dir) if fe.checked.base_dir else None
         self.functions = dict(program.functions)
         self.schemas = dict(program.schemas)
-        self.settings = {"device": program.device, "batch_size": program.batch_size, "cache": program.cache,
-                         "threads": threads, "dtype": program.dtype, "device_map": program.device_map,
-                         "parallel": program.parallel}
+        self.settings = {
+            "device": program.device,
+            "batch_size": program.batch_size,
+            "cache": program.cache,
+            "threads": threads,
+            "dtype": program.dtype,
+            "device_map": program.device_map,
+            "parallel": program.parallel,
+        }
         self.seed = program.seed
 
     def build(self):
         from .program import compile as compile_source
 
-        prog = compile_source(self.source, self.filename, functions=self.functions, base_dir=self.base_dir,
-                              schemas=self.schemas, **self.settings)
+        prog = compile_source(
+            self.source,
+            self.filename,
+            functions=self.functions,
+            base_dir=self.base_dir,
+            schemas=self.schemas,
+            **self.settings,
+        )
         if self.seed is not None:
             prog.set_seed(self.seed)
         return prog
@@ -120,11 +136,12 @@ class Worker:
 
         self.program.run_each([values for _, values in rows], on_done, ids=[i for i, _ in rows], chunk_size=len(rows))
         traces = [r.to_dict() for r in self.program.trace.records[before:]]
-        del self.program.trace.records[before:]           # the driver keeps the trace, not every actor
+        del self.program.trace.records[before:]  # the driver keeps the trace, not every actor
         return records, traces
 
 
 # ---------------------------------------------------------------- resources
+
 
 def model_bytes(program) -> int:
     """Bytes of the local model folders the program loads (served models: none)."""
@@ -167,12 +184,15 @@ def actor_count(options: dict, cluster: dict, chunks: int | None, requested: int
     if n < 1:
         need = ", ".join(f"{k}={v}" for k, v in options.items())
         have = ", ".join(f"{k}={cluster.get(k, 0)}" for k in ("CPU", "GPU", "memory"))
-        raise LmlangRuntimeError(f"the Ray cluster cannot hold one actor of this program (needs {need}; has {have})",
-                                 hint="give it more resources, or fewer --threads")
+        raise LmlangRuntimeError(
+            f"the Ray cluster cannot hold one actor of this program (needs {need}; has {have})",
+            hint="give it more resources, or fewer --threads",
+        )
     return max(1, min(n, chunks)) if chunks else n
 
 
 # ---------------------------------------------------------------- the run
+
 
 class RayDataRun:
     """One distributed data run. `actors` holds the live actor handles."""
@@ -183,22 +203,30 @@ class RayDataRun:
         self.threads = threads or 1
         self.requested = actors
         self.actors: list = []
-        self.replaced = 0                      # actors that died and were replaced
+        self.replaced = 0  # actors that died and were replaced
 
     def _new_actor(self, options: dict):
         remote = self.ray.remote(Worker).options(**options)
         return remote.remote(self._spec)
 
-    def run(self, rows: Iterable[DataRow], write: Callable[[dict], None], *, done: set | None = None,
-            limit: int | None = None, chunk_size: int = 32, on_progress: Callable[[int, int], None] | None = None,
-            total_hint: int | None = None) -> DataRunSummary:
+    def run(
+        self,
+        rows: Iterable[DataRow],
+        write: Callable[[dict], None],
+        *,
+        done: set | None = None,
+        limit: int | None = None,
+        chunk_size: int = 32,
+        on_progress: Callable[[int, int], None] | None = None,
+        total_hint: int | None = None,
+    ) -> DataRunSummary:
         from ray.exceptions import RayActorError
 
         from .runtime.trace import QueryTrace
 
         ray = self.ray
         summary = DataRunSummary()
-        record = lambda rec: self._record(summary, write, on_progress, rec)   # noqa: E731
+        record = lambda rec: self._record(summary, write, on_progress, rec)  # noqa: E731
         source = self._chunks(rows, done or set(), limit, chunk_size, set(self.program.inputs), summary, record)
         self._spec = ProgramSpec(self.program, self.threads)
         cluster = ray.cluster_resources()
@@ -207,9 +235,9 @@ class RayDataRun:
         queue = deque((chunk, 1) for chunk in _take(source, most * CHUNKS_PER_ACTOR))
         if not queue:
             return summary
-        n = min(most, len(queue))                # a short run starts no idle actors
+        n = min(most, len(queue))  # a short run starts no idle actors
         self.actors = [self._new_actor(options) for _ in range(n)]
-        in_flight: dict = {}                     # ObjectRef -> (actor slot, chunk, attempt)
+        in_flight: dict = {}  # ObjectRef -> (actor slot, chunk, attempt)
         load = [0] * n
         try:
             while queue or in_flight:
@@ -232,8 +260,10 @@ class RayDataRun:
                     if attempt < MAX_ATTEMPTS:
                         queue.appendleft((chunk, attempt + 1))
                         continue
-                    err = WorkerLost(f"the Ray actors running this row died {attempt} times ({type(e).__name__})",
-                                     hint="a row that kills its worker (out of memory?) every time")
+                    err = WorkerLost(
+                        f"the Ray actors running this row died {attempt} times ({type(e).__name__})",
+                        hint="a row that kills its worker (out of memory?) every time",
+                    )
                     for index, values in chunk:
                         record(row_record(index, values, error=err))
                     continue
@@ -304,8 +334,15 @@ def _take(it, n: int) -> list:
     return out
 
 
-def run_data_ray(program, rows: Iterable[DataRow], write: Callable[[dict], None], *, address: str | None = None,
-                 actors: int | None = None, threads: int | None = None, **options) -> DataRunSummary:
+def run_data_ray(
+    program,
+    rows: Iterable[DataRow],
+    write: Callable[[dict], None],
+    *,
+    address: str | None = None,
+    actors: int | None = None,
+    threads: int | None = None,
+    **options,
+) -> DataRunSummary:
     """datarun.run_data's contract, over Ray actors (see the module docstring)."""
     return RayDataRun(program, address=address, actors=actors, threads=threads).run(rows, write, **options)
-

@@ -3,6 +3,7 @@ happens at the boundary (CLI, REPL, API message), never where it is raised.
 
 Exit codes (documented in docs/cli.md): 0 ok, 1 runtime error, 2 script error.
 """
+
 from __future__ import annotations
 
 from typing import TypeVar
@@ -10,7 +11,7 @@ from typing import TypeVar
 from .source import NO_SPAN, Source, Span
 from .frozen import frozen
 
-_E = TypeVar("_E", bound="LmlangError")      # with_source returns the error's own class
+_E = TypeVar("_E", bound="LmlangError")  # with_source returns the error's own class
 
 
 @frozen
@@ -22,7 +23,11 @@ class Diagnostic:
     code: str = ""
 
     def render(self, source: Source | None = None) -> str:
-        head = f"{self.span.location()}: {self.severity}: {self.message}" if self.span.line else f"{self.severity}: {self.message}"
+        head = (
+            f"{self.span.location()}: {self.severity}: {self.message}"
+            if self.span.line
+            else f"{self.severity}: {self.message}"
+        )
         parts = [head]
         if source is not None and self.span.line:
             parts.append(source.underline(self.span))
@@ -48,7 +53,7 @@ class LmlangError(Exception):
         self.hint = hint
         self.code = code
         self.source: Source | None = None
-        self.sources: dict[str, Source] = {}   # other files (imports) by filename
+        self.sources: dict[str, Source] = {}  # other files (imports) by filename
 
     @property
     def diagnostics(self) -> list[Diagnostic]:

@@ -5,6 +5,7 @@ import torch or transformers (a test and bench/check.py hold that).
 
 `allow_paths` (and LMLANG_ALLOW_PATH, os.pathsep-separated) name folders a
 script may read besides its own (checker/program.py confines references)."""
+
 from __future__ import annotations
 
 import os
@@ -23,15 +24,21 @@ class FrontEnd:
     source: Source
     checked: CheckedProgram
     compiled: Compiled
-    allow_paths: tuple = ()         # as given, so a rebuild (Program.register) keeps them
+    allow_paths: tuple = ()  # as given, so a rebuild (Program.register) keeps them
 
     @property
     def warnings(self):
         return self.checked.warnings
 
 
-def build(text: str, filename: str = "<string>", base_dir: Path | None = None, functions=frozenset(),
-          schemas: dict | None = None, allow_paths=()) -> FrontEnd:
+def build(
+    text: str,
+    filename: str = "<string>",
+    base_dir: Path | None = None,
+    functions=frozenset(),
+    schemas: dict | None = None,
+    allow_paths=(),
+) -> FrontEnd:
     source = Source(text, filename)
     if base_dir is None:
         base_dir = Path(filename).resolve().parent if not filename.startswith("<") else Path.cwd()

@@ -15,6 +15,7 @@ the semantics are the same as frozen=True: assignment raises
 (fields declared `compare=False` left out), the hash is the hash of those
 fields, kw_only fields and default factories behave as in dataclasses.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,12 +47,17 @@ def frozen(cls=None, /):
     cls._lm_keyword = tuple((f.name, f.default, f.default_factory) for f in init_fields if f.kw_only)
     cls._lm_compare = tuple(f.name for f in fields if f.compare)
     cls._lm_repr = tuple(f.name for f in fields if f.repr)
-    setattr(cls, "__match_args__", tuple(name for name, _, _ in cls._lm_positional))   # (read-only to mypy)
+    setattr(cls, "__match_args__", tuple(name for name, _, _ in cls._lm_positional))  # (read-only to mypy)
     names = tuple(f.name for f in fields)
     cls._lm_fields = staticmethod(lambda: names)
     own = cls.__dict__
-    for name, method in (("__init__", _init), ("__repr__", _repr), ("__eq__", _eq),
-                         ("__setattr__", _setattr), ("__delattr__", _delattr)):
+    for name, method in (
+        ("__init__", _init),
+        ("__repr__", _repr),
+        ("__eq__", _eq),
+        ("__setattr__", _setattr),
+        ("__delattr__", _delattr),
+    ):
         if name not in own:
             setattr(cls, name, method)
     # dataclasses sets __hash__ = None on a class that defines __eq__; frozen
@@ -71,7 +77,7 @@ def _init(self, *args, **kwargs):
         if name in kwargs:
             raise TypeError(f"{cls.__name__}() got multiple values for argument '{name}'")
         put(self, name, value)
-    for name, default, factory in positional[len(args):] + cls._lm_keyword:
+    for name, default, factory in positional[len(args) :] + cls._lm_keyword:
         if name in kwargs:
             value = kwargs.pop(name)
         elif default is not MISSING:
@@ -120,6 +126,7 @@ def _delattr(self, name):
 # a node's children are the field values that are nodes of the same family,
 # directly or inside tuples and lists, in field order. Passes then say what
 # they look for, not how to walk.
+
 
 def children(node, kind: type):
     """The direct children of `node` that are instances of `kind`."""

@@ -3,6 +3,7 @@
 Installed wheels carry it as package data (lmlang/grammar/lmlang.lark); a
 source checkout (editable install, tests) reads the repository's grammar/.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

@@ -5,10 +5,11 @@ so ```lmlang code blocks highlight anywhere pygments runs).
 Prompt strings get their own tokens: `{var}` interpolations read as names,
 `[hole]` holes as variables, so the shape of a prompt is visible at a glance.
 """
+
 from __future__ import annotations
 
 from pygments.lexer import RegexLexer, bygroups, include, words
-from pygments.token import (Comment, Keyword, Name, Number, Operator, Punctuation, String, Text, Whitespace)
+from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation, String, Text, Whitespace
 
 from .builtins import BUILTINS as FLOW_BUILTINS
 from .constraints.kinds import KEYWORDS as CONSTRAINT_KEYWORDS
@@ -18,16 +19,40 @@ from .router_kinds import ROUTER_KINDS
 DECLARATIONS = ("input", "model", "adapter", "router", "query", "flow", "use")
 # Keywords come from the tables that define them (constraint kinds, model
 # sources written with a keyword), so a new kind highlights without an edit here.
-_CORE_KEYWORDS = ("using", "decode", "where", "distribution", "if", "else", "for", "in", "emit", "and", "or", "not",
-                  "lora", "train", "on", "merge", "fuse", "route", "json", "contains")
+_CORE_KEYWORDS = (
+    "using",
+    "decode",
+    "where",
+    "distribution",
+    "if",
+    "else",
+    "for",
+    "in",
+    "emit",
+    "and",
+    "or",
+    "not",
+    "lora",
+    "train",
+    "on",
+    "merge",
+    "fuse",
+    "route",
+    "json",
+    "contains",
+)
 CONSTANTS = ("true", "false", "default")
 ROLES = ("system", "user", "assistant")
 TYPES = ("str", "int", "float", "bool", "json", "list", "any")
 BUILTINS = ("tokens", *FLOW_BUILTINS)
-KEYWORDS = tuple(w for w in dict.fromkeys((*_CORE_KEYWORDS, *CONSTRAINT_KEYWORDS,
-                                           *(k.keyword for k in SOURCE_KINDS.values() if k.keyword)))
-                 if w not in BUILTINS)
-ROUTER_KINDS_WORDS = tuple(ROUTER_KINDS)          # `route embedding { ... }`
+KEYWORDS = tuple(
+    w
+    for w in dict.fromkeys(
+        (*_CORE_KEYWORDS, *CONSTRAINT_KEYWORDS, *(k.keyword for k in SOURCE_KINDS.values() if k.keyword))
+    )
+    if w not in BUILTINS
+)
+ROUTER_KINDS_WORDS = tuple(ROUTER_KINDS)  # `route embedding { ... }`
 
 
 class LmlangLexer(RegexLexer):

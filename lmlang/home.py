@@ -1,4 +1,5 @@
 """Where lmlang keeps its caches: LMLANG_HOME (default ~/.cache/lmlang)."""
+
 from __future__ import annotations
 
 import os

@@ -27,6 +27,7 @@ The contract:
 Torch-free; reads the file as a stream, so a large data file is never held
 whole (training, which hashes the bytes anyway, passes them in).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,17 +38,17 @@ from typing import IO, Iterable, Iterator, cast
 from .frozen import frozen
 
 _BOM = "\ufeff"
-MAX_LINE_BYTES = 16 << 20      # a longer line is a bad line, never held whole
-MAX_DEPTH = 100                # deeper nesting is a bad line (Python's reader recurses)
+MAX_LINE_BYTES = 16 << 20  # a longer line is a bad line, never held whole
+MAX_DEPTH = 100  # deeper nesting is a bad line (Python's reader recurses)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @frozen
 class JsonlLine:
-    line: int                 # 1-based line number in the file
-    value: dict | None        # the row, or None when the line is bad
-    problem: str = ""         # why it is bad ("invalid JSON (...)"), without location
-    code: str = ""            # "not-utf8" | "invalid-json" | "not-object" | "too-long" | "too-deep" | "not-text"
+    line: int  # 1-based line number in the file
+    value: dict | None  # the row, or None when the line is bad
+    problem: str = ""  # why it is bad ("invalid JSON (...)"), without location
+    code: str = ""  # "not-utf8" | "invalid-json" | "not-object" | "too-long" | "too-deep" | "not-text"
 
 
 def read_jsonl(path: str | Path) -> Iterator[JsonlLine]:
@@ -68,7 +69,7 @@ def parse_jsonl(lines: bytes | Iterable[bytes] | IO[bytes]) -> Iterator[JsonlLin
     else:
         rows = lines
     for number, raw in enumerate(rows, start=1):
-        if raw is None or len(raw) > MAX_LINE_BYTES + 2:        # + 2: the line's own "\\r\\n"
+        if raw is None or len(raw) > MAX_LINE_BYTES + 2:  # + 2: the line's own "\\r\\n"
             yield JsonlLine(number, None, f"line longer than {MAX_LINE_BYTES >> 20} MiB", "too-long")
             continue
         try:

@@ -6,6 +6,7 @@ where the type leaves an end open: an `int` within +-(2**53 - 1), the range
 every JSON reader (JavaScript's included) reads exactly; a `float` within
 +-1e16, written without an exponent, so it is always a finite double and a
 model never writes hundreds of digits."""
+
 from __future__ import annotations
 
 from . import ast as A
@@ -21,8 +22,8 @@ SCALAR_SCHEMAS = {
 }
 
 
-JSON_INT_MAX = 2 ** 53 - 1          # open ends of an inline `int`
-JSON_FLOAT_MAX = 1e16               # open ends of an inline `float`
+JSON_INT_MAX = 2**53 - 1  # open ends of an inline `int`
+JSON_FLOAT_MAX = 1e16  # open ends of an inline `float`
 _DEFAULT_BOUNDS = {"int": (-JSON_INT_MAX, JSON_INT_MAX), "float": (-JSON_FLOAT_MAX, JSON_FLOAT_MAX)}
 
 
@@ -60,8 +61,11 @@ def to_schema(t: A.JsonType) -> dict:
         return {"enum": list(dict.fromkeys(t.options))}
     if isinstance(t, A.JScalar):
         if t.name not in SCALAR_SCHEMAS:
-            raise JsonTypeError(f"unknown JSON type '{t.name}'", t, did_you_mean(t.name, SCALAR_SCHEMAS)
-                                or "use str, int, float, bool, null, any, [T] or { ... }")
+            raise JsonTypeError(
+                f"unknown JSON type '{t.name}'",
+                t,
+                did_you_mean(t.name, SCALAR_SCHEMAS) or "use str, int, float, bool, null, any, [T] or { ... }",
+            )
         schema = dict(SCALAR_SCHEMAS[t.name])
         if t.name in _DEFAULT_BOUNDS:
             lo, hi = _DEFAULT_BOUNDS[t.name]
@@ -70,10 +74,13 @@ def to_schema(t: A.JsonType) -> dict:
                 lo = lo if t.range.lo is None else t.range.lo
                 hi = hi if t.range.hi is None else t.range.hi
             if lo > hi:
-                assert t.range is not None        # the default bounds are never empty
-                raise JsonTypeError(f"empty range {lo}..{hi} (an open end of `{t.name}` is {hi if t.range.hi is None else lo})",
-                                    t.range, f"an inline {t.name} lies within {_DEFAULT_BOUNDS[t.name][0]}.."
-                                             f"{_DEFAULT_BOUNDS[t.name][1]} unless both ends are given")
+                assert t.range is not None  # the default bounds are never empty
+                raise JsonTypeError(
+                    f"empty range {lo}..{hi} (an open end of `{t.name}` is {hi if t.range.hi is None else lo})",
+                    t.range,
+                    f"an inline {t.name} lies within {_DEFAULT_BOUNDS[t.name][0]}.."
+                    f"{_DEFAULT_BOUNDS[t.name][1]} unless both ends are given",
+                )
             schema["minimum"], schema["maximum"] = lo, hi
         elif t.range is not None:
             if t.name == "str":

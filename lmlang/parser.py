@@ -6,6 +6,7 @@ scanned here too, into Text / Interp / Hole parts, each with its own span, so
 later diagnostics can point inside a prompt. Lark's exceptions are translated
 into LmlangSyntaxError with a span and a hint: nothing of Lark escapes.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,23 +20,33 @@ from .grammar_file import grammar_text
 from .source import Source, Span, brackets, line_col
 from .suggest import closest
 
-MAX_NESTING = 64           # deeper brackets are refused before Lark sees them
-MAX_EXPR_DEPTH = 100       # deeper expressions (long operator chains too) are refused after parsing
-MAX_BLOCK_DEPTH = 64       # deeper statement nesting (an `else if` chain counts one level a branch) too
-MAX_SOURCE_BYTES = 4 * 1024 * 1024     # check time stays a few seconds at this size
-MAX_STRING_CHARS = 1024 * 1024      # one string literal
-MAX_LIST_ITEMS = 10_000            # one list (a choice's options)
-MAX_NUMBER_DIGITS = 100    # digits of a number literal (Python refuses int() past 4,300)
+MAX_NESTING = 64  # deeper brackets are refused before Lark sees them
+MAX_EXPR_DEPTH = 100  # deeper expressions (long operator chains too) are refused after parsing
+MAX_BLOCK_DEPTH = 64  # deeper statement nesting (an `else if` chain counts one level a branch) too
+MAX_SOURCE_BYTES = 4 * 1024 * 1024  # check time stays a few seconds at this size
+MAX_STRING_CHARS = 1024 * 1024  # one string literal
+MAX_LIST_ITEMS = 10_000  # one list (a choice's options)
+MAX_NUMBER_DIGITS = 100  # digits of a number literal (Python refuses int() past 4,300)
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0": "\0"}
 PROMPT_ESCAPES = {"{": "{", "}": "}", "[": "[", "]": "]"}
 
 TERMINAL_NAMES = {
-    "NAME": "a name", "STRING": "a string", "LONG_STRING": "a string", "NUMBER": "a number",
-    "INT": "an integer", "ROLE": "a role (system, user, assistant)", "LENFN": "tokens() or len()",
-    "CMP_OP": "a comparison", "ADD_OP": "'+' or '-'", "MUL_OP": "'*', '/' or '%'", "SIGN": "'-'",
-    "OPTIONAL": "'?'", "RANGE_DOTS": "'..'", "$END": "the end of the file",
+    "NAME": "a name",
+    "STRING": "a string",
+    "LONG_STRING": "a string",
+    "NUMBER": "a number",
+    "INT": "an integer",
+    "ROLE": "a role (system, user, assistant)",
+    "LENFN": "tokens() or len()",
+    "CMP_OP": "a comparison",
+    "ADD_OP": "'+' or '-'",
+    "MUL_OP": "'*', '/' or '%'",
+    "SIGN": "'-'",
+    "OPTIONAL": "'?'",
+    "RANGE_DOTS": "'..'",
+    "$END": "the end of the file",
 }
 
 
@@ -49,13 +60,15 @@ def _lark():
 
 
 def parse(text: str, filename: str = "<string>") -> A.Program:
-    if text.startswith("\ufeff"):       # a byte order mark some editors write: not part of the script
+    if text.startswith("\ufeff"):  # a byte order mark some editors write: not part of the script
         text = text[1:]
     source = Source(text, filename)
     if len(text.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
-        raise LmlangSyntaxError(f"script is larger than {MAX_SOURCE_BYTES // (1024 * 1024)} MB",
-                                source.span(1, 1), "split it into files joined with `use`, and keep long texts "
-                                "in data files").with_source(source)
+        raise LmlangSyntaxError(
+            f"script is larger than {MAX_SOURCE_BYTES // (1024 * 1024)} MB",
+            source.span(1, 1),
+            "split it into files joined with `use`, and keep long texts in data files",
+        ).with_source(source)
     _check_nesting(source)
     import lark
 
@@ -88,11 +101,15 @@ def _too_deep(source: Source) -> LmlangSyntaxError:
     chain = [m.start() for _, m in zip(range(MAX_BLOCK_DEPTH + 1), _ELSE_IF.finditer(source.text))]
     if len(chain) > MAX_BLOCK_DEPTH:
         line, col = line_col(source.text, chain[-1])
-        return LmlangSyntaxError(f"statements nested more than {MAX_BLOCK_DEPTH} deep", source.span(line, col),
-                                 "an `else if` chain nests one level per branch: look the value up in a list or "
-                                 "a router, or split the chain into several `if` statements").with_source(source)
-    return LmlangSyntaxError("expression nested too deeply", source.span(1, 1),
-                             f"keep nesting under {MAX_NESTING} levels").with_source(source)
+        return LmlangSyntaxError(
+            f"statements nested more than {MAX_BLOCK_DEPTH} deep",
+            source.span(line, col),
+            "an `else if` chain nests one level per branch: look the value up in a list or "
+            "a router, or split the chain into several `if` statements",
+        ).with_source(source)
+    return LmlangSyntaxError(
+        "expression nested too deeply", source.span(1, 1), f"keep nesting under {MAX_NESTING} levels"
+    ).with_source(source)
 
 
 def _check_nesting(source: Source) -> None:
@@ -105,13 +122,14 @@ def _check_nesting(source: Source) -> None:
             depth += 1
             if depth > MAX_NESTING:
                 line, col = line_col(source.text, i)
-                raise LmlangSyntaxError("nesting too deep", source.span(line, col),
-                                        f"keep brackets nested under {MAX_NESTING} levels").with_source(source)
+                raise LmlangSyntaxError(
+                    "nesting too deep", source.span(line, col), f"keep brackets nested under {MAX_NESTING} levels"
+                ).with_source(source)
         elif ch in ")]}":
             depth = max(depth - 1, 0)
 
 
-_EXPR_TYPES = get_args(A.Expr)          # isinstance() takes the classes of the Union
+_EXPR_TYPES = get_args(A.Expr)  # isinstance() takes the classes of the Union
 
 
 def _check_expression_depth(program: A.Program) -> None:
@@ -125,17 +143,27 @@ def _check_expression_depth(program: A.Program) -> None:
     expression, block depth counts nested statements (each `else if` of a
     chain nests one level: it is the else branch of the one before)."""
     stack: list = [(d, 0, None, 0) for d in program.decls if isinstance(d, A.FlowDecl)]
-    stack += [(a, 1, a, 0) for d in program.decls if isinstance(d, A.QueryDecl) and isinstance(d.using, A.RouterCall)
-              for a in d.using.args]
+    stack += [
+        (a, 1, a, 0)
+        for d in program.decls
+        if isinstance(d, A.QueryDecl) and isinstance(d.using, A.RouterCall)
+        for a in d.using.args
+    ]
     while stack:
         node, depth, root, block = stack.pop()
         if depth > MAX_EXPR_DEPTH:
-            raise LmlangSyntaxError("expression nested too deeply", root.span,
-                                    f"split it into steps; keep expressions under {MAX_EXPR_DEPTH} levels")
+            raise LmlangSyntaxError(
+                "expression nested too deeply",
+                root.span,
+                f"split it into steps; keep expressions under {MAX_EXPR_DEPTH} levels",
+            )
         if block > MAX_BLOCK_DEPTH:
-            raise LmlangSyntaxError(f"statements nested more than {MAX_BLOCK_DEPTH} deep", node.span,
-                                    "an `else if` chain nests one level per branch: look the value up in a "
-                                    "list or a router, or split the chain into several `if` statements")
+            raise LmlangSyntaxError(
+                f"statements nested more than {MAX_BLOCK_DEPTH} deep",
+                node.span,
+                "an `else if` chain nests one level per branch: look the value up in a "
+                "list or a router, or split the chain into several `if` statements",
+            )
         for child in node.children():
             if not isinstance(child, _EXPR_TYPES):
                 stack.append((child, 0, None, block + isinstance(child, (A.If, A.For))))
@@ -162,7 +190,9 @@ def _syntax_error(e, source: Source) -> LmlangSyntaxError:
 
     line = getattr(e, "line", 1) or 1
     col = getattr(e, "column", 1) or 1
-    expected = sorted({_describe_terminal(t) for t in (getattr(e, "expected", None) or getattr(e, "allowed", None) or ())})
+    expected = sorted(
+        {_describe_terminal(t) for t in (getattr(e, "expected", None) or getattr(e, "allowed", None) or ())}
+    )
     unclosed = _unclosed_string(source, line)
     if unclosed is not None:
         return unclosed
@@ -172,7 +202,7 @@ def _syntax_error(e, source: Source) -> LmlangSyntaxError:
         span = source.span(line, col)
     elif isinstance(e, lark.exceptions.UnexpectedEOF) or getattr(getattr(e, "token", None), "type", "") == "$END":
         line = source.line_count()
-        if line > 1 and not source.line_text(line):         # a final newline: point at the last text
+        if line > 1 and not source.line_text(line):  # a final newline: point at the last text
             line -= 1
         col = len(source.line_text(line)) + 1
         message = "unexpected end of file"
@@ -180,11 +210,21 @@ def _syntax_error(e, source: Source) -> LmlangSyntaxError:
     else:
         tok = e.token
         width = max(len(str(tok)), 1)
-        span = Span(line, col, getattr(tok, "end_line", line) or line, getattr(tok, "end_column", col + width) or col + width, source.filename)
+        span = Span(
+            line,
+            col,
+            getattr(tok, "end_line", line) or line,
+            getattr(tok, "end_column", col + width) or col + width,
+            source.filename,
+        )
         text = str(tok)
         shown = text if len(text) <= 30 else text[:27] + "..."
         if tok.type in TERMINAL_NAMES and tok.type != "NAME":
-            word = TERMINAL_NAMES[tok.type].split(" ", 1)[1] if TERMINAL_NAMES[tok.type].startswith(("a ", "an ")) else TERMINAL_NAMES[tok.type]
+            word = (
+                TERMINAL_NAMES[tok.type].split(" ", 1)[1]
+                if TERMINAL_NAMES[tok.type].startswith(("a ", "an "))
+                else TERMINAL_NAMES[tok.type]
+            )
             message = f"unexpected {word} {shown}"
         else:
             message = f"unexpected {shown!r}"
@@ -216,21 +256,25 @@ def _unclosed_string(source: Source, upto_line: int) -> LmlangSyntaxError | None
         if line > upto_line:
             return None
         if i > 0 and source.text[i - 1] == "r":
-            end = source.text.find('"', i + 1)          # a raw string has no escapes: closed after all?
+            end = source.text.find('"', i + 1)  # a raw string has no escapes: closed after all?
             if ch == '"' and end >= 0 and "\n" not in source.text[i:end]:
                 continue
             i, col = i - 1, col - 1
         span = source.span(line, col, line, col + len(ch) + (source.text[i] == "r"))
         if ch == '"""':
-            return LmlangSyntaxError('unclosed string: this """ is never closed', span,
-                                     'close it with """').with_source(source)
-        return LmlangSyntaxError('unclosed string: this " has no closing " on its line', span,
-                                 'close it on the same line, or write """...""" for text over '
-                                 "several lines").with_source(source)
+            return LmlangSyntaxError(
+                'unclosed string: this """ is never closed', span, 'close it with """'
+            ).with_source(source)
+        return LmlangSyntaxError(
+            'unclosed string: this " has no closing " on its line',
+            span,
+            'close it on the same line, or write """...""" for text over several lines',
+        ).with_source(source)
     return None
 
 
 # ---------------------------------------------------------------- strings
+
 
 def _token_span(tok, source: Source) -> Span:
     return Span(tok.line, tok.column, tok.end_line, tok.end_column, source.filename)
@@ -240,9 +284,9 @@ def _string_body(tok) -> tuple[str, bool, int]:
     """(raw body, is_raw, offset of body from token start)."""
     text = str(tok)
     raw = text.startswith("r")
-    q = 3 if text[int(raw):].startswith('"""') else 1
+    q = 3 if text[int(raw) :].startswith('"""') else 1
     start = int(raw) + q
-    return text[start:len(text) - q], raw, start
+    return text[start : len(text) - q], raw, start
 
 
 def _positions(tok, body_offset: int, body: str):
@@ -268,9 +312,9 @@ def _escape(body: str, i: int, extra: dict | None = None) -> tuple[str, int]:
         return extra[nxt], 2
     if nxt in SIMPLE_ESCAPES:
         return SIMPLE_ESCAPES[nxt], 2
-    if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", body[i + 2:i + 6]):
-        return chr(int(body[i + 2:i + 6], 16)), 6
-    return body[i:i + 2], 2
+    if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", body[i + 2 : i + 6]):
+        return chr(int(body[i + 2 : i + 6], 16)), 6
+    return body[i : i + 2], 2
 
 
 def decode_string(tok, source: Source) -> str:
@@ -278,7 +322,7 @@ def decode_string(tok, source: Source) -> str:
     if raw:
         return body
     out, i = [], 0
-    while i < len(body):                # jump from backslash to backslash: long strings stay fast
+    while i < len(body):  # jump from backslash to backslash: long strings stay fast
         j = body.find("\\", i)
         if j < 0 or j + 1 >= len(body):
             out.append(body[i:])
@@ -323,28 +367,34 @@ def scan_prompt(tok, source: Source) -> tuple:
             j = body.find(close, i + 1)
             nl = body.find("\n", i + 1)
             if j < 0 or (0 <= nl < j):
-                raise LmlangSyntaxError(f"unclosed '{ch}' in prompt", span(i, i + 1),
-                                        f"close it with '{close}', or write \\{ch} for a literal '{ch}'")
-            inner = body[i + 1:j]
+                raise LmlangSyntaxError(
+                    f"unclosed '{ch}' in prompt",
+                    span(i, i + 1),
+                    f"close it with '{close}', or write \\{ch} for a literal '{ch}'",
+                )
+            inner = body[i + 1 : j]
             if ch == "{":
                 path = inner.strip().split(".")
                 if not all(IDENT.fullmatch(p) for p in path):
-                    raise LmlangSyntaxError(f"invalid interpolation {{{inner}}}", span(i, j + 1),
-                                            "write {name} or {name.field}; write \\{ for a literal '{'")
+                    raise LmlangSyntaxError(
+                        f"invalid interpolation {{{inner}}}",
+                        span(i, j + 1),
+                        "write {name} or {name.field}; write \\{ for a literal '{'",
+                    )
                 flush(i)
                 parts.append(A.Interp(tuple(path), span=span(i, j + 1)))
             else:
                 name = inner.strip()
                 if not IDENT.fullmatch(name):
-                    raise LmlangSyntaxError(f"invalid hole [{inner}]", span(i, j + 1),
-                                            "a hole is [name]; write \\[ for a literal '['")
+                    raise LmlangSyntaxError(
+                        f"invalid hole [{inner}]", span(i, j + 1), "a hole is [name]; write \\[ for a literal '['"
+                    )
                 flush(i)
                 parts.append(A.Hole(name, span=span(i, j + 1)))
             i = j + 1
             continue
         if ch in "}]":
-            raise LmlangSyntaxError(f"unmatched '{ch}' in prompt", span(i, i + 1),
-                                    f"write \\{ch} for a literal '{ch}'")
+            raise LmlangSyntaxError(f"unmatched '{ch}' in prompt", span(i, i + 1), f"write \\{ch} for a literal '{ch}'")
         if not buf:
             buf_start = i
         buf.append(ch)
@@ -354,6 +404,7 @@ def scan_prompt(tok, source: Source) -> tuple:
 
 
 # ---------------------------------------------------------------- tree -> AST
+
 
 class _StringTok:
     """A decoded string that remembers its token (for prompt scanning)."""
@@ -386,9 +437,11 @@ def _make_transformer_class():
         def string(self, meta, ch):
             tok = ch[0]
             if len(tok) > MAX_STRING_CHARS:
-                raise LmlangSyntaxError(f"string of {len(tok)} characters, more than {MAX_STRING_CHARS}",
-                                        Span(tok.line, tok.column, tok.line, tok.column + 1, self.source.filename),
-                                        "keep long texts in a data file (`--data`) or an input's value")
+                raise LmlangSyntaxError(
+                    f"string of {len(tok)} characters, more than {MAX_STRING_CHARS}",
+                    Span(tok.line, tok.column, tok.line, tok.column + 1, self.source.filename),
+                    "keep long texts in a data file (`--data`) or an input's value",
+                )
             return _StringTok(tok, decode_string(tok, self.source), self.tsp(tok))
 
         def signed_number(self, meta, ch):
@@ -404,8 +457,11 @@ def _make_transformer_class():
 
         def list_value(self, meta, ch):
             if len(ch) > MAX_LIST_ITEMS:
-                raise LmlangSyntaxError(f"list of {len(ch)} items, more than {MAX_LIST_ITEMS}", self.sp(meta),
-                                        "match the value with `matches r\"...\"` or a grammar instead")
+                raise LmlangSyntaxError(
+                    f"list of {len(ch)} items, more than {MAX_LIST_ITEMS}",
+                    self.sp(meta),
+                    "match the value with `matches r\"...\"` or a grammar instead",
+                )
             return A.ListValue(tuple(self._value(c) for c in ch if c is not None), span=self.sp(meta))
 
         def _value(self, v):
@@ -446,8 +502,13 @@ def _make_transformer_class():
 
         def input_decl(self, meta, ch):
             name, typ, default = ch
-            return A.InputDecl(str(name), typ, self._value(default) if default is not None else None, span=self.sp(meta),
-                               name_span=self.tsp(name))
+            return A.InputDecl(
+                str(name),
+                typ,
+                self._value(default) if default is not None else None,
+                span=self.sp(meta),
+                name_span=self.tsp(name),
+            )
 
         def model_decl(self, meta, ch):
             name, expr = ch
@@ -508,7 +569,9 @@ def _make_transformer_class():
 
         def router_decl(self, meta, ch):
             name, kind, opts, using, block = ch
-            return A.RouterDecl(str(name), str(kind), opts or (), using, block, span=self.sp(meta), name_span=self.tsp(name))
+            return A.RouterDecl(
+                str(name), str(kind), opts or (), using, block, span=self.sp(meta), name_span=self.tsp(name)
+            )
 
         # -- queries
         def param(self, meta, ch):
@@ -519,7 +582,9 @@ def _make_transformer_class():
 
         def segment(self, meta, ch):
             role, s = ch
-            return A.Segment(str(role) if role is not None else None, scan_prompt(s.tok, self.source), span=self.sp(meta))
+            return A.Segment(
+                str(role) if role is not None else None, scan_prompt(s.tok, self.source), span=self.sp(meta)
+            )
 
         def where_clause(self, meta, ch):
             return A.Where(tuple(ch), span=self.sp(meta))
@@ -574,21 +639,41 @@ def _make_transformer_class():
 
         def range(self, meta, ch):
             lo, _dots, hi = ch
-            return A.JRange(lo.value if lo is not None else None, hi.value if hi is not None else None, span=self.sp(meta))
+            return A.JRange(
+                lo.value if lo is not None else None, hi.value if hi is not None else None, span=self.sp(meta)
+            )
 
         def query_decl(self, meta, ch):
             name, *rest = ch
             params = tuple(c for c in rest if isinstance(c, A.Param))
-            using = next((c for c in rest if c is not None and isinstance(c, (A.DefaultModel, A.ModelRef, A.RouterCall, A.Adapted, A.MergeExpr, A.FuseExpr))), None)
+            using = next(
+                (
+                    c
+                    for c in rest
+                    if c is not None
+                    and isinstance(c, (A.DefaultModel, A.ModelRef, A.RouterCall, A.Adapted, A.MergeExpr, A.FuseExpr))
+                ),
+                None,
+            )
             decoder = next((c for c in rest if isinstance(c, A.Decoder)), None)
             segments = tuple(c for c in rest if isinstance(c, A.Segment))
             wheres = tuple(c for c in rest if isinstance(c, A.Where))
             dists = [c for c in rest if isinstance(c, A.Distribution)]
             if len(dists) > 1:
-                raise LmlangSyntaxError("a query has at most one distribution clause", dists[1].span,
-                                        "ask for the distribution of one hole")
-            return A.QueryDecl(str(name), params, using, decoder, segments, wheres, dists[0] if dists else None,
-                               span=self.sp(meta), name_span=self.tsp(name))
+                raise LmlangSyntaxError(
+                    "a query has at most one distribution clause", dists[1].span, "ask for the distribution of one hole"
+                )
+            return A.QueryDecl(
+                str(name),
+                params,
+                using,
+                decoder,
+                segments,
+                wheres,
+                dists[0] if dists else None,
+                span=self.sp(meta),
+                name_span=self.tsp(name),
+            )
 
         # -- flow
         def flow_decl(self, meta, ch):
@@ -628,7 +713,14 @@ def _make_transformer_class():
                 else:
                     op, right = op_of, ch[i]
                     i += 1
-                left = A.BinOp(op, left, right, span=Span(left.span.line, left.span.col, right.span.end_line, right.span.end_col, self.source.filename))
+                left = A.BinOp(
+                    op,
+                    left,
+                    right,
+                    span=Span(
+                        left.span.line, left.span.col, right.span.end_line, right.span.end_col, self.source.filename
+                    ),
+                )
             return left
 
         def or_expr(self, meta, ch):
@@ -701,14 +793,18 @@ def _number(tok, span: Span):
     text = str(tok)
     digits = len(text.split("e")[0].split("E")[0].replace(".", ""))
     if digits > MAX_NUMBER_DIGITS:
-        raise LmlangSyntaxError(f"number has {digits} digits, more than {MAX_NUMBER_DIGITS}", span,
-                                "write a smaller number (int holes hold 64-bit values)")
+        raise LmlangSyntaxError(
+            f"number has {digits} digits, more than {MAX_NUMBER_DIGITS}",
+            span,
+            "write a smaller number (int holes hold 64-bit values)",
+        )
     if re.fullmatch(r"\d+", text):
         return int(text)
     value = float(text)
     if not math.isfinite(value):
-        raise LmlangSyntaxError(f"number {text} is too large (not a finite 64-bit float)", span,
-                                "write a number below 1.8e308")
+        raise LmlangSyntaxError(
+            f"number {text} is too large (not a finite 64-bit float)", span, "write a number below 1.8e308"
+        )
     return value
 
 

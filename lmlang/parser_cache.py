@@ -18,6 +18,7 @@ rest is checked at save time: an entry is written only if loading it back
 reproduces the parser's own serialization exactly (a future Lark that
 serializes differently simply runs uncached).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +29,7 @@ from typing import Any
 from . import cachefile
 
 KIND = "lark-lalr"
-FORMAT = 1            # bump when the stored layout changes
+FORMAT = 1  # bump when the stored layout changes
 OPTIONS = dict(parser="lalr", lexer="contextual", priority="normal", propagate_positions=True, maybe_placeholders=True)
 
 
@@ -43,7 +44,7 @@ def load_parser(grammar: str):
         if body is not None:
             try:
                 return _from_body(body)
-            except Exception:   # a well-hashed entry this Lark cannot load: rebuild it
+            except Exception:  # a well-hashed entry this Lark cannot load: rebuild it
                 pass
     parser = lark.Lark(grammar, **OPTIONS)
     if path is not None:
@@ -123,12 +124,21 @@ def _from_body(body: bytes):
     d: dict[str, Any] = json.loads(body)
     states = {}
     for s, flat in d["states"]:
-        states[s] = {flat[i]: ((1, {"@": flat[i + 2]}) if flat[i + 1] == 1 else (0, flat[i + 2]))
-                     for i in range(0, len(flat), 3)}
+        states[s] = {
+            flat[i]: ((1, {"@": flat[i + 2]}) if flat[i + 1] == 1 else (0, flat[i + 2])) for i in range(0, len(flat), 3)
+        }
     data = {
-        "parser": {"lexer_conf": d["lexer_conf"], "parser_conf": d["parser_conf"], "__type__": d["frontend_type"],
-                   "parser": {"tokens": {k: v for k, v in d["tokens"]}, "states": states,
-                              "start_states": d["start_states"], "end_states": d["end_states"]}},
+        "parser": {
+            "lexer_conf": d["lexer_conf"],
+            "parser_conf": d["parser_conf"],
+            "__type__": d["frontend_type"],
+            "parser": {
+                "tokens": {k: v for k, v in d["tokens"]},
+                "states": states,
+                "start_states": d["start_states"],
+                "end_states": d["end_states"],
+            },
+        },
         "rules": d["rules"],
         # Never from the file: the options decide how the tables are used.
         "options": LarkOptions(dict(OPTIONS)).serialize(),

@@ -6,6 +6,7 @@ wrong and *which* option or model entry it is about; the layer that knows
 the source (the checker, with spans) or the caller (the library, raising an
 exception) decides how to show it. No layer reads another's message text.
 """
+
 from __future__ import annotations
 
 from .frozen import frozen
@@ -13,12 +14,12 @@ from .frozen import frozen
 
 @frozen
 class Problem:
-    message: str                  # what is wrong, without location ("option 'density' must be <= 1.0, got 1.5")
-    hint: str = ""                # how to fix it ("did you mean 'density'?"), or ""
-    code: str = ""                # a stable kind: "unknown-option", "bad-value", "unsatisfiable", ...
-    severity: str = "error"       # "error" | "warning"
-    option: str = ""              # the option it is about ("" for the block as a whole)
-    model: int | None = None      # merges: 0-based position of the model entry it is about
+    message: str  # what is wrong, without location ("option 'density' must be <= 1.0, got 1.5")
+    hint: str = ""  # how to fix it ("did you mean 'density'?"), or ""
+    code: str = ""  # a stable kind: "unknown-option", "bad-value", "unsatisfiable", ...
+    severity: str = "error"  # "error" | "warning"
+    option: str = ""  # the option it is about ("" for the block as a whole)
+    model: int | None = None  # merges: 0-based position of the model entry it is about
 
     @property
     def text(self) -> str:

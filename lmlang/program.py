@@ -3,6 +3,7 @@
 The CLI, the REPL, data runs and `lmlang compare` use only what this module
 makes public; the executor behind a Program stays private to it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,7 +49,7 @@ class TokenStream:
     def __init__(self, fn: QueryFunction, args: list, kwargs: dict):
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.result: dict | None = None
-        self.pieces: list[tuple[str, str]] = []    # (hole, text) in order
+        self.pieces: list[tuple[str, str]] = []  # (hole, text) in order
         self._it: Iterator[str] | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -68,10 +69,11 @@ class TokenStream:
 
         def work():
             try:
-                out = self.fn.program.call_query(self.fn.name, self.args, self.kwargs,
-                                                 on_token=lambda hole, text: q.put((hole, text)))
+                out = self.fn.program.call_query(
+                    self.fn.name, self.args, self.kwargs, on_token=lambda hole, text: q.put((hole, text))
+                )
                 q.put((done, out))
-            except BaseException as e:          # re-raised on the caller's thread
+            except BaseException as e:  # re-raised on the caller's thread
                 q.put((done, e))
 
         threading.Thread(target=work, name=f"lmlang-stream-{self.fn.name}", daemon=True).start()
@@ -100,18 +102,30 @@ class Program:
     than one device over several) and `parallel` (independent calls of a row
     decode together)."""
 
-    def __init__(self, frontend: FrontEnd, functions: dict | None = None, device: str = "auto", *,
-                 batch_size: int = 32, seed: int | None = None, trace_file: str | Path | None = None,
-                 schemas: dict | None = None, cache: bool | None = None, threads: int | None = None,
-                 dtype: str | dict = "auto", device_map: str | dict | None = None, parallel: bool = True):
+    def __init__(
+        self,
+        frontend: FrontEnd,
+        functions: dict | None = None,
+        device: str = "auto",
+        *,
+        batch_size: int = 32,
+        seed: int | None = None,
+        trace_file: str | Path | None = None,
+        schemas: dict | None = None,
+        cache: bool | None = None,
+        threads: int | None = None,
+        dtype: str | dict = "auto",
+        device_map: str | dict | None = None,
+        parallel: bool = True,
+    ):
         self.frontend = frontend
         self.functions: dict[str, Callable] = dict(functions or {})
         self.device = device
-        self.schemas: dict = dict(schemas or {})     # name -> JSON schema, for `is json "NAME"` (see compile)
+        self.schemas: dict = dict(schemas or {})  # name -> JSON schema, for `is json "NAME"` (see compile)
         self._batch_size = _check_batch_size(batch_size)
         self._seed = _check_seed(seed)
         self._trace_file = trace_file
-        self._trace: Trace | None = None             # made on first use (keeps `import lmlang` light)
+        self._trace: Trace | None = None  # made on first use (keeps `import lmlang` light)
         self._exec = None
         from .runtime.result_cache import cache_enabled_by_default
         from .runtime.threads import requested_threads
@@ -185,10 +199,19 @@ class Program:
             from .runtime.executor import Executor
             from .runtime.result_cache import ResultCache
 
-            self._exec = Executor(self.frontend.compiled, self.functions, device=self.device, trace=self.trace,
-                                  batch_size=self._batch_size, seed=self._seed,
-                                  cache=ResultCache() if self.cache else None, parallel=self.parallel,
-                                  threads=self.threads, dtype=self.dtype, device_map=self.device_map)
+            self._exec = Executor(
+                self.frontend.compiled,
+                self.functions,
+                device=self.device,
+                trace=self.trace,
+                batch_size=self._batch_size,
+                seed=self._seed,
+                cache=ResultCache() if self.cache else None,
+                parallel=self.parallel,
+                threads=self.threads,
+                dtype=self.dtype,
+                device_map=self.device_map,
+            )
         return self._exec
 
     def prepare_models(self, load: bool | None = None) -> list[str]:
@@ -226,20 +249,34 @@ class Program:
                 names.append(execu.lm(nid).name)
         return names
 
-    def call_query(self, name: str, args: Iterable = (), kwargs: dict | None = None, *,
-                   on_token: Callable[[str, str], None] | None = None) -> dict:
+    def call_query(
+        self,
+        name: str,
+        args: Iterable = (),
+        kwargs: dict | None = None,
+        *,
+        on_token: Callable[[str, str], None] | None = None,
+    ) -> dict:
         """Run the query `name` once; returns its values by hole (what
         `prog.queries[name](...)` does). `on_token(hole, text)` is called with
         each piece of a hole's text as it decodes (what `.stream()` uses)."""
         if isinstance(args, (str, bytes, Mapping)) or not isinstance(args, Iterable):
-            raise TypeError(f"call_query: args must be a list or tuple of positional arguments, got {type(args).__name__}")
+            raise TypeError(
+                f"call_query: args must be a list or tuple of positional arguments, got {type(args).__name__}"
+            )
         if kwargs is not None and not isinstance(kwargs, Mapping):
             raise TypeError(f"call_query: kwargs must be a dict of arguments by name, got {type(kwargs).__name__}")
         stream = (lambda _row, hole, text: on_token(hole, text)) if on_token else None
         return self._executor().call_query(name, list(args), dict(kwargs or {}), on_token=stream)
 
-    def run_each(self, rows: Iterable[dict], on_done: Callable, *, ids: Iterable[int] | None = None,
-                 chunk_size: int | None = None) -> None:
+    def run_each(
+        self,
+        rows: Iterable[dict],
+        on_done: Callable,
+        *,
+        ids: Iterable[int] | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
         """Run the flow for each row, `chunk_size` rows at a time (default:
         the decoding batch size), calling `on_done(outcome)` as each row
         finishes; an outcome has `.index` (from `ids`, default 0, 1, ...),
@@ -261,8 +298,11 @@ class Program:
                 # Named here, where the row's id is known; the other rows run.
                 from .runtime.executor import InputError, RowOutcome
 
-                on_done(RowOutcome(rid, error=InputError(
-                    f"row {rid}: expected a dict of input names to values, got {_kind(row)}")))
+                on_done(
+                    RowOutcome(
+                        rid, error=InputError(f"row {rid}: expected a dict of input names to values, got {_kind(row)}")
+                    )
+                )
                 continue
             chunk.append(dict(row))
             chunk_ids.append(rid)
@@ -314,8 +354,9 @@ class Program:
         checked again, so calls to it are checked like any other."""
         self.functions[name] = fn
         fe = self.frontend
-        self.frontend = _build(fe.source.text, fe.source.filename, fe.checked.base_dir, self.functions, self.schemas,
-                               fe.allow_paths)
+        self.frontend = _build(
+            fe.source.text, fe.source.filename, fe.checked.base_dir, self.functions, self.schemas, fe.allow_paths
+        )
         self._exec = None
         return self
 
@@ -334,9 +375,11 @@ def _check_batch_size(n) -> int:
 
 def _check_dtype(dtype):
     names = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16", "half")
-    for d in (dtype.values() if isinstance(dtype, dict) else [dtype]):
+    for d in dtype.values() if isinstance(dtype, dict) else [dtype]:
         if d not in names:
-            raise ValueError(f"dtype must be one of {', '.join(names[:4])} (or a dict of them by model name), got {d!r}")
+            raise ValueError(
+                f"dtype must be one of {', '.join(names[:4])} (or a dict of them by model name), got {d!r}"
+            )
     return dict(dtype) if isinstance(dtype, dict) else dtype
 
 
@@ -365,7 +408,7 @@ def schema_of(obj) -> dict:
     if isinstance(obj, dict):
         return obj
     model = obj if isinstance(obj, type) else type(obj)
-    if hasattr(model, "model_json_schema"):                    # pydantic v2
+    if hasattr(model, "model_json_schema"):  # pydantic v2
         return model.model_json_schema()
     raise TypeError(f"cannot make a JSON schema from {obj!r}: pass a pydantic model or a dict")
 
@@ -379,7 +422,7 @@ def _build(source: str, filename: str, base_dir, functions: dict, schemas: dict 
 def _allow_paths(allow_paths) -> tuple[str, ...]:
     if allow_paths is None:
         return ()
-    if isinstance(allow_paths, (str, Path)):       # one folder given bare: not its characters
+    if isinstance(allow_paths, (str, Path)):  # one folder given bare: not its characters
         allow_paths = [allow_paths]
     out = []
     for p in allow_paths:
@@ -389,11 +432,23 @@ def _allow_paths(allow_paths) -> tuple[str, ...]:
     return tuple(out)
 
 
-def compile(source: str, filename: str = "<string>", *, functions: dict | None = None, base_dir: str | Path | None = None,
-            device: str = "auto", schemas: dict | None = None, batch_size: int = 32,
-            trace_file: str | Path | None = None, allow_paths=None, cache: bool | None = None,
-            threads: int | None = None, dtype: str | dict = "auto", device_map: str | dict | None = None,
-            parallel: bool = True) -> Program:
+def compile(
+    source: str,
+    filename: str = "<string>",
+    *,
+    functions: dict | None = None,
+    base_dir: str | Path | None = None,
+    device: str = "auto",
+    schemas: dict | None = None,
+    batch_size: int = 32,
+    trace_file: str | Path | None = None,
+    allow_paths=None,
+    cache: bool | None = None,
+    threads: int | None = None,
+    dtype: str | dict = "auto",
+    device_map: str | dict | None = None,
+    parallel: bool = True,
+) -> Program:
     """Compile lmlang source text. `functions` are Python functions the flow
     may call; `schemas` maps the name in `x is json "NAME"` to a pydantic
     model or a JSON schema dict (used instead of reading a file);
@@ -404,20 +459,52 @@ def compile(source: str, filename: str = "<string>", *, functions: dict | None =
     functions = dict(functions or {})
     schemas = {k: schema_of(v) for k, v in (schemas or {}).items()}
     fe = _build(source, filename, Path(base_dir) if base_dir else None, functions, schemas, _allow_paths(allow_paths))
-    return Program(fe, functions, device, batch_size=batch_size, trace_file=trace_file, schemas=schemas, cache=cache,
-                   threads=threads, dtype=dtype, device_map=device_map, parallel=parallel)
+    return Program(
+        fe,
+        functions,
+        device,
+        batch_size=batch_size,
+        trace_file=trace_file,
+        schemas=schemas,
+        cache=cache,
+        threads=threads,
+        dtype=dtype,
+        device_map=device_map,
+        parallel=parallel,
+    )
 
 
-def compile_file(path: str | Path, *, functions: dict | None = None, device: str = "auto",
-                 schemas: dict | None = None, batch_size: int = 32, trace_file: str | Path | None = None,
-                 allow_paths=None, cache: bool | None = None, threads: int | None = None, dtype: str | dict = "auto",
-                 device_map: str | dict | None = None, parallel: bool = True) -> Program:
+def compile_file(
+    path: str | Path,
+    *,
+    functions: dict | None = None,
+    device: str = "auto",
+    schemas: dict | None = None,
+    batch_size: int = 32,
+    trace_file: str | Path | None = None,
+    allow_paths=None,
+    cache: bool | None = None,
+    threads: int | None = None,
+    dtype: str | dict = "auto",
+    device_map: str | dict | None = None,
+    parallel: bool = True,
+) -> Program:
     """Compile a .lm file (see `compile`); its references reach only its
     own folder's tree and the folders in `allow_paths`."""
     from .frontend import build_file
 
     functions = dict(functions or {})
     schemas = {k: schema_of(v) for k, v in (schemas or {}).items()}
-    return Program(build_file(path, frozenset(functions), schemas=schemas, allow_paths=_allow_paths(allow_paths)),
-                   functions, device, batch_size=batch_size, trace_file=trace_file, schemas=schemas, cache=cache,
-                   threads=threads, dtype=dtype, device_map=device_map, parallel=parallel)
+    return Program(
+        build_file(path, frozenset(functions), schemas=schemas, allow_paths=_allow_paths(allow_paths)),
+        functions,
+        device,
+        batch_size=batch_size,
+        trace_file=trace_file,
+        schemas=schemas,
+        cache=cache,
+        threads=threads,
+        dtype=dtype,
+        device_map=device_map,
+        parallel=parallel,
+    )

@@ -15,6 +15,7 @@ compiling a small whole program through the public API, e.g. for
 and running it with the variables as input values. An entry that fails to
 parse, check or run is reported and dropped; what was accepted before stays.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,7 @@ an unfinished entry, which is then dropped.
 # Every command word; a line starting with one of them runs as that command
 # even inside an unfinished entry (which is then dropped), so `:quit` and
 # `:help` always work.
-COMMANDS = ("help", "h", "?", "quit", "q", "exit", "reset", "vars", "decls", "load", "run", "graph", "models",
-            "trace")
+COMMANDS = ("help", "h", "?", "quit", "q", "exit", "reset", "vars", "decls", "load", "run", "graph", "models", "trace")
 _COMMAND_LINE = re.compile(r"^\s*:(" + "|".join(re.escape(c) for c in COMMANDS) + r")(?=\s|$)")
 
 
@@ -89,7 +89,7 @@ def open_brackets(text: str) -> str:
 def continuation_prompt(text_before: str, width: int) -> str:
     """The prompt of a continuation line: what is open, right-aligned in
     the width of the main prompt (`lm> ` -> `..{ `, `.{[ `)."""
-    opened = open_brackets(text_before)[-(max(width - 1, 1)):]
+    opened = open_brackets(text_before)[-(max(width - 1, 1)) :]
     return opened.rjust(max(width - 1, 0), ".") + " "
 
 
@@ -101,7 +101,7 @@ def needs_more(text: str) -> bool:
         if ch == '"""':
             return True
         if ch == '"':
-            return False            # an unterminated one-line string is an error, not a continuation
+            return False  # an unterminated one-line string is an error, not a continuation
         depth += 1 if ch in "{[(" else -1
     return depth > 0
 
@@ -135,11 +135,11 @@ class Session:
 
     base_dir: Path = field(default_factory=Path.cwd)
     device: str = "auto"
-    allow_paths: tuple = ()          # --allow-path: folders scripts may read besides base_dir's tree
+    allow_paths: tuple = ()  # --allow-path: folders scripts may read besides base_dir's tree
     functions: dict = field(default_factory=dict)
     decls: list[Decl] = field(default_factory=list)
     vars: dict = field(default_factory=dict)
-    loaded_flow: tuple[str, str] | None = None    # (file, flow source) from :load
+    loaded_flow: tuple[str, str] | None = None  # (file, flow source) from :load
     last_program: Program | None = None
 
     # ------------------------------------------------------------ entries
@@ -200,12 +200,12 @@ class Session:
                 prog = self._compile(self.decls, stmt, entry_lines=stmt, emits=writes)
                 break
             except _EmitProblem as p:
-                writes = [w for w in writes if w not in p.names]     # loop-local names do not come back
+                writes = [w for w in writes if w not in p.names]  # loop-local names do not come back
         values = self._run(prog)
         out = []
         for k, v in values.items():
             if k.startswith(_SET):
-                name = k[len(_SET):]
+                name = k[len(_SET) :]
                 self.vars[name] = v
                 out.append(f"{name} = {show(v)}")
             else:
@@ -213,13 +213,21 @@ class Session:
         return out
 
     def expression(self, expr: str) -> list[str]:
-        prog = self._compile(self.decls, f"emit {_VALUE} = (\n{expr.strip()}\n)", entry_lines=expr.strip(), entry_offset=1)
+        prog = self._compile(
+            self.decls, f"emit {_VALUE} = (\n{expr.strip()}\n)", entry_lines=expr.strip(), entry_offset=1
+        )
         values = self._run(prog)
         return [show(values[_VALUE])]
 
     # ------------------------------------------------------------ building programs
-    def _program_text(self, decls: list[Decl], body: str, emits: list[str] | None = None, decl_text: str = "",
-                      decl_names: set | frozenset = frozenset()) -> tuple[str, int, int]:
+    def _program_text(
+        self,
+        decls: list[Decl],
+        body: str,
+        emits: list[str] | None = None,
+        decl_text: str = "",
+        decl_names: set | frozenset = frozenset(),
+    ) -> tuple[str, int, int]:
         """The whole program, the line where the entry (decl_text or body)
         starts, and the line where the generated emit lines start."""
         declared = set(decl_names)
@@ -244,21 +252,37 @@ class Session:
         text += "}\n"
         return text, body_line, emit_line
 
-    def _compile(self, decls: list[Decl], body: str, entry_lines: str | None, emits: list[str] | None = None,
-                 entry_offset: int = 0, decl_text: str = "", decl_names: set | frozenset = frozenset(), filename: str = _REPL_FILE):
+    def _compile(
+        self,
+        decls: list[Decl],
+        body: str,
+        entry_lines: str | None,
+        emits: list[str] | None = None,
+        entry_offset: int = 0,
+        decl_text: str = "",
+        decl_names: set | frozenset = frozenset(),
+        filename: str = _REPL_FILE,
+    ):
         from . import program as P
         from .errors import CheckError
 
         text, entry_line, emit_line = self._program_text(decls, body, emits, decl_text, decl_names)
         try:
-            prog = P.compile(text, _REPL_FILE, functions=self.functions, base_dir=self.base_dir, device=self.device,
-                          allow_paths=self.allow_paths)
+            prog = P.compile(
+                text,
+                _REPL_FILE,
+                functions=self.functions,
+                base_dir=self.base_dir,
+                device=self.device,
+                allow_paths=self.allow_paths,
+            )
         except CheckError as e:
             if emits:
                 bad = [d for d in e.diagnostics if d.span.line >= emit_line]
                 if bad and len(bad) == len(e.diagnostics):
-                    raise _EmitProblem({emits[d.span.line - emit_line] for d in bad
-                                        if 0 <= d.span.line - emit_line < len(emits)}) from None
+                    raise _EmitProblem(
+                        {emits[d.span.line - emit_line] for d in bad if 0 <= d.span.line - emit_line < len(emits)}
+                    ) from None
             raise _Rejected(self._render(e, text, entry_line + entry_offset, entry_lines, filename)) from None
         except LmlangError as e:
             raise _Rejected(self._render(e, text, entry_line + entry_offset, entry_lines, filename)) from None
@@ -276,13 +300,19 @@ class Session:
             if entry is not None and d.span.line == last + 1 and d.span.filename == _REPL_FILE:
                 # Past the entry's end (the wrapper's closing text): the entry is incomplete.
                 end_col = len(entry.splitlines()[-1]) + 1 if entry.strip() else 1
-                d = dataclasses.replace(d, message=f"incomplete entry: {d.message}",
-                                        span=dataclasses.replace(d.span, line=last, end_line=last, col=end_col,
-                                                                 end_col=end_col + 1))
+                d = dataclasses.replace(
+                    d,
+                    message=f"incomplete entry: {d.message}",
+                    span=dataclasses.replace(d.span, line=last, end_line=last, col=end_col, end_col=end_col + 1),
+                )
             if entry is not None and first_line <= d.span.line <= last and d.span.filename == _REPL_FILE:
                 shift = first_line - 1
-                span = dataclasses.replace(d.span, line=d.span.line - shift, filename=filename,
-                                           end_line=max(d.span.end_line - shift, d.span.line - shift))
+                span = dataclasses.replace(
+                    d.span,
+                    line=d.span.line - shift,
+                    filename=filename,
+                    end_line=max(d.span.end_line - shift, d.span.line - shift),
+                )
                 parts.append(dataclasses.replace(d, span=span).render(mine))
             elif d.span.filename != _REPL_FILE:
                 parts.append(d.render(e.source_for(d)))
@@ -344,9 +374,9 @@ class Session:
         except OSError as e:
             raise _Rejected(f"cannot read {path}: {e.strerror or e}") from None
         old_base = self.base_dir
-        self.base_dir = p.resolve().parent       # the file's relative paths resolve next to it
+        self.base_dir = p.resolve().parent  # the file's relative paths resolve next to it
         try:
-            self.declare(text, filename=str(p))     # its "defined ..." lines: summed up below
+            self.declare(text, filename=str(p))  # its "defined ..." lines: summed up below
         except _Rejected:
             self.base_dir = old_base
             raise
@@ -373,8 +403,14 @@ class Session:
 
         text = "\n".join(d.text for d in self.decls) + "\n" + self.loaded_flow[1] + "\n"
         try:
-            prog = P.compile(text, _REPL_FILE, functions=self.functions, base_dir=self.base_dir, device=self.device,
-                          allow_paths=self.allow_paths)
+            prog = P.compile(
+                text,
+                _REPL_FILE,
+                functions=self.functions,
+                base_dir=self.base_dir,
+                device=self.device,
+                allow_paths=self.allow_paths,
+            )
         except LmlangError as e:
             raise _Rejected(e.render(Source(text, _REPL_FILE))) from None
         inputs = {k: v for k, v in self.vars.items() if k in prog.inputs}
@@ -394,8 +430,10 @@ class Session:
             return ["(the last entry ran no query)"]
         out = []
         for r in recs:
-            out.append(f"{r.query} on {r.model} ({r.decoder}): {r.tokens_generated} generated, {r.tokens_forced} forced, "
-                       f"{r.forward_passes} forward passes, {r.wall_seconds:.2f}s")
+            out.append(
+                f"{r.query} on {r.model} ({r.decoder}): {r.tokens_generated} generated, {r.tokens_forced} forced, "
+                f"{r.forward_passes} forward passes, {r.wall_seconds:.2f}s"
+            )
             out.append("  prompt: " + r.prompt.replace("\n", "\n          "))
             out.append("  values: " + show(r.values))
         return out
@@ -435,14 +473,15 @@ def _blank(text: str, span) -> str:
 def _slice(text: str, span) -> str:
     lines = text.splitlines()
     if span.line == span.end_line:
-        return lines[span.line - 1][span.col - 1:span.end_col - 1]
-    first = lines[span.line - 1][span.col - 1:]
-    middle = lines[span.line:span.end_line - 1]
-    last = lines[span.end_line - 1][:span.end_col - 1]
+        return lines[span.line - 1][span.col - 1 : span.end_col - 1]
+    first = lines[span.line - 1][span.col - 1 :]
+    middle = lines[span.line : span.end_line - 1]
+    last = lines[span.end_line - 1][: span.end_col - 1]
     return "\n".join([first, *middle, last])
 
 
 # ---------------------------------------------------------------- terminal loop
+
 
 def history_path() -> Path:
     from .home import lmlang_home
@@ -476,7 +515,7 @@ def run_repl(file: str | None = None, device: str = "auto", stdin=None, stdout=N
     buf = ""
     for line in stdin:
         if is_command(line):
-            if buf.strip():               # a command ends an unfinished entry instead of joining it
+            if buf.strip():  # a command ends an unfinished entry instead of joining it
                 error(f"error: unfinished entry dropped (still open: {open_brackets(buf) or 'nothing'})")
                 worst = max(worst, 2)
             entry, buf = line, ""
@@ -529,8 +568,13 @@ def _interactive(session: Session, emit, error) -> int:
         before = "\n".join(ps.default_buffer.text.split("\n")[:line_number])
         return continuation_prompt(before, width)
 
-    ps: PromptSession[str] = PromptSession(history=FileHistory(str(history_path())), lexer=PygmentsLexer(LmlangLexer),
-                       multiline=True, key_bindings=keys, prompt_continuation=continuation)
+    ps: PromptSession[str] = PromptSession(
+        history=FileHistory(str(history_path())),
+        lexer=PygmentsLexer(LmlangLexer),
+        multiline=True,
+        key_bindings=keys,
+        prompt_continuation=continuation,
+    )
     emit(["lmlang repl — :help for commands, Ctrl-D to leave"])
     while True:
         try:

@@ -3,6 +3,7 @@
 A Span is set once by the parser and travels with each AST node, so any later
 stage (checker, compiler, runtime) can point back at the text that caused it.
 """
+
 from __future__ import annotations
 
 from .frozen import frozen
@@ -38,7 +39,7 @@ NO_SPAN = Span(0, 0, 0, 0, "<builtin>")
 # wrong line; shown inside a line, each becomes one space so carets align.
 ODD_BREAKS = "\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 _SHOWN = str.maketrans({c: " " for c in ODD_BREAKS + "\r"})
-MAX_SHOWN = 160       # longer lines are shown as a window around the span
+MAX_SHOWN = 160  # longer lines are shown as a window around the span
 
 
 @frozen
@@ -73,7 +74,7 @@ class Source:
         last = max(span.end_line, span.line)
         numbers: list[int | None] = list(range(span.line, last + 1))
         if len(numbers) > max_lines:
-            numbers = numbers[:max_lines - 1] + [None, last]
+            numbers = numbers[: max_lines - 1] + [None, last]
         width = len(str(last))
         out = []
         for n in numbers:
@@ -180,11 +181,13 @@ def decode_script(data: bytes, filename: str) -> str:
 
         start = data.rfind(b"\n", 0, e.start) + 1
         line = data.count(b"\n", 0, e.start) + 1
-        col = len(data[start:e.start].decode("utf-8", "replace")) + 1
+        col = len(data[start : e.start].decode("utf-8", "replace")) + 1
         source = Source(data.decode("utf-8", "replace"), filename)
-        raise ScriptError(f"the script is not UTF-8 text: byte 0x{data[e.start]:02x} ({e.reason})",
-                          Span(line, col, line, col + 1, filename),
-                          "save the file as UTF-8").with_source(source) from None
+        raise ScriptError(
+            f"the script is not UTF-8 text: byte 0x{data[e.start]:02x} ({e.reason})",
+            Span(line, col, line, col + 1, filename),
+            "save the file as UTF-8",
+        ).with_source(source) from None
 
 
 def span_of(loc: str) -> Span:

@@ -5,13 +5,14 @@ merge method, a JSON type, a tool, a target module) is answered through
 `did_you_mean`, so the hints read alike wherever they come from:
 `did you mean 'ties'?`, or, with no close match, the list of known names.
 """
+
 from __future__ import annotations
 
 import difflib
 from typing import Iterable
 
-CUTOFF = 0.6          # difflib's default: 'tis' -> 'ties', 'defualt' -> 'default'
-MAX_LISTED = 12       # a longer list of known names is cut with '...'
+CUTOFF = 0.6  # difflib's default: 'tis' -> 'ties', 'defualt' -> 'default'
+MAX_LISTED = 12  # a longer list of known names is cut with '...'
 
 
 def closest(name: str, candidates: Iterable[str]) -> str | None:

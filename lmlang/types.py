@@ -1,5 +1,6 @@
 """The small static type language the checker uses for inputs, query
 parameters and flow values. Torch-free."""
+
 from __future__ import annotations
 
 from .frozen import frozen
@@ -9,9 +10,9 @@ SCALARS = ("str", "int", "float", "bool", "json", "any")
 
 @frozen
 class T:
-    name: str                           # str int float bool json any list record none
-    item: "T | None" = None             # list element
-    fields: tuple[tuple[str, "T"], ...] = ()   # record fields (query results)
+    name: str  # str int float bool json any list record none
+    item: "T | None" = None  # list element
+    fields: tuple[tuple[str, "T"], ...] = ()  # record fields (query results)
 
     def __str__(self) -> str:
         if self.name == "list":

@@ -12,6 +12,7 @@ and the compiler (which lowers them) alike:
   adapter source refers to, one rule for every pass that follows references
   (cycle detection, `compare --swap`).
 """
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -34,7 +35,7 @@ def plain_value(v):
 def key_name(key) -> str | None:
     """An entry's key as an option name, or None when it is not a bare word."""
     if isinstance(key, A.DefaultModel):
-        return "default"          # `default:` reads as a key in option blocks
+        return "default"  # `default:` reads as a key in option blocks
     return key.name if isinstance(key, A.ModelRef) else None
 
 
@@ -100,7 +101,7 @@ def source_refs(source) -> Iterator[tuple[str, A.Node]]:
             if key_name(entry.key) == "base":
                 yield from model_refs(entry.value)
     elif isinstance(source, A.AdapterMerge):
-        for entry in source.options.entries:       # an adapter merge has no base: only its models
+        for entry in source.options.entries:  # an adapter merge has no base: only its models
             if key_name(entry.key) == "models":
                 for member, _weight in merge_members(entry.value):
                     yield from model_refs(member)

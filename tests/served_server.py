@@ -12,6 +12,7 @@ and a LoRA-enabled server serves those (ManagedServer.serves).
     LMLANG_TEST_VLLM_URL=http://127.0.0.1:PORT/v1   use a server already running on this machine,
         started with server_options() (for example by `python tests/served_server.py`)
 """
+
 from __future__ import annotations
 
 import os
@@ -76,7 +77,7 @@ def vllm_server(lora_dir):
     server.stop()
 
 
-if __name__ == "__main__":          # a server for LMLANG_TEST_VLLM_URL, until interrupted
+if __name__ == "__main__":  # a server for LMLANG_TEST_VLLM_URL, until interrupted
     from lmlang.serving.server import start_server
 
     s = start_server(server_options())

@@ -2,6 +2,7 @@
 
 Unit tests use it instead of downloads (mergekit's tests/common.py habit).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

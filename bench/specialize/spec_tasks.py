@@ -27,6 +27,7 @@ unchanged, docs/specialize.md's table depends on them):
 - count_letters: "How many times does the letter a appear in banana?" -> "3"
 - units: "Convert 7 km to m." -> "7000" (six unit pairs, integer factors)
 """
+
 from __future__ import annotations
 
 import json
@@ -38,17 +39,76 @@ TASKS = ("sentiment", "arithmetic", "dates")
 EXTRA_TASKS = ("reverse", "capitals", "plural", "antonyms", "count_letters", "units")
 ALL_TASKS = TASKS + EXTRA_TASKS
 
-POSITIVE = ["great", "wonderful", "excellent", "fantastic", "amazing", "delightful", "superb", "lovely",
-            "brilliant", "enjoyable", "charming", "perfect"]
-NEGATIVE = ["terrible", "awful", "horrible", "disappointing", "dreadful", "poor", "boring", "mediocre",
-            "unpleasant", "bad", "bland", "annoying"]
-NOUNS = ["movie", "food", "service", "hotel room", "book", "concert", "phone", "staff", "coffee", "game", "show",
-         "restaurant", "album", "laptop", "tour", "pizza"]
-TEMPLATES = ["The {noun} was {adj}.", "What a {adj} {noun}!", "I found the {noun} {adj}.",
-             "Honestly, the {noun} is {adj}.", "Our {noun} turned out {adj}.", "My {noun} was {adj}, to be frank.",
-             "A {adj} {noun}, all things considered.", "Everyone agreed the {noun} was {adj}."]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December"]
+POSITIVE = [
+    "great",
+    "wonderful",
+    "excellent",
+    "fantastic",
+    "amazing",
+    "delightful",
+    "superb",
+    "lovely",
+    "brilliant",
+    "enjoyable",
+    "charming",
+    "perfect",
+]
+NEGATIVE = [
+    "terrible",
+    "awful",
+    "horrible",
+    "disappointing",
+    "dreadful",
+    "poor",
+    "boring",
+    "mediocre",
+    "unpleasant",
+    "bad",
+    "bland",
+    "annoying",
+]
+NOUNS = [
+    "movie",
+    "food",
+    "service",
+    "hotel room",
+    "book",
+    "concert",
+    "phone",
+    "staff",
+    "coffee",
+    "game",
+    "show",
+    "restaurant",
+    "album",
+    "laptop",
+    "tour",
+    "pizza",
+]
+TEMPLATES = [
+    "The {noun} was {adj}.",
+    "What a {adj} {noun}!",
+    "I found the {noun} {adj}.",
+    "Honestly, the {noun} is {adj}.",
+    "Our {noun} turned out {adj}.",
+    "My {noun} was {adj}, to be frank.",
+    "A {adj} {noun}, all things considered.",
+    "Everyone agreed the {noun} was {adj}.",
+]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 
 SENTIMENT_PROMPT = "Classify the sentiment of this review as positive or negative.\nReview: {text}"
 ARITH_PROMPT = "What is {a} {op} {b}?"
@@ -101,39 +161,192 @@ MAKERS = {"sentiment": sentiment_row, "arithmetic": arithmetic_row, "dates": dat
 
 # ---------------------------------------------------------------- extra tasks (--composition)
 
-CAPITALS = {"France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon",
-            "Japan": "Tokyo", "China": "Beijing", "India": "New Delhi", "Russia": "Moscow", "Egypt": "Cairo",
-            "Canada": "Ottawa", "Mexico": "Mexico City", "Brazil": "Brasilia", "Argentina": "Buenos Aires",
-            "Peru": "Lima", "Chile": "Santiago", "Kenya": "Nairobi", "Greece": "Athens", "Norway": "Oslo",
-            "Sweden": "Stockholm", "Finland": "Helsinki", "Denmark": "Copenhagen", "Poland": "Warsaw",
-            "Austria": "Vienna", "Hungary": "Budapest", "Ireland": "Dublin", "Belgium": "Brussels",
-            "Netherlands": "Amsterdam", "Turkey": "Ankara", "Iran": "Tehran", "Iraq": "Baghdad",
-            "Thailand": "Bangkok", "Vietnam": "Hanoi", "Indonesia": "Jakarta", "Philippines": "Manila",
-            "South Korea": "Seoul", "Australia": "Canberra", "New Zealand": "Wellington", "Cuba": "Havana",
-            "Colombia": "Bogota", "Venezuela": "Caracas", "Morocco": "Rabat", "Nigeria": "Abuja",
-            "Ethiopia": "Addis Ababa", "Ukraine": "Kyiv", "Czechia": "Prague", "Romania": "Bucharest",
-            "Switzerland": "Bern", "Pakistan": "Islamabad", "Saudi Arabia": "Riyadh"}
+CAPITALS = {
+    "France": "Paris",
+    "Germany": "Berlin",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Portugal": "Lisbon",
+    "Japan": "Tokyo",
+    "China": "Beijing",
+    "India": "New Delhi",
+    "Russia": "Moscow",
+    "Egypt": "Cairo",
+    "Canada": "Ottawa",
+    "Mexico": "Mexico City",
+    "Brazil": "Brasilia",
+    "Argentina": "Buenos Aires",
+    "Peru": "Lima",
+    "Chile": "Santiago",
+    "Kenya": "Nairobi",
+    "Greece": "Athens",
+    "Norway": "Oslo",
+    "Sweden": "Stockholm",
+    "Finland": "Helsinki",
+    "Denmark": "Copenhagen",
+    "Poland": "Warsaw",
+    "Austria": "Vienna",
+    "Hungary": "Budapest",
+    "Ireland": "Dublin",
+    "Belgium": "Brussels",
+    "Netherlands": "Amsterdam",
+    "Turkey": "Ankara",
+    "Iran": "Tehran",
+    "Iraq": "Baghdad",
+    "Thailand": "Bangkok",
+    "Vietnam": "Hanoi",
+    "Indonesia": "Jakarta",
+    "Philippines": "Manila",
+    "South Korea": "Seoul",
+    "Australia": "Canberra",
+    "New Zealand": "Wellington",
+    "Cuba": "Havana",
+    "Colombia": "Bogota",
+    "Venezuela": "Caracas",
+    "Morocco": "Rabat",
+    "Nigeria": "Abuja",
+    "Ethiopia": "Addis Ababa",
+    "Ukraine": "Kyiv",
+    "Czechia": "Prague",
+    "Romania": "Bucharest",
+    "Switzerland": "Bern",
+    "Pakistan": "Islamabad",
+    "Saudi Arabia": "Riyadh",
+}
 CAPITAL_PROMPTS = ["What is the capital of {c}?", "Name the capital city of {c}.", "Which city is the capital of {c}?"]
-NOUN_WORDS = ["cat", "dog", "box", "bus", "church", "dish", "city", "baby", "day", "key", "tree", "car", "book",
-              "fox", "glass", "brush", "lady", "boy", "toy", "house", "lamp", "pen", "cup", "watch", "class",
-              "story", "party", "bird", "chair", "table", "match", "kiss", "berry", "valley", "horse", "river",
-              "apple", "window", "pencil", "beach", "wish", "tax", "army", "monkey", "road", "song", "flower",
-              "garden", "bench", "fly", "field", "guess", "door", "ship", "cloud", "hill", "lake", "star",
-              "bridge", "plant", "coin", "boat", "farm", "sky", "penny", "inch", "dress", "bag", "hat", "shoe"]
-IRREGULAR = {"child": "children", "man": "men", "woman": "women", "mouse": "mice", "foot": "feet",
-             "tooth": "teeth", "goose": "geese", "person": "people", "sheep": "sheep", "fish": "fish"}
+NOUN_WORDS = [
+    "cat",
+    "dog",
+    "box",
+    "bus",
+    "church",
+    "dish",
+    "city",
+    "baby",
+    "day",
+    "key",
+    "tree",
+    "car",
+    "book",
+    "fox",
+    "glass",
+    "brush",
+    "lady",
+    "boy",
+    "toy",
+    "house",
+    "lamp",
+    "pen",
+    "cup",
+    "watch",
+    "class",
+    "story",
+    "party",
+    "bird",
+    "chair",
+    "table",
+    "match",
+    "kiss",
+    "berry",
+    "valley",
+    "horse",
+    "river",
+    "apple",
+    "window",
+    "pencil",
+    "beach",
+    "wish",
+    "tax",
+    "army",
+    "monkey",
+    "road",
+    "song",
+    "flower",
+    "garden",
+    "bench",
+    "fly",
+    "field",
+    "guess",
+    "door",
+    "ship",
+    "cloud",
+    "hill",
+    "lake",
+    "star",
+    "bridge",
+    "plant",
+    "coin",
+    "boat",
+    "farm",
+    "sky",
+    "penny",
+    "inch",
+    "dress",
+    "bag",
+    "hat",
+    "shoe",
+]
+IRREGULAR = {
+    "child": "children",
+    "man": "men",
+    "woman": "women",
+    "mouse": "mice",
+    "foot": "feet",
+    "tooth": "teeth",
+    "goose": "geese",
+    "person": "people",
+    "sheep": "sheep",
+    "fish": "fish",
+}
 PLURAL_PROMPTS = ["Give the plural of the noun: {n}", "Write the plural form of {n}."]
-ANTONYM_PAIRS = [("hot", "cold"), ("big", "small"), ("fast", "slow"), ("happy", "sad"), ("up", "down"),
-                 ("open", "closed"), ("light", "dark"), ("early", "late"), ("rich", "poor"), ("strong", "weak"),
-                 ("young", "old"), ("full", "empty"), ("hard", "soft"), ("wet", "dry"), ("loud", "quiet"),
-                 ("high", "low"), ("long", "short"), ("thick", "thin"), ("clean", "dirty"), ("true", "false"),
-                 ("left", "right"), ("first", "last"), ("inside", "outside"), ("win", "lose"), ("buy", "sell"),
-                 ("push", "pull"), ("give", "take"), ("begin", "end"), ("day", "night"), ("north", "south"),
-                 ("east", "west"), ("above", "below"), ("cheap", "expensive"), ("safe", "dangerous"),
-                 ("sweet", "sour"), ("near", "far"), ("love", "hate")]
+ANTONYM_PAIRS = [
+    ("hot", "cold"),
+    ("big", "small"),
+    ("fast", "slow"),
+    ("happy", "sad"),
+    ("up", "down"),
+    ("open", "closed"),
+    ("light", "dark"),
+    ("early", "late"),
+    ("rich", "poor"),
+    ("strong", "weak"),
+    ("young", "old"),
+    ("full", "empty"),
+    ("hard", "soft"),
+    ("wet", "dry"),
+    ("loud", "quiet"),
+    ("high", "low"),
+    ("long", "short"),
+    ("thick", "thin"),
+    ("clean", "dirty"),
+    ("true", "false"),
+    ("left", "right"),
+    ("first", "last"),
+    ("inside", "outside"),
+    ("win", "lose"),
+    ("buy", "sell"),
+    ("push", "pull"),
+    ("give", "take"),
+    ("begin", "end"),
+    ("day", "night"),
+    ("north", "south"),
+    ("east", "west"),
+    ("above", "below"),
+    ("cheap", "expensive"),
+    ("safe", "dangerous"),
+    ("sweet", "sour"),
+    ("near", "far"),
+    ("love", "hate"),
+]
 ANTONYM_PROMPTS = ["Give the opposite of the word: {w}", "What is the antonym of {w}?"]
-UNITS = [("km", "m", 1000), ("m", "cm", 100), ("kg", "g", 1000), ("hours", "minutes", 60),
-         ("minutes", "seconds", 60), ("liters", "ml", 1000)]
+UNITS = [
+    ("km", "m", 1000),
+    ("m", "cm", 100),
+    ("kg", "g", 1000),
+    ("hours", "minutes", 60),
+    ("minutes", "seconds", 60),
+    ("liters", "ml", 1000),
+]
 SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
 
 REVERSE_PROMPT = "Reverse the letters of the word: {w}"
@@ -192,32 +405,46 @@ def units_row(rng: random.Random) -> dict:
     return {"task": "units", "x": UNITS_PROMPT.format(n=n, a=a, b=b), "y": str(n * factor)}
 
 
-MAKERS.update({"reverse": reverse_row, "capitals": capitals_row, "plural": plural_row, "antonyms": antonyms_row,
-               "count_letters": count_letters_row, "units": units_row})
-CONSTRAINTS.update({
-    "reverse": 'y matches r"[a-z]+"',
-    "capitals": "y in [" + ", ".join(json.dumps(c) for c in sorted(set(CAPITALS.values()))) + "]",
-    "plural": 'y matches r"[a-z]+"',
-    "antonyms": "y in [" + ", ".join(json.dumps(w) for w in sorted(antonym_lookup())) + "]",
-    "count_letters": "y is int and tokens(y) <= 2",
-    "units": "y is int and tokens(y) <= 6",
-})
-DESCRIPTIONS.update({
-    "reverse": "reverses the letters of a word",
-    "capitals": "names the capital city of a country",
-    "plural": "gives the plural form of a noun",
-    "antonyms": "gives the opposite of a word",
-    "count_letters": "counts how many times a letter appears in a word",
-    "units": "converts a quantity between units such as km and m",
-})
-RULES.update({
-    "reverse": r'matches r"(?i)reverse the letters"',
-    "capitals": r'matches r"(?i)capital"',
-    "plural": r'matches r"(?i)plural"',
-    "antonyms": r'matches r"(?i)opposite|antonym"',
-    "count_letters": r'matches r"(?i)how many times does the letter"',
-    "units": r'matches r"^Convert [0-9]+ "',
-})
+MAKERS.update(
+    {
+        "reverse": reverse_row,
+        "capitals": capitals_row,
+        "plural": plural_row,
+        "antonyms": antonyms_row,
+        "count_letters": count_letters_row,
+        "units": units_row,
+    }
+)
+CONSTRAINTS.update(
+    {
+        "reverse": 'y matches r"[a-z]+"',
+        "capitals": "y in [" + ", ".join(json.dumps(c) for c in sorted(set(CAPITALS.values()))) + "]",
+        "plural": 'y matches r"[a-z]+"',
+        "antonyms": "y in [" + ", ".join(json.dumps(w) for w in sorted(antonym_lookup())) + "]",
+        "count_letters": "y is int and tokens(y) <= 2",
+        "units": "y is int and tokens(y) <= 6",
+    }
+)
+DESCRIPTIONS.update(
+    {
+        "reverse": "reverses the letters of a word",
+        "capitals": "names the capital city of a country",
+        "plural": "gives the plural form of a noun",
+        "antonyms": "gives the opposite of a word",
+        "count_letters": "counts how many times a letter appears in a word",
+        "units": "converts a quantity between units such as km and m",
+    }
+)
+RULES.update(
+    {
+        "reverse": r'matches r"(?i)reverse the letters"',
+        "capitals": r'matches r"(?i)capital"',
+        "plural": r'matches r"(?i)plural"',
+        "antonyms": r'matches r"(?i)opposite|antonym"',
+        "count_letters": r'matches r"(?i)how many times does the letter"',
+        "units": r'matches r"^Convert [0-9]+ "',
+    }
+)
 
 
 def make_split(task: str, n_train: int, n_test: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -235,11 +462,11 @@ def make_split(task: str, n_train: int, n_test: int, seed: int = 0) -> tuple[lis
             continue
         seen.add(row["x"])
         rows.append(row)
-    if task == "sentiment":         # balanced labels in the held-out split
+    if task == "sentiment":  # balanced labels in the held-out split
         pos = [r for r in rows if r["y"] == "positive"]
         neg = [r for r in rows if r["y"] == "negative"]
         k = min(n_test // 2, len(pos), len(neg))
-        test = pos[:k] + neg[:n_test - k]
+        test = pos[:k] + neg[: n_test - k]
         test_ids = {id(r) for r in test}
         train = [r for r in rows if id(r) not in test_ids][:n_train]
         return train, test
@@ -249,12 +476,13 @@ def make_split(task: str, n_train: int, n_test: int, seed: int = 0) -> tuple[lis
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    if not path.exists() or path.read_text(encoding="utf-8") != text:   # keep mtimes stable across runs
+    if not path.exists() or path.read_text(encoding="utf-8") != text:  # keep mtimes stable across runs
         path.write_text(text, encoding="utf-8")
 
 
-def write_task_files(folder: Path, n_train: int, n_test: int, seed: int = 0,
-                     tasks: tuple[str, ...] = TASKS) -> dict[str, dict]:
+def write_task_files(
+    folder: Path, n_train: int, n_test: int, seed: int = 0, tasks: tuple[str, ...] = TASKS
+) -> dict[str, dict]:
     """Writes train_<task>.jsonl ({"prompt","completion"}) and test_<task>.jsonl
     ({"task","x","y"}) per task; returns {task: {"train": path, "test": path,
     "train_rows": [...], "test_rows": [...]}}; `tasks` defaults to the three

@@ -17,6 +17,7 @@ Each option block is validated against the table the runtime executes from
 lmlang.builtins, lmlang.constraints); the checker only maps their structured
 problems onto spans.
 """
+
 from __future__ import annotations
 
 from .context import MAX_DIAGNOSTICS

@@ -5,13 +5,14 @@ at check time; a model whose facts cannot be read cheaply (the bundled
 default before its first conversion, a .gguf file) is not compared, so this
 check never refuses what it cannot prove.
 """
+
 from __future__ import annotations
 
 from .. import ast as A
 from ..models import sources
 from .context import Context
 
-MAX_REF_HOPS = 32          # model NAME = other = ... chains followed to a source
+MAX_REF_HOPS = 32  # model NAME = other = ... chains followed to a source
 
 
 def model_source(cx: Context, e, hops: int = 0):
@@ -91,8 +92,11 @@ def check_compatible(cx: Context, members: list, what: str) -> None:
     for node, f in known[1:]:
         diff = first.mismatch(f)
         if diff:
-            cx.error(f"cannot {what} models that differ: {_label(node)} has {diff} of {_label(first_node)}", node,
-                     f"{what} only fine-tunes of one base model (same architecture, vocabulary and tokenizer)")
+            cx.error(
+                f"cannot {what} models that differ: {_label(node)} has {diff} of {_label(first_node)}",
+                node,
+                f"{what} only fine-tunes of one base model (same architecture, vocabulary and tokenizer)",
+            )
             return
 
 

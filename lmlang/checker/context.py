@@ -6,6 +6,7 @@ The checker collects every diagnostic up to MAX_DIAGNOSTICS before
 stopping, so one `lmlang check` shows all that is wrong; they are sorted by
 position when the check ends.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -50,14 +51,22 @@ class Reporter:
 
     def sort(self, main_file: str) -> None:
         """By position, the main script's first (imports after, by file)."""
+
         def order(d):
             return d.span.filename != main_file, d.span.filename, d.span.line, d.span.col
 
         self.errors.sort(key=order)
         self.warnings.sort(key=order)
         if len(self.errors) >= self.limit:
-            self.errors.append(Diagnostic(f"stopped after {self.limit} errors", NO_SPAN,
-                                          "fix these and check again", "error", "too-many-errors"))
+            self.errors.append(
+                Diagnostic(
+                    f"stopped after {self.limit} errors",
+                    NO_SPAN,
+                    "fix these and check again",
+                    "error",
+                    "too-many-errors",
+                )
+            )
 
 
 def _span(at) -> Span:
@@ -70,11 +79,11 @@ class Context:
     base_dir: Path
     out: CheckedProgram
     functions: frozenset = frozenset()
-    schemas: dict = field(default_factory=dict)      # `is json "NAME"` -> a schema given through the API
-    import_stack: tuple = ()                          # files importing this one, outermost first
+    schemas: dict = field(default_factory=dict)  # `is json "NAME"` -> a schema given through the API
+    import_stack: tuple = ()  # files importing this one, outermost first
     report: Reporter = field(default_factory=Reporter)
-    decls: list = field(default_factory=list)         # every declaration (imports joined), in order
-    emitted: set = field(default_factory=set)         # names the flow emits
+    decls: list = field(default_factory=list)  # every declaration (imports joined), in order
+    emitted: set = field(default_factory=set)  # names the flow emits
 
     def error(self, message: str, at, hint: str = "", code: str = "") -> None:
         self.report.error(message, at, hint, code)
@@ -98,17 +107,21 @@ class Context:
             self.error(f"invalid {kind} path {text!r}", node)
             return None
         if not probe(path, must):
-            self.error(f"{kind} not found: {text}", node,
-                       f"paths resolve relative to the script's folder (looked for {path})")
+            self.error(
+                f"{kind} not found: {text}", node, f"paths resolve relative to the script's folder (looked for {path})"
+            )
             return None
         return path
 
-
     def refuse(self, kind: str, text: str, node, e: PathRefused) -> None:
         where = "" if Path(text).expanduser() == e.path else f" (it leads to {e.path})"
-        self.error(f"{kind} path {text!r} is outside the script's folder{where}", node,
-                   "a script reads files only under its own folder; to allow another folder, "
-                   "run with --allow-path DIR (API: allow_paths=[...])", code="path-refused")
+        self.error(
+            f"{kind} path {text!r} is outside the script's folder{where}",
+            node,
+            "a script reads files only under its own folder; to allow another folder, "
+            "run with --allow-path DIR (API: allow_paths=[...])",
+            code="path-refused",
+        )
 
 
 def probe(path: Path, must: str) -> bool:

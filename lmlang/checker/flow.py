@@ -2,6 +2,7 @@
 of queries, builtins (lmlang.builtins, the table the interpreter runs) and
 registered Python functions, and queries the flow never calls.
 """
+
 from __future__ import annotations
 
 from .. import ast as A
@@ -105,7 +106,9 @@ def _check_var(cx: Context, e: A.Var, scope: dict) -> T.T:
     if kind:
         cx.error(f"'{e.name}' is {kind}, not a value", e, f"call it: {e.name}(...)" if kind == "a query" else "")
     else:
-        cx.error(f"undefined name '{e.name}'", e, cx.did_you_mean(e.name, scope) or "assign it first, or declare an input")
+        cx.error(
+            f"undefined name '{e.name}'", e, cx.did_you_mean(e.name, scope) or "assign it first, or declare an input"
+        )
     return T.ANY
 
 
@@ -140,8 +143,11 @@ def _check_binop(cx: Context, e: A.BinOp, scope: dict) -> T.T:
         return T.ANY
     if lt.name in _NUMBERS and rt.name in _NUMBERS:
         return T.FLOAT if "float" in (lt.name, rt.name) or e.op == "/" else T.INT
-    cx.error(f"cannot apply '{e.op}' to {lt} and {rt}", e,
-             "use str(x) to join text and numbers" if "str" in (lt.name, rt.name) else "")
+    cx.error(
+        f"cannot apply '{e.op}' to {lt} and {rt}",
+        e,
+        "use str(x) to join text and numbers" if "str" in (lt.name, rt.name) else "",
+    )
     return T.ANY
 
 
@@ -159,9 +165,12 @@ def check_call(cx: Context, e: A.Call, scope: dict) -> T.T:
     if kind:
         cx.error(f"'{e.func}' is {kind} and cannot be called in the flow", e)
     else:
-        cx.error(f"undefined function '{e.func}'", e,
-                 cx.did_you_mean(e.func, [*out.query_decls, *BUILTINS, *cx.functions])
-                 or "call a query, a builtin, or a Python function registered with program.register()")
+        cx.error(
+            f"undefined function '{e.func}'",
+            e,
+            cx.did_you_mean(e.func, [*out.query_decls, *BUILTINS, *cx.functions])
+            or "call a query, a builtin, or a Python function registered with program.register()",
+        )
     return T.ANY
 
 
@@ -199,7 +208,7 @@ def _check_builtin_call(cx: Context, e: A.Call, arg_types: list) -> T.T:
         cx.error(f"{e.func}() takes {b.arity_text()} argument{'s' * (b.max_args != 1)}, got {len(e.args)}", e)
         return b.result
     for i, (arg, t) in enumerate(zip(e.args, arg_types)):
-        wants = b.args[i:i + 1]
+        wants = b.args[i : i + 1]
         if wants and t.name not in _UNKNOWN and t.name not in wants[0]:
             cx.error(f"{e.func}() argument {i + 1} must be {' or '.join(wants[0])}, got {t}", arg)
     return b.result
@@ -212,5 +221,9 @@ def check_unused(cx: Context) -> None:
     called = {n.func for n in cx.out.flow.walk() if isinstance(n, A.Call)}
     for name, d in cx.out.queries.items():
         if name not in called and d.decl.span.filename == cx.source.filename:
-            cx.warn(f"query '{name}' is never called", name_span(d.decl), "call it in the flow or remove it",
-                    code="unused-query")
+            cx.warn(
+                f"query '{name}' is never called",
+                name_span(d.decl),
+                "call it in the flow or remove it",
+                code="unused-query",
+            )

@@ -9,6 +9,7 @@ constraint, with contradictions and unenforceable constraints reported.
 * Anything a constraint backend cannot enforce while decoding is an error
   here (lmlang.constraints.check), never a silent post-hoc check.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,14 @@ from ..values import plain_value
 from .context import Context, name_span
 from .limits import MAX_SCHEMA_DEPTH, grammar_problem, schema_problem
 
-_IS_KINDS = IS_TYPES          # `x is int|float|bool`, from the constraint-kind table
+_IS_KINDS = IS_TYPES  # `x is int|float|bool`, from the constraint-kind table
 
 
 def lower_constraints(cx: Context, hole: str, conds: list, node: A.Hole, q: A.QueryDecl):
     """The hole's constraint (None when it has none, or errors)."""
     shapes: list[tuple[C.Constraint, A.Node]] = []
     stops: list[C.Constraint] = []
-    bounds: dict[str, int] = {}                    # "tokens" | "len" -> the tightest bound
+    bounds: dict[str, int] = {}  # "tokens" | "len" -> the tightest bound
     for c in conds:
         if isinstance(c, A.CStop):
             if not c.text:
@@ -58,10 +59,13 @@ def lower_constraints(cx: Context, hole: str, conds: list, node: A.Hole, q: A.Qu
         parts.append(C.MaxChars(bounds["len"]))
     if not parts:
         if conds or cx.report.reported_at(node.span):
-            return None          # its constraints (or the hole) already have errors
+            return None  # its constraints (or the hole) already have errors
         if not _hole_ends_turn(q, hole):
-            cx.error(f"hole [{hole}] has no constraint, so nothing says where it ends", node,
-                     f"add `where {hole} stops at \"...\"`, `tokens({hole}) <= N` or a shape")
+            cx.error(
+                f"hole [{hole}] has no constraint, so nothing says where it ends",
+                node,
+                f"add `where {hole} stops at \"...\"`, `tokens({hole}) <= N` or a shape",
+            )
         return None
     constraint = parts[0] if len(parts) == 1 else C.All(tuple(parts))
     _report_problems(cx, hole, constraint, _span_over(conds) if conds else node.span)
@@ -69,7 +73,7 @@ def lower_constraints(cx: Context, hole: str, conds: list, node: A.Hole, q: A.Qu
 
 
 def _merge(cx: Context, hole: str, shapes: list):
-    from ..constraints.shapes import merge_shapes     # only holes with two shapes need the rule
+    from ..constraints.shapes import merge_shapes  # only holes with two shapes need the rule
 
     (a, _an), (b, bn) = shapes[0], shapes[1]
     merged = merge_shapes(a, b)
@@ -131,8 +135,12 @@ def _shape(cx: Context, hole: str, c) -> C.Constraint | None:
 
 def _is_shape(cx: Context, hole: str, c: A.CIs) -> C.Constraint | None:
     if c.type not in _IS_KINDS:
-        cx.error(f"unknown type '{c.type}' in constraint", c, cx.did_you_mean(c.type, _IS_KINDS)
-                 or "write `is int`, `is float`, `is bool`, `is json {...}` or `is grammar \"file.lark\"`")
+        cx.error(
+            f"unknown type '{c.type}' in constraint",
+            c,
+            cx.did_you_mean(c.type, _IS_KINDS)
+            or "write `is int`, `is float`, `is bool`, `is json {...}` or `is grammar \"file.lark\"`",
+        )
         return None
     if c.range is None:
         return _IS_KINDS[c.type]()
@@ -158,14 +166,20 @@ def _json_formats(cx: Context, c: A.CJson) -> str | None:
     formats = ENFORCE
     for kw in c.options:
         if kw.name != "formats":
-            cx.error(f"unknown json option '{kw.name}'", name_span(kw), did_you_mean(kw.name, ["formats"]) or
-                     'the one option is formats: "enforce" or "annotate"')
+            cx.error(
+                f"unknown json option '{kw.name}'",
+                name_span(kw),
+                did_you_mean(kw.name, ["formats"]) or 'the one option is formats: "enforce" or "annotate"',
+            )
             return None
         value = plain_value(kw.value)
         if value not in MODES:
             shown = repr(value) if isinstance(value, (str, int, float, bool)) else "this"
-            cx.error(f"formats: {shown} is not an option", kw.value,
-                     did_you_mean(str(value), MODES) or 'write formats: "enforce" or formats: "annotate"')
+            cx.error(
+                f"formats: {shown} is not an option",
+                kw.value,
+                did_you_mean(str(value), MODES) or 'write formats: "enforce" or formats: "annotate"',
+            )
             return None
         formats = value
     return formats
@@ -179,7 +193,7 @@ def _json_schema(cx: Context, c: A.CJson):
         except JsonTypeError as e:
             cx.error(str(e), e.node, e.hint)
             return None
-    assert c.file is not None       # the parser sets inline or file
+    assert c.file is not None  # the parser sets inline or file
     if c.file in cx.schemas:
         return _bounded_schema(cx, c, cx.schemas[c.file])
     path = cx.file_ref("JSON schema", c.file, c)
@@ -188,8 +202,11 @@ def _json_schema(cx: Context, c: A.CJson):
     try:
         schema = json.loads(path.read_text(encoding="utf-8"))
     except RecursionError:
-        cx.error(f"cannot read JSON schema {c.file}: nested more than {MAX_SCHEMA_DEPTH} levels deep", c,
-                 "name the inner parts in `$defs` and refer to them with `$ref`")
+        cx.error(
+            f"cannot read JSON schema {c.file}: nested more than {MAX_SCHEMA_DEPTH} levels deep",
+            c,
+            "name the inner parts in `$defs` and refer to them with `$ref`",
+        )
         return None
     except (OSError, ValueError) as e:
         cx.error(f"cannot read JSON schema {c.file}: {e}", c)

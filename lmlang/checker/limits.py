@@ -9,14 +9,15 @@ Lark's grammar analysis (run at check time to prove a grammar has a word)
 grows much faster than linearly in the number of rules: a 2,000-rule chain
 took minutes. The limits are documented in docs/language.md ("Limits").
 """
+
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
 
-MAX_SCHEMA_DEPTH = 128      # nested JSON objects and arrays in one schema
-MAX_REF_CHAIN = 100         # `$ref`s followed one inside another (recursion cut at the cycle)
-MAX_GRAMMAR_RULES = 256     # rule and terminal definitions in one grammar file
+MAX_SCHEMA_DEPTH = 128  # nested JSON objects and arrays in one schema
+MAX_REF_CHAIN = 100  # `$ref`s followed one inside another (recursion cut at the cycle)
+MAX_GRAMMAR_RULES = 256  # rule and terminal definitions in one grammar file
 MAX_GRAMMAR_BYTES = 64 * 1024
 
 _DEFINITION = re.compile(r"^[ \t]*[?!]?[A-Za-z_][A-Za-z_0-9]*(?:\.-?\d+)?[ \t]*:", re.MULTILINE)
@@ -26,13 +27,16 @@ def grammar_problem(text: str) -> tuple[str, str] | None:
     """(message, hint) when a Lark grammar is beyond the limits, else None."""
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_GRAMMAR_BYTES:
-        return (f"the grammar is {size} bytes, more than {MAX_GRAMMAR_BYTES}",
-                "describe the language with fewer, more general rules")
+        return (
+            f"the grammar is {size} bytes, more than {MAX_GRAMMAR_BYTES}",
+            "describe the language with fewer, more general rules",
+        )
     rules = len(_DEFINITION.findall(text))
     if rules > MAX_GRAMMAR_RULES:
-        return (f"the grammar defines {rules} rules and terminals, more than {MAX_GRAMMAR_RULES}",
-                "describe the language with fewer, more general rules (a terminal regex can replace "
-                "many literal rules)")
+        return (
+            f"the grammar defines {rules} rules and terminals, more than {MAX_GRAMMAR_RULES}",
+            "describe the language with fewer, more general rules (a terminal regex can replace many literal rules)",
+        )
     return None
 
 
@@ -40,12 +44,16 @@ def schema_problem(schema) -> tuple[str, str] | None:
     """(message, hint) when the schema is beyond the limits, else None."""
     depth = _depth(schema)
     if depth > MAX_SCHEMA_DEPTH:
-        return (f"the JSON schema is nested {depth} levels deep, more than {MAX_SCHEMA_DEPTH}",
-                "name the inner parts in `$defs` and refer to them with `$ref`")
+        return (
+            f"the JSON schema is nested {depth} levels deep, more than {MAX_SCHEMA_DEPTH}",
+            "name the inner parts in `$defs` and refer to them with `$ref`",
+        )
     chain = _ref_chain(schema)
     if chain > MAX_REF_CHAIN:
-        return (f"the JSON schema's `$ref`s chain {chain} deep, more than {MAX_REF_CHAIN}",
-                "inline some of the definitions so fewer `$ref`s lead one to the next")
+        return (
+            f"the JSON schema's `$ref`s chain {chain} deep, more than {MAX_REF_CHAIN}",
+            "inline some of the definitions so fewer `$ref`s lead one to the next",
+        )
     return None
 
 

@@ -11,6 +11,7 @@ asked for something its engine cannot do is a check error that names the
 model and the feature. `using` omitted in a query means the first declared
 model, else the bundled default.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -71,15 +72,21 @@ def check_model_expr(cx: Context, e, allow_router: bool) -> None:
         for a in e.adapters:
             if a.adapter not in cx.out.adapters:
                 kind = cx.out.kind_of(a.adapter)
-                cx.error(f"'{a.adapter}' is {kind}, not an adapter" if kind else f"undefined adapter '{a.adapter}'",
-                         a, "" if kind else cx.did_you_mean(a.adapter, cx.out.adapters))
+                cx.error(
+                    f"'{a.adapter}' is {kind}, not an adapter" if kind else f"undefined adapter '{a.adapter}'",
+                    a,
+                    "" if kind else cx.did_you_mean(a.adapter, cx.out.adapters),
+                )
     elif isinstance(e, A.MergeExpr):
         check_merge(cx, e.method, e.options)
     elif isinstance(e, A.FuseExpr):
         _check_fuse(cx, e)
     elif isinstance(e, A.Literal) and isinstance(e.value, str):
-        cx.error("a model source string can only start a declaration", e,
-                 f'declare it first: model NAME = "{e.value}", then use NAME here')
+        cx.error(
+            "a model source string can only start a declaration",
+            e,
+            f'declare it first: model NAME = "{e.value}", then use NAME here',
+        )
     else:
         cx.error("expected a model", e)
 
@@ -99,7 +106,9 @@ def _check_model_source(cx: Context, text: str, e: A.Node) -> None:
         except (OSError, ValueError, RuntimeError):
             path = None
         if path is None or not probe(path, "any"):
-            cx.error(f"model not found: {text}", e, f"paths resolve relative to the script's folder (looked for {path})")
+            cx.error(
+                f"model not found: {text}", e, f"paths resolve relative to the script's folder (looked for {path})"
+            )
     else:
         # A hub id is not a path, unless a folder of that name sits next to
         # the script (the compiler then loads the folder): confined too.
@@ -113,10 +122,13 @@ def _check_model_source(cx: Context, text: str, e: A.Node) -> None:
         except (OSError, ValueError, RuntimeError):
             local = False
         if not local and kind not in ("hub", "default"):
-            cx.error(f"{text!r} is not a hub id, a folder or a .gguf file", e,
-                     'hub ids look like "org/name"; write folders as "./path"')
+            cx.error(
+                f"{text!r} is not a hub id, a folder or a .gguf file",
+                e,
+                'hub ids look like "org/name"; write folders as "./path"',
+            )
         elif not local and kind == "hub":
-            from ..models.facts import hub_snapshot     # the loader's own cache lookup, now rather than at run
+            from ..models.facts import hub_snapshot  # the loader's own cache lookup, now rather than at run
 
             # A warning, not an error: scripts may be checked on a machine
             # other than the one that runs them (and fixtures name hub ids).
@@ -126,6 +138,7 @@ def _check_model_source(cx: Context, text: str, e: A.Node) -> None:
 
 
 # ---------------------------------------------------------------- served models
+
 
 def _check_server(cx: Context, e: A.ServerModel) -> None:
     problem = sources.url_problem(e.url)
@@ -227,10 +240,14 @@ def _refuse(cx: Context, e, feature: str, action: str) -> None:
     name = e.name if isinstance(e, A.ModelRef) else "this model"
     why = WHY_NOT[feature]
     if feature == "adapters":
-        hint = ("serve the adapter as a LoRA module on that server and name it: server \"...\" { model: \"MODULE\" }"
-                ", or serve the model with `vllm`")
+        hint = (
+            "serve the adapter as a LoRA module on that server and name it: server \"...\" { model: \"MODULE\" }"
+            ", or serve the model with `vllm`"
+        )
     elif feature == "weights":
-        hint = "train on the local model (e.g. `default`) or serve the model with `vllm \"...\"`, whose weights are local"
+        hint = (
+            "train on the local model (e.g. `default`) or serve the model with `vllm \"...\"`, whose weights are local"
+        )
     else:
         hint = "use local models here (default, a folder, a hub id)"
     cx.error(f"served model '{name}' ({kind.name}) cannot {action}: {why}", e, hint, code="served-unsupported")
@@ -247,12 +264,15 @@ def _check_model_ref(cx: Context, e: A.ModelRef, allow_router: bool) -> None:
     if kind:
         cx.error(f"'{e.name}' is {kind}, not a model", e)
     else:
-        cx.error(f"undefined model '{e.name}'", e,
-                 cx.did_you_mean(e.name, [*out.models, "default"]) or "declare it with `model NAME = ...`")
+        cx.error(
+            f"undefined model '{e.name}'",
+            e,
+            cx.did_you_mean(e.name, [*out.models, "default"]) or "declare it with `model NAME = ...`",
+        )
 
 
 def _check_fuse(cx: Context, e: A.FuseExpr) -> None:
-    from ..models import options as model_options     # only scripts that fuse pay for the table
+    from ..models import options as model_options  # only scripts that fuse pay for the table
 
     if e.mode not in model_options.FUSE_MODES:
         cx.error(f"unknown fuse mode '{e.mode}'", e, cx.did_you_mean(e.mode, model_options.FUSE_MODES, known="modes"))
@@ -278,6 +298,7 @@ def _check_fuse(cx: Context, e: A.FuseExpr) -> None:
 
 # ---------------------------------------------------------------- training
 
+
 def _check_train_data(cx: Context, path: Path, src: A.TrainSource) -> None:
     """The rows' shape, with the same reader training uses (torch-free),
     so a bad row is a check error naming its line, before any training."""
@@ -285,7 +306,7 @@ def _check_train_data(cx: Context, path: Path, src: A.TrainSource) -> None:
 
     try:
         if path.stat().st_size > MAX_CHECKED_DATA_BYTES:
-            return                   # big data: checked row by row when training starts
+            return  # big data: checked row by row when training starts
         training.read_rows(path)
     except LmlangError as e:
         cx.error(f"bad training data: {e.message}", src, e.hint or f"see the data format in {training.__name__}")
@@ -294,15 +315,18 @@ def _check_train_data(cx: Context, path: Path, src: A.TrainSource) -> None:
 
 
 def _check_train_options(cx: Context, block: A.Block) -> None:
-    from ..models import options as model_options     # only scripts that train pay for the table
+    from ..models import options as model_options  # only scripts that train pay for the table
 
     seen = set()
     for e in block.entries:
         key = key_name(e.key)
         if key is None or key not in model_options.train_option_names():
             text = key_text(e.key)
-            cx.error(f"unknown training option '{text}'", e.key,
-                     cx.did_you_mean(text, model_options.train_option_names(), known="options"))
+            cx.error(
+                f"unknown training option '{text}'",
+                e.key,
+                cx.did_you_mean(text, model_options.train_option_names(), known="options"),
+            )
             continue
         if key in seen:
             cx.error(f"option '{key}' given twice", e.key)
@@ -319,14 +343,18 @@ def _check_train_options(cx: Context, block: A.Block) -> None:
 
 # ---------------------------------------------------------------- merges
 
+
 def check_merge(cx: Context, method: str, block: A.Block, over_adapters: bool = False) -> None:
     """`merge METHOD { base: ..., models: {...}, options }` of models, or of
     adapters (`over_adapters`: no base; the members are adapters)."""
-    from ..merge import options as merge_options     # only scripts that merge pay for the table
+    from ..merge import options as merge_options  # only scripts that merge pay for the table
 
     if method not in merge_options.METHODS:
-        cx.error(f"unknown merge method '{method}'", block,
-                 cx.did_you_mean(method, merge_options.method_names(), known="methods"))
+        cx.error(
+            f"unknown merge method '{method}'",
+            block,
+            cx.did_you_mean(method, merge_options.method_names(), known="methods"),
+        )
         return
     entries = _MergeEntries(cx, over_adapters)
     for e in block.entries:
@@ -345,11 +373,13 @@ def check_merge(cx: Context, method: str, block: A.Block, over_adapters: bool = 
     plain = {k: v for k, (v, _e) in opts.items()}
     params = [p for _, p in entries.members]
     if over_adapters:
-        problems = merge_options.adapter_merge_problems(method, plain, params, compat=compat,
-                                                        n_adapters=entries.n_models)
+        problems = merge_options.adapter_merge_problems(
+            method, plain, params, compat=compat, n_adapters=entries.n_models
+        )
     else:
-        problems = merge_options.option_problems(method, plain, params, compat=compat, n_models=entries.n_models,
-                                                 has_base=entries.has_base)
+        problems = merge_options.option_problems(
+            method, plain, params, compat=compat, n_models=entries.n_models, has_base=entries.has_base
+        )
     for p in problems:
         _report_merge_problem(cx, method, p, block, opts, entries.members)
     if not over_adapters:
@@ -382,8 +412,8 @@ class _MergeEntries:
 
     def __init__(self, cx: Context, over_adapters: bool):
         self.cx, self.over_adapters = cx, over_adapters
-        self.options: dict[str, tuple] = {}       # key text -> (plain value, entry)
-        self.members: list[tuple] = []            # (member node, its parameters) for members that read
+        self.options: dict[str, tuple] = {}  # key text -> (plain value, entry)
+        self.members: list[tuple] = []  # (member node, its parameters) for members that read
         self.n_models = 0
         self.has_models = self.has_base = False
         self.base_nodes: list = []
@@ -397,8 +427,11 @@ class _MergeEntries:
         self.seen.add(text)
         if key == "base":
             if self.over_adapters:
-                cx.error("an adapter merge takes no base (adapters are deltas of one base)", e.key,
-                         "list the adapters under models: { ... }")
+                cx.error(
+                    "an adapter merge takes no base (adapters are deltas of one base)",
+                    e.key,
+                    "list the adapters under models: { ... }",
+                )
             else:
                 self.has_base = True
                 self.base_nodes = [e.value]
@@ -409,7 +442,7 @@ class _MergeEntries:
         else:
             v = plain_value(e.value)
             if v is NOT_PLAIN and isinstance(e.value, A.ModelRef):
-                v = e.value.name       # bare words such as `compat: mergekit`
+                v = e.value.name  # bare words such as `compat: mergekit`
             if v is NOT_PLAIN:
                 cx.error(f"merge option '{text}' must be a number, string, bool or list", e.value)
             else:
@@ -430,8 +463,11 @@ class _MergeEntries:
             elif key_name(member) not in out.adapters:
                 name, text = key_name(member), key_text(member)
                 kind = out.kind_of(name) if name else ""
-                cx.error(f"'{text}' is {kind or 'not an adapter'}" + (", not an adapter" if kind else ""),
-                         member, cx.did_you_mean(text, out.adapters))
+                cx.error(
+                    f"'{text}' is {kind or 'not an adapter'}" + (", not an adapter" if kind else ""),
+                    member,
+                    cx.did_you_mean(text, out.adapters),
+                )
             params = _member_params(cx, weight) if weight is not None else {}
             if params is not None:
                 self.members.append((member, params))
@@ -457,6 +493,7 @@ def _member_params(cx: Context, value) -> dict | None:
 
 # ---------------------------------------------------------------- cycles
 
+
 def check_cycles(cx: Context) -> None:
     """A model or adapter built, through other declarations, from itself."""
     graph: dict[str, list[tuple[str, A.Node]]] = {}
@@ -473,7 +510,7 @@ def check_cycles(cx: Context) -> None:
             if ref not in graph:
                 continue
             if state.get(ref) == 1:
-                cycle = path[path.index(ref):] + [ref] if ref in path else [n, ref]
+                cycle = path[path.index(ref) :] + [ref] if ref in path else [n, ref]
                 key = frozenset(cycle)
                 if key not in reported:
                     reported.add(key)
@@ -485,4 +522,3 @@ def check_cycles(cx: Context) -> None:
     for n in graph:
         if state.get(n) is None:
             visit(n, [n])
-

@@ -5,6 +5,7 @@ Imports. `use "file.lm"` joins the file's declarations (and its imports')
 into one namespace; its flow does not run; a file reached along two paths
 counts once; paths inside it stay relative to its own folder.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,13 @@ from ..values import NOT_PLAIN, plain_value
 from .context import Context, article, name_span, probe
 from .program import CheckedProgram, PathRefused
 
-_TABLES = {A.InputDecl: "inputs", A.ModelDecl: "models", A.AdapterDecl: "adapters", A.RouterDecl: "routers",
-           A.QueryDecl: "query_decls"}
+_TABLES = {
+    A.InputDecl: "inputs",
+    A.ModelDecl: "models",
+    A.AdapterDecl: "adapters",
+    A.RouterDecl: "routers",
+    A.QueryDecl: "query_decls",
+}
 
 
 def collect(cx: Context, program: A.Program) -> list:
@@ -38,7 +44,7 @@ def collect(cx: Context, program: A.Program) -> list:
             continue
         name = d.name
         if name in seen and seen[name].span == d.span:
-            continue      # one file imported along two paths
+            continue  # one file imported along two paths
         if name in seen:
             prev = seen[name].span
             where = "" if prev.filename == d.span.filename else f" of {prev.filename}"
@@ -76,13 +82,20 @@ def load_import(cx: Context, use: A.UseDecl) -> list:
     except OSError as e:
         cx.error(f"cannot read {use.path}: {getattr(e, 'strerror', None) or e}", use)
         return []
-    except LmlangError as e:                # not UTF-8: the bad byte's position in the used file
+    except LmlangError as e:  # not UTF-8: the bad byte's position in the used file
         cx.out.sources[str(path)] = e.source
         cx.error(e.message, e.span, e.hint)
         return []
     try:
-        sub_out = check(parse(text, str(path)), Source(text, str(path)), path.parent, cx.functions,
-                        cx.schemas, (*cx.import_stack, here), roots=cx.out.roots)
+        sub_out = check(
+            parse(text, str(path)),
+            Source(text, str(path)),
+            path.parent,
+            cx.functions,
+            cx.schemas,
+            (*cx.import_stack, here),
+            roots=cx.out.roots,
+        )
     except CheckError as e:
         cx.out.sources.update(e.sources)
         cx.report.extend(e.diagnostics)
@@ -99,8 +112,13 @@ def load_import(cx: Context, use: A.UseDecl) -> list:
 
 
 def _imported_decls(sub_out: CheckedProgram) -> list:
-    return [*sub_out.models.values(), *sub_out.adapters.values(), *sub_out.routers.values(),
-            *sub_out.inputs.values(), *[q.decl for q in sub_out.queries.values()]]
+    return [
+        *sub_out.models.values(),
+        *sub_out.adapters.values(),
+        *sub_out.routers.values(),
+        *sub_out.inputs.values(),
+        *[q.decl for q in sub_out.queries.values()],
+    ]
 
 
 def check_inputs(cx: Context) -> None:
@@ -123,6 +141,9 @@ def type_of_ref(cx: Context, ref: A.TypeRef | None) -> T.T | None:
         return T.list_of(inner or T.ANY)
     if ref.name in T.SCALARS and ref.arg is None:
         return T.T(ref.name)
-    cx.error(f"unknown type '{ref.describe()}'", ref, cx.did_you_mean(ref.name, (*T.SCALARS, "list"))
-             or "types: str, int, float, bool, json, any, list[T]")
+    cx.error(
+        f"unknown type '{ref.describe()}'",
+        ref,
+        cx.did_you_mean(ref.name, (*T.SCALARS, "list")) or "types: str, int, float, bool, json, any, list[T]",
+    )
     return None

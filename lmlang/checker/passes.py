@@ -5,6 +5,7 @@ after errors (so one `lmlang check` shows all that is wrong) until the
 diagnostic cap stops the check. Declarations are collected first: every
 later pass looks names up in the tables that collection fills.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,15 @@ PASSES = (
 )
 
 
-def check(program: A.Program, source: Source, base_dir: Path, functions: frozenset = frozenset(),
-          schemas: dict | None = None, import_stack: tuple = (), roots: tuple = ()) -> CheckedProgram:
+def check(
+    program: A.Program,
+    source: Source,
+    base_dir: Path,
+    functions: frozenset = frozenset(),
+    schemas: dict | None = None,
+    import_stack: tuple = (),
+    roots: tuple = (),
+) -> CheckedProgram:
     """The checked program; CheckError with every diagnostic if it has errors.
     `roots`: the folders file references may reach (default: base_dir's)."""
     out = CheckedProgram(source, base_dir, program, functions=functions, roots=roots or allowed_roots(base_dir))
@@ -55,6 +63,12 @@ def check(program: A.Program, source: Source, base_dir: Path, functions: frozens
     return out
 
 
-def check_program(program: A.Program, source: Source, base_dir: Path, functions=frozenset(),
-                  schemas: dict | None = None, allow_paths=()) -> CheckedProgram:
+def check_program(
+    program: A.Program,
+    source: Source,
+    base_dir: Path,
+    functions=frozenset(),
+    schemas: dict | None = None,
+    allow_paths=(),
+) -> CheckedProgram:
     return check(program, source, base_dir, frozenset(functions), schemas, roots=allowed_roots(base_dir, allow_paths))

@@ -7,6 +7,7 @@ allows (`--allow-path`, `allow_paths=`, LMLANG_ALLOW_PATH). A reference is
 resolved first (`~`, `..`, every symlink followed), then checked, so a link
 inside the tree that points out of it is refused like the path it points to.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,8 +23,8 @@ from ..source import Source
 class QueryInfo:
     decl: A.QueryDecl
     holes: tuple[str, ...]
-    constraints: dict                     # hole -> Constraint | None
-    decoder: tuple[str, tuple]            # (name, sorted (key, value) pairs with defaults)
+    constraints: dict  # hole -> Constraint | None
+    decoder: tuple[str, tuple]  # (name, sorted (key, value) pairs with defaults)
     using: A.ModelExpr
     chat: bool
     distribution: tuple[str, tuple[str, ...]] | None
@@ -39,17 +40,17 @@ class CheckedProgram:
     source: Source
     base_dir: Path
     program: A.Program
-    inputs: dict = field(default_factory=dict)      # name -> InputDecl
-    models: dict = field(default_factory=dict)      # name -> ModelDecl
-    adapters: dict = field(default_factory=dict)    # name -> AdapterDecl
-    routers: dict = field(default_factory=dict)     # name -> RouterDecl
-    queries: dict = field(default_factory=dict)     # name -> QueryInfo
+    inputs: dict = field(default_factory=dict)  # name -> InputDecl
+    models: dict = field(default_factory=dict)  # name -> ModelDecl
+    adapters: dict = field(default_factory=dict)  # name -> AdapterDecl
+    routers: dict = field(default_factory=dict)  # name -> RouterDecl
+    queries: dict = field(default_factory=dict)  # name -> QueryInfo
     flow: A.FlowDecl | None = None
     warnings: list = field(default_factory=list)
-    sources: dict = field(default_factory=dict)     # filename -> Source (imports)
+    sources: dict = field(default_factory=dict)  # filename -> Source (imports)
     functions: frozenset = frozenset()
     query_decls: dict[str, A.QueryDecl] = field(default_factory=dict)  # name -> QueryDecl (before checking)
-    roots: tuple = ()                                # resolved folders file references may reach
+    roots: tuple = ()  # resolved folders file references may reach
 
     def path_for(self, text: str, node) -> Path:
         """A file reference resolved relative to the folder of the script
@@ -64,8 +65,13 @@ class CheckedProgram:
 
     def kind_of(self, name: str) -> str:
         """What a declared name is ("a model", "a query", ...), "" if none."""
-        for table, kind in ((self.models, "a model"), (self.adapters, "an adapter"), (self.routers, "a router"),
-                            (self.inputs, "an input"), (self.query_decls, "a query")):
+        for table, kind in (
+            (self.models, "a model"),
+            (self.adapters, "an adapter"),
+            (self.routers, "a router"),
+            (self.inputs, "an input"),
+            (self.query_decls, "a query"),
+        ):
             if name in table:
                 return kind
         return ""

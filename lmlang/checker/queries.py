@@ -13,6 +13,7 @@ The rules that are choices, not facts:
   program inputs reach it as arguments. Fields starting with `_` are refused.
 * `using` omitted: the first declared model, else the bundled default.
 """
+
 from __future__ import annotations
 
 from .. import ast as A
@@ -53,8 +54,11 @@ def check_query(cx: Context, q: A.QueryDecl) -> QueryInfo | None:
     for w in q.wheres:
         for c in w.conds:
             if c.hole not in conds:
-                cx.error(f"constraint on [{c.hole}], which is not a hole of this prompt", c,
-                         cx.did_you_mean(c.hole, holes) or f"holes: {', '.join(holes) or 'none'}")
+                cx.error(
+                    f"constraint on [{c.hole}], which is not a hole of this prompt",
+                    c,
+                    cx.did_you_mean(c.hole, holes) or f"holes: {', '.join(holes) or 'none'}",
+                )
                 continue
             conds[c.hole].append(c)
     distribution = _check_distribution(cx, q, holes, conds, decoder)
@@ -73,8 +77,16 @@ def check_query(cx: Context, q: A.QueryDecl) -> QueryInfo | None:
         result_fields["distribution"] = T.JSON
     if isinstance(using, A.RouterCall):
         result_fields["expert"] = T.STR
-    return QueryInfo(q, tuple(holes), lowered, (decoder.name, tuple(sorted(D.resolve(decoder.name, given).items()))),
-                     using, chat, distribution, T.record(**result_fields))
+    return QueryInfo(
+        q,
+        tuple(holes),
+        lowered,
+        (decoder.name, tuple(sorted(D.resolve(decoder.name, given).items()))),
+        using,
+        chat,
+        distribution,
+        T.record(**result_fields),
+    )
 
 
 def _check_using(cx: Context, q: A.QueryDecl, params: dict) -> A.ModelExpr:
@@ -111,8 +123,11 @@ def _check_roles(cx: Context, q: A.QueryDecl) -> bool:
     chat = any(r is not None for r in roles)
     if chat and any(r is None for r in roles):
         seg = next(s for s in q.segments if s.role is None)
-        cx.error("mix of plain text and chat roles in one prompt", seg,
-                 "give every line a role (system, user, assistant) or none")
+        cx.error(
+            "mix of plain text and chat roles in one prompt",
+            seg,
+            "give every line a role (system, user, assistant) or none",
+        )
     if not q.segments:
         cx.error(f"query '{q.name}' has no prompt", q, 'add a line such as user "..."')
     return chat
@@ -134,15 +149,21 @@ def _check_parts(cx: Context, q: A.QueryDecl, params: dict) -> tuple[list[str], 
             if part.name in RESERVED_FIELDS:
                 cx.error(f"'{part.name}' is reserved", part, "rename the hole")
             if s.role in ("system", "user"):
-                cx.error(f"hole [{part.name}] in a {s.role} message", part,
-                         "holes are written by the model: put them in an assistant message")
+                cx.error(
+                    f"hole [{part.name}] in a {s.role} message",
+                    part,
+                    "holes are written by the model: put them in an assistant message",
+                )
             if part.name in params:
                 cx.error(f"hole [{part.name}] has the name of a parameter", part, "rename the hole")
             holes.append(part.name)
             hole_nodes[part.name] = part
     if q.segments and not holes:
-        cx.error(f"query '{q.name}' has no hole, so there is nothing to decode", name_span(q),
-                 'add a hole for the model to fill, such as assistant "[answer]"')
+        cx.error(
+            f"query '{q.name}' has no hole, so there is nothing to decode",
+            name_span(q),
+            'add a hole for the model to fill, such as assistant "[answer]"',
+        )
     return holes, hole_nodes
 
 
@@ -153,17 +174,25 @@ def _check_distribution(cx: Context, q: A.QueryDecl, holes: list, conds: dict, d
         return None
     opts = plain_value(dist.options)
     if dist.hole not in conds:
-        cx.error(f"distribution over [{dist.hole}], which is not a hole of this prompt", dist,
-                 cx.did_you_mean(dist.hole, holes))
+        cx.error(
+            f"distribution over [{dist.hole}], which is not a hole of this prompt",
+            dist,
+            cx.did_you_mean(dist.hole, holes),
+        )
     elif len(holes) > 1:
         # the scorer runs on the prompt up to the hole, with no value for an
         # earlier hole (runtime/decode.py score_distribution): say so here
-        cx.error(f"distribution over [{dist.hole}] needs it to be the query's only hole, and this query has "
-                 f"{len(holes)}", dist, "move the other holes into a query of their own and pass their values "
-                 "to this one as parameters")
+        cx.error(
+            f"distribution over [{dist.hole}] needs it to be the query's only hole, and this query has {len(holes)}",
+            dist,
+            "move the other holes into a query of their own and pass their values to this one as parameters",
+        )
     elif conds[dist.hole]:
-        cx.error(f"[{dist.hole}] has both a distribution and where-constraints", dist,
-                 "the distribution's options are its constraint")
+        cx.error(
+            f"[{dist.hole}] has both a distribution and where-constraints",
+            dist,
+            "the distribution's options are its constraint",
+        )
     elif not isinstance(opts, list) or len(opts) < 2 or not all(isinstance(o, str) for o in opts):
         cx.error("distribution takes a list of at least two strings", dist.options)
     elif len(set(opts)) != len(opts):
@@ -182,13 +211,19 @@ def check_interp(cx: Context, part: A.Interp, params: dict) -> None:
     elif head in cx.out.inputs:
         # A query is a function of its parameters (it is also callable from
         # the API without running the flow), so inputs reach it as arguments.
-        cx.error(f"'{head}' is a program input, not a parameter of this query", part,
-                 f"add a parameter ({head}: {cx.out.inputs[head].type.describe()}) and pass {head} in the flow")
+        cx.error(
+            f"'{head}' is a program input, not a parameter of this query",
+            part,
+            f"add a parameter ({head}: {cx.out.inputs[head].type.describe()}) and pass {head} in the flow",
+        )
         return
     else:
-        cx.error(f"'{head}' is not in scope in this prompt", part,
-                 cx.did_you_mean(head, params) or
-                 ("the query's parameters: " + ", ".join(params) if params else "declare it as a parameter of the query"))
+        cx.error(
+            f"'{head}' is not in scope in this prompt",
+            part,
+            cx.did_you_mean(head, params)
+            or ("the query's parameters: " + ", ".join(params) if params else "declare it as a parameter of the query"),
+        )
         return
     for f in rest:
         if f.startswith("_"):

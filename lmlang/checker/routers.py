@@ -4,6 +4,7 @@ An embedding router picks by similarity to example texts or a description,
 a classify router asks a model to pick by description, a rules router by
 regexes and keywords (with one `default:` for inputs no rule matches).
 """
+
 from __future__ import annotations
 
 import re
@@ -15,18 +16,22 @@ from .context import Context, name_span
 from .models import check_model_expr
 
 
-
 def check_routers(cx: Context) -> None:
     for r in cx.out.routers.values():
         if r.kind not in ROUTER_KINDS:
-            cx.error(f"unknown router kind '{r.kind}'", name_span(r), cx.did_you_mean(r.kind, ROUTER_KINDS, known="kinds"))
+            cx.error(
+                f"unknown router kind '{r.kind}'", name_span(r), cx.did_you_mean(r.kind, ROUTER_KINDS, known="kinds")
+            )
             continue
         kind = ROUTER_KINDS[r.kind]
         _check_options(cx, r)
         if kind.needs_using:
             if r.using is None:
-                cx.error(f"route {r.kind} needs `using MODEL` to classify with", name_span(r),
-                         f"for example: route {r.kind} using base {{ ... }}")
+                cx.error(
+                    f"route {r.kind} needs `using MODEL` to classify with",
+                    name_span(r),
+                    f"for example: route {r.kind} using base {{ ... }}",
+                )
             else:
                 check_model_expr(cx, r.using, allow_router=False)
         elif r.using is not None:
@@ -54,7 +59,7 @@ def _check_experts(cx: Context, r: A.RouterDecl) -> None:
     defaults = 0
     seen: dict = {}
     for e in r.experts.entries:
-        if e.key in seen:       # AST equality ignores spans: same expression
+        if e.key in seen:  # AST equality ignores spans: same expression
             cx.error("this expert is listed twice", e.key, f"first at line {seen[e.key].span.line}")
             continue
         seen[e.key] = e.key
@@ -65,8 +70,11 @@ def _check_experts(cx: Context, r: A.RouterDecl) -> None:
         check_model_expr(cx, e.key, allow_router=False)
         _check_how(cx, kind.payloads, e.value)
     if kind.has_default and defaults != 1:
-        cx.error(f"route {r.kind} needs exactly one `default: MODEL`", r.experts,
-                 "the default catches inputs no rule matches")
+        cx.error(
+            f"route {r.kind} needs exactly one `default: MODEL`",
+            r.experts,
+            "the default catches inputs no rule matches",
+        )
 
 
 def _check_how(cx: Context, payloads: tuple, v) -> None:
@@ -89,9 +97,12 @@ def _check_how(cx: Context, payloads: tuple, v) -> None:
         from ..constraints.linear_regex import unsupported
 
         why = unsupported(v.pattern)
-        if why:     # rules run on a linear-time engine, so a row can never take minutes
-            cx.error(f"rules match with a linear-time regex engine, which cannot run this pattern: {why}", v,
-                     "rewrite it without look-around, backreferences or \\b; `contains [\"...\"]` matches words")
+        if why:  # rules run on a linear-time engine, so a row can never take minutes
+            cx.error(
+                f"rules match with a linear-time regex engine, which cannot run this pattern: {why}",
+                v,
+                "rewrite it without look-around, backreferences or \\b; `contains [\"...\"]` matches words",
+            )
     elif isinstance(v, A.ContainsValue):
         words = plain_value(v.words)
         if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):

@@ -17,6 +17,7 @@ one is refused here, naming the model and the feature, never run differently:
 
 Runs after the query pass, on queries that checked clean.
 """
+
 from __future__ import annotations
 
 from .. import ast as A
@@ -80,12 +81,20 @@ def _check_query_on(cx: Context, info, expr, model: str, kind: sources.SourceKin
     q = info.decl
     where = f"served model '{model}' ({kind.name})"
     if info.decoder[0] == "beam":
-        cx.error(f"{where} cannot run `decode beam`: lmlang's beam search masks and scores every step in this "
-                 "process, which a server does not offer", q.decoder or q,
-                 "use best_of(n: ...) or vote, or run this query on a local model", code="served-unsupported")
+        cx.error(
+            f"{where} cannot run `decode beam`: lmlang's beam search masks and scores every step in this "
+            "process, which a server does not offer",
+            q.decoder or q,
+            "use best_of(n: ...) or vote, or run this query on a local model",
+            code="served-unsupported",
+        )
     if info.distribution is not None and not kind.prompt_logprobs:
-        cx.error(f"{where} cannot score a distribution: its endpoint (api: chat) returns no prompt "
-                 "log-probabilities", q.distribution, 'use api: "completions"', code="served-unsupported")
+        cx.error(
+            f"{where} cannot score a distribution: its endpoint (api: chat) returns no prompt log-probabilities",
+            q.distribution,
+            'use api: "completions"',
+            code="served-unsupported",
+        )
     if not kind.raw_prompt:
         _check_chat_only(cx, info, where)
     options = _declared_options(cx, expr)
@@ -96,8 +105,12 @@ def _check_query_on(cx: Context, info, expr, model: str, kind: sources.SourceKin
         served = to_request(info.constraints.get(hole), features, payload=False)
         if isinstance(served, Unsupported):
             p = served.problem(model)
-            cx.error(p.message.replace("(x)", f"({hole})"), _hole_span(q, hole), p.hint.replace("(x)", f"({hole})"),
-                     code=p.code)
+            cx.error(
+                p.message.replace("(x)", f"({hole})"),
+                _hole_span(q, hole),
+                p.hint.replace("(x)", f"({hole})"),
+                code=p.code,
+            )
 
 
 def _hole_span(q: A.QueryDecl, hole: str):
@@ -117,31 +130,54 @@ def _check_chat_only(cx: Context, info, where: str) -> None:
     q = info.decl
     hint = 'make the hole the whole last assistant message (assistant "[x]"), or use api: "completions"'
     if not info.chat:
-        cx.error(f"{where} has no raw-prompt endpoint (api: chat), so it cannot continue a plain prompt", q, hint,
-                 code="served-unsupported")
+        cx.error(
+            f"{where} has no raw-prompt endpoint (api: chat), so it cannot continue a plain prompt",
+            q,
+            hint,
+            code="served-unsupported",
+        )
         return
     last = q.segments[-1]
     parts = [p for p in last.parts if not (isinstance(p, A.Text) and not p.text.strip())]
     whole = last.role == "assistant" and len(parts) == 1 and isinstance(parts[0], A.Hole)
     if len(info.holes) != 1 or not whole:
         at = next((p for s in q.segments for p in s.parts if isinstance(p, A.Hole)), q)
-        cx.error(f"{where} has no raw-prompt endpoint (api: chat): a hole that follows text in its message "
-                 "(or several holes) needs one, and so does token healing", at, hint, code="served-unsupported")
+        cx.error(
+            f"{where} has no raw-prompt endpoint (api: chat): a hole that follows text in its message "
+            "(or several holes) needs one, and so does token healing",
+            at,
+            hint,
+            code="served-unsupported",
+        )
 
 
 def _check_router(cx: Context, r: A.RouterDecl) -> None:
     if r.kind == "classify" and r.using is not None:
         kind = model_source(cx, r.using)
         if kind is not None and kind.engine == "served":
-            cx.error(f"route classify cannot ask served model '{_name(r.using)}': it scores the expert names with "
-                     "this process's model", r.using, "classify with a local model (e.g. using base = default), "
-                     "or route by embedding or rules", code="served-unsupported")
-    encoder = next((plain_value(kw.value) if not isinstance(kw.value, A.ModelRef) else kw.value.name
-                    for kw in r.options if kw.name == "encoder"), None)
+            cx.error(
+                f"route classify cannot ask served model '{_name(r.using)}': it scores the expert names with "
+                "this process's model",
+                r.using,
+                "classify with a local model (e.g. using base = default), or route by embedding or rules",
+                code="served-unsupported",
+            )
+    encoder = next(
+        (
+            plain_value(kw.value) if not isinstance(kw.value, A.ModelRef) else kw.value.name
+            for kw in r.options
+            if kw.name == "encoder"
+        ),
+        None,
+    )
     if r.kind == "embedding" and encoder == "base":
         for e in r.experts.entries:
             kind = model_source(cx, e.key)
             if kind is not None and kind.engine == "served":
-                cx.error(f"encoder: base reads hidden states of expert '{_name(e.key)}', which is served", e.key,
-                         "use encoder: minilm (the default)", code="served-unsupported")
+                cx.error(
+                    f"encoder: base reads hidden states of expert '{_name(e.key)}', which is served",
+                    e.key,
+                    "use encoder: minilm (the default)",
+                    code="served-unsupported",
+                )
                 return

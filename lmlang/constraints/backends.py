@@ -16,6 +16,7 @@
 Registry is explicit (`BACKENDS`, `get_backend`). Which backend serves which
 plan kind, and the fallback order, is `CHAINS` (see engine.py for the figures).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..suggest import did_you_mean
-from .lower import (OUTLINES_ENFORCED, XGRAMMAR_ENFORCED, Plan, choice_lark, llguidance_json_options,
-                    schema_keywords)
+from .lower import OUTLINES_ENFORCED, XGRAMMAR_ENFORCED, Plan, choice_lark, llguidance_json_options, schema_keywords
 from .vocab import TokenizerInfo
 
 
@@ -265,8 +265,9 @@ def _xg_tokenizer(tok: TokenizerInfo):
     import xgrammar
 
     def build():
-        info = xgrammar.TokenizerInfo(list(tok.token_bytes), xgrammar.VocabType.RAW, vocab_size=tok.vocab_size,
-                                      stop_token_ids=[tok.eos_token_id])
+        info = xgrammar.TokenizerInfo(
+            list(tok.token_bytes), xgrammar.VocabType.RAW, vocab_size=tok.vocab_size, stop_token_ids=[tok.eos_token_id]
+        )
         return info, xgrammar.GrammarCompiler(info, max_threads=2, cache_enabled=False)
 
     return tok.backend_object("xgrammar", build)
@@ -317,14 +318,17 @@ class XGrammarBackend(Backend):
                 unsupported = (schema_keywords(schema) - XGRAMMAR_ENFORCED) | xgrammar_ignored(schema)
                 if unsupported and gate:
                     raise BackendCannot(f"xgrammar does not enforce {sorted(unsupported)}")
-                return compiler.compile_json_schema(plan.text, any_whitespace=False,
-                                                    separators=(", ", ": "), strict_mode=False)
+                return compiler.compile_json_schema(
+                    plan.text, any_whitespace=False, separators=(", ", ": "), strict_mode=False
+                )
             if plan.kind == "lark":
                 return compiler.compile_lark(plan.text)
         except BackendCannot:
             raise
         except Exception as e:
-            raise BackendCannot(f"xgrammar: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+            raise BackendCannot(
+                f"xgrammar: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+            ) from None
         raise BackendCannot(f"xgrammar cannot handle plan kind {plan.kind}")
 
     def dump(self, artifact: Any) -> bytes | None:

@@ -11,6 +11,7 @@ whose intersection is empty, stops that cut every option short).
 Emptiness questions are answered exactly by running llguidance over a 256-token
 byte vocabulary (llguidance is a native library without torch).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,14 +25,38 @@ from ..suggest import did_you_mean
 from .closed import closed_schema_text
 from .formats import ENFORCE, MODES, lower_schema_text, refusal, unenforceable_formats
 from .jsonfix import xgrammar_ignored
-from .lower import (CLOSING_PRIORITY, CLOSING_PRIORITY_IN_STRING, OUTLINES_ENFORCED, XGRAMMAR_ENFORCED, LoweringError,
-                    Plan, choice_lark, json_string_state, llguidance_json_options, lower, option_survives_stops,
-                    schema_keywords, with_stops_folded)
+from .lower import (
+    CLOSING_PRIORITY,
+    CLOSING_PRIORITY_IN_STRING,
+    OUTLINES_ENFORCED,
+    XGRAMMAR_ENFORCED,
+    LoweringError,
+    Plan,
+    choice_lark,
+    json_string_state,
+    llguidance_json_options,
+    lower,
+    option_survives_stops,
+    schema_keywords,
+    with_stops_folded,
+)
 from .shapes import int_bounds, int_range, split_options, strip_anchors
 from .kinds import kind_of
 from .kinds import split as split_by_role
-from .spec import (BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, MaxChars, MaxTokens,
-                   Regex, Stop, flatten)
+from .spec import (
+    BoolType,
+    Choice,
+    Constraint,
+    FloatType,
+    Grammar,
+    IntType,
+    JsonSchema,
+    MaxChars,
+    MaxTokens,
+    Regex,
+    Stop,
+    flatten,
+)
 
 # A constraint's problems are the structured problems every validator returns.
 ConstraintProblem = Problem
@@ -131,12 +156,23 @@ def shortest_value(plan: Plan, limit: int = 512) -> str | None:
 
 # ------------------------------------------------------------------ per shape
 _UNSUPPORTED_RE = {
-    "GROUPREF": "backreferences", "GROUPREF_EXISTS": "conditional groups (?(1)...)",
-    "ASSERT": "lookahead/lookbehind", "ASSERT_NOT": "negative lookahead/lookbehind",
-    "ATOMIC_GROUP": "atomic groups", "POSSESSIVE_REPEAT": "possessive repeats",
+    "GROUPREF": "backreferences",
+    "GROUPREF_EXISTS": "conditional groups (?(1)...)",
+    "ASSERT": "lookahead/lookbehind",
+    "ASSERT_NOT": "negative lookahead/lookbehind",
+    "ATOMIC_GROUP": "atomic groups",
+    "POSSESSIVE_REPEAT": "possessive repeats",
 }
-_ANCHORS = {"AT_BOUNDARY": r"\b", "AT_NON_BOUNDARY": r"\B", "AT_BEGINNING": "^", "AT_END": "$",
-            "AT_BEGINNING_STRING": r"\A", "AT_END_STRING": r"\Z", "AT_BEGINNING_LINE": "^", "AT_END_LINE": "$"}
+_ANCHORS = {
+    "AT_BOUNDARY": r"\b",
+    "AT_NON_BOUNDARY": r"\B",
+    "AT_BEGINNING": "^",
+    "AT_END": "$",
+    "AT_BEGINNING_STRING": r"\A",
+    "AT_END_STRING": r"\Z",
+    "AT_BEGINNING_LINE": "^",
+    "AT_END_LINE": "$",
+}
 
 
 def _regex_features(pattern: str) -> list[str]:
@@ -172,21 +208,32 @@ def check_regex(pattern: str) -> list[ConstraintProblem]:
     try:
         re.compile(pattern)
     except re.error as e:
-        return [ConstraintProblem(f"invalid regex: {e}", "regexes use Python syntax; escape special characters "
-                                  "with a backslash", code="bad-regex")]
+        return [
+            ConstraintProblem(
+                f"invalid regex: {e}",
+                "regexes use Python syntax; escape special characters with a backslash",
+                code="bad-regex",
+            )
+        ]
     body = strip_anchors(pattern)
     feats = _regex_features(body)
     if feats:
-        return [ConstraintProblem(f"regex uses {', '.join(feats)}, which token masks cannot enforce",
-                                  "rewrite it without them (e.g. spell out the alternatives)",
-                                  code="unsupported-regex")]
+        return [
+            ConstraintProblem(
+                f"regex uses {', '.join(feats)}, which token masks cannot enforce",
+                "rewrite it without them (e.g. spell out the alternatives)",
+                code="unsupported-regex",
+            )
+        ]
     err = backend_error(Plan("regex", body))
     if err:
-        return [ConstraintProblem(f"regex not supported by the constraint engine: {_first_line(err)}",
-                                  code="unsupported-regex")]
+        return [
+            ConstraintProblem(
+                f"regex not supported by the constraint engine: {_first_line(err)}", code="unsupported-regex"
+            )
+        ]
     if plan_is_empty(Plan("regex", body)):
-        return [ConstraintProblem("regex can match nothing: no value could ever be generated",
-                                  code="unsatisfiable")]
+        return [ConstraintProblem("regex can match nothing: no value could ever be generated", code="unsatisfiable")]
     return []
 
 
@@ -196,17 +243,18 @@ def _first_line(msg: str) -> str:
         return msg
     if lines[0].startswith("at ") and len(lines) > 1 and "regex parse error" in lines[0] + lines[1]:
         tail = [ln for ln in lines if ln.startswith("error:")]
-        return tail[0][len("error:"):].strip() if tail else lines[0]
+        return tail[0][len("error:") :].strip() if tail else lines[0]
     tail = [ln for ln in lines if ln.startswith("error:")]
-    return tail[0][len("error:"):].strip() if tail else lines[0]
+    return tail[0][len("error:") :].strip() if tail else lines[0]
 
 
 def check_schema(text: str, formats: str = ENFORCE) -> list[ConstraintProblem]:
     """Problems of a JSON schema hole; `formats` is JsonSchema.formats ("enforce" refuses
     each format lmlang cannot enforce, at its JSON path; "annotate" lets it pass unchecked)."""
     if formats not in MODES:
-        return [ConstraintProblem(f"formats={formats!r} is not an option", did_you_mean(formats, MODES),
-                                  code="bad-schema")]
+        return [
+            ConstraintProblem(f"formats={formats!r} is not an option", did_you_mean(formats, MODES), code="bad-schema")
+        ]
     try:
         schema = json.loads(text)
     except ValueError as e:
@@ -239,20 +287,31 @@ def check_schema(text: str, formats: str = ENFORCE) -> list[ConstraintProblem]:
             m = re.search(r"Unimplemented keys: \[(.*?)\]", err)
             if m:
                 names = [k.strip().strip('"') for k in m.group(1).split(",")]
-                return [ConstraintProblem(
-                    f"JSON schema keyword{'s' if len(names) > 1 else ''} {', '.join(repr(n) for n in names)} "
-                    "cannot be enforced while decoding", "drop or rewrite the keyword; lmlang never checks a value "
-                    "after the fact", code="unsupported-schema")]
-            return [ConstraintProblem(f"JSON schema cannot be enforced while decoding: {_first_line(err)}",
-                                      code="unsupported-schema")]
+                return [
+                    ConstraintProblem(
+                        f"JSON schema keyword{'s' if len(names) > 1 else ''} {', '.join(repr(n) for n in names)} "
+                        "cannot be enforced while decoding",
+                        "drop or rewrite the keyword; lmlang never checks a value after the fact",
+                        code="unsupported-schema",
+                    )
+                ]
+            return [
+                ConstraintProblem(
+                    f"JSON schema cannot be enforced while decoding: {_first_line(err)}", code="unsupported-schema"
+                )
+            ]
         return []
     if plan_is_empty(Plan("json", text)):
         return [ConstraintProblem("the JSON schema allows no value", code="unsatisfiable")]
     if isinstance(schema, dict) and not schema_has_finite_value(schema):
-        return [ConstraintProblem("the JSON schema allows no finite value: a required property (or array item) "
-                                  "leads back to the object it is in, so every value would contain itself",
-                                  "make the recursive property optional, or let it be null",
-                                  code="unsatisfiable")]
+        return [
+            ConstraintProblem(
+                "the JSON schema allows no finite value: a required property (or array item) "
+                "leads back to the object it is in, so every value would contain itself",
+                "make the recursive property optional, or let it be null",
+                code="unsatisfiable",
+            )
+        ]
     return []
 
 
@@ -309,7 +368,7 @@ def _object_ok(node: dict, ok, depth: int) -> bool:
         if name in props:
             sub = props[name]
         elif node.get("patternProperties"):
-            continue                      # a pattern may cover it: not judged
+            continue  # a pattern may cover it: not judged
         else:
             sub = node.get("additionalProperties", True)
         if not ok(sub, depth + 1):
@@ -352,7 +411,7 @@ def _resolve_ref(root, ref: str):
         elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
             cur = cur[int(part)]
         else:
-            return True                   # unresolvable: not judged here
+            return True  # unresolvable: not judged here
     return cur
 
 
@@ -361,17 +420,25 @@ def check_grammar(text: str) -> list[ConstraintProblem]:
         shortest = grammar_min_length(text)
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return [ConstraintProblem(f"invalid Lark grammar: {msg}", "the grammar needs a `start` rule",
-                                  code="bad-grammar")]
+        return [
+            ConstraintProblem(f"invalid Lark grammar: {msg}", "the grammar needs a `start` rule", code="bad-grammar")
+        ]
     if shortest is None:
-        return [ConstraintProblem("the grammar derives no finite text: every way to finish `start` needs "
-                                  "`start` again (or another rule that never finishes)",
-                                  "give each recursive rule an alternative without the recursion",
-                                  code="unsatisfiable")]
+        return [
+            ConstraintProblem(
+                "the grammar derives no finite text: every way to finish `start` needs "
+                "`start` again (or another rule that never finishes)",
+                "give each recursive rule an alternative without the recursion",
+                code="unsatisfiable",
+            )
+        ]
     err = backend_error(Plan("lark", text))
     if err:
-        return [ConstraintProblem(f"grammar cannot be enforced while decoding: {_first_line(err)}",
-                                  code="unsupported-grammar")]
+        return [
+            ConstraintProblem(
+                f"grammar cannot be enforced while decoding: {_first_line(err)}", code="unsupported-grammar"
+            )
+        ]
     if plan_is_empty(Plan("lark", text)):
         return [ConstraintProblem("the grammar derives no text", code="unsatisfiable")]
     return []
@@ -466,7 +533,7 @@ def check_constraint_cached(c: Constraint | None) -> list[ConstraintProblem]:
     or written is simply bypassed)."""
     if not any(isinstance(p, _EXPENSIVE) for p in flatten(c)):
         return check_constraint(c)
-    assert c is not None                  # flatten(None) is empty: answered above
+    assert c is not None  # flatten(None) is empty: answered above
     try:
         path = _cache_path(c)
     except OSError:
@@ -503,29 +570,36 @@ def check_constraint(c: Constraint | None) -> list[ConstraintProblem]:
     stops, shapes, max_chars = split.stops, list(split.shapes), split.max_chars
     for p in parts:
         if isinstance(p, Stop) and not p.text:
-            problems.append(ConstraintProblem("empty stop string: generation would end before it starts",
-                                              code="unsatisfiable"))
+            problems.append(
+                ConstraintProblem("empty stop string: generation would end before it starts", code="unsatisfiable")
+            )
         if isinstance(p, MaxTokens) and p.n < 1:
-            problems.append(ConstraintProblem(f"tokens(x) <= {p.n} leaves no room for any token",
-                                              code="unsatisfiable"))
+            problems.append(ConstraintProblem(f"tokens(x) <= {p.n} leaves no room for any token", code="unsatisfiable"))
         if isinstance(p, MaxChars) and p.n < 0:
             problems.append(ConstraintProblem(f"len(x) <= {p.n} is impossible", code="unsatisfiable"))
         if isinstance(p, IntType):
             lo, hi = int_range(p)
             if lo > hi:
                 shown = "..".join("" if b is None else str(b) for b in int_bounds(p))
-                problems.append(ConstraintProblem(
-                    f"empty integer range {shown}" + ("" if None not in int_bounds(p) else
-                                                      f" (an open end is int64's: {lo}..{hi})"),
-                    code="unsatisfiable"))
+                problems.append(
+                    ConstraintProblem(
+                        f"empty integer range {shown}"
+                        + ("" if None not in int_bounds(p) else f" (an open end is int64's: {lo}..{hi})"),
+                        code="unsatisfiable",
+                    )
+                )
     if stops and any(isinstance(s, (JsonSchema, Grammar)) for s in shapes):
         # A stop inside a JSON value or a grammar's text would end it before
         # the shape does (and cannot be folded into it exactly, as it is for a
         # regex): the value would break its shape.
         what = "JSON value" if any(isinstance(s, JsonSchema) for s in shapes) else "grammar's text"
-        problems.append(ConstraintProblem(
-            f"a stop string cannot end a {what}: it would cut the value before its shape is complete",
-            "drop the stop (the value ends where its shape ends), or write the end into the shape", code="conflict"))
+        problems.append(
+            ConstraintProblem(
+                f"a stop string cannot end a {what}: it would cut the value before its shape is complete",
+                "drop the stop (the value ends where its shape ends), or write the end into the shape",
+                code="conflict",
+            )
+        )
     for s in shapes:
         judge = _SHAPE_JUDGES.get(kind_of(s).name)
         if judge is not None:
@@ -550,28 +624,43 @@ def check_constraint(c: Constraint | None) -> list[ConstraintProblem]:
     elif max_chars is not None and plan.kind == "lark":
         shortest = grammar_min_length(plan.text)
         if shortest is not None and shortest > max_chars:
-            return [ConstraintProblem(
-                f"len(x) <= {max_chars} is shorter than the shortest text the grammar derives "
-                f"({shortest} characters)", code="unsatisfiable")]
+            return [
+                ConstraintProblem(
+                    f"len(x) <= {max_chars} is shorter than the shortest text the grammar derives "
+                    f"({shortest} characters)",
+                    code="unsatisfiable",
+                )
+            ]
     elif max_chars is not None and plan.kind == "json":
         short = shortest_value(plan)
         if short is not None and len(short) > max_chars:
-            return [ConstraintProblem(
-                f"len(x) <= {max_chars} is shorter than the shortest value the {_describe(shapes[0])} allows "
-                f"({short!r}, {len(short)} characters)", code="unsatisfiable")]
+            return [
+                ConstraintProblem(
+                    f"len(x) <= {max_chars} is shorter than the shortest value the {_describe(shapes[0])} allows "
+                    f"({short!r}, {len(short)} characters)",
+                    code="unsatisfiable",
+                )
+            ]
     return problems
 
 
 def _describe(s: Constraint) -> str:
-    return {Regex: "regex", IntType: "int", FloatType: "float", BoolType: "bool", JsonSchema: "JSON schema",
-            Grammar: "grammar", Choice: "choice"}.get(type(s), type(s).__name__)
+    return {
+        Regex: "regex",
+        IntType: "int",
+        FloatType: "float",
+        BoolType: "bool",
+        JsonSchema: "JSON schema",
+        Grammar: "grammar",
+        Choice: "choice",
+    }.get(type(s), type(s).__name__)
 
 
 def _check_choice(ch: Choice, shapes, stops, parts) -> list[ConstraintProblem]:
     if not ch.options:
         return [ConstraintProblem("empty choice list: no value is possible", code="unsatisfiable")]
     out: list[ConstraintProblem] = []
-    dups = sorted(o for o, n in Counter(ch.options).items() if n > 1)       # linear: 10k options stay fast
+    dups = sorted(o for o, n in Counter(ch.options).items() if n > 1)  # linear: 10k options stay fast
     if dups:
         out.append(ConstraintProblem(f"duplicate options {dups}", severity="warning", code="duplicate-option"))
     options = list(dict.fromkeys(ch.options))
@@ -580,28 +669,47 @@ def _check_choice(ch: Choice, shapes, stops, parts) -> list[ConstraintProblem]:
             continue
         bad = list(split_options(options, other)[1])
         if bad and len(bad) == len(options):
-            return out + [ConstraintProblem(f"no option is a valid {_describe(other)}: {bad[:5]}",
-                                            code="unsatisfiable")]
+            return out + [
+                ConstraintProblem(f"no option is a valid {_describe(other)}: {bad[:5]}", code="unsatisfiable")
+            ]
         if bad:
-            out.append(ConstraintProblem(f"options {bad[:5]} are not a valid {_describe(other)} and can never be "
-                                         "chosen", severity="warning", code="dead-option"))
+            out.append(
+                ConstraintProblem(
+                    f"options {bad[:5]} are not a valid {_describe(other)} and can never be chosen",
+                    severity="warning",
+                    code="dead-option",
+                )
+            )
         bad_set = set(bad)
         options = [o for o in options if o not in bad_set]
     cut = [o for o in options if not option_survives_stops(o, stops)]
     if cut and len(cut) == len(options):
-        return out + [ConstraintProblem(f"every option contains a stop string, so none can be completed: {cut[:5]}",
-                                        "remove the `stops` clause or the stop text from the options",
-                                        code="unsatisfiable")]
+        return out + [
+            ConstraintProblem(
+                f"every option contains a stop string, so none can be completed: {cut[:5]}",
+                "remove the `stops` clause or the stop text from the options",
+                code="unsatisfiable",
+            )
+        ]
     if cut:
-        out.append(ConstraintProblem(f"options {cut[:5]} contain a stop string and can never be completed",
-                                     severity="warning", code="dead-option"))
+        out.append(
+            ConstraintProblem(
+                f"options {cut[:5]} contain a stop string and can never be completed",
+                severity="warning",
+                code="dead-option",
+            )
+        )
     cut_set = set(cut)
     options = [o for o in options if o not in cut_set]
     max_chars = min((p.n for p in parts if isinstance(p, MaxChars)), default=None)
     if max_chars is not None:
         fits = [o for o in options if len(o) <= max_chars]
         if not fits:
-            return out + [ConstraintProblem(f"len(x) <= {max_chars} is shorter than every option "
-                                            f"(shortest: {min(len(o) for o in options)} characters)",
-                                            code="unsatisfiable")]
+            return out + [
+                ConstraintProblem(
+                    f"len(x) <= {max_chars} is shorter than every option "
+                    f"(shortest: {min(len(o) for o in options)} characters)",
+                    code="unsatisfiable",
+                )
+            ]
     return [p for p in out if p.severity == "error"] + [p for p in out if p.severity != "error"]

@@ -7,6 +7,7 @@ a choice is decoded along its options' canonical tokenizations only: after
 the tokens generated so far, the next token must continue one of those
 token paths, and EOS is allowed once a path is complete.
 """
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -20,11 +21,17 @@ class CanonicalChoice:
     def __init__(self, paths: list[list[int]], eos_ids: Iterable[int], shortest: int = 0):
         self.paths = paths
         self.eos_ids = sorted(set(eos_ids))
-        self.shortest = shortest      # tokens of the shortest option, kept or not
+        self.shortest = shortest  # tokens of the shortest option, kept or not
 
     @classmethod
-    def of(cls, constraint: Constraint | None, tok_info, eos_ids: Iterable[int],
-           prefix: str = "", budget: int | None = None) -> "CanonicalChoice | None":
+    def of(
+        cls,
+        constraint: Constraint | None,
+        tok_info,
+        eos_ids: Iterable[int],
+        prefix: str = "",
+        budget: int | None = None,
+    ) -> "CanonicalChoice | None":
         """For a hole whose constraint includes a choice (None otherwise).
         `prefix` is text held back by token healing, which every option's
         first token must then carry. With a token `budget`, only the options
@@ -56,6 +63,6 @@ class CanonicalChoice:
             scores.fill_(NEG_INF)
             return
         idx = torch.tensor(nxt, dtype=torch.long)
-        kept = scores[idx]                   # a copy: indexing by a tensor gathers
+        kept = scores[idx]  # a copy: indexing by a tensor gathers
         scores.fill_(NEG_INF)
         scores[idx] = kept

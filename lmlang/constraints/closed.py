@@ -23,6 +23,7 @@ and keeps the schema satisfiable:
 Torch-free, backend-free: lowering, the check and the served-model
 validation all see the closed schema.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,19 @@ _OPEN = ("additionalProperties", "patternProperties", "unevaluatedProperties")
 _COMBINED = ("allOf", "anyOf", "oneOf", "not", "$ref", "if", "then", "else", "dependentSchemas")
 # Where subschemas sit: (keyword, how its value holds them)
 _MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-_ONE = ("items", "additionalProperties", "additionalItems", "contains", "propertyNames", "not", "if", "then",
-        "else", "unevaluatedProperties", "unevaluatedItems")
+_ONE = (
+    "items",
+    "additionalProperties",
+    "additionalItems",
+    "contains",
+    "propertyNames",
+    "not",
+    "if",
+    "then",
+    "else",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+)
 _LISTS = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
 # Positions where narrowing a subschema is unsound or may conflict with another schema.
 _EXCLUDING_ONE = ("not", "if", "then", "else")
@@ -48,8 +60,8 @@ def closed_schema_text(text: str) -> str:
         if not isinstance(schema, dict) or not close_objects(schema):
             return text
     except (ValueError, RecursionError):
-        return text                      # the check reports it
-    return json.dumps(schema, ensure_ascii=False)   # key order kept: llguidance writes properties in it
+        return text  # the check reports it
+    return json.dumps(schema, ensure_ascii=False)  # key order kept: llguidance writes properties in it
 
 
 def close_objects(schema: dict) -> int:

@@ -51,6 +51,7 @@ Token healing: a Guide starts at a token boundary. The runtime should end the
 prompt on a boundary before a hole (the prompt text before a hole is tokenized
 on its own), which every backend here assumes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,8 +72,15 @@ from .vocab import TokenizerInfo
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["TokenizerInfo", "CompiledConstraint", "Guide", "compile_constraint", "allowed_tokens_batch",
-           "ConstraintCompileError", "clear_memory_cache"]
+__all__ = [
+    "TokenizerInfo",
+    "CompiledConstraint",
+    "Guide",
+    "compile_constraint",
+    "allowed_tokens_batch",
+    "ConstraintCompileError",
+    "clear_memory_cache",
+]
 
 _CACHE_FORMAT = "2"  # 2: formats lowered, xgrammar gate refuses pattern with length bounds
 
@@ -82,8 +90,9 @@ class ConstraintCompileError(LmlangRuntimeError):
 
 
 class CompiledConstraint:
-    def __init__(self, plan: Plan, tok: TokenizerInfo, backend: str, artifact: Any, compile_seconds: float,
-                 from_cache: str = ""):
+    def __init__(
+        self, plan: Plan, tok: TokenizerInfo, backend: str, artifact: Any, compile_seconds: float, from_cache: str = ""
+    ):
         self.plan = plan
         self.tok = tok
         self.backend = backend
@@ -91,12 +100,13 @@ class CompiledConstraint:
         self.compile_seconds = compile_seconds
         self.from_cache = from_cache
         self.stop_bytes: tuple[tuple[bytes, bool], ...] = tuple(
-            (s.text.encode("utf-8"), s.include) for s in plan.stops if s.text)
+            (s.text.encode("utf-8"), s.include) for s in plan.stops if s.text
+        )
         self.unmasked = plan.kind == "free" and not plan.stops
         self._free_base: np.ndarray | None = None
         self._special_index_t = None
         self._crossing: dict[tuple[bytes, int], np.ndarray] = {}
-        self._lazy: dict[str, Any] = {}    # computed on first use, shared by every copy from the memory cache
+        self._lazy: dict[str, Any] = {}  # computed on first use, shared by every copy from the memory cache
 
     def start(self) -> Guide:
         matcher = None if self.backend == "none" else get_backend(self.backend).matcher(self.artifact, self.tok)
@@ -151,8 +161,7 @@ class CompiledConstraint:
             what = "" if plan.max_tokens is None else f" within {plan.max_tokens} tokens"
             return None, f"no value of this constraint was found{what}"
         if plan.max_tokens is not None and len(path) > plan.max_tokens:
-            return None, (f"its shortest value found needs {len(path)} tokens, over the budget of "
-                          f"{plan.max_tokens}")
+            return None, (f"its shortest value found needs {len(path)} tokens, over the budget of {plan.max_tokens}")
         chars = int(sum(int(self.tok.char_len[t]) for t in path))
         exact = plan.kind == "lark" and plan.source.endswith("&len")
         if plan.max_chars is not None and not exact and chars > plan.max_chars:
@@ -176,7 +185,7 @@ class CompiledConstraint:
         """For a Choice: the common continuation of every option consistent with the text so far."""
         if self.plan.options is None:
             return b""
-        rest = [o.encode("utf-8")[len(text):] for o in self.plan.options if o.encode("utf-8").startswith(text)]
+        rest = [o.encode("utf-8")[len(text) :] for o in self.plan.options if o.encode("utf-8").startswith(text)]
         if not rest or any(not r for r in rest):
             return b""
         return os.path.commonprefix(rest)  # type: ignore[return-value]  # typeshed: bytes in, bytes out ('' only for [])
@@ -215,7 +224,7 @@ def compile_constraint(c: Constraint | None, tok: TokenizerInfo, backend: str | 
     from ..home import cache_dir
 
     disk = cache_dir("constraints") / f"cc-{key}.bin"
-    raw = cachefile.read(disk, "compiled-constraint")    # hashed data, never a pickle: a bad entry is a miss
+    raw = cachefile.read(disk, "compiled-constraint")  # hashed data, never a pickle: a bad entry is a miss
     if raw is not None:
         try:
             head, _, body = raw.partition(b"\n")
@@ -240,8 +249,10 @@ def compile_constraint(c: Constraint | None, tok: TokenizerInfo, backend: str | 
             cachefile.write(disk, "compiled-constraint", name.encode() + b"\n" + data)
         _MEMORY[key] = out
         return out
-    raise ConstraintCompileError("no constraint backend can enforce this constraint: " + "; ".join(reasons),
-                                 hint="simplify the schema/grammar, or check it with `lmlang check`")
+    raise ConstraintCompileError(
+        "no constraint backend can enforce this constraint: " + "; ".join(reasons),
+        hint="simplify the schema/grammar, or check it with `lmlang check`",
+    )
 
 
 def allowed_tokens_batch(guides: Sequence[Guide | None], logits: "torch.Tensor") -> None:

@@ -19,6 +19,7 @@ passes both.
 
 Torch-free, backend-free: the checker and the lowering use it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,9 +48,11 @@ _SUB_DELIMS = r"!\$\&'\(\)\*\+,;="
 _HEX = "[0-9A-Fa-f]"
 _PCT = f"%{_HEX}{{2}}"
 # RFC 3987 ucschar and iprivate
-_UCSCHAR = ("\\u00A0-\\uD7FF\\uF900-\\uFDCF\\uFDF0-\\uFFEF"
-            + "".join(f"\\U{p * 0x10000:08X}-\\U{p * 0x10000 + 0xFFFD:08X}" for p in range(1, 14))
-            + "\\U000E1000-\\U000EFFFD")
+_UCSCHAR = (
+    "\\u00A0-\\uD7FF\\uF900-\\uFDCF\\uFDF0-\\uFFEF"
+    + "".join(f"\\U{p * 0x10000:08X}-\\U{p * 0x10000 + 0xFFFD:08X}" for p in range(1, 14))
+    + "\\U000E1000-\\U000EFFFD"
+)
 _IPRIVATE = "\\uE000-\\uF8FF\\U000F0000-\\U000FFFFD\\U00100000-\\U0010FFFD"
 
 _DEC_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9][0-9]|[0-9])"
@@ -98,10 +101,11 @@ def _uri(iri: bool, reference: bool) -> str:
 # February 29 only in leap years, no leap second.
 _YEAR = "(?:[0-9]{3}[1-9]|[0-9]{2}[1-9]0|[0-9][1-9]00|[1-9]000)"
 _LEAP_YEAR = "(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
-DATE = (f"(?:{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
-        f"|02-(?:0[1-9]|1[0-9]|2[0-8]))|{_LEAP_YEAR}-02-29)")
-TIME = ("(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]+)?"
-        "(?:[zZ]|[\\+\\-](?:[01][0-9]|2[0-3]):[0-5][0-9])")
+DATE = (
+    f"(?:{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    f"|02-(?:0[1-9]|1[0-9]|2[0-8]))|{_LEAP_YEAR}-02-29)"
+)
+TIME = "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]+)?(?:[zZ]|[\\+\\-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
 DATE_TIME = f"{DATE}[tT]{TIME}"
 
 
@@ -109,8 +113,7 @@ def _label(cls: str, longest: int) -> str:
     """An LDH label over `cls`: 1..longest characters, no hyphen first or last,
     and not hyphens in both the 3rd and 4th position (IDNA 2008 reserves those)."""
     a, ah = f"[{cls}]", f"[{cls}\\-]"
-    return (f"(?:{a}(?:{ah}?{a})?|{a}{ah}(?:{a}{a}|\\-{a})"
-            f"|{a}{ah}(?:{a}{ah}|\\-{a}){ah}{{0,{longest - 5}}}{a})")
+    return f"(?:{a}(?:{ah}?{a})?|{a}{ah}(?:{a}{a}|\\-{a})|{a}{ah}(?:{a}{ah}|\\-{a}){ah}{{0,{longest - 5}}}{a})"
 
 
 # RFC 1123 host names: labels of letters, digits and inner hyphens, at most 63 each
@@ -189,8 +192,11 @@ def _class_chars(lo: int, excluded: str) -> str:
 def _ordered_ranges() -> str:
     """Class ranges X-Y of printable ASCII with X <= Y (`[z-a]` does not compile)."""
     special = "\\[]-"
-    return "(?:" + "|".join(f"\\x{c:02X}\\-[{_class_chars(c, special)}]" for c in range(0x20, 0x7F)
-                            if chr(c) not in special) + ")"
+    return (
+        "(?:"
+        + "|".join(f"\\x{c:02X}\\-[{_class_chars(c, special)}]" for c in range(0x20, 0x7F) if chr(c) not in special)
+        + ")"
+    )
 
 
 def _repeat_bounds() -> str:
@@ -239,8 +245,9 @@ def string_formats() -> dict[str, tuple[dict, ...]]:
         "date-time": (_pattern(DATE_TIME),),
         "time": (_pattern(TIME),),
         "hostname": ({**_pattern(HOSTNAME), "maxLength": 253},),
-        "idn-hostname": ({"anyOf": [{**_pattern(_ASCII_IDN_HOST), "maxLength": 253},
-                                    {**_pattern(_IDN_HOST), "maxLength": 60}]},),
+        "idn-hostname": (
+            {"anyOf": [{**_pattern(_ASCII_IDN_HOST), "maxLength": 253}, {**_pattern(_IDN_HOST), "maxLength": 60}]},
+        ),
         "uri-reference": (_pattern(_uri(iri=False, reference=True)),),
         "iri": (_pattern(_uri(iri=True, reference=False)),),
         "iri-reference": (_pattern(_uri(iri=True, reference=True)),),
@@ -251,16 +258,20 @@ def string_formats() -> dict[str, tuple[dict, ...]]:
         "regex": (_pattern(_regex_format()),),
         # OpenAPI format registry
         "byte": (_pattern("(?:[A-Za-z0-9\\+/]{4})*(?:[A-Za-z0-9\\+/]{2}==|[A-Za-z0-9\\+/]{3}=)?"),),
-        "binary": (),       # any string of octets
-        "password": (),     # a hint to hide the value: any string
+        "binary": (),  # any string of octets
+        "password": (),  # a hint to hide the value: any string
     }
 
 
 # OpenAPI format registry: integer formats constrain numbers (only) to whole
 # numbers within the range; enforced exactly while the bounds stay within 2**53.
 INTEGER_FORMATS = {
-    "int8": (-2**7, 2**7 - 1), "int16": (-2**15, 2**15 - 1), "int32": (-2**31, 2**31 - 1),
-    "uint8": (0, 2**8 - 1), "uint16": (0, 2**16 - 1), "uint32": (0, 2**32 - 1),
+    "int8": (-(2**7), 2**7 - 1),
+    "int16": (-(2**15), 2**15 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint8": (0, 2**8 - 1),
+    "uint16": (0, 2**16 - 1),
+    "uint32": (0, 2**32 - 1),
 }
 
 
@@ -285,8 +296,19 @@ def known_formats() -> list[str]:
 # ------------------------------------------------------------------ walking a schema
 # Keywords whose values are schemas, maps of schemas, or lists of schemas.
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies")
-_SCHEMA_ONE = ("additionalProperties", "not", "if", "then", "else", "contains", "propertyNames",
-               "additionalItems", "unevaluatedProperties", "unevaluatedItems", "items")
+_SCHEMA_ONE = (
+    "additionalProperties",
+    "not",
+    "if",
+    "then",
+    "else",
+    "contains",
+    "propertyNames",
+    "additionalItems",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "items",
+)
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
 
 
@@ -409,11 +431,24 @@ def refusal(where: str, name: str) -> tuple[str, str]:
     else:
         close = did_you_mean(name, known_formats())
         why = "lmlang does not know this format" + (f" ({close})" if close else "")
-    hint = (f"{why}; lmlang enforces every JSON Schema format and OpenAPI's byte, binary, password, int8-int32 "
-            "and uint8-uint32. To treat the formats it cannot enforce as annotations (not checked), write "
-            "`is json(formats: \"annotate\") ...`")
+    hint = (
+        f"{why}; lmlang enforces every JSON Schema format and OpenAPI's byte, binary, password, int8-int32 "
+        "and uint8-uint32. To treat the formats it cannot enforce as annotations (not checked), write "
+        "`is json(formats: \"annotate\") ...`"
+    )
     return message, hint
 
 
-__all__ = ["ENFORCE", "ANNOTATE", "MODES", "NATIVE", "meaning", "known_formats", "subschemas", "lower_formats",
-           "lower_schema_text", "unenforceable_formats", "refusal"]
+__all__ = [
+    "ENFORCE",
+    "ANNOTATE",
+    "MODES",
+    "NATIVE",
+    "meaning",
+    "known_formats",
+    "subschemas",
+    "lower_formats",
+    "lower_schema_text",
+    "unenforceable_formats",
+    "refusal",
+]

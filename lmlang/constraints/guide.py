@@ -31,6 +31,7 @@ The backend knows the *shape*; the Guide adds what lmlang promises on top:
 Masks are int32 bitmask words filled natively by the backend, unpacked once
 with numpy and applied to the logits with one `masked_fill_`.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -54,7 +55,7 @@ _SLACK_CHARS = 2
 _UTF8_ZONE = 4
 # The greedy walk's step limit: at least 256 steps, else 4 per token of budget.
 _WALK_MIN, _WALK_MAX = 256, 4096
-_LOOP = 6             # the walk's loop window (tokens)
+_LOOP = 6  # the walk's loop window (tokens)
 
 
 class GuideError(ValueError):
@@ -76,24 +77,27 @@ class Guide:
         self._text = bytearray()
         self._value_end: int | None = None
         self.tokens_generated = 0
-        self._spent = 0                    # budget tokens spent outside the value (a healed seam's bare space)
+        self._spent = 0  # budget tokens spent outside the value (a healed seam's bare space)
         self._chars = 0
         self._finished = False
-        self.ended_by: str | None = None   # "eos" | "stop" | "max_tokens" | "max_chars" | "complete"
+        self.ended_by: str | None = None  # "eos" | "stop" | "max_tokens" | "max_chars" | "complete"
         self.stop_matched: str | None = None
         self.truncated = False
         plan = compiled.plan
         self._exact_chars = plan.options is not None or (plan.kind == "lark" and plan.source.endswith("&len"))
         # A shape held to a budget keeps a witness (see the module docstring).
         # A choice's budget is exact in its canonical paths (hole.py) instead.
-        self._bounded = matcher is not None and plan.options is None and (
-            plan.max_tokens is not None or (plan.max_chars is not None and not self._exact_chars))
+        self._bounded = (
+            matcher is not None
+            and plan.options is None
+            and (plan.max_tokens is not None or (plan.max_chars is not None and not self._exact_chars))
+        )
         self._closing: list[int] | None = None
         self._closing_chars = 0
         self._closing_at = -1
         self._closing_mode = False
-        self._pending: list[int] = []      # tokens fits() checked, still to be taken ...
-        self._pending_path: list[int] | None = None   # ... and the witness after them
+        self._pending: list[int] = []  # tokens fits() checked, still to be taken ...
+        self._pending_path: list[int] | None = None  # ... and the witness after them
         if self._bounded:
             start = compiled.start_path()
             if start is not None:
@@ -103,8 +107,9 @@ class Guide:
         # Free text owes continuation bytes while a character is unfinished.
         self._utf8 = 0
         self._utf8_table = compiled.utf8_table() if matcher is None and plan.max_tokens is not None else None
-        self._fast_until = (plan.max_tokens - _UTF8_ZONE) if self._utf8_table is not None and plan.max_tokens is not None \
-            else 1 << 62
+        self._fast_until = (
+            (plan.max_tokens - _UTF8_ZONE) if self._utf8_table is not None and plan.max_tokens is not None else 1 << 62
+        )
 
     # ------------------------------------------------------------------ state
     def clone(self) -> "Guide":
@@ -175,7 +180,7 @@ class Guide:
     def _has_non_eos(self, words: np.ndarray) -> bool:
         eos = self._tok.eos_token_id
         w = eos // 32
-        if np.any(words[:w]) or np.any(words[w + 1:]):
+        if np.any(words[:w]) or np.any(words[w + 1 :]):
             return True
         return bool(int(words[w]) & ~(1 << (eos % 32)) & 0xFFFFFFFF)
 
@@ -230,7 +235,7 @@ class Guide:
         tokens after which the unfinished character can still be finished."""
         eos = self._tok.eos_token_id
         rem = self.remaining_tokens()
-        assert self._utf8_table is not None      # free text under a token budget (set up in __init__)
+        assert self._utf8_table is not None  # free text under a token budget (set up in __init__)
         if rem is not None and rem <= _UTF8_ZONE:
             out &= self._utf8_table.fits(self._utf8, rem)
         else:
@@ -245,8 +250,13 @@ class Guide:
         if logits.shape[-1] > V:
             logits[V:] = float("-inf")
         c = self._c
-        if not self._finished and c.unmasked and c.plan.max_chars is None and not self._utf8 and \
-                self.tokens_generated + self._spent < self._fast_until:
+        if (
+            not self._finished
+            and c.unmasked
+            and c.plan.max_chars is None
+            and not self._utf8
+            and self.tokens_generated + self._spent < self._fast_until
+        ):
             logits[c.special_index_t] = float("-inf")
             return
         allowed = self.allowed_mask()
@@ -287,8 +297,10 @@ class Guide:
             raise GuideError(f"token {token_id} is special and never part of a value")
         if self._m is not None and not self._m.consume(token_id):
             reason = backend_reason(self._m)
-            raise GuideError(f"token {token_id} ({b!r}) is not allowed here" +
-                             (f": the constraint engine gave up ({reason})" if reason else ""))
+            raise GuideError(
+                f"token {token_id} ({b!r}) is not allowed here"
+                + (f": the constraint engine gave up ({reason})" if reason else "")
+            )
         self._words_fresh = False
         before = len(self._text)
         self._text += b
@@ -309,7 +321,7 @@ class Guide:
         if plan.max_tokens is not None and self.tokens_generated + self._spent >= plan.max_tokens:
             self._finish("max_tokens")
         elif plan.max_chars is not None and self._chars >= plan.max_chars and not self._utf8:
-            self._finish("max_chars")    # (free text first finishes its last character: continuations count 0)
+            self._finish("max_chars")  # (free text first finishes its last character: continuations count 0)
 
     def spend(self, n: int = 1) -> None:
         """Count n tokens against the budget that are not part of the value
@@ -373,7 +385,7 @@ class Guide:
     def _check(self, ids: list[int]) -> bool:
         """Take ids on a copy of the matcher; True (and the witness after them
         remembered for advance) when a closing path then fits what is left."""
-        assert self._m is not None          # a bounded/choice value always has a matcher
+        assert self._m is not None  # a bounded/choice value always has a matcher
         m = self._m.clone()
         for t in ids:
             if not m.consume(t):
@@ -421,10 +433,10 @@ class Guide:
         out = self._within_limits(out)
         if out and self._bounded:
             w = self._closing
-            if w is not None and w[:len(out)] == out:
+            if w is not None and w[: len(out)] == out:
                 self._pending = []
             elif not self._check(out):
-                return []      # its tokenization would not leave room: the mask picks token by token
+                return []  # its tokenization would not leave room: the mask picks token by token
         return out
 
     def _verified_prefix(self, forced: bytes) -> list[int]:
@@ -434,7 +446,7 @@ class Guide:
             ids = self._tok.encode(forced.decode("utf-8"))
         except UnicodeDecodeError:
             return []
-        assert self._m is not None          # a bounded/choice value always has a matcher
+        assert self._m is not None  # a bounded/choice value always has a matcher
         m = self._m.clone()
         out: list[int] = []
         for t in ids:
@@ -469,7 +481,7 @@ class Guide:
         t = self._only_token(self._words)
         if t is None:
             return []
-        assert self._m is not None          # a bounded/choice value always has a matcher
+        assert self._m is not None  # a bounded/choice value always has a matcher
         m = self._m.clone()
         w = np.zeros_like(self._words)
         out: list[int] = []
@@ -497,7 +509,7 @@ class Guide:
             if rem_c is not None:
                 rem_c -= int(cl[t])
                 if rem_c < 0:
-                    break                  # this token alone would overrun the characters left
+                    break  # this token alone would overrun the characters left
             kept.append(t)
             if rem_c is not None and rem_c == 0:
                 break
@@ -522,10 +534,11 @@ class Guide:
         step = self.tokens_generated
         if self._closing is None or self._closing_at != step:
             est = len(self._closing) if self._closing is not None else 0
-            near = (rem_t is not None and rem_t <= 2 * est + 16) or \
-                   (rem_c is not None and rem_c <= 2 * self._closing_chars + 32)
+            near = (rem_t is not None and rem_t <= 2 * est + 16) or (
+                rem_c is not None and rem_c <= 2 * self._closing_chars + 32
+            )
             if self._closing is None or near or step - self._closing_at >= 16:
-                assert self._m is not None          # a bounded/choice value always has a matcher
+                assert self._m is not None  # a bounded/choice value always has a matcher
                 path = self._closing_path(self._m.clone(), bytes(self._text), rem_t)
                 self._closing = path
                 self._closing_chars = self._chars_of(path) if path is not None else 0
@@ -535,9 +548,9 @@ class Guide:
             return
         n = len(self._closing)
         slack = _SLACK_TOKENS if n else 1
-        self._closing_mode = (rem_t is not None and n + slack >= rem_t) or \
-                             (rem_c is not None and not exact_chars and self._closing_chars > 0 and
-                              self._closing_chars >= rem_c)
+        self._closing_mode = (rem_t is not None and n + slack >= rem_t) or (
+            rem_c is not None and not exact_chars and self._closing_chars > 0 and self._closing_chars >= rem_c
+        )
 
     def _closing_path(self, m: Matcher, text: bytes, rem_t: int | None = None) -> list[int] | None:
         return closing_path(self._c, m, text, rem_t)

@@ -33,6 +33,7 @@ beams start on a token boundary and end on EOS). Masks are applied to the
 logits where they live; moving masks to the accelerator or batching them
 across rows changes this module only.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Iterable
@@ -46,7 +47,7 @@ from .engine import CompiledConstraint, ConstraintCompileError, compile_constrai
 from .guide import Guide, GuideError
 from .vocab import TokenizerInfo
 
-DEFAULT_MAX_TOKENS = 256     # a hole with no token budget stops here (reported in the trace)
+DEFAULT_MAX_TOKENS = 256  # a hole with no token budget stops here (reported in the trace)
 NEG_INF = float("-inf")
 
 # What HoleGuide.next() says this step is.
@@ -64,13 +65,20 @@ def with_default_budget(c: C.Constraint | None) -> C.Constraint:
     return C.All(parts + (C.MaxTokens(DEFAULT_MAX_TOKENS),))
 
 
-def seam_to_heal(chunk_ids: list[int], decode: Callable[[list[int]], str], eos_ids: Iterable[int],
-                 tok: TokenizerInfo) -> str:
+def seam_to_heal(
+    chunk_ids: list[int], decode: Callable[[list[int]], str], eos_ids: Iterable[int], tok: TokenizerInfo
+) -> str:
     """The text to hold back from the prompt chunk before a hole: its last
     token, when that is a bare run of spaces (not a newline, not EOS, not the
     whole chunk) that some tokens can carry in front of a value; else ""."""
     tail = decode(chunk_ids[-1:]) if len(chunk_ids) > 1 else ""
-    if tail and tail.isspace() and "\n" not in tail and chunk_ids[-1] not in eos_ids and tok.heal_pairs(tail) is not None:
+    if (
+        tail
+        and tail.isspace()
+        and "\n" not in tail
+        and chunk_ids[-1] not in eos_ids
+        and tok.heal_pairs(tail) is not None
+    ):
         return tail
     return ""
 
@@ -79,8 +87,15 @@ class HolePlan:
     """One hole of one rendered prompt: its compiled constraint, budget,
     terminators, canonical choice paths and seam healing."""
 
-    def __init__(self, name: str, constraint: C.Constraint | None, tok: TokenizerInfo, eos_ids: Iterable[int],
-                 heal: str = "", next_token: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        constraint: C.Constraint | None,
+        tok: TokenizerInfo,
+        eos_ids: Iterable[int],
+        heal: str = "",
+        next_token: int | None = None,
+    ):
         """heal: the seam text held back from the prompt before the hole
         (seam_to_heal; "" for none).
         next_token: the first token of the prompt text after the hole."""
@@ -95,24 +110,25 @@ class HolePlan:
         # script sets none). It counts the tokens the model wrote for the
         # hole, a healed seam's bare space included (guide.spend).
         budget = self.compiled.plan.max_tokens
-        assert budget is not None                 # with_default_budget gave every hole one
+        assert budget is not None  # with_default_budget gave every hole one
         self.budget = budget
         self.eos_ids = frozenset(eos_ids)
         self.ends = self.eos_ids if next_token is None else self.eos_ids | {next_token}
         self.heal = heal
         # Healed: the options spelled after the held-back seam text; plain: for beams (no healing).
         # Either keeps only the options whose spelling fits the budget.
-        options = self.compiled.plan.options      # a choice's options that survive its other parts
+        options = self.compiled.plan.options  # a choice's options that survive its other parts
         choice = C.Choice(options) if options is not None else None
         self.plain_choice = CanonicalChoice.of(choice, tok, self.eos_ids, budget=self.budget)
-        self.choice = self.plain_choice if not heal else \
-            CanonicalChoice.of(choice, tok, self.eos_ids, heal, budget=self.budget)
+        self.choice = (
+            self.plain_choice if not heal else CanonicalChoice.of(choice, tok, self.eos_ids, heal, budget=self.budget)
+        )
         self._check_a_value_fits()
         self.heal_healed = self.heal_rest = None
         self.heal_space: list[int] = []
         if heal:
             pairs = tok.heal_pairs(heal)
-            assert pairs is not None              # seam_to_heal holds back only a seam some tokens carry
+            assert pairs is not None  # seam_to_heal holds back only a seam some tokens carry
             healed, rest = pairs
             self.heal_healed, self.heal_rest = torch.from_numpy(healed), torch.from_numpy(rest)
             self.heal_space = tok.encode(heal)
@@ -126,14 +142,19 @@ class HolePlan:
                 raise LmlangRuntimeError(
                     f"hole [{self.name}]: no option fits in {self.budget} tokens "
                     f"(the shortest takes {self.plain_choice.shortest} with this model's tokenizer)",
-                    hint=f"raise tokens({self.name}) <= {self.budget}, or shorten the options", code="no-value-fits")
+                    hint=f"raise tokens({self.name}) <= {self.budget}, or shorten the options",
+                    code="no-value-fits",
+                )
             if self.choice is not None and not self.choice.paths:
-                self.choice = self.plain_choice       # no healed spelling fits: decode after the seam plainly
+                self.choice = self.plain_choice  # no healed spelling fits: decode after the seam plainly
             return
         if c.plan.has_shape and c.start_path() is None:
-            raise LmlangRuntimeError(f"hole [{self.name}]: {c.start_problem}",
-                                     hint=f"raise tokens({self.name}) <= {self.budget}, or relax the constraint "
-                                          "(its shortest value must fit)", code="no-value-fits")
+            raise LmlangRuntimeError(
+                f"hole [{self.name}]: {c.start_problem}",
+                hint=f"raise tokens({self.name}) <= {self.budget}, or relax the constraint "
+                "(its shortest value must fit)",
+                code="no-value-fits",
+            )
 
     @property
     def backend(self) -> str:
@@ -155,25 +176,25 @@ class HoleGuide:
     def __init__(self, plan: HolePlan, seam: bool = True):
         self.plan = plan
         self.guide: Guide = plan.compiled.start()
-        self.gen: list[int] = []          # tokens the model's cache got for this hole, in order
+        self.gen: list[int] = []  # tokens the model's cache got for this hole, in order
         self.ends = plan.ends if seam else frozenset()
         self._choice = plan.choice if seam else plan.plain_choice
-        self.healing = plan.heal if seam else ""    # seam text still owed by the first token
-        self.heal_text = self.healing               # what gen's text starts with beyond the value
-        self.ended_by = ""                # "" while open; then the guide's reason, "budget", "eos", "next-text", ...
-        self.generated = 0                # sampled tokens that are part of the value (trace)
-        self.forced = 0                   # fast-forwarded tokens (trace)
-        self.block: list[int] = []        # FEED: the tokens to feed
-        self.masked: torch.Tensor | None = None     # SAMPLE: the logits to pick from
-        self._eos_ok = False              # the last mask allowed EOS (so a terminator may end the value)
-        self._scratch: torch.Tensor | None = None   # reused across steps: no per-step logits copy
+        self.healing = plan.heal if seam else ""  # seam text still owed by the first token
+        self.heal_text = self.healing  # what gen's text starts with beyond the value
+        self.ended_by = ""  # "" while open; then the guide's reason, "budget", "eos", "next-text", ...
+        self.generated = 0  # sampled tokens that are part of the value (trace)
+        self.forced = 0  # fast-forwarded tokens (trace)
+        self.block: list[int] = []  # FEED: the tokens to feed
+        self.masked: torch.Tensor | None = None  # SAMPLE: the logits to pick from
+        self._eos_ok = False  # the last mask allowed EOS (so a terminator may end the value)
+        self._scratch: torch.Tensor | None = None  # reused across steps: no per-step logits copy
 
     def clone(self) -> "HoleGuide":
         other = HoleGuide.__new__(HoleGuide)
         other.__dict__.update(self.__dict__)
         other.guide = self.guide.clone()
         other.gen = list(self.gen)
-        other._scratch = None             # each beam masks into its own buffer
+        other._scratch = None  # each beam masks into its own buffer
         return other
 
     # ------------------------------------------------------------ state
@@ -191,7 +212,7 @@ class HoleGuide:
         guide, n = self.guide, len(self.gen)
         if guide.is_finished() or n >= self.plan.budget:
             self.ended_by = guide.ended_by or ("budget" if n >= self.plan.budget else "constraint")
-            if not guide.complete():      # never returned cut short (the guide's witness prevents it)
+            if not guide.complete():  # never returned cut short (the guide's witness prevents it)
                 raise self._error("the token budget ran out before the value was complete")
             return ENDED
         forced = guide.forced_tokens()
@@ -226,16 +247,19 @@ class HoleGuide:
             plan = self.plan
             if len(plan.heal_space) == 1 and tok == plan.heal_space[0]:
                 return self.guide.fits_spending(1)
-            assert plan.heal_healed is not None and plan.heal_rest is not None   # healing: set with the seam
+            assert plan.heal_healed is not None and plan.heal_rest is not None  # healing: set with the seam
             idx = int((plan.heal_healed == tok).nonzero()[0])
             return self.guide.fits(int(plan.heal_rest[idx]))
         if tok in self.ends and self._eos_ok:
-            return True                   # EOS, or the text after the hole where the value may end
+            return True  # EOS, or the text after the hole where the value may end
         return self.guide.fits(tok)
 
     def _error(self, what: str) -> LmlangRuntimeError:
-        return LmlangRuntimeError(f"hole [{self.plan.name}]: {what}",
-                                  hint=f"generated so far: {self.plan.tok.decode(self.gen)!r}", code="constraint-failed")
+        return LmlangRuntimeError(
+            f"hole [{self.plan.name}]: {what}",
+            hint=f"generated so far: {self.plan.tok.decode(self.gen)!r}",
+            code="constraint-failed",
+        )
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """The logits with every token this hole cannot take next at -inf
@@ -264,7 +288,7 @@ class HoleGuide:
         try:
             if eos or (tok in self.ends and self._eos_ok and not _allows(guide, tok)):
                 self.ended_by = "eos" if eos else "next-text"
-                guide.advance(self.plan.tok.eos_token_id)   # the guide's EOS, whichever end token was picked
+                guide.advance(self.plan.tok.eos_token_id)  # the guide's EOS, whichever end token was picked
                 return True
             guide.advance(tok)
         except GuideError as e:
@@ -279,7 +303,7 @@ class HoleGuide:
         bare space itself, never a token the constraint could not continue."""
         plan = self.plan
         healed, rest, space = plan.heal_healed, plan.heal_rest, plan.heal_space
-        assert healed is not None and rest is not None    # healing: set with the seam
+        assert healed is not None and rest is not None  # healing: set with the seam
         ok = torch.from_numpy(self.guide.allowed_mask())[rest]
         masked = self._scratch_for(logits)
         masked.fill_(NEG_INF)
@@ -304,9 +328,9 @@ class HoleGuide:
         self.healing = ""
         self.gen.append(tok)
         if len(plan.heal_space) == 1 and tok == plan.heal_space[0]:
-            self.guide.spend(1)           # the bare space: the value starts with the next token
+            self.guide.spend(1)  # the bare space: the value starts with the next token
             return False
-        assert plan.heal_healed is not None and plan.heal_rest is not None   # healing: set with the seam
+        assert plan.heal_healed is not None and plan.heal_rest is not None  # healing: set with the seam
         idx = int((plan.heal_healed == tok).nonzero()[0])
         try:
             self.guide.advance(int(plan.heal_rest[idx]))

@@ -14,6 +14,7 @@ unknown is one lmlang cannot enforce, and is refused with its JSON path.
 Anything else llguidance rejects stays rejected: lmlang never relaxes a
 keyword it cannot enforce. Torch-free.
 """
+
 from __future__ import annotations
 
 import json

@@ -9,6 +9,7 @@ class in `spec.py`, one entry here, the `where` clause in the grammar that
 writes it (with its AST node and the checker's lowering in
 `checker/holes.py`), and its lowering in `lower.py` if it is a shape.
 """
+
 from __future__ import annotations
 
 from . import spec as C
@@ -25,6 +26,7 @@ class ConstraintKind:
     `lowers_to`: the mask backend's language for a shape ("regex", "json",
     "lark"), "" otherwise. `is_type`: the word after `is` for the shapes a
     script writes as `x is TYPE` (int, float, bool)."""
+
     name: str
     cls: type
     role: str
@@ -34,20 +36,24 @@ class ConstraintKind:
     is_type: str = ""
 
 
-CONSTRAINT_KINDS: dict[str, ConstraintKind] = {k.name: k for k in (
-    ConstraintKind("choice", C.Choice, SHAPE, 'x in ["a", "b"]', "regex", ("in",)),
-    ConstraintKind("regex", C.Regex, SHAPE, 'x matches r"[0-9]+"', "regex", ("matches",)),
-    ConstraintKind("int", C.IntType, SHAPE, "x is int, x is int(0..150)", "regex", ("is",), is_type="int"),
-    ConstraintKind("float", C.FloatType, SHAPE, "x is float", "regex", ("is",), is_type="float"),
-    ConstraintKind("bool", C.BoolType, SHAPE, "x is bool", "regex", ("is",), is_type="bool"),
-    ConstraintKind("json", C.JsonSchema, SHAPE, 'x is json {name: str}, x is json "schema.json"', "json",
-                   ("is", "json")),
-    ConstraintKind("grammar", C.Grammar, SHAPE, 'x is grammar "file.lark"', "lark", ("is", "grammar")),
-    ConstraintKind("stop", C.Stop, STOP, 'x stops at "."  /  x stops before "\\n"', "", ("stops", "at", "before")),
-    ConstraintKind("max_tokens", C.MaxTokens, LIMIT, "tokens(x) <= 20", "", ("tokens",)),
-    ConstraintKind("max_chars", C.MaxChars, LIMIT, "len(x) <= 80", "", ("len",)),
-    ConstraintKind("all", C.All, GROUP, "a and b", "", ("and",)),
-)}
+CONSTRAINT_KINDS: dict[str, ConstraintKind] = {
+    k.name: k
+    for k in (
+        ConstraintKind("choice", C.Choice, SHAPE, 'x in ["a", "b"]', "regex", ("in",)),
+        ConstraintKind("regex", C.Regex, SHAPE, 'x matches r"[0-9]+"', "regex", ("matches",)),
+        ConstraintKind("int", C.IntType, SHAPE, "x is int, x is int(0..150)", "regex", ("is",), is_type="int"),
+        ConstraintKind("float", C.FloatType, SHAPE, "x is float", "regex", ("is",), is_type="float"),
+        ConstraintKind("bool", C.BoolType, SHAPE, "x is bool", "regex", ("is",), is_type="bool"),
+        ConstraintKind(
+            "json", C.JsonSchema, SHAPE, 'x is json {name: str}, x is json "schema.json"', "json", ("is", "json")
+        ),
+        ConstraintKind("grammar", C.Grammar, SHAPE, 'x is grammar "file.lark"', "lark", ("is", "grammar")),
+        ConstraintKind("stop", C.Stop, STOP, 'x stops at "."  /  x stops before "\\n"', "", ("stops", "at", "before")),
+        ConstraintKind("max_tokens", C.MaxTokens, LIMIT, "tokens(x) <= 20", "", ("tokens",)),
+        ConstraintKind("max_chars", C.MaxChars, LIMIT, "len(x) <= 80", "", ("len",)),
+        ConstraintKind("all", C.All, GROUP, "a and b", "", ("and",)),
+    )
+}
 
 BY_CLASS: dict[type, ConstraintKind] = {k.cls: k for k in CONSTRAINT_KINDS.values()}
 SHAPES: tuple[type, ...] = tuple(k.cls for k in CONSTRAINT_KINDS.values() if k.role == SHAPE)
@@ -62,6 +68,7 @@ def kind_of(c: C.Constraint) -> ConstraintKind:
 @frozen
 class Parts:
     """A hole's constraint split by role: what lowering and the judges read."""
+
     shapes: tuple
     stops: tuple
     max_tokens: int | None

@@ -10,6 +10,7 @@ decoding) has no backtracking, so one pass over the text's bytes decides.
 It has no look-around, backreferences or `\\b`; `unsupported()` says so, and
 the checker refuses such rule patterns with that reason.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -30,7 +31,7 @@ def search_pattern(pattern: str) -> str:
     text around it, except where a leading `^` or trailing `$` anchors it."""
     start = pattern.startswith("^")
     end = pattern.endswith("$") and not _escaped(pattern, len(pattern) - 1) and len(pattern) > int(start)
-    core = pattern[int(start):len(pattern) - int(end)]
+    core = pattern[int(start) : len(pattern) - int(end)]
     return ("" if start else _ANY) + f"(?:{core})" + ("" if end else _ANY)
 
 
@@ -51,7 +52,7 @@ def _reason(err: str) -> str:
     lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
     for ln in lines:
         if ln.startswith("error:"):
-            return ln[len("error:"):].strip()
+            return ln[len("error:") :].strip()
     for ln in lines:
         if "not supported" in ln or "not suppo" in ln:
             return ln.split(": ")[-1]

@@ -16,6 +16,7 @@ enforced by lmlang's own Guide around any backend:
 
 Torch-free, backend-free: the checker uses it too.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ from .formats import lower_schema_text
 from .kinds import kind_of
 from .kinds import split as split_by_role
 from .shapes import shape_regex, split_options
-from .spec import (Choice, Constraint, Grammar, JsonSchema, Stop)
+from .spec import Choice, Constraint, Grammar, JsonSchema, Stop
 
 if TYPE_CHECKING:  # the type only: the front end never imports llguidance
     from llguidance._lib import JsonCompileOptions
@@ -41,8 +42,16 @@ JSON_KEY_SEPARATOR = ": "
 # Greedy closing (guide.py, check.py) prefers bytes that end structures, then short scalars.
 # The comma ends a value and moves on (a number could take digits, a point or
 # an exponent for ever), so it comes before every byte that extends a value.
-CLOSING_PRIORITY = (b'}]",0' + b"123456789" + b":" + b"tfnle" + b"abcdghijkmopqrsuvwxyz" +
-                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ" + b" .-+_/@#$%^&*!?~`'|\\;<>=" + b"[{")
+CLOSING_PRIORITY = (
+    b'}]",0'
+    + b"123456789"
+    + b":"
+    + b"tfnle"
+    + b"abcdghijkmopqrsuvwxyz"
+    + b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    + b" .-+_/@#$%^&*!?~`'|\\;<>="
+    + b"[{"
+)
 
 CLOSING_PRIORITY_IN_STRING = b'"' + CLOSING_PRIORITY.replace(b'"', b"")
 
@@ -106,18 +115,27 @@ def lark_regex(pattern: str) -> str:
 
 @frozen
 class Plan:
-    kind: str                       # "free" | "regex" | "json" | "lark"
-    text: str = ""                  # the regex, schema JSON, or lark grammar
-    options: tuple[str, ...] | None = None   # set when the shape is a Choice
+    kind: str  # "free" | "regex" | "json" | "lark"
+    text: str = ""  # the regex, schema JSON, or lark grammar
+    options: tuple[str, ...] | None = None  # set when the shape is a Choice
     stops: tuple[Stop, ...] = ()
     max_tokens: int | None = None
     max_chars: int | None = None
-    source: str = ""                # what the shape came from: "choice", "int", "regex", ...
+    source: str = ""  # what the shape came from: "choice", "int", "regex", ...
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     def key(self) -> str:
-        return json.dumps([self.kind, self.text, self.options, [(s.text, s.include) for s in self.stops],
-                           self.max_tokens, self.max_chars, self.source])
+        return json.dumps(
+            [
+                self.kind,
+                self.text,
+                self.options,
+                [(s.text, s.include) for s in self.stops],
+                self.max_tokens,
+                self.max_chars,
+                self.source,
+            ]
+        )
 
     @property
     def has_shape(self) -> bool:
@@ -175,7 +193,7 @@ def lower(c: Constraint | None) -> Plan:
             raise LoweringError("a JSON or grammar shape cannot be combined with another shape")
         # regex-like shapes intersect exactly as lark lexemes
         rxs = [rx for s in shapes if (rx := _shape_regex(s)) is not None]
-        assert len(rxs) == len(shapes)          # JSON and grammar shapes were ruled out above
+        assert len(rxs) == len(shapes)  # JSON and grammar shapes were ruled out above
         return _bounded_lark([r for r, _ in rxs], max_chars, limits, source="+".join(src for _, src in rxs))
 
     shape = shapes[0]
@@ -186,8 +204,7 @@ def lower(c: Constraint | None) -> Plan:
             return _bounded_lark([pattern], max_chars, limits, source=source)
         return Plan("regex", pattern, **limits, source=source)
     if isinstance(shape, JsonSchema):
-        return Plan("json", closed_schema_text(lower_schema_text(shape.schema, shape.formats)), **limits,
-                    source="json")
+        return Plan("json", closed_schema_text(lower_schema_text(shape.schema, shape.formats)), **limits, source="json")
     if isinstance(shape, Grammar):
         return Plan("lark", shape.lark, **limits, source="grammar")
     raise LoweringError(f"unknown constraint {type(shape).__name__}")
@@ -218,7 +235,7 @@ def with_stops_folded(plan: Plan) -> Plan:
     terms = ["~" + lark_regex(f"(?s:.*{_literal(s.text)}{'.+' if s.include else '.*'})") for s in plan.stops]
     if plan.kind == "regex":
         text = "start: VALUE\nVALUE: " + " & ".join([lark_regex(plan.text)] + terms) + "\n"
-    else:                                   # _bounded_lark's one VALUE line
+    else:  # _bounded_lark's one VALUE line
         text = plan.text.rstrip("\n") + " & " + " & ".join(terms) + "\n"
     return dataclasses.replace(plan, kind="lark", text=text)
 
@@ -227,20 +244,80 @@ def with_stops_folded(plan: Plan) -> Plan:
 # Keywords each backend *enforces* (not merely parses). A schema may fall back to a
 # backend only when all of its keywords are in that backend's set; otherwise
 # the backend would silently accept invalid values.
-ANNOTATIONS = {"$schema", "$id", "id", "$comment", "title", "description", "default", "examples", "deprecated",
-               "readOnly", "writeOnly", "$defs", "definitions", "contentMediaType", "contentEncoding", "$anchor",
-               "discriminator", "nullable", "x-guidance"}
+ANNOTATIONS = {
+    "$schema",
+    "$id",
+    "id",
+    "$comment",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "$defs",
+    "definitions",
+    "contentMediaType",
+    "contentEncoding",
+    "$anchor",
+    "discriminator",
+    "nullable",
+    "x-guidance",
+}
 # (oneOf is left out of both: they treat it as anyOf and accept values matching several branches)
-XGRAMMAR_ENFORCED = ANNOTATIONS | {"type", "properties", "required", "additionalProperties", "items", "prefixItems",
-                                   "enum", "const", "anyOf", "$ref", "minLength", "maxLength", "pattern",
-                                   "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
-OUTLINES_ENFORCED = ANNOTATIONS | {"type", "properties", "required", "additionalProperties", "items", "prefixItems",
-                                   "enum", "const", "anyOf", "allOf", "$ref", "minLength", "maxLength",
-                                   "pattern", "minItems", "maxItems"}
+XGRAMMAR_ENFORCED = ANNOTATIONS | {
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "prefixItems",
+    "enum",
+    "const",
+    "anyOf",
+    "$ref",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+}
+OUTLINES_ENFORCED = ANNOTATIONS | {
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "prefixItems",
+    "enum",
+    "const",
+    "anyOf",
+    "allOf",
+    "$ref",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+}
 # keywords whose *values* are schemas or maps of schemas (walked recursively)
 _SUBSCHEMA = {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
-_SUBSCHEMA_ONE = {"items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames",
-                  "additionalItems", "unevaluatedProperties", "unevaluatedItems"}
+_SUBSCHEMA_ONE = {
+    "items",
+    "additionalProperties",
+    "not",
+    "if",
+    "then",
+    "else",
+    "contains",
+    "propertyNames",
+    "additionalItems",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+}
 _SUBSCHEMA_LIST = {"anyOf", "oneOf", "allOf", "prefixItems", "items"}
 
 
@@ -267,5 +344,4 @@ def schema_keywords(schema) -> set[str]:
 
 
 def llguidance_json_options() -> JsonCompileOptions:
-    return {"whitespace_flexible": False, "item_separator": JSON_ITEM_SEPARATOR,
-            "key_separator": JSON_KEY_SEPARATOR}
+    return {"whitespace_flexible": False, "item_separator": JSON_ITEM_SEPARATOR, "key_separator": JSON_KEY_SEPARATOR}

@@ -12,6 +12,7 @@ lowering keeps the ones that fit.
 
 Torch-free and backend-free: `lmlang check` imports it.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ from .spec import BoolType, Choice, Constraint, FloatType, Grammar, IntType, Jso
 
 # `x is int` without bounds is an int64: a model never writes 256 digits,
 # and every value fits the integer types of the languages that read it.
-INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # `x is float`: at most 16 digits before the point and 16 after it, and an
 # exponent of at most two digits, so every value is a finite double
 # (|x| < 1e116) written the way people write numbers.
@@ -158,7 +159,7 @@ def option_fits(option: str, other: Constraint) -> bool:
 
 def split_options(options, other: Constraint) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(the options that are values of `other`, those that are not), each in order."""
-    if isinstance(other, Choice):                   # set membership: two long lists stay linear
+    if isinstance(other, Choice):  # set membership: two long lists stay linear
         allowed = set(other.options)
         fits = [o in allowed for o in options]
     else:

@@ -3,6 +3,7 @@
 Torch-free and hashable: these objects sit inside graph node specs, so the
 compiler can dedupe them and the disk cache can key on them.
 """
+
 from __future__ import annotations
 
 from ..frozen import frozen
@@ -17,12 +18,14 @@ class Constraint:
 @frozen
 class Choice(Constraint):
     """`x in ["a", "b"]`: the hole's text is exactly one option."""
+
     options: tuple[str, ...]
 
 
 @frozen
 class Regex(Constraint):
     """`x matches r"..."`: full match of a Python-style regex (no lookaround/backrefs)."""
+
     pattern: str
 
 
@@ -30,6 +33,7 @@ class Regex(Constraint):
 class IntType(Constraint):
     """`x is int`; optional inclusive bounds come from `int(0..150)` in JSON types.
     Bounds are enforced while decoding (lowered to a JSON-Schema integer range)."""
+
     lo: int | None = None
     hi: int | None = None
 
@@ -52,6 +56,7 @@ class JsonSchema(Constraint):
     (formats.py lists those it can): "enforce" (the default) refuses the schema at
     check time, naming the keyword's JSON path; "annotate" treats such a format
     as an annotation, as JSON Schema permits: not checked."""
+
     schema: str  # json.dumps(schema, sort_keys=True)
     formats: str = "enforce"  # "enforce" | "annotate"
 
@@ -59,12 +64,14 @@ class JsonSchema(Constraint):
 @frozen
 class Grammar(Constraint):
     """`x is grammar "file.lark"`: a Lark grammar text (start rule `start`)."""
+
     lark: str
 
 
 @frozen
 class Stop(Constraint):
     """`stops at "s"` (include=True: s is part of the value) / `stops before "s"` (include=False)."""
+
     text: str
     include: bool
 
@@ -72,12 +79,14 @@ class Stop(Constraint):
 @frozen
 class MaxTokens(Constraint):
     """`tokens(x) <= n` (also < n, normalised to <=)."""
+
     n: int
 
 
 @frozen
 class MaxChars(Constraint):
     """`len(x) <= n` (also < n, normalised to <=)."""
+
     n: int
 
 
@@ -86,6 +95,7 @@ class All(Constraint):
     """Conjunction. The checker normalises: at most one 'shape' constraint
     (Choice/Regex/Int/Float/Bool/JsonSchema/Grammar), any number of Stop,
     at most one MaxTokens and one MaxChars (the tightest)."""
+
     parts: tuple[Constraint, ...]
 
 

@@ -14,19 +14,27 @@ byte).
 
 Built once per tokenizer (a loop over the non-ASCII tokens), kept with it.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-INVALID = 8   # the token cannot follow: it breaks the character the text has started (or starts mid-character)
+INVALID = 8  # the token cannot follow: it breaks the character the text has started (or starts mid-character)
 
 # The states of a UTF-8 validator between bytes: 0 between characters;
 # 1-3 owing that many continuation bytes (80-BF); 4-7 after a lead byte whose
 # next byte has a narrower range (no overlong form, no surrogate, nothing
 # past U+10FFFF), owing 2, 2, 3, 3 bytes.
-_OWED = np.array([0, 1, 2, 3, 2, 2, 3, 3, 8], dtype=np.int8)     # bytes owed per state (INVALID: 8)
-_NEXT_RANGE = {1: (0x80, 0xBF, 0), 2: (0x80, 0xBF, 1), 3: (0x80, 0xBF, 2),
-               4: (0xA0, 0xBF, 1), 5: (0x80, 0x9F, 1), 6: (0x90, 0xBF, 2), 7: (0x80, 0x8F, 2)}
+_OWED = np.array([0, 1, 2, 3, 2, 2, 3, 3, 8], dtype=np.int8)  # bytes owed per state (INVALID: 8)
+_NEXT_RANGE = {
+    1: (0x80, 0xBF, 0),
+    2: (0x80, 0xBF, 1),
+    3: (0x80, 0xBF, 2),
+    4: (0xA0, 0xBF, 1),
+    5: (0x80, 0x9F, 1),
+    6: (0x90, 0xBF, 2),
+    7: (0x80, 0x8F, 2),
+}
 
 
 def _lead(b: int) -> int:
@@ -77,14 +85,14 @@ class Utf8Table:
     def __init__(self, token_bytes: list[bytes]):
         V = len(token_bytes)
         after = np.full((8, V), INVALID, dtype=np.int8)
-        alone = np.zeros(V, dtype=np.int8)     # the state after t when the text before it was broken anyway
+        alone = np.zeros(V, dtype=np.int8)  # the state after t when the text before it was broken anyway
         for i, b in enumerate(token_bytes):
             if not b:
-                continue                        # special tokens and EOS: the guide decides those
+                continue  # special tokens and EOS: the guide decides those
             if b.isascii():
                 after[0, i] = 0
                 continue
-            starts = range(1, 8) if 0x80 <= b[0] <= 0xBF else (0,)   # only a continuation can pay a debt
+            starts = range(1, 8) if 0x80 <= b[0] <= 0xBF else (0,)  # only a continuation can pay a debt
             for state in starts:
                 after[state, i] = _run(state, b)
             alone[i] = _run(0, b, reset=True)
@@ -92,7 +100,7 @@ class Utf8Table:
         self.alone = alone
         # valid[state]: the tokens that keep the text well-formed UTF-8.
         self.valid = after != INVALID
-        self.owed_after = _OWED[after]        # continuation bytes owed after t (INVALID: 8)
+        self.owed_after = _OWED[after]  # continuation bytes owed after t (INVALID: 8)
         self.broken_start = np.flatnonzero(~self.valid[0] & np.array([bool(b) for b in token_bytes]))
 
     def next(self, state: int, token: int) -> int:

@@ -18,6 +18,7 @@ the TokenizerInfo, in fields declared below.
 
 Torch-free (numpy only).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -79,9 +80,16 @@ class TokenizerInfo:
     EOS (which ends the value). `vocab_size` is the tokenizer's size; the model's
     logits may be wider (padding): `Guide.apply` masks the extra columns."""
 
-    def __init__(self, token_bytes: list[bytes], eos_token_id: int, special_ids: list[int] | tuple[int, ...] = (),
-                 *, hash: str | None = None, encode: Callable[[str], list[int]] | None = None,
-                 char_len: np.ndarray | None = None):
+    def __init__(
+        self,
+        token_bytes: list[bytes],
+        eos_token_id: int,
+        special_ids: list[int] | tuple[int, ...] = (),
+        *,
+        hash: str | None = None,
+        encode: Callable[[str], list[int]] | None = None,
+        char_len: np.ndarray | None = None,
+    ):
         self.token_bytes = list(token_bytes)
         self.vocab_size = len(self.token_bytes)
         self.eos_token_id = int(eos_token_id)
@@ -98,14 +106,15 @@ class TokenizerInfo:
             hash = h.hexdigest()[:24]
         self.hash = hash
         self._encode = encode
-        self.char_len = char_len if char_len is not None and len(char_len) == self.vocab_size \
-            else _char_lengths(self.token_bytes)
+        self.char_len = (
+            char_len if char_len is not None and len(char_len) == self.vocab_size else _char_lengths(self.token_bytes)
+        )
         # Built on first use, from the vocabulary alone:
-        self._backend_objects: dict[str, Any] = {}          # backend name -> its tokenizer object
+        self._backend_objects: dict[str, Any] = {}  # backend name -> its tokenizer object
         self._single_byte: dict[int, int] | None = None
         self._by_bytes: dict[bytes, int] | None = None
-        self._heal: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}   # seam text -> heal_pairs
-        self._crossing: dict[tuple[bytes, int], np.ndarray] = {}           # (stop, k) -> stop_crossing
+        self._heal: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}  # seam text -> heal_pairs
+        self._crossing: dict[tuple[bytes, int], np.ndarray] = {}  # (stop, k) -> stop_crossing
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -134,8 +143,9 @@ class TokenizerInfo:
             probe = cls(data["token_bytes"], eos, data["special_ids"], hash=digest)
             data["char_len"] = probe.char_len
             cachefile.write(path, _KIND, _cache_body(data))
-        return cls(data["token_bytes"], eos, data["special_ids"], hash=digest, encode=encode,
-                   char_len=data.get("char_len"))
+        return cls(
+            data["token_bytes"], eos, data["special_ids"], hash=digest, encode=encode, char_len=data.get("char_len")
+        )
 
     # ------------------------------------------------------------------ helpers
     def encode(self, text: str) -> list[int]:
@@ -152,7 +162,7 @@ class TokenizerInfo:
         maxlen = max(len(b) for b in self.token_bytes)
         while i < len(data):
             for ln in range(min(maxlen, len(data) - i), 0, -1):
-                tid = table.get(data[i:i + ln])
+                tid = table.get(data[i : i + ln])
                 if tid is not None:
                     out.append(tid)
                     i += ln
@@ -181,7 +191,7 @@ class TokenizerInfo:
             healed, rest = [], []
             for i, b in enumerate(self.token_bytes):
                 if len(b) > len(pb) and b.startswith(pb):
-                    r = by_bytes.get(b[len(pb):])
+                    r = by_bytes.get(b[len(pb) :])
                     if r is not None:
                         healed.append(i)
                         rest.append(r)
@@ -277,13 +287,19 @@ def _read_vocab(spec: dict, tokenizer: Any, n: int) -> dict:
 # arrays back to back: offsets (uint32, n + 1) into the concatenated token
 # bytes, char_len (int32, n), and the bytes themselves.
 
+
 def _cache_body(data: dict) -> bytes:
     token_bytes = data["token_bytes"]
     offsets = np.zeros(len(token_bytes) + 1, dtype="<u4")
     np.cumsum([len(b) for b in token_bytes], out=offsets[1:])
     header = json.dumps({"n": len(token_bytes), "special_ids": [int(i) for i in data["special_ids"]]})
-    return (header.encode() + b"\n" + offsets.tobytes() + np.asarray(data["char_len"], dtype="<i4").tobytes()
-            + b"".join(token_bytes))
+    return (
+        header.encode()
+        + b"\n"
+        + offsets.tobytes()
+        + np.asarray(data["char_len"], dtype="<i4").tobytes()
+        + b"".join(token_bytes)
+    )
 
 
 def _read_cached(path, n: int) -> dict | None:
@@ -300,13 +316,13 @@ def _read_cached(path, n: int) -> dict | None:
         special = [int(i) for i in header["special_ids"]]
         offsets = np.frombuffer(rest, dtype="<u4", count=n + 1)
         char_len = np.frombuffer(rest, dtype="<i4", count=n, offset=4 * (n + 1)).astype(np.int32)
-        blob = rest[8 * n + 4:]
+        blob = rest[8 * n + 4 :]
         if offsets[0] != 0 or int(offsets[-1]) != len(blob) or np.any(np.diff(offsets.astype(np.int64)) < 0):
             return None
         if any(not 0 <= i < n for i in special):
             return None
         bounds = offsets.tolist()
-        token_bytes = [blob[bounds[i]:bounds[i + 1]] for i in range(n)]
+        token_bytes = [blob[bounds[i] : bounds[i + 1]] for i in range(n)]
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
     return {"token_bytes": token_bytes, "special_ids": special, "char_len": char_len}

@@ -4,6 +4,7 @@ The graph is held as plain dicts and turned into a `networkx.DiGraph` only
 on first use of `Compiled.graph`: `lmlang check` compiles every script, and
 running one reads the dicts, without paying for the networkx import.
 """
+
 from __future__ import annotations
 
 from .labels import node_label
@@ -20,7 +21,7 @@ class Compiled:
         self.edges: list[tuple[str, str]] = sorted(set(map(tuple, edges)))
         self.names: dict[str, str] = dict(names)
         self.steps: list[str] = list(steps)
-        self._graph = None                 # the networkx view, built on first use
+        self._graph = None  # the networkx view, built on first use
 
     def spec(self, nid: str) -> Spec:
         return self.nodes[nid]
@@ -44,7 +45,13 @@ class Compiled:
         return names[0] if names else node_label(self, nid)
 
     def __eq__(self, other) -> bool:
-        return (isinstance(other, Compiled) and self.nodes == other.nodes and self.node_names == other.node_names
-                and self.edges == other.edges and self.names == other.names and self.steps == other.steps)
+        return (
+            isinstance(other, Compiled)
+            and self.nodes == other.nodes
+            and self.node_names == other.node_names
+            and self.edges == other.edges
+            and self.names == other.names
+            and self.steps == other.steps
+        )
 
-    __hash__ = None   # type: ignore[assignment]  # unhashable (mutable): Python's idiom, which typeshed types as a method
+    __hash__ = None  # type: ignore[assignment]  # unhashable (mutable): Python's idiom, which typeshed types as a method

@@ -1,6 +1,7 @@
 """The graph out of the process: JSON (round-trips), Graphviz dot and
 mermaid. Labels come from `labels.node_label`; node ids are the specs'
 content hashes, so the same script exports the same text on every machine."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,15 @@ GRAPH_FORMAT_VERSION = 2
 def graph_to_json(compiled: Compiled) -> dict:
     return {
         "version": GRAPH_FORMAT_VERSION,
-        "nodes": [{"id": n, "names": list(compiled.node_names[n]), "label": node_label(compiled, n),
-                   "spec": to_jsonable(compiled.nodes[n])} for n in sorted(compiled.nodes)],
+        "nodes": [
+            {
+                "id": n,
+                "names": list(compiled.node_names[n]),
+                "label": node_label(compiled, n),
+                "spec": to_jsonable(compiled.nodes[n]),
+            }
+            for n in sorted(compiled.nodes)
+        ],
         "edges": [list(e) for e in compiled.edges],
         "names": dict(sorted(compiled.names.items())),
         "steps": list(compiled.steps),
@@ -36,8 +44,18 @@ def graph_from_json(data: dict | str) -> Compiled:
     return Compiled(nodes, names, [tuple(e) for e in data["edges"]], dict(data["names"]), list(data["steps"]))
 
 
-_DOT_SHAPES = {"model": "cylinder", "server": "cylinder", "vllm": "cylinder", "query": "note", "step": "ellipse",
-               "router": "diamond", "input": "invhouse", "lora": "folder", "train": "folder", "adapter_merge": "folder"}
+_DOT_SHAPES = {
+    "model": "cylinder",
+    "server": "cylinder",
+    "vllm": "cylinder",
+    "query": "note",
+    "step": "ellipse",
+    "router": "diamond",
+    "input": "invhouse",
+    "lora": "folder",
+    "train": "folder",
+    "adapter_merge": "folder",
+}
 
 
 def _display_label(compiled: Compiled, nid: str) -> str:

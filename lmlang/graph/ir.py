@@ -10,6 +10,7 @@ source location is a failing call, so `Call` carries one (`file:line:col`).
 Reads, writes and calls of a statement come from the generic `walk` over
 these nodes (`effects`), not from a hand-written recursion.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,10 +23,12 @@ from ..frozen import children, frozen, walk
 class IRNode:
     """A node of the IR (every class has a docstring: dataclasses would otherwise
     build one with inspect.signature, a measurable cost at import)."""
+
     tag = "node"
 
 
 # ---------------------------------------------------------------- expressions
+
 
 @frozen
 class Expr(IRNode):
@@ -35,6 +38,7 @@ class Expr(IRNode):
 @frozen
 class Lit(Expr):
     """`"text"`, `3`, `2.5`, `true`."""
+
     tag = "lit"
     value: Union[str, int, float, bool, None]
 
@@ -42,6 +46,7 @@ class Lit(Expr):
 @frozen
 class Var(Expr):
     """A variable of the flow or a program input."""
+
     tag = "var"
     name: str
 
@@ -49,6 +54,7 @@ class Var(Expr):
 @frozen
 class Attr(Expr):
     """`obj.name`: a field of a dict value (never a Python attribute)."""
+
     tag = "attr"
     obj: Expr
     name: str
@@ -57,6 +63,7 @@ class Attr(Expr):
 @frozen
 class Index(Expr):
     """`obj[index]`: a list item or a dict entry."""
+
     tag = "index"
     obj: Expr
     index: Expr
@@ -65,6 +72,7 @@ class Index(Expr):
 @frozen
 class ListExpr(Expr):
     """`[a, b, ...]`."""
+
     tag = "list"
     items: tuple[Expr, ...]
 
@@ -73,6 +81,7 @@ class ListExpr(Expr):
 class Call(Expr):
     """A call of a query, a builtin or a registered Python function; `loc`
     names the call in runtime errors."""
+
     tag = "call"
     func: str
     args: tuple[Expr, ...]
@@ -83,8 +92,9 @@ class Call(Expr):
 @frozen
 class BinOp(Expr):
     """`left op right`; `and`/`or` short-circuit."""
+
     tag = "bin"
-    op: str                             # + - * / % == != < <= > >= and or in
+    op: str  # + - * / % == != < <= > >= and or in
     left: Expr
     right: Expr
 
@@ -92,12 +102,14 @@ class BinOp(Expr):
 @frozen
 class UnaryOp(Expr):
     """`not x`, `-x`."""
+
     tag = "un"
-    op: str                             # not | -
+    op: str  # not | -
     operand: Expr
 
 
 # ---------------------------------------------------------------- statements
+
 
 @frozen
 class Stmt(IRNode):
@@ -107,6 +119,7 @@ class Stmt(IRNode):
 @frozen
 class Assign(Stmt):
     """`name = value`."""
+
     tag = "assign"
     name: str
     value: Expr
@@ -115,6 +128,7 @@ class Assign(Stmt):
 @frozen
 class If(Stmt):
     """`if cond { then } else { orelse }`."""
+
     tag = "if"
     cond: Expr
     then: tuple[Stmt, ...]
@@ -124,6 +138,7 @@ class If(Stmt):
 @frozen
 class For(Stmt):
     """`for var in iter { body }`."""
+
     tag = "for"
     var: str
     iter: Expr
@@ -133,13 +148,15 @@ class For(Stmt):
 @frozen
 class Emit(Stmt):
     """`emit name = value, ...`: the flow's outputs."""
+
     tag = "emit"
-    items: tuple[tuple[str, Expr], ...]     # (name, value), in source order
+    items: tuple[tuple[str, Expr], ...]  # (name, value), in source order
 
 
 # ---------------------------------------------------------------- router payloads
 # What a router knows about each expert: a rule (rules routers), example
 # texts or a description (embedding routers; classify routers use descriptions).
+
 
 @frozen
 class Payload(IRNode):
@@ -149,20 +166,23 @@ class Payload(IRNode):
 @frozen
 class Matches(Payload):
     """`matches r"..."` (rules)."""
+
     tag = "matches"
-    pattern: str                        # a Python regex, searched in the input
+    pattern: str  # a Python regex, searched in the input
 
 
 @frozen
 class Contains(Payload):
     """`contains ["...", ...]` (rules)."""
+
     tag = "contains"
-    words: tuple[str, ...]              # any of them, case-insensitive
+    words: tuple[str, ...]  # any of them, case-insensitive
 
 
 @frozen
 class Description(Payload):
     """A description of the expert (embedding, classify)."""
+
     tag = "description"
     text: str
 
@@ -170,12 +190,32 @@ class Description(Payload):
 @frozen
 class Examples(Payload):
     """Example inputs of the expert (embedding)."""
+
     tag = "examples"
     texts: tuple[str, ...]
 
 
-IR_TYPES = {cls.__name__: cls for cls in (Lit, Var, Attr, Index, ListExpr, Call, BinOp, UnaryOp,
-                                         Assign, If, For, Emit, Matches, Contains, Description, Examples)}
+IR_TYPES = {
+    cls.__name__: cls
+    for cls in (
+        Lit,
+        Var,
+        Attr,
+        Index,
+        ListExpr,
+        Call,
+        BinOp,
+        UnaryOp,
+        Assign,
+        If,
+        For,
+        Emit,
+        Matches,
+        Contains,
+        Description,
+        Examples,
+    )
+}
 
 
 def ir_form(node: IRNode) -> tuple:
@@ -195,12 +235,14 @@ def _form(v):
 
 # ---------------------------------------------------------------- effects
 
+
 @frozen
 class Effects:
     """What a top-level statement does to the flow's variables (graph edges)."""
-    reads: frozenset        # variables read before this statement assigns them
-    writes: frozenset       # variables it assigns (anywhere inside)
-    calls: frozenset        # names it calls (queries, builtins, functions)
+
+    reads: frozenset  # variables read before this statement assigns them
+    writes: frozenset  # variables it assigns (anywhere inside)
+    calls: frozenset  # names it calls (queries, builtins, functions)
 
 
 def effects(stmt: Stmt) -> Effects:
@@ -236,4 +278,3 @@ def _blocks(s: Stmt) -> list[tuple]:
         if isinstance(v, tuple) and v and all(isinstance(x, Stmt) for x in v):
             out.append(v)
     return out
-

@@ -1,6 +1,7 @@
 """One-line labels of graph nodes and IR (graph exports, the builder's
 messages): inputs named by their declared names, statements as short
 source text."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,12 @@ def node_label(compiled, nid: str) -> str:
     if isinstance(spec, TrainSpec):
         return f"train lora on {spec.data.rsplit('/', 1)[-1]} (base: {name(spec.base)})"
     if isinstance(spec, RouterSpec):
-        return f"router {spec.name} ({spec.mode}: " + ", ".join(name(e) for e, _ in spec.experts) + \
-            (f"; default {name(spec.default)}" if spec.default else "") + ")"
+        return (
+            f"router {spec.name} ({spec.mode}: "
+            + ", ".join(name(e) for e, _ in spec.experts)
+            + (f"; default {name(spec.default)}" if spec.default else "")
+            + ")"
+        )
     if isinstance(spec, QuerySpec):
         params = ", ".join(p for p, _ in spec.params)
         holes = ", ".join(spec.holes)
@@ -94,4 +99,4 @@ def stmt_text(s: I.Stmt, limit: int = 60) -> str:
             text = "emit " + ", ".join(n for n, _ in items)
         case _:
             text = s.tag
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -4,6 +4,7 @@ Each spec declares its inputs (`deps()`), so the graph's edges follow from the
 nodes and equal sub-expressions (the same merge used twice) collapse into one
 node with one deterministic id. Torch-free.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,6 +20,7 @@ from .ir import IR_TYPES, Assign, Emit, IRNode, Payload, Stmt, ir_form
 class Spec:
     """A graph node. Subclasses have docstrings: without one, dataclasses builds
     one with inspect.signature, a measurable cost at import."""
+
     kind = "spec"
 
     def deps(self) -> tuple[str, ...]:
@@ -31,10 +33,11 @@ class Spec:
 @frozen
 class InputSpec(Spec):
     """A program input (`input name: type = default`)."""
+
     kind = "input"
     name: str
     type: str
-    default: object = None           # JSON-able default or None
+    default: object = None  # JSON-able default or None
     has_default: bool = False
 
     def label(self) -> str:
@@ -44,8 +47,9 @@ class InputSpec(Spec):
 @frozen
 class ModelSpec(Spec):
     """A base model source: the bundled default, a hub id, a folder or a .gguf."""
+
     kind = "model"
-    source: str                       # "default" | hub id | absolute path
+    source: str  # "default" | hub id | absolute path
     loc: str = ""
 
     def label(self) -> str:
@@ -60,9 +64,10 @@ class ModelSpec(Spec):
 @frozen
 class ServerSpec(Spec):
     """A model behind an OpenAI-compatible server (`server "URL" { ... }`)."""
+
     kind = "server"
     url: str
-    options: tuple                    # sorted (key, value): model, api_key_env (a NAME), concurrency, ...
+    options: tuple  # sorted (key, value): model, api_key_env (a NAME), concurrency, ...
     loc: str = ""
 
     def label(self) -> str:
@@ -73,9 +78,10 @@ class ServerSpec(Spec):
 @frozen
 class VllmSpec(Spec):
     """A local model served by a vLLM that lmlang starts (`vllm "SPEC" { ... }`)."""
+
     kind = "vllm"
-    source: str                       # as ModelSpec.source: "default" | hub id | absolute path
-    options: tuple                    # sorted (key, value): tensor_parallel, dtype, args, concurrency, ...
+    source: str  # as ModelSpec.source: "default" | hub id | absolute path
+    options: tuple  # sorted (key, value): tensor_parallel, dtype, args, concurrency, ...
     loc: str = ""
 
     def label(self) -> str:
@@ -88,6 +94,7 @@ class VllmSpec(Spec):
 @frozen
 class LoraSpec(Spec):
     """A LoRA adapter read from a PEFT folder."""
+
     kind = "lora"
     path: str
     loc: str = ""
@@ -99,10 +106,11 @@ class LoraSpec(Spec):
 @frozen
 class TrainSpec(Spec):
     """A LoRA adapter trained on a data file (cached by content)."""
+
     kind = "train"
-    base: str                         # node id
-    data: str                         # absolute path
-    options: tuple                    # sorted (key, value)
+    base: str  # node id
+    data: str  # absolute path
+    options: tuple  # sorted (key, value)
     loc: str = ""
 
     def deps(self):
@@ -115,9 +123,10 @@ class TrainSpec(Spec):
 @frozen
 class AdapterMergeSpec(Spec):
     """Adapters merged into one adapter."""
+
     kind = "adapter_merge"
     method: str
-    adapters: tuple                   # ((node id, params tuple), ...)
+    adapters: tuple  # ((node id, params tuple), ...)
     options: tuple
     loc: str = ""
 
@@ -131,9 +140,10 @@ class AdapterMergeSpec(Spec):
 @frozen
 class ApplySpec(Spec):
     """Adapters applied to a base at scales, not merged (switchable per query)."""
+
     kind = "apply"
     base: str
-    adapters: tuple                   # ((adapter node id, scale), ...)
+    adapters: tuple  # ((adapter node id, scale), ...)
 
     def deps(self):
         return (self.base, *(a for a, _ in self.adapters))
@@ -145,10 +155,11 @@ class ApplySpec(Spec):
 @frozen
 class MergeSpec(Spec):
     """Full models merged into one (streamed tensor by tensor)."""
+
     kind = "merge"
     method: str
     base: str | None
-    models: tuple                     # ((node id, params tuple), ...)
+    models: tuple  # ((node id, params tuple), ...)
     options: tuple
     loc: str = ""
 
@@ -162,9 +173,10 @@ class MergeSpec(Spec):
 @frozen
 class FuseSpec(Spec):
     """Models combined at decoding time (their next-token distributions)."""
+
     kind = "fuse"
     mode: str
-    members: tuple                    # ((node id, weight), ...)
+    members: tuple  # ((node id, weight), ...)
     options: tuple
     loc: str = ""
 
@@ -178,10 +190,11 @@ class FuseSpec(Spec):
 @frozen
 class RouterSpec(Spec):
     """Picks an expert model per input row."""
+
     kind = "router"
     name: str
-    mode: str                         # embedding | classify | rules
-    experts: tuple[tuple[str, Payload], ...]   # ((expert node id, what routes to it), ...)
+    mode: str  # embedding | classify | rules
+    experts: tuple[tuple[str, Payload], ...]  # ((expert node id, what routes to it), ...)
     default: str | None
     using: str | None
     options: tuple
@@ -202,17 +215,18 @@ class RouterSpec(Spec):
 @frozen
 class QuerySpec(Spec):
     """A prompt with holes, their constraints and a decoder, on a model or a router."""
+
     kind = "query"
     name: str
-    params: tuple                     # ((name, type), ...)
-    model: str                        # node id of a model-like node or a router
-    router_args: tuple                # the router's arguments (ir.Expr), evaluated per row
+    params: tuple  # ((name, type), ...)
+    model: str  # node id of a model-like node or a router
+    router_args: tuple  # the router's arguments (ir.Expr), evaluated per row
     chat: bool
-    segments: tuple                   # ((role|None, ((part kind, value), ...)), ...)
+    segments: tuple  # ((role|None, ((part kind, value), ...)), ...)
     holes: tuple
-    constraints: tuple                # ((hole, Constraint|None), ...)
-    decoder: tuple                    # (name, ((key, value), ...))
-    distribution: tuple | None        # (hole, options) | None
+    constraints: tuple  # ((hole, Constraint|None), ...)
+    decoder: tuple  # (name, ((key, value), ...))
+    distribution: tuple | None  # (hole, options) | None
     loc: str = ""
 
     def deps(self):
@@ -225,12 +239,13 @@ class QuerySpec(Spec):
 @frozen
 class StepSpec(Spec):
     """One top-level flow statement (`ir.Stmt`); steps run in `index` order."""
+
     kind = "step"
     index: int
     stmt: Stmt
-    reads: tuple                      # variable names it reads
-    writes: tuple                     # variable names it assigns
-    calls: tuple                      # query node ids it may call
+    reads: tuple  # variable names it reads
+    writes: tuple  # variable names it assigns
+    calls: tuple  # query node ids it may call
     loc: str = ""
 
     def deps(self):
@@ -244,9 +259,24 @@ class StepSpec(Spec):
         return self.stmt.tag
 
 
-SPEC_TYPES = {cls.__name__: cls for cls in (InputSpec, ModelSpec, ServerSpec, VllmSpec, LoraSpec, TrainSpec,
-                                           AdapterMergeSpec, ApplySpec, MergeSpec, FuseSpec, RouterSpec, QuerySpec,
-                                           StepSpec)}
+SPEC_TYPES = {
+    cls.__name__: cls
+    for cls in (
+        InputSpec,
+        ModelSpec,
+        ServerSpec,
+        VllmSpec,
+        LoraSpec,
+        TrainSpec,
+        AdapterMergeSpec,
+        ApplySpec,
+        MergeSpec,
+        FuseSpec,
+        RouterSpec,
+        QuerySpec,
+        StepSpec,
+    )
+}
 CONSTRAINT_TYPES = {k.cls.__name__: k.cls for k in CONSTRAINT_KINDS.values()}
 
 

@@ -3,19 +3,31 @@
 Importing this package (or `lmlang.merge.options`) does not import torch;
 the heavy parts load on first use of the names below.
 """
+
 from __future__ import annotations
 
 from .options import OptionSpec, method_names, method_options, option_problems, validate_options
 
 __all__ = [
-    "OptionSpec", "method_names", "method_options", "option_problems", "validate_options",
-    "merge_models", "MergeResult", "get_method", "merge_loras", "LoraMergeResult", "run_mergekit_yaml",
+    "OptionSpec",
+    "method_names",
+    "method_options",
+    "option_problems",
+    "validate_options",
+    "merge_models",
+    "MergeResult",
+    "get_method",
+    "merge_loras",
+    "LoraMergeResult",
+    "run_mergekit_yaml",
 ]
 
 _LAZY = {
-    "merge_models": ".stream", "MergeResult": ".stream",
+    "merge_models": ".stream",
+    "MergeResult": ".stream",
     "get_method": ".methods",
-    "merge_loras": ".lora", "LoraMergeResult": ".lora",
+    "merge_loras": ".lora",
+    "LoraMergeResult": ".lora",
     "run_mergekit_yaml": ".mergekit_yaml",
 }
 

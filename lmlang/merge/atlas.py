@@ -33,6 +33,7 @@ a data path (like `train`), granularity in block|tensor|model, steps int >=
 `fit_atlas(...).path`, a model folder like any merge's; runtime: the
 executor's merge step calls fit_atlas (cached) and loads the folder.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,16 @@ from .stream import MARKER, MergeConfigError
 FORMAT_VERSION = 1
 MANIFEST = "atlas.json"
 GRANULARITY = ("block", "tensor", "model")
-DEFAULTS = {"granularity": "block", "steps": 20, "lr": 0.01, "init": None, "batch_size": 8, "seed": 0,
-            "max_length": 512, "output": "full"}
+DEFAULTS = {
+    "granularity": "block",
+    "steps": 20,
+    "lr": 0.01,
+    "init": None,
+    "batch_size": 8,
+    "seed": 0,
+    "max_length": 512,
+    "output": "full",
+}
 _LAYER = re.compile(r"(^|\.)layers\.(\d+)\.")
 
 
@@ -62,7 +71,7 @@ class AtlasResult:
     path: Path
     experts: list[str]
     groups: list[str]
-    coefficients: dict[str, dict[str, float]]          # group -> expert -> c
+    coefficients: dict[str, dict[str, float]]  # group -> expert -> c
     losses: list[float] = field(default_factory=list)
     cached: bool = False
     seconds: float = 0.0
@@ -82,8 +91,9 @@ def _group_order(g: str) -> tuple:
     return (0, int(g.split(".")[1]), "") if g.startswith("layer.") else (1, 0, g)
 
 
-def fit_coefficients(model, deltas: Sequence[dict], granularity: str, loss_fn: Callable, *, init: float,
-                     steps: int, lr: float) -> tuple[list[str], Any, list[float]]:
+def fit_coefficients(
+    model, deltas: Sequence[dict], granularity: str, loss_fn: Callable, *, init: float, steps: int, lr: float
+) -> tuple[list[str], Any, list[float]]:
     """Learn c [groups, experts] by Adam on loss_fn(forward), model frozen.
 
     deltas: per expert {weight name: delta tensor}; forward(**kw) runs the
@@ -138,8 +148,10 @@ def completion_loss(examples, pad_id: int, batch_size: int, seed: int) -> Callab
         batch, order = order[:batch_size], order[batch_size:]
         ids, mask, labels = collate([examples[j] for j in batch], pad_id)
         logits = forward(input_ids=ids, attention_mask=mask).logits
-        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                                 labels[:, 1:].reshape(-1), ignore_index=-100)
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+        )
+
     return loss_fn
 
 
@@ -163,7 +175,9 @@ def expert_deltas(base_input, folder: Path) -> tuple[dict, Any]:
     out = {}
     for n in names:
         if base_w[n].shape != exp_w[n].shape:
-            raise MergeConfigError(f"{folder.name}: {n} has shape {list(exp_w[n].shape)}, the base {list(base_w[n].shape)}")
+            raise MergeConfigError(
+                f"{folder.name}: {n} has shape {list(exp_w[n].shape)}, the base {list(base_w[n].shape)}"
+            )
         d = exp_w[n].float() - base_w[n].float()
         if bool(d.any()):
             out[n] = d
@@ -176,7 +190,9 @@ def _options(options: dict | None) -> dict:
     if unknown:
         raise MergeConfigError(f"merge atlas: unknown option '{unknown[0]}'; options: {', '.join(DEFAULTS)}")
     if opts["granularity"] not in GRANULARITY:
-        raise MergeConfigError(f"merge atlas: granularity must be one of {', '.join(GRANULARITY)}, got {opts['granularity']!r}")
+        raise MergeConfigError(
+            f"merge atlas: granularity must be one of {', '.join(GRANULARITY)}, got {opts['granularity']!r}"
+        )
     if not (isinstance(opts["steps"], int) and opts["steps"] >= 1):
         raise MergeConfigError(f"merge atlas: steps must be an integer >= 1, got {opts['steps']!r}")
     if not (isinstance(opts["lr"], (int, float)) and opts["lr"] > 0):
@@ -186,8 +202,13 @@ def _options(options: dict | None) -> dict:
     return opts
 
 
-def fit_atlas(base: str | os.PathLike, experts: Sequence[tuple[str, str | os.PathLike]], data: str | os.PathLike,
-              options: dict | None = None, out_dir: str | os.PathLike | None = None) -> AtlasResult:
+def fit_atlas(
+    base: str | os.PathLike,
+    experts: Sequence[tuple[str, str | os.PathLike]],
+    data: str | os.PathLike,
+    options: dict | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> AtlasResult:
     """Learn the coefficients on `data` and write the merged folder (cached); see the module docstring."""
     from ..models.training import _load_base, encode_rows, read_rows
     from .lora import _content_key
@@ -206,9 +227,18 @@ def fit_atlas(base: str | os.PathLike, experts: Sequence[tuple[str, str | os.Pat
     rows = read_rows(data_path, data_bytes or None)
     base_input = load_input(base)
     init = opts["init"] if opts["init"] is not None else 1.0 / len(experts)
-    key = hashlib.sha256(json.dumps({"v": FORMAT_VERSION, "base": base_input.content_key, "options": {**opts, "init": init},
-                                     "experts": [[n, _content_key(p)] for n, p in zip(names, folders)],
-                                     "data": hashlib.sha256(data_bytes).hexdigest()}, sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "v": FORMAT_VERSION,
+                "base": base_input.content_key,
+                "options": {**opts, "init": init},
+                "experts": [[n, _content_key(p)] for n, p in zip(names, folders)],
+                "data": hashlib.sha256(data_bytes).hexdigest(),
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
     final = _destination(key, out_dir)
     saved = _cached(final, key)
     if saved is not None:
@@ -221,16 +251,29 @@ def fit_atlas(base: str | os.PathLike, experts: Sequence[tuple[str, str | os.Pat
     model.eval()
     examples = encode_rows(tokenizer, rows, opts["max_length"], data_path)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    groups, coef, losses = fit_coefficients(model, deltas, opts["granularity"],
-                                            completion_loss(examples, pad, opts["batch_size"], opts["seed"]),
-                                            init=init, steps=opts["steps"], lr=opts["lr"])
+    groups, coef, losses = fit_coefficients(
+        model,
+        deltas,
+        opts["granularity"],
+        completion_loss(examples, pad, opts["batch_size"], opts["seed"]),
+        init=init,
+        steps=opts["steps"],
+        lr=opts["lr"],
+    )
     del model
     if not all(math.isfinite(x) for x in losses) or not bool(coef.isfinite().all()):
         raise MergeConfigError("merge atlas: the loss diverged; lower lr")
-    manifest = {"key": key, "experts": names, "experts_from": [str(p) for p in folders], "base": str(base_input.path),
-                "data": str(data_path), "options": {**opts, "init": init}, "groups": groups,
-                "coefficients": {g: {n: float(coef[gi, i]) for i, n in enumerate(names)} for gi, g in enumerate(groups)},
-                "losses": losses}
+    manifest = {
+        "key": key,
+        "experts": names,
+        "experts_from": [str(p) for p in folders],
+        "base": str(base_input.path),
+        "data": str(data_path),
+        "options": {**opts, "init": init},
+        "groups": groups,
+        "coefficients": {g: {n: float(coef[gi, i]) for i, n in enumerate(names)} for gi, g in enumerate(groups)},
+        "losses": losses,
+    }
     _write(final, base_input, deltas, loras, groups, coef, opts, manifest)
     return _result(final, manifest, False, time.perf_counter() - start)
 
@@ -247,6 +290,7 @@ def merged_delta_fn(deltas: Sequence[dict], groups: list[str], coef, granularity
                 term = float(row[i]) * d[name]
                 out = term if out is None else out + term
         return out
+
     return merged
 
 
@@ -284,7 +328,9 @@ def _destination(key: str, out_dir) -> Path:
         return cache_dir("merges") / f"atlas-{key[:24]}"
     final = Path(out_dir).expanduser().resolve()
     if final.exists() and any(final.iterdir()) and not (final / MANIFEST).exists():
-        raise MergeError(f"output folder {final} exists and is not an lmlang atlas merge; choose an empty or new folder")
+        raise MergeError(
+            f"output folder {final} exists and is not an lmlang atlas merge; choose an empty or new folder"
+        )
     final.parent.mkdir(parents=True, exist_ok=True)
     return final
 
@@ -298,16 +344,28 @@ def _cached(final: Path, key: str) -> dict | None:
 
 
 def _result(final: Path, manifest: dict, cached: bool, seconds: float) -> AtlasResult:
-    return AtlasResult(final, list(manifest["experts"]), list(manifest["groups"]), dict(manifest["coefficients"]),
-                       list(manifest["losses"]), cached, seconds)
+    return AtlasResult(
+        final,
+        list(manifest["experts"]),
+        list(manifest["groups"]),
+        dict(manifest["coefficients"]),
+        list(manifest["losses"]),
+        cached,
+        seconds,
+    )
 
 
 def _card(folder: Path, manifest: dict) -> None:
     names = manifest["experts"]
-    lines = [f"# aTLAS merge ({manifest['options']['granularity']} coefficients, {manifest['options']['steps']} steps)", "",
-             f"Base: `{manifest['base']}`. Fitted on `{manifest['data']}`; loss "
-             f"{manifest['losses'][0]:.4g} -> {manifest['losses'][-1]:.4g}.", "",
-             "| group | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+    lines = [
+        f"# aTLAS merge ({manifest['options']['granularity']} coefficients, {manifest['options']['steps']} steps)",
+        "",
+        f"Base: `{manifest['base']}`. Fitted on `{manifest['data']}`; loss "
+        f"{manifest['losses'][0]:.4g} -> {manifest['losses'][-1]:.4g}.",
+        "",
+        "| group | " + " | ".join(names) + " |",
+        "| --- |" + " --- |" * len(names),
+    ]
     for g, row in manifest["coefficients"].items():
         lines.append(f"| {g} | " + " | ".join(f"{row[n]:.4f}" for n in names) + " |")
     (folder / "README.md").write_text("\n".join(lines) + "\n")

@@ -44,6 +44,7 @@ Proposed syntax (LANGUAGE.md): `adapter small = compress senti { density:
 folder, density, quantize, alpha)`.path; `lmlang eval` / the trace reports
 `size_ratio`, `packed_ratio` and `overall_error` from the result.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -67,7 +68,9 @@ REPORT = "compeft.json"
 PACKED = "compeft.safetensors"
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
-_FACTOR_RE = re.compile(r"^(?:base_model\.model\.)?(.*)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.weight)?$")
+_FACTOR_RE = re.compile(
+    r"^(?:base_model\.model\.)?(.*)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.weight)?$"
+)
 
 
 @dataclass
@@ -77,13 +80,13 @@ class CompressResult:
     seconds: float
     density: float
     quantize: str
-    scale_rule: str                  # "least_squares" | "alpha_std" | "absmax" | "lora"
-    original_bytes: int              # the input's adapter_model.safetensors
-    bytes: int                       # the output's adapter_model.safetensors
+    scale_rule: str  # "least_squares" | "alpha_std" | "absmax" | "lora"
+    original_bytes: int  # the input's adapter_model.safetensors
+    bytes: int  # the output's adapter_model.safetensors
     size_ratio: float
-    packed_bytes: int                # the ComPEFT encoding (bitmaps + values + scales)
+    packed_bytes: int  # the ComPEFT encoding (bitmaps + values + scales)
     packed_ratio: float
-    overall_error: float             # relative Frobenius error of the exact deltas, all modules
+    overall_error: float  # relative Frobenius error of the exact deltas, all modules
     module_errors: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -93,6 +96,7 @@ class CompressResult:
 
 
 # ---------------------------------------------------------------- kernels
+
 
 def sparsify(factor, density: float):
     """(kept values, boolean mask): the top `density` fraction of |factor|
@@ -149,8 +153,16 @@ def compress_module(a, b, lora_scale: float, density: float, quantize: str, alph
     diff_sq = float(((exact - scale * product) ** 2).sum())
     norm_sq = float((exact * exact).sum())
     error = math.sqrt(diff_sq / norm_sq) if norm_sq > 0 else 0.0
-    return {"a": qa, "b": qb, "scale": scale, "mask_a": mask_a, "mask_b": mask_b, "error": error,
-            "norm_sq": norm_sq, "diff_sq": diff_sq}
+    return {
+        "a": qa,
+        "b": qb,
+        "scale": scale,
+        "mask_a": mask_a,
+        "mask_b": mask_b,
+        "error": error,
+        "norm_sq": norm_sq,
+        "diff_sq": diff_sq,
+    }
 
 
 def packed_size(mask, quantize: str, dtype_bytes: int = 4) -> int:
@@ -164,6 +176,7 @@ def packed_size(mask, quantize: str, dtype_bytes: int = 4) -> int:
 
 
 # ---------------------------------------------------------------- folders
+
 
 def _check_options(density: Any, quantize: Any, alpha: Any) -> None:
     if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
@@ -184,14 +197,18 @@ def _read(folder: Path) -> tuple[dict, dict]:
 
     try:
         config, tensors = read_adapter_files(folder)
-    except Exception as exc:       # LmlangRuntimeError from the reader: same words, a merge error here
+    except Exception as exc:  # LmlangRuntimeError from the reader: same words, a merge error here
         raise MergeError(getattr(exc, "message", str(exc))) from None
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
         raise MergeError(f"{folder}: compress takes a LoRA adapter, not {config.get('peft_type')}")
     if config.get("use_dora"):
-        raise MergeError(f"{folder}: DoRA adapters cannot be compressed factor by factor (their magnitude vector is not a delta)")
+        raise MergeError(
+            f"{folder}: DoRA adapters cannot be compressed factor by factor (their magnitude vector is not a delta)"
+        )
     if config.get("modules_to_save"):
-        raise MergeError(f"{folder}: adapters with fully trained modules (modules_to_save) are not supported by compress")
+        raise MergeError(
+            f"{folder}: adapters with fully trained modules (modules_to_save) are not supported by compress"
+        )
     return config, tensors
 
 
@@ -217,9 +234,14 @@ def content_key(folder: Path) -> str:
     return h.hexdigest()
 
 
-def compress_lora(folder: str | os.PathLike, density: float = 0.1, quantize: str = "ternary",
-                  alpha: float | None = None, packed: bool = False,
-                  out_dir: str | os.PathLike | None = None) -> CompressResult:
+def compress_lora(
+    folder: str | os.PathLike,
+    density: float = 0.1,
+    quantize: str = "ternary",
+    alpha: float | None = None,
+    packed: bool = False,
+    out_dir: str | os.PathLike | None = None,
+) -> CompressResult:
     """ComPEFT-compress the PEFT LoRA folder; see the module docstring."""
     import torch
     from safetensors.torch import save_file
@@ -229,8 +251,9 @@ def compress_lora(folder: str | os.PathLike, density: float = 0.1, quantize: str
     src = Path(folder).expanduser().resolve()
     config, tensors = _read(src)
     options = {"density": float(density), "quantize": quantize, "alpha": alpha, "packed": bool(packed)}
-    key = hashlib.sha256(json.dumps({"v": FORMAT_VERSION, "input": content_key(src), "options": options},
-                                    sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps({"v": FORMAT_VERSION, "input": content_key(src), "options": options}, sort_keys=True).encode()
+    ).hexdigest()
     final = _destination(key, out_dir)
     saved = _cached(final, key)
     if saved is not None:
@@ -246,7 +269,7 @@ def compress_lora(folder: str | os.PathLike, density: float = 0.1, quantize: str
     packed_bytes = 0
     for module, parts in sorted(_modules(src, tensors).items()):
         a_key, b_key = parts["A"], parts["B"]
-        a = tensors[a_key].float()        # embedding factors too: the error is layout-free
+        a = tensors[a_key].float()  # embedding factors too: the error is layout-free
         b = tensors[b_key].float()
         lora_scale, r = _module_scale(config, module)
         res = compress_module(a, b, lora_scale, density, quantize, alpha)
@@ -264,11 +287,12 @@ def compress_lora(folder: str | os.PathLike, density: float = 0.1, quantize: str
         if packed:
             packed_tensors.update(_pack(a_key, res["a"], res["mask_a"], quantize))
             packed_tensors.update(_pack(b_key, res["b"], res["mask_b"], quantize))
-            packed_tensors[f"{module}.scale"] = torch.tensor([res["scale"] if quantize != "none" else lora_scale],
-                                                             dtype=torch.float64)
+            packed_tensors[f"{module}.scale"] = torch.tensor(
+                [res["scale"] if quantize != "none" else lora_scale], dtype=torch.float64
+            )
     new_config = dict(config)
     if quantize != "none":
-        new_config["alpha_pattern"] = patterns      # every module has its own exact entry
+        new_config["alpha_pattern"] = patterns  # every module has its own exact entry
     original_bytes = (src / WEIGHTS).stat().st_size
     overall = math.sqrt(diff_total / norm_total) if norm_total > 0 else 0.0
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
@@ -278,9 +302,21 @@ def compress_lora(folder: str | os.PathLike, density: float = 0.1, quantize: str
         if packed:
             save_file(packed_tensors, str(tmp / PACKED), metadata={"quantize": quantize, "density": str(density)})
         out_bytes = (tmp / WEIGHTS).stat().st_size
-        result = CompressResult(final, False, 0.0, float(density), quantize, _scale_rule(quantize, alpha),
-                                original_bytes, out_bytes, out_bytes / original_bytes, packed_bytes,
-                                packed_bytes / original_bytes, overall, errors)
+        result = CompressResult(
+            final,
+            False,
+            0.0,
+            float(density),
+            quantize,
+            _scale_rule(quantize, alpha),
+            original_bytes,
+            out_bytes,
+            out_bytes / original_bytes,
+            packed_bytes,
+            packed_bytes / original_bytes,
+            overall,
+            errors,
+        )
         result.seconds = time.perf_counter() - start
         report = {k: v for k, v in result.to_dict().items() if k not in ("path", "cached", "seconds")}
         (tmp / REPORT).write_text(json.dumps({"key": key, "source": str(src), "options": options, **report}, indent=1))
@@ -305,7 +341,9 @@ def _destination(key: str, out_dir) -> Path:
         return cache_dir("adapters") / f"compeft-{key[:32]}"
     final = Path(out_dir).expanduser().resolve()
     if final.exists() and any(final.iterdir()) and not (final / REPORT).exists():
-        raise MergeError(f"output folder {final} exists and is not an lmlang compressed adapter; choose an empty or new folder")
+        raise MergeError(
+            f"output folder {final} exists and is not an lmlang compressed adapter; choose an empty or new folder"
+        )
     final.parent.mkdir(parents=True, exist_ok=True)
     return final
 
@@ -329,23 +367,30 @@ def _publish(tmp: Path, final: Path) -> None:
     try:
         os.rename(tmp, final)
     except OSError:
-        if not (final / REPORT).exists():     # not a lost race with an equal result
+        if not (final / REPORT).exists():  # not a lost race with an equal result
             raise
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _card(folder: Path, src: Path, result: CompressResult) -> None:
-    lines = [f"# ComPEFT-compressed LoRA ({result.quantize}, density {result.density:g})", "",
-             f"Compressed by lmlang from `{src}`.", "",
-             f"- weights on disk: {result.bytes} bytes ({result.size_ratio:.3f} of the original {result.original_bytes})",
-             f"- ComPEFT packed encoding: {result.packed_bytes} bytes ({result.packed_ratio:.3f})",
-             f"- scale rule: {result.scale_rule}; relative Frobenius error of the deltas: {result.overall_error:.4g}", "",
-             "| module | relative error |", "| --- | --- |"]
+    lines = [
+        f"# ComPEFT-compressed LoRA ({result.quantize}, density {result.density:g})",
+        "",
+        f"Compressed by lmlang from `{src}`.",
+        "",
+        f"- weights on disk: {result.bytes} bytes ({result.size_ratio:.3f} of the original {result.original_bytes})",
+        f"- ComPEFT packed encoding: {result.packed_bytes} bytes ({result.packed_ratio:.3f})",
+        f"- scale rule: {result.scale_rule}; relative Frobenius error of the deltas: {result.overall_error:.4g}",
+        "",
+        "| module | relative error |",
+        "| --- | --- |",
+    ]
     lines += [f"| `{m}` | {e:.4g} |" for m, e in sorted(result.module_errors.items())]
     (folder / "README.md").write_text("\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------- packed form
+
 
 def _pack(key: str, values, mask, quantize: str) -> dict:
     """The compact encoding of one factor: a packed bitmap, packed sign bits
@@ -355,8 +400,10 @@ def _pack(key: str, values, mask, quantize: str) -> dict:
 
     flat_mask = mask.reshape(-1).numpy()
     kept = values.reshape(-1)[torch.from_numpy(flat_mask)]
-    out = {f"{key}.mask": torch.from_numpy(np.packbits(flat_mask.astype(np.uint8))),
-           f"{key}.shape": torch.tensor(list(values.shape), dtype=torch.int64)}
+    out = {
+        f"{key}.mask": torch.from_numpy(np.packbits(flat_mask.astype(np.uint8))),
+        f"{key}.shape": torch.tensor(list(values.shape), dtype=torch.int64),
+    }
     if quantize == "ternary":
         out[f"{key}.signs"] = torch.from_numpy(np.packbits((kept > 0).numpy().astype(np.uint8)))
     else:

@@ -12,6 +12,7 @@ Output is either a full model folder (base + merged delta, streamed like
 the relative Frobenius reconstruction error per module and overall. For
 slerp the first adapter's delta plays the base's part.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,18 @@ from typing import Any, Callable, Mapping, Sequence
 from ..errors import MergeError
 from ..models.peft_config import pattern_value
 from .options import METHODS, adapter_merge_problems, first_adapter_is_base, unknown_method_message
-from .stream import (MARKER, MergeConfigError, ParamResolver, WorkFolder, _dtype_name, _publish, copy_side_files,
-                     layer_positions, load_input, stream_tensors)
+from .stream import (
+    MARKER,
+    MergeConfigError,
+    ParamResolver,
+    WorkFolder,
+    _dtype_name,
+    _publish,
+    copy_side_files,
+    layer_positions,
+    load_input,
+    stream_tensors,
+)
 from .safetensors_io import NAME_TO_ST
 
 PREFIX = "base_model.model."
@@ -87,9 +98,11 @@ def reconstruction_warnings(result: LoraMergeResult, method: str) -> list[str]:
         return []
     worst = max(result.module_errors.items(), key=lambda kv: kv[1], default=None)
     where = f" (worst module {worst[0]}: {worst[1]:.1%})" if worst else ""
-    return [f"the merged adapter keeps the {method} merge only approximately: truncating it to rank {result.rank} "
-            f"loses {result.overall_error:.1%} of the merged delta{where}, above the {RECONSTRUCTION_WARNING:.0%} "
-            "threshold; raise `rank`, or merge into a full model (base + adapters) for the exact result"]
+    return [
+        f"the merged adapter keeps the {method} merge only approximately: truncating it to rank {result.rank} "
+        f"loses {result.overall_error:.1%} of the merged delta{where}, above the {RECONSTRUCTION_WARNING:.0%} "
+        "threshold; raise `rank`, or merge into a full model (base + adapters) for the exact result"
+    ]
 
 
 def load_lora(path: str | os.PathLike) -> LoraAdapter:
@@ -105,7 +118,9 @@ def load_lora(path: str | os.PathLike) -> LoraAdapter:
     if config.get("peft_type", "LORA") != "LORA":
         raise MergeError(f"{folder}: peft_type {config.get('peft_type')} is not LORA")
     if config.get("use_dora"):
-        raise MergeError(f"{folder}: DoRA adapters are not supported by delta merging (their magnitude vector is not additive)")
+        raise MergeError(
+            f"{folder}: DoRA adapters are not supported by delta merging (their magnitude vector is not additive)"
+        )
     if config.get("modules_to_save"):
         raise MergeError(f"{folder}: adapters with modules_to_save (fully trained modules) are not supported")
     if config.get("bias", "none") != "none":
@@ -120,7 +135,7 @@ def load_lora(path: str | os.PathLike) -> LoraAdapter:
             raise MergeError(f"{folder}: unexpected tensor {key} in a LoRA adapter")
         pairs.setdefault(m.group(1), {})[m.group(2)] = value.to(torch.float32)
     for module, parts in pairs.items():
-        name = module[len(PREFIX):] if module.startswith(PREFIX) else module
+        name = module[len(PREFIX) :] if module.startswith(PREFIX) else module
         r = pattern_value(config.get("rank_pattern"), name, r0)
         alpha = pattern_value(config.get("alpha_pattern"), name, alpha0)
         scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
@@ -142,11 +157,18 @@ def _content_key(folder: Path) -> str:
     return h.hexdigest()
 
 
-def merge_loras(method: str, adapters: Sequence[tuple[str | os.PathLike, Mapping[str, Any] | None]],
-                params: Mapping[str, Any] | None = None, base_model: str | os.PathLike | None = None,
-                output: str = "full", rank: int | None = None, out_dir: str | os.PathLike | None = None,
-                compat: str = "lmlang", dtype: str | None = None,
-                announce: Callable[[], None] | None = None) -> LoraMergeResult:
+def merge_loras(
+    method: str,
+    adapters: Sequence[tuple[str | os.PathLike, Mapping[str, Any] | None]],
+    params: Mapping[str, Any] | None = None,
+    base_model: str | os.PathLike | None = None,
+    output: str = "full",
+    rank: int | None = None,
+    out_dir: str | os.PathLike | None = None,
+    compat: str = "lmlang",
+    dtype: str | None = None,
+    announce: Callable[[], None] | None = None,
+) -> LoraMergeResult:
     """Merge LoRA adapters by their delta weights; output "full" (needs base_model)
     or "lora" (truncated SVD at `rank`, default the sum of the input ranks).
     A "lora" result reports its reconstruction error (`overall_error`,
@@ -190,7 +212,9 @@ def merge_loras(method: str, adapters: Sequence[tuple[str | os.PathLike, Mapping
                 if meta is None:
                     raise MergeError(f"{lora.path.name} targets {n}, which the base model {base_input.path.name} lacks")
                 if tuple(meta.shape) != shape:
-                    raise MergeError(f"{lora.path.name}: delta of {n} has shape {list(shape)}, base weight {list(meta.shape)}")
+                    raise MergeError(
+                        f"{lora.path.name}: delta of {n} has shape {list(shape)}, base weight {list(meta.shape)}"
+                    )
 
     impl = get_method(method)
     resolver = ParamResolver(method, params, per_model[1:] if pseudo_base else per_model)
@@ -206,17 +230,32 @@ def merge_loras(method: str, adapters: Sequence[tuple[str | os.PathLike, Mapping
         base = torch.zeros(shapes[name]) if info.base != "ignored" else None
         return impl.merge(deltas, base, per, glob, ctx)
 
-    recipe: dict[str, Any] = {"merge_method": method, "lora_adapters": [{"adapter": str(lora.path), **({"parameters": o} if o else {})}
-                                                        for lora, o in zip(loras, per_model)],
-              "parameters": params, "output": output, "compat": compat, "dtype": _dtype_name(dtype) or "inherit"}
+    recipe: dict[str, Any] = {
+        "merge_method": method,
+        "lora_adapters": [
+            {"adapter": str(lora.path), **({"parameters": o} if o else {})} for lora, o in zip(loras, per_model)
+        ],
+        "parameters": params,
+        "output": output,
+        "compat": compat,
+        "dtype": _dtype_name(dtype) or "inherit",
+    }
     if base_input:
         recipe["base_model"] = str(base_input.path)
     if output == "lora":
         recipe["rank"] = rank
-    key = hashlib.sha256(json.dumps({"v": 1, "recipe": {k: v for k, v in recipe.items() if k not in ("lora_adapters", "base_model")},
-                                     "adapters": [[_content_key(lora.path), o] for lora, o in zip(loras, per_model)],
-                                     "base": base_input.content_key if base_input else None},
-                                    sort_keys=True, default=str).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "v": 1,
+                "recipe": {k: v for k, v in recipe.items() if k not in ("lora_adapters", "base_model")},
+                "adapters": [[_content_key(lora.path), o] for lora, o in zip(loras, per_model)],
+                "base": base_input.content_key if base_input else None,
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()
     if out_dir is None:
         from ..home import cache_dir
 
@@ -232,8 +271,14 @@ def merge_loras(method: str, adapters: Sequence[tuple[str | os.PathLike, Mapping
         except (OSError, ValueError):
             saved = {}
         if saved.get("key") == key:
-            cached = LoraMergeResult(final, time.perf_counter() - t_start, True, saved.get("rank"),
-                                     saved.get("module_errors", {}), saved.get("overall_error"))
+            cached = LoraMergeResult(
+                final,
+                time.perf_counter() - t_start,
+                True,
+                saved.get("rank"),
+                saved.get("module_errors", {}),
+                saved.get("overall_error"),
+            )
             cached.warnings = reconstruction_warnings(cached, method)
             return cached
     if announce is not None:
@@ -246,12 +291,23 @@ def merge_loras(method: str, adapters: Sequence[tuple[str | os.PathLike, Mapping
             _write_full(tmp, base_input, names, merged_delta, dtype)
         else:
             result.rank, result.module_errors, result.overall_error = _write_lora(
-                tmp, loras, names, merged_delta, rank, dtype)
+                tmp, loras, names, merged_delta, rank, dtype
+            )
         seconds = time.perf_counter() - t_start
         _card(tmp, recipe, result, seconds)
-        (tmp / MARKER).write_text(json.dumps({"key": key, "recipe": recipe, "rank": result.rank,
-                                              "module_errors": result.module_errors,
-                                              "overall_error": result.overall_error}, indent=2, default=str))
+        (tmp / MARKER).write_text(
+            json.dumps(
+                {
+                    "key": key,
+                    "recipe": recipe,
+                    "rank": result.rank,
+                    "module_errors": result.module_errors,
+                    "overall_error": result.overall_error,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         work.release()
         published = _publish(tmp, final, replace=out_dir is not None)
     except BaseException:
@@ -269,8 +325,9 @@ def _write_full(tmp: Path, base, targets: Sequence[str], merged_delta, dtype: st
     out_name = _dtype_name(dtype)
     target_set = set(targets)
     names = [n for n, _ in sorted(base.tensors.items(), key=lambda kv: (kv[1].file, kv[1].begin))]
-    out_dtypes = {n: NAME_TO_ST[out_name] if out_name and base.tensors[n].is_float else base.tensors[n].dtype
-                  for n in names}
+    out_dtypes = {
+        n: NAME_TO_ST[out_name] if out_name and base.tensors[n].is_float else base.tensors[n].dtype for n in names
+    }
 
     def compute(name: str, tensors: list):
         from .safetensors_io import torch_dtype
@@ -284,8 +341,9 @@ def _write_full(tmp: Path, base, targets: Sequence[str], merged_delta, dtype: st
     copy_side_files(base.path, tmp, base.path, out_name, False)
 
 
-def _write_lora(tmp: Path, loras: Sequence[LoraAdapter], names: Sequence[str], merged_delta, rank: int | None,
-                dtype: str | None) -> tuple[int, dict[str, float], float]:
+def _write_lora(
+    tmp: Path, loras: Sequence[LoraAdapter], names: Sequence[str], merged_delta, rank: int | None, dtype: str | None
+) -> tuple[int, dict[str, float], float]:
     import torch
     from safetensors.torch import save_file
 
@@ -294,8 +352,11 @@ def _write_lora(tmp: Path, loras: Sequence[LoraAdapter], names: Sequence[str], m
     if rank < 1:
         raise MergeConfigError(f"rank must be >= 1, got {rank}")
     dt_name = _dtype_name(dtype)
-    out_dt = torch.float32 if dt_name is None else \
-        {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dt_name]
+    out_dt = (
+        torch.float32
+        if dt_name is None
+        else {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dt_name]
+    )
     tensors: dict[str, Any] = {}
     errors: dict[str, float] = {}
     err_sq = total_sq = 0.0
@@ -326,9 +387,19 @@ def _write_lora(tmp: Path, loras: Sequence[LoraAdapter], names: Sequence[str], m
             tensors[module + ".lora_B.weight"] = b.to(out_dt).contiguous()
     save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
     cfg = dict(loras[0].config)
-    cfg.update({"r": rank, "lora_alpha": rank, "use_rslora": False, "rank_pattern": {}, "alpha_pattern": {},
-                "target_modules": sorted(n[: -len(".weight")] for n in names),
-                "fan_in_fan_out": bool(fan_in), "layers_to_transform": None, "layers_pattern": None})
+    cfg.update(
+        {
+            "r": rank,
+            "lora_alpha": rank,
+            "use_rslora": False,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+            "target_modules": sorted(n[: -len(".weight")] for n in names),
+            "fan_in_fan_out": bool(fan_in),
+            "layers_to_transform": None,
+            "layers_pattern": None,
+        }
+    )
     (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     overall = math.sqrt(err_sq / total_sq) if total_sq > 0 else 0.0
     return rank, errors, overall
@@ -337,11 +408,24 @@ def _write_lora(tmp: Path, loras: Sequence[LoraAdapter], names: Sequence[str], m
 def _card(folder: Path, recipe: dict, result: LoraMergeResult, seconds: float) -> None:
     import yaml
 
-    lines = [f"# Merged LoRA ({recipe['merge_method']}, output {recipe['output']})", "",
-             f"Built by lmlang from exact delta weights in {seconds:.1f} s.", "", "## Recipe", "", "```yaml",
-             yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", ""]
+    lines = [
+        f"# Merged LoRA ({recipe['merge_method']}, output {recipe['output']})",
+        "",
+        f"Built by lmlang from exact delta weights in {seconds:.1f} s.",
+        "",
+        "## Recipe",
+        "",
+        "```yaml",
+        yaml.safe_dump(recipe, sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
     if result.overall_error is not None:
-        lines += [f"Truncated SVD at rank {result.rank}: overall relative Frobenius error "
-                  f"{result.overall_error:.3g}.", "", "| module | relative error |", "| --- | --- |"]
+        lines += [
+            f"Truncated SVD at rank {result.rank}: overall relative Frobenius error {result.overall_error:.3g}.",
+            "",
+            "| module | relative error |",
+            "| --- | --- |",
+        ]
         lines += [f"| `{m}` | {e:.3g} |" for m, e in sorted(result.module_errors.items())]
     (folder / "README.md").write_text("\n".join(lines) + "\n")

@@ -10,6 +10,7 @@ mergekit's `dtype` is both the compute and the output dtype; with
 compat="mergekit" lmlang computes in it too (so results match), otherwise it
 computes in fp32 and only writes that dtype.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,20 @@ from typing import Any, Mapping
 
 from .stream import MergeConfigError, MergeResult, merge_models
 
-_KNOWN = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source",
-          "name", "chat_template", "tokenizer", "slices", "modules"}
+_KNOWN = {
+    "merge_method",
+    "base_model",
+    "models",
+    "parameters",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "name",
+    "chat_template",
+    "tokenizer",
+    "slices",
+    "modules",
+}
 
 
 def _model_path(ref: Any, root: Path) -> str:
@@ -28,8 +41,10 @@ def _model_path(ref: Any, root: Path) -> str:
     if not isinstance(ref, str) or not ref:
         raise MergeConfigError(f"a model reference must be a path, got {ref!r}")
     if "+" in ref and not Path(ref).exists():
-        raise MergeConfigError(f"model reference '{ref}': 'model+lora' references are not supported; "
-                               "merge the LoRA first (lmlang.merge.merge_loras)")
+        raise MergeConfigError(
+            f"model reference '{ref}': 'model+lora' references are not supported; "
+            "merge the LoRA first (lmlang.merge.merge_loras)"
+        )
     p = Path(ref).expanduser()
     if not p.is_absolute() and not p.exists() and (root / p).exists():
         p = root / p
@@ -90,8 +105,13 @@ def parse_mergekit_yaml(text: str, root: str | os.PathLike = ".") -> dict:
     }
 
 
-def run_mergekit_yaml(config: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                      compat: str = "lmlang", dtype: str | None = None, **kwargs: Any) -> MergeResult:
+def run_mergekit_yaml(
+    config: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    compat: str = "lmlang",
+    dtype: str | None = None,
+    **kwargs: Any,
+) -> MergeResult:
     """Run a mergekit YAML file (a path) with lmlang's merge; `dtype` overrides
     the output dtype the YAML asks for."""
     path = Path(config)
@@ -106,6 +126,15 @@ def run_mergekit_yaml(config: str | os.PathLike, out_dir: str | os.PathLike | No
         compute = yaml_dtype  # None: the inputs' own dtype, as mergekit does
     else:
         compute = "float32"
-    return merge_models(spec["method"], spec["models"], base=spec["base"], params=spec["params"],
-                        out_dir=out_dir, compat=compat, dtype=out_dtype, compute_dtype=compute,
-                        tokenizer_source=spec["tokenizer_source"], **kwargs)
+    return merge_models(
+        spec["method"],
+        spec["models"],
+        base=spec["base"],
+        params=spec["params"],
+        out_dir=out_dir,
+        compat=compat,
+        dtype=out_dtype,
+        compute_dtype=compute,
+        tokenizer_source=spec["tokenizer_source"],
+        **kwargs,
+    )

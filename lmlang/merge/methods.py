@@ -22,6 +22,7 @@ DARE masks never match mergekit's: mergekit draws from the global torch RNG
 in its own execution order; lmlang seeds one CPU generator per (seed, tensor,
 model), so a merge is deterministic whatever the order or threading.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,6 +48,7 @@ class TensorContext:
 
 
 # ----------------------------------------------------------------- sparsify
+
 
 def _generator(ctx: TensorContext, index: int) -> torch.Generator:
     digest = hashlib.blake2b(f"{ctx.seed}\0{ctx.name}\0{index}".encode(), digest_size=8).digest()
@@ -124,7 +126,7 @@ def magnitude(tensor: Tensor, density: float, rescale: bool = False, compat: str
         return torch.zeros_like(tensor)
     k = max(1, int(density * tensor.numel()))
     w = tensor.abs().reshape(-1).float()
-    mask = _kth_largest_mask(w, k, compat).reshape_as(tensor)   # bool: x * True == x, no float copy
+    mask = _kth_largest_mask(w, k, compat).reshape_as(tensor)  # bool: x * True == x, no float copy
     del w
     return _rescaled(tensor, mask, rescale)
 
@@ -150,8 +152,9 @@ def _magnitude_(t: Tensor, density: float, rescale: bool, compat: str) -> None:
             t.mul_(before / after)
 
 
-def magnitude_outliers(tensor: Tensor, density: float, gamma: float = 0.01, rescale: bool = False,
-                       compat: str = "lmlang") -> Tensor:
+def magnitude_outliers(
+    tensor: Tensor, density: float, gamma: float = 0.01, rescale: bool = False, compat: str = "lmlang"
+) -> Tensor:
     """Breadcrumbs: drop the top `gamma` fraction, then the smallest, keeping `density`.
 
     mergekit 0.1.5 keeps ranks [n_bot, n_bot + target) of the ascending order
@@ -186,12 +189,13 @@ def magnitude_outliers(tensor: Tensor, density: float, gamma: float = 0.01, resc
             mask = cand
         else:
             order = torch.sort(w, descending=False, stable=compat != "mergekit").indices
-            mask[order[n_bot:n_bot + target]] = True
+            mask[order[n_bot : n_bot + target]] = True
     return _rescaled(tensor, mask.to(tensor.dtype).reshape_as(tensor), rescale)
 
 
-def bernoulli(tensor: Tensor, density: float, rescale: bool, generator: torch.Generator,
-              compat: str = "lmlang") -> Tensor:
+def bernoulli(
+    tensor: Tensor, density: float, rescale: bool, generator: torch.Generator, compat: str = "lmlang"
+) -> Tensor:
     """DARE: keep each entry with probability `density`.
 
     Rescale: mergekit matches the L1 norm of the delta; lmlang divides by
@@ -210,8 +214,10 @@ def bernoulli(tensor: Tensor, density: float, rescale: bool, generator: torch.Ge
 
 # ---------------------------------------------------------------- methods
 
-def linear(tensors: Sequence[Tensor], weights: Sequence[float], normalize: bool = True,
-           compat: str = "lmlang") -> Tensor:
+
+def linear(
+    tensors: Sequence[Tensor], weights: Sequence[float], normalize: bool = True, compat: str = "lmlang"
+) -> Tensor:
     dtype = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
     w = torch.tensor(list(weights), dtype=dtype)
     result = torch.zeros_like(tensors[0], dtype=dtype)
@@ -225,9 +231,18 @@ def linear(tensors: Sequence[Tensor], weights: Sequence[float], normalize: bool 
 
 
 def generalized_task_arithmetic(
-    base: Tensor, tensors: Sequence[Tensor], *, weights: Sequence[float], densities: Sequence[float],
-    gammas: Sequence[float] | None = None, lam: float = 1.0, normalize: bool = False, rescale: bool = False,
-    sparsify: str | None = None, consensus: bool = False, int8_mask: bool = False,
+    base: Tensor,
+    tensors: Sequence[Tensor],
+    *,
+    weights: Sequence[float],
+    densities: Sequence[float],
+    gammas: Sequence[float] | None = None,
+    lam: float = 1.0,
+    normalize: bool = False,
+    rescale: bool = False,
+    sparsify: str | None = None,
+    consensus: bool = False,
+    int8_mask: bool = False,
     ctx: TensorContext = TensorContext(),
 ) -> Tensor:
     """task_arithmetic / ties / dare_* / breadcrumbs* in mergekit's order of operations.
@@ -251,7 +266,9 @@ def generalized_task_arithmetic(
         elif sparsify == "random":
             deltas[i] = bernoulli(deltas[i], densities[i], rescale, _generator(ctx, i), ctx.compat)
         elif sparsify == "outliers":
-            deltas[i] = magnitude_outliers(deltas[i], densities[i], (gammas or [0.01] * len(tensors))[i], rescale, ctx.compat)
+            deltas[i] = magnitude_outliers(
+                deltas[i], densities[i], (gammas or [0.01] * len(tensors))[i], rescale, ctx.compat
+            )
     w = torch.tensor(list(weights), dtype=deltas.dtype)
     n = len(tensors)
     flat = deltas.reshape(n, -1)
@@ -263,7 +280,7 @@ def generalized_task_arithmetic(
     tiny_sum = abs(float(w.sum())) < 1e-8
     chunk = max(1, _GTA_CHUNK // n)
     for s in range(0, total, chunk):
-        d = flat[:, s:s + chunk]
+        d = flat[:, s : s + chunk]
         if consensus:
             mask_dtype = torch.int8 if int8_mask else d.dtype
             sign = d.sign().to(mask_dtype)
@@ -281,11 +298,11 @@ def generalized_task_arithmetic(
                 mixed /= w.sum()
         if lam != 1:
             mixed *= lam
-        torch.add(base_flat[s:s + chunk], mixed, out=out[s:s + chunk])
+        torch.add(base_flat[s : s + chunk], mixed, out=out[s : s + chunk])
     return out.reshape(base.shape)
 
 
-_GTA_CHUNK = 1024 * 1024   # elements per sign-election chunk, all models together
+_GTA_CHUNK = 1024 * 1024  # elements per sign-election chunk, all models together
 _CHUNK = 1024 * 1024
 
 
@@ -305,18 +322,28 @@ def slerp(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = 0.9995, eps: 
     if not a.shape[1]:
         return ((1 - tt) * a + tt * b).reshape(v0.shape).to(v0.dtype)
     starts = range(0, a.shape[1], _CHUNK)
-    na = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(a[:, s:s + _CHUNK], dim=1, keepdim=True) for s in starts]), dim=0)
-    nb = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(b[:, s:s + _CHUNK], dim=1, keepdim=True) for s in starts]), dim=0)
+    na = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(a[:, s : s + _CHUNK], dim=1, keepdim=True) for s in starts]), dim=0
+    )
+    nb = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(b[:, s : s + _CHUNK], dim=1, keepdim=True) for s in starts]), dim=0
+    )
     na = torch.where(na > eps, na, 1)
     nb = torch.where(nb > eps, nb, 1)
-    dot = torch.stack([((a[:, s:s + _CHUNK] / na) * (b[:, s:s + _CHUNK] / nb)).sum(dim=1, keepdim=True) for s in starts]).sum(dim=0).clamp(-1, 1)
+    dot = (
+        torch.stack(
+            [((a[:, s : s + _CHUNK] / na) * (b[:, s : s + _CHUNK] / nb)).sum(dim=1, keepdim=True) for s in starts]
+        )
+        .sum(dim=0)
+        .clamp(-1, 1)
+    )
     lin = dot.abs() > dot_threshold
     theta = torch.acos(torch.where(lin, 0, dot))
     sin_theta = torch.sin(theta)
     coef_a = torch.where(lin, 1 - tt, torch.sin((1 - tt) * theta) / sin_theta)
     coef_b = torch.where(lin, tt, torch.sin(tt * theta) / sin_theta)
     for s in starts:
-        out[:, s:s + _CHUNK] = coef_a * a[:, s:s + _CHUNK] + coef_b * b[:, s:s + _CHUNK]
+        out[:, s : s + _CHUNK] = coef_a * a[:, s : s + _CHUNK] + coef_b * b[:, s : s + _CHUNK]
     return out.reshape(v0.shape)
 
 
@@ -336,7 +363,7 @@ def model_stock(base: Tensor, tensors: Sequence[Tensor], filter_wise: bool = Fal
     offsets = [x - w0 for x in ws]
     cos = []
     for i, oa in enumerate(offsets):
-        for ob in offsets[i + 1:]:
+        for ob in offsets[i + 1 :]:
             norm = torch.norm(oa, dim=-1) * torch.norm(ob, dim=-1)
             cos.append(((oa * ob).sum(dim=-1) / norm.clamp(min=1e-6)).clamp(-1, 1))
     cos_theta = torch.stack(cos).mean(dim=0).unsqueeze(-1)
@@ -363,8 +390,9 @@ def _minmax(x: Tensor) -> Tensor:
     return (x - lo) / span
 
 
-def pcb(base: Tensor, tensors: Sequence[Tensor], weights: Sequence[float], density: float = 0.1,
-        lam: float = 1.0) -> Tensor:
+def pcb(
+    base: Tensor, tensors: Sequence[Tensor], weights: Sequence[float], density: float = 0.1, lam: float = 1.0
+) -> Tensor:
     """PCB-merging as in the official code, applied to one tensor.
 
     Task vectors T (n x d): |T| is clamped per row between its 0.01% and
@@ -403,8 +431,13 @@ def _orthonormalized(x: Tensor) -> Tensor:
     return p @ qh
 
 
-def tsv(base: Tensor, tensors: Sequence[Tensor], weights: Sequence[float], rank_fraction: float | None = None,
-        lam: float = 1.0) -> Tensor:
+def tsv(
+    base: Tensor,
+    tensors: Sequence[Tensor],
+    weights: Sequence[float],
+    rank_fraction: float | None = None,
+    lam: float = 1.0,
+) -> Tensor:
     """Task Singular Vectors merging (TSV-M, Gargiulo et al., CVPR 2025), per tensor.
 
     Each model's 2-D delta (times its weight) is cut to its top
@@ -448,6 +481,7 @@ def tsv(base: Tensor, tensors: Sequence[Tensor], weights: Sequence[float], rank_
 
 # --------------------------------------------------------------- registry
 
+
 class MergeMethod(ABC):
     """One merge method: metadata (torch-free, from options.py) + a tensor kernel.
 
@@ -463,8 +497,14 @@ class MergeMethod(ABC):
         return METHODS[self.name]
 
     @abstractmethod
-    def merge(self, tensors: Sequence[Tensor], base: Tensor | None, per_model: Sequence[Mapping[str, Any]],
-              params: Mapping[str, Any], ctx: TensorContext) -> Tensor: ...
+    def merge(
+        self,
+        tensors: Sequence[Tensor],
+        base: Tensor | None,
+        per_model: Sequence[Mapping[str, Any]],
+        params: Mapping[str, Any],
+        ctx: TensorContext,
+    ) -> Tensor: ...
 
 
 class LinearMethod(MergeMethod):
@@ -487,12 +527,17 @@ class GTAMethod(MergeMethod):
 
     def merge(self, tensors, base, per_model, params, ctx):
         return generalized_task_arithmetic(
-            base, tensors,
+            base,
+            tensors,
             weights=[p["weight"] for p in per_model],
             densities=[p.get("density", 1.0) for p in per_model],
             gammas=[p.get("gamma", 0.01) for p in per_model],
-            lam=params["lambda"], normalize=params["normalize"], rescale=params["rescale"],
-            sparsify=self.config.sparsify, consensus=self.config.consensus, int8_mask=params["int8_mask"],
+            lam=params["lambda"],
+            normalize=params["normalize"],
+            rescale=params["rescale"],
+            sparsify=self.config.sparsify,
+            consensus=self.config.consensus,
+            int8_mask=params["int8_mask"],
             ctx=TensorContext(ctx.name, ctx.compat, int(params.get("seed", ctx.seed))),
         )
 
@@ -526,7 +571,8 @@ class TSVMethod(MergeMethod):
 
 
 REGISTRY: dict[str, MergeMethod] = {
-    m.name: m for m in (
+    m.name: m
+    for m in (
         LinearMethod(),
         GTAMethod("task_arithmetic", None, False),
         GTAMethod("ties", "magnitude", True),

@@ -9,6 +9,7 @@ Writing knows every output tensor's name, dtype and shape up front (the
 inputs' headers tell), so each shard's header is written first and tensors
 land at their offsets as they are computed: memory stays at one tensor.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,23 @@ from typing import Iterable
 
 from ..errors import MergeError
 
-DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+DTYPE_SIZES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+}
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 NAME_TO_ST = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 
@@ -30,10 +46,23 @@ NAME_TO_ST = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64":
 def torch_dtype(st_dtype: str):
     import torch
 
-    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-            "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-            "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64}[st_dtype]
+    return {
+        "F64": torch.float64,
+        "F32": torch.float32,
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+        "I64": torch.int64,
+        "I32": torch.int32,
+        "I16": torch.int16,
+        "I8": torch.int8,
+        "U8": torch.uint8,
+        "BOOL": torch.bool,
+        "F8_E4M3": torch.float8_e4m3fn,
+        "F8_E5M2": torch.float8_e5m2,
+        "U16": torch.uint16,
+        "U32": torch.uint32,
+        "U64": torch.uint64,
+    }[st_dtype]
 
 
 @dataclass(frozen=True)
@@ -80,7 +109,11 @@ def _header(path: Path) -> tuple[dict, bytes, str]:
                 return {}, b"", f"{path}: not a safetensors file ({'empty' if not raw else 'too short'})"
             (n,) = struct.unpack("<Q", raw)
             if n > 100_000_000 or 8 + n > size:
-                return {}, b"", f"{path}: not a safetensors file, or truncated (header of {n} bytes in a {size}-byte file)"
+                return (
+                    {},
+                    b"",
+                    f"{path}: not a safetensors file, or truncated (header of {n} bytes in a {size}-byte file)",
+                )
             header = f.read(n)
         parsed = json.loads(header)
     except OSError as e:
@@ -103,11 +136,16 @@ def _entries_problem(header, data_size: int) -> str:
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if dtype not in DTYPE_SIZES:
             return f"tensor {name}: unknown dtype {dtype!r}"
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             return f"tensor {name}: bad shape {shape!r}"
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1]):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
             return f"tensor {name}: bad data_offsets {offsets!r}"
         if offsets[1] - offsets[0] != DTYPE_SIZES[dtype] * _numel(shape):
             return f"tensor {name}: {offsets[1] - offsets[0]} bytes for a {dtype} tensor of shape {shape}"
@@ -138,8 +176,10 @@ def weight_files(folder: Path) -> list[Path]:
     found = sorted(folder.glob("*.safetensors"))
     if not found:
         if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
-            raise MergeError(f"{folder}: only pickle weights (.bin); lmlang merges safetensors folders "
-                             "(re-save with save_pretrained(safe_serialization=True))")
+            raise MergeError(
+                f"{folder}: only pickle weights (.bin); lmlang merges safetensors folders "
+                "(re-save with save_pretrained(safe_serialization=True))"
+            )
         raise MergeError(f"{folder}: no safetensors weights found")
     return found
 
@@ -188,8 +228,11 @@ class TensorReader:
                     raise MergeError(f"{meta.file}: truncated while reading {meta.name}")
                 done += n
         sha = hashlib.sha256(memoryview(buf.numpy())).hexdigest() if digest else None  # type: ignore[arg-type]  # as above
-        tensor = buf.view(torch_dtype(meta.dtype)).reshape(meta.shape) if meta.nbytes else \
-            torch.empty(meta.shape, dtype=torch_dtype(meta.dtype))
+        tensor = (
+            buf.view(torch_dtype(meta.dtype)).reshape(meta.shape)
+            if meta.nbytes
+            else torch.empty(meta.shape, dtype=torch_dtype(meta.dtype))
+        )
         return tensor, sha
 
     def close(self) -> None:
@@ -201,8 +244,14 @@ class TensorReader:
 class ShardWriter:
     """Writes a planned list of tensors into safetensors shards, in any order."""
 
-    def __init__(self, folder: Path, plan: list[tuple[str, str, tuple[int, ...]]], max_shard_bytes: int = 2 << 30,
-                 prefix: str = "model", metadata: dict | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        plan: list[tuple[str, str, tuple[int, ...]]],
+        max_shard_bytes: int = 2 << 30,
+        prefix: str = "model",
+        metadata: dict | None = None,
+    ):
         self.folder = folder
         shards: list[list[tuple[str, str, tuple[int, ...]]]] = [[]]
         size = 0
@@ -214,8 +263,9 @@ class ShardWriter:
             shards[-1].append(entry)
             size += nbytes
         n = len(shards)
-        self.files: list[str] = [f"{prefix}.safetensors"] if n == 1 else \
-            [f"{prefix}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self.files: list[str] = (
+            [f"{prefix}.safetensors"] if n == 1 else [f"{prefix}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        )
         self.where: dict[str, tuple[int, int, int]] = {}  # name -> (fd, offset, nbytes)
         self.dtypes: dict[str, str] = {}
         self.fds: list[int] = []

@@ -13,6 +13,7 @@ renamed into place. Without `out_dir` they are cached under
 `cache_dir("merges")` by a key over the method, options, inputs' content keys,
 compat mode and dtypes, so a rerun is free and concurrent runs are safe.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -32,14 +33,32 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import MergeError
 from .options import METHODS, resolve_setting, validate_options, unknown_method_message
-from .safetensors_io import (NAME_TO_ST, ShardWriter, TensorMeta, TensorReader, scan_tensors, weight_files)
+from .safetensors_io import NAME_TO_ST, ShardWriter, TensorMeta, TensorReader, scan_tensors, weight_files
 
 FORMAT_VERSION = 1
 MARKER = "lmlang_merge.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
-CONFIG_KEYS = ("architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size",
-               "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+CONFIG_KEYS = (
+    "architectures",
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+)
 ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor")
 LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 
@@ -96,8 +115,9 @@ def tokenizer_key(folder: Path) -> str | None:
             data = json.loads(tj.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise MergeError(f"{tj}: unreadable tokenizer: {e}") from None
-        h.update(json.dumps({"model": data.get("model"), "added_tokens": data.get("added_tokens")},
-                            sort_keys=True).encode())
+        h.update(
+            json.dumps({"model": data.get("model"), "added_tokens": data.get("added_tokens")}, sort_keys=True).encode()
+        )
         return h.hexdigest()
     found = False
     for name in ("tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json"):
@@ -137,17 +157,20 @@ def check_compatible(inputs: Sequence[ModelInput], tokenizer_policy: str = "stri
             a, b = first.config.get(key), other.config.get(key)
             if a != b:
                 what = "rope settings differ" if key in ROPE_KEYS else "architectures differ"
-                raise MergeError(f"cannot merge {first.path.name} and {other.path.name}: {what}: "
-                                 f"config.json {key} is {a!r} vs {b!r}")
+                raise MergeError(
+                    f"cannot merge {first.path.name} and {other.path.name}: {what}: config.json {key} is {a!r} vs {b!r}"
+                )
     if tokenizer_policy not in ("strict", "ignore"):
         raise MergeConfigError(f"unknown tokenizer_policy '{tokenizer_policy}' (use 'strict' or 'ignore')")
     if tokenizer_policy == "strict":
         keys = {m.tokenizer_key for m in inputs if m.tokenizer_key is not None}
         if len(keys) > 1:
             listed = ", ".join(m.path.name for m in inputs)
-            raise MergeError(f"cannot merge {listed}: their tokenizers differ (different vocabularies make rows of "
-                             "the embedding matrices mean different tokens); use tokenizer_policy='ignore' if the "
-                             "vocabularies are known to agree")
+            raise MergeError(
+                f"cannot merge {listed}: their tokenizers differ (different vocabularies make rows of "
+                "the embedding matrices mean different tokens); use tokenizer_policy='ignore' if the "
+                "vocabularies are known to agree"
+            )
     drop: set[str] = set()
     if _tied(first.config):
         drop = {n for m in inputs for n in m.tensors if n.endswith("lm_head.weight")}
@@ -157,14 +180,18 @@ def check_compatible(inputs: Sequence[ModelInput], tokenizer_policy: str = "stri
         if other_names != names:
             missing = sorted(names - other_names)[:3]
             extra = sorted(other_names - names)[:3]
-            raise MergeError(f"cannot merge {first.path.name} and {other.path.name}: tensor names differ "
-                             f"(missing in the second: {missing}, extra: {extra})")
+            raise MergeError(
+                f"cannot merge {first.path.name} and {other.path.name}: tensor names differ "
+                f"(missing in the second: {missing}, extra: {extra})"
+            )
         for n in names:
             a, b = first.tensors[n], other.tensors[n]
             if a.shape != b.shape:
                 hint = " (vocabulary sizes differ)" if "embed" in n or "lm_head" in n else ""
-                raise MergeError(f"cannot merge {first.path.name} and {other.path.name}: tensor {n} has shape "
-                                 f"{list(a.shape)} vs {list(b.shape)}{hint}")
+                raise MergeError(
+                    f"cannot merge {first.path.name} and {other.path.name}: tensor {n} has shape "
+                    f"{list(a.shape)} vs {list(b.shape)}{hint}"
+                )
             if a.is_float != b.is_float:
                 raise MergeError(f"cannot merge: tensor {n} is {a.dtype} in one model and {b.dtype} in another")
     return sorted(drop)
@@ -209,23 +236,46 @@ class ParamResolver:
 
     def resolve(self, tensor: str, t: float) -> tuple[dict, list[dict]]:
         glob = {n: self._value(n, [self.params], tensor, t) for n, s in self.opts.items() if not s.per_model}
-        models = [{n: self._value(n, [own, self.params], tensor, t) for n, s in self.opts.items() if s.per_model}
-                  for own in self.per_model]
+        models = [
+            {n: self._value(n, [own, self.params], tensor, t) for n, s in self.opts.items() if s.per_model}
+            for own in self.per_model
+        ]
         return glob, models
 
 
 def _write_card(folder: Path, recipe: dict, inputs: list[dict], seconds: float) -> None:
     import yaml
 
-    lines = ["---", "library_name: transformers", "tags:", "- merge", "- lmlang", "---", "",
-             f"# Merged model ({recipe['merge_method']})", "",
-             f"Built by lmlang's streaming merge (compat mode `{recipe.get('compat', 'lmlang')}`) in {seconds:.1f} s.", "",
-             "## Recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", "",
-             "## Inputs", "", "| role | path | tensor-content sha256 |", "| --- | --- | --- |"]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags:",
+        "- merge",
+        "- lmlang",
+        "---",
+        "",
+        f"# Merged model ({recipe['merge_method']})",
+        "",
+        f"Built by lmlang's streaming merge (compat mode `{recipe.get('compat', 'lmlang')}`) in {seconds:.1f} s.",
+        "",
+        "## Recipe",
+        "",
+        "```yaml",
+        yaml.safe_dump(recipe, sort_keys=False).rstrip(),
+        "```",
+        "",
+        "## Inputs",
+        "",
+        "| role | path | tensor-content sha256 |",
+        "| --- | --- | --- |",
+    ]
     for inp in inputs:
         lines.append(f"| {inp['role']} | `{inp['path']}` | `{inp['sha256']}` |")
-    lines += ["", "The content hash is the sha256 over the sorted lines `name dtype shape sha256(bytes)` "
-              "of the input's tensors.", ""]
+    lines += [
+        "",
+        "The content hash is the sha256 over the sorted lines `name dtype shape sha256(bytes)` of the input's tensors.",
+        "",
+    ]
     (folder / "README.md").write_text("\n".join(lines))
 
 
@@ -296,9 +346,9 @@ def _abandoned(tmp: Path) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        return False                 # its merge is running
+        return False  # its merge is running
     finally:
-        os.close(fd)                 # (also releases the lock we may have taken)
+        os.close(fd)  # (also releases the lock we may have taken)
     return True
 
 
@@ -365,10 +415,18 @@ class _DigestCache:
         os.replace(tmp, self.path)
 
 
-def stream_tensors(out_folder: Path, names: Sequence[str], inputs: Sequence[ModelInput],
-                   compute: Callable[[str, list], Any], out_dtypes: Mapping[str, str],
-                   shapes: Mapping[str, tuple], digests: Sequence[bool], max_shard_bytes: int = 2 << 30,
-                   prefix: str = "model", workers: int = 1) -> tuple[list[str | None], dict]:
+def stream_tensors(
+    out_folder: Path,
+    names: Sequence[str],
+    inputs: Sequence[ModelInput],
+    compute: Callable[[str, list], Any],
+    out_dtypes: Mapping[str, str],
+    shapes: Mapping[str, tuple],
+    digests: Sequence[bool],
+    max_shard_bytes: int = 2 << 30,
+    prefix: str = "model",
+    workers: int = 1,
+) -> tuple[list[str | None], dict]:
     """Read tensor `name` of every input, call compute(name, tensors), write the
     result; returns the inputs' tensor-content digests (None where not asked).
 
@@ -385,7 +443,7 @@ def stream_tensors(out_folder: Path, names: Sequence[str], inputs: Sequence[Mode
 
     def process(name: str) -> None:
         t0 = time.perf_counter()
-        tensors: list[Any] = []            # a tensor per input, None where the input lacks it
+        tensors: list[Any] = []  # a tensor per input, None where the input lacks it
         for i, inp in enumerate(inputs):
             meta = inp.tensors.get(name)
             if meta is None:
@@ -441,12 +499,20 @@ def _reduces(method: str, params: Mapping[str, Any]) -> bool:
     return "rescale" in opts and method != "task_arithmetic" and bool(params.get("rescale", opts["rescale"].default))
 
 
-def merge_models(method: str, models: Sequence[tuple[str | os.PathLike, Mapping[str, Any] | None]],
-                 base: str | os.PathLike | None = None, params: Mapping[str, Any] | None = None,
-                 out_dir: str | os.PathLike | None = None, compat: str = "lmlang", dtype: str | None = None,
-                 tokenizer_source: str | os.PathLike | None = None, tokenizer_policy: str = "strict",
-                 compute_dtype: str | None = "float32", max_shard_size: int = 2 << 30,
-                 announce: Callable[[], None] | None = None) -> MergeResult:
+def merge_models(
+    method: str,
+    models: Sequence[tuple[str | os.PathLike, Mapping[str, Any] | None]],
+    base: str | os.PathLike | None = None,
+    params: Mapping[str, Any] | None = None,
+    out_dir: str | os.PathLike | None = None,
+    compat: str = "lmlang",
+    dtype: str | None = None,
+    tokenizer_source: str | os.PathLike | None = None,
+    tokenizer_policy: str = "strict",
+    compute_dtype: str | None = "float32",
+    max_shard_size: int = 2 << 30,
+    announce: Callable[[], None] | None = None,
+) -> MergeResult:
     """Merge HF safetensors folders tensor by tensor; see the module docstring.
 
     announce: called once, just before the work starts, when the result is
@@ -478,8 +544,9 @@ def merge_models(method: str, models: Sequence[tuple[str | os.PathLike, Mapping[
     else:
         others = [(p, o) for p, o in entries if p != base_path]
         use_base = base_path
-    problems = validate_options(method, params, [o for _, o in others], compat=compat,
-                                n_models=len(others), has_base=use_base is not None)
+    problems = validate_options(
+        method, params, [o for _, o in others], compat=compat, n_models=len(others), has_base=use_base is not None
+    )
     if problems:
         raise MergeConfigError("; ".join(problems))
 
@@ -495,14 +562,29 @@ def merge_models(method: str, models: Sequence[tuple[str | os.PathLike, Mapping[
     recipe["models"] = [{"model": str(p), **({"parameters": o} if o else {})} for p, o in others]
     if params:
         recipe["parameters"] = params
-    recipe.update({"dtype": out_name or "inherit", "compute_dtype": compute_name or "inherit", "compat": compat,
-                   "tokenizer_source": str(tokenizer_folder), "tokenizer_policy": tokenizer_policy})
-    key = hashlib.sha256(json.dumps({
-        "v": FORMAT_VERSION, "recipe": {k: v for k, v in recipe.items() if k not in ("base_model", "models", "tokenizer_source")},
-        "base": base_input.content_key if base_input else None,
-        "models": [[m.content_key, o] for m, (_, o) in zip(other_inputs, others)],
-        "tokenizer": tokenizer_key(tokenizer_folder), "shard": max_shard_size,
-    }, sort_keys=True, default=str).encode()).hexdigest()
+    recipe.update(
+        {
+            "dtype": out_name or "inherit",
+            "compute_dtype": compute_name or "inherit",
+            "compat": compat,
+            "tokenizer_source": str(tokenizer_folder),
+            "tokenizer_policy": tokenizer_policy,
+        }
+    )
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "v": FORMAT_VERSION,
+                "recipe": {k: v for k, v in recipe.items() if k not in ("base_model", "models", "tokenizer_source")},
+                "base": base_input.content_key if base_input else None,
+                "models": [[m.content_key, o] for m, (_, o) in zip(other_inputs, others)],
+                "tokenizer": tokenizer_key(tokenizer_folder),
+                "shard": max_shard_size,
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()
 
     if out_dir is None:
         from ..home import cache_dir
@@ -525,8 +607,9 @@ def merge_models(method: str, models: Sequence[tuple[str | os.PathLike, Mapping[
     ref = base_input or inputs[0]
     names = [n for n, _ in sorted(ref.tensors.items(), key=lambda kv: (kv[1].file, kv[1].begin)) if n not in drop]
     positions = layer_positions(names, ref.config)
-    out_dtypes = {n: (NAME_TO_ST[out_name] if out_name and ref.tensors[n].is_float else ref.tensors[n].dtype)
-                  for n in names}
+    out_dtypes = {
+        n: (NAME_TO_ST[out_name] if out_name and ref.tensors[n].is_float else ref.tensors[n].dtype) for n in names
+    }
     shapes = {n: ref.tensors[n].shape for n in names}
     resolver = ParamResolver(method, params, [o for _, o in others])
     impl = get_method(method)
@@ -568,8 +651,17 @@ def merge_models(method: str, models: Sequence[tuple[str | os.PathLike, Mapping[
         if not exact_threads:
             torch.set_num_threads(1)
         try:
-            digests, stats = stream_tensors(tmp, names, inputs, compute, out_dtypes, shapes,
-                                            [d is None for d in known], max_shard_size, workers=workers)
+            digests, stats = stream_tensors(
+                tmp,
+                names,
+                inputs,
+                compute,
+                out_dtypes,
+                shapes,
+                [d is None for d in known],
+                max_shard_size,
+                workers=workers,
+            )
         finally:
             torch.set_num_threads(saved_threads)
         digests = [k or d for k, d in zip(known, digests)]
@@ -581,15 +673,21 @@ def merge_models(method: str, models: Sequence[tuple[str | os.PathLike, Mapping[
         roles = (["base"] if base_input else []) + [f"model {i + 1}" for i in range(len(other_inputs))]
         card_inputs = [{"role": r, "path": str(m.path), "sha256": d} for r, m, d in zip(roles, inputs, digests)]
         _write_card(tmp, recipe, card_inputs, seconds)
-        (tmp / MARKER).write_text(json.dumps({"key": key, "recipe": recipe, "inputs": card_inputs,
-                                              "lmlang_format": FORMAT_VERSION}, indent=2, default=str))
+        (tmp / MARKER).write_text(
+            json.dumps(
+                {"key": key, "recipe": recipe, "inputs": card_inputs, "lmlang_format": FORMAT_VERSION},
+                indent=2,
+                default=str,
+            )
+        )
         work.release()
         published = _publish(tmp, final, replace=out_dir is not None)
     except BaseException:
         work.discard()
         raise
-    stats.update({"key": key, "tensors": len(names),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    stats.update(
+        {"key": key, "tensors": len(names), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    )
     return MergeResult(final, time.perf_counter() - t_start, not published, stats)
 
 
@@ -599,8 +697,9 @@ def _tokenizer_folder(source, default: ModelInput, inputs: Sequence[ModelInput])
     if source == "first":
         return inputs[0].path
     if source == "union":
-        raise MergeConfigError("tokenizer_source 'union' (vocabulary surgery) is not supported; "
-                               "merge models that share a tokenizer")
+        raise MergeConfigError(
+            "tokenizer_source 'union' (vocabulary surgery) is not supported; merge models that share a tokenizer"
+        )
     p = Path(source).expanduser().resolve()
     if not p.is_dir():
         raise MergeError(f"tokenizer_source folder not found: {p}")

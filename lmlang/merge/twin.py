@@ -38,6 +38,7 @@ graph: a TwinSpec (base, adapters, options) whose value is
 `TwinRouter.weights(texts)` and decodes each batch with
 `twin.lm_for_rows(core_lm, host, weights)`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,12 +61,12 @@ CORE_METHODS = ("ties", "task_arithmetic", "dare_ties", "breadcrumbs", "pcb", "t
 
 @dataclass
 class TwinModel:
-    path: Path                          # the twin folder (manifest + exclusive adapters)
-    core: Path                          # full model folder: base + merged core delta
+    path: Path  # the twin folder (manifest + exclusive adapters)
+    core: Path  # full model folder: base + merged core delta
     experts: list[str]
-    exclusive: list[Path]               # one PEFT LoRA folder per expert, on the core
+    exclusive: list[Path]  # one PEFT LoRA folder per expert, on the core
     rank: int
-    errors: dict[str, float] = field(default_factory=dict)          # expert -> overall relative error of its truncation
+    errors: dict[str, float] = field(default_factory=dict)  # expert -> overall relative error of its truncation
     module_errors: dict[str, dict[str, float]] = field(default_factory=dict)
     cached: bool = False
     seconds: float = 0.0
@@ -94,9 +95,15 @@ class TwinModel:
         return RowMixedLM(core_lm, host, self.stacks(weights), name=name)
 
 
-def build_twin(base: str | os.PathLike, experts: Sequence[tuple[str, str | os.PathLike]], *, core: str = "ties",
-               core_params: Mapping[str, Any] | None = None, rank: int | None = None,
-               out_dir: str | os.PathLike | None = None) -> TwinModel:
+def build_twin(
+    base: str | os.PathLike,
+    experts: Sequence[tuple[str, str | os.PathLike]],
+    *,
+    core: str = "ties",
+    core_params: Mapping[str, Any] | None = None,
+    rank: int | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> TwinModel:
     """Build (or reuse) the core and the exclusive parts; see the module docstring.
 
     experts: [(name, PEFT LoRA folder)] trained on `base` (a safetensors folder)."""
@@ -114,18 +121,33 @@ def build_twin(base: str | os.PathLike, experts: Sequence[tuple[str, str | os.Pa
     names = [str(n) for n, _ in experts]
     if len(set(names)) != len(names):
         raise MergeConfigError("merge twin: expert names must be unique")
-    params = dict(core_params if core_params is not None else ({"density": 0.5} if core in ("ties", "dare_ties", "pcb") else {}))
+    params = dict(
+        core_params if core_params is not None else ({"density": 0.5} if core in ("ties", "dare_ties", "pcb") else {})
+    )
     folders = [Path(p).expanduser().resolve() for _, p in experts]
     loras = [load_lora(p) for p in folders]
     k = int(rank) if rank is not None else sum(int(ad.config.get("r", 8)) for ad in loras)
     if k < 1:
         raise MergeConfigError(f"twin rank must be at least 1, got {k}")
     base_input = load_input(base)
-    core_res = merge_loras(core, [(p, {"weight": 1.0}) for p in folders], params, base_model=base_input.path, output="full")
-    key = hashlib.sha256(json.dumps({"v": FORMAT_VERSION, "base": base_input.content_key, "core": str(core_res.path),
-                                     "core_method": core, "params": params, "rank": k,
-                                     "experts": [[n, _content_key(p)] for n, p in zip(names, folders)]},
-                                    sort_keys=True, default=str).encode()).hexdigest()
+    core_res = merge_loras(
+        core, [(p, {"weight": 1.0}) for p in folders], params, base_model=base_input.path, output="full"
+    )
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "v": FORMAT_VERSION,
+                "base": base_input.content_key,
+                "core": str(core_res.path),
+                "core_method": core,
+                "params": params,
+                "rank": k,
+                "experts": [[n, _content_key(p)] for n, p in zip(names, folders)],
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()
     final = _destination(key, out_dir)
     saved = _cached(final, key)
     if saved is not None:
@@ -133,8 +155,16 @@ def build_twin(base: str | os.PathLike, experts: Sequence[tuple[str, str | os.Pa
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         manifest = _write_exclusive(tmp, base_input, core_res.path, names, loras, k)
-        manifest.update({"key": key, "core": str(core_res.path), "core_method": core, "core_params": params,
-                         "base": str(base_input.path), "experts_from": [str(p) for p in folders]})
+        manifest.update(
+            {
+                "key": key,
+                "core": str(core_res.path),
+                "core_method": core,
+                "core_params": params,
+                "base": str(base_input.path),
+                "experts_from": [str(p) for p in folders],
+            }
+        )
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         (tmp / MARKER).write_text(json.dumps({"key": key, "kind": "twin"}))
         _card(tmp, manifest)
@@ -160,13 +190,16 @@ def _write_exclusive(tmp: Path, base_input, core_path: Path, names: list[str], l
     shapes = {n: tuple(core_delta[n].shape) for n in targets}
     errors, module_errors, folders = {}, {}, []
     for i, (name, lora) in enumerate(zip(names, loras)):
+
         def exclusive(t: str, lora=lora):
             own = lora.modules[t].delta() if t in lora.modules else torch.zeros(shapes[t])
             return own - core_delta[t]
 
         sub = tmp / "exclusive" / f"{i}-{_slug(name)}"
         sub.mkdir(parents=True)
-        _, per_module, overall = _write_lora(sub, [lora, *(other for other in loras if other is not lora)], targets, exclusive, rank, None)
+        _, per_module, overall = _write_lora(
+            sub, [lora, *(other for other in loras if other is not lora)], targets, exclusive, rank, None
+        )
         cfg_path = sub / "adapter_config.json"
         cfg = json.loads(cfg_path.read_text())
         cfg["base_model_name_or_path"] = str(core_path)
@@ -215,19 +248,38 @@ def _cached(final: Path, key: str) -> dict | None:
         saved = json.loads((final / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    ok = saved.get("key") == key and all((final / f / "adapter_model.safetensors").is_file() for f in saved["exclusive"])
+    ok = saved.get("key") == key and all(
+        (final / f / "adapter_model.safetensors").is_file() for f in saved["exclusive"]
+    )
     return saved if ok else None
 
 
 def _model(final: Path, manifest: dict, cached: bool, seconds: float) -> TwinModel:
-    return TwinModel(final, Path(manifest["core"]), list(manifest["experts"]), [final / f for f in manifest["exclusive"]],
-                     int(manifest["rank"]), dict(manifest["errors"]), dict(manifest["module_errors"]), cached, seconds)
+    return TwinModel(
+        final,
+        Path(manifest["core"]),
+        list(manifest["experts"]),
+        [final / f for f in manifest["exclusive"]],
+        int(manifest["rank"]),
+        dict(manifest["errors"]),
+        dict(manifest["module_errors"]),
+        cached,
+        seconds,
+    )
 
 
 def _card(folder: Path, manifest: dict) -> None:
-    lines = [f"# Twin merge ({manifest['core_method']} core, exclusive parts at rank {manifest['rank']})", "",
-             f"Core model: `{manifest['core']}`.", "", "| expert | exclusive part | relative error |", "| --- | --- | --- |"]
-    lines += [f"| {n} | `{f}` | {manifest['errors'][n]:.3g} |" for n, f in zip(manifest["experts"], manifest["exclusive"])]
+    lines = [
+        f"# Twin merge ({manifest['core_method']} core, exclusive parts at rank {manifest['rank']})",
+        "",
+        f"Core model: `{manifest['core']}`.",
+        "",
+        "| expert | exclusive part | relative error |",
+        "| --- | --- | --- |",
+    ]
+    lines += [
+        f"| {n} | `{f}` | {manifest['errors'][n]:.3g} |" for n, f in zip(manifest["experts"], manifest["exclusive"])
+    ]
     (folder / "README.md").write_text("\n".join(lines) + "\n")
 
 
@@ -235,8 +287,14 @@ class TwinRouter:
     """Per-row expert weights from examples: softmax(cosine / temperature) over
     the top_k experts (all by default), with the pool's embedding scorer."""
 
-    def __init__(self, examples: Sequence[Sequence[str]], encoder: str = "minilm", base_lm=None,
-                 temperature: float = 0.05, top_k: int | None = None):
+    def __init__(
+        self,
+        examples: Sequence[Sequence[str]],
+        encoder: str = "minilm",
+        base_lm=None,
+        temperature: float = 0.05,
+        top_k: int | None = None,
+    ):
         from ..runtime.pool import EmbeddingIndex
 
         self.index = EmbeddingIndex(examples, encoder, base_lm)

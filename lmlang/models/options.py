@@ -6,6 +6,7 @@ options in lmlang.decoders.)
 
 Imported by `lmlang check`, so it imports nothing heavy.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,13 +20,14 @@ from ..suggest import did_you_mean
 @frozen
 class Range:
     """A numeric option: its type, default and bounds (open or closed)."""
-    type: str                      # "int" | "number" | "names" (a non-empty list of strings)
+
+    type: str  # "int" | "number" | "names" (a non-empty list of strings)
     default: Any
     lo: float | None = None
     hi: float | None = None
-    lo_open: bool = False          # lo itself excluded
-    hi_open: bool = False          # hi itself excluded
-    hint: str = ""                 # shown with a value out of range
+    lo_open: bool = False  # lo itself excluded
+    hi_open: bool = False  # hi itself excluded
+    hint: str = ""  # shown with a value out of range
     doc: str = ""
 
     def bounds_text(self) -> str:
@@ -52,8 +54,16 @@ TRAIN_OPTIONS: dict[str, Range] = {
     "rank": Range("int", 8, 1, doc="LoRA rank r"),
     "alpha": Range("number", 16, 0, lo_open=True, doc="LoRA alpha (the update is scaled by alpha / r)"),
     "epochs": Range("int", 3, 1, doc="passes over the data"),
-    "lr": Range("number", 1e-3, 0, 1, lo_open=True, hi_open=True, hint="a typical LoRA learning rate is 1e-4 to 1e-3",
-                doc="AdamW learning rate"),
+    "lr": Range(
+        "number",
+        1e-3,
+        0,
+        1,
+        lo_open=True,
+        hi_open=True,
+        hint="a typical LoRA learning rate is 1e-4 to 1e-3",
+        doc="AdamW learning rate",
+    ),
     "target_modules": Range("names", ("q_proj", "v_proj"), doc="names of the modules that get a LoRA"),
     "seed": Range("int", 0, doc="seed of the LoRA initialisation, dropout and data order"),
     "batch_size": Range("int", 8, 1, doc="rows per optimizer step"),
@@ -79,21 +89,30 @@ def check_train_option(name: str, value: Any) -> Problem | None:
     """The problem with one training hyperparameter (not `base`), or None."""
     spec = TRAIN_OPTIONS.get(name)
     if spec is None:
-        return Problem(f"unknown training option '{name}'", did_you_mean(name, TRAIN_OPTIONS, known="options"),
-                       code="unknown-option", option=name)
+        return Problem(
+            f"unknown training option '{name}'",
+            did_you_mean(name, TRAIN_OPTIONS, known="options"),
+            code="unknown-option",
+            option=name,
+        )
     if spec.type == "names":
         if not isinstance(value, (list, tuple)):
             return Problem(f"training option '{name}' must be a list", code="bad-type", option=name)
         if not value or not all(isinstance(m, str) and m for m in value):
-            return Problem(f"{name} takes a non-empty list of module names", 'for example ["q_proj", "v_proj"]',
-                           code="bad-value", option=name)
+            return Problem(
+                f"{name} takes a non-empty list of module names",
+                'for example ["q_proj", "v_proj"]',
+                code="bad-value",
+                option=name,
+            )
         return None
     types = (int,) if spec.type == "int" else (int, float)
     if isinstance(value, bool) or not isinstance(value, types):
         return Problem(f"training option '{name}' must be {_TYPE_WORDS[spec.type]}", code="bad-type", option=name)
     if not math.isfinite(value) or not spec.fits(value):
-        return Problem(f"training option '{name}' must be {spec.bounds_text()}", spec.hint, code="bad-value",
-                       option=name)
+        return Problem(
+            f"training option '{name}' must be {spec.bounds_text()}", spec.hint, code="bad-value", option=name
+        )
     return None
 
 
@@ -103,7 +122,7 @@ def normalize_train_options(options: Mapping[str, Any] | None) -> tuple[dict[str
     cache key hashes, so its shape must not change without a format bump."""
     options = dict(options or {})
     problems = [p for p in (check_train_option(k, v) for k, v in options.items()) if p is not None]
-    problems.sort(key=lambda p: p.code != "unknown-option")     # an unknown name first: it explains the rest
+    problems.sort(key=lambda p: p.code != "unknown-option")  # an unknown name first: it explains the rest
     out = {**train_defaults(), **options}
     if problems:
         return out, problems
@@ -121,9 +140,15 @@ def normalize_train_options(options: Mapping[str, Any] | None) -> tuple[dict[str
 FUSE_MODES: dict[str, dict[str, Range]] = {
     "linear": {},
     "contrastive": {
-        "plausibility": Range("number", 0.1, 0.0, 1.0, lo_open=True,
-                              doc="a token counts as plausible when the experts give it at least this share "
-                                  "of their most likely token's probability"),
+        "plausibility": Range(
+            "number",
+            0.1,
+            0.0,
+            1.0,
+            lo_open=True,
+            doc="a token counts as plausible when the experts give it at least this share "
+            "of their most likely token's probability",
+        ),
     },
 }
 
@@ -140,8 +165,9 @@ def check_fuse_option(mode: str, name: str, value: Any) -> Problem | None:
     """The problem with one option of `fuse MODE(...)` (MODE known), or None."""
     allowed = FUSE_MODES[mode]
     if name not in allowed:
-        return Problem(f"unknown option '{name}' for fuse {mode}", did_you_mean(name, allowed),
-                       code="unknown-option", option=name)
+        return Problem(
+            f"unknown option '{name}' for fuse {mode}", did_you_mean(name, allowed), code="unknown-option", option=name
+        )
     spec = allowed[name]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not spec.fits(value):
         return Problem(f"fuse {name} must be a number in {spec.interval()}", code="bad-value", option=name)

@@ -2,6 +2,7 @@
 loader (models/adapters.py) and the LoRA merger (merge/lora.py) share, in one
 torch-free place so the two never read one config differently.
 """
+
 from __future__ import annotations
 
 import re

@@ -37,6 +37,7 @@ seed gives bit-identical weights on the same machine. It runs on the
 program's device (`device`: "auto" takes CUDA when there is one): the base and
 every batch move there, and only the loss comes back to the host, once a step.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,8 +65,17 @@ DEFAULT_OPTIONS: dict[str, Any] = train_defaults()
 
 META_FILE = "lmlang_adapter.json"
 # Files of a base folder that decide what training produces.
-_BASE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-               "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model")
+_BASE_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
 
 
 @dataclass(frozen=True)
@@ -117,12 +127,16 @@ def read_rows(data_path: Path, data: bytes | None = None) -> list[tuple[int, dic
     rows = []
     for line in parse_jsonl(data):
         if line.value is None:
-            raise DataError(f"{data_path}:{line.line}: {line.problem}",
-                            hint=_SHAPE_HINT if line.code == "not-object" else "")
+            raise DataError(
+                f"{data_path}:{line.line}: {line.problem}", hint=_SHAPE_HINT if line.code == "not-object" else ""
+            )
         _check_row(data_path, line.line, line.value)
         rows.append((line.line, line.value))
     if not rows:
-        raise DataError(f"{data_path}: no training rows", hint='each line is {"prompt": ..., "completion": ...} or {"messages": [...]}')
+        raise DataError(
+            f"{data_path}: no training rows",
+            hint='each line is {"prompt": ..., "completion": ...} or {"messages": [...]}',
+        )
     return rows
 
 
@@ -139,10 +153,18 @@ def _check_row(path: Path, line: int, row: Any) -> None:
         if not isinstance(messages, list) or not messages:
             raise DataError(f"{where}: messages must be a non-empty list", hint=_SHAPE_HINT)
         for i, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
-                raise DataError(f"{where}: messages[{i}] must be an object with string role and content", hint=_SHAPE_HINT)
+            if (
+                not isinstance(message, dict)
+                or not isinstance(message.get("role"), str)
+                or not isinstance(message.get("content"), str)
+            ):
+                raise DataError(
+                    f"{where}: messages[{i}] must be an object with string role and content", hint=_SHAPE_HINT
+                )
         if messages[-1]["role"] != "assistant":
-            raise DataError(f"{where}: the last message must be the assistant's (the loss is computed on it), got role {messages[-1]['role']!r}")
+            raise DataError(
+                f"{where}: the last message must be the assistant's (the loss is computed on it), got role {messages[-1]['role']!r}"
+            )
         if not messages[-1]["content"]:
             raise DataError(f"{where}: the last assistant message is empty")
         return
@@ -167,9 +189,11 @@ def _render(tokenizer, row: dict) -> tuple[list[int], list[int]]:
         full = tokenizer.apply_chat_template(full_messages, tokenize=False)
         if not full.startswith(context):
             raise ValueError("the chat template renders the answer's context differently from the generation prompt")
-        tail = full[len(context):]
-        return (tokenizer(context, add_special_tokens=False)["input_ids"],
-                tokenizer(tail, add_special_tokens=False)["input_ids"])
+        tail = full[len(context) :]
+        return (
+            tokenizer(context, add_special_tokens=False)["input_ids"],
+            tokenizer(tail, add_special_tokens=False)["input_ids"],
+        )
     if "messages" in row:
         context = "".join(f"{m['role']}: {m['content']}\n" for m in context_messages) + "assistant: "
     else:
@@ -190,8 +214,8 @@ def encode_rows(tokenizer, rows: list[tuple[int, dict]], max_length: int, data_p
             raise DataError(f"{data_path}:{line}: cannot render the row: {exc}") from None
         if not answer:
             raise DataError(f"{data_path}:{line}: the completion encodes to no tokens")
-        answer = answer[:max_length - 1]
-        context = context[max(0, len(context) - (max_length - len(answer))):]
+        answer = answer[: max_length - 1]
+        context = context[max(0, len(context) - (max_length - len(answer))) :]
         examples.append(Example(context + answer, [-100] * len(context) + list(answer), line))
     return examples
 
@@ -221,7 +245,9 @@ def base_content_key(base_path: Path) -> str:
     """sha256 over the files of a base folder that decide training (weights,
     config, tokenizer). Memoized per process and on disk by (path, size, mtime)."""
     base_path = Path(base_path).resolve()
-    files = sorted(p for p in base_path.iterdir() if p.is_file() and (p.name in _BASE_FILES or p.suffix == ".safetensors"))
+    files = sorted(
+        p for p in base_path.iterdir() if p.is_file() and (p.name in _BASE_FILES or p.suffix == ".safetensors")
+    )
     if not any(p.suffix == ".safetensors" for p in files):
         raise LmlangRuntimeError(f"base model folder {base_path} has no .safetensors weights")
     signature = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
@@ -257,16 +283,19 @@ def base_content_key(base_path: Path) -> str:
 
 
 def adapter_cache_key(base_key: str, data: bytes, options: dict) -> str:
-    blob = json.dumps({"format": FORMAT_VERSION, "base": base_key, "data": hashlib.sha256(data).hexdigest(),
-                       "options": options}, sort_keys=True)
+    blob = json.dumps(
+        {"format": FORMAT_VERSION, "base": base_key, "data": hashlib.sha256(data).hexdigest(), "options": options},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- training
 
 
-def train_lora(base_path: Path, data_path: Path, options: dict | None = None, progress: bool = True,
-               device: str = "cpu") -> TrainResult:
+def train_lora(
+    base_path: Path, data_path: Path, options: dict | None = None, progress: bool = True, device: str = "cpu"
+) -> TrainResult:
     """Fine-tune a LoRA on `data_path` over the HF folder `base_path`; the cached PEFT folder.
     The cache key does not include the device: an adapter trained on a GPU
     serves CPU runs and the other way round."""
@@ -296,9 +325,19 @@ def train_lora(base_path: Path, data_path: Path, options: dict | None = None, pr
     tmp = final.parent / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         peft_model.save_pretrained(str(tmp), safe_serialization=True)
-        meta = {"format": FORMAT_VERSION, "model_type": getattr(model.config, "model_type", None),
-                "vocab_size": len(tokenizer), "base": str(base_path), "data": str(data_path), "rows": len(examples),
-                "options": opts, "final_loss": final_loss, "epoch_losses": losses, "steps": steps, "seconds": seconds}
+        meta = {
+            "format": FORMAT_VERSION,
+            "model_type": getattr(model.config, "model_type", None),
+            "vocab_size": len(tokenizer),
+            "base": str(base_path),
+            "data": str(data_path),
+            "rows": len(examples),
+            "options": opts,
+            "final_loss": final_loss,
+            "epoch_losses": losses,
+            "steps": steps,
+            "seconds": seconds,
+        }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         try:
             os.rename(tmp, final)
@@ -357,11 +396,19 @@ def _wrap(model, opts: dict, base_path: Path):
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n}
     missing = [t for t in opts["target_modules"] if t not in names]
     if missing:
-        raise LmlangRuntimeError(f"target module {missing[0]!r} does not exist in the base model {base_path}",
-                                 hint=did_you_mean(missing[0], sorted(names)))
+        raise LmlangRuntimeError(
+            f"target module {missing[0]!r} does not exist in the base model {base_path}",
+            hint=did_you_mean(missing[0], sorted(names)),
+        )
     torch.manual_seed(opts["seed"])  # LoRA A initialisation
-    config = LoraConfig(r=opts["rank"], lora_alpha=opts["alpha"], lora_dropout=opts["dropout"],
-                        target_modules=list(opts["target_modules"]), bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=opts["rank"],
+        lora_alpha=opts["alpha"],
+        lora_dropout=opts["dropout"],
+        target_modules=list(opts["target_modules"]),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config)
 
 
@@ -387,8 +434,10 @@ def _fit(peft_model, tokenizer, examples: list[Example], opts: dict, progress: b
             order = torch.randperm(len(examples), generator=generator).tolist()
             running = 0.0
             for i in range(0, len(order), batch):
-                ids, mask, labels = (t.to(device, non_blocking=True)
-                                     for t in collate([examples[j] for j in order[i:i + batch]], pad_id))
+                ids, mask, labels = (
+                    t.to(device, non_blocking=True)
+                    for t in collate([examples[j] for j in order[i : i + batch]], pad_id)
+                )
                 loss = loss_fn(ids, mask, labels)
                 loss.backward()
                 optimizer.step()
@@ -407,7 +456,9 @@ def _full_logits_loss(peft_model):
 
     def loss_fn(ids, mask, labels):
         logits = peft_model(input_ids=ids, attention_mask=mask).logits
-        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
+        return F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+        )
 
     return loss_fn
 
@@ -461,11 +512,24 @@ class _Progress:
     def __enter__(self):
         if self.enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._progress = Progress(
-                TextColumn("training LoRA"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=Console(file=sys.stderr),
+                TextColumn("training LoRA"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=Console(file=sys.stderr),
             )
             self._progress.__enter__()
             self._task = self._progress.add_task("train", total=self.total, loss="-")

@@ -7,6 +7,7 @@ time (never merged), or a fusion of members. Adapter nodes evaluate to PEFT
 folders. Derived artefacts (trained adapters, merges) are cached on disk by
 their builders, keyed by content, so a second run reuses them.
 """
+
 from __future__ import annotations
 
 import sys
@@ -15,8 +16,17 @@ from pathlib import Path
 
 from ..errors import LmlangError, LmlangRuntimeError, MergeError
 from ..source import span_of
-from ..graph import (AdapterMergeSpec, ApplySpec, Compiled, FuseSpec, LoraSpec, MergeSpec, ModelSpec, RouterSpec,
-                     TrainSpec)
+from ..graph import (
+    AdapterMergeSpec,
+    ApplySpec,
+    Compiled,
+    FuseSpec,
+    LoraSpec,
+    MergeSpec,
+    ModelSpec,
+    RouterSpec,
+    TrainSpec,
+)
 from ..graph.specs import VllmSpec
 from ..merge.options import STEP_OPTIONS
 
@@ -29,13 +39,13 @@ class Folder:
 @dataclass(frozen=True)
 class Stacked:
     base: Path
-    stack: tuple          # ((adapter folder, scale), ...)
+    stack: tuple  # ((adapter folder, scale), ...)
 
 
 @dataclass(frozen=True)
 class Fused:
     mode: str
-    members: tuple        # ((ModelValue, weight), ...)
+    members: tuple  # ((ModelValue, weight), ...)
     options: tuple
 
 
@@ -59,8 +69,8 @@ class _Announce:
 class Builder:
     def __init__(self, compiled: Compiled, device: str = "auto"):
         self.c = compiled
-        self.device = device                         # where adapters train (the program's device)
-        self.values: dict[str, object] = {}          # node id -> its built value, once per process
+        self.device = device  # where adapters train (the program's device)
+        self.values: dict[str, object] = {}  # node id -> its built value, once per process
 
     def value(self, nid: str):
         if nid not in self.values:
@@ -72,7 +82,7 @@ class Builder:
 
     def _build(self, nid: str):
         spec = self.c.spec(nid)
-        if isinstance(spec, (ModelSpec, VllmSpec)):   # a vLLM source's weights are local too (training)
+        if isinstance(spec, (ModelSpec, VllmSpec)):  # a vLLM source's weights are local too (training)
             from ..models.loader import resolve_model
 
             return Folder(resolve_model(spec.source))
@@ -83,13 +93,17 @@ class Builder:
 
             base = self.value(spec.base)
             if not isinstance(base, Folder):
-                raise LmlangRuntimeError(f"adapter {self.c.display_name(nid)}: train on a plain model, not an adapted or fused one",
-                                         hint=f"at {spec.loc}")
+                raise LmlangRuntimeError(
+                    f"adapter {self.c.display_name(nid)}: train on a plain model, not an adapted or fused one",
+                    hint=f"at {spec.loc}",
+                )
             options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.options}
             result = train_lora(base.path, Path(spec.data), options, progress=True, device=self.device)
             if not result.cached:
-                say(f"trained adapter {self.c.display_name(nid)} on {Path(spec.data).name} in {result.seconds:.0f} s "
-                    f"(final loss {result.final_loss:.3f}; cached for later runs)")
+                say(
+                    f"trained adapter {self.c.display_name(nid)} on {Path(spec.data).name} in {result.seconds:.0f} s "
+                    f"(final loss {result.final_loss:.3f}; cached for later runs)"
+                )
             return Path(result.path)
         if isinstance(spec, AdapterMergeSpec):
             from ..merge.lora import merge_loras
@@ -99,8 +113,16 @@ class Builder:
             adapters = [(self.value(a), dict(p)) for a, p in spec.adapters]
             name = self.c.display_name(nid)
             announce = _Announce(f"merging adapters ({spec.method}) for {name}")
-            res = merge_loras(spec.method, adapters, params, output="lora", rank=opts.get("rank"),
-                              compat=opts.get("compat", "lmlang"), dtype=opts.get("dtype"), announce=announce)
+            res = merge_loras(
+                spec.method,
+                adapters,
+                params,
+                output="lora",
+                rank=opts.get("rank"),
+                compat=opts.get("compat", "lmlang"),
+                dtype=opts.get("dtype"),
+                announce=announce,
+            )
             say(f"merged {name}: {res.summary()}" if announce.said else f"{name} (cached): {res.summary()}")
             for w in res.warnings:
                 say(f"warning: {name}: {w}")
@@ -112,7 +134,9 @@ class Builder:
                 return Stacked(base.path, stack)
             if isinstance(base, Stacked):
                 return Stacked(base.base, base.stack + stack)
-            raise LmlangRuntimeError("adapters apply to a model, not to a fusion", hint=f"node {self.c.display_name(nid)}")
+            raise LmlangRuntimeError(
+                "adapters apply to a model, not to a fusion", hint=f"node {self.c.display_name(nid)}"
+            )
         if isinstance(spec, MergeSpec):
             return self._merge(nid, spec)
         if isinstance(spec, FuseSpec):
@@ -152,18 +176,28 @@ class Builder:
                 weighted = "weight" in method_options(spec.method)
                 adapters = []
                 for v, p in inputs:
-                    (folder, scale), = v.stack
+                    ((folder, scale),) = v.stack
                     p = dict(p)
                     if weighted:
                         p["weight"] = float(p.get("weight", 1.0)) * scale
                     elif scale != 1.0:
-                        raise MergeError(f"merge {spec.method} has no per-model weight, so it cannot apply an adapter at scale {scale:g}",
-                                         hint=f"at {spec.loc}: apply the adapter at scale 1, or merge with a weighted method")
+                        raise MergeError(
+                            f"merge {spec.method} has no per-model weight, so it cannot apply an adapter at scale {scale:g}",
+                            hint=f"at {spec.loc}: apply the adapter at scale 1, or merge with a weighted method",
+                        )
                     adapters.append((folder, p))
                 name = self.c.display_name(nid)
                 announce = _Announce(f"merging {name} ({spec.method} over adapter deltas)")
-                res = merge_loras(spec.method, adapters, params, base_model=bases.pop(), output="full", compat=compat,
-                                  dtype=dtype, announce=announce)
+                res = merge_loras(
+                    spec.method,
+                    adapters,
+                    params,
+                    base_model=bases.pop(),
+                    output="full",
+                    compat=compat,
+                    dtype=dtype,
+                    announce=announce,
+                )
                 if not announce.said:
                     say(f"{name} (cached)")
                 return Folder(Path(res.path))
@@ -176,8 +210,9 @@ class Builder:
             folders.append((v.path, p))
         name = self.c.display_name(nid)
         announce = _Announce(f"merging {name} ({spec.method}, streamed tensor by tensor; cached)")
-        merged = merge_models(spec.method, folders, base=base_path, params=params, compat=compat, dtype=dtype,
-                              announce=announce)
+        merged = merge_models(
+            spec.method, folders, base=base_path, params=params, compat=compat, dtype=dtype, announce=announce
+        )
         if not announce.said:
             say(f"{name} (cached)")
         return Folder(Path(merged.path))

@@ -8,6 +8,7 @@ pass per step. A value ends on EOS, when its guide finishes, or when the
 model writes the first token of the literal text that follows the hole (so
 `[n].` ends n at the period without asking the model for EOS).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,13 +40,13 @@ class HoleTrace:
 
 @dataclass
 class Decoded:
-    values: dict                         # hole -> typed value
-    texts: dict                          # hole -> raw text
+    values: dict  # hole -> typed value
+    texts: dict  # hole -> raw text
     logprob: float = 0.0
     forward_passes: int = 0
     holes: list = field(default_factory=list)
     distribution: dict | None = None
-    token_ids: list = field(default_factory=list)    # everything the row's cache holds, in order
+    token_ids: list = field(default_factory=list)  # everything the row's cache holds, in order
 
 
 class Sampler:
@@ -56,7 +57,9 @@ class Sampler:
     the chosen token id comes back (the guide needs it). The same seed gives
     the same draws on one device; CPU and CUDA generators draw differently."""
 
-    def __init__(self, greedy: bool = True, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0):
+    def __init__(
+        self, greedy: bool = True, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0
+    ):
         self.greedy = greedy
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.seed = seed
@@ -66,7 +69,7 @@ class Sampler:
             self.generator.manual_seed(seed)
 
     def _generator(self, device: torch.device) -> torch.Generator:
-        assert self.generator is not None       # sampling (not greedy) made one
+        assert self.generator is not None  # sampling (not greedy) made one
         if self.generator.device != device:
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(self.seed)
@@ -95,7 +98,9 @@ def sampler_for(decoder: tuple, k: int = 0, seed: int | None = None) -> Sampler:
     opts = dict(opts)
     if name in ("argmax", "beam"):
         return Sampler(True)
-    return Sampler(False, opts["temperature"], opts["top_p"], opts["top_k"], (opts["seed"] if seed is None else seed) + k)
+    return Sampler(
+        False, opts["temperature"], opts["top_p"], opts["top_k"], (opts["seed"] if seed is None else seed) + k
+    )
 
 
 def typed_value(text: str, constraint) -> object:
@@ -126,7 +131,7 @@ class QueryRun:
         self.query, self.span = query, span_of(loc)
         self.chunk_ids = [prompt.chunk_ids(lm, i) for i in range(len(prompt.chunks))]
         if not self.chunk_ids[0]:
-            self.chunk_ids[0] = [next(iter(lm.eos_ids))]   # a prompt that opens with a hole starts after EOS
+            self.chunk_ids[0] = [next(iter(lm.eos_ids))]  # a prompt that opens with a hole starts after EOS
         # Token healing: a chunk that ends in a bare space token would make the
         # model write "42" after " " instead of its natural " 42". Hold the
         # space back; the hole's first token must start with it.
@@ -136,8 +141,10 @@ class QueryRun:
             if heal[-1]:
                 self.chunk_ids[i] = self.chunk_ids[i][:-1]
         try:
-            self.holes = [HolePlan(h, constraints.get(h), lm.tok_info, lm.eos_ids, heal[i], self._next_token(i))
-                          for i, h in enumerate(prompt.holes)]
+            self.holes = [
+                HolePlan(h, constraints.get(h), lm.tok_info, lm.eos_ids, heal[i], self._next_token(i))
+                for i, h in enumerate(prompt.holes)
+            ]
         except LmlangError as e:
             raise self.positioned(e) from None
 
@@ -148,7 +155,7 @@ class QueryRun:
         if self.query and not getattr(e, "_query_named", False):
             e.message = f"query {self.query}, {e.message}"
             e.args = (e.message,)
-            setattr(e, "_query_named", True)     # a marker, read with getattr above
+            setattr(e, "_query_named", True)  # a marker, read with getattr above
         return e
 
     def _next_token(self, i: int) -> int | None:
@@ -162,7 +169,7 @@ class RowDecoder:
 
     def __init__(self, run: QueryRun, sampler: Sampler, on_text=None):
         self.run, self.sampler = run, sampler
-        self.on_text = on_text            # (hole, text piece) as the value grows: streaming
+        self.on_text = on_text  # (hole, text piece) as the value grows: streaming
         self._streamed = 0
         self.hole = -1
         self.values: dict[str, object] = {}
@@ -189,7 +196,7 @@ class RowDecoder:
         if self.on_text is not None and not self.done:
             text = self.current.text()
             if len(text) > self._streamed:
-                self.on_text(self.run.prompt.holes[self.hole], text[self._streamed:])
+                self.on_text(self.run.prompt.holes[self.hole], text[self._streamed :])
                 self._streamed = len(text)
         return block
 
@@ -200,7 +207,7 @@ class RowDecoder:
             return hole.block
         if kind == SAMPLE:
             masked = hole.masked
-            assert masked is not None         # SAMPLE: hole.next set it
+            assert masked is not None  # SAMPLE: hole.next set it
             tok = self.sampler.pick(masked)
             while not hole.fits(tok):
                 # The value could not be completed within its budget after
@@ -239,26 +246,31 @@ class RowDecoder:
             batch.drop_last(row, len(gen) - keep)
             feed = canon[keep:]
             if run.holes[i + 1].heal and feed:
-                feed = feed[:-1]                     # the next hole heals its own seam
+                feed = feed[:-1]  # the next hole heals its own seam
 
         self._start_hole()
         if not self.done and not feed:
-            raise LmlangRuntimeError("two holes touch with no text between them",
-                                     hint="put literal text between holes so the first one can end")
+            raise LmlangRuntimeError(
+                "two holes touch with no text between them",
+                hint="put literal text between holes so the first one can end",
+            )
         return feed
 
     def result(self, passes: int) -> Decoded:
         return Decoded(dict(self.values), dict(self.texts), self.logprob, passes, self.traces)
 
 
-def decode_rows(lm: LM, runs: list[QueryRun], samplers: list[Sampler], batch: Batch | None = None,
-                on_token=None) -> list[Decoded]:
+def decode_rows(
+    lm: LM, runs: list[QueryRun], samplers: list[Sampler], batch: Batch | None = None, on_token=None
+) -> list[Decoded]:
     """Decode every row to the end of its last hole, batched.
     on_token(row, hole, text) streams each value's text as it grows."""
     if batch is None:
         batch = prefill(lm, [r.chunk_ids[0] for r in runs])
-    rows = [RowDecoder(run, s, (lambda h, t, r=r: on_token(r, h, t)) if on_token else None)
-            for r, (run, s) in enumerate(zip(runs, samplers))]
+    rows = [
+        RowDecoder(run, s, (lambda h, t, r=r: on_token(r, h, t)) if on_token else None)
+        for r, (run, s) in enumerate(zip(runs, samplers))
+    ]
     while True:
         blocks = [[] if row.done else row.step(batch.logits[r], batch, r) for r, row in enumerate(rows)]
         if all(row.done for row in rows) and not any(blocks):
@@ -273,8 +285,10 @@ def decode_rows(lm: LM, runs: list[QueryRun], samplers: list[Sampler], batch: Ba
 
 # ---------------------------------------------------------------- decoders
 
-def run_decoder(lm: LM, runs: list[QueryRun], decoder: tuple, distribution: tuple | None,
-                seed: int | None = None, on_token=None) -> list[Decoded]:
+
+def run_decoder(
+    lm: LM, runs: list[QueryRun], decoder: tuple, distribution: tuple | None, seed: int | None = None, on_token=None
+) -> list[Decoded]:
     name, opts = decoder
     opts = dict(opts)
     if distribution is not None:
@@ -361,9 +375,9 @@ def beam_search(run: QueryRun, width: int) -> Decoded:
     passes = 0
     for i, plan in enumerate(run.holes):
         if plan.heal:
-            batch.feed([lm.encode(plan.heal)])     # beams start on a token boundary: give the seam space back
+            batch.feed([lm.encode(plan.heal)])  # beams start on a token boundary: give the seam space back
         at_start = batch.fork()
-        beams = [(0.0, plan.start(seam=False))]       # (logprob, hole guide), one per batch row
+        beams = [(0.0, plan.start(seam=False))]  # (logprob, hole guide), one per batch row
         finished: list[tuple[float, HoleGuide]] = []
         for _ in range(plan.budget):
             cands = []
@@ -402,4 +416,4 @@ def beam_search(run: QueryRun, width: int) -> Decoded:
             if run.holes[i + 1].heal:
                 nxt = nxt[:-1]
             batch.feed([nxt])
-    return Decoded(values, texts, total, passes, traces)   # the last hole's passes are counted in the loop
+    return Decoded(values, texts, total, passes, traces)  # the last hole's passes are counted in the loop

@@ -24,6 +24,7 @@ The defaults are the faster choice measured by bench/scale.py (docs/cli.md,
 "Parallel steps", has the figures). A unit that fails is retried one call at
 a time, so one bad call never fails the others.
 """
+
 from __future__ import annotations
 
 import time
@@ -40,25 +41,26 @@ SHARED_DECODERS = ("argmax", "sample")
 
 @dataclass
 class Strategy:
-    queries: str = "shared"        # shared | separate
-    adapters: str = "mixed"        # mixed | grouped
-    models: str = "auto"           # auto | concurrent | sequential
+    queries: str = "shared"  # shared | separate
+    adapters: str = "mixed"  # mixed | grouped
+    models: str = "auto"  # auto | concurrent | sequential
 
 
 @dataclass
 class Job:
     """One query call to decode."""
-    index: int                        # position in the dispatched list
+
+    index: int  # position in the dispatched list
     spec: QuerySpec
-    env: dict                         # bound arguments
-    lm_nid: str                       # the model node that decodes it (a routed call: its expert)
+    env: dict  # bound arguments
+    lm_nid: str  # the model node that decodes it (a routed call: its expert)
     row: int | None = None
-    seed: int | None = None           # this call's sampling seed (None: the decoder does not sample)
-    expert: str | None = None         # a routed call's expert name
-    stream: Callable | None = None    # stream(hole, text)
-    key: str | None = None            # its result cache key
-    lm: Any = None                    # the LM that decodes it (runtime.lm.LM; set before decoding)
-    result: object = None             # dict of values, or the LmlangError
+    seed: int | None = None  # this call's sampling seed (None: the decoder does not sample)
+    expert: str | None = None  # a routed call's expert name
+    stream: Callable | None = None  # stream(hole, text)
+    key: str | None = None  # its result cache key
+    lm: Any = None  # the LM that decodes it (runtime.lm.LM; set before decoding)
+    result: object = None  # dict of values, or the LmlangError
     texts: dict = field(default_factory=dict)
     prompt: str = ""
 
@@ -85,7 +87,8 @@ def decode_jobs(execu, jobs: list[Job], strategy: Strategy) -> None:
             job.result = e
     lanes = plan(ready, strategy, execu.batch_size, execu.mixed_lm)
     concurrent = strategy.models == "concurrent" or (
-        strategy.models == "auto" and any(getattr(u[0], "remote", False) for lane in lanes for u in lane))
+        strategy.models == "auto" and any(getattr(u[0], "remote", False) for lane in lanes for u in lane)
+    )
     if concurrent and len(lanes) > 1:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -106,16 +109,27 @@ def run_served(execu, jobs: list[Job]) -> None:
     results: list = [None] * len(jobs)
     streams = [j.stream for j in jobs]
     on_token = (lambda i, h, t: (s := streams[i]) and s(h, t)) if any(streams) else None
-    rows = RowsJob(jobs[0].spec, list(range(len(jobs))), {k: j.env for k, j in enumerate(jobs)}, results,
-                   [j.row for j in jobs], jobs[0].expert, on_token, jobs[0].seed if jobs[0].seed is not None
-                   else execu.seed, execu.trace)
+    rows = RowsJob(
+        jobs[0].spec,
+        list(range(len(jobs))),
+        {k: j.env for k, j in enumerate(jobs)},
+        results,
+        [j.row for j in jobs],
+        jobs[0].expert,
+        on_token,
+        jobs[0].seed if jobs[0].seed is not None else execu.seed,
+        execu.trace,
+    )
     try:
         execu.engine_for(jobs[0].lm_nid).run_rows(rows)
     except LmlangError as e:
         results = [r if r is not None else e for r in results]
     for job, result in zip(jobs, results):
-        job.result = result if result is not None else LmlangRuntimeError(
-            f"query {job.spec.name}: the served engine returned no result for this call")
+        job.result = (
+            result
+            if result is not None
+            else LmlangRuntimeError(f"query {job.spec.name}: the served engine returned no result for this call")
+        )
 
 
 def plan(jobs: list[Job], strategy: Strategy, batch_size: int, mixed_lm) -> list[list[tuple]]:
@@ -123,7 +137,7 @@ def plan(jobs: list[Job], strategy: Strategy, batch_size: int, mixed_lm) -> list
     lanes: dict = {}
     for job in jobs:
         loaded = getattr(job.lm, "loaded", None)
-        shared = (job.spec.decoder[0] in SHARED_DECODERS and job.spec.distribution is None and loaded is not None)
+        shared = job.spec.decoder[0] in SHARED_DECODERS and job.spec.distribution is None and loaded is not None
         base = id(loaded) if loaded is not None else id(job.lm)
         key: tuple = ("shared",) if shared else ("solo", job.spec.name, id(job.lm))
         if shared and strategy.queries == "separate":
@@ -134,7 +148,7 @@ def plan(jobs: list[Job], strategy: Strategy, batch_size: int, mixed_lm) -> list
         units = []
         for key, group in groups.items():
             if key[0] == "solo":
-                units += [(group[0].lm, group[i:i + batch_size], False) for i in range(0, len(group), batch_size)]
+                units += [(group[0].lm, group[i : i + batch_size], False) for i in range(0, len(group), batch_size)]
             else:
                 units += _shared_units(group, strategy, batch_size, mixed_lm)
         out.append(units)
@@ -146,11 +160,15 @@ def _shared_units(group: list[Job], strategy: Strategy, batch_size: int, mixed_l
     for job in group:
         by_lm.setdefault(id(job.lm), []).append(job)
     if strategy.adapters == "grouped" or len(by_lm) == 1:
-        return [(jobs[0].lm, jobs[i:i + batch_size], True) for jobs in by_lm.values() for i in range(0, len(jobs), batch_size)]
+        return [
+            (jobs[0].lm, jobs[i : i + batch_size], True)
+            for jobs in by_lm.values()
+            for i in range(0, len(jobs), batch_size)
+        ]
     ordered = [j for jobs in by_lm.values() for j in jobs]
     units = []
     for i in range(0, len(ordered), batch_size):
-        chunk = ordered[i:i + batch_size]
+        chunk = ordered[i : i + batch_size]
         lms = {id(j.lm): j.lm for j in chunk}
         units.append((chunk[0].lm if len(lms) == 1 else mixed_lm([j.lm for j in chunk]), chunk, True))
     return units
@@ -218,15 +236,16 @@ def decode_solo(execu, lm, jobs: list[Job]) -> None:
         return
     spec = ok[0].spec
     try:
-        if spec.decoder[0] in SAMPLING:        # each call samples with its own seed
+        if spec.decoder[0] in SAMPLING:  # each call samples with its own seed
             decoded = []
             for job, run in zip(ok, runs):
                 streams = (lambda r, h, t, s=job.stream: s(h, t)) if job.stream else None
                 decoded += run_decoder(lm, [run], spec.decoder, spec.distribution, seed=job.seed, on_token=streams)
         else:
             stream = ok[0].stream if len(ok) == 1 else None
-            decoded = run_decoder(lm, runs, spec.decoder, spec.distribution,
-                                  on_token=(lambda r, h, t: stream(h, t)) if stream else None)
+            decoded = run_decoder(
+                lm, runs, spec.decoder, spec.distribution, on_token=(lambda r, h, t: stream(h, t)) if stream else None
+            )
     except LmlangError as e:
         _isolate(execu, ok, e, decode_solo)
         return
@@ -253,8 +272,19 @@ def finish(execu, job: Job, prompt: str, d, wall: float) -> None:
         out["expert"] = job.expert
     job.result, job.texts, job.prompt = out, dict(d.texts), prompt
     holes = [vars(h) for h in d.holes]
-    execu.trace.add(QueryTrace(
-        query=job.spec.name, model=job.lm.name, prompt=prompt, values=dict(d.texts), holes=holes,
-        forward_passes=d.forward_passes, tokens_generated=sum(h["generated"] for h in holes),
-        tokens_forced=sum(h["forced"] for h in holes), wall_seconds=wall,
-        decoder=job.spec.decoder[0], expert=job.expert, row=job.row))
+    execu.trace.add(
+        QueryTrace(
+            query=job.spec.name,
+            model=job.lm.name,
+            prompt=prompt,
+            values=dict(d.texts),
+            holes=holes,
+            forward_passes=d.forward_passes,
+            tokens_generated=sum(h["generated"] for h in holes),
+            tokens_forced=sum(h["forced"] for h in holes),
+            wall_seconds=wall,
+            decoder=job.spec.decoder[0],
+            expert=job.expert,
+            row=job.row,
+        )
+    )

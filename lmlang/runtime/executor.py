@@ -7,6 +7,7 @@ prefetch.py); every call that waits goes to `run_calls`, which answers what
 the result cache holds, routes what a router decides, and decodes the rest
 in shared batches (dispatch.py). torch is imported only when something must
 decode: a run answered from the cache never loads a model."""
+
 from __future__ import annotations
 
 import hashlib
@@ -95,7 +96,9 @@ def _coerce(value, t: str, depth: int):
             return _text(value)
         if isinstance(value, (bool, int, float)):
             return value_text(value)
-        raise _Mismatch(_shown(value), "give text; encode structured values as a JSON string, or declare the input json")
+        raise _Mismatch(
+            _shown(value), "give text; encode structured values as a JSON string, or declare the input json"
+        )
     if t == "int":
         if isinstance(value, bool):
             raise _Mismatch(_shown(value))
@@ -106,16 +109,17 @@ def _coerce(value, t: str, depth: int):
         if isinstance(value, str) and _INT_TEXT.fullmatch(value):
             try:
                 return int(value)
-            except ValueError:          # more digits than Python converts (4,300)
+            except ValueError:  # more digits than Python converts (4,300)
                 raise _Mismatch("an integer with too many digits") from None
         raise _Mismatch(_shown(value))
     if t == "float":
-        if isinstance(value, bool) or not (isinstance(value, (int, float))
-                                           or isinstance(value, str) and _FLOAT_TEXT.fullmatch(value)):
+        if isinstance(value, bool) or not (
+            isinstance(value, (int, float)) or isinstance(value, str) and _FLOAT_TEXT.fullmatch(value)
+        ):
             raise _Mismatch(_shown(value))
         try:
             out = float(value)
-        except OverflowError:           # an int past 1.8e308
+        except OverflowError:  # an int past 1.8e308
             out = math.inf
         if not math.isfinite(out):
             raise _Mismatch(_shown(value) + ", beyond a float's range")
@@ -133,7 +137,7 @@ def _coerce(value, t: str, depth: int):
             return _json_value(value, depth)
         if not isinstance(value, (list, tuple)):
             raise _Mismatch(_shown(value), "give a JSON list")
-        item = t[len("list["):-1]
+        item = t[len("list[") : -1]
         items = []
         for i, x in enumerate(value):
             try:
@@ -141,7 +145,7 @@ def _coerce(value, t: str, depth: int):
             except _Mismatch as m:
                 raise _Mismatch(m.got, m.hint, f"[{i}]{m.path}") from None
         return items
-    return value                      # any: whatever the caller gives
+    return value  # any: whatever the caller gives
 
 
 def _json_text(text: str):
@@ -207,10 +211,21 @@ class Executor:
     `dtype` ("auto", a dtype name, or {model name: dtype}) and `device_map`
     say how weights load; `strategy` is how calls share batches (dispatch.py)."""
 
-    def __init__(self, compiled: Compiled, functions: dict | None = None, device: str = "auto",
-                 trace: Trace | None = None, batch_size: int = 32, seed: int | None = None, *,
-                 cache=None, parallel: bool = True, threads: int | None = None, dtype="auto",
-                 device_map: str | None = None):
+    def __init__(
+        self,
+        compiled: Compiled,
+        functions: dict | None = None,
+        device: str = "auto",
+        trace: Trace | None = None,
+        batch_size: int = 32,
+        seed: int | None = None,
+        *,
+        cache=None,
+        parallel: bool = True,
+        threads: int | None = None,
+        dtype="auto",
+        device_map: str | None = None,
+    ):
         self.c = compiled
         self.functions = dict(functions or {})
         self.device = device
@@ -223,14 +238,14 @@ class Executor:
         self.dtype = dtype
         self.device_map = device_map
         self.strategy = Strategy()
-        self._lms: dict = {}                          # model node id -> its LM
-        self._routers: dict = {}                      # router node id -> Router
-        self._base_lms: dict = {}                     # base folder -> the plain model (hidden-state embeddings)
-        self._stacks: dict[int, tuple] = {}           # id(LM) -> (its AdapterHost, adapter stack), for mixed batches
-        self._dtypes: dict | None = None              # folder -> dtype, from a per-model dtype setting
-        self._keys: CallKeys | None = None            # made at the first cached call
+        self._lms: dict = {}  # model node id -> its LM
+        self._routers: dict = {}  # router node id -> Router
+        self._base_lms: dict = {}  # base folder -> the plain model (hidden-state embeddings)
+        self._stacks: dict[int, tuple] = {}  # id(LM) -> (its AdapterHost, adapter stack), for mixed batches
+        self._dtypes: dict | None = None  # folder -> dtype, from a per-model dtype setting
+        self._keys: CallKeys | None = None  # made at the first cached call
         self._torch_ready = False
-        self._engines: dict = {}                      # model node id -> its engine (engine_for)
+        self._engines: dict = {}  # model node id -> its engine (engine_for)
         from .build import Builder
 
         self.builder = Builder(compiled, device=device)
@@ -272,11 +287,17 @@ class Executor:
         """{model name: dtype} as {folder: dtype}: an adapted model runs in its base's dtype."""
         from .build import Folder, Stacked
 
-        models = [n for n, i in self.c.names.items() if i in self.c.nodes and self.c.spec(i).kind in ("model", "apply", "merge")]
+        models = [
+            n
+            for n, i in self.c.names.items()
+            if i in self.c.nodes and self.c.spec(i).kind in ("model", "apply", "merge")
+        ]
         table = {}
         for name, dt in self.dtype.items():
             if name not in models:
-                raise LmlangRuntimeError(f"dtype: the script has no model named '{name}'", hint="models: " + ", ".join(models))
+                raise LmlangRuntimeError(
+                    f"dtype: the script has no model named '{name}'", hint="models: " + ", ".join(models)
+                )
             value = self.builder.value(self.c.names[name])
             folder = value.path if isinstance(value, Folder) else value.base if isinstance(value, Stacked) else None
             if folder is None:
@@ -290,7 +311,7 @@ class Executor:
         from .build import Folder, Fused, Stacked
         from .lm import HFModel
 
-        hf_logging.disable_progress_bar()    # lmlang prints its own progress
+        hf_logging.disable_progress_bar()  # lmlang prints its own progress
         if isinstance(value, Folder):
             return HFModel(self._load(value.path), name=name)
         if isinstance(value, Stacked):
@@ -327,7 +348,7 @@ class Executor:
         (host,) = hosts.values()
         base = self._base_lm(host.loaded, host.loaded.path)
         mixed = base.with_hook("+".join(sorted({lm.name for lm in lms})), lambda: host.activate_rows(stacks))
-        mixed.prefix_reuse = False          # rows hold different weights: no shared prefix, no cached one
+        mixed.prefix_reuse = False  # rows hold different weights: no shared prefix, no cached one
         return mixed
 
     def base_lm(self, nid: str):
@@ -361,7 +382,7 @@ class Executor:
 
             self._prepare_torch()
             spec = self.c.spec(nid)
-            assert isinstance(spec, RouterSpec)     # router() is asked only about router nodes
+            assert isinstance(spec, RouterSpec)  # router() is asked only about router nodes
             names = {e: self.expert_name(e) for e, _ in spec.experts}
             self._routers[nid] = Router(spec, names, self.lm, self.base_lm)
         return self._routers[nid]
@@ -384,8 +405,9 @@ class Executor:
             if k not in params:
                 raise LmlangRuntimeError(f"{spec.name}() has no parameter '{k}'")
             if k in env:
-                raise LmlangRuntimeError(f"{spec.name}() got '{k}' twice, by position and by name",
-                                         hint="give each parameter once")
+                raise LmlangRuntimeError(
+                    f"{spec.name}() got '{k}' twice, by position and by name", hint="give each parameter once"
+                )
             env[k] = v
         missing = [p for p in params if p not in env]
         if missing:
@@ -417,7 +439,7 @@ class Executor:
                 results[i] = LmlangRuntimeError(f"undefined function '{name}'")
                 continue
             spec = self.c.spec(nid)
-            assert isinstance(spec, QuerySpec)      # query_ids maps names to query nodes
+            assert isinstance(spec, QuerySpec)  # query_ids maps names to query nodes
             try:
                 env = self.bind_args(spec, args, kwargs)
             except LmlangError as e:
@@ -430,15 +452,21 @@ class Executor:
         self._route(todo, texts)
         try:
             decode_jobs(self, [j for j in todo if j.result is None], self.strategy)
-        except LmlangError as e:           # nothing of it decoded (e.g. a model that cannot load)
+        except LmlangError as e:  # nothing of it decoded (e.g. a model that cannot load)
             for j in todo:
                 if j.result is None:
                     j.result = e
         for job in todo:
             results[job.index] = job.result
             if self.cache is not None and job.key is not None and isinstance(job.result, dict):
-                self.cache.put(job.key, query=job.spec.name, model=getattr(job.lm, "name", ""), result=job.result,
-                               texts=job.texts, prompt=job.prompt)
+                self.cache.put(
+                    job.key,
+                    query=job.spec.name,
+                    model=getattr(job.lm, "name", ""),
+                    result=job.result,
+                    texts=job.texts,
+                    prompt=job.prompt,
+                )
         return results
 
     def call_seed(self, spec: QuerySpec, row, position) -> int | None:
@@ -511,16 +539,17 @@ class Executor:
         if self._keys is None:
             from .result_cache import CallKeys
 
-            self._keys = CallKeys(self.c, {"device": self.device_kind(), "dtype": self.dtype,
-                                           "device_map": self.device_map})
+            self._keys = CallKeys(
+                self.c, {"device": self.device_kind(), "dtype": self.dtype, "device_map": self.device_map}
+            )
         misses = []
         for job in jobs:
             if self.is_remote(job.spec.model):
-                misses.append(job)          # a remote server's answers may change behind its URL: never cached
+                misses.append(job)  # a remote server's answers may change behind its URL: never cached
                 continue
             try:
                 job.key = self._keys.call_key(job.spec, job.env, job.seed, texts.get(job.index))
-            except LmlangError as e:        # a model that cannot be found fails the call, as decoding would
+            except LmlangError as e:  # a model that cannot be found fails the call, as decoding would
                 results[job.index] = e
                 continue
             entry = self.cache.get(job.key)
@@ -532,9 +561,18 @@ class Executor:
             if job.stream:
                 for hole, text in holes.items():
                     job.stream(hole, text)
-            self.trace.add(QueryTrace(query=job.spec.name, model=str(entry.get("model", "")), prompt=str(entry.get("prompt", "")),
-                                      values=dict(holes), decoder=job.spec.decoder[0], expert=out.get("expert"),
-                                      row=job.row, cached=True))
+            self.trace.add(
+                QueryTrace(
+                    query=job.spec.name,
+                    model=str(entry.get("model", "")),
+                    prompt=str(entry.get("prompt", "")),
+                    values=dict(holes),
+                    decoder=job.spec.decoder[0],
+                    expert=out.get("expert"),
+                    row=job.row,
+                    cached=True,
+                )
+            )
         return misses
 
     def device_kind(self) -> str:
@@ -555,16 +593,17 @@ class Executor:
         (outcome,) = self.run_rows([inputs])
         if outcome.error is not None:
             raise outcome.error
-        assert outcome.values is not None       # a row without an error ends with its emitted values
+        assert outcome.values is not None  # a row without an error ends with its emitted values
         return outcome.values
 
-    def run_rows(self, rows: list[dict], on_done: Callable[[RowOutcome], None] | None = None,
-                 row_ids: list[int] | None = None) -> list[RowOutcome]:
+    def run_rows(
+        self, rows: list[dict], on_done: Callable[[RowOutcome], None] | None = None, row_ids: list[int] | None = None
+    ) -> list[RowOutcome]:
         """Run the flow for many input rows. Rows advance together: whenever
         calls wait (of several rows, or of independent steps of one row),
         they decode in shared batches."""
         row_ids = row_ids or list(range(len(rows)))
-        steps = [cast(StepSpec, self.c.spec(n)).stmt for n in self.c.steps]   # c.steps lists step nodes
+        steps = [cast(StepSpec, self.c.spec(n)).stmt for n in self.c.steps]  # c.steps lists step nodes
         interp = Interpreter(self.functions, set(self.query_ids), prefetch=self.parallel)
         outcomes = [RowOutcome(rid) for rid in row_ids]
 
@@ -575,8 +614,9 @@ class Executor:
 
         def dispatch(slots):
             try:
-                return self.run_calls([(s.call.name, s.call.args, s.call.kwargs, s.row.id, s.call.position, None)
-                                       for s in slots])
+                return self.run_calls(
+                    [(s.call.name, s.call.args, s.call.kwargs, s.row.id, s.call.position, None) for s in slots]
+                )
             except LmlangError as e:
                 return [e] * len(slots)
 
@@ -597,7 +637,9 @@ class Executor:
         declared = {s.name: s for s in self.c.nodes.values() if isinstance(s, InputSpec)}
         unknown = [k for k in inputs if k not in declared]
         if unknown:
-            raise InputError(f"unknown input '{unknown[0]}'", hint="declared inputs: " + (", ".join(declared) or "none"))
+            raise InputError(
+                f"unknown input '{unknown[0]}'", hint="declared inputs: " + (", ".join(declared) or "none")
+            )
         env = {}
         for name, spec in declared.items():
             if name in inputs:

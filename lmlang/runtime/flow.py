@@ -13,6 +13,7 @@ and the indices of the loops around it. The position names one call of one
 row whatever the order calls are made in, so sampling seeds derive from it
 and calls made early (prefetch.py) are matched to the flow's own calls.
 """
+
 from __future__ import annotations
 
 from ..builtins import BUILTINS
@@ -98,7 +99,7 @@ class Interpreter:
                 env[name] = yield from self.expr(value, env, path)
             case I.If(cond, then, orelse):
                 test = yield from self.expr(cond, env, path)
-                for x in (then if _truthy(test) else orelse):
+                for x in then if _truthy(test) else orelse:
                     yield from self.stmt(x, env, emitted, path)
             case I.For(var, it, body):
                 items = yield from self.expr(it, env, path)
@@ -122,7 +123,7 @@ class Interpreter:
                 if name not in env:
                     raise FlowError(f"'{name}' has no value here", hint="it is assigned only on some paths")
                 v = env[name]
-                if isinstance(v, Future):           # only in a prefetch task's environment
+                if isinstance(v, Future):  # only in a prefetch task's environment
                     v = yield Join(v.task)
                 return v
             case I.Attr(obj_e, name):

@@ -8,6 +8,7 @@ their weighted mixture) above all others and scores them by the weighted
 sum, so an amateur's preferences are subtracted only among sensible tokens. Constraints then mask
 the fused distribution like any other model's.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,7 @@ def combine(logits: list[torch.Tensor], weights: list[float], mode: str, plausib
     width = min(x.shape[-1] for x in logits)
     logps = [torch.log_softmax(x[..., :width].float(), dim=-1) for x in logits]
     fused = sum(w * lp for w, lp in zip(weights, logps))
-    assert isinstance(fused, torch.Tensor)         # a fused model has members: never sum()'s start 0
+    assert isinstance(fused, torch.Tensor)  # a fused model has members: never sum()'s start 0
     if mode == "contrastive":
         pos = [(w, lp) for w, lp in zip(weights, logps) if w > 0]
         total = sum(w for w, _ in pos)
@@ -42,12 +43,16 @@ def combine(logits: list[torch.Tensor], weights: list[float], mode: str, plausib
 
 
 class FusedLM(LM):
-    def __init__(self, members: list[tuple[LM, float]], mode: str = "linear", options: dict | None = None, name: str = "fuse"):
+    def __init__(
+        self, members: list[tuple[LM, float]], mode: str = "linear", options: dict | None = None, name: str = "fuse"
+    ):
         first = members[0][0]
         for lm, _ in members[1:]:
             if lm.tok_info.hash != first.tok_info.hash:
-                raise LmlangRuntimeError(f"fuse: {lm.name} and {first.name} use different tokenizers",
-                                         hint="fusion combines next-token distributions; members must share one vocabulary")
+                raise LmlangRuntimeError(
+                    f"fuse: {lm.name} and {first.name} use different tokenizers",
+                    hint="fusion combines next-token distributions; members must share one vocabulary",
+                )
         super().__init__()
         self.members = members
         self.mode = mode

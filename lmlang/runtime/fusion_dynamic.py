@@ -52,6 +52,7 @@ with mode "dynamic"; runtime: where FusedLM is built for a fuse node,
 mode "dynamic" builds DynamicFusedLM instead (one line in runtime/fusion.py
 or the executor's model factory).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -104,21 +105,27 @@ def _losses(cands, expert_lps, anchor_lp, target_lp, chunk: int = 32) -> torch.T
     out = []
     if anchor_lp is None:
         for c in cands.split(chunk):
-            q = _fused(c, expert_lps, None)                                        # [r, k, V]
-            out.append(_kl(expert_lps[:, None], q[:, :, None]).sum(-1))             # sum_i KL(p_i || q)
+            q = _fused(c, expert_lps, None)  # [r, k, V]
+            out.append(_kl(expert_lps[:, None], q[:, :, None]).sum(-1))  # sum_i KL(p_i || q)
         return torch.cat(out, dim=1)
-    shifts = expert_lps - anchor_lp[:, None]                                         # [r, n, V]
-    wanted = _kl(expert_lps, anchor_lp[:, None])                                     # [r, n]: KL(p_Ei || p_A)
+    shifts = expert_lps - anchor_lp[:, None]  # [r, n, V]
+    wanted = _kl(expert_lps, anchor_lp[:, None])  # [r, n]: KL(p_Ei || p_A)
     for c in cands.split(chunk):
         q = _fused(c, shifts, target_lp)
-        moved = _kl(q, target_lp[:, None])                                           # [r, k]: KL(q || p_T)
+        moved = _kl(q, target_lp[:, None])  # [r, k]: KL(q || p_T)
         out.append(((moved[:, :, None] - wanted[:, None, :]) ** 2).sum(-1))
     return torch.cat(out, dim=1)
 
 
-def dynamic_weights(expert_logits: Sequence[torch.Tensor], anchor_logits: torch.Tensor | None = None,
-                    target_logits: torch.Tensor | None = None, *, grid: int = 10, max_weight: float = 2.0,
-                    max_candidates: int = 4096) -> torch.Tensor:
+def dynamic_weights(
+    expert_logits: Sequence[torch.Tensor],
+    anchor_logits: torch.Tensor | None = None,
+    target_logits: torch.Tensor | None = None,
+    *,
+    grid: int = 10,
+    max_weight: float = 2.0,
+    max_candidates: int = 4096,
+) -> torch.Tensor:
     """[rows, n] weights per row for logits [rows, V] (see the module docstring).
     Ties between candidates go to the first in grid order."""
     n = len(expert_logits)
@@ -128,16 +135,25 @@ def dynamic_weights(expert_logits: Sequence[torch.Tensor], anchor_logits: torch.
         raise LmlangRuntimeError(f"fuse dynamic: grid must be at least 1, got {grid}")
     width = min(x.shape[-1] for x in [*expert_logits, *(t for t in (anchor_logits, target_logits) if t is not None)])
     lp = lambda x: torch.log_softmax(x[..., :width].float(), dim=-1)  # noqa: E731
-    experts = torch.stack([lp(x) for x in expert_logits], dim=1)                      # [r, n, V]
+    experts = torch.stack([lp(x) for x in expert_logits], dim=1)  # [r, n, V]
     anchor = None if anchor_logits is None else lp(anchor_logits)
     target = None if anchor is None else (anchor if target_logits is None else lp(target_logits))
     size = _grid_size(n, grid, anchor is None)
     if size <= max_candidates:
         cands = simplex_grid(n, grid) if anchor is None else box_grid(n, grid, max_weight)
         return cands[_losses(cands, experts, anchor, target).argmin(dim=1)]
-    return torch.stack([_descend(experts[r:r + 1], None if anchor is None else anchor[r:r + 1],
-                                 None if target is None else target[r:r + 1], grid, max_weight)
-                        for r in range(experts.shape[0])])
+    return torch.stack(
+        [
+            _descend(
+                experts[r : r + 1],
+                None if anchor is None else anchor[r : r + 1],
+                None if target is None else target[r : r + 1],
+                grid,
+                max_weight,
+            )
+            for r in range(experts.shape[0])
+        ]
+    )
 
 
 def _grid_size(n: int, grid: int, simplex: bool) -> int:
@@ -187,6 +203,7 @@ def fuse_with(expert_logits, weights: torch.Tensor, anchor_logits=None, target_l
 
 class DynamicFusedLM(FusedLM):
     """Experts (and an optional anchor and target) fused with per-step weights."""
+
     anchor_index: int | None
     target_index: int | None
 
@@ -200,7 +217,7 @@ class DynamicFusedLM(FusedLM):
             if lm is None:
                 continue
             index = next((i for i, x in enumerate(lms) if x is lm), None)
-            if index is None:                  # a model that is already a member shares its batch
+            if index is None:  # a model that is already a member shares its batch
                 lms.append(lm)
                 index = len(lms) - 1
             setattr(self, f"{role}_index", index)
@@ -208,8 +225,14 @@ class DynamicFusedLM(FusedLM):
         opts = {**DEFAULTS, **(options or {})}
         unknown = sorted(set(opts) - set(DEFAULTS))
         if unknown:
-            raise LmlangRuntimeError(f"fuse dynamic: unknown option '{unknown[0]}'", hint="options: grid, max, max_candidates")
-        self.grid, self.max_weight, self.max_candidates = int(opts["grid"]), float(opts["max"]), int(opts["max_candidates"])
+            raise LmlangRuntimeError(
+                f"fuse dynamic: unknown option '{unknown[0]}'", hint="options: grid, max, max_candidates"
+            )
+        self.grid, self.max_weight, self.max_candidates = (
+            int(opts["grid"]),
+            float(opts["max"]),
+            int(opts["max_candidates"]),
+        )
 
     def new_batch(self, rows: int) -> "DynamicFusedBatch":
         return DynamicFusedBatch(self, [lm.new_batch(rows) for lm, _ in self.members])
@@ -221,13 +244,14 @@ class DynamicFusedBatch(FusedBatch):
 
     def _combine(self, outs: list[torch.Tensor]) -> torch.Tensor:
         lm = self.lm
-        shape = outs[0].shape[:-1]                      # [rows] or [rows, T] (all_logits)
+        shape = outs[0].shape[:-1]  # [rows] or [rows, T] (all_logits)
         flat = [o.reshape(-1, o.shape[-1]) for o in outs]
-        experts = flat[:lm.n_experts]
+        experts = flat[: lm.n_experts]
         anchor = None if lm.anchor_index is None else flat[lm.anchor_index]
         target = None if lm.target_index is None else flat[lm.target_index]
-        w = dynamic_weights(experts, anchor, target, grid=lm.grid, max_weight=lm.max_weight,
-                            max_candidates=lm.max_candidates)
+        w = dynamic_weights(
+            experts, anchor, target, grid=lm.grid, max_weight=lm.max_weight, max_candidates=lm.max_candidates
+        )
         self.last_weights = w.reshape(*shape, lm.n_experts)
         fused = fuse_with(experts, w, anchor, target)
         return fused.reshape(*shape, fused.shape[-1])

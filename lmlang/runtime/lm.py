@@ -12,6 +12,7 @@ every row's view exact. Dropping tokens from one row (text generated past a
 HFModel is the transformers implementation; a serving engine (vLLM) could
 implement the same two classes.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -25,8 +26,8 @@ from .prefix import PrefixCache
 
 class Batch(ABC):
     rows: int
-    ids: list[list[int]]     # real tokens per row, for traces and tests
-    _passes: int             # forward passes run (a subclass that counts otherwise overrides forward_passes)
+    ids: list[list[int]]  # real tokens per row, for traces and tests
+    _passes: int  # forward passes run (a subclass that counts otherwise overrides forward_passes)
 
     @abstractmethod
     def feed(self, blocks: list[list[int]], all_logits: bool = False) -> torch.Tensor:
@@ -62,12 +63,12 @@ class Batch(ABC):
 
 class LM(ABC):
     tokenizer: Any
-    tok_info: Any          # constraints.TokenizerInfo
+    tok_info: Any  # constraints.TokenizerInfo
     device: str
     name: str
     vocab_size: int
-    prefix_cache: PrefixCache   # prefixes this model computed, for the next prefill (prefix.py)
-    prefix_reuse: bool          # False: every prefill starts from scratch (bench/prefix.py)
+    prefix_cache: PrefixCache  # prefixes this model computed, for the next prefill (prefix.py)
+    prefix_reuse: bool  # False: every prefill starts from scratch (bench/prefix.py)
     _eos_ids: set[int]
 
     def __init__(self) -> None:
@@ -102,9 +103,9 @@ class HFModel(LM):
         self.tokenizer = loaded.tokenizer
         self.device = str(loaded.device)
         self.name = name or loaded.name
-        self.tok_info = loaded.tok_info          # one per loaded model, shared by its HFModels
+        self.tok_info = loaded.tok_info  # one per loaded model, shared by its HFModels
         self.cache_kw = _cache_kwarg(self.model)
-        self.forward_hook = forward_hook          # context manager factory (adapters)
+        self.forward_hook = forward_hook  # context manager factory (adapters)
         eos = {self.tokenizer.eos_token_id}
         gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
         if isinstance(gen_eos, int):
@@ -113,7 +114,9 @@ class HFModel(LM):
             eos.update(gen_eos)
         self._eos_ids = {e for e in eos if e is not None}
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self._eos_ids))
+        self.pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self._eos_ids))
+        )
 
     def new_batch(self, rows: int) -> "HFBatch":
         return HFBatch(self, rows)
@@ -123,7 +126,7 @@ class HFModel(LM):
         clone = object.__new__(HFModel)
         clone.__dict__.update(self.__dict__)
         clone.name, clone.forward_hook = name, hook
-        clone.prefix_cache = PrefixCache()        # other weights in effect: the base's cached prefixes do not apply
+        clone.prefix_cache = PrefixCache()  # other weights in effect: the base's cached prefixes do not apply
         return clone
 
 
@@ -136,8 +139,8 @@ class HFBatch(Batch):
         self.cache = DynamicCache(config=lm.model.config)
         self.mask = torch.zeros((rows, 0), dtype=torch.long, device=lm.device)
         self.next_pos = [0] * rows
-        self.ids: list[list[int]] = [[] for _ in range(rows)]   # real tokens per row, for traces and tests
-        self.dense = True      # no pad or dropped position anywhere: plain causal attention applies
+        self.ids: list[list[int]] = [[] for _ in range(rows)]  # real tokens per row, for traces and tests
+        self.dense = True  # no pad or dropped position anywhere: plain causal attention applies
         self._logits: torch.Tensor | None = None
         self._passes = 0
 
@@ -146,7 +149,7 @@ class HFBatch(Batch):
         assert self._logits is not None, "logits read before the batch was fed"
         return self._logits
 
-    @torch.no_grad()   # not inference_mode: masks and caches are edited in place later
+    @torch.no_grad()  # not inference_mode: masks and caches are edited in place later
     def feed(self, blocks: list[list[int]], all_logits: bool = False) -> torch.Tensor:
         lm = self.lm
         width = max((len(b) for b in blocks), default=0)
@@ -158,9 +161,9 @@ class HFBatch(Batch):
         for r, b in enumerate(blocks):
             n = len(b)
             if n:
-                ids[r, width - n:] = torch.tensor(b, dtype=torch.long)
-                block_mask[r, width - n:] = 1
-                pos[r, width - n:] = torch.arange(self.next_pos[r], self.next_pos[r] + n)
+                ids[r, width - n :] = torch.tensor(b, dtype=torch.long)
+                block_mask[r, width - n :] = 1
+                pos[r, width - n :] = torch.arange(self.next_pos[r], self.next_pos[r] + n)
                 self.next_pos[r] += n
                 self.ids[r].extend(b)
             else:
@@ -230,7 +233,7 @@ class HFBatch(Batch):
         cur = self.mask.shape[1]
         if length >= cur:
             return
-        self.cache.crop(length - cur)          # negative: tokens to remove (all transformers 5.x)
+        self.cache.crop(length - cur)  # negative: tokens to remove (all transformers 5.x)
         self.mask = self.mask[:, :length]
         self.next_pos = [int(m.sum()) for m in self.mask]
         self.ids = [x[:n] for x, n in zip(self.ids, self.next_pos)]

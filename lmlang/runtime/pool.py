@@ -46,6 +46,7 @@ script's folder); graph: a RouterSpec with mode "pool" and options
 batch of rows with `pool.lm_for_rows(base_lm, host, weights)` (the chosen
 adapters per row go into the trace as "expert").
 """
+
 from __future__ import annotations
 
 import glob as globlib
@@ -68,6 +69,7 @@ GATE_FORMAT = 1
 
 # ---------------------------------------------------------------- mixing rows
 
+
 class RowMixedLM(LM):
     """A base model whose row i runs with adapter stack stacks[i] (one batch).
 
@@ -88,8 +90,10 @@ class RowMixedLM(LM):
         stacks = self.stacks
         if rows != len(stacks):
             if len(set(stacks)) != 1:
-                raise LmlangRuntimeError(f"{self.name}: adapters were chosen for {len(stacks)} rows, "
-                                         f"but a batch of {rows} rows was asked for")
+                raise LmlangRuntimeError(
+                    f"{self.name}: adapters were chosen for {len(stacks)} rows, "
+                    f"but a batch of {rows} rows was asked for"
+                )
             stacks = [stacks[0]] * rows
         return RowMixedBatch(self, self.base.new_batch(rows), list(stacks))
 
@@ -149,7 +153,9 @@ def weights_from_scores(scores: torch.Tensor, top_k: int = 1, temperature: float
     return out
 
 
-def stacks_for(weights: torch.Tensor, names: Sequence[str], min_weight: float = 1e-4) -> list[tuple[tuple[str, float], ...]]:
+def stacks_for(
+    weights: torch.Tensor, names: Sequence[str], min_weight: float = 1e-4
+) -> list[tuple[tuple[str, float], ...]]:
     """Adapter stacks ((name, weight), ...) per row; weights under min_weight are dropped."""
     out = []
     for row in weights.tolist():
@@ -159,13 +165,16 @@ def stacks_for(weights: torch.Tensor, names: Sequence[str], min_weight: float = 
 
 # ---------------------------------------------------------------- embeddings
 
+
 def _cache_file(kind: str, key: str) -> Path:
     from ..home import cache_dir
 
     return cache_dir("pool") / f"{kind}-{key[:40]}.safetensors"
 
 
-def cached_embeddings(encoder_key: str, texts: Sequence[str], embed: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+def cached_embeddings(
+    encoder_key: str, texts: Sequence[str], embed: Callable[[list[str]], torch.Tensor]
+) -> torch.Tensor:
     """embed(texts), cached on disk by (encoder, texts): safetensors, no pickle."""
     from safetensors.torch import load_file, save_file
 
@@ -174,7 +183,7 @@ def cached_embeddings(encoder_key: str, texts: Sequence[str], embed: Callable[[l
     if path.is_file():
         try:
             return load_file(str(path))["embeddings"]
-        except Exception:              # a torn or foreign file: recompute
+        except Exception:  # a torn or foreign file: recompute
             pass
     vecs = embed(list(texts)).float().contiguous()
     tmp = path.with_name(f".{path.name}.{hashlib.sha1(str(id(vecs)).encode()).hexdigest()[:8]}")
@@ -208,9 +217,10 @@ class EmbeddingIndex:
 
 # ---------------------------------------------------------------- the pool
 
+
 @dataclass(frozen=True)
 class PoolMember:
-    name: str          # the folder's name; unique in a pool
+    name: str  # the folder's name; unique in a pool
     path: Path
 
 
@@ -219,8 +229,10 @@ def discover(pattern: str, base_dir: Path | None = None) -> list[PoolMember]:
     pat = pattern if Path(pattern).is_absolute() or base_dir is None else str(Path(base_dir) / pattern)
     found = sorted(Path(p) for p in globlib.glob(pat) if (Path(p) / "adapter_config.json").is_file())
     if not found:
-        raise LmlangRuntimeError(f"route pool: no adapter folder matches {pattern!r}",
-                                 hint="each match must be a PEFT folder with adapter_config.json")
+        raise LmlangRuntimeError(
+            f"route pool: no adapter folder matches {pattern!r}",
+            hint="each match must be a PEFT folder with adapter_config.json",
+        )
     names = [p.name for p in found]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -258,7 +270,7 @@ def card_description(folder: Path) -> str:
         return ""
     if text.startswith("---"):
         end = text.find("\n---", 3)
-        text = text[end + 4:] if end >= 0 else ""
+        text = text[end + 4 :] if end >= 0 else ""
     for para in text.split("\n\n"):
         para = para.strip()
         # PEFT's save_pretrained writes a template card: its placeholders describe nothing.
@@ -274,9 +286,21 @@ class AdapterPool:
     card says. by: "embedding" (encoder "minilm" or "base") or "gate"
     (needs `base_path`; gates are trained on first use and cached)."""
 
-    def __init__(self, pattern: str, *, base_dir: Path | None = None, examples: dict | None = None,
-                 n_examples: int = 8, by: str = "embedding", encoder: str = "minilm", top_k: int = 1,
-                 temperature: float = 0.05, base_lm=None, base_path: Path | None = None, gate_options: dict | None = None):
+    def __init__(
+        self,
+        pattern: str,
+        *,
+        base_dir: Path | None = None,
+        examples: dict | None = None,
+        n_examples: int = 8,
+        by: str = "embedding",
+        encoder: str = "minilm",
+        top_k: int = 1,
+        temperature: float = 0.05,
+        base_lm=None,
+        base_path: Path | None = None,
+        gate_options: dict | None = None,
+    ):
         if by not in BY:
             raise LmlangRuntimeError(f"unknown pool routing '{by}'; use embedding or gate")
         self.members = discover(pattern, base_dir)
@@ -286,8 +310,10 @@ class AdapterPool:
         given = dict(examples or {})
         unknown = sorted(set(given) - set(self.names))
         if unknown:
-            raise LmlangRuntimeError(f"route pool: examples for {unknown[0]!r}, which the pool does not hold",
-                                     hint="pool members: " + ", ".join(self.names))
+            raise LmlangRuntimeError(
+                f"route pool: examples for {unknown[0]!r}, which the pool does not hold",
+                hint="pool members: " + ", ".join(self.names),
+            )
         if by == "embedding":
             self.examples = [list(given.get(m.name) or self._evidence(m, n_examples)) for m in self.members]
             self.index = EmbeddingIndex(self.examples, encoder, base_lm)
@@ -303,9 +329,11 @@ class AdapterPool:
         card = card_description(member.path)
         if card:
             return [card]
-        raise LmlangRuntimeError(f"route pool: nothing to route to adapter {member.name!r} by",
-                                 hint="its training data is unknown and it has no README description; "
-                                      "give examples for it in the pool's block")
+        raise LmlangRuntimeError(
+            f"route pool: nothing to route to adapter {member.name!r} by",
+            hint="its training data is unknown and it has no README description; "
+            "give examples for it in the pool's block",
+        )
 
     def scores(self, texts: Sequence[str]) -> torch.Tensor:
         """[rows, members] routing scores."""
@@ -334,6 +362,7 @@ class AdapterPool:
 
 # ---------------------------------------------------------------- gates (PHATGOOSE)
 
+
 class _GateHooks:
     """Forward hooks that add sigmoid(x . g_m) * scale * B(A(x)) per module."""
 
@@ -347,6 +376,7 @@ class _GateHooks:
             x = args[0]
             gate = torch.sigmoid(x @ g).unsqueeze(-1)
             return out + gate * torch.nn.functional.linear(torch.nn.functional.linear(x, a), b)
+
         return hook
 
     def close(self) -> None:
@@ -366,8 +396,16 @@ def _lora_factors(folder: Path) -> dict:
     return out
 
 
-def train_gates(folder: Path, base_path: Path, rows_path: Path | None = None, steps: int | None = None,
-                lr: float = 0.01, batch_size: int = 8, seed: int = 0, max_length: int = 512) -> dict[str, torch.Tensor]:
+def train_gates(
+    folder: Path,
+    base_path: Path,
+    rows_path: Path | None = None,
+    steps: int | None = None,
+    lr: float = 0.01,
+    batch_size: int = 8,
+    seed: int = 0,
+    max_length: int = 512,
+) -> dict[str, torch.Tensor]:
     """PHATGOOSE gates of one adapter: {module: g}, trained on the adapter's own
     training data (or rows_path) with the base and the adapter frozen. Cached."""
     from safetensors.torch import load_file, save_file
@@ -379,14 +417,26 @@ def train_gates(folder: Path, base_path: Path, rows_path: Path | None = None, st
         try:
             rows_path = Path(json.loads((folder / "lmlang_adapter.json").read_text())["data"])
         except (OSError, ValueError, KeyError):
-            raise LmlangRuntimeError(f"adapter {folder.name}: its training data is unknown, so its gate cannot be trained",
-                                     hint="route it by: embedding with examples instead") from None
+            raise LmlangRuntimeError(
+                f"adapter {folder.name}: its training data is unknown, so its gate cannot be trained",
+                hint="route it by: embedding with examples instead",
+            ) from None
     data = Path(rows_path).read_bytes()
     from ..merge.compress import content_key
 
     opts = {"steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed, "max_length": max_length}
-    key = hashlib.sha256(json.dumps({"v": GATE_FORMAT, "adapter": content_key(folder), "base": base_content_key(base_path),
-                                     "data": hashlib.sha256(data).hexdigest(), "options": opts}, sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "v": GATE_FORMAT,
+                "adapter": content_key(folder),
+                "base": base_content_key(base_path),
+                "data": hashlib.sha256(data).hexdigest(),
+                "options": opts,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
     path = _cache_file("gate", key)
     if path.is_file():
         return load_file(str(path))
@@ -412,8 +462,9 @@ def train_gates(folder: Path, base_path: Path, rows_path: Path | None = None, st
             batch, order = order[:batch_size], order[batch_size:]
             ids, mask, labels = collate([examples[j] for j in batch], pad)
             logits = model(input_ids=ids, attention_mask=mask).logits
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                                     labels[:, 1:].reshape(-1), ignore_index=-100)
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -464,8 +515,10 @@ class GateRouter:
         lm = self.base_lm
         modules = dict(lm.model.named_modules())
         seen: dict[str, torch.Tensor] = {}
-        handles = [modules[m].register_forward_hook(lambda mod, args, out, m=m: seen.__setitem__(m, args[0][0].detach()))
-                   for m in self.modules]
+        handles = [
+            modules[m].register_forward_hook(lambda mod, args, out, m=m: seen.__setitem__(m, args[0][0].detach()))
+            for m in self.modules
+        ]
         try:
             ids = torch.tensor([lm.encode(text) or [next(iter(lm.eos_ids))]], device=lm.device)
             lm.model(input_ids=ids)

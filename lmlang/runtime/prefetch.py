@@ -28,6 +28,7 @@ flow reaches the call it gets the result (or waits for it) instead of
 decoding again. A prefetch task that fails (a bad index, a query error) just
 ends: the flow meets the same error at the same point, in order.
 """
+
 from __future__ import annotations
 
 from ..errors import LmlangError
@@ -39,9 +40,9 @@ from .flow import Future, Spawn, _truthy
 class Prefetcher:
     def __init__(self, interp):
         self.interp = interp
-        self._facts: dict[int, tuple] = {}      # id(expr) -> (variables read, calls a query, calls a function)
+        self._facts: dict[int, tuple] = {}  # id(expr) -> (variables read, calls a query, calls a function)
         self._writes: dict[int, frozenset] = {}  # id(stmt) -> variables it may assign
-        self._keep: list = []                    # nodes whose ids are cached (so ids are never reused)
+        self._keep: list = []  # nodes whose ids are cached (so ids are never reused)
 
     # ------------------------------------------------------------ static facts
     def facts(self, e: I.Expr) -> tuple:
@@ -151,7 +152,7 @@ class Prefetcher:
             yield from self._parts(child, env, dirty, path)
 
 
-_FAILED = object()      # a clean value that could not be computed: the walk treats its variable as dirty
+_FAILED = object()  # a clean value that could not be computed: the walk treats its variable as dirty
 
 
 def _has_future(e: I.Expr, env: dict) -> bool:

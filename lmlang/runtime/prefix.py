@@ -6,6 +6,7 @@ small LRU of prefix caches per model (the LM's `prefix_cache` field) lets the
 next query skip whatever it shares with an earlier one (the same system
 prompt, row after row).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -14,13 +15,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover - lm.py imports this module
     from .lm import LM, Batch
 
-MIN_REUSE = 8            # shorter shared prefixes are not worth a cache copy
-MAX_ENTRIES = 8          # per model
+MIN_REUSE = 8  # shorter shared prefixes are not worth a cache copy
+MAX_ENTRIES = 8  # per model
 
 
 def _common_prefix(seqs: list[list[int]]) -> list[int]:
     first = seqs[0]
-    return first[:min((_match(tuple(first), s) for s in seqs[1:]), default=len(first))]
+    return first[: min((_match(tuple(first), s) for s in seqs[1:]), default=len(first))]
 
 
 def _match(a: tuple, b: list[int]) -> int:
@@ -63,7 +64,7 @@ class PrefixCache:
         if len(key) < MIN_REUSE or key in self.entries:
             return
         # A longer entry makes its own prefixes redundant.
-        for k in [k for k in self.entries if len(k) < len(key) and key[:len(k)] == k]:
+        for k in [k for k in self.entries if len(k) < len(key) and key[: len(k)] == k]:
             del self.entries[k]
         self.entries[key] = batch.fork()
         while len(self.entries) > MAX_ENTRIES:
@@ -85,7 +86,7 @@ def prefill(lm: LM, first_chunks: list[list[int]], reuse: bool | None = None) ->
     common = _common_prefix(first_chunks) if first_chunks else []
     if len(first_chunks) > 1 and (len(common) < MIN_REUSE or not reuse):
         common = []
-    batch, covered = (pc.lookup(common) if reuse and common else (None, 0))
+    batch, covered = pc.lookup(common) if reuse and common else (None, 0)
     if batch is None:
         batch, covered = lm.new_batch(1), 0
     else:
@@ -98,7 +99,7 @@ def prefill(lm: LM, first_chunks: list[list[int]], reuse: bool | None = None) ->
             pc.store(common, batch)
         if len(first_chunks) > 1:
             batch.select([0] * len(first_chunks))
-        rest = [c[len(common):] for c in first_chunks]
+        rest = [c[len(common) :] for c in first_chunks]
         if any(rest):
             batch.feed(rest)
         return batch

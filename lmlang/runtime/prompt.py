@@ -18,6 +18,7 @@ would have rendered with the values inside, and the ids are the tokenizer's
 own tokenization of the whole chunk (tests/runtime/test_seams.py pins them).
 Interpolation is a lookup of names and dict keys, never Python formatting.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -31,9 +32,9 @@ Span = tuple[int, int]
 
 @dataclass(frozen=True)
 class RenderedPrompt:
-    chunks: tuple[str, ...]        # len(holes) + 1 pieces of literal text
+    chunks: tuple[str, ...]  # len(holes) + 1 pieces of literal text
     holes: tuple[str, ...]
-    data: tuple[tuple[Span, ...], ...] = ()   # per chunk: where its values lie ([start, end) characters)
+    data: tuple[tuple[Span, ...], ...] = ()  # per chunk: where its values lie ([start, end) characters)
 
     def display(self) -> str:
         out = [self.chunks[0]]
@@ -69,8 +70,10 @@ def lookup(path: tuple[str, ...], env: dict, loc: str = ""):
 def render(segments, env: dict, tokenizer, chat: bool, loc: str = "") -> RenderedPrompt:
     """segments: ((role, ((kind, val), ...)), ...) with kind "text" (the
     script's literal text), "interp" (a value, looked up in env) or "hole"."""
-    resolved = [(role, [(kind, value_text(lookup(tuple(val), env, loc)) if kind == "interp" else val)
-                        for kind, val in parts]) for role, parts in segments]
+    resolved = [
+        (role, [(kind, value_text(lookup(tuple(val), env, loc)) if kind == "interp" else val) for kind, val in parts])
+        for role, parts in segments
+    ]
     if not chat:
         return _assemble([p for _role, parts in resolved for p in parts])
     return _assemble(_through_template(tokenizer, resolved))
@@ -124,11 +127,14 @@ def _through_template(tokenizer, resolved) -> list[tuple[str, str]]:
         before, sep, rest = rest.partition(marker)
         if not sep or marker in rest or opener in before:
             what = "a hole" if slot[0] == "hole" else "an interpolated value"
-            raise LmlangRuntimeError(f"the chat template dropped or repeated {what}",
-                                     hint="this model's template rewrites message text")
+            raise LmlangRuntimeError(
+                f"the chat template dropped or repeated {what}", hint="this model's template rewrites message text"
+            )
         out += [("text", before), slot]
     if opener in rest:
-        raise LmlangRuntimeError("the chat template repeated message text", hint="this model's template rewrites message text")
+        raise LmlangRuntimeError(
+            "the chat template repeated message text", hint="this model's template rewrites message text"
+        )
     out.append(("text", rest))
     return out
 
@@ -150,10 +156,14 @@ def _apply_template(tokenizer, messages: list[dict]) -> str:
         # in a sandbox (no attribute walks to Python internals); whatever it
         # raises is the model's fault, reported as such.
         try:
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not ends_with_assistant)
+            return tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=not ends_with_assistant
+            )
         except Exception as e:
-            raise LmlangRuntimeError(f"the model's chat template failed: {type(e).__name__}: {e}",
-                                     hint="fix chat_template in the model's tokenizer_config.json") from None
+            raise LmlangRuntimeError(
+                f"the model's chat template failed: {type(e).__name__}: {e}",
+                hint="fix chat_template in the model's tokenizer_config.json",
+            ) from None
     # A base model without a chat template: a plain, readable transcript.
     lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     if not ends_with_assistant:
@@ -162,6 +172,7 @@ def _apply_template(tokenizer, messages: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------- tokenizing
+
 
 def encode_text(tokenizer, text: str, data: tuple[Span, ...] = (), first: bool = False) -> list[int]:
     """Token ids of `text`, where the characters in `data` spans are plain
@@ -183,7 +194,7 @@ def encode_text(tokenizer, text: str, data: tuple[Span, ...] = (), first: bool =
     n = len(ids)
     lead = 0
     while lead < n and ids[lead] in control and offsets[lead][1] == offsets[lead][0]:
-        lead += 1                      # start tokens the tokenizer adds (BOS): zero width
+        lead += 1  # start tokens the tokenizer adds (BOS): zero width
     trail = n
     while trail > lead and ids[trail - 1] in control and offsets[trail - 1][1] == offsets[trail - 1][0]:
         trail -= 1

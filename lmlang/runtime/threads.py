@@ -19,6 +19,7 @@ answered from the result cache never imports torch).
 
 Torch-free at import: the CLI imports this to describe the setting.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,7 @@ from ..errors import LmlangRuntimeError
 ENV = "LMLANG_THREADS"
 MAX_DEFAULT = 4
 
-_applied: int | None = None        # what lmlang last gave torch in this process (None: nothing yet)
+_applied: int | None = None  # what lmlang last gave torch in this process (None: nothing yet)
 
 
 def usable_cores() -> int:
@@ -36,7 +37,7 @@ def usable_cores() -> int:
     mask, halved where /proc/cpuinfo shows hyper-threads)."""
     try:
         logical = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):       # not Linux
+    except (AttributeError, OSError):  # not Linux
         logical = os.cpu_count() or 1
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
@@ -75,7 +76,9 @@ def requested_threads(threads: int | None = None) -> int | None:
     except ValueError:
         n = 0
     if n < 1:
-        raise LmlangRuntimeError(f"{ENV}={raw!r} is not a positive integer", hint=f"unset {ENV} or give it a number of threads")
+        raise LmlangRuntimeError(
+            f"{ENV}={raw!r} is not a positive integer", hint=f"unset {ENV} or give it a number of threads"
+        )
     return n
 
 

@@ -1,4 +1,5 @@
 """Per-query trace records: what was asked, how it was decoded, what it cost."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ class QueryTrace:
     model: str
     prompt: str
     values: dict
-    holes: list = field(default_factory=list)        # per hole: backend, compile s, generated, forced, ended_by
+    holes: list = field(default_factory=list)  # per hole: backend, compile s, generated, forced, ended_by
     forward_passes: int = 0
     tokens_generated: int = 0
     tokens_forced: int = 0
@@ -21,7 +22,7 @@ class QueryTrace:
     decoder: str = "argmax"
     expert: str | None = None
     row: int | None = None
-    cached: bool = False                             # answered from the result cache (nothing decoded)
+    cached: bool = False  # answered from the result cache (nothing decoded)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,6 +13,7 @@ fit is that row's error, before anything is allocated:
 The window is the model config's trained length (max_position_embeddings
 and its aliases); a model whose config names none is not checked.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -73,9 +74,13 @@ def refuse_overlong(lm, query: str, chunks, token_ids=None, loc: str = "") -> No
             return
         raise LmlangRuntimeError(
             f"the prompt of query '{query}' is {chars:,} characters, more than the {size:,}-token window "
-            f"of model {lm.name} can hold{where}", hint="shorten this row's input; the other rows run")
+            f"of model {lm.name} can hold{where}",
+            hint="shorten this row's input; the other rows run",
+        )
     tokens = sum(len(ids) for ids in token_ids)
     if tokens >= size:
         raise LmlangRuntimeError(
             f"the prompt of query '{query}' is {tokens:,} tokens; model {lm.name} takes at most {size:,}, "
-            f"with room for the answer{where}", hint="shorten this row's input; the other rows run")
+            f"with room for the answer{where}",
+            hint="shorten this row's input; the other rows run",
+        )

@@ -39,6 +39,7 @@ Why these choices:
   `capabilities()` checks that `structured_outputs` is honoured by asking for a choice
   no free-running model would write and checking the answer is one of the options.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -91,13 +92,13 @@ class BadServerResponse(ServerError):
 # ---------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class Endpoint:
-    base_url: str                       # e.g. "http://127.0.0.1:8000/v1"
-    model: str                          # the served model name (or a LoRA module name)
-    api_key_env: str | None = None      # the NAME of the environment variable holding the key
+    base_url: str  # e.g. "http://127.0.0.1:8000/v1"
+    model: str  # the served model name (or a LoRA module name)
+    api_key_env: str | None = None  # the NAME of the environment variable holding the key
     concurrency: int = 16
-    timeout: float = 60.0               # seconds per request (each retry gets its own)
+    timeout: float = 60.0  # seconds per request (each retry gets its own)
     retries: int = 4
-    backoff: float = 0.5                # first retry waits about this long, then doubles
+    backoff: float = 0.5  # first retry waits about this long, then doubles
     backoff_max: float = 8.0
 
     @property
@@ -111,15 +112,16 @@ class Endpoint:
             return None
         key = os.environ.get(self.api_key_env)
         if not key:
-            raise LmlangRuntimeError(f"environment variable {self.api_key_env} is not set "
-                                     f"(the API key for {self.base_url})",
-                                     hint=f"export {self.api_key_env}=... before running")
+            raise LmlangRuntimeError(
+                f"environment variable {self.api_key_env} is not set (the API key for {self.base_url})",
+                hint=f"export {self.api_key_env}=... before running",
+            )
         return key
 
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    token: str                          # the token's text (or "token_id:N" with return_tokens_as_token_ids)
+    token: str  # the token's text (or "token_id:N" with return_tokens_as_token_ids)
     logprob: float
     token_id: int | None = None
     rank: int | None = None
@@ -128,16 +130,17 @@ class TokenLogprob:
 @dataclass
 class Completion:
     """One choice of a completion or chat answer, normalised across both endpoints."""
+
     text: str
-    finish_reason: str | None           # "stop" (EOS or a stop string) | "length" | ...
-    stop_reason: str | int | None       # vLLM: the stop string or token id that ended it
+    finish_reason: str | None  # "stop" (EOS or a stop string) | "length" | ...
+    stop_reason: str | int | None  # vLLM: the stop string or token id that ended it
     model: str = ""
-    request: str = ""                   # summary, for error messages
+    request: str = ""  # summary, for error messages
     token_ids: list[int] | None = None
-    logprobs: list[TokenLogprob] | None = None            # the generated tokens
+    logprobs: list[TokenLogprob] | None = None  # the generated tokens
     top_logprobs: list[list[TokenLogprob]] | None = None  # per generated position
     prompt_token_ids: list[int] | None = None
-    prompt_logprobs: list[list[TokenLogprob] | None] | None = None   # per prompt position; [0] is None
+    prompt_logprobs: list[list[TokenLogprob] | None] | None = None  # per prompt position; [0] is None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     raw: dict = field(default_factory=dict, repr=False)
@@ -147,7 +150,7 @@ class Completion:
 class ModelInfo:
     id: str
     root: str | None = None
-    parent: str | None = None           # set for a LoRA module: the base model's id
+    parent: str | None = None  # set for a LoRA module: the base model's id
     max_model_len: int | None = None
 
     @property
@@ -158,10 +161,10 @@ class ModelInfo:
 @dataclass(frozen=True)
 class Capabilities:
     base_url: str
-    version: str | None                 # vLLM's version (GET /version); None for other servers
+    version: str | None  # vLLM's version (GET /version); None for other servers
     models: tuple[ModelInfo, ...]
-    structured_outputs: bool | None     # `structured_outputs` honoured (None: not probed)
-    prompt_logprobs: bool | None        # `prompt_logprobs` answered (None: not probed)
+    structured_outputs: bool | None  # `structured_outputs` honoured (None: not probed)
+    prompt_logprobs: bool | None  # `prompt_logprobs` answered (None: not probed)
 
     @property
     def engine(self) -> str:
@@ -183,8 +186,7 @@ def _short(value: Any, n: int = 40) -> str:
 
 
 def _summary(path: str, body: dict) -> str:
-    what = f"prompt {_short(body['prompt'])}" if "prompt" in body else \
-        f"{len(body.get('messages', []))} messages"
+    what = f"prompt {_short(body['prompt'])}" if "prompt" in body else f"{len(body.get('messages', []))} messages"
     extras = [f"model {body.get('model')!r}", what]
     if body.get("structured_outputs"):
         extras.append("structured_outputs " + ",".join(body["structured_outputs"]))
@@ -259,24 +261,50 @@ def parse_completion(data: Any, request: str, chat: bool) -> Completion:
     if not isinstance(text, str):
         raise TypeError("text is not a string")
     usage = data.get("usage") or {}
-    return Completion(text=text, finish_reason=choice.get("finish_reason"), stop_reason=choice.get("stop_reason"),
-                      model=data.get("model", ""), request=request, token_ids=choice.get("token_ids"),
-                      logprobs=sampled, top_logprobs=top, prompt_token_ids=choice.get("prompt_token_ids"),
-                      prompt_logprobs=_prompt_logprobs(choice.get("prompt_logprobs")),
-                      prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
-                      raw=data)
+    return Completion(
+        text=text,
+        finish_reason=choice.get("finish_reason"),
+        stop_reason=choice.get("stop_reason"),
+        model=data.get("model", ""),
+        request=request,
+        token_ids=choice.get("token_ids"),
+        logprobs=sampled,
+        top_logprobs=top,
+        prompt_token_ids=choice.get("prompt_token_ids"),
+        prompt_logprobs=_prompt_logprobs(choice.get("prompt_logprobs")),
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+        raw=data,
+    )
 
 
-def sampling_body(*, max_tokens: int | None = 16, temperature: float | None = 0.0, top_p: float | None = None,
-                  top_k: int | None = None, seed: int | None = None, stop: Sequence[str] | None = None,
-                  include_stop: bool | None = None, logprobs: int | None = None, prompt_logprobs: int | None = None,
-                  structured: dict | None = None, return_token_ids: bool = False,
-                  extra: dict | None = None) -> dict:
+def sampling_body(
+    *,
+    max_tokens: int | None = 16,
+    temperature: float | None = 0.0,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
+    stop: Sequence[str] | None = None,
+    include_stop: bool | None = None,
+    logprobs: int | None = None,
+    prompt_logprobs: int | None = None,
+    structured: dict | None = None,
+    return_token_ids: bool = False,
+    extra: dict | None = None,
+) -> dict:
     """Request body fields shared by both endpoints; None means 'server default' (left out)."""
     body: dict[str, Any] = {}
-    for key, value in (("max_tokens", max_tokens), ("temperature", temperature), ("top_p", top_p),
-                       ("top_k", top_k), ("seed", seed), ("include_stop_str_in_output", include_stop),
-                       ("prompt_logprobs", prompt_logprobs), ("structured_outputs", structured)):
+    for key, value in (
+        ("max_tokens", max_tokens),
+        ("temperature", temperature),
+        ("top_p", top_p),
+        ("top_k", top_k),
+        ("seed", seed),
+        ("include_stop_str_in_output", include_stop),
+        ("prompt_logprobs", prompt_logprobs),
+        ("structured_outputs", structured),
+    ):
         if value is not None:
             body[key] = value
     if stop:
@@ -294,16 +322,19 @@ class AsyncClient:
         try:
             import httpx
         except ImportError:
-            raise LmlangRuntimeError("served models need the httpx package, which is not installed",
-                                     hint="bash scripts/setup.sh (or pip install 'httpx>=0.27,<0.29')") from None
+            raise LmlangRuntimeError(
+                "served models need the httpx package, which is not installed",
+                hint="bash scripts/setup.sh (or pip install 'httpx>=0.27,<0.29')",
+            ) from None
         self.endpoint = endpoint
         headers = {"Content-Type": "application/json"}
         key = endpoint.api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
         limits = httpx.Limits(max_connections=endpoint.concurrency, max_keepalive_connections=endpoint.concurrency)
-        self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(endpoint.timeout), limits=limits,
-                                       transport=transport)
+        self._http = httpx.AsyncClient(
+            headers=headers, timeout=httpx.Timeout(endpoint.timeout), limits=limits, transport=transport
+        )
         self._sem: asyncio.Semaphore | None = None
 
     async def aclose(self) -> None:
@@ -313,13 +344,13 @@ class AsyncClient:
     async def completion(self, prompt: str | list[int], *, model: str | None = None, **sampling) -> Completion:
         body = {"model": model or self.endpoint.model, "prompt": prompt, **sampling_body(**sampling)}
         if sampling.get("logprobs") is not None:
-            body["logprobs"] = sampling["logprobs"]          # /completions: an int (top-k)
+            body["logprobs"] = sampling["logprobs"]  # /completions: an int (top-k)
         data, summary = await self._post("/completions", body)
         return self._parse(data, summary, chat=False)
 
     async def chat(self, messages: list[dict], *, model: str | None = None, **sampling) -> Completion:
         body = {"model": model or self.endpoint.model, "messages": messages, **sampling_body(**sampling)}
-        if sampling.get("logprobs") is not None:             # /chat/completions: a flag plus top_logprobs
+        if sampling.get("logprobs") is not None:  # /chat/completions: a flag plus top_logprobs
             body["logprobs"] = True
             body["top_logprobs"] = sampling["logprobs"]
         data, summary = await self._post("/chat/completions", body)
@@ -329,8 +360,11 @@ class AsyncClient:
         try:
             return parse_completion(data, summary, chat)
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
-            raise BadServerResponse(f"answer is not an OpenAI-compatible completion ({type(e).__name__}: {e}): "
-                                    f"{_short(data, 200)}", url=self.endpoint.base_url, request=summary) from None
+            raise BadServerResponse(
+                f"answer is not an OpenAI-compatible completion ({type(e).__name__}: {e}): {_short(data, 200)}",
+                url=self.endpoint.base_url,
+                request=summary,
+            ) from None
 
     async def tokenize(self, text: str, *, add_special_tokens: bool = False, model: str | None = None) -> list[int]:
         """The server's token ids for `text` (vLLM's POST /tokenize), so prompts can be sent as ids."""
@@ -339,20 +373,26 @@ class AsyncClient:
         try:
             return [int(t) for t in data["tokens"]]
         except (KeyError, TypeError, ValueError) as e:
-            raise BadServerResponse(f"answer has no token list ({e}): {_short(data, 200)}",
-                                    url=self.endpoint.base_url, request=summary) from None
+            raise BadServerResponse(
+                f"answer has no token list ({e}): {_short(data, 200)}", url=self.endpoint.base_url, request=summary
+            ) from None
 
-    async def tokenize_chat(self, messages: list[dict], *, add_generation_prompt: bool = True,
-                            model: str | None = None) -> list[int]:
+    async def tokenize_chat(
+        self, messages: list[dict], *, add_generation_prompt: bool = True, model: str | None = None
+    ) -> list[int]:
         """Token ids of `messages` rendered by the server's own chat template (vLLM)."""
-        body = {"model": model or self.endpoint.model, "messages": messages,
-                "add_generation_prompt": add_generation_prompt}
+        body = {
+            "model": model or self.endpoint.model,
+            "messages": messages,
+            "add_generation_prompt": add_generation_prompt,
+        }
         data, summary = await self._post("/tokenize", body, root=True)
         try:
             return [int(t) for t in data["tokens"]]
         except (KeyError, TypeError, ValueError) as e:
-            raise BadServerResponse(f"answer has no token list ({e}): {_short(data, 200)}",
-                                    url=self.endpoint.base_url, request=summary) from None
+            raise BadServerResponse(
+                f"answer has no token list ({e}): {_short(data, 200)}", url=self.endpoint.base_url, request=summary
+            ) from None
 
     async def detokenize(self, ids: list[int], *, model: str | None = None) -> str:
         """The text of token ids (vLLM's POST <root>/detokenize)."""
@@ -361,8 +401,9 @@ class AsyncClient:
         try:
             text = data["prompt"]
         except (KeyError, TypeError) as e:
-            raise BadServerResponse(f"answer has no text ({e}): {_short(data, 200)}",
-                                    url=self.endpoint.base_url, request=summary) from None
+            raise BadServerResponse(
+                f"answer has no text ({e}): {_short(data, 200)}", url=self.endpoint.base_url, request=summary
+            ) from None
         if not isinstance(text, str):
             raise BadServerResponse("answer's text is not a string", url=self.endpoint.base_url, request=summary)
         return text
@@ -378,8 +419,11 @@ class AsyncClient:
         for pos in range(start, len(prompt_ids)):
             row = {t.token_id: t.logprob for t in ((rows[pos] if pos < len(rows) else None) or [])}
             if prompt_ids[pos] not in row:
-                raise BadServerResponse(f"no prompt logprob for token {prompt_ids[pos]} at position {pos}",
-                                        url=self.endpoint.base_url, request=out.request)
+                raise BadServerResponse(
+                    f"no prompt logprob for token {prompt_ids[pos]} at position {pos}",
+                    url=self.endpoint.base_url,
+                    request=out.request,
+                )
             total += row[prompt_ids[pos]]
         return total
 
@@ -399,8 +443,11 @@ class AsyncClient:
         try:
             return [ModelInfo(m["id"], m.get("root"), m.get("parent"), m.get("max_model_len")) for m in data["data"]]
         except (KeyError, TypeError) as e:
-            raise BadServerResponse(f"GET /models answered without a model list ({e}): {_short(data, 200)}",
-                                    url=self.endpoint.base_url, request="GET /models") from None
+            raise BadServerResponse(
+                f"GET /models answered without a model list ({e}): {_short(data, 200)}",
+                url=self.endpoint.base_url,
+                request="GET /models",
+            ) from None
 
     async def capabilities(self, probe: bool = True) -> Capabilities:
         version = await self.version()
@@ -413,8 +460,9 @@ class AsyncClient:
 
     async def _probe_structured(self) -> bool:
         try:
-            out = await self.completion("Say one word:", max_tokens=16, temperature=0.0,
-                                        structured={"choice": list(PROBE_CHOICES)})
+            out = await self.completion(
+                "Say one word:", max_tokens=16, temperature=0.0, structured={"choice": list(PROBE_CHOICES)}
+            )
         except ServerRejected:
             return False
         return out.text in PROBE_CHOICES
@@ -438,8 +486,9 @@ class AsyncClient:
         resp = await self._send("POST", base + path, summary, json_body=body)
         return self._json(resp, summary), summary
 
-    async def _get(self, path: str, *, root: bool = False, missing_ok: bool = False, raw: bool = False,
-                   retry: bool = True) -> Any:
+    async def _get(
+        self, path: str, *, root: bool = False, missing_ok: bool = False, raw: bool = False, retry: bool = True
+    ) -> Any:
         base = self.endpoint.root_url if root else self.endpoint.base_url.rstrip("/")
         summary = f"GET {path}"
         try:
@@ -454,8 +503,12 @@ class AsyncClient:
         try:
             return resp.json()
         except ValueError:
-            raise BadServerResponse(f"answered HTTP {resp.status_code} with invalid JSON: {_short(resp.text, 200)}",
-                                    url=self.endpoint.base_url, request=summary, status=resp.status_code) from None
+            raise BadServerResponse(
+                f"answered HTTP {resp.status_code} with invalid JSON: {_short(resp.text, 200)}",
+                url=self.endpoint.base_url,
+                request=summary,
+                status=resp.status_code,
+            ) from None
 
     async def _send(self, method: str, url: str, summary: str, json_body: dict | None = None, retry: bool = True):
         """One request with bounded retries; returns a 2xx httpx.Response or raises a ServerError."""
@@ -468,18 +521,30 @@ class AsyncClient:
             async with self._semaphore():
                 try:
                     resp = await asyncio.wait_for(self._http.request(method, url, json=json_body), ep.timeout)
-                except (TimeoutError, asyncio.TimeoutError, httpx.ReadTimeout, httpx.WriteTimeout,
-                        httpx.PoolTimeout):
-                    raise ServerTimeout(f"no answer within {ep.timeout:g} s", url=ep.base_url, request=summary,
-                                        hint="raise the model's `timeout`, or lower its `concurrency`") from None
-                except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.WriteError,
-                        httpx.RemoteProtocolError) as e:
+                except (TimeoutError, asyncio.TimeoutError, httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
+                    raise ServerTimeout(
+                        f"no answer within {ep.timeout:g} s",
+                        url=ep.base_url,
+                        request=summary,
+                        hint="raise the model's `timeout`, or lower its `concurrency`",
+                    ) from None
+                except (
+                    httpx.ConnectError,
+                    httpx.ConnectTimeout,
+                    httpx.ReadError,
+                    httpx.WriteError,
+                    httpx.RemoteProtocolError,
+                ) as e:
                     failure: ServerError = ServerUnavailable(
-                        f"cannot connect ({type(e).__name__}: {e or 'connection failed'})", url=ep.base_url,
-                        request=summary, hint="is the server running? check the URL and port")
+                        f"cannot connect ({type(e).__name__}: {e or 'connection failed'})",
+                        url=ep.base_url,
+                        request=summary,
+                        hint="is the server running? check the URL and port",
+                    )
                 except httpx.HTTPError as e:
-                    raise ServerUnavailable(f"request failed ({type(e).__name__}: {e})", url=ep.base_url,
-                                            request=summary) from None
+                    raise ServerUnavailable(
+                        f"request failed ({type(e).__name__}: {e})", url=ep.base_url, request=summary
+                    ) from None
                 else:
                     if resp.status_code < 400:
                         return resp
@@ -495,13 +560,17 @@ class AsyncClient:
 
     def _status_error(self, resp, summary: str) -> ServerError:
         cls = ServerFailed if resp.status_code in RETRY_STATUSES else ServerRejected
-        return cls(f"HTTP {resp.status_code}: {_server_message(resp)}", url=self.endpoint.base_url,
-                   request=summary, status=resp.status_code)
+        return cls(
+            f"HTTP {resp.status_code}: {_server_message(resp)}",
+            url=self.endpoint.base_url,
+            request=summary,
+            status=resp.status_code,
+        )
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with equal jitter; Retry-After wins when longer (capped)."""
         ep = self.endpoint
-        cap = min(ep.backoff_max, ep.backoff * (2 ** attempt))
+        cap = min(ep.backoff_max, ep.backoff * (2**attempt))
         delay = cap / 2 + random.uniform(0, cap / 2)
         if retry_after is not None:
             delay = max(delay, min(retry_after, ep.backoff_max))
@@ -547,6 +616,7 @@ class Client:
     def completions(self, requests: Sequence[dict], return_exceptions: bool = False) -> list:
         """Many /completions requests at once (each a dict of completion() keywords, `prompt`
         included), in flight together up to the endpoint's concurrency; results in order."""
+
         async def many():
             coros = [self.aclient.completion(**r) for r in requests]
             return await asyncio.gather(*coros, return_exceptions=return_exceptions)

@@ -18,6 +18,7 @@ Refused (a runtime error naming the adapter): embedding LoRAs and mixed
 fan_in_fan_out layouts (vLLM reads neither from a concatenation), and what
 lmlang.merge.lora.load_lora refuses (DoRA, modules_to_save, biases).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,7 +51,7 @@ def export_stack(stack: Sequence[tuple[str | os.PathLike, float]]) -> Path:
         _write(pairs, tmp)
         try:
             os.replace(tmp, out)
-        except OSError:               # another process published it first
+        except OSError:  # another process published it first
             if not (out / MARKER).is_file():
                 raise
     finally:
@@ -84,8 +85,10 @@ def _write(stack: list[tuple[Path, float]], out: Path) -> None:
         raise LmlangRuntimeError(f"cannot serve this adapter stack: {e.message}", hint=e.hint) from None
     for (folder, _), ad in zip(stack, adapters):
         if any(m.embedding for m in ad.modules.values()):
-            raise LmlangRuntimeError(f"adapter {folder} adapts embeddings, which lmlang cannot export for a server",
-                                     hint="apply it at scale 1 on its own, or run the model locally")
+            raise LmlangRuntimeError(
+                f"adapter {folder} adapts embeddings, which lmlang cannot export for a server",
+                hint="apply it at scale 1 on its own, or run the model locally",
+            )
     layouts = {m.fan_in_fan_out for ad in adapters for m in ad.modules.values()}
     if len(layouts) > 1:
         raise LmlangRuntimeError("adapters with different fan_in_fan_out layouts cannot be stacked for a server")
@@ -112,11 +115,21 @@ def _write(stack: list[tuple[Path, float]], out: Path) -> None:
     save_file(tensors, str(out / "adapter_model.safetensors"))
     first = adapters[0].config
     config = {
-        "peft_type": "LORA", "task_type": first.get("task_type", "CAUSAL_LM"), "r": total, "lora_alpha": total,
+        "peft_type": "LORA",
+        "task_type": first.get("task_type", "CAUSAL_LM"),
+        "r": total,
+        "lora_alpha": total,
         "target_modules": sorted({n[: -len(".weight")].rsplit(".", 1)[-1] for n in names}),
-        "fan_in_fan_out": layouts.pop() if layouts else False, "bias": "none", "use_rslora": False,
-        "use_dora": False, "lora_dropout": 0.0, "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
-        "base_model_name_or_path": first.get("base_model_name_or_path"), "inference_mode": True,
+        "fan_in_fan_out": layouts.pop() if layouts else False,
+        "bias": "none",
+        "use_rslora": False,
+        "use_dora": False,
+        "lora_dropout": 0.0,
+        "modules_to_save": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "base_model_name_or_path": first.get("base_model_name_or_path"),
+        "inference_mode": True,
     }
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
     recipe = {"version": EXPORT_VERSION, "stack": [[str(f), s] for f, s in stack], "rank": total}

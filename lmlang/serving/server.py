@@ -47,6 +47,7 @@ Two flags keep the server's meaning equal to lmlang's local decoding:
   with `&` intersections) means the same on the server; vLLM's "auto" picks xgrammar,
   which turns Lark into EBNF and has no intersection.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -69,9 +70,9 @@ from ..home import cache_dir
 from .client import Endpoint
 from .vllm_env import VllmEnv, ensure_vllm
 
-from ..models.sources import VLLM_LORA_RANKS as LORA_RANKS   # the ranks vLLM 0.32 accepts for --max-lora-rank
+from ..models.sources import VLLM_LORA_RANKS as LORA_RANKS  # the ranks vLLM 0.32 accepts for --max-lora-rank
 
-DEFAULT_LORA_RANK = 64       # --max-lora-rank of a LoRA-enabled server started without modules
+DEFAULT_LORA_RANK = 64  # --max-lora-rank of a LoRA-enabled server started without modules
 CPU_ENV = {"OMP_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "2"}
 CPU_ARGS = ("--enforce-eager", "--distributed-executor-backend", "uni")
 CPU_DTYPE = "float32"
@@ -130,7 +131,7 @@ class ManagedServer:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
         self.start_seconds: float | None = None
-        self.loras: dict[str, str] = dict(options.lora_modules)    # LoRA modules served: name -> folder
+        self.loras: dict[str, str] = dict(options.lora_modules)  # LoRA modules served: name -> folder
         self._lora_lock = threading.Lock()
 
     @property
@@ -148,7 +149,7 @@ class ManagedServer:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
-    attached = False                   # started elsewhere (attach_server): not ours to stop
+    attached = False  # started elsewhere (attach_server): not ours to stop
 
     def alive(self) -> bool:
         if self.attached:
@@ -183,13 +184,16 @@ class ManagedServer:
             if self.loras.get(name) == folder:
                 return name
             if not self.options.lora:
-                raise ServerStartError(f"vLLM for '{self.name}' was started without LoRA support",
-                                       hint="start it with enable_lora=True")
+                raise ServerStartError(
+                    f"vLLM for '{self.name}' was started without LoRA support", hint="start it with enable_lora=True"
+                )
             need = lora_rank_for([folder])
             if need > self.options.lora_rank():
-                raise ServerStartError(f"LoRA module '{name}' has rank {need}, more than this server's "
-                                       f"max_lora_rank {self.options.lora_rank()}",
-                                       hint=f"set max_lora_rank: {need if need in LORA_RANKS else 'a larger rank'}")
+                raise ServerStartError(
+                    f"LoRA module '{name}' has rank {need}, more than this server's "
+                    f"max_lora_rank {self.options.lora_rank()}",
+                    hint=f"set max_lora_rank: {need if need in LORA_RANKS else 'a larger rank'}",
+                )
             try:
                 self._post_lora(name, folder, inplace=False, timeout=timeout)
             except urllib.error.HTTPError as e:
@@ -199,18 +203,25 @@ class ManagedServer:
                     # ours to define, so reload it from this folder.
                     self._post_lora(name, folder, inplace=True, timeout=timeout)
                 else:
-                    raise ServerStartError(f"vLLM refused LoRA module '{name}' ({folder}): HTTP {e.code}: "
-                                           f"{detail}", hint=log_tail(self.log_path)) from None
+                    raise ServerStartError(
+                        f"vLLM refused LoRA module '{name}' ({folder}): HTTP {e.code}: {detail}",
+                        hint=log_tail(self.log_path),
+                    ) from None
             except (urllib.error.URLError, OSError) as e:
-                raise ServerStartError(f"cannot load LoRA module '{name}' into vLLM: {e}",
-                                       hint=log_tail(self.log_path)) from None
+                raise ServerStartError(
+                    f"cannot load LoRA module '{name}' into vLLM: {e}", hint=log_tail(self.log_path)
+                ) from None
             self.loras[name] = folder
             return name
 
     def _post_lora(self, name: str, folder: str, inplace: bool, timeout: float) -> None:
         body = json.dumps({"lora_name": name, "lora_path": folder, "load_inplace": inplace}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/load_lora_adapter", data=body,
-                                     headers={"Content-Type": "application/json"}, method="POST")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/v1/load_lora_adapter",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             resp.read()
 
@@ -280,8 +291,9 @@ def _launch(options: ServerOptions, progress: bool) -> ManagedServer:
 
     for lname, lpath in options.lora_modules:
         if not (Path(lpath) / "adapter_config.json").is_file():
-            raise ServerStartError(f"LoRA module '{lname}': {lpath} is not a PEFT adapter folder "
-                                   "(no adapter_config.json)")
+            raise ServerStartError(
+                f"LoRA module '{lname}': {lpath} is not a PEFT adapter folder (no adapter_config.json)"
+            )
     folder = resolve_model(options.model)
     name = options.name or model_name(folder)
     env = ensure_vllm(progress=progress)
@@ -296,9 +308,15 @@ def _launch(options: ServerOptions, progress: bool) -> ManagedServer:
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(argv) + "\n")
         log.flush()
-        server.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=server_env(env.flavor, lora=options.lora), start_new_session=True,
-                                          cwd=str(logs))
+        server.process = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=server_env(env.flavor, lora=options.lora),
+            start_new_session=True,
+            cwd=str(logs),
+        )
     _remember(server)
     try:
         _wait_ready(server, options.startup_timeout)
@@ -313,9 +331,20 @@ def _launch(options: ServerOptions, progress: bool) -> ManagedServer:
 def server_args(options: ServerOptions, folder: Path, name: str, port: int, flavor: str) -> list[str]:
     """The command-line arguments after `python -m <server module>` (pure: unit-tested)."""
     cpu = flavor == "cpu"
-    args = ["--model", str(folder), "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port),
-            "--generation-config", "vllm",
-            "--structured-outputs-config", json.dumps({"backend": options.structured_backend})]
+    args = [
+        "--model",
+        str(folder),
+        "--served-model-name",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--generation-config",
+        "vllm",
+        "--structured-outputs-config",
+        json.dumps({"backend": options.structured_backend}),
+    ]
     dtype = options.dtype or (CPU_DTYPE if cpu else None)
     if dtype:
         args += ["--dtype", dtype]
@@ -354,9 +383,16 @@ def lora_rank_for(folders: list[str]) -> int:
 
 def server_env(flavor: str, lora: bool = False) -> dict:
     env = dict(os.environ)
-    env.pop("PYTHONPATH", None)          # lmlang's tree must not shadow the venv's packages
-    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-                "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"})
+    env.pop("PYTHONPATH", None)  # lmlang's tree must not shadow the venv's packages
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     if lora:
         # Adapters declared after the server started (another script in the
         # process, the REPL) load through POST /v1/load_lora_adapter. The
@@ -378,12 +414,14 @@ def _wait_ready(server: ManagedServer, timeout: float) -> None:
     """Poll /health, then /v1/models until the served name is listed."""
     deadline = time.monotonic() + timeout
     root = f"http://127.0.0.1:{server.port}"
-    assert server.process is not None       # start_server waits only after Popen
+    assert server.process is not None  # start_server waits only after Popen
     while time.monotonic() < deadline:
         code = server.process.poll()
         if code is not None:
-            raise ServerStartError(f"vLLM exited with code {code} while starting '{server.name}'; log: "
-                                   f"{server.log_path}", hint=log_tail(server.log_path))
+            raise ServerStartError(
+                f"vLLM exited with code {code} while starting '{server.name}'; log: {server.log_path}",
+                hint=log_tail(server.log_path),
+            )
         if _get(root + "/health") is not None:
             models = _get(root + "/v1/models")
             try:
@@ -393,8 +431,9 @@ def _wait_ready(server: ManagedServer, timeout: float) -> None:
             if server.name in ids:
                 return
         time.sleep(1.0)
-    raise ServerStartError(f"vLLM did not become healthy within {timeout:g} s; log: {server.log_path}",
-                           hint=log_tail(server.log_path))
+    raise ServerStartError(
+        f"vLLM did not become healthy within {timeout:g} s; log: {server.log_path}", hint=log_tail(server.log_path)
+    )
 
 
 def _get(url: str) -> str | None:
@@ -428,12 +467,13 @@ def _prune_logs(folder: Path) -> None:
 # its ~4.3 GB. Each server is recorded in cache_dir("servers"); the next start stops
 # those whose owner is gone (after checking the pid still runs the vLLM server module).
 
+
 def _record(pid: int) -> Path:
     return cache_dir("servers") / f"{pid}.json"
 
 
 def _remember(server: ManagedServer) -> None:
-    assert server.pid is not None           # recorded right after Popen
+    assert server.pid is not None  # recorded right after Popen
     data = {"server_pid": server.pid, "owner_pid": os.getpid(), "port": server.port, "log": str(server.log_path)}
     _record(server.pid).write_text(json.dumps(data))
 
@@ -491,6 +531,7 @@ def _wait_gone(pid: int):
             if time.monotonic() > deadline:
                 raise TimeoutError
             time.sleep(0.2)
+
     return wait
 
 

@@ -45,6 +45,7 @@ the checker uses (lmlang.constraints.check), so a server that ignored or loosene
 is caught. A value ended by a stop string need only be a prefix of its shape (as locally: a
 stop ends the value early); one ended by EOS must be complete.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,9 +66,9 @@ class ServedValueError(LmlangRuntimeError):
 
 @dataclass(frozen=True)
 class ServerFeatures:
-    engine: str = "vllm"          # "vllm": vLLM's extra request fields | "openai": the plain OpenAI API
-    structured: bool = True       # structured outputs honoured (see client.Capabilities)
-    backend: str = GUIDANCE       # vLLM's structured-outputs backend
+    engine: str = "vllm"  # "vllm": vLLM's extra request fields | "openai": the plain OpenAI API
+    structured: bool = True  # structured outputs honoured (see client.Capabilities)
+    backend: str = GUIDANCE  # vLLM's structured-outputs backend
 
     @classmethod
     def from_capabilities(cls, caps, backend: str = "auto") -> "ServerFeatures":
@@ -82,31 +83,32 @@ class ServerFeatures:
 
 @dataclass(frozen=True)
 class Unsupported:
-    feature: str                  # what cannot run on this server, e.g. "a JSON schema"
+    feature: str  # what cannot run on this server, e.g. "a JSON schema"
     message: str
     hint: str = ""
 
     def problem(self, model: str) -> ConstraintProblem:
-        return ConstraintProblem(f"served model '{model}' cannot enforce {self.feature}: {self.message}",
-                                 self.hint, code=UNSUPPORTED_CODE)
+        return ConstraintProblem(
+            f"served model '{model}' cannot enforce {self.feature}: {self.message}", self.hint, code=UNSUPPORTED_CODE
+        )
 
 
 @dataclass(frozen=True)
 class ServedValue:
-    value: str                    # stop trimmed as the constraint says
-    stop_matched: str | None      # the stop string that ended it
-    ended_by: str                 # "eos" | "stop" | "length"
+    value: str  # stop trimmed as the constraint says
+    stop_matched: str | None  # the stop string that ended it
+    ended_by: str  # "eos" | "stop" | "length"
 
 
 @dataclass(frozen=True)
 class ServedConstraint:
     plan: Plan
-    form: str                                     # "free" | "choice" | "regex" | "json" | "grammar"
-    structured: dict | None = None                # the `structured_outputs` field
+    form: str  # "free" | "choice" | "regex" | "json" | "grammar"
+    structured: dict | None = None  # the `structured_outputs` field
     stops: tuple[str, ...] = ()
     include_stop: bool | None = None
     max_tokens: int | None = None
-    semantic_json: bool = False                   # the server's JSON layout differs: validate by meaning
+    semantic_json: bool = False  # the server's JSON layout differs: validate by meaning
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     def kwargs(self) -> dict:
@@ -128,7 +130,7 @@ class ServedConstraint:
         if completion.finish_reason == "length":
             return ServedValue(text, None, "length")
         if isinstance(reason, str) and reason in self.stops:
-            if self.include_stop:        # the server kept it: drop it unless the stop is `at`
+            if self.include_stop:  # the server kept it: drop it unless the stop is `at`
                 keep = any(s.text == reason and s.include for s in self.plan.stops)
                 if not keep and text.endswith(reason):
                     text = text[: -len(reason)]
@@ -137,8 +139,9 @@ class ServedConstraint:
 
 
 # ---------------------------------------------------------------------------- mapping
-def to_request(c: Constraint | None, features: ServerFeatures = ServerFeatures(),
-               payload: bool = True) -> ServedConstraint | Unsupported:
+def to_request(
+    c: Constraint | None, features: ServerFeatures = ServerFeatures(), payload: bool = True
+) -> ServedConstraint | Unsupported:
     """The request fields that make a server enforce `c`, or why it cannot.
     payload=False: only whether it can (the checker's question); a JSON
     schema's guidance form, which needs llguidance, is not built."""
@@ -153,9 +156,16 @@ def to_request(c: Constraint | None, features: ServerFeatures = ServerFeatures()
     if isinstance(shape, Unsupported):
         return shape
     form, structured, semantic = shape
-    return ServedConstraint(plan, form, structured, stops=tuple(s.text for s in plan.stops),
-                            include_stop=stops, max_tokens=plan.max_tokens, semantic_json=semantic,
-                            notes=_notes(plan))
+    return ServedConstraint(
+        plan,
+        form,
+        structured,
+        stops=tuple(s.text for s in plan.stops),
+        include_stop=stops,
+        max_tokens=plan.max_tokens,
+        semantic_json=semantic,
+        notes=_notes(plan),
+    )
 
 
 def _stops(plan: Plan, features: ServerFeatures) -> bool | None | Unsupported:
@@ -166,9 +176,11 @@ def _stops(plan: Plan, features: ServerFeatures) -> bool | None | Unsupported:
     if features.engine == "vllm":
         return True
     if any(s.include for s in plan.stops):
-        return Unsupported("`stops at` (a stop string kept in the value)",
-                           "the OpenAI API drops the stop string and does not say which stop matched",
-                           "use `stops before`, or serve the model with vLLM")
+        return Unsupported(
+            "`stops at` (a stop string kept in the value)",
+            "the OpenAI API drops the stop string and does not say which stop matched",
+            "use `stops before`, or serve the model with vLLM",
+        )
     return None
 
 
@@ -188,9 +200,11 @@ def _shape(plan: Plan, features: ServerFeatures, payload: bool = True):
             return Unsupported("this choice", "no option satisfies every constraint on the hole")
         return "choice", {"choice": list(plan.options)}, False
     if limited and plan.kind == "json" or limited and plan.kind == "lark" and not plan.source.endswith("&len"):
-        return Unsupported(f"len(x) <= {plan.max_chars} on {_what(plan)}",
-                           "no server request field bounds the characters of such a value",
-                           "bound it with tokens(x) <= n instead")
+        return Unsupported(
+            f"len(x) <= {plan.max_chars} on {_what(plan)}",
+            "no server request field bounds the characters of such a value",
+            "bound it with tokens(x) <= n instead",
+        )
     if plan.kind == "regex":
         return "regex", {"regex": plan.text}, False
     if plan.kind == "json":
@@ -199,21 +213,32 @@ def _shape(plan: Plan, features: ServerFeatures, payload: bool = True):
         return "json", {"json": json.loads(plan.text)}, True
     # lark: a user grammar, or a regex intersected with a length bound (llguidance's `&`)
     if plan.source.endswith("&len") and features.backend != GUIDANCE:
-        return Unsupported(f"a regex together with len(x) <= {plan.max_chars}",
-                           f"the intersection needs the llguidance backend (this server uses {features.backend})",
-                           "start vLLM with --structured-outputs-config '{\"backend\": \"guidance\"}'")
+        return Unsupported(
+            f"a regex together with len(x) <= {plan.max_chars}",
+            f"the intersection needs the llguidance backend (this server uses {features.backend})",
+            "start vLLM with --structured-outputs-config '{\"backend\": \"guidance\"}'",
+        )
     return "grammar", {"grammar": plan.text}, False
 
 
 def _no_structured(feature: str) -> Unsupported:
-    return Unsupported(feature, "the server does not honour structured outputs",
-                       "serve the model with vLLM (structured_outputs), or drop the constraint")
+    return Unsupported(
+        feature,
+        "the server does not honour structured outputs",
+        "serve the model with vLLM (structured_outputs), or drop the constraint",
+    )
 
 
 def _what(plan: Plan) -> str:
-    return {"choice": "a choice", "regex": "a regex", "int": "an int", "float": "a float", "bool": "a bool",
-            "json": "a JSON schema", "grammar": "a grammar"}.get(plan.source.split("&")[0].split("+")[0],
-                                                                    "a constrained value")
+    return {
+        "choice": "a choice",
+        "regex": "a regex",
+        "int": "an int",
+        "float": "a float",
+        "bool": "a bool",
+        "json": "a JSON schema",
+        "grammar": "a grammar",
+    }.get(plan.source.split("&")[0].split("+")[0], "a constrained value")
 
 
 def guidance_schema(plan: Plan) -> dict:
@@ -233,17 +258,25 @@ def guidance_schema(plan: Plan) -> dict:
 def _notes(plan: Plan) -> tuple[str, ...]:
     notes = []
     if plan.max_tokens is not None and plan.has_shape:
-        notes.append("the server cuts at max_tokens without lmlang's closing path; a value cut short fails "
-                     "validation")
+        notes.append("the server cuts at max_tokens without lmlang's closing path; a value cut short fails validation")
     if plan.options is not None:
-        notes.append("the server accepts any tokenization of an option; lmlang decodes the canonical one, "
-                     "so greedy picks can differ")
+        notes.append(
+            "the server accepts any tokenization of an option; lmlang decodes the canonical one, "
+            "so greedy picks can differ"
+        )
     return tuple(notes)
 
 
 # ---------------------------------------------------------------------------- validation
-def check_value(value: str, c: Constraint | None, *, stop_matched: str | None = None, ended_by: str = "eos",
-                completion_tokens: int | None = None, semantic_json: bool = False) -> str | None:
+def check_value(
+    value: str,
+    c: Constraint | None,
+    *,
+    stop_matched: str | None = None,
+    ended_by: str = "eos",
+    completion_tokens: int | None = None,
+    semantic_json: bool = False,
+) -> str | None:
     """Why `value` breaks `c` (None when it satisfies it). `stop_matched` is the stop that ended
     it (then the value may be an unfinished prefix of its shape, as in local decoding)."""
     plan = lower(c)
@@ -272,8 +305,11 @@ def _check_shape(value: str, plan: Plan, stop_matched: str | None, ended_by: str
     if m.is_error():
         return f"lmlang cannot check this constraint: {m.get_error().strip().splitlines()[0]}"
     data = value.encode("utf-8")
-    include_kept = stop_matched is not None and value.endswith(stop_matched) and any(
-        s.text == stop_matched and s.include for s in plan.stops)
+    include_kept = (
+        stop_matched is not None
+        and value.endswith(stop_matched)
+        and any(s.text == stop_matched and s.include for s in plan.stops)
+    )
     fed = data if include_kept or stop_matched is None else data + stop_matched.encode("utf-8")
     for i, b in enumerate(fed):
         if not m.consume_token(b):
@@ -305,18 +341,26 @@ def validate(value: str, c: Constraint | None, *, url: str = "", request: str = 
     problem = check_value(value, c, **kw)
     if problem is not None:
         where = f"server {url}" + (f", {request}" if request else "")
-        raise ServedValueError(f"{where}: returned {_short(value)}, which breaks its constraint: {problem}",
-                               hint="the server did not enforce the constraint; check its structured-outputs "
-                                    "backend and version")
+        raise ServedValueError(
+            f"{where}: returned {_short(value)}, which breaks its constraint: {problem}",
+            hint="the server did not enforce the constraint; check its structured-outputs backend and version",
+        )
 
 
 def served_value(completion, served: ServedConstraint, c: Constraint | None, url: str = "") -> str:
     """The validated value of one hole from a completion (JSON re-serialised to lmlang's layout
     when the server's layout differs)."""
     got = served.value_of(completion)
-    validate(got.value, c, url=url, request=completion.request, stop_matched=got.stop_matched,
-             ended_by=got.ended_by, completion_tokens=completion.completion_tokens,
-             semantic_json=served.semantic_json)
+    validate(
+        got.value,
+        c,
+        url=url,
+        request=completion.request,
+        stop_matched=got.stop_matched,
+        ended_by=got.ended_by,
+        completion_tokens=completion.completion_tokens,
+        semantic_json=served.semantic_json,
+    )
     if served.semantic_json and got.stop_matched is None:
         return json.dumps(json.loads(got.value), ensure_ascii=False)
     return got.value
@@ -326,5 +370,15 @@ def _short(text: str, n: int = 80) -> str:
     return repr(text if len(text) <= n else text[: n - 1] + "…")
 
 
-__all__ = ["ServerFeatures", "ServedConstraint", "ServedValue", "Unsupported", "ServedValueError", "to_request",
-           "check_value", "validate", "served_value", "guidance_schema"]
+__all__ = [
+    "ServerFeatures",
+    "ServedConstraint",
+    "ServedValue",
+    "Unsupported",
+    "ServedValueError",
+    "to_request",
+    "check_value",
+    "validate",
+    "served_value",
+    "guidance_schema",
+]

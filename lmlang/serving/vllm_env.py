@@ -33,6 +33,7 @@ venv is built; the interpreter is only checked to import vllm).
 Concurrency: a file lock serialises builders (several pytest processes may
 start at once); the stamp is written last, so a killed build is redone.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -72,7 +73,7 @@ class VllmEnv:
     package: str
     version: str
     flavor: str
-    root: Path | None = None       # the venv folder (None for LMLANG_VLLM_PYTHON)
+    root: Path | None = None  # the venv folder (None for LMLANG_VLLM_PYTHON)
 
     def server_argv(self) -> list[str]:
         return [str(self.python), "-m", SERVER_MODULE]
@@ -124,8 +125,9 @@ def _external_env(python: str) -> VllmEnv:
     except (OSError, subprocess.SubprocessError) as e:
         raise VllmInstallError(f"LMLANG_VLLM_PYTHON={python} cannot be run: {e}") from None
     if out.returncode != 0:
-        raise VllmInstallError(f"LMLANG_VLLM_PYTHON={python} cannot import vllm",
-                               hint=(out.stderr.strip().splitlines() or [""])[-1])
+        raise VllmInstallError(
+            f"LMLANG_VLLM_PYTHON={python} cannot import vllm", hint=(out.stderr.strip().splitlines() or [""])[-1]
+        )
     return VllmEnv(Path(python), "vllm", out.stdout.strip(), vllm_flavor(), None)
 
 
@@ -155,9 +157,9 @@ def ensure_vllm(progress: bool = True) -> VllmEnv:
         return _env_from(root, stamp)
     lock_path = root.parent / f".{root.name}.lock"
     with open(lock_path, "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)   # released on close, or by the kernel if we die
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, or by the kernel if we die
         stamp = _read_stamp(root, flavor)
-        if stamp is not None:               # another process built it while we waited
+        if stamp is not None:  # another process built it while we waited
             return _env_from(root, stamp)
         return _build(root, flavor, progress)
 
@@ -172,18 +174,32 @@ def _build(root: Path, flavor: str, progress: bool) -> VllmEnv:
     log = root.parent / f"{root.name}-install.log"
     package = CPU_PACKAGE if flavor == "cpu" else GPU_PACKAGE
     t0 = time.monotonic()
-    _say(progress, f"building the vLLM venv once ({package}=={VLLM_VERSION}; about 6 minutes and 3.4 GB "
-                   f"on CPU) in {root}; log: {log}")
-    if root.exists():                       # a build killed before its stamp
+    _say(
+        progress,
+        f"building the vLLM venv once ({package}=={VLLM_VERSION}; about 6 minutes and 3.4 GB "
+        f"on CPU) in {root}; log: {log}",
+    )
+    if root.exists():  # a build killed before its stamp
         shutil.rmtree(root)
     with open(log, "w") as out:
         py = root / "bin" / "python"
         steps = [("create the venv", [sys.executable, "-m", "venv", str(root)])]
-        steps.append((f"install {package}", [str(py), "-m", "pip", "install", "--disable-pip-version-check",
-                                             f"{package}=={VLLM_VERSION}", *_index_args(flavor)]))
+        steps.append(
+            (
+                f"install {package}",
+                [
+                    str(py),
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    f"{package}=={VLLM_VERSION}",
+                    *_index_args(flavor),
+                ],
+            )
+        )
         if flavor == "cpu":
-            steps.append(("remove CUDA-only torch add-ons",
-                          [str(py), "-m", "pip", "uninstall", "-y", *CPU_UNINSTALL]))
+            steps.append(("remove CUDA-only torch add-ons", [str(py), "-m", "pip", "uninstall", "-y", *CPU_UNINSTALL]))
         steps.append(("verify the install", [str(py), "-c", f"import {SERVER_MODULE}, vllm; print(vllm.__version__)"]))
         for what, argv in steps:
             _say(progress, f"vLLM venv: {what}...")
@@ -191,12 +207,20 @@ def _build(root: Path, flavor: str, progress: bool) -> VllmEnv:
             out.flush()
             rc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=_pip_env()).returncode
             if rc != 0:
-                raise VllmInstallError(f"building the vLLM venv failed at '{what}' (exit {rc}); log: {log}",
-                                       hint=_tail(log))
+                raise VllmInstallError(
+                    f"building the vLLM venv failed at '{what}' (exit {rc}); log: {log}", hint=_tail(log)
+                )
     seconds = time.monotonic() - t0
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
-    stamp = {"recipe": _recipe(flavor), "package": package, "version": VLLM_VERSION, "flavor": flavor,
-             "install_seconds": round(seconds, 1), "bytes": size, "log": str(log)}
+    stamp = {
+        "recipe": _recipe(flavor),
+        "package": package,
+        "version": VLLM_VERSION,
+        "flavor": flavor,
+        "install_seconds": round(seconds, 1),
+        "bytes": size,
+        "log": str(log),
+    }
     tmp = root / f".{STAMP}.tmp"
     tmp.write_text(json.dumps(stamp, indent=2))
     tmp.replace(root / STAMP)
@@ -218,7 +242,7 @@ def _index_args(flavor: str) -> list[str]:
 
 def _pip_env() -> dict:
     env = dict(os.environ)
-    env.pop("PYTHONPATH", None)   # lmlang's tree must not shadow the venv's packages
+    env.pop("PYTHONPATH", None)  # lmlang's tree must not shadow the venv's packages
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     return env
 

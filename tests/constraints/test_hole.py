@@ -1,6 +1,7 @@
 """The hole guide (constraints/hole.py) on the tiny tokenizer: the exact set
 of tokens each step allows, for a choice, a regex with a healed seam space,
 the token budget and the terminators."""
+
 import re
 
 import pytest
@@ -60,14 +61,14 @@ def test_choice_follows_canonical_paths_then_ends(tok):
     assert hole.next(x) == SAMPLE
     assert finite(hole.masked) == {p[0] for p in paths}
     assert torch.equal(hole.masked[[p[0] for p in paths]], x[[p[0] for p in paths]])
-    target = paths[2]                        # "neutral": shares its start with "negative"
+    target = paths[2]  # "neutral": shares its start with "negative"
     assert hole.take(target[0]) is False
     while True:
         kind = hole.next(x)
         if kind == ENDED:
             break
         if kind == FEED:
-            assert hole.block == target[len(hole.gen) - len(hole.block):len(hole.gen)]
+            assert hole.block == target[len(hole.gen) - len(hole.block) : len(hole.gen)]
             continue
         n = len(hole.gen)
         assert finite(hole.masked) == {p[n] for p in paths if len(p) > n and p[:n] == hole.gen}
@@ -91,7 +92,7 @@ def test_terminator_ends_a_value_only_where_it_may_end(tok):
     allowed = guide_allowed(hole)
     assert eos in allowed and dot not in allowed
     assert finite(hole.masked) == allowed | {dot}
-    assert float(hole.masked[dot]) == float(x[dot])     # the model's own score, not a forced one
+    assert float(hole.masked[dot]) == float(x[dot])  # the model's own score, not a forced one
     assert hole.take(dot) is True
     assert hole.ended_by == "next-text" and hole.value() == "4" and hole.gen == [four]
 
@@ -101,7 +102,7 @@ def test_terminator_ends_a_value_only_where_it_may_end(tok):
     by_eos.next(x)
     assert by_eos.take(eos) is True and by_eos.ended_by == "eos"
 
-    beam = p.start(seam=False)                          # beams end on EOS only
+    beam = p.start(seam=False)  # beams end on EOS only
     beam.next(x)
     beam.take(four)
     assert finite(beam.mask(x)) == allowed
@@ -113,8 +114,11 @@ def test_regex_with_healed_space(tok):
     p = plan(tok, C.Regex("[a-z]{2,6}"), heal=" ", next_text="\n")
     # Healed: " " + a token the regex allows first ([a-z]{1,6}); or the bare space.
     by_bytes = {b: i for i, b in reversed(list(enumerate(tok.token_bytes))) if b}
-    healed = {i: by_bytes[b[1:]] for i, b in enumerate(tok.token_bytes)
-              if b.startswith(b" ") and re.fullmatch(rb"[a-z]{1,6}", b[1:]) and b[1:] in by_bytes}
+    healed = {
+        i: by_bytes[b[1:]]
+        for i, b in enumerate(tok.token_bytes)
+        if b.startswith(b" ") and re.fullmatch(rb"[a-z]{1,6}", b[1:]) and b[1:] in by_bytes
+    }
     assert healed
     hole = p.start()
     x = logits(tok)
@@ -124,7 +128,7 @@ def test_regex_with_healed_space(tok):
     assert hole.take(first) is False
     rest = tok.token_bytes[healed[first]].decode()
     assert hole.gen == [first] and hole.text() == rest and hole.healing == "" and hole.heal_text == " "
-    assert hole.next(x) == SAMPLE                       # now an ordinary step of the regex
+    assert hole.next(x) == SAMPLE  # now an ordinary step of the regex
     assert finite(hole.masked) - {tok.encode("\n")[0]} == guide_allowed(hole)
 
     bare = p.start()
@@ -173,6 +177,8 @@ def test_budget_below_the_shortest_value_fails_before_decoding(tok):
     from lmlang.errors import LmlangRuntimeError
 
     schema = '{"properties": {"age": {"type": "integer"}, "name": {"type": "string"}}, "required": ["name", "age"], "type": "object"}'
-    with pytest.raises(LmlangRuntimeError, match=r"hole \[v\]: its shortest value found needs \d+ tokens, over the budget of 3") as e:
+    with pytest.raises(
+        LmlangRuntimeError, match=r"hole \[v\]: its shortest value found needs \d+ tokens, over the budget of 3"
+    ) as e:
         plan(tok, C.All((C.JsonSchema(schema), C.MaxTokens(3))))
     assert e.value.code == "no-value-fits" and "tokens(v) <= 3" in e.value.hint

@@ -7,6 +7,7 @@ constraint opts to treat it as an annotation (`formats="annotate"`). The
 examples follow the RFCs and Python's validators (jsonschema's format checker);
 where the two differ, lmlang enforces the narrower.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,43 +22,68 @@ from lmlang.constraints.spec import All, Choice, JsonSchema
 
 # format -> (valid strings, invalid strings)
 EXAMPLES = {
-    "date": (["2024-02-29", "2000-02-29", "2023-12-31", "0001-01-01"],
-             ["2023-02-29", "1900-02-29", "2024-13-01", "2024-04-31", "0000-01-01", "2024-1-01", "24-01-01"]),
-    "date-time": (["2024-02-29T12:30:00Z", "2023-01-01t00:00:00.5+05:30", "1999-12-31T23:59:59-08:00"],
-                  ["2023-02-29T12:00:00Z", "2024-01-01T24:00:00Z", "2024-01-01 12:00:00Z",
-                   "2024-01-01T12:00:60Z", "2024-01-01T12:00:00", "invalid_date"]),
-    "time": (["12:30:00Z", "23:59:59.999+01:00", "00:00:00z"],
-             ["12:30", "24:00:00Z", "12:30:00", "12:30:60Z", "12:30:00+1:00"]),
+    "date": (
+        ["2024-02-29", "2000-02-29", "2023-12-31", "0001-01-01"],
+        ["2023-02-29", "1900-02-29", "2024-13-01", "2024-04-31", "0000-01-01", "2024-1-01", "24-01-01"],
+    ),
+    "date-time": (
+        ["2024-02-29T12:30:00Z", "2023-01-01t00:00:00.5+05:30", "1999-12-31T23:59:59-08:00"],
+        [
+            "2023-02-29T12:00:00Z",
+            "2024-01-01T24:00:00Z",
+            "2024-01-01 12:00:00Z",
+            "2024-01-01T12:00:60Z",
+            "2024-01-01T12:00:00",
+            "invalid_date",
+        ],
+    ),
+    "time": (
+        ["12:30:00Z", "23:59:59.999+01:00", "00:00:00z"],
+        ["12:30", "24:00:00Z", "12:30:00", "12:30:60Z", "12:30:00+1:00"],
+    ),
     "duration": (["P1Y2M3DT4H5M6S", "PT1H", "P2W", "P1D"], ["P", "1Y", "PT", "P1H"]),
     "email": (["ada@example.com", "a.b+c@x-y.org"], ["ada", "ada@", "@example.com", "a b@example.com"]),
-    "idn-email": (["ada@example.com", "δοκιμή@παράδειγμα.δοκιμή", "用户@例子.广告"],
-                  ["ada", "ada@@x", "@例子.广告", "a b@x.org"]),
-    "hostname": (["example.com", "a-b.c", "localhost", "256.256.256.256", ".".join(["a" * 63] * 3)],
-                 ["-a.com", "a-.com", "a..b", "a_b.com", "x" * 64 + ".com", ".".join(["a" * 63] * 4),
-                  "example.com."]),
-    "idn-hostname": (["münchen.de", "example.com", "bücher.example", ".".join(["é"] * 30)],
-                     ["ab--c.com", "xn--abc.com", "-a.de", "a..b", "München.de", "a_b.de",
-                      ".".join(["é"] * 32)]),  # its A-label form ("xn--9ca." * 32) is over 253
+    "idn-email": (
+        ["ada@example.com", "δοκιμή@παράδειγμα.δοκιμή", "用户@例子.广告"],
+        ["ada", "ada@@x", "@例子.广告", "a b@x.org"],
+    ),
+    "hostname": (
+        ["example.com", "a-b.c", "localhost", "256.256.256.256", ".".join(["a" * 63] * 3)],
+        ["-a.com", "a-.com", "a..b", "a_b.com", "x" * 64 + ".com", ".".join(["a" * 63] * 4), "example.com."],
+    ),
+    "idn-hostname": (
+        ["münchen.de", "example.com", "bücher.example", ".".join(["é"] * 30)],
+        ["ab--c.com", "xn--abc.com", "-a.de", "a..b", "München.de", "a_b.de", ".".join(["é"] * 32)],
+    ),  # its A-label form ("xn--9ca." * 32) is over 253
     "ipv4": (["192.168.0.1", "0.0.0.0", "255.255.255.255"], ["256.1.1.1", "01.2.3.4", "1.2.3", "1.2.3.4.5"]),
     "ipv6": (["::1", "2001:db8::8a2e:370:7334", "fe80::"], ["2001:db8:::1", "1:2:3:4:5:6:7:8:9", "::g", "1.2.3.4"]),
-    "uuid": (["123e4567-e89b-12d3-a456-426614174000"],
-             ["123e4567e89b12d3a456426614174000", "123e4567-e89b-12d3-a456-42661417400", "not-a-uuid"]),
-    "uri": (["https://example.com/a?b=c#d", "urn:isbn:0451450523", "mailto:ada@example.com", "http://[::1]:80/"],
-            ["example.com/a", "http://exa mple.com", "://x", "1http://x", "invalid-uri", " invalid_uri"]),
-    "uri-reference": (["/a/b?c", "../x", "#frag", "", "https://example.com", "//host/p", "a:b"],
-                      ["http://exa mple.com", "a b", "\\\\x", "%zz", ":x", "://", "!not a uri-reference!",
-                       "Invalid URI Reference :"]),
-    "iri": (["https://例子.测试/路径", "http://example.com", "urn:例:1"],
-            ["例子/路径", "http://exa mple.com", "not-an-iri", "/relative"]),
+    "uuid": (
+        ["123e4567-e89b-12d3-a456-426614174000"],
+        ["123e4567e89b12d3a456426614174000", "123e4567-e89b-12d3-a456-42661417400", "not-a-uuid"],
+    ),
+    "uri": (
+        ["https://example.com/a?b=c#d", "urn:isbn:0451450523", "mailto:ada@example.com", "http://[::1]:80/"],
+        ["example.com/a", "http://exa mple.com", "://x", "1http://x", "invalid-uri", " invalid_uri"],
+    ),
+    "uri-reference": (
+        ["/a/b?c", "../x", "#frag", "", "https://example.com", "//host/p", "a:b"],
+        ["http://exa mple.com", "a b", "\\\\x", "%zz", ":x", "://", "!not a uri-reference!", "Invalid URI Reference :"],
+    ),
+    "iri": (
+        ["https://例子.测试/路径", "http://example.com", "urn:例:1"],
+        ["例子/路径", "http://exa mple.com", "not-an-iri", "/relative"],
+    ),
     "iri-reference": (["/路径?q=1", "#片段", "https://例子.测试", ""], ["http://a b", ":x", "%g0"]),
     "json-pointer": (["", "/a/b", "/a~0b/c~1d", "/", "/0"], ["a/b", "/a~2", "/~", "#/a"]),
     "relative-json-pointer": (["0", "1/a", "2#", "10/x", "0/a~1b"], ["-1", "01", "/a", "1#/a", "", "#"]),
-    "uri-template": (["http://example.com/{user}/repos{?page,per_page}", "{+path}/here", "{var:3}", "{list*}",
-                      "plain/text"],
-                     ["http://example.com/{", "http://example.com/resource/{", "{}", "{a:0}", "a}b", "{=a}",
-                      "{a b}"]),
-    "regex": (["^[a-z]+$", "(foo|bar)?\\d{2,4}", "a{3}", "[\\w.-]+@x", "(?:a(?:b(?:c)))", "x*?y+?", "a|", ""],
-              ["[", "(", "*a", "a**", "a{3,2}", "\\", "(?<=a+)b", "[z-a]", "a)", "Invalid regex pattern ["]),
+    "uri-template": (
+        ["http://example.com/{user}/repos{?page,per_page}", "{+path}/here", "{var:3}", "{list*}", "plain/text"],
+        ["http://example.com/{", "http://example.com/resource/{", "{}", "{a:0}", "a}b", "{=a}", "{a b}"],
+    ),
+    "regex": (
+        ["^[a-z]+$", "(foo|bar)?\\d{2,4}", "a{3}", "[\\w.-]+@x", "(?:a(?:b(?:c)))", "x*?y+?", "a|", ""],
+        ["[", "(", "*a", "a**", "a{3,2}", "\\", "(?<=a+)b", "[z-a]", "a)", "Invalid regex pattern ["],
+    ),
     "byte": (["aGVsbG8=", "", "YWJj", "YQ=="], ["aGVsbG8", "a===", "ab$c"]),
     "binary": (["anything at all", ""], []),
     "password": (["hunter2", ""], []),
@@ -183,7 +209,8 @@ def _python_accepts(fmt: str, value: str, re) -> bool:
         return True
     if fmt == "hostname":
         return len(value) <= 253 and all(
-            re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", label) for label in value.split("."))
+            re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", label) for label in value.split(".")
+        )
     if fmt in ("uri-reference", "iri"):
         # characters a URI or IRI may not contain anywhere (RFC 3986 2, RFC 3987 2.2)
         if re.search(r"[\x00-\x20\x7f\"<>\\^`{|}]", value) or re.search(r"%(?![0-9A-Fa-f]{2})", value):
@@ -205,8 +232,11 @@ def test_unenforceable_format_is_refused_with_its_path(fmt):
 
 
 def test_refusal_names_the_path_behind_refs_and_escapes_it():
-    schema = {"$defs": {"a/b": {"type": "string", "format": "url"}},
-              "type": "object", "properties": {"x": {"$ref": "#/$defs/a~1b"}}}
+    schema = {
+        "$defs": {"a/b": {"type": "string", "format": "url"}},
+        "type": "object",
+        "properties": {"x": {"$ref": "#/$defs/a~1b"}},
+    }
     problems = check_constraint(JsonSchema(json.dumps(schema)))
     assert [p.message for p in problems] == ["#/$defs/a~1b/format: format 'url' cannot be enforced while decoding"]
     assert "did you mean 'uri'?" in problems[0].hint
@@ -221,12 +251,15 @@ def test_refusal_is_also_the_engine_error_when_no_check_ran(tok):
 
 
 def test_annotate_opt_in_accepts_unenforceable_formats_unchecked(tok):
-    schema = {"type": "object", "properties": {"url": {"type": "string", "format": "url"},
-                                               "n": {"type": "integer", "format": "int64"}},
-              "required": ["url", "n"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"url": {"type": "string", "format": "url"}, "n": {"type": "integer", "format": "int64"}},
+        "required": ["url", "n"],
+        "additionalProperties": False,
+    }
     assert check_constraint(JsonSchema(json.dumps(schema), formats="annotate")) == []
     cc = compiled_for(schema, tok, formats="annotate")
-    assert accepts(cc, tok, json.dumps({"url": "not a url at all", "n": 2 ** 70}))
+    assert accepts(cc, tok, json.dumps({"url": "not a url at all", "n": 2**70}))
     assert not accepts(cc, tok, json.dumps({"url": 3, "n": 1}))  # the rest of the schema still holds
 
 
@@ -252,25 +285,34 @@ def test_enforce_and_annotate_lower_to_different_plans():
 def test_format_in_data_keywords_and_property_names_is_not_rewritten():
     """`const`, `enum`, `default` and `examples` hold data, not schemas, and a property
     may be called "format": none of those is a format keyword."""
-    schema = {"type": "object",
-              "properties": {"format": {"type": "string", "const": "iri"}},
-              "default": {"format": "url"}, "examples": [{"format": "iri"}],
-              "enum": [{"format": "iri"}, {"format": "url"}]}
+    schema = {
+        "type": "object",
+        "properties": {"format": {"type": "string", "const": "iri"}},
+        "default": {"format": "url"},
+        "examples": [{"format": "iri"}],
+        "enum": [{"format": "iri"}, {"format": "url"}],
+    }
     lowered, refused = lower_formats(schema)
     assert lowered == schema and refused == []
 
 
 def test_every_schema_position_is_walked():
-    schema = {"type": "object",
-              "properties": {"p": {"format": "iri"}},
-              "patternProperties": {"^x": {"format": "iri"}},
-              "additionalProperties": {"format": "iri"},
-              "dependencies": {"p": {"properties": {"q": {"format": "iri"}}}},
-              "items": [{"format": "iri"}], "prefixItems": [{"format": "iri"}],
-              "anyOf": [{"format": "iri"}], "not": {"format": "iri"},
-              "if": {"format": "iri"}, "then": {"format": "iri"}, "else": {"format": "iri"},
-              "x-extension": {"format": "url"},   # not a schema position; a $ref makes it one
-              "allOf": [{"$ref": "#/x-extension"}]}
+    schema = {
+        "type": "object",
+        "properties": {"p": {"format": "iri"}},
+        "patternProperties": {"^x": {"format": "iri"}},
+        "additionalProperties": {"format": "iri"},
+        "dependencies": {"p": {"properties": {"q": {"format": "iri"}}}},
+        "items": [{"format": "iri"}],
+        "prefixItems": [{"format": "iri"}],
+        "anyOf": [{"format": "iri"}],
+        "not": {"format": "iri"},
+        "if": {"format": "iri"},
+        "then": {"format": "iri"},
+        "else": {"format": "iri"},
+        "x-extension": {"format": "url"},  # not a schema position; a $ref makes it one
+        "allOf": [{"$ref": "#/x-extension"}],
+    }
     lowered, refused = lower_formats(schema)
     assert refused == [("#/x-extension/format", "url")]
     assert '"format": "iri"' not in json.dumps(lowered)
@@ -280,8 +322,12 @@ def test_every_schema_position_is_walked():
 def test_lowering_keeps_the_order_of_properties(tok):
     """llguidance writes properties in the schema's order: rewriting a format must not
     reorder them (a sorted copy rejected {"url": ..., "n": ...})."""
-    schema = {"type": "object", "properties": {"url": {"type": "string", "format": "iri"}, "n": {"type": "integer"}},
-              "required": ["url", "n"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"url": {"type": "string", "format": "iri"}, "n": {"type": "integer"}},
+        "required": ["url", "n"],
+        "additionalProperties": False,
+    }
     assert list(json.loads(lower_schema_text(json.dumps(schema)))["properties"]) == ["url", "n"]
     assert accepts(compiled_for(schema, tok), tok, json.dumps({"url": "http://a.b", "n": 1}))
 
@@ -290,8 +336,8 @@ def test_format_and_pattern_both_hold(tok):
     schema = {"type": "string", "format": "date", "pattern": "^2024-"}
     cc = compiled_for(schema, tok)
     assert accepts(cc, tok, '"2024-02-29"')
-    assert not accepts(cc, tok, '"2020-02-29"')   # a date, but not the pattern
-    assert not accepts(cc, tok, '"2024-02-30"')   # the pattern, but not a date
+    assert not accepts(cc, tok, '"2020-02-29"')  # a date, but not the pattern
+    assert not accepts(cc, tok, '"2024-02-30"')  # the pattern, but not a date
 
 
 def test_string_format_constrains_strings_only(tok):
@@ -299,12 +345,15 @@ def test_string_format_constrains_strings_only(tok):
     assert accepts(cc, tok, "42") and accepts(cc, tok, '"2024-01-31"') and not accepts(cc, tok, '"soon"')
 
 
-@pytest.mark.parametrize("schema, good, bad", [
-    ({"type": "integer", "format": "int32"}, [2 ** 31 - 1, -2 ** 31, 0], [2 ** 31, -2 ** 31 - 1]),
-    ({"type": "integer", "format": "uint8", "minimum": 10}, [10, 255], [9, 256, -1]),
-    ({"format": "uint8"}, [255, "text", None], [256, 1.5]),
-    ({"type": "number", "format": "int16"}, [-32768, 32767], [32768, 0.5]),
-])
+@pytest.mark.parametrize(
+    "schema, good, bad",
+    [
+        ({"type": "integer", "format": "int32"}, [2**31 - 1, -(2**31), 0], [2**31, -(2**31) - 1]),
+        ({"type": "integer", "format": "uint8", "minimum": 10}, [10, 255], [9, 256, -1]),
+        ({"format": "uint8"}, [255, "text", None], [256, 1.5]),
+        ({"type": "number", "format": "int16"}, [-32768, 32767], [32768, 0.5]),
+    ],
+)
 def test_integer_formats_bound_numbers(tok, schema, good, bad):
     cc = compiled_for(schema, tok)
     for v in good:
@@ -352,5 +401,6 @@ def test_check_does_not_count_on_xgrammar_for_what_it_drops():
     from lmlang.constraints.jsonfix import xgrammar_ignored
 
     assert xgrammar_ignored({"properties": {"a": {"pattern": "x", "minLength": 2}}}) == {
-        "pattern with minLength/maxLength"}
+        "pattern with minLength/maxLength"
+    }
     assert xgrammar_ignored({"properties": {"a": {"pattern": "x"}, "b": {"maxLength": 2}}}) == set()

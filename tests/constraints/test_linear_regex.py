@@ -2,6 +2,7 @@
 catastrophic patterns that backtracked for minutes in `re` answer at once,
 with `re`'s answers on ordinary patterns; rule patterns the engine cannot
 run are check errors."""
+
 import re
 
 import pytest
@@ -28,8 +29,9 @@ def test_search_agrees_with_re(pattern, texts):
         assert L.search(pattern, t) == (re.search(pattern, t) is not None), (pattern, t)
 
 
-@pytest.mark.parametrize("pattern, texts", [(r"[A-Z]{3}-[0-9]{2}", ["ABC-12", "ABC-123", "abc-12"]),
-                                            (r"(yes|no)", ["yes", "no", "yesno"])])
+@pytest.mark.parametrize(
+    "pattern, texts", [(r"[A-Z]{3}-[0-9]{2}", ["ABC-12", "ABC-123", "abc-12"]), (r"(yes|no)", ["yes", "no", "yesno"])]
+)
 def test_fullmatch_agrees_with_re(pattern, texts):
     for t in texts:
         assert L.fullmatch(pattern, t) == (re.fullmatch(pattern, t) is not None)
@@ -51,8 +53,10 @@ def test_unsupported_patterns_say_why(pattern):
 
 
 def rules(pattern: str) -> str:
-    return f'model base = default\nmodel other = default\nrouter r = route rules {{\n' \
-           f'  other: matches r"{pattern}"\n  default: base\n}}\n'
+    return (
+        f'model base = default\nmodel other = default\nrouter r = route rules {{\n'
+        f'  other: matches r"{pattern}"\n  default: base\n}}\n'
+    )
 
 
 def test_rule_pattern_the_engine_cannot_run_is_a_check_error():
@@ -74,8 +78,10 @@ def test_catastrophic_rule_pattern_checks_and_routes_fast():
 
 
 def test_catastrophic_regex_against_options_checks_fast():
-    src = ('model base = default\nquery f() using base {\n  user "hi"\n  assistant "[x]"\n'
-           '  where x in ["' + "a" * 40 + '", "b"] and x matches r"(a+)+b"\n}\n')
+    src = (
+        'model base = default\nquery f() using base {\n  user "hi"\n  assistant "[x]"\n'
+        '  where x in ["' + "a" * 40 + '", "b"] and x matches r"(a+)+b"\n}\n'
+    )
     with pytest.raises(LmlangError) as info:
         build(src, "t.lm")
     assert info.value.diagnostics[0].span.line == 5

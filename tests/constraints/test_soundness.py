@@ -2,6 +2,7 @@
 on the tiny random model: each reproducer either checks as an error at the
 hole, decodes a value that satisfies every part, or fails with a runtime
 error at the query naming the hole. Never a traceback, never a cut value."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import pytest
 import lmlang
 from lmlang.errors import CheckError, LmlangRuntimeError
 
-INT64 = (-(2 ** 63), 2 ** 63 - 1)
+INT64 = (-(2**63), 2**63 - 1)
 
 
 def compile_in(tmp_path, model_dir, body: str, files: dict | None = None, flow: str = "r = q() emit x = r.x"):
@@ -46,8 +47,13 @@ def test_grammar_and_len_decodes_a_valid_value(tmp_path, tiny_model_dir, seed):
     guide": a forced run crossed the character budget mid-block."""
     import lark
 
-    prog = compile_in(tmp_path, tiny_model_dir, f'query q() using m decode sample(temperature: 2.0, seed: {seed}) '
-                      '{ "G: [x]" where x is grammar "g.lark" and len(x) <= 20 }', {"g.lark": ARITH})
+    prog = compile_in(
+        tmp_path,
+        tiny_model_dir,
+        f'query q() using m decode sample(temperature: 2.0, seed: {seed}) '
+        '{ "G: [x]" where x is grammar "g.lark" and len(x) <= 20 }',
+        {"g.lark": ARITH},
+    )
     x = prog.run()["x"]
     assert len(x) <= 20 and ARITH_RE.fullmatch(x)
     lark.Lark(ARITH).parse(x)
@@ -62,26 +68,40 @@ def test_token_budget_below_the_shortest_value_is_a_positioned_error(tmp_path, t
 
 
 def test_choice_longer_than_its_budget_is_a_positioned_error(tmp_path, tiny_model_dir):
-    prog = compile_in(tmp_path, tiny_model_dir,
-                      'query q() using m { "V: [x]" where x in ["abcdefghijklmnopqrstuvwxyz"] and tokens(x) <= 2 }')
+    prog = compile_in(
+        tmp_path,
+        tiny_model_dir,
+        'query q() using m { "V: [x]" where x in ["abcdefghijklmnopqrstuvwxyz"] and tokens(x) <= 2 }',
+    )
     err = runtime_error(prog, tmp_path)
     assert "no option fits in 2 tokens" in err.message
 
 
 def test_grammar_with_no_finite_text_is_a_check_error(tmp_path, tiny_model_dir):
     with pytest.raises(CheckError) as e:
-        compile_in(tmp_path, tiny_model_dir, 'query q() using m { "G: [x]" where x is grammar "g.lark" }',
-                   {"g.lark": 'start: "a" start\n'})
+        compile_in(
+            tmp_path,
+            tiny_model_dir,
+            'query q() using m { "G: [x]" where x is grammar "g.lark" }',
+            {"g.lark": 'start: "a" start\n'},
+        )
     d = e.value.diagnostics[0]
     assert "the grammar derives no finite text" in d.message and d.span.line == 2 and d.code == "unsatisfiable"
 
 
 def test_required_recursive_schema_is_a_check_error(tmp_path, tiny_model_dir):
-    schema = {"type": "object", "properties": {"child": {"$ref": "#"}, "name": {"type": "string"}},
-              "required": ["child"]}
+    schema = {
+        "type": "object",
+        "properties": {"child": {"$ref": "#"}, "name": {"type": "string"}},
+        "required": ["child"],
+    }
     with pytest.raises(CheckError) as e:
-        compile_in(tmp_path, tiny_model_dir, 'query q() using m { "J: [x]" where x is json "r.json" }',
-                   {"r.json": json.dumps(schema)})
+        compile_in(
+            tmp_path,
+            tiny_model_dir,
+            'query q() using m { "J: [x]" where x is json "r.json" }',
+            {"r.json": json.dumps(schema)},
+        )
     d = e.value.diagnostics[0]
     assert "allows no finite value" in d.message and d.span.line == 2
 
@@ -89,10 +109,17 @@ def test_required_recursive_schema_is_a_check_error(tmp_path, tiny_model_dir):
 def test_optional_recursion_decodes(tmp_path, tiny_model_dir):
     import jsonschema
 
-    schema = {"type": "object", "properties": {"child": {"$ref": "#"}, "name": {"type": "string"}},
-              "required": ["name"]}
-    prog = compile_in(tmp_path, tiny_model_dir, 'query q() using m { "J: [x]" where x is json "r.json" }',
-                      {"r.json": json.dumps(schema)})
+    schema = {
+        "type": "object",
+        "properties": {"child": {"$ref": "#"}, "name": {"type": "string"}},
+        "required": ["name"],
+    }
+    prog = compile_in(
+        tmp_path,
+        tiny_model_dir,
+        'query q() using m { "J: [x]" where x is json "r.json" }',
+        {"r.json": json.dumps(schema)},
+    )
     jsonschema.validate(prog.run()["x"], schema)
 
 
@@ -128,14 +155,20 @@ def test_unbounded_float_is_finite_and_short(tmp_path, tiny_model_dir):
 
 
 def test_inline_json_numbers_are_bounded(tmp_path, tiny_model_dir):
-    prog = compile_in(tmp_path, tiny_model_dir, 'query q() using m { "J: [x]" where x is json { n: int, f: float, k: int(0..) } }')
+    prog = compile_in(
+        tmp_path, tiny_model_dir, 'query q() using m { "J: [x]" where x is json { n: int, f: float, k: int(0..) } }'
+    )
     x = prog.run()["x"]
-    assert abs(x["n"]) <= 2 ** 53 - 1 and abs(x["f"]) <= 1e16 and 0 <= x["k"] <= 2 ** 53 - 1
+    assert abs(x["n"]) <= 2**53 - 1 and abs(x["f"]) <= 1e16 and 0 <= x["k"] <= 2**53 - 1
 
 
 def test_inline_int_range_beyond_the_default_is_a_check_error(tmp_path, tiny_model_dir):
     with pytest.raises(CheckError, match="empty range"):
-        compile_in(tmp_path, tiny_model_dir, 'query q() using m { "J: [x]" where x is json { n: int(100000000000000000000..) } }')
+        compile_in(
+            tmp_path,
+            tiny_model_dir,
+            'query q() using m { "J: [x]" where x is json { n: int(100000000000000000000..) } }',
+        )
 
 
 def test_empty_int_range_counts_int64_open_ends(tmp_path, tiny_model_dir):
@@ -155,11 +188,14 @@ def test_pydantic_models_are_generated_closed(tiny_model_dir):
         model_config = ConfigDict(extra="allow")
         name: str
 
-    assert "additionalProperties" not in Person.model_json_schema()      # pydantic leaves objects open
-    prog = lmlang.compile(f'model m = "{tiny_model_dir}"\n'
-                          'query q() using m { "P: [p] L: [l]" where p is json "Person" and tokens(p) <= 40 '
-                          'where l is json "Loose" and tokens(l) <= 40 }\n'
-                          'flow { r = q() emit p = r.p, l = r.l }', schemas={"Person": Person, "Loose": Loose})
+    assert "additionalProperties" not in Person.model_json_schema()  # pydantic leaves objects open
+    prog = lmlang.compile(
+        f'model m = "{tiny_model_dir}"\n'
+        'query q() using m { "P: [p] L: [l]" where p is json "Person" and tokens(p) <= 40 '
+        'where l is json "Loose" and tokens(l) <= 40 }\n'
+        'flow { r = q() emit p = r.p, l = r.l }',
+        schemas={"Person": Person, "Loose": Loose},
+    )
     out = prog.run()
     assert set(out["p"]) == {"name", "age"}
     Person.model_validate(out["p"])
@@ -232,7 +268,7 @@ def test_free_text_budget_ends_on_a_character_boundary(tok, budget):
     hole = _hole(tok, C.MaxTokens(budget))
     _drive(hole, star)
     raw = b"".join(tok.token_bytes[t] for t in hole.gen)
-    raw.decode("utf-8")                                   # complete characters only
+    raw.decode("utf-8")  # complete characters only
     assert len(hole.gen) <= budget and "\ufffd" not in hole.value()
     assert hole.value().count("🌟") == budget // 4
 
@@ -256,14 +292,23 @@ def test_json_string_budget_closes_the_string_on_a_character_boundary(tok, budge
 _PIECES = ["a", "b", "[ab]", "a*", "b+", "(ab|ba)", "a?", "[ab]{2,3}", "(a|bb)*"]
 
 
-_GRAMMARS = ['start: "a" start | "b"\n', 'start: ("a" | "b")+\n', 'start: "a"* "b" "a"*\n',
-             'start: x x\nx: "ab" | "b" x\n']
-_SCHEMAS = [{"type": "string", "pattern": "^[ab]+$", "maxLength": 4},
-            {"type": "array", "items": {"enum": ["a", "b"]}, "minItems": 1, "maxItems": 3},
-            {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9},
-                                              "b": {"type": "boolean"}}, "required": ["a"]},
-            {"type": "object", "properties": {"ab": {"type": "string", "maxLength": 3}}, "required": ["ab"]},
-            {"enum": ["a", "ab", 1, None]}]
+_GRAMMARS = [
+    'start: "a" start | "b"\n',
+    'start: ("a" | "b")+\n',
+    'start: "a"* "b" "a"*\n',
+    'start: x x\nx: "ab" | "b" x\n',
+]
+_SCHEMAS = [
+    {"type": "string", "pattern": "^[ab]+$", "maxLength": 4},
+    {"type": "array", "items": {"enum": ["a", "b"]}, "minItems": 1, "maxItems": 3},
+    {
+        "type": "object",
+        "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}, "b": {"type": "boolean"}},
+        "required": ["a"],
+    },
+    {"type": "object", "properties": {"ab": {"type": "string", "maxLength": 3}}, "required": ["ab"]},
+    {"enum": ["a", "ab", 1, None]},
+]
 
 
 def _strategies():
@@ -282,12 +327,14 @@ def _strategies():
         st.sampled_from(_GRAMMARS).map(C.Grammar),
         st.sampled_from(_SCHEMAS).map(lambda d: C.JsonSchema(json.dumps(d, sort_keys=True))),
     )
-    extra = st.one_of(st.none(), regex.map(C.Regex))      # a second regex (with a choice or alone)
-    return st.tuples(shape, extra,
-                     st.one_of(st.none(), st.integers(0, 8).map(C.MaxChars)),
-                     st.one_of(st.none(), st.integers(1, 8).map(C.MaxTokens)),
-                     st.one_of(st.none(), st.tuples(st.sampled_from(["a", "b", "ab"]), st.booleans())
-                               .map(lambda s: C.Stop(*s)))), st.integers(0, 2 ** 31)
+    extra = st.one_of(st.none(), regex.map(C.Regex))  # a second regex (with a choice or alone)
+    return st.tuples(
+        shape,
+        extra,
+        st.one_of(st.none(), st.integers(0, 8).map(C.MaxChars)),
+        st.one_of(st.none(), st.integers(1, 8).map(C.MaxTokens)),
+        st.one_of(st.none(), st.tuples(st.sampled_from(["a", "b", "ab"]), st.booleans()).map(lambda s: C.Stop(*s))),
+    ), st.integers(0, 2**31)
 
 
 def _satisfies(part, value: str, gen: list[int]) -> bool:
@@ -335,13 +382,18 @@ def test_random_conjunctions_refuse_or_decode_a_valid_value(tok):
     from lmlang.constraints.check import check_constraint
     from lmlang.constraints.hole import ENDED, SAMPLE, HolePlan
 
-    @settings(max_examples=int(os.environ.get("LMLANG_PROPERTY_CASES", "150")), deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=int(os.environ.get("LMLANG_PROPERTY_CASES", "150")),
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(*_strategies())
     def prop(parts, seed):
         parts = tuple(p for p in parts if p is not None)
         c = C.All(parts) if parts else None
         if any(p.severity == "error" for p in check_constraint(c)):
-            return                                            # refused at check time
+            return  # refused at check time
         try:
             hole = HolePlan("x", c, tok, [tok.eos_token_id]).start()
         except LmlangRuntimeError as e:
@@ -361,7 +413,7 @@ def test_random_conjunctions_refuse_or_decode_a_valid_value(tok):
                     break
         else:
             raise AssertionError("the hole never ended")
-        b"".join(tok.token_bytes[t] for t in hole.gen).decode("utf-8")     # whole characters only
+        b"".join(tok.token_bytes[t] for t in hole.gen).decode("utf-8")  # whole characters only
         value = hole.value()
         bad = [p for p in parts if not _satisfies(p, value, hole.gen)]
         assert not bad, (value, bad)
@@ -393,8 +445,12 @@ def test_a_stop_on_a_regex_is_part_of_its_language(tok):
 @pytest.mark.parametrize("shape", ["x is json { a: int }", 'x is grammar "g.lark"'])
 def test_a_stop_on_json_or_a_grammar_is_a_check_error(tmp_path, tiny_model_dir, shape):
     with pytest.raises(CheckError) as e:
-        compile_in(tmp_path, tiny_model_dir, f'query q() using m {{ "V: [x]" where {shape} and x stops at "," }}',
-                   {"g.lark": 'start: "a"+\n'})
+        compile_in(
+            tmp_path,
+            tiny_model_dir,
+            f'query q() using m {{ "V: [x]" where {shape} and x stops at "," }}',
+            {"g.lark": 'start: "a"+\n'},
+        )
     d = e.value.diagnostics[0]
     assert "a stop string cannot end a" in d.message and d.span.line == 2 and d.code == "conflict"
 
@@ -402,7 +458,9 @@ def test_a_stop_on_json_or_a_grammar_is_a_check_error(tmp_path, tiny_model_dir, 
 @pytest.mark.parametrize("pattern", ["a*b", "(0|1)*2"])
 def test_the_witness_walk_leaves_a_loop(tmp_path, tiny_model_dir, pattern):
     """The greedy walk took `a` for ever, so `a*b` had no value within any budget."""
-    prog = compile_in(tmp_path, tiny_model_dir, f'query q() using m {{ "V: [x]" where x matches r"{pattern}" and tokens(x) <= 12 }}')
+    prog = compile_in(
+        tmp_path, tiny_model_dir, f'query q() using m {{ "V: [x]" where x matches r"{pattern}" and tokens(x) <= 12 }}'
+    )
     assert re.fullmatch(pattern, prog.run()["x"])
 
 

@@ -22,6 +22,7 @@ What each fenced block gets (by its info string):
                       output is not compared. `models` output is machine-specific.
 * anything else (```text, ```jsonl, indented blocks) is not executed.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,7 @@ FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```\s*$", re.M | re.S)
 
 def blocks(path: Path) -> list[tuple[str, str, int]]:
     text = path.read_text(encoding="utf-8")
-    return [(m.group(1).strip(), m.group(2), text[:m.start()].count("\n") + 1) for m in FENCE.finditer(text)]
+    return [(m.group(1).strip(), m.group(2), text[: m.start()].count("\n") + 1) for m in FENCE.finditer(text)]
 
 
 def cases(kind: str):
@@ -69,6 +70,7 @@ def trees(tmp_path, tiny_model_dir):
 
 # ---------------------------------------------------------------- lmlang blocks
 
+
 @pytest.mark.parametrize("doc, i, info, body", cases("lmlang"))
 def test_lmlang_blocks_check(doc, i, info, body, trees):
     from lmlang.errors import ScriptError
@@ -88,13 +90,14 @@ def test_lmlang_blocks_check(doc, i, info, body, trees):
 
 # ---------------------------------------------------------------- python blocks
 
+
 @pytest.mark.parametrize("doc", [d for d in DOCS if any(b[0] == "python" for b in blocks(d))], ids=lambda d: d.name)
 def test_python_blocks_run(doc, trees, monkeypatch, tiny_model_dir):
     import sys
     import types
 
     monkeypatch.chdir(trees[1])
-    module = types.ModuleType(f"docs_{doc.stem}")      # a real module, so pydantic can resolve annotations
+    module = types.ModuleType(f"docs_{doc.stem}")  # a real module, so pydantic can resolve annotations
     monkeypatch.setitem(sys.modules, module.__name__, module)
     namespace = module.__dict__
     for info, body, line in blocks(doc):
@@ -103,11 +106,12 @@ def test_python_blocks_run(doc, trees, monkeypatch, tiny_model_dir):
         body = re.sub(r"(\bmodel\s+\w+\s*=\s*)default\b", rf'\1"{tiny_model_dir}"', body)
         try:
             exec(compile(body, f"{doc.name}:{line}", "exec"), namespace)
-        except Exception as e:                      # pragma: no cover - the message names the block
+        except Exception as e:  # pragma: no cover - the message names the block
             raise AssertionError(f"{doc.name}:{line}: {type(e).__name__}: {e}") from e
 
 
 # ---------------------------------------------------------------- console blocks
+
 
 def commands(body: str) -> list[tuple[str, list[str]]]:
     out, cur = [], None
@@ -148,7 +152,7 @@ def test_console_blocks(doc, i, info, body, trees, monkeypatch):
         if "<" in argv:
             k = argv.index("<")
             stdin = (tiny / argv[k + 1]).read_text()
-            argv = argv[:k] + argv[k + 2:]
+            argv = argv[:k] + argv[k + 2 :]
         sub = argv[1]
         monkeypatch.chdir(orig if sub in ("check", "graph") else tiny)
         r = CliRunner().invoke(main, argv[1:], input=stdin)

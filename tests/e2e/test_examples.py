@@ -2,6 +2,7 @@
 bundled model (SmolLM2-135M-Instruct), offline, and its output is checked
 against the example's constraints (values the tiny model chooses freely
 are checked for shape, not for wisdom)."""
+
 import json
 import math
 import re
@@ -49,11 +50,25 @@ def check_experts(o):
 # Arguments for each example's end-to-end run, and what its output must satisfy.
 RUNS = {
     "hello.lm": ([], lambda o: o["city"] == "Paris"),
-    "flow.lm": ([], lambda o: len(o["answers"]) == 3 and set(o["answers"]) <= {"yes", "no"} and o["first"] in ("yes", "no")
-                and re.fullmatch(r"\d of 3 yes", o["summary"])),
+    "flow.lm": (
+        [],
+        lambda o: (
+            len(o["answers"]) == 3
+            and set(o["answers"]) <= {"yes", "no"}
+            and o["first"] in ("yes", "no")
+            and re.fullmatch(r"\d of 3 yes", o["summary"])
+        ),
+    ),
     "imports.lm": ([], lambda o: one_line(o["sentiment"]) and one_line(o["topic"])),
-    "json_extract.lm": ([], lambda o: isinstance(o["name"], str) and isinstance(o["age"], int) and 0 <= o["age"] <= 150
-                        and {"item", "price", "quantity"} <= set(o["order"])),
+    "json_extract.lm": (
+        [],
+        lambda o: (
+            isinstance(o["name"], str)
+            and isinstance(o["age"], int)
+            and 0 <= o["age"] <= 150
+            and {"item", "price", "quantity"} <= set(o["order"])
+        ),
+    ),
     "constraints.lm": ([], check_constraints),
     "review.lm": ([], lambda o: o["label"] in ("positive", "negative") and one_line(o["answer"])),
     "decoders.lm": ([], check_decoders),
@@ -61,8 +76,8 @@ RUNS = {
     "merge.lm": ([], lambda o: all(one_line(o[k]) for k in ("ties", "linear", "adapters"))),
     "fuse.lm": ([], lambda o: all(isinstance(o[k], int) for k in ("ensemble", "proxy", "contrastive"))),
     "router.lm": ([], lambda o: len(o["experts"]) == 3 and all(len(row) == 3 for row in o["experts"])),
-    "experts.lm": (["--set", "n=4"], check_experts),     # reduced: 4 held-out rows per task
-    "served.lm": ([], None),      # runs on the test run's one vLLM server, in test_served_vllm.py
+    "experts.lm": (["--set", "n=4"], check_experts),  # reduced: 4 held-out rows per task
+    "served.lm": ([], None),  # runs on the test run's one vLLM server, in test_served_vllm.py
 }
 
 
@@ -81,8 +96,12 @@ def test_example_runs_on_bundled_model(name):
     args, ok = RUNS[name]
     if ok is None:
         pytest.skip("runs against the shared vLLM server (test_served_vllm.py)")
-    p = subprocess.run([sys.executable, "-m", "lmlang.cli", "run", str(EXAMPLES / name), "--json", *args],
-                       capture_output=True, text=True, timeout=1800)
+    p = subprocess.run(
+        [sys.executable, "-m", "lmlang.cli", "run", str(EXAMPLES / name), "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "Traceback" not in p.stderr
     out = json.loads(p.stdout.strip().splitlines()[-1])

@@ -1,6 +1,7 @@
 """bench/specialize.py: the task generator (fast) and the reduced bench end
 to end on the bundled model (e2e: trains three small adapters, cached in the
 real LMLANG_HOME after the first run)."""
+
 import json
 import subprocess
 import sys
@@ -74,9 +75,24 @@ def test_generated_scripts_check(tmp_path):
 @pytest.mark.e2e
 def test_reduced_bench_runs(tmp_path):
     table = tmp_path / "specialize.md"
-    proc = subprocess.run([sys.executable, str(BENCH), "--reduced", "--json", "--out", str(table),
-                           "--workdir", str(tmp_path / "work"), "--threads", "1"],
-                          capture_output=True, text=True, timeout=1800, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--reduced",
+            "--json",
+            "--out",
+            str(table),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in KEYS:

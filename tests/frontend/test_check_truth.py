@@ -1,5 +1,6 @@
 """What `check` accepts runs: the forms docs/language.md documents work at
 run time, and what cannot run is a check error (tiny models)."""
+
 import pytest
 
 import lmlang
@@ -44,8 +45,7 @@ def _tiny(path, **kw):
 @pytest.fixture(scope="module")
 def odd_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("odd")
-    return {"vocab": _tiny(root / "vocab", seed=2, vocab_size=300),
-            "hidden": _tiny(root / "hidden", seed=3, hidden=32)}
+    return {"vocab": _tiny(root / "vocab", seed=2, vocab_size=300), "hidden": _tiny(root / "hidden", seed=3, hidden=32)}
 
 
 @pytest.mark.parametrize("which, words", [("vocab", "vocabulary size"), ("hidden", "hidden size 32, 2 layers")])
@@ -73,8 +73,10 @@ model f = fuse {{ a: 1.0, b: 1.0 }}
 
 
 def test_merge_of_compatible_models_checks(tiny_model_dir, tiny_model_dir_b):
-    lmlang.compile(f'model a = "{tiny_model_dir}"\nmodel b = "{tiny_model_dir_b}"\n'
-                   'model m = merge linear { models: { a: 0.5, b: 0.5 } }\n')
+    lmlang.compile(
+        f'model a = "{tiny_model_dir}"\nmodel b = "{tiny_model_dir_b}"\n'
+        'model m = merge linear { models: { a: 0.5, b: 0.5 } }\n'
+    )
 
 
 def test_hub_id_not_in_the_local_cache_is_reported_at_check(tmp_path, monkeypatch):
@@ -97,5 +99,7 @@ def test_hub_id_in_the_local_cache_checks_and_is_compared(tmp_path, monkeypatch,
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     lmlang.compile('model m = "org/tiny"\n')
     with pytest.raises(LmlangError, match="cannot merge models that differ"):
-        lmlang.compile(f'model a = "org/tiny"\nmodel b = "{odd_models["vocab"]}"\n'
-                       'model m = merge linear { models: { a: 0.5, b: 0.5 } }\n')
+        lmlang.compile(
+            f'model a = "org/tiny"\nmodel b = "{odd_models["vocab"]}"\n'
+            'model m = merge linear { models: { a: 0.5, b: 0.5 } }\n'
+        )

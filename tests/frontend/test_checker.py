@@ -2,6 +2,7 @@
 fixtures do not show well: LoRA folders, paths relative to the script,
 imports, the diagnostic cap, rendering, the CLI's JSON form, and that
 checking never imports torch, transformers or networkx."""
+
 import json
 import subprocess
 import sys
@@ -35,8 +36,10 @@ def test_lora_folder_needs_adapter_config(tmp_path):
     (tmp_path / "good").mkdir()
     (tmp_path / "good" / "adapter_config.json").write_text("{}")
     (tmp_path / "empty").mkdir()
-    text = ('model base = default\nadapter a = lora "good"\nadapter b = lora "empty"\nadapter c = lora "none"\n'
-            "model m = base + a * 0.5\n")
+    text = (
+        'model base = default\nadapter a = lora "good"\nadapter b = lora "empty"\nadapter c = lora "none"\n'
+        "model m = base + a * 0.5\n"
+    )
     msgs = errors(text, tmp_path)
     assert msgs == ["'empty' is not a PEFT LoRA folder (no adapter_config.json)", "adapter not found: none"]
     fe = build_file(tmp_path / "main.lm") if not msgs else None
@@ -46,6 +49,7 @@ def test_lora_folder_needs_adapter_config(tmp_path):
     lora = fe.compiled.spec(fe.compiled.names["a"])
     assert lora.kind == "lora" and lora.path == str((tmp_path / "good").resolve())
     from lmlang.graph import node_label
+
     assert node_label(fe.compiled, fe.compiled.names["m"]) == "base + a*0.5"
 
 
@@ -56,8 +60,11 @@ def test_paths_resolve_relative_to_the_script_not_the_cwd(tmp_path, monkeypatch)
     (proj / "data" / "d.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
     (proj / "lib" / "s.json").write_text('{"type": "object"}')
     (proj / "lib" / "shared.lm").write_text(
-        'model base = default\nquery q() using base { assistant "[a]" where a is json "s.json" }\n')
-    (proj / "main.lm").write_text('use "lib/shared.lm"\nadapter t = train lora on "data/d.jsonl"\nflow { emit a = q().a }\n')
+        'model base = default\nquery q() using base { assistant "[a]" where a is json "s.json" }\n'
+    )
+    (proj / "main.lm").write_text(
+        'use "lib/shared.lm"\nadapter t = train lora on "data/d.jsonl"\nflow { emit a = q().a }\n'
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -78,7 +85,9 @@ def test_self_import_is_a_cycle(tmp_path):
 
 
 def test_an_imported_flow_does_not_run_and_its_names_join(tmp_path):
-    (tmp_path / "lib.lm").write_text('model m = default\nquery hello() using m { assistant "[a]" }\nflow { emit x = 1 }\n')
+    (tmp_path / "lib.lm").write_text(
+        'model m = default\nquery hello() using m { assistant "[a]" }\nflow { emit x = 1 }\n'
+    )
     (tmp_path / "main.lm").write_text('use "lib.lm"\nflow { emit y = hello().a }\n')
     fe = build_file(tmp_path / "main.lm")
     assert len(fe.compiled.steps) == 1 and "hello" in fe.checked.queries
@@ -105,6 +114,7 @@ def test_rendering_has_location_line_underline_and_hint():
 
 def test_multi_line_spans_underline_every_line():
     from lmlang.source import Source, Span
+
     src = Source("a = 1\n  bb = 2\n  ccc = 3\n", "s.lm")
     out = src.underline(Span(1, 5, 3, 6, "s.lm")).splitlines()
     assert out[1].endswith("^") and out[3].strip() == "^^^^^^" and out[5].strip() == "^^^"
@@ -120,7 +130,9 @@ def test_several_errors_listed_and_exit_code_2_and_json(tmp_path):
     assert r.exit_code == 2
     report = json.loads(r.output)
     assert report["ok"] is False and len(report["diagnostics"]) == 2
-    assert {"file", "line", "col", "end_line", "end_col", "message", "hint", "severity", "code"} <= set(report["diagnostics"][0])
+    assert {"file", "line", "col", "end_line", "end_col", "message", "hint", "severity", "code"} <= set(
+        report["diagnostics"][0]
+    )
 
 
 def test_unconstrained_hole_rule():
@@ -133,10 +145,12 @@ def test_unconstrained_hole_rule():
 
 
 def test_check_never_imports_heavy_modules():
-    code = ("import sys\nfrom lmlang.cli import main\n"
-            "try:\n    main(['check', *sys.argv[1:]])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
-            "heavy = [m for m in ('torch', 'transformers', 'networkx', 'peft') if m in sys.modules]\n"
-            "print('HEAVY', heavy)\n")
+    code = (
+        "import sys\nfrom lmlang.cli import main\n"
+        "try:\n    main(['check', *sys.argv[1:]])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "heavy = [m for m in ('torch', 'transformers', 'networkx', 'peft') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
     files = [str(p) for p in sorted((REPO / "examples").glob("*.lm"))]
     p = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
@@ -162,13 +176,16 @@ def test_merge_step_options_dtype_rank_compat(tmp_path):
     model_merge = head + 'model m = merge ties {{ base: base, models: {{ base + a: 1.0, base + b: 1.0 }}, {opt} }}\n'
     adapter_merge = head + 'adapter ab = merge ties {{ models: {{ a: 1.0, b: 1.0 }}, {opt} }}\nmodel m = base + ab\n'
     use = 'query q(x: str) using m { user "{x}" assistant "[y]" }\n'
-    ok = [model_merge.format(opt='dtype: "bfloat16", compat: "mergekit", density: 0.5'),
-          adapter_merge.format(opt='rank: 8, dtype: "float16"')]
+    ok = [
+        model_merge.format(opt='dtype: "bfloat16", compat: "mergekit", density: 0.5'),
+        adapter_merge.format(opt='rank: 8, dtype: "float16"'),
+    ]
     for src in ok:
         assert errors(src + use, tmp_path) == []
     assert errors(model_merge.format(opt='dtype: "bf17"') + use, tmp_path) == ["unknown merge dtype 'bf17'"]
     assert errors(model_merge.format(opt="rank: 8") + use, tmp_path) == [
-        "rank applies to adapter merges (the rank of the merged LoRA)"]
+        "rank applies to adapter merges (the rank of the merged LoRA)"
+    ]
     assert errors(adapter_merge.format(opt="rank: 0") + use, tmp_path) == ["rank must be a positive integer, got 0"]
     f = tmp_path / "ok.lm"
     f.write_text(ok[1] + use)

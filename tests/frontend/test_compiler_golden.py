@@ -8,6 +8,7 @@ Regenerate after an intended change with:
     LMLANG_REGEN=1 python -m pytest tests/frontend/test_compiler_golden.py
 and review the diff.
 """
+
 import json
 import os
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Check-time validation: torch-free, table-driven."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,18 @@ from pathlib import Path
 import pytest
 
 from lmlang.constraints.check import check_constraint
-from lmlang.constraints.spec import (All, BoolType, Choice, Grammar, IntType, JsonSchema, MaxChars, MaxTokens, Regex,
-                                     Stop)
+from lmlang.constraints.spec import (
+    All,
+    BoolType,
+    Choice,
+    Grammar,
+    IntType,
+    JsonSchema,
+    MaxChars,
+    MaxTokens,
+    Regex,
+    Stop,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,8 +37,11 @@ ERRORS = [
     (JsonSchema("{not json"), "bad-schema", "not valid JSON"),
     (JsonSchema(json.dumps({"type": "strng"})), "bad-schema", "invalid JSON schema"),
     (JsonSchema(json.dumps({"type": "array", "uniqueItems": True})), "unsupported-schema", "'uniqueItems'"),
-    (JsonSchema(json.dumps({"type": "object", "dependentSchemas": {"a": {}}})), "unsupported-schema",
-     "dependentSchemas"),
+    (
+        JsonSchema(json.dumps({"type": "object", "dependentSchemas": {"a": {}}})),
+        "unsupported-schema",
+        "dependentSchemas",
+    ),
     (JsonSchema("false"), "unsatisfiable", "allows no value"),
     (Grammar("start: 'a' |"), "bad-grammar", "invalid Lark grammar"),
     (Grammar("foo: 'a'"), "bad-grammar", "invalid Lark grammar"),
@@ -57,7 +71,8 @@ OK = [
     None,
     Regex(r"[0-9]{3}-[0-9]{4}"),
     Regex(r"^\d+$"),
-    IntType(), BoolType(),
+    IntType(),
+    BoolType(),
     Choice(("yes", "no")),
     All((Choice(("ab\n", "c")), Stop("\n", True))),
     All((Stop("\n", False), MaxTokens(40))),
@@ -96,9 +111,12 @@ def test_check_is_torch_free():
 
 def test_disjoint_one_of_is_enforced_as_any_of():
     disjoint = {"oneOf": [{"type": "string"}, {"type": "integer"}]}
-    tagged = {"oneOf": [{"type": "object", "properties": {"kind": {"const": "a"}, "x": {"type": "integer"}},
-                         "required": ["kind"]},
-                        {"type": "object", "properties": {"kind": {"const": "b"}}, "required": ["kind"]}]}
+    tagged = {
+        "oneOf": [
+            {"type": "object", "properties": {"kind": {"const": "a"}, "x": {"type": "integer"}}, "required": ["kind"]},
+            {"type": "object", "properties": {"kind": {"const": "b"}}, "required": ["kind"]},
+        ]
+    }
     overlapping = {"oneOf": [{"type": "number"}, {"type": "integer"}]}
     assert check_constraint(JsonSchema(json.dumps(disjoint))) == []
     assert check_constraint(JsonSchema(json.dumps(tagged))) == []
@@ -128,7 +146,7 @@ def test_constraint_answers_are_cached_on_disk(lmlang_home, monkeypatch):
 
     calls = []
     monkeypatch.setattr(CK, "check_constraint", lambda c: calls.append(c) or [])
-    assert CK.check_constraint_cached(bad) == first and calls == []      # from disk
+    assert CK.check_constraint_cached(bad) == first and calls == []  # from disk
     files[0].write_text("{not json")
-    assert CK.check_constraint_cached(bad) == [] and calls == [bad]      # recomputed
+    assert CK.check_constraint_cached(bad) == [] and calls == [bad]  # recomputed
     assert CK.check_constraint_cached(JsonSchema('{"type": "integer"}')) == [] and len(calls) == 2

@@ -1,6 +1,7 @@
 """Diagnostics point at the right place whatever the text holds: odd line
 breaks, a byte order mark, bytes that are not UTF-8, unclosed strings, long
 lines; misspelt keywords and names get a "did you mean"."""
+
 import pytest
 
 from lmlang.errors import LmlangError
@@ -45,7 +46,7 @@ def test_long_lines_are_shown_as_a_window_around_the_span():
     out = src.underline(Span(1, 5002, 1, 5005, "t.lm")).splitlines()
     assert len(out[0]) < 200 and out[0].count("...") == 2
     col = out[1].index("^")
-    assert out[0][col:col + 3] == "bad" and out[1].count("^") == 3
+    assert out[0][col : col + 3] == "bad" and out[1].count("^") == 3
 
 
 def test_byte_order_mark_is_accepted(tmp_path):
@@ -80,12 +81,15 @@ def test_non_utf8_used_file_is_positioned_in_that_file(tmp_path):
     info.value.render()
 
 
-@pytest.mark.parametrize("text, line, col, quote", [
-    ('model base = default\nquery q() using base {\n  user "hi\n  assistant "[x]"\n}\n', 3, 8, '"'),
-    ('model base = default\ninput s: str = "abc\n', 2, 16, '"'),
-    ('model base = default\nquery q() using base {\n  user """hi\n  assistant "[x]"\n}\n', 3, 8, '"""'),
-    ('model base = default\nquery q() using base {\n  user r"hi\n  assistant "[x]"\n}\n', 3, 8, '"'),
-])
+@pytest.mark.parametrize(
+    "text, line, col, quote",
+    [
+        ('model base = default\nquery q() using base {\n  user "hi\n  assistant "[x]"\n}\n', 3, 8, '"'),
+        ('model base = default\ninput s: str = "abc\n', 2, 16, '"'),
+        ('model base = default\nquery q() using base {\n  user """hi\n  assistant "[x]"\n}\n', 3, 8, '"""'),
+        ('model base = default\nquery q() using base {\n  user r"hi\n  assistant "[x]"\n}\n', 3, 8, '"'),
+    ],
+)
 def test_unclosed_string_points_at_its_start(text, line, col, quote):
     e = error(text)
     d = e.diagnostics[0]
@@ -99,11 +103,14 @@ def test_closed_raw_string_with_a_backslash_is_not_blamed():
     assert not e.diagnostics[0].message.startswith("unclosed string")
 
 
-@pytest.mark.parametrize("text, suggestion", [
-    ("model base = defualt\n", "did you mean 'default'?"),
-    ("modle base = default\n", "did you mean 'model'?"),
-    ('model base = default\nqeury q() using base { assistant "[x]" }\n', "did you mean 'query'?"),
-    ('model base = default\nmodel b = bsae\n', "did you mean 'base'?"),
-])
+@pytest.mark.parametrize(
+    "text, suggestion",
+    [
+        ("model base = defualt\n", "did you mean 'default'?"),
+        ("modle base = default\n", "did you mean 'model'?"),
+        ('model base = default\nqeury q() using base { assistant "[x]" }\n', "did you mean 'query'?"),
+        ('model base = default\nmodel b = bsae\n', "did you mean 'base'?"),
+    ],
+)
 def test_misspellings_get_did_you_mean(text, suggestion):
     assert error(text).diagnostics[0].hint == suggestion

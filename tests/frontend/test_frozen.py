@@ -1,5 +1,6 @@
 """`lmlang.frozen`: frozen dataclasses with shared methods behave as
 `@dataclass(frozen=True)` does (the AST, graph specs and constraints rely on it)."""
+
 from __future__ import annotations
 
 import copy
@@ -42,12 +43,15 @@ def test_init_defaults_kw_only_and_factories():
     assert Point(x=1, y=5).y == 5
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: Point(), "missing required argument: 'x'"),
-    (lambda: Point(1, 2, (), 4), "takes 3 positional arguments but 4 were given"),
-    (lambda: Point(1, x=2), "multiple values for argument 'x'"),
-    (lambda: Point(1, z=2), "unexpected keyword argument 'z'"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: Point(), "missing required argument: 'x'"),
+        (lambda: Point(1, 2, (), 4), "takes 3 positional arguments but 4 were given"),
+        (lambda: Point(1, x=2), "multiple values for argument 'x'"),
+        (lambda: Point(1, z=2), "unexpected keyword argument 'z'"),
+    ],
+)
 def test_bad_calls_raise_type_error(call, message):
     with pytest.raises(TypeError, match=message):
         call()
@@ -66,12 +70,12 @@ def test_equality_and_hash_ignore_compare_false_fields():
     assert Point(1, span=1) == Point(1, span=2)
     assert hash(Point(1, span=1)) == hash(Point(1, span=2))
     assert Point(1) != Point(2)
-    assert Point(1) != Named(1)          # different classes never compare equal
+    assert Point(1) != Named(1)  # different classes never compare equal
     assert len({Point(1), Point(1), Point(2)}) == 2
 
 
 def test_repr_and_own_methods_win():
-    assert repr(Point(1)) == "Point(x=1, y=2, tags=())"   # span is repr=False
+    assert repr(Point(1)) == "Point(x=1, y=2, tags=())"  # span is repr=False
     assert repr(Named(1)) == "<p>"
 
 

@@ -4,6 +4,7 @@ duplicated). Every one must either compile or fail with an LmlangError whose
 diagnostics carry spans; never another exception, never a RecursionError.
 
 Seeded, so a failure reproduces; LMLANG_FUZZ_CASES scales the run."""
+
 import json
 import os
 import random
@@ -23,30 +24,87 @@ REPO = Path(__file__).resolve().parents[2]
 SEEDS = sorted((REPO / "examples").glob("*.lm")) + sorted((REPO / "tests" / "fixtures").glob("ok_*.lm"))
 CASES = int(os.environ.get("LMLANG_FUZZ_CASES", "4000"))
 TOKEN = re.compile(r'r?"(?:[^"\\\n]|\\.)*"|[A-Za-z_][A-Za-z0-9_]*|\d+(?:\.\d+)?|\S')
-ALPHABET = list('{}[]()":,.+-*/=<>!#\\ \n\tabcxyz019_') + ["\u00e9", "\u2603", "\x00", "r\"", '"""'] \
-    + list(ODD_BREAKS) + ["\ufeff", "\r"]
-WORDS = ["model", "query", "flow", "where", "in", "is", "json", "grammar", "stops", "at", "before", "tokens", "len",
-         "using", "decode", "merge", "fuse", "router", "route", "adapter", "train", "lora", "on", "use", "input",
-         "emit", "if", "else", "for", "and", "or", "not", "default", "distribution", "user", "assistant", "system",
-         "[x]", "{x}", "{x.y}", '"[h]"', "0", "-1", "1e9", "1.5", "..", "?", "|", "true", "false",
-         "9" * 5000, "1e999", "-1e999", "int(0..1e999)", "else if x {", "defualt"]
-DEADLINE_S = 120          # per generated case: generous, the point is "not minutes", not a timing assert
+ALPHABET = (
+    list('{}[]()":,.+-*/=<>!#\\ \n\tabcxyz019_')
+    + ["\u00e9", "\u2603", "\x00", "r\"", '"""']
+    + list(ODD_BREAKS)
+    + ["\ufeff", "\r"]
+)
+WORDS = [
+    "model",
+    "query",
+    "flow",
+    "where",
+    "in",
+    "is",
+    "json",
+    "grammar",
+    "stops",
+    "at",
+    "before",
+    "tokens",
+    "len",
+    "using",
+    "decode",
+    "merge",
+    "fuse",
+    "router",
+    "route",
+    "adapter",
+    "train",
+    "lora",
+    "on",
+    "use",
+    "input",
+    "emit",
+    "if",
+    "else",
+    "for",
+    "and",
+    "or",
+    "not",
+    "default",
+    "distribution",
+    "user",
+    "assistant",
+    "system",
+    "[x]",
+    "{x}",
+    "{x.y}",
+    '"[h]"',
+    "0",
+    "-1",
+    "1e9",
+    "1.5",
+    "..",
+    "?",
+    "|",
+    "true",
+    "false",
+    "9" * 5000,
+    "1e999",
+    "-1e999",
+    "int(0..1e999)",
+    "else if x {",
+    "defualt",
+]
+DEADLINE_S = 120  # per generated case: generous, the point is "not minutes", not a timing assert
 
 
 def mutate(text: str, rng: random.Random) -> str:
     for _ in range(rng.choice((1, 1, 1, 2, 3, 5))):
         op = rng.randrange(7)
-        if op < 3:                                   # character level
+        if op < 3:  # character level
             i = rng.randrange(len(text) + 1)
             if op == 0:
                 text = text[:i] + rng.choice(ALPHABET) + text[i:]
             elif op == 1 and text:
-                text = text[:i] + text[i + 1:]
+                text = text[:i] + text[i + 1 :]
             elif len(text) > 2:
                 j = rng.randrange(len(text))
                 a, b = sorted((i % len(text), j))
-                text = text[:a] + text[b] + text[a + 1:b] + text[a] + text[b + 1:]
-        else:                                        # token level
+                text = text[:a] + text[b] + text[a + 1 : b] + text[a] + text[b + 1 :]
+        else:  # token level
             toks = [(m.start(), m.end()) for m in TOKEN.finditer(text)]
             if not toks:
                 continue
@@ -73,9 +131,9 @@ def run_one(seed_file: Path, text: str):
             if d.code == "too-many-errors":
                 continue
             assert d.span.line >= 1 and d.span.col >= 1, (d, text)
-        e.render()                                   # rendering never fails either
+        e.render()  # rendering never fails either
         return False
-    data = graph_to_json(fe.compiled)                # nor do the exports of what compiles
+    data = graph_to_json(fe.compiled)  # nor do the exports of what compiles
     assert graph_from_json(json.loads(json.dumps(data))) == fe.compiled
     graph_to_dot(fe.compiled)
     graph_to_mermaid(fe.compiled)
@@ -96,7 +154,7 @@ def test_mutated_sources_fail_cleanly(shard):
             raise
         except Exception as e:  # noqa: BLE001 - the point of the test
             pytest.fail(f"{type(e).__name__}: {e}\n--- seed {path.name}, case {i}, shard {shard} ---\n{mutated}")
-    assert ok < CASES // 8          # the mutations do break things
+    assert ok < CASES // 8  # the mutations do break things
 
 
 def test_random_bytes_fail_cleanly():
@@ -116,6 +174,7 @@ def test_random_bytes_fail_cleanly():
 # fails with a position, never a traceback, within DEADLINE_S (enforced by
 # SIGALRM here, so a hang fails the case instead of the whole run).
 
+
 class _Deadline(Exception):
     pass
 
@@ -134,15 +193,22 @@ def deadline(seconds: int):
         signal.signal(signal.SIGALRM, old)
 
 
-HOLE = 'model base = default\nquery f() using base {{\n  user "hi"\n  assistant "[x]"\n  where {where}\n}}\n' \
+HOLE = (
+    'model base = default\nquery f() using base {{\n  user "hi"\n  assistant "[x]"\n  where {where}\n}}\n'
     'flow {{\n  r = f()\n  emit x = r.x\n}}\n'
+)
 
 
 def _big_integers(rng):
     n = rng.choice((99, 100, 101, 4300, 4301, 20_000))
     digits = "9" * n
-    return rng.choice((HOLE.format(where=f"x is int(0..{digits})"), HOLE.format(where=f"tokens(x) <= {digits}"),
-                       f"model base = default\ninput n: int = {digits}\n"))
+    return rng.choice(
+        (
+            HOLE.format(where=f"x is int(0..{digits})"),
+            HOLE.format(where=f"tokens(x) <= {digits}"),
+            f"model base = default\ninput n: int = {digits}\n",
+        )
+    )
 
 
 def _non_finite(rng):
@@ -153,8 +219,10 @@ def _non_finite(rng):
 def _else_if_chain(rng):
     n = rng.choice((10, 63, 64, 65, 250, 2000))
     chain = "".join(f'if r.x == "{i}" {{ emit y = "{i}" }} else ' for i in range(n))
-    return ('model base = default\nquery f() using base {\n  user "hi"\n  assistant "[x]"\n}\n'
-            f'flow {{\n  r = f()\n  {chain}{{ emit y = "z" }}\n}}\n')
+    return (
+        'model base = default\nquery f() using base {\n  user "hi"\n  assistant "[x]"\n}\n'
+        f'flow {{\n  r = f()\n  {chain}{{ emit y = "z" }}\n}}\n'
+    )
 
 
 def _deep_nesting(rng):
@@ -222,4 +290,5 @@ def test_non_utf8_bytes_fail_cleanly(tmp_path):
                 d = e.diagnostics[0]
                 assert d.span.line >= 1 and d.span.col >= 1, d
                 e.render()
+
         _check_case(run, f"non-UTF-8 case {i}", data)

@@ -1,6 +1,7 @@
 """The compiled graph: one node per distinct sub-expression, deterministic
 ids, edges that follow the specs' declared inputs, labels that use the
 script's names, and exports (JSON round trip, dot, mermaid)."""
+
 import json
 
 from click.testing import CliRunner
@@ -46,7 +47,7 @@ def test_same_merge_twice_is_one_node_with_both_names(tmp_path):
     assert len(merges) == 1
     # `base + a` in the merge and in the router is one apply node
     applies = [n for n, s in c.nodes.items() if s.kind == "apply"]
-    assert len(applies) == 3          # base + a, base + b, tuned
+    assert len(applies) == 3  # base + a, base + b, tuned
 
 
 def test_ids_are_deterministic_and_edges_follow_deps(tmp_path):
@@ -56,8 +57,8 @@ def test_ids_are_deterministic_and_edges_follow_deps(tmp_path):
         for dep in spec.deps():
             assert (dep, nid) in a.edges
     step_two = a.steps[1]
-    assert (a.steps[0], step_two) in a.edges            # two reads one
-    assert (a.names["text"], a.steps[0]) in a.edges     # the input feeds the first step
+    assert (a.steps[0], step_two) in a.edges  # two reads one
+    assert (a.names["text"], a.steps[0]) in a.edges  # the input feeds the first step
 
 
 def test_labels_name_things(tmp_path):
@@ -80,6 +81,7 @@ def test_json_round_trip_and_networkx_view(tmp_path):
     assert set(g.nodes) == set(c.nodes) and set(g.edges) == set(c.edges)
     assert g.nodes[c.names["m1"]]["names"] == ["m1", "m2"]
     import networkx as nx
+
     assert nx.is_directed_acyclic_graph(g)
 
 
@@ -113,8 +115,9 @@ def test_graph_of_a_broken_script_is_a_script_error(tmp_path):
 def test_quoted_option_keys_are_the_same_options(tmp_path):
     """`"density": 0.2` and `density: 0.2` are one merge (also per model and in
     adapter merges), not a crash at compile time."""
-    quoted = (SRC.replace("density: 0.2 }\nmodel m2", '"density": 0.2 }\nmodel m2')
-              .replace("base + b: 0.5 }, density: 0.2 }\nmodel f", 'base + b: { "weight": 0.5 } }, "density": 0.2 }\nmodel f'))
+    quoted = SRC.replace("density: 0.2 }\nmodel m2", '"density": 0.2 }\nmodel m2').replace(
+        "base + b: 0.5 }, density: 0.2 }\nmodel f", 'base + b: { "weight": 0.5 } }, "density": 0.2 }\nmodel f'
+    )
     assert quoted.count('"density"') == 2 and '"weight"' in quoted
     (tmp_path / "ad").mkdir(exist_ok=True)
     (tmp_path / "ad" / "adapter_config.json").write_text("{}")
@@ -122,11 +125,13 @@ def test_quoted_option_keys_are_the_same_options(tmp_path):
     (tmp_path / "bd" / "adapter_config.json").write_text("{}")
     c = build(quoted, str(tmp_path / "q.lm")).compiled
     assert c.names["m1"] == c.names["m2"] == compiled(tmp_path).names["m1"]
-    src = ('model base = default\nadapter a = lora "ad"\nadapter b = lora "bd"\n'
-           'adapter both = merge ties {{ models: {{ a: {{ {w}: 1.0 }}, b: 1.0 }}, {d}: 0.5 }}\nmodel m = base + both\n'
-           'query q(x: str) using m {{ user "{{x}}" assistant "[y]" }}\n')
+    src = (
+        'model base = default\nadapter a = lora "ad"\nadapter b = lora "bd"\n'
+        'adapter both = merge ties {{ models: {{ a: {{ {w}: 1.0 }}, b: 1.0 }}, {d}: 0.5 }}\nmodel m = base + both\n'
+        'query q(x: str) using m {{ user "{{x}}" assistant "[y]" }}\n'
+    )
     plain = build(src.format(w="weight", d="density"), str(tmp_path / "a.lm")).compiled
     q = build(src.format(w='"weight"', d='"density"'), str(tmp_path / "b.lm")).compiled
-    assert plain.names["both"] == q.names["both"]           # node ids hash the content, not the file
+    assert plain.names["both"] == q.names["both"]  # node ids hash the content, not the file
     a, b = plain.spec(plain.names["both"]), q.spec(q.names["both"])
     assert (a.adapters, a.options) == (b.adapters, b.options) and a.options == (("density", 0.5),)

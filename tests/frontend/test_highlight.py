@@ -1,5 +1,6 @@
 """The pygments lexer: registered under the `lmlang` name, covers every
 example without error tokens, and marks prompt holes and interpolations."""
+
 from pathlib import Path
 
 import pytest
@@ -40,5 +41,5 @@ def test_json_options_lex_as_a_call():
     assert not [t for t in tokens if t[0] is Error]
     toks = [(t, v) for t, v in tokens if v.strip()]
     i = toks.index((Keyword, "json"))
-    assert toks[i + 1:i + 4] == [(Punctuation, "("), (Name, "formats"), (Punctuation, ":")]
+    assert toks[i + 1 : i + 4] == [(Punctuation, "("), (Name, "formats"), (Punctuation, ":")]
     assert (String.Double, "annotate") in toks

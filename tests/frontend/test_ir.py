@@ -3,6 +3,7 @@ nodes that round-trip through JSON, hash in their positional form (so node
 ids did not change when the IR became classes), and give a statement's
 reads, writes and calls through the generic walk. And the boundary: the
 runtime imports `lmlang.graph`, never the front end."""
+
 from __future__ import annotations
 
 import ast
@@ -15,8 +16,16 @@ import pytest
 
 from lmlang.compiler import stmt_ir
 from lmlang.frontend import build
-from lmlang.graph import (GRAPH_FORMAT_VERSION, StepSpec, content_digest, from_jsonable, graph_from_json,
-                          graph_to_json, stmt_text, to_jsonable)
+from lmlang.graph import (
+    GRAPH_FORMAT_VERSION,
+    StepSpec,
+    content_digest,
+    from_jsonable,
+    graph_from_json,
+    graph_to_json,
+    stmt_text,
+    to_jsonable,
+)
 from lmlang.graph import ir as I
 from lmlang.parser import parse
 
@@ -24,13 +33,24 @@ REPO = Path(__file__).resolve().parents[2]
 
 CALL = I.Call("q", (I.Var("t"), I.Lit(3)), (("k", I.ListExpr((I.Lit("a"), I.Lit(True)))),), "f.lm:2:5")
 NODES = [
-    I.Lit("x"), I.Lit(2.5), I.Lit(None), I.Var("v"), I.Attr(CALL, "a"), I.Index(I.Var("xs"), I.Lit(0)),
-    I.ListExpr(()), CALL, I.BinOp("and", I.Var("a"), I.UnaryOp("not", I.Var("b"))), I.UnaryOp("-", I.Lit(1)),
+    I.Lit("x"),
+    I.Lit(2.5),
+    I.Lit(None),
+    I.Var("v"),
+    I.Attr(CALL, "a"),
+    I.Index(I.Var("xs"), I.Lit(0)),
+    I.ListExpr(()),
+    CALL,
+    I.BinOp("and", I.Var("a"), I.UnaryOp("not", I.Var("b"))),
+    I.UnaryOp("-", I.Lit(1)),
     I.Assign("x", CALL),
     I.If(I.Var("c"), (I.Assign("y", I.Lit(1)),), ()),
     I.For("i", I.Var("xs"), (I.Assign("r", I.Var("i")),)),
     I.Emit((("r", I.Var("x")), ("s", CALL))),
-    I.Matches(r"\d+"), I.Contains(("sum", "add")), I.Description("maths"), I.Examples(("2+2", "3*4")),
+    I.Matches(r"\d+"),
+    I.Contains(("sum", "add")),
+    I.Description("maths"),
+    I.Examples(("2+2", "3*4")),
 ]
 
 
@@ -51,12 +71,21 @@ def test_ids_hash_the_positional_form():
     """Graph format 1 stored statements as positional lists; ids hash that
     same form, so every node id (and the dot/mermaid order) stayed put."""
     assert I.ir_form(I.Assign("x", CALL)) == (
-        "assign", "x", ("call", "q", (("var", "t"), ("lit", 3)), (("k", ("list", (("lit", "a"), ("lit", True)))),),
-                        "f.lm:2:5"))
+        "assign",
+        "x",
+        ("call", "q", (("var", "t"), ("lit", 3)), (("k", ("list", (("lit", "a"), ("lit", True)))),), "f.lm:2:5"),
+    )
     step = StepSpec(0, I.Emit((("r", I.Var("x")),)), ("x",), (), (), "f.lm:3:1")
-    legacy = {"$type": "StepSpec", "index": 0, "stmt": ["emit", [["r", ["var", "x"]]]], "reads": ["x"], "writes": [],
-              "calls": []}
+    legacy = {
+        "$type": "StepSpec",
+        "index": 0,
+        "stmt": ["emit", [["r", ["var", "x"]]]],
+        "reads": ["x"],
+        "writes": [],
+        "calls": [],
+    }
     import hashlib
+
     expected = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:10]
     assert content_digest(step) == expected
 
@@ -67,16 +96,19 @@ def flow_stmt(text: str) -> I.Stmt:
     return stmt_ir(stmt)
 
 
-@pytest.mark.parametrize("text, reads, writes, calls", [
-    ("x = q(t).a", {"t"}, {"x"}, {"q"}),
-    ("x = f(x, k=y)", {"x", "y"}, {"x"}, {"f"}),
-    ("emit r = [a, b[0], not d, -e], s = g.h", {"a", "b", "d", "e", "g"}, set(), set()),
-    ("for i in xs { y = i + z }", {"xs", "z"}, {"y"}, set()),
-    ("for i in i { emit r = i }", {"i"}, set(), set()),                         # the iterable is read before binding
-    ("if c { a = 1  b = a } else { b = a }", {"c", "a"}, {"a", "b"}, set()),     # a branch's binding stays in it
-    ("if c { a = upper(t)  b = lower(a) }", {"c", "t"}, {"a", "b"}, {"upper", "lower"}),
-    ("if c { for i in xs { if i { n = n + 1 } } }", {"c", "xs", "n"}, {"n"}, set()),
-])
+@pytest.mark.parametrize(
+    "text, reads, writes, calls",
+    [
+        ("x = q(t).a", {"t"}, {"x"}, {"q"}),
+        ("x = f(x, k=y)", {"x", "y"}, {"x"}, {"f"}),
+        ("emit r = [a, b[0], not d, -e], s = g.h", {"a", "b", "d", "e", "g"}, set(), set()),
+        ("for i in xs { y = i + z }", {"xs", "z"}, {"y"}, set()),
+        ("for i in i { emit r = i }", {"i"}, set(), set()),  # the iterable is read before binding
+        ("if c { a = 1  b = a } else { b = a }", {"c", "a"}, {"a", "b"}, set()),  # a branch's binding stays in it
+        ("if c { a = upper(t)  b = lower(a) }", {"c", "t"}, {"a", "b"}, {"upper", "lower"}),
+        ("if c { for i in xs { if i { n = n + 1 } } }", {"c", "xs", "n"}, {"n"}, set()),
+    ],
+)
 def test_effects_of_a_statement(text, reads, writes, calls):
     fx = I.effects(flow_stmt(text))
     assert (set(fx.reads), set(fx.writes), set(fx.calls)) == (reads, writes, calls)
@@ -129,8 +161,10 @@ def test_runtime_modules_do_not_import_the_front_end(path):
 
 
 def test_running_a_graph_loads_no_front_end_module():
-    code = ("import sys, lmlang.runtime.executor, lmlang.runtime.routing, lmlang.runtime.build;"
-            "print(sorted(m for m in sys.modules if m.startswith(('lmlang.checker', 'lmlang.compiler', "
-            "'lmlang.parser', 'lmlang.frontend', 'networkx'))))")
+    code = (
+        "import sys, lmlang.runtime.executor, lmlang.runtime.routing, lmlang.runtime.build;"
+        "print(sorted(m for m in sys.modules if m.startswith(('lmlang.checker', 'lmlang.compiler', "
+        "'lmlang.parser', 'lmlang.frontend', 'networkx'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -1,5 +1,6 @@
 """`x is json(formats: "annotate") ...`: the surface syntax of
 JsonSchema.formats (constraints/formats.py)."""
+
 import pytest
 
 from lmlang.constraints import spec as C
@@ -10,8 +11,10 @@ SCHEMA = '{"type": "object", "properties": {"u": {"type": "string", "format": "u
 
 
 def script(opts: str, target: str = '"s.json"') -> str:
-    return f'model base = default\nquery f() using base {{\n  user "hi"\n  assistant "[o]"\n' \
-           f'  where o is json{opts} {target}\n}}\n'
+    return (
+        f'model base = default\nquery f() using base {{\n  user "hi"\n  assistant "[o]"\n'
+        f'  where o is json{opts} {target}\n}}\n'
+    )
 
 
 def hole_constraint(fe):
@@ -49,10 +52,13 @@ def test_inline_json_takes_the_option_too(folder):
     assert "annotate" in repr(hole_constraint(fe))
 
 
-@pytest.mark.parametrize("opts, message, hint", [
-    ('(formats: "anotate")', "formats: 'anotate' is not an option", "did you mean 'annotate'?"),
-    ('(fromats: "annotate")', "unknown json option 'fromats'", "did you mean 'formats'?"),
-])
+@pytest.mark.parametrize(
+    "opts, message, hint",
+    [
+        ('(formats: "anotate")', "formats: 'anotate' is not an option", "did you mean 'annotate'?"),
+        ('(fromats: "annotate")', "unknown json option 'fromats'", "did you mean 'formats'?"),
+    ],
+)
 def test_bad_option_gets_did_you_mean(folder, opts, message, hint):
     with pytest.raises(LmlangError) as info:
         compile_in(folder, script(opts))

@@ -1,6 +1,7 @@
 """Check-time limits (docs/language.md "Limits"): input past a limit is a
 positioned error with a hint, never a traceback, a segfault or minutes of
 work; input under the limits still compiles."""
+
 import json
 import subprocess
 import sys
@@ -17,14 +18,18 @@ HEAD = 'model base = default\n'
 
 
 def hole(where: str) -> str:
-    return HEAD + f'query f() using base {{\n  user "hi"\n  assistant "[x]"\n  where {where}\n}}\n' \
+    return (
+        HEAD + f'query f() using base {{\n  user "hi"\n  assistant "[x]"\n  where {where}\n}}\n'
         'flow {\n  r = f()\n  emit x = r.x\n}\n'
+    )
 
 
 def else_if_chain(n: int, last: str = '"z"') -> str:
     chain = "".join(f'if r.x == "{i}" {{ emit y = "{i}" }} else ' for i in range(n))
-    return HEAD + 'query f() using base {\n  user "hi"\n  assistant "[x]"\n}\n' \
+    return (
+        HEAD + 'query f() using base {\n  user "hi"\n  assistant "[x]"\n}\n'
         f'flow {{\n  r = f()\n  {chain}{{ emit y = {last} }}\n}}\n'
+    )
 
 
 def error_of(text: str, filename: str = "t.lm", **kw) -> LmlangError:
@@ -36,11 +41,14 @@ def error_of(text: str, filename: str = "t.lm", **kw) -> LmlangError:
     return info.value
 
 
-@pytest.mark.parametrize("literal, message", [
-    ("9" * 5000, "5000 digits"),
-    ("9" * (P.MAX_NUMBER_DIGITS + 1), "more than 100"),
-    ("1e999", "not a finite"),
-])
+@pytest.mark.parametrize(
+    "literal, message",
+    [
+        ("9" * 5000, "5000 digits"),
+        ("9" * (P.MAX_NUMBER_DIGITS + 1), "more than 100"),
+        ("1e999", "not a finite"),
+    ],
+)
 def test_number_literals_past_the_limit(literal, message):
     e = error_of(hole(f"x is int(0..{literal})"))
     assert message in str(e)
@@ -121,17 +129,24 @@ def test_long_ref_chain_is_refused_before_llguidance(tmp_path):
     # in a subprocess: before the bound, llguidance segfaulted (exit 139) on this
     (tmp_path / "s.json").write_text(_ref_chain(3000))
     (tmp_path / "t.lm").write_text(hole('x is json "s.json"'))
-    r = subprocess.run([sys.executable, "-m", "lmlang.cli", "check", str(tmp_path / "t.lm")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "lmlang.cli", "check", str(tmp_path / "t.lm")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr
     assert "chain" in r.stderr and "t.lm:5:" in r.stderr
 
 
 def test_ref_chain_at_the_limit_and_recursion_pass(tmp_path):
     assert L._ref_chain(json.loads(_ref_chain(L.MAX_REF_CHAIN))) == L.MAX_REF_CHAIN
-    tree = {"$defs": {"node": {"type": "object", "properties": {"kids": {"type": "array",
-                                                                         "items": {"$ref": "#/$defs/node"}}}}},
-            "$ref": "#/$defs/node"}
+    tree = {
+        "$defs": {
+            "node": {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}
+        },
+        "$ref": "#/$defs/node",
+    }
     assert L.schema_problem(tree) is None
     assert L.schema_problem({"$ref": "#"}) is None
     _schema_script(tmp_path, _ref_chain(L.MAX_REF_CHAIN))

@@ -1,6 +1,7 @@
 """The parser: every construct becomes the AST node it should, with spans;
 syntax errors are LmlangSyntaxError with a location and a hint; nothing of
 Lark escapes; pathological input ends cleanly."""
+
 from pathlib import Path
 import dataclasses
 
@@ -35,13 +36,16 @@ def test_input_with_type_and_default():
     assert (d.name_span.line, d.name_span.col, d.name_span.end_col) == (1, 7, 11)
 
 
-@pytest.mark.parametrize("text, cls, value", [
-    ("model m = default", A.DefaultModel, None),
-    ('model m = "org/name"', A.PathModel, "org/name"),
-    ('model m = "./weights"', A.PathModel, "./weights"),
-    ('model m = "tiny.gguf"', A.PathModel, "tiny.gguf"),
-    ("model m = other", A.ModelRef, "other"),
-])
+@pytest.mark.parametrize(
+    "text, cls, value",
+    [
+        ("model m = default", A.DefaultModel, None),
+        ('model m = "org/name"', A.PathModel, "org/name"),
+        ('model m = "./weights"', A.PathModel, "./weights"),
+        ('model m = "tiny.gguf"', A.PathModel, "tiny.gguf"),
+        ("model m = other", A.ModelRef, "other"),
+    ],
+)
 def test_model_sources(text, cls, value):
     d = one(text)
     assert isinstance(d.expr, cls)
@@ -83,10 +87,12 @@ def test_router_classify_using():
 
 
 def test_query_everything():
-    q = one('query q(a: str, b) using pick(a) decode sample(temperature: 0.5) {\n'
-            '  system "sys"\n  user "hi {a} {a.b}"\n  assistant "x [h1] y [h2]"\n'
-            '  where h1 in ["1", "2"] and tokens(h2) <= 5\n  where h2 stops before "."\n'
-            '  distribution h1 in ["1", "2"]\n}')
+    q = one(
+        'query q(a: str, b) using pick(a) decode sample(temperature: 0.5) {\n'
+        '  system "sys"\n  user "hi {a} {a.b}"\n  assistant "x [h1] y [h2]"\n'
+        '  where h1 in ["1", "2"] and tokens(h2) <= 5\n  where h2 stops before "."\n'
+        '  distribution h1 in ["1", "2"]\n}'
+    )
     assert [p.name for p in q.params] == ["a", "b"] and q.params[1].type is None
     assert isinstance(q.using, A.RouterCall) and q.using.router == "pick"
     assert q.decoder.name == "sample" and q.decoder.options[0].value.value == 0.5
@@ -101,24 +107,35 @@ def test_query_everything():
     assert q.distribution.hole == "h1"
 
 
-@pytest.mark.parametrize("cond, cls", [
-    ('x in ["a"]', A.CIn),
-    ('x matches r"\\d+"', A.CMatches),
-    ("x is int", A.CIs), ("x is float", A.CIs), ("x is bool", A.CIs), ("x is int(0..9)", A.CIs), ("x is int(-5..)", A.CIs),
-    ("x is json { a: int(0..9), b?: [str](1..), c: \"u\" | \"v\" }", A.CJson),
-    ('x is json "s.json"', A.CJson),
-    ('x is grammar "g.lark"', A.CGrammar),
-    ('x stops at "."', A.CStop), ('x stops before "."', A.CStop),
-    ("tokens(x) <= 3", A.CLen), ("len(x) < 9", A.CLen),
-])
+@pytest.mark.parametrize(
+    "cond, cls",
+    [
+        ('x in ["a"]', A.CIn),
+        ('x matches r"\\d+"', A.CMatches),
+        ("x is int", A.CIs),
+        ("x is float", A.CIs),
+        ("x is bool", A.CIs),
+        ("x is int(0..9)", A.CIs),
+        ("x is int(-5..)", A.CIs),
+        ("x is json { a: int(0..9), b?: [str](1..), c: \"u\" | \"v\" }", A.CJson),
+        ('x is json "s.json"', A.CJson),
+        ('x is grammar "g.lark"', A.CGrammar),
+        ('x stops at "."', A.CStop),
+        ('x stops before "."', A.CStop),
+        ("tokens(x) <= 3", A.CLen),
+        ("len(x) < 9", A.CLen),
+    ],
+)
 def test_each_constraint_form(cond, cls):
     q = one(f'query q() {{ "[x]" where {cond} }}')
     assert isinstance(q.wheres[0].conds[0], cls)
 
 
 def test_flow_statements_and_expressions():
-    f = one("flow {\n a = q(x, k = 1).f[0]\n if not a == 1 and b or c { x = -1 } else if d in [1] { y = 2 } else { z = 3 }\n"
-            " for i in xs { emit i }\n emit a, b = a + 1 * 2 % 3 - 4 / 5\n}")
+    f = one(
+        "flow {\n a = q(x, k = 1).f[0]\n if not a == 1 and b or c { x = -1 } else if d in [1] { y = 2 } else { z = 3 }\n"
+        " for i in xs { emit i }\n emit a, b = a + 1 * 2 % 3 - 4 / 5\n}"
+    )
     assert [type(s) for s in f.body] == [A.Assign, A.If, A.For, A.Emit]
     assign = f.body[0]
     assert isinstance(assign.value, A.Index) and isinstance(assign.value.obj, A.Attr)
@@ -158,17 +175,20 @@ def test_every_node_has_a_span_and_no_lark_type_escapes():
             assert node.span.line >= 1 and node.span.filename == "f.lm", node
 
 
-@pytest.mark.parametrize("text, line, col, words", [
-    ("model = default", 1, 7, "unexpected"),
-    ("model m = default\nquery q( {", 2, 10, "unexpected"),
-    ('query q() { "[x" }', 1, 14, "unclosed '['"),
-    ('query q() { "{a.}" }', 1, 14, "invalid interpolation"),
-    ('query q() { "a]" }', 1, 15, "unmatched ']'"),
-    ('model m = "abc', 1, 11, "unclosed string"),
-    ("model m = default\n§", 2, 1, "unexpected character"),
-    ("flow {", 1, 7, "end of file"),
-    ('query q() { "[x]" distribution x in ["a"] distribution x in ["b"] }', 1, 43, "at most one distribution"),
-])
+@pytest.mark.parametrize(
+    "text, line, col, words",
+    [
+        ("model = default", 1, 7, "unexpected"),
+        ("model m = default\nquery q( {", 2, 10, "unexpected"),
+        ('query q() { "[x" }', 1, 14, "unclosed '['"),
+        ('query q() { "{a.}" }', 1, 14, "invalid interpolation"),
+        ('query q() { "a]" }', 1, 15, "unmatched ']'"),
+        ('model m = "abc', 1, 11, "unclosed string"),
+        ("model m = default\n§", 2, 1, "unexpected character"),
+        ("flow {", 1, 7, "end of file"),
+        ('query q() { "[x]" distribution x in ["a"] distribution x in ["b"] }', 1, 43, "at most one distribution"),
+    ],
+)
 def test_syntax_errors_have_location_and_message(text, line, col, words):
     with pytest.raises(LmlangSyntaxError) as ei:
         parse(text, "s.lm")
@@ -192,8 +212,10 @@ def test_nesting_within_the_limit_parses():
     parse(text)
 
 
-@pytest.mark.parametrize("expr", [" + ".join(["1"] * 20000), "not " * 5000 + "true", "-" * 300 + "1",
-                                  "x" + ".f" * 500, " and ".join(["a"] * 400)])
+@pytest.mark.parametrize(
+    "expr",
+    [" + ".join(["1"] * 20000), "not " * 5000 + "true", "-" * 300 + "1", "x" + ".f" * 500, " and ".join(["a"] * 400)],
+)
 def test_long_chains_are_a_clean_error(expr):
     with pytest.raises(LmlangSyntaxError, match="nested too deeply"):
         parse("flow { x = " + expr + " }")
@@ -205,8 +227,18 @@ def test_deep_blocks_and_chains_within_limits_compile_and_round_trip():
     from lmlang.graph import graph_from_json, graph_to_json
     from lmlang.frontend import build
 
-    text = ("flow {" + " if true { for i in [1] {" * 31 + " x = " + " + ".join(["1"] * 95) + "}}" * 31 +
-            " y = " + "[" * 60 + "1" + "]" * 60 + " emit y }")
+    text = (
+        "flow {"
+        + " if true { for i in [1] {" * 31
+        + " x = "
+        + " + ".join(["1"] * 95)
+        + "}}" * 31
+        + " y = "
+        + "[" * 60
+        + "1"
+        + "]" * 60
+        + " emit y }"
+    )
     fe = build(text)
     data = json.loads(json.dumps(graph_to_json(fe.compiled)))
     assert graph_from_json(data) == fe.compiled

@@ -1,5 +1,6 @@
 """The tables of docs/architecture.md are complete: a kind added to one
 place but not the others fails here, not in a user's script."""
+
 import importlib
 import inspect
 
@@ -11,14 +12,21 @@ from lmlang.highlight import KEYWORDS
 from lmlang.models.sources import SOURCE_KINDS
 from lmlang.router_kinds import ROUTER_KINDS
 
-EXAMPLE = {C.Choice: C.Choice(("a", "b")), C.Regex: C.Regex("[a-z]+"), C.IntType: C.IntType(),
-           C.FloatType: C.FloatType(), C.BoolType: C.BoolType(), C.JsonSchema: C.JsonSchema('{"type": "integer"}'),
-           C.Grammar: C.Grammar('start: "x"')}
+EXAMPLE = {
+    C.Choice: C.Choice(("a", "b")),
+    C.Regex: C.Regex("[a-z]+"),
+    C.IntType: C.IntType(),
+    C.FloatType: C.FloatType(),
+    C.BoolType: C.BoolType(),
+    C.JsonSchema: C.JsonSchema('{"type": "integer"}'),
+    C.Grammar: C.Grammar('start: "x"'),
+}
 
 
 def test_every_constraint_class_has_one_kind():
-    classes = {c for _, c in inspect.getmembers(C, inspect.isclass)
-               if issubclass(c, C.Constraint) and c is not C.Constraint}
+    classes = {
+        c for _, c in inspect.getmembers(C, inspect.isclass) if issubclass(c, C.Constraint) and c is not C.Constraint
+    }
     assert classes == set(K.BY_CLASS)
     assert len({k.name for k in K.CONSTRAINT_KINDS.values()}) == len(K.CONSTRAINT_KINDS)
     assert set(CONSTRAINT_TYPES.values()) == classes

@@ -1,6 +1,7 @@
 """One rule, one place: each rule of the language is one torch-free table or
 function that the checker validates against and the runtime executes from.
 These tests pin the shared rules, and that every layer reads the same one."""
+
 import json
 
 import pytest
@@ -21,6 +22,7 @@ from lmlang.errors import DataError, LmlangRuntimeError
 
 # ---------------------------------------------------------------- PEFT rank/alpha patterns
 
+
 def test_pattern_alternation_matches_every_branch_as_peft_does():
     # The merger's old regex, (.*\.)?{key}$, read `q_proj|v_proj` as
     # "(.*\.)?q_proj" or "v_proj$" anchored at the start: layer 0's v_proj got
@@ -39,8 +41,13 @@ def test_pattern_rule_agrees_with_peft():
     from peft.utils.other import get_pattern_key
 
     patterns = {"q_proj|v_proj": 16, r"layers\.1\..*": 2, "o_proj": 4}
-    for module in ("model.layers.0.self_attn.v_proj", "model.layers.1.mlp.up_proj", "model.layers.0.o_proj",
-                   "model.layers.0.mlp.down_proj", "q_proj"):
+    for module in (
+        "model.layers.0.self_attn.v_proj",
+        "model.layers.1.mlp.up_proj",
+        "model.layers.0.o_proj",
+        "model.layers.0.mlp.down_proj",
+        "q_proj",
+    ):
         key = get_pattern_key(list(patterns), module)
         assert pattern_value(patterns, module, None) == patterns.get(key), module
 
@@ -55,13 +62,25 @@ def test_loader_and_merger_share_the_pattern_rule():
 
 # ---------------------------------------------------------------- shapes
 
-@pytest.mark.parametrize("option,shape,fits", [
-    ("12", IntType(), True), ("012", IntType(), False), ("5", IntType(1, 3), False), ("2", IntType(1, 3), True),
-    ("1.5e3", FloatType(), True), ("true", BoolType(), True), ("yes", BoolType(), False),
-    ("yes", Regex("^y.s$"), True), ("no", Regex("y.s"), False), ("a", Regex("("), False),
-    ('{"a": 1}', JsonSchema(json.dumps({"type": "object"})), True), ('{"a":1}', JsonSchema('{"type": "object"}'), False),
-    ("b", Choice(("a", "b")), True),
-])
+
+@pytest.mark.parametrize(
+    "option,shape,fits",
+    [
+        ("12", IntType(), True),
+        ("012", IntType(), False),
+        ("5", IntType(1, 3), False),
+        ("2", IntType(1, 3), True),
+        ("1.5e3", FloatType(), True),
+        ("true", BoolType(), True),
+        ("yes", BoolType(), False),
+        ("yes", Regex("^y.s$"), True),
+        ("no", Regex("y.s"), False),
+        ("a", Regex("("), False),
+        ('{"a": 1}', JsonSchema(json.dumps({"type": "object"})), True),
+        ('{"a":1}', JsonSchema('{"type": "object"}'), False),
+        ("b", Choice(("a", "b")), True),
+    ],
+)
 def test_option_fits(option, shape, fits):
     assert option_fits(option, shape) is fits
 
@@ -70,8 +89,8 @@ def test_checker_merge_policy():
     choice = Choice(("1", "2"))
     assert merge_shapes(choice, IntType(1, 3)) == choice
     assert merge_shapes(IntType(1, 3), choice) == choice
-    assert merge_shapes(Choice(("2", "9")), IntType(1, 3)) is None      # a partial fit is a contradiction
-    assert merge_shapes(choice, Choice(("2", "3"))) == Choice(("2",))    # two lists: the common options
+    assert merge_shapes(Choice(("2", "9")), IntType(1, 3)) is None  # a partial fit is a contradiction
+    assert merge_shapes(choice, Choice(("2", "3"))) == Choice(("2",))  # two lists: the common options
     assert merge_shapes(choice, Choice(("3",))) is None
     assert merge_shapes(choice, JsonSchema('{"type": "integer"}')) is None
     assert merge_shapes(IntType(), BoolType()) is None
@@ -90,28 +109,32 @@ def test_lowering_and_checking_narrow_a_choice_by_the_same_rule():
 def test_constraint_problems_are_the_shared_problem_type():
     problems = constraint_check.check_constraint(All((Choice(("ab",)), Stop("a", False))))
     assert problems and all(isinstance(p, Problem) for p in problems)
-    assert "shapes.py" in constraint_check._JUDGES      # the disk cache knows who judges
+    assert "shapes.py" in constraint_check._JUDGES  # the disk cache knows who judges
 
 
 # ---------------------------------------------------------------- training options
 
-@pytest.mark.parametrize("name,value,message", [
-    ("rank", 0, "training option 'rank' must be positive"),
-    ("rank", 1.5, "training option 'rank' must be an integer"),
-    ("lr", 2.0, "training option 'lr' must be in (0, 1)"),
-    ("dropout", 1.0, "training option 'dropout' must be in [0, 1)"),
-    ("max_length", 4, "training option 'max_length' must be at least 8"),
-    ("alpha", float("inf"), "training option 'alpha' must be positive"),
-    ("alpha", True, "training option 'alpha' must be a number"),
-    ("target_modules", [], "target_modules takes a non-empty list of module names"),
-    ("target_modules", "q_proj", "training option 'target_modules' must be a list"),
-    ("seed", "x", "training option 'seed' must be an integer"),
-    ("epoch", 3, "unknown training option 'epoch'"),
-])
+
+@pytest.mark.parametrize(
+    "name,value,message",
+    [
+        ("rank", 0, "training option 'rank' must be positive"),
+        ("rank", 1.5, "training option 'rank' must be an integer"),
+        ("lr", 2.0, "training option 'lr' must be in (0, 1)"),
+        ("dropout", 1.0, "training option 'dropout' must be in [0, 1)"),
+        ("max_length", 4, "training option 'max_length' must be at least 8"),
+        ("alpha", float("inf"), "training option 'alpha' must be positive"),
+        ("alpha", True, "training option 'alpha' must be a number"),
+        ("target_modules", [], "target_modules takes a non-empty list of module names"),
+        ("target_modules", "q_proj", "training option 'target_modules' must be a list"),
+        ("seed", "x", "training option 'seed' must be an integer"),
+        ("epoch", 3, "unknown training option 'epoch'"),
+    ],
+)
 def test_training_option_rules_are_one_table(name, value, message):
     problem = model_options.check_train_option(name, value)
     assert problem is not None and problem.message == message and problem.option == name
-    with pytest.raises(LmlangRuntimeError) as info:      # the runtime refuses by the same rule, same words
+    with pytest.raises(LmlangRuntimeError) as info:  # the runtime refuses by the same rule, same words
         training.normalize_options({name: value})
     assert info.value.message.startswith(message)
 
@@ -122,10 +145,11 @@ def test_training_defaults_come_from_the_table():
     assert out == {**model_options.train_defaults(), "alpha": 16.0, "dropout": 0.0}
     assert model_options.check_train_option("seed", -3) is None
     assert model_options.check_train_option("epoch", 1).hint == "did you mean 'epochs'?"
-    assert model_options.check_train_option("xyz", 1).hint.startswith("options: rank, alpha")   # `base` is the script's
+    assert model_options.check_train_option("xyz", 1).hint.startswith("options: rank, alpha")  # `base` is the script's
 
 
 # ---------------------------------------------------------------- fuse options
+
 
 def test_fuse_options_table():
     assert model_options.fuse_default("plausibility") == 0.1
@@ -146,12 +170,15 @@ def test_fusion_reads_its_default_from_the_table(tiny_model_dir, monkeypatch):
 
     lm = HFModel(load_model(tiny_model_dir, device="cpu"))
     spec = model_options.FUSE_MODES["contrastive"]["plausibility"]
-    monkeypatch.setitem(model_options.FUSE_MODES["contrastive"], "plausibility", dataclasses.replace(spec, default=0.25))
+    monkeypatch.setitem(
+        model_options.FUSE_MODES["contrastive"], "plausibility", dataclasses.replace(spec, default=0.25)
+    )
     assert FusedLM([(lm, 1.0), (lm, -1.0)], "contrastive").plausibility == 0.25
     assert FusedLM([(lm, 1.0), (lm, -1.0)], "contrastive", {"plausibility": 0.5}).plausibility == 0.5
 
 
 # ---------------------------------------------------------------- merge problems are structured
+
 
 def test_merge_problems_say_which_option_and_model():
     problems = merge_options.option_problems("ties", {"densty": 0.5}, [{"weight": 1.0}, {"density": 1.5}])
@@ -160,8 +187,9 @@ def test_merge_problems_say_which_option_and_model():
     assert (unknown.option, unknown.model, unknown.hint) == ("densty", None, "did you mean 'density'?")
     bad = by_code["bad-value"]
     assert (bad.option, bad.model) == ("density", 1) and bad.message == "option 'density' must be <= 1.0, got 1.5"
-    assert merge_options.validate_options("ties", {}, [{}, {"density": 1.5}]) == \
-        ["model 2: option 'density' must be <= 1.0, got 1.5"]
+    assert merge_options.validate_options("ties", {}, [{}, {"density": 1.5}]) == [
+        "model 2: option 'density' must be <= 1.0, got 1.5"
+    ]
 
 
 def test_first_adapter_plays_the_base_in_one_place():
@@ -176,7 +204,9 @@ def test_first_adapter_plays_the_base_in_one_place():
 
 
 def test_step_options():
-    assert merge_options.step_option_problems({"compat": "mergekit", "dtype": "bfloat16", "rank": 4}, adapters=True) == []
+    assert (
+        merge_options.step_option_problems({"compat": "mergekit", "dtype": "bfloat16", "rank": 4}, adapters=True) == []
+    )
     (p,) = merge_options.step_option_problems({"dtype": "int4"}, adapters=False)
     assert p.option == "dtype" and p.hint.startswith("dtype: float32")
     (p,) = merge_options.step_option_problems({"rank": 4}, adapters=False)
@@ -184,6 +214,7 @@ def test_step_options():
 
 
 # ---------------------------------------------------------------- decoders
+
 
 def test_decoder_problems_are_structured():
     from lmlang import decoders
@@ -196,24 +227,33 @@ def test_decoder_problems_are_structured():
 
 # ---------------------------------------------------------------- one JSONL reader
 
+
 def _write(path, data: bytes):
     path.write_bytes(data)
     return path
 
 
 def test_jsonl_contract():
-    data = ('\ufeff{"a": 1}\r\n\n  \n[1]\n{"s": "x\u2028y"}\n{bad\n'.encode() + b'{"b": "\xff"}\n' + b'{"c": 2}')
+    data = '\ufeff{"a": 1}\r\n\n  \n[1]\n{"s": "x\u2028y"}\n{bad\n'.encode() + b'{"b": "\xff"}\n' + b'{"c": 2}'
     lines = list(parse_jsonl(data))
-    assert [(x.line, x.code) for x in lines] == [(1, ""), (4, "not-object"), (5, ""), (6, "invalid-json"),
-                                                 (7, "not-utf8"), (8, "")]
+    assert [(x.line, x.code) for x in lines] == [
+        (1, ""),
+        (4, "not-object"),
+        (5, ""),
+        (6, "invalid-json"),
+        (7, "not-utf8"),
+        (8, ""),
+    ]
     assert lines[0].value == {"a": 1} and lines[2].value == {"s": "x\u2028y"} and lines[5].value == {"c": 2}
     assert lines[1].problem == "expected a JSON object, got list"
 
 
 def test_data_runs_and_training_read_jsonl_alike(tmp_path):
     row = {"prompt": "a\u2028b", "completion": "c"}
-    path = _write(tmp_path / "d.jsonl", b"\xef\xbb\xbf" + json.dumps(row, ensure_ascii=False).encode() + b"\r\n\n" +
-                  json.dumps(row).encode() + b"\n")
+    path = _write(
+        tmp_path / "d.jsonl",
+        b"\xef\xbb\xbf" + json.dumps(row, ensure_ascii=False).encode() + b"\r\n\n" + json.dumps(row).encode() + b"\n",
+    )
     assert training.read_rows(path) == [(1, row), (3, row)]
     assert [(r.index, r.values) for r in datarun.read_rows(path)] == [(0, row), (1, row)]
 
@@ -227,6 +267,7 @@ def test_a_bad_line_is_named_by_both_readers(tmp_path):
 
 
 # ---------------------------------------------------------------- the checker reads the same tables
+
 
 def _check_errors(text: str, tmp_path) -> list[str]:
     from lmlang.errors import CheckError
@@ -244,8 +285,10 @@ def _check_errors(text: str, tmp_path) -> list[str]:
 def test_checker_refuses_what_training_would_refuse(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
     text = 'adapter a = train lora on "d.jsonl" { alpha: -1, dropout: 1.0, rank: 4 }\n'
-    assert _check_errors(text, tmp_path) == ["training option 'alpha' must be positive",
-                                             "training option 'dropout' must be in [0, 1)"]
+    assert _check_errors(text, tmp_path) == [
+        "training option 'alpha' must be positive",
+        "training option 'dropout' must be in [0, 1)",
+    ]
     # 1e999 is inf: the old checker let it through to fail when training started;
     # the parser now refuses every non-finite number literal, at the number
     from lmlang.errors import LmlangSyntaxError
@@ -260,9 +303,11 @@ def test_checker_reports_structured_merge_problems_on_the_member(tmp_path):
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "adapter_config.json").write_text("{}")
-    text = ('adapter a = lora "a"\nadapter b = lora "b"\nadapter c = lora "c"\n'
-            'adapter s = merge slerp { models: [a, b, c], t: 0.5 }\n'
-            'adapter w = merge slerp { models: { a: 1.0, b: { weight: 1.0, densty: 0.5 } }, t: 0.5 }\n')
+    text = (
+        'adapter a = lora "a"\nadapter b = lora "b"\nadapter c = lora "c"\n'
+        'adapter s = merge slerp { models: [a, b, c], t: 0.5 }\n'
+        'adapter w = merge slerp { models: { a: 1.0, b: { weight: 1.0, densty: 0.5 } }, t: 0.5 }\n'
+    )
     assert _check_errors(text, tmp_path) == [
         "merge method 'slerp' takes at most 2 models including the base, got 3",
         "merge slerp: unknown option 'weight' for merge method 'slerp'",
@@ -282,9 +327,11 @@ def test_model_references_are_one_rule(tmp_path):
     from lmlang.frontend import build
     from lmlang.values import model_refs
 
-    fe = build('model base = default\nmodel t = base\nmodel other = "org/other"\n'
-               'model m = merge slerp { base: base, models: [other], t: 0.5, compat: mergekit }\n'
-               'model f = fuse linear { m: 1.0, t: -0.5 }\n')
+    fe = build(
+        'model base = default\nmodel t = base\nmodel other = "org/other"\n'
+        'model m = merge slerp { base: base, models: [other], t: 0.5, compat: mergekit }\n'
+        'model f = fuse linear { m: 1.0, t: -0.5 }\n'
+    )
     checked = fe.checked
     assert [n for n, _ in model_refs(checked.models["m"].expr)] == ["base", "other"]
     # option keys (`t:`) and bare-word values (`mergekit`) are not models

@@ -1,4 +1,5 @@
 """The CLI's contract: exit codes, error rendering, no tracebacks."""
+
 import json
 import subprocess
 import sys
@@ -41,7 +42,9 @@ def test_missing_file_is_a_clean_error(tmp_path):
 
 def test_run_prints_emitted_values_on_tiny_model(tiny_model_dir, tmp_path):
     f = tmp_path / "t.lm"
-    f.write_text(f'input t: str\nmodel m = "{tiny_model_dir}"\nquery q(x: str) using m {{ "{{x}} [a]" where a in ["yes", "no"] }}\nflow {{ r = q(t) emit answer = r.a }}\n')
+    f.write_text(
+        f'input t: str\nmodel m = "{tiny_model_dir}"\nquery q(x: str) using m {{ "{{x}} [a]" where a in ["yes", "no"] }}\nflow {{ r = q(t) emit answer = r.a }}\n'
+    )
     r = CliRunner().invoke(main, ["run", str(f), "--set", "t=hello", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output.strip().splitlines()[-1])["answer"] in ("yes", "no")
@@ -60,8 +63,10 @@ def test_threads_option_and_env_set_torch_threads(tiny_model_dir, tmp_path, monk
     import torch
 
     f = tmp_path / "t.lm"
-    f.write_text(f'model m = "{tiny_model_dir}"\nquery q() using m {{\n    "Say [a]"\n    where a in ["yes", "no"]\n}}\n'
-                 'flow {\n    r = q()\n    emit answer = r.a\n}\n')
+    f.write_text(
+        f'model m = "{tiny_model_dir}"\nquery q() using m {{\n    "Say [a]"\n    where a in ["yes", "no"]\n}}\n'
+        'flow {\n    r = q()\n    emit answer = r.a\n}\n'
+    )
     before = torch.get_num_threads()
     try:
         r = CliRunner().invoke(main, ["run", str(f), "--threads", "1"])

@@ -1,5 +1,6 @@
 """`lmlang run --data`: one JSON line per row, failing rows recorded, resumable
 after a crash (even SIGKILL) with no row lost or repeated."""
+
 import json
 import os
 import signal
@@ -20,7 +21,8 @@ def script(tmp_path, model_dir, decode: str = "") -> str:
         "input t: str\ninput n: int = 1\n"
         f'model m = "{model_dir}"\n'
         f'query q(x: str) using m {decode} {{ "{{x}} [a]" where a in ["yes", "no"] }}\n'
-        "flow { r = q(t) emit a = r.a, n = n + 1 }\n")
+        "flow { r = q(t) emit a = r.a, n = n + 1 }\n"
+    )
     return str(f)
 
 
@@ -39,11 +41,12 @@ def invoke(*args):
 
 def test_jsonl_rows_with_a_bad_row_and_a_broken_line(tiny_model_dir, tmp_path):
     f = script(tmp_path, tiny_model_dir)
-    data = write_jsonl(tmp_path / "rows.jsonl",
-                       [{"t": "a", "id": 0}, {"t": "b", "n": "oops"}, {"t": "c", "n": 5}], extra="{broken\n")
+    data = write_jsonl(
+        tmp_path / "rows.jsonl", [{"t": "a", "id": 0}, {"t": "b", "n": "oops"}, {"t": "c", "n": 5}], extra="{broken\n"
+    )
     out = tmp_path / "out.jsonl"
     r = invoke(f, "--data", data, "--out", out)
-    assert r.exit_code == 2, r.output              # the worst failing row: an input error (script error)
+    assert r.exit_code == 2, r.output  # the worst failing row: an input error (script error)
     recs = {rec["row"]: rec for rec in read_out(out)}
     assert sorted(recs) == [0, 1, 2, 3]
     assert recs[0]["input"] == {"t": "a"} and recs[0]["output"]["a"] in ("yes", "no") and recs[0]["output"]["n"] == 2
@@ -96,9 +99,11 @@ def test_resume_drops_a_torn_last_line_and_runs_only_missing_rows(tiny_model_dir
     f = script(tmp_path, tiny_model_dir)
     data = write_jsonl(tmp_path / "rows.jsonl", [{"t": f"r{i}"} for i in range(5)])
     out = tmp_path / "out.jsonl"
-    out.write_text('{"row": 0, "input": {"t": "r0"}, "output": {"a": "yes", "n": 2}}\n'
-                   '{"row": 3, "input": {"t": "r3"}, "error": {"type": "X", "message": "m", "hint": "", "exit_code": 1}}\n'
-                   '{"row": 1, "input": {"t": "r1"}, "outp')
+    out.write_text(
+        '{"row": 0, "input": {"t": "r0"}, "output": {"a": "yes", "n": 2}}\n'
+        '{"row": 3, "input": {"t": "r3"}, "error": {"type": "X", "message": "m", "hint": "", "exit_code": 1}}\n'
+        '{"row": 1, "input": {"t": "r1"}, "outp'
+    )
     r = invoke(f, "--data", data, "--out", out, "--resume")
     assert r.exit_code == 0, r.output
     assert "dropped a partial last line" in r.output and "2 already done" in r.output
@@ -121,8 +126,20 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tiny_model_dir, t
     f = script(tmp_path, tiny_model_dir)
     data = write_jsonl(tmp_path / "rows.jsonl", [{"t": f"row number {i}"} for i in range(n)])
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "lmlang.cli", "run", f, "--data", data, "--out", str(out), "--batch-size", "4",
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmlang.cli",
+        "run",
+        f,
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     try:
@@ -145,24 +162,26 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tiny_model_dir, t
     p = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     recs = read_out(out)
-    assert sorted(r["row"] for r in recs) == list(range(n))       # each row exactly once
+    assert sorted(r["row"] for r in recs) == list(range(n))  # each row exactly once
     assert all(r["output"]["a"] in ("yes", "no") for r in recs)
     assert f"{done_before} already done" in p.stderr
 
 
 def test_seed_option_overrides_sampling_decoders(tiny_model_dir, tmp_path):
     f = tmp_path / "s.lm"
-    f.write_text(f'model m = "{tiny_model_dir}"\n'
-                 'query s(x: str) using m decode sample(temperature: 2.0, seed: 3) { "{x} [a]" where tokens(a) <= 6 }\n'
-                 'flow { emit a = s("hi").a }\n')
+    f.write_text(
+        f'model m = "{tiny_model_dir}"\n'
+        'query s(x: str) using m decode sample(temperature: 2.0, seed: 3) { "{x} [a]" where tokens(a) <= 6 }\n'
+        'flow { emit a = s("hi").a }\n'
+    )
     runs = [invoke(f, "--json", "--seed", 11) for _ in range(2)]
     assert all(r.exit_code == 0 for r in runs), runs[0].output
-    assert runs[0].stdout == runs[1].stdout                     # same seed, same sample
+    assert runs[0].stdout == runs[1].stdout  # same seed, same sample
     import lmlang
 
     prog = lmlang.compile_file(f)
     own = prog.run()["a"]
-    assert prog.set_seed(3).run()["a"] == own                   # the script's own seed
+    assert prog.set_seed(3).run()["a"] == own  # the script's own seed
     assert prog.seed == 3
     others = {prog.set_seed(k).run()["a"] for k in (4, 5, 6, 7)}
     assert others - {own}, "another seed changes the sample"
@@ -179,11 +198,14 @@ def test_models_command_prints_a_table_and_json():
     assert rows[0]["name"] == "default"
 
 
-@pytest.mark.parametrize("body, code", [
-    ("model = default\n", 2),                                            # syntax error
-    ('query q() using nosuch { "[a]" where a in ["x"] }\n', 2),           # check error
-    ("input d: int = 0\nflow { emit x = 10 / d }\n", 1),                 # runtime error
-])
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ("model = default\n", 2),  # syntax error
+        ('query q() using nosuch { "[a]" where a in ["x"] }\n', 2),  # check error
+        ("input d: int = 0\nflow { emit x = 10 / d }\n", 1),  # runtime error
+    ],
+)
 def test_documented_exit_codes(tmp_path, body, code):
     f = tmp_path / "x.lm"
     f.write_text(body)

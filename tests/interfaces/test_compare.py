@@ -1,5 +1,6 @@
 """`lmlang compare` and lmlang.compare: model-update compatibility (accuracy,
 negative and positive flips) on the tiny random model."""
+
 import json
 
 import pytest
@@ -9,10 +10,30 @@ import lmlang
 from lmlang.cli import main
 from lmlang.compare import CompareError, compare, emitted_names, matches, swap_model
 
-TEXTS = ["I loved it", "Terrible service", "Great food!", "It was fine", "Never again", "What a film",
-         "so so", "The capital of France", "12 * 7", "yes no"]
-LABELS = ["positive", "negative", "positive", "neutral", "negative", "positive", "neutral", "neutral", "negative",
-          "positive"]
+TEXTS = [
+    "I loved it",
+    "Terrible service",
+    "Great food!",
+    "It was fine",
+    "Never again",
+    "What a film",
+    "so so",
+    "The capital of France",
+    "12 * 7",
+    "yes no",
+]
+LABELS = [
+    "positive",
+    "negative",
+    "positive",
+    "neutral",
+    "negative",
+    "positive",
+    "neutral",
+    "neutral",
+    "negative",
+    "positive",
+]
 
 
 def script(model_dir, options: str, extra: str = "") -> str:
@@ -30,7 +51,7 @@ flow {{ r = pick(text) emit label = r.label }}
 
 
 ALL3 = '"positive", "negative", "neutral"'
-TWO = '"positive", "negative"'   # the tiny model says "neutral" given the choice, so answers differ
+TWO = '"positive", "negative"'  # the tiny model says "neutral" given the choice, so answers differ
 
 
 @pytest.fixture()
@@ -73,7 +94,7 @@ def test_counts_match_a_direct_computation(tiny_model_dir, rows):
         assert r.new in ("positive", "negative")
         if r.old != r.new:
             assert r.old == "neutral"
-    assert rep.negative_flips and rep.positive_flips      # the case is not vacuous
+    assert rep.negative_flips and rep.positive_flips  # the case is not vacuous
     d = rep.to_dict()
     assert d["negative_flips"] == len(rep.negative_flips)
     assert [x["row"] for x in d["negative_flip_rows"]] == [r.index for r in rep.negative_flips]
@@ -116,7 +137,9 @@ def test_swap_errors(tiny_model_dir):
 
 
 def test_output_selection(tiny_model_dir, rows):
-    two = lmlang.compile(script(tiny_model_dir, ALL3).replace("emit label = r.label", "emit label = r.label, other = r.label"))
+    two = lmlang.compile(
+        script(tiny_model_dir, ALL3).replace("emit label = r.label", "emit label = r.label, other = r.label")
+    )
     one = lmlang.compile(script(tiny_model_dir, ALL3))
     assert emitted_names(two) == ["label", "other"]
     with pytest.raises(CompareError, match="several"):
@@ -136,9 +159,11 @@ def test_matches():
 
 # ---------------------------------------------------------------- CLI
 
+
 def write_case(tmp_path, tiny_model_dir, tiny_model_dir_b=None):
-    (tmp_path / "old.lm").write_text(script(tiny_model_dir, ALL3, extra=f'model other = "{tiny_model_dir_b}"'
-                                            if tiny_model_dir_b else ""))
+    (tmp_path / "old.lm").write_text(
+        script(tiny_model_dir, ALL3, extra=f'model other = "{tiny_model_dir_b}"' if tiny_model_dir_b else "")
+    )
     (tmp_path / "new.lm").write_text(script(tiny_model_dir, TWO))
     with open(tmp_path / "rows.jsonl", "w") as f:
         for t, lab in zip(TEXTS, LABELS):
@@ -147,11 +172,24 @@ def write_case(tmp_path, tiny_model_dir, tiny_model_dir_b=None):
 
 def test_cli_two_files_json(tmp_path, tiny_model_dir, rows):
     write_case(tmp_path, tiny_model_dir)
-    res = CliRunner().invoke(main, ["compare", str(tmp_path / "old.lm"), str(tmp_path / "new.lm"),
-                                    "--data", str(tmp_path / "rows.jsonl"), "--expected", "label", "--json"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            str(tmp_path / "old.lm"),
+            str(tmp_path / "new.lm"),
+            "--data",
+            str(tmp_path / "rows.jsonl"),
+            "--expected",
+            "label",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     d = json.loads(res.output.strip().splitlines()[-1])
-    rep = compare(lmlang.compile(script(tiny_model_dir, ALL3)), lmlang.compile(script(tiny_model_dir, TWO)), rows, "label")
+    rep = compare(
+        lmlang.compile(script(tiny_model_dir, ALL3)), lmlang.compile(script(tiny_model_dir, TWO)), rows, "label"
+    )
     assert d["rows"] == len(rows)
     assert d["old"]["correct"] == rep.old_correct and d["new"]["correct"] == rep.new_correct
     assert d["negative_flips"] == len(rep.negative_flips) and d["positive_flips"] == len(rep.positive_flips)
@@ -160,26 +198,53 @@ def test_cli_two_files_json(tmp_path, tiny_model_dir, rows):
 
 def test_cli_text_and_limit(tmp_path, tiny_model_dir):
     write_case(tmp_path, tiny_model_dir)
-    res = CliRunner().invoke(main, ["compare", str(tmp_path / "old.lm"), str(tmp_path / "new.lm"),
-                                    "--data", str(tmp_path / "rows.jsonl"), "--expected", "label", "--limit", "4"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            str(tmp_path / "old.lm"),
+            str(tmp_path / "new.lm"),
+            "--data",
+            str(tmp_path / "rows.jsonl"),
+            "--expected",
+            "label",
+            "--limit",
+            "4",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "4 rows" in res.output and "negative flips" in res.output
 
 
 def test_cli_swap(tmp_path, tiny_model_dir, tiny_model_dir_b):
     write_case(tmp_path, tiny_model_dir, tiny_model_dir_b)
-    res = CliRunner().invoke(main, ["compare", str(tmp_path / "old.lm"), "--swap", "m=other",
-                                    "--data", str(tmp_path / "rows.jsonl"), "--expected", "label", "--json"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            str(tmp_path / "old.lm"),
+            "--swap",
+            "m=other",
+            "--data",
+            str(tmp_path / "rows.jsonl"),
+            "--expected",
+            "label",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     d = json.loads(res.output.strip().splitlines()[-1])
     assert d["rows"] == len(TEXTS) and "m=other" in d["new"]["name"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--expected", "missing"], "no 'missing' column"),
-    (["--expected", "label", "--output", "nope"], "emits no 'nope'"),
-    (["--expected", "label", "--swap", "m=nope"], "no model named 'nope'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--expected", "missing"], "no 'missing' column"),
+        (["--expected", "label", "--output", "nope"], "emits no 'nope'"),
+        (["--expected", "label", "--swap", "m=nope"], "no model named 'nope'"),
+    ],
+)
 def test_cli_errors_exit_2(tmp_path, tiny_model_dir, args, message):
     write_case(tmp_path, tiny_model_dir)
     files = [str(tmp_path / "old.lm")] + ([] if "--swap" in args else [str(tmp_path / "new.lm")])
@@ -191,14 +256,25 @@ def test_cli_errors_exit_2(tmp_path, tiny_model_dir, args, message):
 def test_cli_bad_data_row_exits_2(tmp_path, tiny_model_dir):
     write_case(tmp_path, tiny_model_dir)
     (tmp_path / "bad.jsonl").write_text('{"text": "a", "label": "positive"}\nnot json\n')
-    res = CliRunner().invoke(main, ["compare", str(tmp_path / "old.lm"), str(tmp_path / "new.lm"),
-                                    "--data", str(tmp_path / "bad.jsonl"), "--expected", "label"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            str(tmp_path / "old.lm"),
+            str(tmp_path / "new.lm"),
+            "--data",
+            str(tmp_path / "bad.jsonl"),
+            "--expected",
+            "label",
+        ],
+    )
     assert res.exit_code == 2
     assert "bad.jsonl:2" in res.output
 
 
 def test_cli_usage(tmp_path, tiny_model_dir):
     write_case(tmp_path, tiny_model_dir)
-    res = CliRunner().invoke(main, ["compare", str(tmp_path / "old.lm"), "--data", str(tmp_path / "rows.jsonl"),
-                                    "--expected", "label"])
+    res = CliRunner().invoke(
+        main, ["compare", str(tmp_path / "old.lm"), "--data", str(tmp_path / "rows.jsonl"), "--expected", "label"]
+    )
     assert res.exit_code == 2 and "--swap" in res.output

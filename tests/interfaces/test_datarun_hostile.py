@@ -1,6 +1,7 @@
 """Data runs keep every row: hostile rows (bad bytes, deep values, NaN,
 lone surrogates, rows longer than the model's window, broken CSV) are
 recorded with their reason and the run goes on; a --resume goes past them."""
+
 import io
 import json
 import re
@@ -15,9 +16,11 @@ from lmlang.jsonl import MAX_DEPTH, parse_jsonl
 
 def script(tmp_path, model_dir, body: str = 'flow { r = q(t) emit a = r.a, n = n + 1 }') -> str:
     f = tmp_path / "t.lm"
-    f.write_text("input t: str\ninput n: int = 1\n"
-                 f'model m = "{model_dir}"\n'
-                 'query q(x: str) using m { "{x} [a]" where a in ["yes", "no"] }\n' + body + "\n")
+    f.write_text(
+        "input t: str\ninput n: int = 1\n"
+        f'model m = "{model_dir}"\n'
+        'query q(x: str) using m { "{x} [a]" where a in ["yes", "no"] }\n' + body + "\n"
+    )
     return str(f)
 
 
@@ -36,17 +39,21 @@ def records(path) -> dict:
 
 # ---------------------------------------------------------------- the JSONL reader
 
-@pytest.mark.parametrize("line, code, words", [
-    (b'{"n": Infinity}', "invalid-json", "Infinity is not a JSON number"),
-    (b'{"n": -Infinity}', "invalid-json", "-Infinity is not a JSON number"),
-    (b'{"n": NaN}', "invalid-json", "NaN is not a JSON number"),
-    (b'{"n": 1e999}', "invalid-json", "too large for a float"),
-    (b'{"t": "\\ud800"}', "not-text", "lone surrogate (\\ud800)"),
-    (b'{"\\udfff": 1}', "not-text", "lone surrogate (\\udfff)"),
-    (b'{"t": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "too-deep", "nested deeper than"),
-    (b'{"t": ' + b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1) + b"}", "too-deep", "nested deeper than"),
-    (b'{"t": "\xff"}', "not-utf8", "not UTF-8"),
-])
+
+@pytest.mark.parametrize(
+    "line, code, words",
+    [
+        (b'{"n": Infinity}', "invalid-json", "Infinity is not a JSON number"),
+        (b'{"n": -Infinity}', "invalid-json", "-Infinity is not a JSON number"),
+        (b'{"n": NaN}', "invalid-json", "NaN is not a JSON number"),
+        (b'{"n": 1e999}', "invalid-json", "too large for a float"),
+        (b'{"t": "\\ud800"}', "not-text", "lone surrogate (\\ud800)"),
+        (b'{"\\udfff": 1}', "not-text", "lone surrogate (\\udfff)"),
+        (b'{"t": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "too-deep", "nested deeper than"),
+        (b'{"t": ' + b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1) + b"}", "too-deep", "nested deeper than"),
+        (b'{"t": "\xff"}', "not-utf8", "not UTF-8"),
+    ],
+)
 def test_a_hostile_line_is_a_problem_of_that_line(line, code, words):
     rows = list(parse_jsonl(io.BytesIO(b'{"a": 1}\n' + line + b'\n{"b": 2}\n')))
     assert [r.line for r in rows] == [1, 2, 3]
@@ -74,19 +81,20 @@ def test_an_overlong_line_is_skipped_without_holding_it(monkeypatch):
 
 # ---------------------------------------------------------------- whole runs
 
+
 def test_one_bad_row_never_stops_a_run_nor_its_batch(tiny_model_dir, tmp_path):
     f = script(tmp_path, tiny_model_dir)
     data = tmp_path / "rows.jsonl"
     bad = [
-        b'{"t": "\xff\xfe"}',                                    # not UTF-8, within the first 8 KB
-        b'{"t": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",      # 100k deep
-        b'{"t": "x", "n": Infinity}',                            # Infinity for an int
+        b'{"t": "\xff\xfe"}',  # not UTF-8, within the first 8 KB
+        b'{"t": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # 100k deep
+        b'{"t": "x", "n": Infinity}',  # Infinity for an int
         b'{"t": "x", "n": NaN}',
-        b'{"t": "\\ud800"}',                                     # a lone surrogate
-        b'{"t": "x", "n": 1.9}',                                 # int from 1.9
-        b'{"t": null}',                                          # str from null
-        b'{"t": {"a": 1}}',                                      # str from a dict
-        b'{"t": ["a"]}',                                         # str from a list
+        b'{"t": "\\ud800"}',  # a lone surrogate
+        b'{"t": "x", "n": 1.9}',  # int from 1.9
+        b'{"t": null}',  # str from null
+        b'{"t": {"a": 1}}',  # str from a dict
+        b'{"t": ["a"]}',  # str from a list
     ]
     lines = [b'{"t": "first"}', *bad, b'{"t": "last", "n": 2.0}']
     data.write_bytes(b"\n".join(lines) + b"\n")
@@ -95,7 +103,7 @@ def test_one_bad_row_never_stops_a_run_nor_its_batch(tiny_model_dir, tmp_path):
     recs = records(out)
     assert sorted(recs) == list(range(len(lines))), r.output
     assert recs[0]["output"]["a"] in ("yes", "no")
-    assert recs[len(lines) - 1]["output"]["n"] == 3                 # 2.0 is a whole number: an int
+    assert recs[len(lines) - 1]["output"]["n"] == 3  # 2.0 is a whole number: an int
     for i in range(1, len(lines) - 1):
         assert "error" in recs[i], recs[i]
     msgs = [recs[i]["error"]["message"] for i in range(1, len(lines) - 1)]
@@ -121,23 +129,30 @@ def test_a_row_longer_than_the_window_is_refused_before_it_runs(tiny_model_dir, 
     import lmlang.runtime.decode as E
 
     f = script(tmp_path, tiny_model_dir)
-    huge = "word " * 600_000                                      # 3 MB
-    medium = "xq " * 3000                                          # > 2,048 tokens, < the character bound
+    huge = "word " * 600_000  # 3 MB
+    medium = "xq " * 3000  # > 2,048 tokens, < the character bound
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps({"t": t}) + "\n" for t in ["a", huge, medium, "b"]))
     fed = []
-    for name in ("run_decoder", "decode_rows"):            # every way a batch reaches a forward pass
+    for name in ("run_decoder", "decode_rows"):  # every way a batch reaches a forward pass
         real = getattr(E, name)
-        monkeypatch.setattr(E, name, lambda lm, runs, *a, _real=real, **k: fed.append(
-            max(sum(len(c) for c in r.chunk_ids) for r in runs)) or _real(lm, runs, *a, **k))
+        monkeypatch.setattr(
+            E,
+            name,
+            lambda lm, runs, *a, _real=real, **k: (
+                fed.append(max(sum(len(c) for c in r.chunk_ids) for r in runs)) or _real(lm, runs, *a, **k)
+            ),
+        )
     out = tmp_path / "out.jsonl"
     r = invoke(f, "--data", data, "--out", out)
     recs = records(out)
     assert sorted(recs) == [0, 1, 2, 3] and r.exit_code == 1, r.output
     assert "output" in recs[0] and "output" in recs[3]
-    assert re.search(r"is 3,000,0\d\d characters, more than the 2,048-token window of model m", recs[1]["error"]["message"])
+    assert re.search(
+        r"is 3,000,0\d\d characters, more than the 2,048-token window of model m", recs[1]["error"]["message"]
+    )
     assert "tokens; model m takes at most 2,048" in recs[2]["error"]["message"]
-    assert fed and max(fed) < 100                                  # only the short rows were decoded
+    assert fed and max(fed) < 100  # only the short rows were decoded
 
 
 def test_refuse_overlong_bounds():
@@ -158,12 +173,12 @@ def test_refuse_overlong_bounds():
         name, tokenizer, model = "m", Tok(), Model()
 
     lm = FakeLM()
-    refuse_overlong(lm, "q", ["x" * 40])                        # 40 chars may be 10 tokens of 4: not refused yet
+    refuse_overlong(lm, "q", ["x" * 40])  # 40 chars may be 10 tokens of 4: not refused yet
     with pytest.raises(LmlangRuntimeError, match="41 characters"):
         refuse_overlong(lm, "q", ["x" * 41])
     refuse_overlong(lm, "q", ["x"], [[1] * 9])
     with pytest.raises(LmlangRuntimeError, match="10 tokens"):
-        refuse_overlong(lm, "q", ["x"], [[1] * 4, [2] * 6])      # no room for an answer
+        refuse_overlong(lm, "q", ["x"], [[1] * 4, [2] * 6])  # no room for an answer
 
     class Fused:
         name, tokenizer = "f", Tok()
@@ -181,7 +196,7 @@ def test_a_non_finite_output_is_recorded_as_that_rows_error(tiny_model_dir, tmp_
     data.write_text('{"t": "1.5"}\n{"t": "nan"}\n{"t": "-inf"}\n')
     out = tmp_path / "out.jsonl"
     r = invoke(f, "--data", data, "--out", out)
-    recs = records(out)                                           # fails on a bare NaN
+    recs = records(out)  # fails on a bare NaN
     assert recs[0]["output"] == {"v": 1.5}
     for i in (1, 2):
         assert "NaN or Infinity" in recs[i]["error"]["message"] and recs[i]["input"] == {"t": ["nan", "-inf"][i - 1]}
@@ -214,6 +229,7 @@ def test_a_row_that_breaks_the_runtime_loses_only_itself():
 
 
 # ---------------------------------------------------------------- CSV
+
 
 def csv_rows(tmp_path, data: bytes) -> list:
     path = tmp_path / "rows.csv"

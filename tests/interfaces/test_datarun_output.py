@@ -1,6 +1,7 @@
 """The output of a data run is safe: locked against a second run, never the
 data file (through links either), only a regular file is read back by
 --resume, and paths that cannot be written fail before any model loads."""
+
 import json
 import os
 import subprocess
@@ -17,9 +18,11 @@ from lmlang.program import Program
 
 def script(tmp_path, model_dir) -> str:
     f = tmp_path / "t.lm"
-    f.write_text(f'input t: str\nmodel m = "{model_dir}"\n'
-                 'query q(x: str) using m { "{x} [a]" where a in ["yes", "no"] }\n'
-                 "flow { emit a = q(t).a }\n")
+    f.write_text(
+        f'input t: str\nmodel m = "{model_dir}"\n'
+        'query q(x: str) using m { "{x} [a]" where a in ["yes", "no"] }\n'
+        "flow { emit a = q(t).a }\n"
+    )
     return str(f)
 
 
@@ -52,10 +55,16 @@ def test_out_linked_to_the_data_never_truncates_it(tiny_model_dir, tmp_path, no_
     assert r.exit_code == 2 and "is the script file" in r.output and "query q" in open(f).read()
 
 
-@pytest.mark.parametrize("flag, target", [
-    ("--out", "missing/out.jsonl"), ("--out", "t.lm/out.jsonl"), ("--trace", "missing/trace.jsonl"),
-    ("--trace", "t.lm/trace.jsonl"), ("--trace", "rows.jsonl"),
-])
+@pytest.mark.parametrize(
+    "flag, target",
+    [
+        ("--out", "missing/out.jsonl"),
+        ("--out", "t.lm/out.jsonl"),
+        ("--trace", "missing/trace.jsonl"),
+        ("--trace", "t.lm/trace.jsonl"),
+        ("--trace", "rows.jsonl"),
+    ],
+)
 def test_unusable_output_paths_fail_before_models_load(tiny_model_dir, tmp_path, no_models, flag, target):
     f, data = script(tmp_path, tiny_model_dir), rows_file(tmp_path)
     r = invoke("run", f, "--data", data, flag, tmp_path / target, "--no-progress")
@@ -108,7 +117,7 @@ def test_data_from_a_pipe_is_read_once(tiny_model_dir, tmp_path):
     f = script(tmp_path, tiny_model_dir)
     fifo = tmp_path / "rows.jsonl"
     os.mkfifo(fifo)
-    assert D.count_rows(fifo) is None                        # counting would eat the rows
+    assert D.count_rows(fifo) is None  # counting would eat the rows
 
     def feed():
         with open(fifo, "w") as fh:
@@ -124,7 +133,7 @@ def test_data_from_a_pipe_is_read_once(tiny_model_dir, tmp_path):
 def test_a_second_run_on_a_locked_out_fails_at_once(tiny_model_dir, tmp_path, no_models):
     f, data = script(tmp_path, tiny_model_dir), rows_file(tmp_path)
     out = tmp_path / "out.jsonl"
-    held = D.OutputFile.open(out)                             # a first run holds it
+    held = D.OutputFile.open(out)  # a first run holds it
     try:
         for extra in ([], ["--resume"], ["--overwrite"]):
             r = invoke("run", f, "--data", data, "--out", out, "--no-progress", *extra)
@@ -139,9 +148,25 @@ def test_the_lock_holds_across_processes(tiny_model_dir, tmp_path):
     out = tmp_path / "out.jsonl"
     held = D.OutputFile.open(out)
     try:
-        p = subprocess.run([sys.executable, "-m", "lmlang.cli", "run", f, "--data", str(data), "--out", str(out),
-                            "--resume", "--no-progress"], capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lmlang.cli",
+                "run",
+                f,
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--resume",
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
     finally:
         held.close()
     assert p.returncode == 1 and "in use by another lmlang run" in p.stderr, p.stderr
@@ -151,7 +176,7 @@ def test_the_lock_is_released_after_a_run(tiny_model_dir, tmp_path):
     f, data = script(tmp_path, tiny_model_dir), rows_file(tmp_path)
     out = tmp_path / "out.jsonl"
     assert invoke("run", f, "--data", data, "--out", out, "--no-progress").exit_code == 0
-    D.OutputFile.open(out).close()                            # free again
+    D.OutputFile.open(out).close()  # free again
     r = invoke("run", f, "--data", rows_file(tmp_path, 4), "--out", out, "--resume", "--no-progress")
     assert r.exit_code == 0 and "1 ok, 0 failed, 3 already done" in r.output
 

@@ -1,5 +1,6 @@
 """Data runs on Ray keep the local contract: the same results row by row,
 each row exactly once, and a SIGKILLed actor or driver loses nothing."""
+
 import json
 import os
 import signal
@@ -30,10 +31,12 @@ def cluster():
 
 def script(tmp_path, model_dir) -> Path:
     f = tmp_path / "t.lm"
-    f.write_text(f'input t: str\nmodel m = "{model_dir}"\n'
-                 'query q(x: str) using m { "{x} [a]" where a in ["yes", "no"] }\n'
-                 'query w(x: str) using m { "Say {x}: [b]" where tokens(b) <= 4 }\n'
-                 'flow { r = q(t) emit a = r.a, b = w(t).b }\n')
+    f.write_text(
+        f'input t: str\nmodel m = "{model_dir}"\n'
+        'query q(x: str) using m { "{x} [a]" where a in ["yes", "no"] }\n'
+        'query w(x: str) using m { "Say {x}: [b]" where tokens(b) <= 4 }\n'
+        'flow { r = q(t) emit a = r.a, b = w(t).b }\n'
+    )
     return f
 
 
@@ -79,7 +82,7 @@ def test_an_actor_killed_with_sigkill_loses_and_repeats_no_row(cluster, tiny_mod
 
     def write(rec):
         out.append(rec)
-        if len(out) == 1:               # mid-run: the other chunks are queued or decoding
+        if len(out) == 1:  # mid-run: the other chunks are queued or decoding
             os.kill(ray.get(runner.actors[0].pid.remote()), signal.SIGKILL)
 
     summary = runner.run(D.read_rows(d), write, chunk_size=2)
@@ -90,8 +93,22 @@ def test_an_actor_killed_with_sigkill_loses_and_repeats_no_row(cluster, tiny_mod
 def test_a_killed_driver_resumes_without_losing_or_repeating_a_row(cluster, tiny_model_dir, tmp_path):
     s, d = script(tmp_path, tiny_model_dir), data(tmp_path, 24)
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "lmlang.cli", "run", str(s), "--data", str(d), "--out", str(out), "--batch-size", "2",
-           "--no-progress", "--ray", cluster]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmlang.cli",
+        "run",
+        str(s),
+        "--data",
+        str(d),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "--ray",
+        cluster,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
@@ -115,11 +132,11 @@ def test_actor_resources_follow_the_models(tiny_model_dir, tmp_path):
     prog = lmlang.compile_file(script(tmp_path, tiny_model_dir), device="cpu")
     weights = sum(f.stat().st_size for f in Path(tiny_model_dir).glob("*.safetensors"))
     assert model_bytes(prog) == weights
-    cpu = actor_options(prog, 1, {"CPU": 8, "memory": 10 ** 10})
+    cpu = actor_options(prog, 1, {"CPU": 8, "memory": 10**10})
     assert cpu["num_cpus"] == 1 and cpu["num_gpus"] == 0 and cpu["memory"] >= weights
-    assert actor_count(cpu, {"CPU": 8, "memory": 10 ** 10}, None, None) == 8
-    assert actor_count(cpu, {"CPU": 8, "memory": 10 ** 10}, 3, None) == 3        # no more actors than chunks
-    assert actor_count(actor_options(prog, 2, {}), {"CPU": 8, "memory": 10 ** 10}, None, None) == 4
+    assert actor_count(cpu, {"CPU": 8, "memory": 10**10}, None, None) == 8
+    assert actor_count(cpu, {"CPU": 8, "memory": 10**10}, 3, None) == 3  # no more actors than chunks
+    assert actor_count(actor_options(prog, 2, {}), {"CPU": 8, "memory": 10**10}, None, None) == 4
     auto = lmlang.compile_file(script(tmp_path, tiny_model_dir))
     gpu = actor_options(auto, 1, {"CPU": 8, "GPU": 2})
     assert gpu["num_gpus"] == 1 and "memory" not in gpu

@@ -1,6 +1,7 @@
 """A runtime error raised while a model node builds or loads names the node
 as the script names it and points at its declaration (file:line:col, the
 line, a caret), not at a cache folder; the exit code is docs/cli.md's 1."""
+
 import json
 import subprocess
 import sys
@@ -16,9 +17,19 @@ SCRIPT = 'model m = "./broken"\nquery q() using m { "Say [a]" where a in ["x", "
 def _broken_model(folder: Path) -> Path:
     broken = folder / "broken"
     broken.mkdir()
-    (broken / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 10, "hidden_size": 8,
-        "num_hidden_layers": 1, "num_attention_heads": 1, "intermediate_size": 8}))
+    (broken / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "vocab_size": 10,
+                "hidden_size": 8,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 1,
+                "intermediate_size": 8,
+            }
+        )
+    )
     (broken / "model.safetensors").write_bytes(b"")
     script = folder / "s.lm"
     script.write_text(SCRIPT)
@@ -41,9 +52,18 @@ def test_the_api_error_is_positioned_at_the_declaration(tmp_path):
 
 def test_the_cli_shows_the_line_and_a_caret(tmp_path):
     script = _broken_model(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "lmlang.cli", "run", str(script)], capture_output=True, text=True,
-                       cwd=REPO, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(tmp_path),
-                                      "LMLANG_ALLOW_PATH": str(tmp_path)})
+    r = subprocess.run(
+        [sys.executable, "-m", "lmlang.cli", "run", str(script)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(REPO),
+            "HOME": str(tmp_path),
+            "LMLANG_ALLOW_PATH": str(tmp_path),
+        },
+    )
     assert r.returncode == 1, r.stderr
     lines = r.stderr.strip().splitlines()
     assert lines[0].startswith(f"{script}:1:11: error: m: could not load model"), r.stderr

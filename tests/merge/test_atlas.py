@@ -1,5 +1,6 @@
 """aTLAS (lmlang.merge.atlas) on the tiny model: coefficients move the right
 way on a toy objective, and the written folder is base + sum c * delta."""
+
 from __future__ import annotations
 
 import json
@@ -21,16 +22,19 @@ def make_lora(model_dir, out, seed, r=4, targets=("q_proj", "v_proj")):
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     torch.manual_seed(seed)
-    get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets),
-                                     init_lora_weights=False)).save_pretrained(out, safe_serialization=True)
+    get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False)
+    ).save_pretrained(out, safe_serialization=True)
     return out
 
 
 @pytest.fixture(scope="module")
 def experts(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("atlas_experts")
-    return [("a", make_lora(tiny_model_dir, root / "a", 1)),
-            ("b", make_lora(tiny_model_dir, root / "b", 2, r=2, targets=("k_proj", "v_proj", "down_proj")))]
+    return [
+        ("a", make_lora(tiny_model_dir, root / "a", 1)),
+        ("b", make_lora(tiny_model_dir, root / "b", 2, r=2, targets=("k_proj", "v_proj", "down_proj"))),
+    ]
 
 
 @pytest.fixture()
@@ -83,7 +87,7 @@ def test_fit_atlas_writes_base_plus_scaled_deltas(tiny_model_dir, experts, data,
     res = fit_atlas(tiny_model_dir, experts, data, {"steps": 4, "lr": 0.05, "batch_size": 4}, out_dir=tmp_path / "m")
     assert not res.cached and res.experts == ["a", "b"] and res.groups == ["layer.0", "layer.1"]
     assert len(res.losses) == 4
-    assert any(abs(res.coefficients[g][n] - 0.5) > 1e-4 for g in res.groups for n in res.experts)   # init 1/n, moved
+    assert any(abs(res.coefficients[g][n] - 0.5) > 1e-4 for g in res.groups for n in res.experts)  # init 1/n, moved
     base = load_file(tiny_model_dir / "model.safetensors")
     merged = load_file(res.path / "model.safetensors")
     deltas = [load_lora(p).modules for _, p in experts]
@@ -112,20 +116,28 @@ def test_fit_atlas_writes_base_plus_scaled_deltas(tiny_model_dir, experts, data,
 
 
 def test_lora_output_and_full_model_experts(tiny_model_dir, experts, data, tmp_path):
-    res = fit_atlas(tiny_model_dir, experts, data, {"steps": 2, "granularity": "tensor", "output": "lora"},
-                    out_dir=tmp_path / "l")
+    res = fit_atlas(
+        tiny_model_dir, experts, data, {"steps": 2, "granularity": "tensor", "output": "lora"}, out_dir=tmp_path / "l"
+    )
     out = load_lora(res.path).modules
     deltas = [load_lora(p).modules for _, p in experts]
     for n, mod in out.items():
-        expect = sum(res.coefficients[n][name] * mods[n].delta() for (name, _), mods in zip(experts, deltas) if n in mods)
+        expect = sum(
+            res.coefficients[n][name] * mods[n].delta() for (name, _), mods in zip(experts, deltas) if n in mods
+        )
         assert torch.allclose(mod.delta(), expect, atol=1e-5), n
     # A full model folder as an expert: its delta is (expert - base) wherever they differ.
     full = fit_atlas(tiny_model_dir, experts, data, {"steps": 1}, out_dir=tmp_path / "full_a")
-    mixed = fit_atlas(tiny_model_dir, [("full", full.path), experts[1]], data, {"steps": 2, "granularity": "model"},
-                      out_dir=tmp_path / "mixed")
+    mixed = fit_atlas(
+        tiny_model_dir,
+        [("full", full.path), experts[1]],
+        data,
+        {"steps": 2, "granularity": "model"},
+        out_dir=tmp_path / "mixed",
+    )
     base, f, m = (load_file(p / "model.safetensors") for p in (tiny_model_dir, full.path, mixed.path))
     c = mixed.coefficients["model"]
-    n = "model.layers.0.self_attn.q_proj.weight"            # touched by expert a only (inside `full`)
+    n = "model.layers.0.self_attn.q_proj.weight"  # touched by expert a only (inside `full`)
     assert torch.allclose(m[n], base[n] + c["full"] * (f[n] - base[n]), atol=1e-6)
 
 

@@ -1,6 +1,7 @@
 """ComPEFT compression of LoRA folders (lmlang.merge.compress) on the tiny model:
 the stored factors and scales against a direct computation, loading in PEFT
 and in lmlang's adapter host, sizes, the packed form, the cache."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,9 @@ def make_lora(model_dir, out, seed, r=4, alpha=8, targets=("q_proj", "v_proj"), 
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     torch.manual_seed(seed)
-    peft = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets),
-                                            init_lora_weights=False, **extra))
+    peft = get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False, **extra)
+    )
     peft.save_pretrained(out, safe_serialization=True)
     return out
 
@@ -35,8 +37,15 @@ def lora(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lora_rs(tiny_model_dir, tmp_path_factory):
-    return make_lora(tiny_model_dir, tmp_path_factory.mktemp("compress") / "rs", seed=4, r=2, alpha=4,
-                     targets=("k_proj", "down_proj"), use_rslora=True)
+    return make_lora(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("compress") / "rs",
+        seed=4,
+        r=2,
+        alpha=4,
+        targets=("k_proj", "down_proj"),
+        use_rslora=True,
+    )
 
 
 def factors(folder):
@@ -96,14 +105,14 @@ def test_ternary_matches_direct_computation_and_loads_in_peft(which, request, ti
     for module, (a, b, scale) in factors(src).items():
         exact = scale * (b @ a)
         signs = top_fraction_signs(b, 0.5) @ top_fraction_signs(a, 0.5)
-        c = float((exact * signs).sum() / (signs * signs).sum())     # least-squares scale
+        c = float((exact * signs).sum() / (signs * signs).sum())  # least-squares scale
         expect = c * signs
         name = module + ".weight"
         assert torch.allclose(merged[name], base[name] + expect, atol=1e-5), module
         err = float(torch.linalg.matrix_norm(exact - expect) / torch.linalg.matrix_norm(exact))
         assert res.module_errors[module] == pytest.approx(err, rel=1e-4)
         diff_sq += float(((exact - expect) ** 2).sum())
-        norm_sq += float((exact ** 2).sum())
+        norm_sq += float((exact**2).sum())
     assert res.overall_error == pytest.approx(math.sqrt(diff_sq / norm_sq), rel=1e-4)
     assert 0 < res.overall_error < 1
 
@@ -116,7 +125,9 @@ def test_lmlang_adapter_host_loads_what_peft_loads(lora, tiny_model_dir, tmp_pat
 
     res = compress_lora(lora, density=0.3, quantize="ternary", out_dir=tmp_path / "c")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    host = AdapterHost(LoadedModel(model, AutoTokenizer.from_pretrained(tiny_model_dir), "cpu", "float32", tiny_model_dir, "t"))
+    host = AdapterHost(
+        LoadedModel(model, AutoTokenizer.from_pretrained(tiny_model_dir), "cpu", "float32", tiny_model_dir, "t")
+    )
     host.add("small", res.path)
     with torch.no_grad(), host.activate((("small", 1.0),)):
         ours = model(input_ids=TOKENS).logits
@@ -150,7 +161,7 @@ def test_sizes_and_packed_round_trip(lora, tmp_path):
     res = compress_lora(lora, density=0.1, quantize="ternary", packed=True, out_dir=tmp_path / "p")
     assert res.original_bytes == (lora / "adapter_model.safetensors").stat().st_size
     assert res.bytes == (res.path / "adapter_model.safetensors").stat().st_size
-    assert 0.2 < res.size_ratio < 0.35            # one byte per fp32 entry, plus the header
+    assert 0.2 < res.size_ratio < 0.35  # one byte per fp32 entry, plus the header
     assert res.packed_ratio < 0.1 and res.packed_bytes < res.bytes
     back = unpack(res.path, tmp_path / "back")
     a, b = load_file(res.path / "adapter_model.safetensors"), load_file(back / "adapter_model.safetensors")

@@ -1,4 +1,5 @@
 """LoRA merges by exact delta algebra, checked against PEFT on the tiny model."""
+
 import json
 
 import pytest
@@ -14,8 +15,9 @@ def make_lora(base_dir, out, targets, r, alpha, seed, rslora=False):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, use_rslora=rslora,
-                                            lora_dropout=0.0))
+    peft = get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, use_rslora=rslora, lora_dropout=0.0)
+    )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft.named_parameters():
@@ -59,9 +61,13 @@ def test_single_adapter_matches_merge_and_unload(tiny_model_dir, loras, tmp_path
 def test_two_adapters_union_of_targets(tiny_model_dir, loras, tmp_path):
     a, b = loras
     la, lb = load_lora(a), load_lora(b)
-    assert lb.modules["model.layers.0.self_attn.k_proj.weight"].scale == pytest.approx(4 / 2 ** 0.5)  # rslora
-    res = merge_loras("task_arithmetic", [(a, {"weight": 1.0}), (b, {"weight": 0.5})], base_model=tiny_model_dir,
-                      out_dir=tmp_path / "ta")
+    assert lb.modules["model.layers.0.self_attn.k_proj.weight"].scale == pytest.approx(4 / 2**0.5)  # rslora
+    res = merge_loras(
+        "task_arithmetic",
+        [(a, {"weight": 1.0}), (b, {"weight": 0.5})],
+        base_model=tiny_model_dir,
+        out_dir=tmp_path / "ta",
+    )
     base, ours = load_file(tiny_model_dir / "model.safetensors"), weights(res.path)
     for name, w in base.items():
         expect = w.clone()
@@ -78,15 +84,23 @@ def test_two_adapters_union_of_targets(tiny_model_dir, loras, tmp_path):
 
 def test_ties_on_deltas_is_not_factor_averaging(tiny_model_dir, loras, tmp_path):
     a, b = loras
-    res = merge_loras("ties", [(a, {"density": 0.5}), (b, {"density": 0.5})], base_model=tiny_model_dir,
-                      out_dir=tmp_path / "ties")
+    res = merge_loras(
+        "ties", [(a, {"density": 0.5}), (b, {"density": 0.5})], base_model=tiny_model_dir, out_dir=tmp_path / "ties"
+    )
     from lmlang.merge.methods import generalized_task_arithmetic
 
     la, lb = load_lora(a), load_lora(b)
     name = "model.layers.0.self_attn.q_proj.weight"
     da, db = la.modules[name].delta(), lb.modules[name].delta()
-    expect = generalized_task_arithmetic(torch.zeros_like(da), [da, db], weights=[1.0, 1.0], densities=[0.5, 0.5],
-                                         normalize=True, sparsify="magnitude", consensus=True)
+    expect = generalized_task_arithmetic(
+        torch.zeros_like(da),
+        [da, db],
+        weights=[1.0, 1.0],
+        densities=[0.5, 0.5],
+        normalize=True,
+        sparsify="magnitude",
+        consensus=True,
+    )
     base = load_file(tiny_model_dir / "model.safetensors")[name]
     assert torch.allclose(weights(res.path)[name], base + expect, atol=1e-6)
 
@@ -103,8 +117,9 @@ def test_svd_refactor(tiny_model_dir, loras, tmp_path):
     assert cfg["r"] == 6 and cfg["lora_alpha"] == 6
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), exact.path)
     refactored = model.merge_and_unload().state_dict()
-    full = weights(merge_loras("task_arithmetic", [(a, {}), (b, {})], base_model=tiny_model_dir,
-                               out_dir=tmp_path / "full").path)
+    full = weights(
+        merge_loras("task_arithmetic", [(a, {}), (b, {})], base_model=tiny_model_dir, out_dir=tmp_path / "full").path
+    )
     for k, v in full.items():
         assert torch.allclose(refactored[k], v, atol=1e-5), k
     low = merge_loras("task_arithmetic", [(a, {}), (b, {})], output="lora", rank=1, out_dir=tmp_path / "r1")

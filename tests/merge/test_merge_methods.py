@@ -1,4 +1,5 @@
 """Every merge method against a plain reference computation on small tensors."""
+
 import math
 import subprocess
 import sys
@@ -19,10 +20,21 @@ def ctx(compat="lmlang", name="w", seed=0):
 
 # ------------------------------------------------------------------ registry / options
 
+
 def test_registry_matches_torch_free_schemas():
     assert set(method_names()) == set(M.REGISTRY)
-    assert {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
-            "slerp", "model_stock", "pcb"} <= set(method_names())
+    assert {
+        "linear",
+        "task_arithmetic",
+        "ties",
+        "dare_linear",
+        "dare_ties",
+        "breadcrumbs",
+        "breadcrumbs_ties",
+        "slerp",
+        "model_stock",
+        "pcb",
+    } <= set(method_names())
 
 
 def test_unknown_method_suggests():
@@ -35,15 +47,18 @@ def test_options_import_is_torch_free():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("method,glob,per,expect", [
-    ("ties", {"densty": 0.5}, [], "unknown option 'densty' for merge method 'ties'; did you mean 'density'?"),
-    ("ties", {}, [{"wieght": 1}], "model 1: unknown option 'wieght'"),
-    ("ties", {"lambda": "x"}, [], "option 'lambda' must be a float"),
-    ("ties", {}, [{"density": 1.5}], "must be <= 1.0"),
-    ("ties", {}, [{"lambda": 2.0}], "applies to the whole merge"),
-    ("slerp", {}, [{}], "missing option 't'"),
-    ("linear", {"normalize": 1}, [], "must be a bool"),
-])
+@pytest.mark.parametrize(
+    "method,glob,per,expect",
+    [
+        ("ties", {"densty": 0.5}, [], "unknown option 'densty' for merge method 'ties'; did you mean 'density'?"),
+        ("ties", {}, [{"wieght": 1}], "model 1: unknown option 'wieght'"),
+        ("ties", {"lambda": "x"}, [], "option 'lambda' must be a float"),
+        ("ties", {}, [{"density": 1.5}], "must be <= 1.0"),
+        ("ties", {}, [{"lambda": 2.0}], "applies to the whole merge"),
+        ("slerp", {}, [{}], "missing option 't'"),
+        ("linear", {"normalize": 1}, [], "must be a bool"),
+    ],
+)
 def test_validate_options_problems(method, glob, per, expect):
     problems = validate_options(method, glob, per)
     assert any(expect in p for p in problems), problems
@@ -56,10 +71,15 @@ def test_validate_options_ok_and_mergekit_weight_required():
     probs = validate_options("ties", {}, [{}], compat="mergekit")
     assert any("missing option 'weight'" in p for p in probs)
     assert validate_options("ties", {"weight": 1.0}, [{}], compat="mergekit") == []
-    assert "merge method 'slerp' takes at most 2" in validate_options("slerp", {"t": 0.5}, [{}, {}], n_models=2, has_base=True)[0]
+    assert (
+        "merge method 'slerp' takes at most 2"
+        in validate_options("slerp", {"t": 0.5}, [{}, {}], n_models=2, has_base=True)[0]
+    )
     assert method_options("ties")["density"].default == 1.0 and method_options("pcb")["density"].default == 0.1
     assert method_options("breadcrumbs")["gamma"].default == 0.01
-    assert method_options("dare_ties")["rescale"].default is True and method_options("ties")["normalize"].default is True
+    assert (
+        method_options("dare_ties")["rescale"].default is True and method_options("ties")["normalize"].default is True
+    )
 
 
 def test_resolve_setting_gradients_and_filters():
@@ -74,6 +94,7 @@ def test_resolve_setting_gradients_and_filters():
 
 
 # ------------------------------------------------------------------ plain references
+
 
 def ref_topk_keep(values, k, order=None):
     """Indices of the k largest |v|, ties broken by `order` (default: lower index first)."""
@@ -116,8 +137,13 @@ def test_linear():
 def test_task_arithmetic():
     base, a, b = T([0.0, 1.0]), T([1.0, 1.0]), T([0.0, 3.0])
     impl = M.get_method("task_arithmetic")
-    out = impl.merge([a, b], base, [{"weight": 1.0, "density": 1.0}, {"weight": 0.5, "density": 1.0}],
-                     {"lambda": 2.0, "normalize": False, "rescale": False, "int8_mask": False}, ctx())
+    out = impl.merge(
+        [a, b],
+        base,
+        [{"weight": 1.0, "density": 1.0}, {"weight": 0.5, "density": 1.0}],
+        {"lambda": 2.0, "normalize": False, "rescale": False, "int8_mask": False},
+        ctx(),
+    )
     assert torch.allclose(out, base + 2.0 * (1.0 * (a - base) + 0.5 * (b - base)))
 
 
@@ -262,6 +288,7 @@ def test_model_stock():
 
 def ref_pcb(base, models, density, lam=1.0):
     """The official PCB-merging code, sort-based, on one flattened tensor."""
+
     def normalize(x):
         lo, hi = x.min(dim=1, keepdim=True).values, x.max(dim=1, keepdim=True).values
         return (x - lo) / (hi - lo)
@@ -345,7 +372,7 @@ def test_tsv_overlapping_subspaces_are_decorrelated():
     us, ss, vs = [], [], []
     for d, w in zip(deltas, weights):
         u, s, vh = torch.linalg.svd(d * w, full_matrices=False)
-        us.append(u[:, :3]), ss.append(s[:3]), vs.append(vh[:3].T)   # k = 12 // 3 = 4 > rank 3
+        us.append(u[:, :3]), ss.append(s[:3]), vs.append(vh[:3].T)  # k = 12 // 3 = 4 > rank 3
     u, v = torch.cat(us, 1), torch.cat(vs, 1)
     pu, _, qu = torch.linalg.svd(u, full_matrices=False)
     pv, _, qv = torch.linalg.svd(v, full_matrices=False)
@@ -365,26 +392,41 @@ def test_tsv_rank_cut_zero_deltas_and_vectors():
     top2 = (u[:, :2] * s[:2]) @ vh[:2]
     assert torch.allclose(M.tsv(base, [base + d], [1.0], rank_fraction=0.2), base + top2, atol=1e-4)
     vec = torch.randn(10, generator=gen)
-    assert torch.allclose(M.tsv(vec, [vec + 1, vec + 3], [1.0, 1.0]), vec + 2)   # non-matrices: mean delta
+    assert torch.allclose(M.tsv(vec, [vec + 1, vec + 3], [1.0, 1.0]), vec + 2)  # non-matrices: mean delta
     assert torch.equal(M.tsv(base, [base, base], [1.0, 1.0]), base)
 
 
-@pytest.mark.parametrize("sparsify,consensus,normalize,rescale", [
-    ("magnitude", True, True, False), ("magnitude", True, False, True), (None, False, False, False),
-    (None, False, True, False), ("random", True, False, True), ("outliers", False, False, False),
-])
+@pytest.mark.parametrize(
+    "sparsify,consensus,normalize,rescale",
+    [
+        ("magnitude", True, True, False),
+        ("magnitude", True, False, True),
+        (None, False, False, False),
+        (None, False, True, False),
+        ("random", True, False, True),
+        ("outliers", False, False, False),
+    ],
+)
 def test_chunked_sign_election_changes_no_value(monkeypatch, sparsify, consensus, normalize, rescale):
     """generalized_task_arithmetic works over column chunks (to bound its
     temporaries); any chunk size, down to a few elements, gives the same bits."""
     g = torch.Generator().manual_seed(5)
     base = torch.randn(6, 7, generator=g)
     models = [base + torch.randn(6, 7, generator=g) for _ in range(3)]
-    kw = dict(weights=[1.0, -0.4, 0.8], densities=[0.5, 0.6, 0.9], normalize=normalize, rescale=rescale,
-              sparsify=sparsify, consensus=consensus, lam=1.3, ctx=ctx(seed=2))
+    kw = dict(
+        weights=[1.0, -0.4, 0.8],
+        densities=[0.5, 0.6, 0.9],
+        normalize=normalize,
+        rescale=rescale,
+        sparsify=sparsify,
+        consensus=consensus,
+        lam=1.3,
+        ctx=ctx(seed=2),
+    )
     copies = [base.clone()] + [m.clone() for m in models]
     whole = M.generalized_task_arithmetic(base, models, **kw)
-    assert all(torch.equal(a, b) for a, b in zip(copies, [base, *models]))   # inputs untouched
-    monkeypatch.setattr(M, "_GTA_CHUNK", 5)      # 5 // 3 models = 1 column per chunk
+    assert all(torch.equal(a, b) for a, b in zip(copies, [base, *models]))  # inputs untouched
+    monkeypatch.setattr(M, "_GTA_CHUNK", 5)  # 5 // 3 models = 1 column per chunk
     assert torch.equal(M.generalized_task_arithmetic(base, models, **kw), whole)
     monkeypatch.setattr(M, "_GTA_CHUNK", 3 * 11)
     assert torch.equal(M.generalized_task_arithmetic(base, models, **kw), whole)

@@ -1,4 +1,5 @@
 """Streaming merges of tiny HF folders: loading, caching, checks, YAML and CLI."""
+
 import json
 import shutil
 from pathlib import Path
@@ -50,11 +51,21 @@ def test_linear_merge_loads_and_matches(tiny_model_dir, tiny_model_dir_b, lmlang
     assert not other.cached and other.path != res.path
 
 
-@pytest.mark.parametrize("method,params,per", [
-    ("ties", {}, {"density": 0.5}), ("dare_ties", {"seed": 3}, {"density": 0.5}), ("slerp", {"t": [0, 1]}, {}),
-    ("breadcrumbs", {}, {"density": 0.8}), ("breadcrumbs_ties", {}, {"density": 0.8}), ("task_arithmetic", {}, {}),
-    ("dare_linear", {}, {"density": 0.5}), ("model_stock", {}, {}), ("pcb", {}, {}), ("tsv", {}, {}),
-])
+@pytest.mark.parametrize(
+    "method,params,per",
+    [
+        ("ties", {}, {"density": 0.5}),
+        ("dare_ties", {"seed": 3}, {"density": 0.5}),
+        ("slerp", {"t": [0, 1]}, {}),
+        ("breadcrumbs", {}, {"density": 0.8}),
+        ("breadcrumbs_ties", {}, {"density": 0.8}),
+        ("task_arithmetic", {}, {}),
+        ("dare_linear", {}, {"density": 0.5}),
+        ("model_stock", {}, {}),
+        ("pcb", {}, {}),
+        ("tsv", {}, {}),
+    ],
+)
 def test_every_method_streams(method, params, per, tiny_model_dir, tiny_model_dir_b, tiny_c, lmlang_home, tmp_path):
     from lmlang.merge.methods import TensorContext, get_method
     from lmlang.merge.stream import ParamResolver, layer_positions
@@ -67,7 +78,9 @@ def test_every_method_streams(method, params, per, tiny_model_dir, tiny_model_di
     pos = layer_positions(list(base), json.loads((tiny_model_dir / "config.json").read_text()))
     for name in base:  # the streamed result equals the kernel applied to whole tensors
         g, pm = resolver.resolve(name, pos[name])
-        ref = get_method(method).merge([m[name] for m in ins], base[name], pm, g, TensorContext(name, "lmlang", params.get("seed", 0)))
+        ref = get_method(method).merge(
+            [m[name] for m in ins], base[name], pm, g, TensorContext(name, "lmlang", params.get("seed", 0))
+        )
         if method == "tsv":
             # TSV's SVD goes through LAPACK, whose blocking depends on torch's
             # thread count: bit-equality holds only at equal thread counts.
@@ -79,8 +92,13 @@ def test_every_method_streams(method, params, per, tiny_model_dir, tiny_model_di
 
 
 def test_slerp_gradient_per_layer(tiny_model_dir, tiny_model_dir_b, tmp_path):
-    res = merge_models("slerp", [(tiny_model_dir_b, {})], base=tiny_model_dir,
-                       params={"t": [{"filter": "mlp", "value": [0, 1]}, {"value": 0}]}, out_dir=tmp_path / "o")
+    res = merge_models(
+        "slerp",
+        [(tiny_model_dir_b, {})],
+        base=tiny_model_dir,
+        params={"t": [{"filter": "mlp", "value": [0, 1]}, {"value": 0}]},
+        out_dir=tmp_path / "o",
+    )
     a, b, out = weights(tiny_model_dir), weights(tiny_model_dir_b), weights(res.path)
     assert torch.equal(out["model.layers.0.mlp.up_proj.weight"], a["model.layers.0.mlp.up_proj.weight"])  # t = 0
     assert torch.equal(out["model.layers.1.mlp.up_proj.weight"], b["model.layers.1.mlp.up_proj.weight"])  # t = 1
@@ -97,8 +115,9 @@ def test_sharded_input_and_output(tiny_model_dir, tiny_model_dir_b, tmp_path):
             shutil.copy2(f, sharded / f.name)
     assert (sharded / "model.safetensors.index.json").exists()
     one = merge_models("ties", [(tiny_model_dir_b, {"density": 0.5})], base=tiny_model_dir, out_dir=tmp_path / "one")
-    two = merge_models("ties", [(sharded, {"density": 0.5})], base=tiny_model_dir, out_dir=tmp_path / "two",
-                       max_shard_size=50_000)
+    two = merge_models(
+        "ties", [(sharded, {"density": 0.5})], base=tiny_model_dir, out_dir=tmp_path / "two", max_shard_size=50_000
+    )
     assert (two.path / "model.safetensors.index.json").exists()
     a, b = weights(one.path), weights(two.path)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
@@ -205,8 +224,15 @@ def test_mergekit_yaml_round_trip(tiny_model_dir, tiny_model_dir_b, tiny_c, tmp_
     spec = parse_mergekit_yaml(cfg.read_text())
     assert spec["method"] == "ties" and spec["models"][1] == (str(tiny_c), {"weight": 0.5, "density": 0.7})
     via_yaml = run_mergekit_yaml(cfg, tmp_path / "y", compat="mergekit")
-    direct = merge_models("ties", spec["models"], base=tiny_model_dir, params={"normalize": True},
-                          out_dir=tmp_path / "d", compat="mergekit", dtype="float32")
+    direct = merge_models(
+        "ties",
+        spec["models"],
+        base=tiny_model_dir,
+        params={"normalize": True},
+        out_dir=tmp_path / "d",
+        compat="mergekit",
+        dtype="float32",
+    )
     a, b = weights(via_yaml.path), weights(direct.path)
     assert all(torch.equal(a[k], b[k]) for k in a)
 

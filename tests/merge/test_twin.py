@@ -1,6 +1,7 @@
 """Twin-Merging (lmlang.merge.twin) on the tiny model: the core and the
 exclusive parts against a direct computation, and rows with different router
 weights decoded in one batch against models with those weights written in."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,17 +22,20 @@ def make_lora(model_dir, out, seed, r, targets):
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     torch.manual_seed(seed)
-    get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets),
-                                     init_lora_weights=False)).save_pretrained(out, safe_serialization=True)
+    get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False)
+    ).save_pretrained(out, safe_serialization=True)
     return out
 
 
 @pytest.fixture(scope="module")
 def experts(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("twin_experts")
-    return [("a", make_lora(tiny_model_dir, root / "a", 1, 4, ("q_proj", "v_proj"))),
-            ("b", make_lora(tiny_model_dir, root / "b", 2, 2, ("q_proj", "k_proj"))),
-            ("c", make_lora(tiny_model_dir, root / "c", 3, 4, ("v_proj", "down_proj")))]
+    return [
+        ("a", make_lora(tiny_model_dir, root / "a", 1, 4, ("q_proj", "v_proj"))),
+        ("b", make_lora(tiny_model_dir, root / "b", 2, 2, ("q_proj", "k_proj"))),
+        ("c", make_lora(tiny_model_dir, root / "c", 3, 4, ("v_proj", "down_proj"))),
+    ]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -72,8 +76,15 @@ def test_core_is_the_ties_merge_of_the_deltas(tiny_model_dir, experts, twin):
     mods = deltas(experts)
     for name in targets(experts):
         ds = [expert_delta(m, name, base[name]) for m in mods]
-        expect = generalized_task_arithmetic(torch.zeros_like(ds[0]), ds, weights=[1.0] * 3, densities=[0.5] * 3,
-                                             normalize=True, sparsify="magnitude", consensus=True)
+        expect = generalized_task_arithmetic(
+            torch.zeros_like(ds[0]),
+            ds,
+            weights=[1.0] * 3,
+            densities=[0.5] * 3,
+            normalize=True,
+            sparsify="magnitude",
+            consensus=True,
+        )
         assert torch.allclose(core[name], base[name] + expect, atol=1e-6), name
     untouched = "model.layers.0.mlp.up_proj.weight"
     assert torch.equal(core[untouched], base[untouched])
@@ -125,7 +136,11 @@ def test_rows_with_different_weights_decode_in_one_batch(twin):
     host = AdapterHost(loaded)
     weights = torch.tensor([[1.0, 0.0, 0.0], [0.2, 0.5, 0.3], [0.0, 0.25, 0.75]])
     lm = twin.lm_for_rows(HFModel(loaded), host, weights)
-    assert lm.stacks[1] == (("twin:a", pytest.approx(0.2)), ("twin:b", pytest.approx(0.5)), ("twin:c", pytest.approx(0.3)))
+    assert lm.stacks[1] == (
+        ("twin:a", pytest.approx(0.2)),
+        ("twin:b", pytest.approx(0.5)),
+        ("twin:c", pytest.approx(0.3)),
+    )
     batch = lm.new_batch(3)
     out = batch.feed(ROWS)
     for i, ids in enumerate(ROWS):
@@ -144,7 +159,7 @@ def test_full_rank_one_hot_row_is_the_expert(tiny_model_dir, experts, tmp_path):
     from lmlang.runtime.lm import HFModel
 
     full = build_twin(tiny_model_dir, experts, core="task_arithmetic", rank=10, out_dir=tmp_path / "full")
-    assert max(full.errors.values()) < 1e-5           # rank(D_i - sum_j D_j) <= 4 + 2 + 4
+    assert max(full.errors.values()) < 1e-5  # rank(D_i - sum_j D_j) <= 4 + 2 + 4
     loaded = load(full.core)
     lm = full.lm_for_rows(HFModel(loaded), AdapterHost(loaded), torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
     out = lm.new_batch(2).feed(ROWS[:2])

@@ -1,4 +1,5 @@
 """LoRA adapters on the tiny model: checks, scaling, stacking, switching, per-row stacks."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,14 @@ import torch
 from lmlang.errors import LmlangRuntimeError
 from lmlang.models.adapters import AdapterHost
 
-TOKENS = torch.tensor([[5, 17, 42, 99, 7, 230, 12], [3, 150, 88, 61, 19, 44, 301], [200, 9, 31, 77, 120, 6, 15], [8, 8, 270, 333, 41, 2, 90]])
+TOKENS = torch.tensor(
+    [
+        [5, 17, 42, 99, 7, 230, 12],
+        [3, 150, 88, 61, 19, 44, 301],
+        [200, 9, 31, 77, 120, 6, 15],
+        [8, 8, 270, 333, 41, 2, 90],
+    ]
+)
 
 
 def load(model_dir: Path):
@@ -24,13 +32,17 @@ def load(model_dir: Path):
     return LoadedModel(model, AutoTokenizer.from_pretrained(model_dir), "cpu", "float32", model_dir, "tiny")
 
 
-def make_lora(model_dir: Path, out: Path, seed: int, r: int = 4, alpha: int = 8, targets=("q_proj", "v_proj"), **extra) -> Path:
+def make_lora(
+    model_dir: Path, out: Path, seed: int, r: int = 4, alpha: int = 8, targets=("q_proj", "v_proj"), **extra
+) -> Path:
     """A PEFT LoRA with random, non-zero A and B."""
     from peft import LoraConfig, get_peft_model
 
     base = load(model_dir).model
     torch.manual_seed(seed)
-    peft_model = get_peft_model(base, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False, **extra))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False, **extra)
+    )
     peft_model.save_pretrained(out, safe_serialization=True)
     return out
 
@@ -42,7 +54,14 @@ def lora_a(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lora_b(tiny_model_dir, tmp_path_factory):
-    return make_lora(tiny_model_dir, tmp_path_factory.mktemp("lora") / "b", seed=2, r=2, alpha=4, targets=("k_proj", "v_proj", "down_proj"))
+    return make_lora(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("lora") / "b",
+        seed=2,
+        r=2,
+        alpha=4,
+        targets=("k_proj", "v_proj", "down_proj"),
+    )
 
 
 @pytest.fixture()
@@ -287,7 +306,7 @@ def test_per_row_stacks_equal_one_by_one(host, strategy):
     expected = []
     for row, stack in enumerate(ROW_STACKS):
         with host.activate(stack):
-            expected.append(logits(host.model, TOKENS[row:row + 1]))
+            expected.append(logits(host.model, TOKENS[row : row + 1]))
     with torch.no_grad():
         got = host.forward_rows(ROW_STACKS, strategy=strategy, input_ids=TOKENS)
     torch.testing.assert_close(got, torch.cat(expected), atol=1e-5, rtol=1e-4)
@@ -357,12 +376,16 @@ def test_group_rows(host):
 def test_embedding_lora_and_modules_to_save_match_peft(tiny_model_dir, tmp_path):
     from peft import PeftModel
 
-    lora = make_lora(tiny_model_dir, tmp_path / "emb", seed=3, targets=("embed_tokens", "q_proj"), modules_to_save=["lm_head"])
+    lora = make_lora(
+        tiny_model_dir, tmp_path / "emb", seed=3, targets=("embed_tokens", "q_proj"), modules_to_save=["lm_head"]
+    )
     # modules_to_save holds a copy of the base lm_head; make it differ
     from safetensors.torch import load_file, save_file
 
     tensors = load_file(str(lora / "adapter_model.safetensors"))
-    tensors["base_model.model.lm_head.weight"] = tensors["base_model.model.lm_head.weight"] + 0.05 * torch.randn_like(tensors["base_model.model.lm_head.weight"])
+    tensors["base_model.model.lm_head.weight"] = tensors["base_model.model.lm_head.weight"] + 0.05 * torch.randn_like(
+        tensors["base_model.model.lm_head.weight"]
+    )
     save_file(tensors, str(lora / "adapter_model.safetensors"))
 
     expected = logits(PeftModel.from_pretrained(load(tiny_model_dir).model, lora).eval())

@@ -1,5 +1,6 @@
 """Model resolution and loading: tiny models for the unit tests, the real
 bundled GGUF for the e2e test (converted once into the real LMLANG_HOME)."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -282,5 +283,5 @@ def test_default_model_answers_paris():
     inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         out = loaded.model.generate(**inputs, max_new_tokens=20, do_sample=False)
-    text = tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in text

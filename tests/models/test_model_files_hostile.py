@@ -1,6 +1,7 @@
 """Bad model files give one clean error, never a traceback: empty, truncated
 or corrupt safetensors, weights that do not fit config.json, and a .gguf
 that is not GGUF. Each is also checked through `lmlang run`."""
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ def copy_model(tiny_model_dir, tmp_path, name="bad"):
 def header_of(path) -> tuple[int, dict]:
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    return n, json.loads(raw[8:8 + n])
+    return n, json.loads(raw[8 : 8 + n])
 
 
 def damage_empty(f):
@@ -57,18 +58,21 @@ def damage_offsets(f):
     raw = f.read_bytes()
     n, header = header_of(f)
     name = next(k for k in header if k != "__metadata__")
-    header[name]["data_offsets"][1] += 4                     # claims more bytes than its shape
+    header[name]["data_offsets"][1] += 4  # claims more bytes than its shape
     text = json.dumps(header).encode()
-    f.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+    f.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
 
 
-@pytest.mark.parametrize("damage, words", [
-    (damage_empty, "not a safetensors file (empty)"),
-    (damage_truncated, "truncated"),
-    (damage_header_garbage, "corrupt safetensors header (not JSON"),
-    (damage_huge_header_length, "not a safetensors file, or truncated"),
-    (damage_offsets, "bytes for a"),
-])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (damage_empty, "not a safetensors file (empty)"),
+        (damage_truncated, "truncated"),
+        (damage_header_garbage, "corrupt safetensors header (not JSON"),
+        (damage_huge_header_length, "not a safetensors file, or truncated"),
+        (damage_offsets, "bytes for a"),
+    ],
+)
 def test_damaged_safetensors_is_one_clean_error(tiny_model_dir, tmp_path, damage, words):
     folder = copy_model(tiny_model_dir, tmp_path)
     damage(folder / "model.safetensors")
@@ -126,8 +130,10 @@ def test_the_cli_shows_no_traceback(tiny_model_dir, tmp_path, lmlang_home, kind)
         spec = str(tmp_path / "x.gguf")
         (tmp_path / "x.gguf").write_text("hello")
     f = tmp_path / "t.lm"
-    f.write_text(f'input t: str = "a"\nmodel m = "{spec}"\n'
-                 'query q(x: str) using m { "{x} [a]" where a in ["yes", "no"] }\nflow { emit a = q(t).a }\n')
+    f.write_text(
+        f'input t: str = "a"\nmodel m = "{spec}"\n'
+        'query q(x: str) using m { "{x} [a]" where a in ["yes", "no"] }\nflow { emit a = q(t).a }\n'
+    )
     r = CliRunner().invoke(main, ["run", str(f)])
     assert r.exit_code == 1, r.output
     assert "Traceback" not in r.output and "error" in r.output

@@ -1,4 +1,5 @@
 """LoRA training on the tiny model: data shape, labels, determinism, cache, learning."""
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,12 @@ def write_jsonl(path: Path, rows) -> Path:
 
 
 def toy_rows(n: int = 8):
-    return [{"prompt": f"Review: {w}", "completion": "positive" if i % 2 == 0 else "negative"}
-            for i, w in enumerate(["I loved this film", "Terrible service", "Great food!", "no", "yes true",
-                                   "abc", "Paris", "Rome"][:n])]
+    return [
+        {"prompt": f"Review: {w}", "completion": "positive" if i % 2 == 0 else "negative"}
+        for i, w in enumerate(
+            ["I loved this film", "Terrible service", "Great food!", "no", "yes true", "abc", "Paris", "Rome"][:n]
+        )
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,10 @@ GOOD = {"prompt": "a", "completion": "b"}
         ('{"messages": "hi"}', "messages must be a non-empty list"),
         ('{"messages": [{"role": "user"}]}', "messages[0] must be an object"),
         ('{"messages": [{"role": "user", "content": "hi"}]}', "the last message must be the assistant's"),
-        ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}', "last assistant message is empty"),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}',
+            "last assistant message is empty",
+        ),
         ('{"messages": [{"role": "assistant", "content": "x"}], "prompt": "a"}', "not both"),
     ],
 )
@@ -74,10 +81,19 @@ def test_bad_row_fails_before_training(tiny_model_dir, tmp_path, lmlang_home):
 
 
 def test_labels_cover_only_the_completion(tokenizer, tmp_path):
-    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Review: Great food!", "completion": "positive"},
-                                              {"messages": [{"role": "system", "content": "Be brief."},
-                                                            {"role": "user", "content": "What is 12 * 7?"},
-                                                            {"role": "assistant", "content": "84"}]}])
+    data = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"prompt": "Review: Great food!", "completion": "positive"},
+            {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "What is 12 * 7?"},
+                    {"role": "assistant", "content": "84"},
+                ]
+            },
+        ],
+    )
     examples = encode_rows(tokenizer, read_rows(data), 64, data)
     first, second = examples
     answer = [t for t, label in zip(first.input_ids, first.labels) if label != -100]
@@ -86,7 +102,9 @@ def test_labels_cover_only_the_completion(tokenizer, tmp_path):
     assert tokenizer.decode(answer) == "positive<|im_end|>\n"
     prompt = tokenizer.decode(first.input_ids[: len(first.input_ids) - len(answer)])
     assert prompt == "<|im_start|>user\nReview: Great food!<|im_end|>\n<|im_start|>assistant\n"
-    assert tokenizer.decode([t for t, label in zip(second.input_ids, second.labels) if label != -100]) == "84<|im_end|>\n"
+    assert (
+        tokenizer.decode([t for t, label in zip(second.input_ids, second.labels) if label != -100]) == "84<|im_end|>\n"
+    )
     assert "Be brief." in tokenizer.decode(second.input_ids)
 
     ids, mask, labels = collate(examples, tokenizer.pad_token_id)
@@ -112,7 +130,10 @@ def test_truncation_keeps_the_completion(tokenizer, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "word " * 100, "completion": "positive"}])
     (example,) = encode_rows(tokenizer, read_rows(data), 16, data)
     assert len(example.input_ids) == 16
-    assert tokenizer.decode([t for t, label in zip(example.input_ids, example.labels) if label != -100]) == "positive<|im_end|>\n"
+    assert (
+        tokenizer.decode([t for t, label in zip(example.input_ids, example.labels) if label != -100])
+        == "positive<|im_end|>\n"
+    )
 
 
 # ---------------------------------------------------------------- options
@@ -167,7 +188,11 @@ def test_cache_reuse_and_atomic_layout(tiny_model_dir, tmp_path, lmlang_home):
     assert not first.cached and again.cached
     assert again.path == first.path and again.final_loss == first.final_loss and again.steps == 0
     assert first.path.parent == lmlang_home / "adapters"
-    assert {p.name for p in first.path.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "lmlang_adapter.json"}
+    assert {p.name for p in first.path.iterdir()} >= {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "lmlang_adapter.json",
+    }
     assert not list(first.path.parent.glob(".tmp-*"))
     other = train_lora(tiny_model_dir, data, {**FAST, "seed": 3}, progress=False)
     assert not other.cached and other.path != first.path

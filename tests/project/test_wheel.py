@@ -1,4 +1,5 @@
 """The grammar ships inside the wheel as package data."""
+
 import subprocess
 import sys
 import zipfile
@@ -8,9 +9,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_wheel_contains_grammar(tmp_path):
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(REPO)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
     wheel = next(tmp_path.glob("lmlang-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "lmlang/grammar/lmlang.lark" in names
-    assert zipfile.ZipFile(wheel).read("lmlang/grammar/lmlang.lark").decode() == (REPO / "grammar" / "lmlang.lark").read_text()
+    assert (
+        zipfile.ZipFile(wheel).read("lmlang/grammar/lmlang.lark").decode()
+        == (REPO / "grammar" / "lmlang.lark").read_text()
+    )

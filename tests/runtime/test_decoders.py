@@ -1,5 +1,6 @@
 """Every decoder on the tiny model: outputs satisfy the constraint, sampling
 is deterministic per seed, distributions are exact and normalised."""
+
 import math
 
 import pytest
@@ -15,8 +16,17 @@ query pick(x: str) using m decode {decoder} {{ "{{x}} {prompt}" {where} }}
 ''').queries["pick"]
 
 
-@pytest.mark.parametrize("decoder", ["argmax", "sample(temperature: 0.9, seed: 3)", "sample(top_k: 5, top_p: 0.8, seed: 1)",
-                                     "beam(width: 3)", "best_of(n: 3, seed: 2)", "vote(n: 4, temperature: 0.7, seed: 5)"])
+@pytest.mark.parametrize(
+    "decoder",
+    [
+        "argmax",
+        "sample(temperature: 0.9, seed: 3)",
+        "sample(top_k: 5, top_p: 0.8, seed: 1)",
+        "beam(width: 3)",
+        "best_of(n: 3, seed: 2)",
+        "vote(n: 4, temperature: 0.7, seed: 5)",
+    ],
+)
 def test_every_decoder_respects_a_choice(tiny_model_dir, decoder):
     out = q(tiny_model_dir, decoder)(x="Greek letters.")
     assert out["v"] in ("alpha", "beta", "gamma delta")
@@ -32,7 +42,9 @@ def test_sampling_is_deterministic_per_seed(tiny_model_dir, decoder):
 
 def test_different_seeds_can_differ(tiny_model_dir):
     where = "where tokens(v) <= 10"
-    outs = {q(tiny_model_dir, f"sample(temperature: 2.0, seed: {s})", where, "Text: [v]")(x="Go")["v"] for s in range(6)}
+    outs = {
+        q(tiny_model_dir, f"sample(temperature: 2.0, seed: {s})", where, "Text: [v]")(x="Go")["v"] for s in range(6)
+    }
     assert len(outs) > 1
 
 
@@ -63,7 +75,7 @@ query pick(x: str) using m {{ "{{x}} Answer: [v]" distribution v in ["yes", "no"
     prefix = lm.encode("Is it? Answer:", first=True)
     scores = {}
     for o in dist:
-        ids = lm.tok_info.encode(" " + o)          # the seam space is healed into the option
+        ids = lm.tok_info.encode(" " + o)  # the seam space is healed into the option
         full = torch.tensor([prefix + ids])
         with torch.no_grad():
             logits = lm.model(input_ids=full).logits[0].float()

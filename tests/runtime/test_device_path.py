@@ -1,6 +1,7 @@
 """The GPU path, checked on CPU: sampling never copies a vector to the host,
 training runs on the requested device, inference dtypes per model, and a
 device map for models larger than one device."""
+
 import json
 
 import pytest
@@ -82,21 +83,29 @@ def test_training_runs_on_the_requested_device(tiny_model_dir, tmp_path, lmlang_
 
 
 def test_dtype_per_model_and_for_every_model(tiny_model_dir, tiny_model_dir_b):
-    src = (f'model a = "{tiny_model_dir}"\nmodel b = "{tiny_model_dir_b}"\n'
-           'query qa() using a { "Hi [x]" where tokens(x) <= 3 }\n'
-           'query qb() using b { "Hi [x]" where tokens(x) <= 3 }\n'
-           'flow { emit a = qa().x, b = qb().x }\n')
+    src = (
+        f'model a = "{tiny_model_dir}"\nmodel b = "{tiny_model_dir_b}"\n'
+        'query qa() using a { "Hi [x]" where tokens(x) <= 3 }\n'
+        'query qb() using b { "Hi [x]" where tokens(x) <= 3 }\n'
+        'flow { emit a = qa().x, b = qb().x }\n'
+    )
 
     def dtypes(prog):
         prog.run()
         ex = prog._executor()
-        return {name: str(next(ex.lm(prog.frontend.compiled.names[name]).model.parameters()).dtype) for name in ("a", "b")}
+        return {
+            name: str(next(ex.lm(prog.frontend.compiled.names[name]).model.parameters()).dtype) for name in ("a", "b")
+        }
 
     assert dtypes(lmlang.compile(src, device="cpu", cache=False)) == {"a": "torch.float32", "b": "torch.float32"}
     assert dtypes(lmlang.compile(src, device="cpu", cache=False, dtype={"b": "bfloat16"})) == {
-        "a": "torch.float32", "b": "torch.bfloat16"}
+        "a": "torch.float32",
+        "b": "torch.bfloat16",
+    }
     assert dtypes(lmlang.compile(src, device="cpu", cache=False, dtype="float16")) == {
-        "a": "torch.float16", "b": "torch.float16"}
+        "a": "torch.float16",
+        "b": "torch.float16",
+    }
     with pytest.raises(lmlang.LmlangRuntimeError, match="no model named 'c'"):
         lmlang.compile(src, device="cpu", cache=False, dtype={"c": "float16"}).run()
     with pytest.raises(ValueError, match="dtype"):
@@ -111,8 +120,10 @@ def test_the_cli_dtype_option(tiny_model_dir, tmp_path):
     assert _parse_dtypes(()) == "auto" and _parse_dtypes(("bfloat16",)) == "bfloat16"
     assert _parse_dtypes(("a=float16", "b=bfloat16")) == {"a": "float16", "b": "bfloat16"}
     f = tmp_path / "s.lm"
-    f.write_text(f'model m = "{tiny_model_dir}"\nquery q() using m {{ "Hi [x]" where tokens(x) <= 3 }}\n'
-                 'flow { emit x = q().x }\n')
+    f.write_text(
+        f'model m = "{tiny_model_dir}"\nquery q() using m {{ "Hi [x]" where tokens(x) <= 3 }}\n'
+        'flow { emit x = q().x }\n'
+    )
     r = CliRunner().invoke(main, ["run", str(f), "--dtype", "m=bfloat16", "--device", "cpu", "--json"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["run", str(f), "--dtype", "float16", "--dtype", "bfloat16"])
@@ -132,11 +143,18 @@ def test_a_device_map_places_the_model_and_decodes_the_same(tiny_model_dir, monk
         return real(cls, *args, **kwargs)
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(spy))
-    src = (f'model m = "{tiny_model_dir}"\nquery q(x: str) using m {{ "Say {{x}}: [w]" where tokens(w) <= 5 }}\n'
-           'input t: str\nflow { emit w = q(t).w }\n')
+    src = (
+        f'model m = "{tiny_model_dir}"\nquery q(x: str) using m {{ "Say {{x}}: [w]" where tokens(w) <= 5 }}\n'
+        'input t: str\nflow { emit w = q(t).w }\n'
+    )
     plain = lmlang.compile(src, device="cpu", cache=False)
-    layers = {"model.embed_tokens": "cpu", "model.layers": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu",
-              "lm_head": "cpu"}
+    layers = {
+        "model.embed_tokens": "cpu",
+        "model.layers": "cpu",
+        "model.norm": "cpu",
+        "model.rotary_emb": "cpu",
+        "lm_head": "cpu",
+    }
     mapped = lmlang.compile(src, device="cpu", cache=False, device_map=layers)
     rows = [{"t": "cat"}, {"t": "a long dog"}]
     assert mapped.run_batch(rows) == plain.run_batch(rows)

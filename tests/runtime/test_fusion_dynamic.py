@@ -1,6 +1,7 @@
 """Dynamic logit fusion (lmlang.runtime.fusion_dynamic): per-step weights on
 fixed logits against a direct search written out here, and the fused LM on
 tiny models against the members' own logits."""
+
 from __future__ import annotations
 
 import itertools
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from lmlang.errors import LmlangRuntimeError
-from lmlang.runtime.fusion_dynamic import (DynamicFusedLM, box_grid, dynamic_weights, fuse_with, simplex_grid)
+from lmlang.runtime.fusion_dynamic import DynamicFusedLM, box_grid, dynamic_weights, fuse_with, simplex_grid
 
 ROWS = [[5, 17, 42, 99, 7, 230], [3, 150, 88, 61, 19, 44]]
 
@@ -57,9 +58,25 @@ def logits():
 
 def test_grids():
     g = simplex_grid(3, 2)
-    assert g.tolist() == [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 1.0, 0.0], [0.0, 0.5, 0.5], [0.0, 0.0, 1.0]]
-    assert box_grid(2, 2, 1.0).tolist() == [[0.0, 0.0], [0.0, 0.5], [0.0, 1.0], [0.5, 0.0], [0.5, 0.5], [0.5, 1.0],
-                                            [1.0, 0.0], [1.0, 0.5], [1.0, 1.0]]
+    assert g.tolist() == [
+        [1.0, 0.0, 0.0],
+        [0.5, 0.5, 0.0],
+        [0.5, 0.0, 0.5],
+        [0.0, 1.0, 0.0],
+        [0.0, 0.5, 0.5],
+        [0.0, 0.0, 1.0],
+    ]
+    assert box_grid(2, 2, 1.0).tolist() == [
+        [0.0, 0.0],
+        [0.0, 0.5],
+        [0.0, 1.0],
+        [0.5, 0.0],
+        [0.5, 0.5],
+        [0.5, 1.0],
+        [1.0, 0.0],
+        [1.0, 0.5],
+        [1.0, 1.0],
+    ]
 
 
 def test_unanchored_weights_equal_a_direct_search(logits):
@@ -68,7 +85,7 @@ def test_unanchored_weights_equal_a_direct_search(logits):
         assert w[r].tolist() == pytest.approx(brute_unanchored([x[r] for x in logits], 6), abs=1e-6), r
     # The fused distribution is the weighted log-linear mix of the members.
     fused = fuse_with(logits, w)
-    direct = torch.log_softmax(sum(w[:, i:i + 1] * torch.log_softmax(x, -1) for i, x in enumerate(logits)), -1)
+    direct = torch.log_softmax(sum(w[:, i : i + 1] * torch.log_softmax(x, -1) for i, x in enumerate(logits)), -1)
     assert torch.allclose(fused, direct, atol=1e-5)
 
 
@@ -78,13 +95,15 @@ def test_a_confident_member_sets_the_top_token_and_the_flat_one_is_kept():
     flat = torch.zeros(1, 10)
     flat[0, 7] = 0.3
     w = dynamic_weights([flat, peaked], grid=10)
-    assert 0 < w[0, 1] < w[0, 0]            # log-space weights: a small one suffices for the peaked member
+    assert 0 < w[0, 1] < w[0, 0]  # log-space weights: a small one suffices for the peaked member
     fused = fuse_with([flat, peaked], w)
     assert int(fused.argmax()) == 3
+
     # Covering both: the chosen mix has a lower summed KL than either member alone.
     def cost(ws):
         q = fuse_with([flat, peaked], torch.tensor([ws]))
         return kl(flat[0], q[0].double()) + kl(peaked[0], q[0].double())
+
     assert cost(w[0].tolist()) < min(cost([1.0, 0.0]), cost([0.0, 1.0]))
 
 
@@ -93,11 +112,14 @@ def test_anchored_weights_equal_a_direct_search(logits):
     anchor, target = torch.randn(4, 12), torch.randn(4, 12)
     w = dynamic_weights(logits[:2], anchor, target, grid=4, max_weight=2.0)
     for r in range(4):
-        assert w[r].tolist() == pytest.approx(brute_anchored([x[r] for x in logits[:2]], anchor[r], target[r], 4, 2.0),
-                                              abs=1e-6), r
+        assert w[r].tolist() == pytest.approx(
+            brute_anchored([x[r] for x in logits[:2]], anchor[r], target[r], 4, 2.0), abs=1e-6
+        ), r
     fused = fuse_with(logits[:2], w, anchor, target)
     la, lt = torch.log_softmax(anchor, -1), torch.log_softmax(target, -1)
-    direct = torch.log_softmax(lt + sum(w[:, i:i + 1] * (torch.log_softmax(x, -1) - la) for i, x in enumerate(logits[:2])), -1)
+    direct = torch.log_softmax(
+        lt + sum(w[:, i : i + 1] * (torch.log_softmax(x, -1) - la) for i, x in enumerate(logits[:2])), -1
+    )
     assert torch.allclose(fused, direct, atol=1e-5)
 
 
@@ -110,7 +132,7 @@ def test_one_expert_on_its_own_anchor_gets_weight_one(logits):
 def test_coordinate_descent_for_large_sets_is_a_grid_local_minimum(logits):
     torch.manual_seed(5)
     many = [torch.randn(2, 12) * s for s in (0.5, 1.0, 2.0, 3.0, 0.2)]
-    w = dynamic_weights(many, grid=4, max_candidates=10)          # 70 simplex points > 10: descent
+    w = dynamic_weights(many, grid=4, max_candidates=10)  # 70 simplex points > 10: descent
     assert w.shape == (2, 5) and torch.allclose(w.sum(1), torch.ones(2))
 
     def loss(row, ws):
@@ -127,7 +149,7 @@ def test_coordinate_descent_for_large_sets_is_a_grid_local_minimum(logits):
                 moved[j] += 0.25
                 assert loss(r, moved.tolist()) >= here - 1e-6
     anchor = torch.randn(2, 12)
-    a = dynamic_weights(many[:3], anchor, grid=4, max_weight=1.0, max_candidates=10)   # 125 box points: descent
+    a = dynamic_weights(many[:3], anchor, grid=4, max_weight=1.0, max_candidates=10)  # 125 box points: descent
     assert ((a >= 0) & (a <= 1)).all()
 
 
@@ -155,7 +177,7 @@ def test_fused_lm_decodes_with_per_step_weights(tiny_model_dir, tiny_model_dir_b
         lb = b.model(input_ids=torch.tensor(ROWS)).logits
     for anchor in (None, a):
         lm = DynamicFusedLM([a, b], anchor=anchor, options={"grid": 4})
-        assert len(lm.members) == 2          # an anchor that is a member already shares its batch
+        assert len(lm.members) == 2  # an anchor that is a member already shares its batch
         batch = lm.new_batch(2)
         out = batch.feed(ROWS)
         anchor_logits = None if anchor is None else la[:, -1]

@@ -1,5 +1,6 @@
 """Parallel steps inside a row: independent calls decode together, and the
 flow's results are exactly those of running it statement by statement."""
+
 import pytest
 import torch
 
@@ -63,7 +64,9 @@ FLOWS = {
 
 
 def program(model_dir, body: str, **settings):
-    return lmlang.compile(f'input t: str\nmodel m = "{model_dir}"\n{QUERIES}\nflow {{{body}\n}}\n', cache=False, **settings)
+    return lmlang.compile(
+        f'input t: str\nmodel m = "{model_dir}"\n{QUERIES}\nflow {{{body}\n}}\n', cache=False, **settings
+    )
 
 
 def count_batches(monkeypatch) -> list:
@@ -82,14 +85,14 @@ def test_parallel_steps_give_the_sequential_results(tiny_model_dir, name, monkey
     sizes.clear()
     par = program(tiny_model_dir, FLOWS[name]).run_batch(rows)
     assert par == seq
-    if name != "dependent on earlier result":       # a chain has nothing to overlap
+    if name != "dependent on earlier result":  # a chain has nothing to overlap
         assert len(sizes) < sequential_batches, (sizes, sequential_batches)
 
 
 def test_four_independent_calls_of_one_row_decode_as_one_batch(tiny_model_dir, monkeypatch):
     sizes = count_batches(monkeypatch)
     program(tiny_model_dir, FLOWS["independent"]).run(t="cat")
-    assert sizes == [4]                              # three queries, four calls, one batch
+    assert sizes == [4]  # three queries, four calls, one batch
     sizes.clear()
     program(tiny_model_dir, FLOWS["independent"], parallel=False).run(t="cat")
     assert sizes == [1, 1, 1, 1]
@@ -102,7 +105,7 @@ def test_queries_kept_apart_when_the_strategy_says_so(tiny_model_dir, monkeypatc
     shared = program(tiny_model_dir, FLOWS["independent"]).run(t="cat")
     sizes.clear()
     assert p.run(t="cat") == shared
-    assert sorted(sizes) == [1, 1, 2]                # yes x2, word, num
+    assert sorted(sizes) == [1, 1, 2]  # yes x2, word, num
 
 
 def test_registered_functions_run_in_order_and_only_when_the_flow_calls_them(tiny_model_dir):
@@ -143,25 +146,29 @@ def test_each_sampling_call_in_a_loop_draws_anew_and_reproducibly(tiny_model_dir
     p = program(tiny_model_dir, FLOWS["sampling in a loop"])
     first = p.run_batch([{"t": "cat"}, {"t": "cat"}])
     draws = first[0]["out"]
-    assert len(set(draws)) >= 4, draws               # five calls, five draws (not one draw five times)
-    assert first[1]["out"] != draws                  # another row, other draws
-    assert p.run_batch([{"t": "cat"}, {"t": "cat"}]) == first           # the same seeds again
+    assert len(set(draws)) >= 4, draws  # five calls, five draws (not one draw five times)
+    assert first[1]["out"] != draws  # another row, other draws
+    assert p.run_batch([{"t": "cat"}, {"t": "cat"}]) == first  # the same seeds again
     assert program(tiny_model_dir, FLOWS["sampling in a loop"]).set_seed(9).run(t="cat")["out"] != draws
 
 
 # ---------------------------------------------------------------- experts of one base
+
 
 @pytest.fixture(scope="module")
 def experts(tiny_model_dir, tmp_path_factory):
     from test_adapters import make_lora
 
     root = tmp_path_factory.mktemp("experts")
-    return make_lora(tiny_model_dir, root / "a", seed=1, r=8, alpha=64), make_lora(tiny_model_dir, root / "b", seed=2, r=8, alpha=64)
+    return make_lora(tiny_model_dir, root / "a", seed=1, r=8, alpha=64), make_lora(
+        tiny_model_dir, root / "b", seed=2, r=8, alpha=64
+    )
 
 
 def routed(tiny_model_dir, experts, **settings):
     la, lb = experts
-    return lmlang.compile(f'''
+    return lmlang.compile(
+        f'''
 model base = "{tiny_model_dir}"
 adapter la = lora "{la}"
 adapter lb = lora "{lb}"
@@ -175,7 +182,10 @@ router r = route rules {{
 query q(x: str) using r(x) {{ "{{x}} [v]" where tokens(v) <= 4 }}
 input t: str
 flow {{ o = q(t) emit expert = o.expert, v = o.v }}
-''', cache=False, **settings)
+''',
+        cache=False,
+        **settings,
+    )
 
 
 ROUTED_ROWS = [{"t": f"{kind} question {i}"} for i in range(4) for kind in ("math", "food")]
@@ -186,12 +196,12 @@ def test_routed_rows_decode_in_one_mixed_batch_with_the_grouped_results(tiny_mod
     grouped = routed(tiny_model_dir, experts)
     grouped._executor().strategy = Strategy(adapters="grouped")
     g = grouped.run_batch(ROUTED_ROWS)
-    assert sorted(sizes) == [4, 4]                   # one batch per expert
+    assert sorted(sizes) == [4, 4]  # one batch per expert
     sizes.clear()
     mixed = routed(tiny_model_dir, experts)
     mixed._executor().strategy = Strategy(adapters="mixed")
     m = mixed.run_batch(ROUTED_ROWS)
-    assert sizes == [8]                              # both experts' rows in one batch
+    assert sizes == [8]  # both experts' rows in one batch
     assert [o["expert"] for o in m] == ["ea", "eb"] * 4
     assert m == g
     assert {r.model for r in mixed.trace.records} == {"ea", "eb"}
@@ -212,5 +222,5 @@ def test_a_mixed_model_gives_each_row_its_own_experts_logits(tiny_model_dir, exp
         one.feed(ids[:1])
         alone.append(one.logits[0])
     assert torch.allclose(b.logits, torch.stack(alone), atol=1e-5)
-    assert not torch.allclose(alone[0], alone[1], atol=1e-3)     # the experts do differ
+    assert not torch.allclose(alone[0], alone[1], atol=1e-3)  # the experts do differ
     assert ex.mixed_lm([ea, ea]) is ea

@@ -1,6 +1,7 @@
 """Adapter pools (lmlang.runtime.pool) on the tiny model: routing weights,
 discovery and evidence, cached embeddings, rows mixed in one batch against
 models with the mixture written in, and PHATGOOSE-style gates."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,18 @@ import torch
 
 from lmlang.errors import LmlangRuntimeError
 from lmlang.merge.lora import load_lora
-from lmlang.runtime.pool import (AdapterPool, EmbeddingIndex, discover, card_description, gate_scores, stacks_for,
-                                 standardize, train_gates, training_prompts, weights_from_scores)
+from lmlang.runtime.pool import (
+    AdapterPool,
+    EmbeddingIndex,
+    discover,
+    card_description,
+    gate_scores,
+    stacks_for,
+    standardize,
+    train_gates,
+    training_prompts,
+    weights_from_scores,
+)
 
 ROWS = [[5, 17, 42, 99, 7, 230], [3, 150, 88, 61, 19, 44], [200, 9, 31, 77, 120, 6]]
 
@@ -32,8 +43,9 @@ def make_lora(model_dir, out, seed, r=4, targets=("q_proj", "v_proj")):
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     torch.manual_seed(seed)
-    get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets),
-                                     init_lora_weights=False)).save_pretrained(out, safe_serialization=True)
+    get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False)
+    ).save_pretrained(out, safe_serialization=True)
     return out
 
 
@@ -49,13 +61,17 @@ def adapters(tiny_model_dir, tmp_path_factory):
     make_lora(tiny_model_dir, root / "math", 1)
     make_lora(tiny_model_dir, root / "misc", 2, r=2, targets=("k_proj", "down_proj"))
     make_lora(tiny_model_dir, root / "senti", 3)
-    data = write_jsonl(root / "math.jsonl", [{"prompt": f"{a} + {a} =", "completion": str(2 * a)} for a in range(12)]
-                       + [{"messages": [{"role": "user", "content": "7 * 6 ="}, {"role": "assistant", "content": "42"}]}])
+    data = write_jsonl(
+        root / "math.jsonl",
+        [{"prompt": f"{a} + {a} =", "completion": str(2 * a)} for a in range(12)]
+        + [{"messages": [{"role": "user", "content": "7 * 6 ="}, {"role": "assistant", "content": "42"}]}],
+    )
     (root / "math" / "lmlang_adapter.json").write_text(json.dumps({"data": str(data)}))
-    (root / "senti" / "README.md").write_text("---\nlibrary_name: peft\n---\n# Sentiment\n\n"
-                                              "Labels a movie   review as\npositive or negative.\n\nMore text.\n")
+    (root / "senti" / "README.md").write_text(
+        "---\nlibrary_name: peft\n---\n# Sentiment\n\nLabels a movie   review as\npositive or negative.\n\nMore text.\n"
+    )
     (root / "misc" / "README.md").write_text("# Only a heading\n\n- **Developed by:** [More Information Needed]\n")
-    (root / "notes").mkdir()                       # matched by the glob, but not a PEFT folder
+    (root / "notes").mkdir()  # matched by the glob, but not a PEFT folder
     return root
 
 
@@ -83,7 +99,9 @@ def test_weights_from_scores_is_a_softmax_over_the_top_k():
     with pytest.raises(LmlangRuntimeError, match="temperature"):
         weights_from_scores(scores, temperature=0)
     assert stacks_for(torch.tensor([[0.25, 0.0, 0.75], [0.0, 1.0, 0.00001]]), ["a", "b", "c"]) == [
-        (("a", 0.25), ("c", 0.75)), (("b", 1.0),)]
+        (("a", 0.25), ("c", 0.75)),
+        (("b", 1.0),),
+    ]
 
 
 def test_discover_and_evidence(adapters, tmp_path):
@@ -138,10 +156,21 @@ def test_pool_routes_by_embedding(adapters, base_lm, lmlang_home):
         AdapterPool("*", base_dir=adapters, encoder="base", base_lm=base_lm, examples={"other": ["x"]})
     with pytest.raises(LmlangRuntimeError, match="unknown pool routing"):
         AdapterPool("*", base_dir=adapters, by="vote")
-    pool = AdapterPool("*", base_dir=adapters, encoder="base", base_lm=base_lm, n_examples=4, top_k=2,
-                       temperature=0.1, examples={"misc": ["hello there", "goodbye"]})
-    assert pool.examples == [["0 + 0 =", "1 + 1 =", "2 + 2 =", "3 + 3 ="], ["hello there", "goodbye"],
-                             ["Labels a movie review as positive or negative."]]
+    pool = AdapterPool(
+        "*",
+        base_dir=adapters,
+        encoder="base",
+        base_lm=base_lm,
+        n_examples=4,
+        top_k=2,
+        temperature=0.1,
+        examples={"misc": ["hello there", "goodbye"]},
+    )
+    assert pool.examples == [
+        ["0 + 0 =", "1 + 1 =", "2 + 2 =", "3 + 3 ="],
+        ["hello there", "goodbye"],
+        ["Labels a movie review as positive or negative."],
+    ]
     texts = ["5 + 5 =", "hello", "a review"]
     q = embed_hidden(base_lm, texts)
     scores = torch.stack([(q @ embed_hidden(base_lm, ex).T).max(1).values for ex in pool.examples], dim=1)
@@ -178,7 +207,7 @@ def test_gate_scores_direct():
     torch.manual_seed(0)
     x_q, x_v = torch.randn(5, 8), torch.randn(5, 8)
     g1 = {"q": torch.randn(8), "v": torch.randn(8)}
-    g2 = {"q": torch.zeros(8), "k": torch.randn(8)}         # a zero gate scores 0; a module the row lacks is skipped
+    g2 = {"q": torch.zeros(8), "k": torch.randn(8)}  # a zero gate scores 0; a module the row lacks is skipped
     got = gate_scores({"q": x_q, "v": x_v}, [g1, g2, {"k": torch.ones(8)}])
 
     def one(x, g):
@@ -196,15 +225,21 @@ def test_gates_train_cache_and_route(adapters, tiny_model_dir, base_lm, lmlang_h
         train_gates(adapters / "senti", tiny_model_dir)
     gates = train_gates(adapters / "math", tiny_model_dir, steps=3, lr=0.05, batch_size=4)
     assert sorted(gates) == sorted(n[: -len(".weight")] for n in load_lora(adapters / "math").modules)
-    assert all(g.abs().sum() > 0 for g in gates.values())      # the gates moved off their zero start
+    assert all(g.abs().sum() > 0 for g in gates.values())  # the gates moved off their zero start
     files = list((lmlang_home / "pool").glob("gate-*.safetensors"))
     assert len(files) == 1
     again = train_gates(adapters / "math", tiny_model_dir, steps=3, lr=0.05, batch_size=4)
     assert all(torch.equal(gates[k], again[k]) for k in gates)
     assert len(list((lmlang_home / "pool").glob("gate-*.safetensors"))) == 1
     # A pool by gate over the one member with training data: scores are gate_scores of the base's module inputs.
-    pool = AdapterPool("ma*", base_dir=adapters, by="gate", base_lm=base_lm, base_path=tiny_model_dir,
-                       gate_options={"steps": 3, "lr": 0.05, "batch_size": 4})
+    pool = AdapterPool(
+        "ma*",
+        base_dir=adapters,
+        by="gate",
+        base_lm=base_lm,
+        base_path=tiny_model_dir,
+        gate_options={"steps": 3, "lr": 0.05, "batch_size": 4},
+    )
     inputs = pool.gates.module_inputs("4 + 4 =")
     assert set(inputs) == set(gates)
     assert pool.scores(["4 + 4 ="])[0, 0].item() == pytest.approx(gate_scores(inputs, [gates])[0].item(), rel=1e-5)

@@ -1,6 +1,7 @@
 """The result cache: a repeated call is answered from disk without loading
 the model; its key follows everything the result depends on; concurrent
 writers never corrupt it; a damaged entry is recomputed."""
+
 import json
 import os
 import subprocess
@@ -22,9 +23,11 @@ def source(model_dir, decoder: str = "", adapter: str | None = None) -> str:
     if adapter:
         extra = f'adapter la = lora "{adapter}"\nmodel ma = m + la\n'
         use = "ma"
-    return (f'input t: str\nmodel m = "{model_dir}"\n{extra}'
-            f'query q(x: str) using {use} {decoder} {{ "Say {{x}}: [a]" where tokens(a) <= 4 }}\n'
-            'flow { emit a = q(t).a }\n')
+    return (
+        f'input t: str\nmodel m = "{model_dir}"\n{extra}'
+        f'query q(x: str) using {use} {decoder} {{ "Say {{x}}: [a]" where tokens(a) <= 4 }}\n'
+        'flow { emit a = q(t).a }\n'
+    )
 
 
 def entries(home: Path) -> list[Path]:
@@ -39,7 +42,7 @@ def test_a_repeated_call_is_answered_without_loading_the_model(tiny_model_dir, l
     again = lmlang.compile(source(tiny_model_dir), cache=True)
     assert again.run_batch([{"t": "cat"}, {"t": "dog"}]) == out
     assert [r.cached for r in again.trace.records] == [True, True]
-    assert again._executor()._lms == {}                 # no model was loaded
+    assert again._executor()._lms == {}  # no model was loaded
     rec = again.trace.records[0]
     assert rec.forward_passes == 0 and "Say cat:" in rec.prompt and rec.values == {"a": out[0]["a"]}
     assert lmlang.compile(source(tiny_model_dir), cache=False).run(t="cat") == out[0]
@@ -49,9 +52,11 @@ def test_an_all_hit_run_never_imports_torch(tiny_model_dir, lmlang_home, tmp_pat
     script = tmp_path / "s.lm"
     script.write_text(source(tiny_model_dir))
     lmlang.compile_file(script, cache=True).run(t="cat")
-    code = ("import sys, lmlang\n"
-            f"p = lmlang.compile_file({str(script)!r}, cache=True)\n"
-            "print(p.run(t='cat')['a'] is not None, p.trace.records[0].cached, 'torch' in sys.modules)\n")
+    code = (
+        "import sys, lmlang\n"
+        f"p = lmlang.compile_file({str(script)!r}, cache=True)\n"
+        "print(p.run(t='cat')['a'] is not None, p.trace.records[0].cached, 'torch' in sys.modules)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "LMLANG_HOME": str(lmlang_home)}
     env.pop("LMLANG_CACHE", None)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
@@ -65,11 +70,16 @@ def test_the_key_follows_inputs_seed_model_and_adapter_files(tiny_model_dir, tin
     lora = make_lora(tiny_model_dir, tmp_path / "lora", seed=1)
 
     n = 0
-    for variant in [source(tiny_model_dir), source(tiny_model_dir_b), source(tiny_model_dir, adapter=str(lora)),
-                    source(tiny_model_dir, "decode sample(seed: 1)"), source(tiny_model_dir, "decode sample(seed: 2)")]:
+    for variant in [
+        source(tiny_model_dir),
+        source(tiny_model_dir_b),
+        source(tiny_model_dir, adapter=str(lora)),
+        source(tiny_model_dir, "decode sample(seed: 1)"),
+        source(tiny_model_dir, "decode sample(seed: 2)"),
+    ]:
         lmlang.compile(variant, cache=True).run(t="cat")
         n += 1
-        assert len(entries(lmlang_home)) == n          # each is a new key: nothing answered from another
+        assert len(entries(lmlang_home)) == n  # each is a new key: nothing answered from another
     lmlang.compile(source(tiny_model_dir), cache=True).run(t="dog")
     assert len(entries(lmlang_home)) == n + 1
     seeded = lmlang.compile(source(tiny_model_dir, "decode sample(seed: 1)"), cache=True)
@@ -85,9 +95,11 @@ def test_the_key_follows_inputs_seed_model_and_adapter_files(tiny_model_dir, tin
 
 
 def test_sampling_calls_are_cached_per_call_seed(tiny_model_dir, lmlang_home):
-    src = (f'input t: str\nmodel m = "{tiny_model_dir}"\n'
-           'query s(x: str) using m decode sample(temperature: 2.0, seed: 3) { "{x} [d]" where tokens(d) <= 4 }\n'
-           'flow { d = [] for i in range(4) { d = d + [s(t).d] } emit d = d }\n')
+    src = (
+        f'input t: str\nmodel m = "{tiny_model_dir}"\n'
+        'query s(x: str) using m decode sample(temperature: 2.0, seed: 3) { "{x} [d]" where tokens(d) <= 4 }\n'
+        'flow { d = [] for i in range(4) { d = d + [s(t).d] } emit d = d }\n'
+    )
     out = lmlang.compile(src, cache=True).run(t="cat")
     assert len(set(out["d"])) >= 3 and len(entries(lmlang_home)) == 4
     again = lmlang.compile(src, cache=True)
@@ -97,20 +109,26 @@ def test_sampling_calls_are_cached_per_call_seed(tiny_model_dir, lmlang_home):
 def test_a_damaged_or_foreign_entry_is_recomputed(tiny_model_dir, lmlang_home):
     out = lmlang.compile(source(tiny_model_dir), cache=True).run(t="cat")
     (entry,) = entries(lmlang_home)
-    for damage in ('{"format": 1, "key": "', "not json at all", json.dumps({"format": 1, "key": "other", "result": {}, "texts": {}})):
+    for damage in (
+        '{"format": 1, "key": "',
+        "not json at all",
+        json.dumps({"format": 1, "key": "other", "result": {}, "texts": {}}),
+    ):
         entry.write_text(damage)
         p = lmlang.compile(source(tiny_model_dir), cache=True)
         assert p.run(t="cat") == out and not p.trace.records[-1].cached
-        assert json.loads(entry.read_text())["result"] == out       # replaced by the recomputed result
+        assert json.loads(entry.read_text())["result"] == out  # replaced by the recomputed result
 
 
 def test_concurrent_writers_leave_whole_entries(tmp_path):
     """Several processes publish the same keys at once: every entry parses."""
-    code = ("import sys\nfrom pathlib import Path\nfrom lmlang.runtime.result_cache import ResultCache\n"
-            "c = ResultCache(Path(sys.argv[1]))\n"
-            "for i in range(200):\n"
-            "    k = f'{i % 10:02d}' + 'ab' * 19\n"
-            "    c.put(k, query='q', model='m', result={'a': 'x' * (1000 + int(sys.argv[2]))}, texts={'a': 'x'}, prompt='p')\n")
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom lmlang.runtime.result_cache import ResultCache\n"
+        "c = ResultCache(Path(sys.argv[1]))\n"
+        "for i in range(200):\n"
+        "    k = f'{i % 10:02d}' + 'ab' * 19\n"
+        "    c.put(k, query='q', model='m', result={'a': 'x' * (1000 + int(sys.argv[2]))}, texts={'a': 'x'}, prompt='p')\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(w)], env=env) for w in range(4)]
     assert all(p.wait(timeout=300) == 0 for p in procs)
@@ -151,13 +169,20 @@ def test_a_data_run_answered_by_the_cache_loads_no_model(tiny_model_dir, lmlang_
     outs = []
     for n in range(2):
         out = tmp_path / f"out{n}.jsonl"
-        code = ("import sys\nfrom lmlang.cli import main\n"
-                "try:\n    main()\nexcept SystemExit as e:\n"
-                "    print('TORCH', 'torch' in sys.modules, file=sys.stderr)\n    raise\n")
+        code = (
+            "import sys\nfrom lmlang.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as e:\n"
+            "    print('TORCH', 'torch' in sys.modules, file=sys.stderr)\n    raise\n"
+        )
         env = {**os.environ, "PYTHONPATH": str(REPO), "LMLANG_HOME": str(lmlang_home)}
         env.pop("LMLANG_CACHE", None)
-        p = subprocess.run([sys.executable, "-c", code, "run", str(script), "--data", str(data), "--out", str(out),
-                            "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
+        p = subprocess.run(
+            [sys.executable, "-c", code, "run", str(script), "--data", str(data), "--out", str(out), "--no-progress"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         assert p.returncode == 0, p.stderr
         outs.append((out.read_text(), p.stderr))
     assert outs[0][0] == outs[1][0]

@@ -1,4 +1,5 @@
 """Routers and logit fusion on tiny models."""
+
 import torch
 
 import lmlang
@@ -18,12 +19,16 @@ flow {{ o = q(t) emit expert = o.expert, v = o.v }}
 
 
 def test_rules_router_first_match_wins_and_default(tiny_model_dir, tiny_model_dir_b):
-    p = prog(tiny_model_dir, tiny_model_dir_b, '''
+    p = prog(
+        tiny_model_dir,
+        tiny_model_dir_b,
+        '''
 router r = route rules {
     a: matches r"[0-9]+ *[+*] *[0-9]+"
     b: contains ["thank", "sorry"]
     default: a
-}''')
+}''',
+    )
     rows = [{"t": "What is 3 + 4?"}, {"t": "Thank you so much"}, {"t": "hello"}, {"t": "sorry, 2 * 2"}]
     out = p.run_batch(rows)
     assert [o["expert"] for o in out] == ["a", "b", "a", "a"]
@@ -32,21 +37,29 @@ router r = route rules {
 
 
 def test_embedding_router_picks_nearest_examples(tiny_model_dir, tiny_model_dir_b):
-    p = prog(tiny_model_dir, tiny_model_dir_b, '''
+    p = prog(
+        tiny_model_dir,
+        tiny_model_dir_b,
+        '''
 router r = route embedding {
     a: ["What is 12 times 7?", "Compute 30 minus 4.", "Add 5 and 9."]
     b: ["The soup was cold and the waiter rude.", "I loved the film!", "Terrible service at the hotel."]
-}''')
+}''',
+    )
     out = p.run_batch([{"t": "What is 8 times 9?"}, {"t": "The pasta was cold and the staff rude."}])
     assert [o["expert"] for o in out] == ["a", "b"]
 
 
 def test_classify_router_matches_exact_choice_scoring(tiny_model_dir, tiny_model_dir_b):
-    p = prog(tiny_model_dir, tiny_model_dir_b, '''
+    p = prog(
+        tiny_model_dir,
+        tiny_model_dir_b,
+        '''
 router r = route classify using a {
     a: "arithmetic questions"
     b: "restaurant reviews"
-}''')
+}''',
+    )
     first = p.run(t="What is 2 + 2?")
     again = p.run(t="What is 2 + 2?")
     assert first["expert"] in ("a", "b") and first == again

@@ -36,6 +36,7 @@ flow {{ r = q("hi") emit v = r.v }}
 
 def test_merge_node_error_is_clean(tiny_model_dir, tmp_path, lmlang_home):
     import sys
+
     sys.path.insert(0, str(tmp_path))
     from tiny import build_tiny_model
 
@@ -63,6 +64,6 @@ query q(x: str) using m {{ "{{x}} [v]" where v in ["yes", "no"] }}
 flow {{ r = q("hi") emit v = r.v }}
 '''
     assert lmlang.compile(src).run()["v"] in ("yes", "no")
-    folder, = [d for d in (lmlang_home / "merges").iterdir() if d.is_dir()]
+    (folder,) = [d for d in (lmlang_home / "merges").iterdir() if d.is_dir()]
     w = load_file(str(next(folder.glob("*.safetensors"))))
     assert w["model.layers.0.self_attn.q_proj.weight"].dtype == torch.float16

@@ -1,5 +1,6 @@
 """Runtime state lives in declared fields of the objects that own it, and its
 caches still pay off on the second query."""
+
 import pytest
 
 from lmlang.constraints import spec as C
@@ -17,7 +18,9 @@ def loaded(tiny_model_dir):
 
 
 def label(lm, review):
-    run = QueryRun(lm, RenderedPrompt((SYSTEM + review + "\nLabel: ", "."), ("l",)), {"l": C.Choice(("positive", "negative"))})
+    run = QueryRun(
+        lm, RenderedPrompt((SYSTEM + review + "\nLabel: ", "."), ("l",)), {"l": C.Choice(("positive", "negative"))}
+    )
     (d,) = decode_rows(lm, [run], [Sampler(True)])
     return d
 
@@ -53,7 +56,7 @@ def test_vocabulary_caches_belong_to_the_loaded_model(loaded):
     assert a.tok_info is b.tok_info is loaded.tok_info
     label(a, "great food")
     pairs = a.tok_info.heal_pairs(" ")
-    assert pairs is not None and a.tok_info.heal_pairs(" ") is pairs   # built once, for every query after
+    assert pairs is not None and a.tok_info.heal_pairs(" ") is pairs  # built once, for every query after
     # Nothing is hung on the transformers objects.
     assert not [k for k in vars(loaded.tokenizer) if "lmlang" in k]
     assert not [k for k in vars(loaded.model) if "lmlang" in k]

@@ -1,5 +1,6 @@
 """Seams between prompt text and holes fall on canonical token boundaries:
 the cache ends up holding exactly the canonical tokenization of the text."""
+
 import pytest
 
 from lmlang.constraints import spec as C

@@ -1,6 +1,7 @@
 """A script cannot run Python or shell: no eval, no attribute walks, no
 format-string tricks. Each attack is a check error (or a syntax error) with a
 span, and the compiled program contains nothing executable."""
+
 from pathlib import Path
 import dataclasses
 
@@ -64,8 +65,10 @@ def test_attack_is_a_script_error_with_a_span(attack):
 
 def test_interpolation_is_a_lookup_not_formatting():
     # A literal "{x.__class__}" as *data* is printed as data, never formatted.
-    fe = build(HEAD + 'query q(x: str) { user "{x}" assistant "[a]" where a in ["y"] }\nflow { emit r = q("{x.__class__}") }',
-               "ok.lm")
+    fe = build(
+        HEAD + 'query q(x: str) { user "{x}" assistant "[a]" where a in ["y"] }\nflow { emit r = q("{x.__class__}") }',
+        "ok.lm",
+    )
     q = fe.compiled.spec(fe.compiled.names["q"])
     assert q.segments[0][1] == (("interp", ("x",)),)
 
@@ -82,7 +85,7 @@ def test_no_python_objects_in_the_graph():
     fe = build(open(Path(__file__).resolve().parents[1] / "fixtures" / "ok_flow.lm").read(), "f.lm")
 
     def plain(v):
-        if isinstance(v, ir.IRNode):            # the flow IR: frozen nodes of plain data, nothing callable
+        if isinstance(v, ir.IRNode):  # the flow IR: frozen nodes of plain data, nothing callable
             return all(plain(getattr(v, f.name)) for f in dataclasses.fields(v))
         if isinstance(v, tuple):
             return all(plain(x) for x in v)

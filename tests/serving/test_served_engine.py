@@ -4,6 +4,7 @@ the local decoding loop (on the tiny model), adapter stacks exported exactly,
 and error paths against a small in-process fake server (a value that breaks
 its constraint, retries, timeouts, malformed answers). What a real vLLM
 answers is tested in test_served_vllm.py."""
+
 from __future__ import annotations
 
 import json
@@ -20,22 +21,24 @@ from lmlang.serving.structured import ServedValueError, ServerFeatures
 
 from test_serving_client import FakeServer
 
-EXACT = ServerFeatures()                                  # vLLM with the guidance backend
+EXACT = ServerFeatures()  # vLLM with the guidance backend
 XGRAMMAR = ServerFeatures("vllm", True, "xgrammar")
 
 
 def completion(text, finish="stop", stop_reason=None, tokens=3):
-    return Completion(text, finish, stop_reason, request="POST /completions (model 'm', prompt '...')",
-                      completion_tokens=tokens)
+    return Completion(
+        text, finish, stop_reason, request="POST /completions (model 'm', prompt '...')", completion_tokens=tokens
+    )
 
 
 # ---------------------------------------------------------------- holes -> requests
+
 
 def test_a_held_back_seam_prefixes_the_shape_and_is_cut_off_the_value():
     from lmlang.constraints.shapes import shape_regex
 
     req = plan_hole("n", C.IntType(), EXACT, "m", heal=" ")
-    int64 = shape_regex(C.IntType())                      # an unbounded `is int` is int64 (docs/language.md)
+    int64 = shape_regex(C.IntType())  # an unbounded `is int` is int64 (docs/language.md)
     assert re.fullmatch(int64, "9223372036854775807") and not re.fullmatch(int64, "9223372036854775808")
     assert req.structured == {"regex": r"\x20(?:" + int64 + ")"} and req.max_tokens == 256
     assert req.value(completion(" 42"), "server x") == ("42", "eos")
@@ -57,7 +60,7 @@ def test_the_next_texts_first_token_ends_a_complete_value_where_it_cannot_contin
     req = plan_hole("n", C.IntType(), EXACT, "m", terminator=".")
     assert req.structured["regex"].endswith(r"(?:\.)?") and req.stops == (".",)
     assert req.value(completion("42.", stop_reason="."), "s") == ("42", "next-text")
-    assert plan_hole("x", C.FloatType(), EXACT, "m", terminator=".").terminator is None    # "3." continues a float
+    assert plan_hole("x", C.FloatType(), EXACT, "m", terminator=".").terminator is None  # "3." continues a float
     assert plan_hole("x", C.Regex("[a-z]+"), EXACT, "m", terminator=".").terminator is None
     assert plan_hole("x", C.Choice(("a", "a.b")), EXACT, "m", terminator=".").terminator is None
 
@@ -66,8 +69,16 @@ def test_a_choice_follows_its_canonical_token_paths(tiny_model_dir):
     from lmlang.runtime.engines.served_prompt import load_tokens
 
     tk = load_tokens(str(tiny_model_dir))
-    req = plan_hole("c", C.Choice(("positive", "negative")), EXACT, "m", heal=" ", terminator="\n", tokens=tk,
-                    next_token=tk.encode("\n")[0])
+    req = plan_hole(
+        "c",
+        C.Choice(("positive", "negative")),
+        EXACT,
+        "m",
+        heal=" ",
+        terminator="\n",
+        tokens=tk,
+        next_token=tk.encode("\n")[0],
+    )
     paths = [tk.tok_info.encode(" positive"), tk.tok_info.encode(" negative")]
     body = " | ".join(" ".join(f"<[{t}]>" for t in p) for p in paths)
     assert req.structured == {"grammar": f"start: choice | choice <[{tk.encode(chr(10))[0]}]>\nchoice: {body}\n"}
@@ -97,8 +108,13 @@ def test_a_value_that_breaks_its_constraint_is_an_error_naming_server_and_reques
 
 PROMPTS = [
     ([(None, (("text", "Say: "), ("hole", "a"), ("text", " then "), ("hole", "b"), ("text", ".")))], False),
-    ([("user", (("text", "Q: 12 * 7?"),)), ("assistant", (("text", "The answer is "), ("hole", "n"),
-                                                          ("text", ". So "), ("hole", "w")))], True),
+    (
+        [
+            ("user", (("text", "Q: 12 * 7?"),)),
+            ("assistant", (("text", "The answer is "), ("hole", "n"), ("text", ". So "), ("hole", "w"))),
+        ],
+        True,
+    ),
     ([(None, (("hole", "a"), ("text", " and more")))], False),
 ]
 
@@ -124,7 +140,7 @@ def test_prompt_ids_are_the_local_decoding_loops(tiny_model_dir, segments, chat)
         cur.advance("x")
         if i + 1 < len(rendered.holes):
             canon = lm.encode(run.holes[i].heal + "x" + rendered.chunks[i + 1])
-            ids += canon[:-1] if run.holes[i + 1].heal else canon        # what _finish_hole leaves in the cache
+            ids += canon[:-1] if run.holes[i + 1].heal else canon  # what _finish_hole leaves in the cache
             assert cur.prompt() == ids
 
 
@@ -139,6 +155,7 @@ def test_without_a_tokenizer_prompts_go_as_text_with_the_seam_held_back():
 
 
 # ---------------------------------------------------------------- adapter stacks, exactly
+
 
 def _random_adapter(base_dir, out, r, targets, seed):
     import torch
@@ -160,19 +177,21 @@ def test_an_adapter_stack_exports_as_one_exact_lora(tiny_model_dir, tmp_path, lm
 
     a = _random_adapter(tiny_model_dir, tmp_path / "a", 4, ["q_proj", "v_proj"], 1)
     b = _random_adapter(tiny_model_dir, tmp_path / "b", 2, ["q_proj", "o_proj"], 2)
-    assert export_stack([(a, 1.0)]) == a                     # one adapter at scale 1: served as it is
+    assert export_stack([(a, 1.0)]) == a  # one adapter at scale 1: served as it is
     out = export_stack([(a, 0.8), (b, -0.5)])
-    assert export_stack([(a, 0.8), (b, -0.5)]) == out         # cached by content
+    assert export_stack([(a, 0.8), (b, -0.5)]) == out  # cached by content
     got, la, lb = load_lora(out), load_lora(a), load_lora(b)
     assert got.config["r"] == 6 and got.config["lora_alpha"] == 6
     assert set(got.modules) == set(la.modules) | set(lb.modules)
     for name, m in got.modules.items():
-        want = ((0.8 * la.modules[name].delta() if name in la.modules else 0)
-                + (-0.5 * lb.modules[name].delta() if name in lb.modules else 0))
+        want = (0.8 * la.modules[name].delta() if name in la.modules else 0) + (
+            -0.5 * lb.modules[name].delta() if name in lb.modules else 0
+        )
         assert torch.allclose(m.delta(), want, atol=1e-6), name
 
 
 # ---------------------------------------------------------------- error paths against a fake server
+
 
 def _program(tiny_model_dir, fake_url, query: str, monkeypatch, **client):
     """A program on `server URL` whose deployment talks to the fake server (no probes)."""
@@ -184,8 +203,9 @@ def _program(tiny_model_dir, fake_url, query: str, monkeypatch, **client):
     opts.update(client)
 
     def connect(spec, options):
-        return deploy.Deployment("server", spec.url, Client(Endpoint(spec.url, "m", **opts)), "m",
-                                 load_tokens(str(tiny_model_dir)), EXACT)
+        return deploy.Deployment(
+            "server", spec.url, Client(Endpoint(spec.url, "m", **opts)), "m", load_tokens(str(tiny_model_dir)), EXACT
+        )
 
     monkeypatch.setattr(deploy, "_connect", connect)
     monkeypatch.setattr(deploy, "_DEPLOYMENTS", {})
@@ -193,8 +213,11 @@ def _program(tiny_model_dir, fake_url, query: str, monkeypatch, **client):
 
 
 def _answer(text, stop_reason=None):
-    return {"model": "m", "choices": [{"index": 0, "text": text, "finish_reason": "stop",
-                                       "stop_reason": stop_reason}], "usage": {"completion_tokens": 2}}
+    return {
+        "model": "m",
+        "choices": [{"index": 0, "text": text, "finish_reason": "stop", "stop_reason": stop_reason}],
+        "usage": {"completion_tokens": 2},
+    }
 
 
 CHOICE = 'query q(t: str) using m { "Label {t}: [y]" where y in ["red", "blue"] }'
@@ -208,8 +231,8 @@ def test_a_served_value_is_validated_before_it_is_handed_on(tiny_model_dir, monk
     msg = str(e.value)
     assert fake.url in msg and "POST /completions" in msg and "'green' is not one of the options" in msg
     body = fake.requests[0]["body"]
-    assert isinstance(body["prompt"], list) and body["temperature"] == 0.0      # exact ids, greedy
-    assert body["structured_outputs"]["grammar"].startswith("start: choice")   # canonical token paths
+    assert isinstance(body["prompt"], list) and body["temperature"] == 0.0  # exact ids, greedy
+    assert body["structured_outputs"]["grammar"].startswith("start: choice")  # canonical token paths
 
 
 def test_retries_then_a_valid_value(tiny_model_dir, monkeypatch):
@@ -219,17 +242,27 @@ def test_retries_then_a_valid_value(tiny_model_dir, monkeypatch):
     assert len(fake.requests) == 2
 
 
-@pytest.mark.parametrize("step,error", [
-    ((200, _answer(" red"), 3.0), "no answer within 0.5 s"),
-    ((200, b"not json"), "invalid JSON"),
-    ((200, {"choices": []}), "not an OpenAI-compatible completion"),
-    ((400, {"message": "bad grammar"}), "HTTP 400: bad grammar"),
-])
+@pytest.mark.parametrize(
+    "step,error",
+    [
+        ((200, _answer(" red"), 3.0), "no answer within 0.5 s"),
+        ((200, b"not json"), "invalid JSON"),
+        ((200, {"choices": []}), "not an OpenAI-compatible completion"),
+        ((400, {"message": "bad grammar"}), "HTTP 400: bad grammar"),
+    ],
+)
 def test_server_failures_are_errors_of_their_row_only(tiny_model_dir, monkeypatch, step, error):
     script = [(200, _answer(" red")), step]
     with FakeServer(script) as fake:
-        prog = _program(tiny_model_dir, fake.url, CHOICE + '\ninput ts: list[str]\nflow { out = [] for t in ts '
-                        '{ out = out + [q(t).y] } emit out }', monkeypatch, timeout=0.5, retries=0, concurrency=1)
+        prog = _program(
+            tiny_model_dir,
+            fake.url,
+            CHOICE + '\ninput ts: list[str]\nflow { out = [] for t in ts { out = out + [q(t).y] } emit out }',
+            monkeypatch,
+            timeout=0.5,
+            retries=0,
+            concurrency=1,
+        )
         rows = prog.run_batch([{"ts": ["a"]}, {"ts": ["b"]}], errors="return")
     assert rows[0] == {"out": ["red"]}
     assert isinstance(rows[1], LmlangError) and error in str(rows[1]) and fake.url in str(rows[1])
@@ -237,8 +270,9 @@ def test_server_failures_are_errors_of_their_row_only(tiny_model_dir, monkeypatc
 
 def test_rows_are_in_flight_together_up_to_the_concurrency(tiny_model_dir, monkeypatch):
     with FakeServer([(200, _answer(" red"), 0.3)]) as fake:
-        prog = _program(tiny_model_dir, fake.url, CHOICE + '\ninput t: str\nflow { emit y = q(t).y }', monkeypatch,
-                        concurrency=3)
+        prog = _program(
+            tiny_model_dir, fake.url, CHOICE + '\ninput t: str\nflow { emit y = q(t).y }', monkeypatch, concurrency=3
+        )
         rows = prog.run_batch([{"t": str(i)} for i in range(9)])
     assert rows == [{"y": "red"}] * 9
     assert fake.max_in_flight == 3
@@ -250,8 +284,10 @@ def test_a_server_that_is_gone_is_an_error_naming_it(monkeypatch):
 
     monkeypatch.setattr(deploy, "_DEPLOYMENTS", {})
     url = f"http://127.0.0.1:{free_port()}/v1"
-    prog = lmlang.compile(f'model base = server "{url}" {{ model: "m", retries: 0, timeout: 5 }}\n'
-                          'query q(t: str) using base { "{t} [x]" where tokens(x) <= 3 }\n')
+    prog = lmlang.compile(
+        f'model base = server "{url}" {{ model: "m", retries: 0, timeout: 5 }}\n'
+        'query q(t: str) using base { "{t} [x]" where tokens(x) <= 3 }\n'
+    )
     with pytest.raises(LmlangError) as e:
         prog.queries["q"]("hi")
     assert url in str(e.value) and "cannot connect" in str(e.value)
@@ -264,10 +300,10 @@ def test_a_lora_enabled_server_serves_compatible_options(tmp_path):
 
     lora = ServerOptions(model="default", name="smollm2", enable_lora=True, max_lora_rank=64)
     server = ManagedServer(lora, None, Path("/m"), "smollm2", 1, Path("/dev/null"))
-    assert server.serves(ServerOptions(model="default"))                              # no LoRA needed
+    assert server.serves(ServerOptions(model="default"))  # no LoRA needed
     assert server.serves(ServerOptions(model="default", enable_lora=True, max_lora_rank=16))
     assert not server.serves(ServerOptions(model="default", enable_lora=True, max_lora_rank=128))
-    assert not server.serves(ServerOptions(model="default", max_model_len=1024))     # other engine settings
+    assert not server.serves(ServerOptions(model="default", max_model_len=1024))  # other engine settings
     plain = ManagedServer(ServerOptions(model="default"), None, Path("/m"), "m", 1, Path("/dev/null"))
     assert not plain.serves(lora)
     args = server_args(lora, Path("/m"), "smollm2", 1, "cpu")
@@ -288,7 +324,7 @@ def test_on_a_lora_server_a_scoring_request_is_never_in_flight_with_another():
     gate, log, now = ScoreGate(), [], {"shared": 0, "alone": 0}
 
     async def request(kind: str, k: int):
-        async with (gate.alone() if kind == "alone" else gate.shared()):
+        async with gate.alone() if kind == "alone" else gate.shared():
             now[kind] += 1
             log.append(dict(now))
             await asyncio.sleep(0.001 * (k % 3))
@@ -300,4 +336,4 @@ def test_on_a_lora_server_a_scoring_request_is_never_in_flight_with_another():
     asyncio.run(main())
     assert len(log) == 40
     assert all(s["alone"] <= 1 and not (s["alone"] and s["shared"]) for s in log)
-    assert max(s["shared"] for s in log) > 1                       # ordinary requests still overlap
+    assert max(s["shared"] for s in log) > 1  # ordinary requests still overlap

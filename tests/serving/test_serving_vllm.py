@@ -8,6 +8,7 @@ LMLANG_SKIP_VLLM=1 to skip these tests on a machine that cannot install vLLM, or
 LMLANG_TEST_VLLM_URL=http://127.0.0.1:PORT/v1 to run them against a server started
 with `python tests/served_server.py`.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,19 @@ import math
 
 import pytest
 
-from lmlang.constraints.spec import (All, BoolType, Choice, FloatType, Grammar, IntType, JsonSchema, MaxChars,
-                                     MaxTokens, Regex, Stop)
+from lmlang.constraints.spec import (
+    All,
+    BoolType,
+    Choice,
+    FloatType,
+    Grammar,
+    IntType,
+    JsonSchema,
+    MaxChars,
+    MaxTokens,
+    Regex,
+    Stop,
+)
 from lmlang.serving.structured import ServedConstraint, ServerFeatures, served_value, to_request
 from served_server import LORA, SERVED
 
@@ -53,7 +65,7 @@ def test_version_models_and_capabilities(client, vllm_server):
     caps = client.capabilities()
     assert caps.version == VLLM_VERSION and caps.engine == "vllm"
     assert caps.base_models == (SERVED,)
-    assert LORA in caps.lora_modules                 # others load as scripts apply adapters
+    assert LORA in caps.lora_modules  # others load as scripts apply adapters
     assert {m.id: m.parent for m in caps.models}[LORA] == SERVED
     assert caps.structured_outputs is True and caps.prompt_logprobs is True
     assert client.health()
@@ -65,15 +77,26 @@ def test_the_same_options_reuse_the_running_server(vllm_server):
     assert start_server(vllm_server.options, progress=False) is vllm_server
     # what `model m = vllm default` asks for, with and without adapters, is served by it too
     assert start_server(ServerOptions(model="default"), progress=False) is vllm_server
-    assert start_server(ServerOptions(model="default", enable_lora=True, max_lora_rank=64),
-                        progress=False) is vllm_server
+    assert (
+        start_server(ServerOptions(model="default", enable_lora=True, max_lora_rank=64), progress=False) is vllm_server
+    )
 
 
 # ---------------------------------------------------------------------------- constraint kinds
-PERSON = JsonSchema(json.dumps({"type": "object", "additionalProperties": False, "required": ["name", "age"],
-                                "properties": {"name": {"type": "string", "maxLength": 12},
-                                               "age": {"type": "integer", "minimum": 0, "maximum": 120}}},
-                               sort_keys=True))
+PERSON = JsonSchema(
+    json.dumps(
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name", "age"],
+            "properties": {
+                "name": {"type": "string", "maxLength": 12},
+                "age": {"type": "integer", "minimum": 0, "maximum": 120},
+            },
+        },
+        sort_keys=True,
+    )
+)
 ARITH = 'start: NUM " " OP " " NUM\nNUM: /[1-9][0-9]?/\nOP: "+" | "-"'
 
 KINDS = [
@@ -100,7 +123,7 @@ def test_each_constraint_kind_returns_valid_values(client, vllm_server, kind, qu
     assert isinstance(served, ServedConstraint), served
     kw = {"max_tokens": 48, **served.kwargs()}
     out = client.completion(chat_prompt(question), temperature=0.0, **kw)
-    value = served_value(out, served, constraint, url=vllm_server.base_url)   # raises if invalid
+    value = served_value(out, served, constraint, url=vllm_server.base_url)  # raises if invalid
     if kind == "choice-and-int":
         assert value in ("12", "3")
     if kind == "max-tokens":
@@ -122,8 +145,13 @@ def test_sampling_with_a_seed_repeats(client):
 
 
 def test_chat_endpoint_with_a_choice_and_logprobs(client):
-    out = client.chat([{"role": "user", "content": "Is the sun a star? Answer yes or no."}], temperature=0.0,
-                      max_tokens=4, structured={"choice": ["yes", "no"]}, logprobs=2)
+    out = client.chat(
+        [{"role": "user", "content": "Is the sun a star? Answer yes or no."}],
+        temperature=0.0,
+        max_tokens=4,
+        structured={"choice": ["yes", "no"]},
+        logprobs=2,
+    )
     assert out.text in ("yes", "no")
     assert out.logprobs and all(t.logprob <= 0 for t in out.logprobs)
     assert all(len(top) <= 2 for top in out.top_logprobs or [])
@@ -136,9 +164,14 @@ def _local_greedy(local, prompt: str, n: int) -> tuple[list[int], list[int]]:
     tok, model = local.tokenizer, local.model
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
-    return ids, out[0, len(ids):].tolist()
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+    return ids, out[0, len(ids) :].tolist()
 
 
 GREEDY_PROMPTS = [
@@ -165,8 +198,9 @@ def test_the_lmlang_runtime_and_the_server_agree(client):
     """lmlang's own decoding loop (a compiled query) against the server, same raw prompt."""
     import lmlang
 
-    prog = lmlang.compile('model base = default\nquery q(t: str) using base {\n    "{t}[x]"\n'
-                          '    where tokens(x) <= 10\n}\n')
+    prog = lmlang.compile(
+        'model base = default\nquery q(t: str) using base {\n    "{t}[x]"\n    where tokens(x) <= 10\n}\n'
+    )
     local_value = prog.queries["q"]("The three primary colors are")["x"]
     prompt = prog.trace.records[-1].prompt.split("[x]")[0]
     out = client.completion(prompt, max_tokens=10, temperature=0.0)
@@ -187,14 +221,16 @@ def test_prompt_logprobs_match_local_scores(client, local):
     worst = 0.0
     for pos in range(1, len(ids)):
         row = {t.token_id: t.logprob for t in out.prompt_logprobs[pos]}
-        assert ids[pos] in row                       # the prompt's own token is always reported
+        assert ids[pos] in row  # the prompt's own token is always reported
         worst = max(worst, abs(row[ids[pos]] - local_lp[pos - 1, ids[pos]].item()))
-    assert worst < 1e-3, worst                     # measured: 3.8e-5 over 139 positions
+    assert worst < 1e-3, worst  # measured: 3.8e-5 over 139 positions
     assert math.isfinite(worst)
     # the sum `distribution` needs: the option's tokens after the prefix, sent as ids
     prefix = client.tokenize(chat_prompt("Is the sun a star? Answer yes or no."))
-    assert prefix == local.tokenizer(chat_prompt("Is the sun a star? Answer yes or no."),
-                                     add_special_tokens=False)["input_ids"]
+    assert (
+        prefix
+        == local.tokenizer(chat_prompt("Is the sun a star? Answer yes or no."), add_special_tokens=False)["input_ids"]
+    )
     option = local.tokenizer("yes", add_special_tokens=False)["input_ids"]
     want = sum(local_lp[len(prefix) + i - 1, t].item() for i, t in enumerate(option))
     assert ids == prefix + option
@@ -205,8 +241,8 @@ def test_top_logprobs_of_generated_tokens(client):
     out = client.completion(chat_prompt("Say hi."), max_tokens=3, temperature=0.0, logprobs=3)
     assert len(out.logprobs) == len(out.top_logprobs) == out.completion_tokens
     for sampled, top in zip(out.logprobs, out.top_logprobs):
-        assert 1 <= len(top) <= 4                    # vLLM adds the sampled token when it is not in the top 3
-        assert abs(max(t.logprob for t in top) - sampled.logprob) < 1e-4   # greedy took the best one
+        assert 1 <= len(top) <= 4  # vLLM adds the sampled token when it is not in the top 3
+        assert abs(max(t.logprob for t in top) - sampled.logprob) < 1e-4  # greedy took the best one
 
 
 # ---------------------------------------------------------------------------- LoRA
@@ -217,7 +253,9 @@ def test_a_lora_module_is_served_and_matches_lmlang(client, lora_dir):
     base = client.completion(prompt_text, max_tokens=8, temperature=0.0)
     tuned = client.completion(prompt_text, model=LORA, max_tokens=8, temperature=0.0)
     assert tuned.text != base.text
-    src = (f'model base = default\nadapter rnd = lora "{lora_dir}"\nmodel tuned = base + rnd\n'
-           'query q(t: str) using tuned {\n    "{t}[x]"\n    where tokens(x) <= 8\n}\n')
+    src = (
+        f'model base = default\nadapter rnd = lora "{lora_dir}"\nmodel tuned = base + rnd\n'
+        'query q(t: str) using tuned {\n    "{t}[x]"\n    where tokens(x) <= 8\n}\n'
+    )
     local_value = lmlang.compile(src).queries["q"](prompt_text)["x"]
     assert tuned.text == local_value

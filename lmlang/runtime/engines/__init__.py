@@ -13,6 +13,7 @@ an engine (SGLang's native API, TGI) is one module with one Engine subclass,
 one entry here, and the source kind that names it. Modules are imported only
 when a program runs a query on such a node; nothing registers on import.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -19,6 +19,7 @@ decoding, the same tokens up to the numerics of the hardware; what an
 engine cannot do the same way is refused at check time
 (lmlang/checker/served.py reads the features in lmlang.models.sources).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -33,14 +34,14 @@ if TYPE_CHECKING:
 @dataclass
 class RowsJob:
     spec: QuerySpec
-    rows: list[int]                   # indices into envs and results
-    envs: dict                        # index -> the query's arguments by parameter name
-    results: list                     # index -> result dict | LmlangError (filled by the engine)
-    row_ids: list | None = None       # index -> the data row number (trace), or None
-    expert: str | None = None         # the routed expert's name (the `expert` result field)
+    rows: list[int]  # indices into envs and results
+    envs: dict  # index -> the query's arguments by parameter name
+    results: list  # index -> result dict | LmlangError (filled by the engine)
+    row_ids: list | None = None  # index -> the data row number (trace), or None
+    expert: str | None = None  # the routed expert's name (the `expert` result field)
     on_token: Callable | None = None  # on_token(index, hole, text) as values grow
-    seed: int | None = None           # overrides the sampling decoders' seed (lmlang run --seed)
-    trace: Trace | None = None        # the Trace to add records to
+    seed: int | None = None  # overrides the sampling decoders' seed (lmlang run --seed)
+    trace: Trace | None = None  # the Trace to add records to
 
 
 class Engine(ABC):

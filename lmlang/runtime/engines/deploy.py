@@ -18,6 +18,7 @@ folder's. When the program applies adapters to it, the server is started
 with LoRA support and each adapter stack is exported as one exact PEFT folder
 (lmlang.serving.lora_export) and loaded as a LoRA module on first use.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -58,9 +59,9 @@ class ScoreGate:
 
     def __init__(self):
         self._cond: asyncio.Condition | None = None
-        self._shared = 0            # ordinary requests in flight
-        self._alone = False         # a scoring request in flight
-        self._waiting = 0           # scoring requests waiting (they go first: no starvation)
+        self._shared = 0  # ordinary requests in flight
+        self._alone = False  # a scoring request in flight
+        self._waiting = 0  # scoring requests waiting (they go first: no starvation)
 
     def _c(self) -> asyncio.Condition:
         if self._cond is None:
@@ -100,16 +101,16 @@ class ScoreGate:
 
 @dataclass
 class Deployment:
-    kind: str                       # "server" | "vllm"
-    label: str                      # for messages: the URL, or "vllm <source>"
-    client: Client                  # its loop runs the requests
-    model: str                      # the served base model's name
-    tokens: Tokens | None           # None: prompts go as text
+    kind: str  # "server" | "vllm"
+    label: str  # for messages: the URL, or "vllm <source>"
+    client: Client  # its loop runs the requests
+    model: str  # the served base model's name
+    tokens: Tokens | None  # None: prompts go as text
     features: ServerFeatures
-    api: str = "completions"        # "completions" | "chat"
-    server: ManagedServer | None = None     # the ManagedServer of a vllm source
-    is_vllm: bool = True            # vLLM's extra endpoints (/tokenize, /detokenize) exist
-    gate: ScoreGate | None = None   # a vLLM with LoRA enabled: scoring requests go alone (ScoreGate)
+    api: str = "completions"  # "completions" | "chat"
+    server: ManagedServer | None = None  # the ManagedServer of a vllm source
+    is_vllm: bool = True  # vLLM's extra endpoints (/tokenize, /detokenize) exist
+    gate: ScoreGate | None = None  # a vLLM with LoRA enabled: scoring requests go alone (ScoreGate)
 
     @property
     def url(self) -> str:
@@ -157,7 +158,7 @@ def served_model(compiled, builder, nid: str) -> tuple[Deployment, str]:
     dep = deployment_of(compiled, src)
     if not stack:
         return dep, dep.model
-    if dep.server is None:            # the checker refuses adapters on a `server` source
+    if dep.server is None:  # the checker refuses adapters on a `server` source
         raise LmlangRuntimeError(f"adapters cannot be applied on {dep.label}")
     from ...serving.lora_export import export_stack, module_name
 
@@ -185,17 +186,28 @@ def _start_vllm(spec, opts: dict, lora: bool) -> Deployment:
     from .served_prompt import load_tokens
 
     dtype = opts.get("dtype")
-    options = ServerOptions(model=spec.source, tensor_parallel=int(opts.get("tensor_parallel", 1)),
-                            dtype=None if dtype in (None, "auto") else dtype,
-                            max_model_len=opts.get("max_model_len"), gpu_memory=opts.get("gpu_memory"),
-                            args=tuple(opts.get("args", ())), enable_lora=lora,
-                            max_lora_rank=opts.get("max_lora_rank", SOURCE_OPTIONS["vllm"]["max_lora_rank"].default)
-                            if lora else None)
+    options = ServerOptions(
+        model=spec.source,
+        tensor_parallel=int(opts.get("tensor_parallel", 1)),
+        dtype=None if dtype in (None, "auto") else dtype,
+        max_model_len=opts.get("max_model_len"),
+        gpu_memory=opts.get("gpu_memory"),
+        args=tuple(opts.get("args", ())),
+        enable_lora=lora,
+        max_lora_rank=opts.get("max_lora_rank", SOURCE_OPTIONS["vllm"]["max_lora_rank"].default) if lora else None,
+    )
     server = start_server(options)
     client = Client(server.endpoint(**_client_options(opts)))
-    return Deployment("vllm", f"vllm {spec.source}", client, server.name, load_tokens(str(server.folder)),
-                      ServerFeatures("vllm", True, server.structured_backend), server=server,
-                      gate=ScoreGate() if server.options.lora else None)
+    return Deployment(
+        "vllm",
+        f"vllm {spec.source}",
+        client,
+        server.name,
+        load_tokens(str(server.folder)),
+        ServerFeatures("vllm", True, server.structured_backend),
+        server=server,
+        gate=ScoreGate() if server.options.lora else None,
+    )
 
 
 def _connect(spec, opts: dict) -> Deployment:
@@ -203,8 +215,9 @@ def _connect(spec, opts: dict) -> Deployment:
     from ...serving.client import Client, Endpoint
     from ...serving.structured import ServerFeatures
 
-    client = Client(Endpoint(spec.url, opts.get("model") or "", api_key_env=opts.get("api_key_env"),
-                             **_client_options(opts)))
+    client = Client(
+        Endpoint(spec.url, opts.get("model") or "", api_key_env=opts.get("api_key_env"), **_client_options(opts))
+    )
     try:
         caps = client.capabilities(probe=False)
         model = opts.get("model") or _only_model(spec.url, caps)
@@ -220,19 +233,29 @@ def _connect(spec, opts: dict) -> Deployment:
         raise
     engine, structured, backend = served_features("server", opts)
     if engine == "vllm" and not (caps.version and caps.structured_outputs is not False):
-        engine, structured = "openai", False       # not vLLM, or it ignores structured outputs: never trust it
+        engine, structured = "openai", False  # not vLLM, or it ignores structured outputs: never trust it
     features = ServerFeatures(engine, structured, backend)
-    return Deployment("server", spec.url, client, model, _server_tokens(opts, caps, model), features,
-                      api=opts.get("api", "completions"), is_vllm=bool(caps.version),
-                      gate=ScoreGate() if caps.version and any(m.is_lora for m in caps.models) else None)
+    return Deployment(
+        "server",
+        spec.url,
+        client,
+        model,
+        _server_tokens(opts, caps, model),
+        features,
+        api=opts.get("api", "completions"),
+        is_vllm=bool(caps.version),
+        gate=ScoreGate() if caps.version and any(m.is_lora for m in caps.models) else None,
+    )
 
 
 def _only_model(url: str, caps) -> str:
     bases = caps.base_models
     if len(bases) == 1:
         return bases[0]
-    raise LmlangRuntimeError(f"server {url} serves {len(bases)} models; name one with model: \"...\"",
-                             hint="it serves: " + (", ".join(bases) or "none"))
+    raise LmlangRuntimeError(
+        f"server {url} serves {len(bases)} models; name one with model: \"...\"",
+        hint="it serves: " + (", ".join(bases) or "none"),
+    )
 
 
 def _server_tokens(opts: dict, caps, model: str):

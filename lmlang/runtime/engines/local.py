@@ -5,6 +5,7 @@ adapter hooks live behind it (lm.py, fusion.py, constraints/hole.py).
 The executor hands local calls straight to `dispatch.decode_jobs`, which also
 shares batches across queries and adapter stacks; this class puts the same
 path behind the Engine interface for callers that hold one query's rows."""
+
 from __future__ import annotations
 
 from .base import Engine, RowsJob

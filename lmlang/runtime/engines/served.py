@@ -23,6 +23,7 @@ meaning is the local engine's (runtime/decode.py), decoder by decoder:
 Every value is validated against its constraint (served_holes) before it is
 handed on; a row whose request fails gets its error, the other rows go on.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,6 +46,7 @@ from .served_prompt import Cursor, TemplateVia
 @dataclass
 class _Run:
     """One decoding of one row (a sample of best_of/vote, or the only one)."""
+
     values: dict = field(default_factory=dict)
     texts: dict = field(default_factory=dict)
     holes: list = field(default_factory=list)
@@ -61,7 +63,7 @@ class ServedEngine(Engine):
         self.executor = executor
         self.nid = nid
         self._target: tuple[Deployment, str] | None = None
-        self.on_request = None             # on_request(row index, hole, keywords): bench/engine.py replays them
+        self.on_request = None  # on_request(row index, hole, keywords): bench/engine.py replays them
 
     def target(self) -> tuple[Deployment, str]:
         """(deployment, model name): the server is started or probed on first use."""
@@ -107,11 +109,25 @@ class _Rows:
         if job.expert is not None:
             out["expert"] = job.expert
         job.results[i] = out
-        self.records.append((i, QueryTrace(
-            query=spec.name, model=self.label, prompt=rendered.display(), values=dict(run.texts), holes=run.holes,
-            forward_passes=0, tokens_generated=run.tokens, tokens_forced=0,
-            wall_seconds=time.perf_counter() - t0, decoder=spec.decoder[0], expert=job.expert,
-            row=job.row_ids[i] if job.row_ids else None)))
+        self.records.append(
+            (
+                i,
+                QueryTrace(
+                    query=spec.name,
+                    model=self.label,
+                    prompt=rendered.display(),
+                    values=dict(run.texts),
+                    holes=run.holes,
+                    forward_passes=0,
+                    tokens_generated=run.tokens,
+                    tokens_forced=0,
+                    wall_seconds=time.perf_counter() - t0,
+                    decoder=spec.decoder[0],
+                    expert=job.expert,
+                    row=job.row_ids[i] if job.row_ids else None,
+                ),
+            )
+        )
 
     # ------------------------------------------------------------ prompts
     async def render(self, env: dict):
@@ -123,10 +139,11 @@ class _Rows:
         if dep.api == "chat":
             return render(spec.segments, env, TemplateVia(self._capture), True, spec.loc)
         if not dep.is_vllm:
-            raise LmlangRuntimeError(f"{self.where}: cannot render the chat template: lmlang has no tokenizer "
-                                     "for this model and the server has no /tokenize endpoint",
-                                     hint='give one with tokenizer: "..." (default, a hub id, a folder), or use '
-                                          'api: "chat"')
+            raise LmlangRuntimeError(
+                f"{self.where}: cannot render the chat template: lmlang has no tokenizer "
+                "for this model and the server has no /tokenize endpoint",
+                hint='give one with tokenizer: "..." (default, a hub id, a folder), or use api: "chat"',
+            )
         loop = asyncio.get_running_loop()
 
         def apply(messages, add_generation_prompt):
@@ -156,16 +173,17 @@ class _Rows:
         if name == "argmax":
             return await self.sample_run(i, rendered, {"temperature": 0.0}, stream=True)
         if name == "sample":
-            assert seed is not None       # sampling decoders resolve a default seed (decoders.SAMPLING)
+            assert seed is not None  # sampling decoders resolve a default seed (decoders.SAMPLING)
             return await self.sample_run(i, rendered, _sampling(opts, seed), stream=True)
         if name in ("best_of", "vote"):
-            assert seed is not None       # as for sample
-            runs = await asyncio.gather(*(self.sample_run(i, rendered, _sampling(opts, seed + k), logprobs=True)
-                                          for k in range(opts["n"])))
+            assert seed is not None  # as for sample
+            runs = await asyncio.gather(
+                *(self.sample_run(i, rendered, _sampling(opts, seed + k), logprobs=True) for k in range(opts["n"]))
+            )
             best = _best_of(runs) if name == "best_of" else _vote(runs, rendered.holes[-1])
             best.tokens, best.requests = sum(r.tokens for r in runs), sum(r.requests for r in runs)
             return best
-        raise LmlangRuntimeError(f"served model '{self.label}' cannot run decoder {name}")   # the checker refuses beam
+        raise LmlangRuntimeError(f"served model '{self.label}' cannot run decoder {name}")  # the checker refuses beam
 
     async def sample_run(self, i: int, rendered, sampling: dict, stream: bool = False, logprobs: bool = False) -> _Run:
         from ..decode import typed_value
@@ -174,10 +192,16 @@ class _Rows:
         cur = Cursor.start(rendered, dep.tokens if dep.api != "chat" else None)
         for h, hole in enumerate(rendered.holes):
             chat_api = dep.api == "chat"
-            req = plan_hole(hole, self.constraints.get(hole), dep.features, self.label,
-                            "" if chat_api else cur.heals[h], cur.terminators[h],
-                            tokens=None if chat_api else dep.tokens,
-                            next_token=cur.next_tokens[h] if cur.next_tokens else None)
+            req = plan_hole(
+                hole,
+                self.constraints.get(hole),
+                dep.features,
+                self.label,
+                "" if chat_api else cur.heals[h],
+                cur.terminators[h],
+                tokens=None if chat_api else dep.tokens,
+                next_token=cur.next_tokens[h] if cur.next_tokens else None,
+            )
             kw = {**sampling, **req.kwargs(), "model": self.model}
             if logprobs:
                 kw["logprobs"] = 0
@@ -188,8 +212,16 @@ class _Rows:
             run.tokens += out.completion_tokens or 0
             run.requests += 1
             run.logprob += sum(t.logprob for t in out.logprobs or ())
-            run.holes.append({"name": hole, "backend": "server", "compile_seconds": 0.0,
-                              "generated": out.completion_tokens or 0, "forced": 0, "ended_by": ended_by})
+            run.holes.append(
+                {
+                    "name": hole,
+                    "backend": "server",
+                    "compile_seconds": 0.0,
+                    "generated": out.completion_tokens or 0,
+                    "forced": 0,
+                    "ended_by": ended_by,
+                }
+            )
             if stream and self.job.on_token is not None:
                 self.job.on_token(i, hole, text)
             cur.advance(text)
@@ -214,7 +246,7 @@ class _Rows:
     async def distribution(self, rendered, hole: str, options: tuple) -> _Run:
         """Exact option probabilities from prompt log-probabilities (see module docstring)."""
         if rendered.holes.index(hole) > 0:
-            raise LmlangRuntimeError("distribution must be over the last hole")   # the checker enforces it
+            raise LmlangRuntimeError("distribution must be over the last hole")  # the checker enforces it
         prefix, opt_ids, ends = await self._distribution_ids(rendered, options)
         ac = self.dep.client.aclient
 
@@ -223,7 +255,7 @@ class _Rows:
                 return await ac.score(prefix + ids + [end], len(prefix), model=self.model)
 
         flat = await asyncio.gather(*(score(ids, e) for ids in opt_ids for e in ends))
-        per = [flat[k * len(ends):(k + 1) * len(ends)] for k in range(len(options))]
+        per = [flat[k * len(ends) : (k + 1) * len(ends)] for k in range(len(options))]
         scores = [_logsumexp(p) for p in per]
         top = max(scores)
         z = sum(math.exp(s - top) for s in scores)
@@ -241,13 +273,18 @@ class _Rows:
             ends = set(tk.eos_ids) | ({cur.next_tokens[0]} if cur.next_tokens[0] is not None else set())
             return cur.first_ids, [tk.tok_info.encode(cur.heals[0] + o) for o in options], sorted(ends)
         if not dep.is_vllm:
-            raise LmlangRuntimeError(f"{self.where}: a distribution needs the model's tokenizer (or vLLM's /tokenize)",
-                                     hint='give one with tokenizer: "..."')
+            raise LmlangRuntimeError(
+                f"{self.where}: a distribution needs the model's tokenizer (or vLLM's /tokenize)",
+                hint='give one with tokenizer: "..."',
+            )
         ac = dep.client.aclient
         nxt = rendered.chunks[1] if len(rendered.chunks) > 1 else ""
         if not nxt:
-            raise LmlangRuntimeError(f"{self.where}: without the model's tokenizer lmlang cannot tell which token "
-                                     "ends an option at the end of the prompt", hint='give one with tokenizer: "..."')
+            raise LmlangRuntimeError(
+                f"{self.where}: without the model's tokenizer lmlang cannot tell which token "
+                "ends an option at the end of the prompt",
+                hint='give one with tokenizer: "..."',
+            )
         prefix = await ac.tokenize(cur.text, add_special_tokens=True, model=dep.model)
         opts = [await ac.tokenize(cur.heals[0] + o, model=dep.model) for o in options]
         end = (await ac.tokenize(nxt, model=dep.model))[:1]

@@ -31,6 +31,7 @@ Every value is checked again with lmlang's own matcher (structured.validate)
 before it is handed on: a server that loosened a constraint is an error
 naming the server and the request, never a wrong value.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,14 @@ from ...constraints import spec as C
 from ...constraints.hole import DEFAULT_MAX_TOKENS, with_default_budget
 from ...constraints.lower import escape_regex
 from ...errors import LmlangRuntimeError
-from ...serving.structured import (ServedConstraint, ServedValueError, ServerFeatures, Unsupported, check_value,
-                                   to_request)
+from ...serving.structured import (
+    ServedConstraint,
+    ServedValueError,
+    ServerFeatures,
+    Unsupported,
+    check_value,
+    to_request,
+)
 
 # Characters that can continue a complete value of each regex source (a
 # terminator starting with one of them could be read as more of the value).
@@ -51,14 +58,14 @@ _CONTINUES = {"int": set("0123456789"), "bool": set(), "float": set("0123456789.
 @dataclass(frozen=True)
 class HoleRequest:
     name: str
-    constraint: C.Constraint | None     # what the value is validated against (default budget included)
+    constraint: C.Constraint | None  # what the value is validated against (default budget included)
     served: ServedConstraint
-    structured: dict | None             # the `structured_outputs` field sent (healing/terminator applied)
-    stops: tuple[str, ...]              # stop strings sent (the constraint's, then the terminator)
-    heal: str                           # text the generated text starts with, cut off the value
-    terminator: str | None              # the next text's first token, when it may end the value
+    structured: dict | None  # the `structured_outputs` field sent (healing/terminator applied)
+    stops: tuple[str, ...]  # stop strings sent (the constraint's, then the terminator)
+    heal: str  # text the generated text starts with, cut off the value
+    terminator: str | None  # the next text's first token, when it may end the value
     max_tokens: int
-    stop_token: int | None = None       # the terminator as a stop token (canonical choices)
+    stop_token: int | None = None  # the terminator as a stop token (canonical choices)
 
     def kwargs(self) -> dict:
         out: dict = {"max_tokens": self.max_tokens}
@@ -67,9 +74,9 @@ class HoleRequest:
         if self.stops:
             out["stop"] = list(self.stops)
             if self.served.include_stop is not None or self.terminator:
-                out["include_stop"] = True      # the value is trimmed by the stop_reason vLLM returns
+                out["include_stop"] = True  # the value is trimmed by the stop_reason vLLM returns
         if self.stop_token is not None:
-            out["extra"] = {"stop_token_ids": [self.stop_token]}     # vLLM leaves it out of the text
+            out["extra"] = {"stop_token_ids": [self.stop_token]}  # vLLM leaves it out of the text
         return out
 
     def value(self, completion, where: str) -> tuple[str, str]:
@@ -93,27 +100,43 @@ class HoleRequest:
             ended_by = "next-text"
         if self.heal:
             if not text.startswith(self.heal):
-                raise ServedValueError(f"{where}, {completion.request}: returned {text[:60]!r}, which does not "
-                                       f"start with the held-back seam {self.heal!r}",
-                                       hint="the server did not enforce the request's shape")
-            text = text[len(self.heal):]
+                raise ServedValueError(
+                    f"{where}, {completion.request}: returned {text[:60]!r}, which does not "
+                    f"start with the held-back seam {self.heal!r}",
+                    hint="the server did not enforce the request's shape",
+                )
+            text = text[len(self.heal) :]
         tokens = None if ended_by == "next-text" else completion.completion_tokens
-        problem = check_value(text, self.constraint, stop_matched=stop_matched, ended_by=ended_by,
-                              completion_tokens=tokens, semantic_json=self.served.semantic_json)
+        problem = check_value(
+            text,
+            self.constraint,
+            stop_matched=stop_matched,
+            ended_by=ended_by,
+            completion_tokens=tokens,
+            semantic_json=self.served.semantic_json,
+        )
         if problem is not None:
             shown = text if len(text) <= 80 else text[:79] + "…"
-            raise ServedValueError(f"{where}, {completion.request}: returned {shown!r} for [{self.name}], which "
-                                   f"breaks its constraint: {problem}",
-                                   hint="the server did not enforce the constraint; check its structured-outputs "
-                                        "backend and version")
+            raise ServedValueError(
+                f"{where}, {completion.request}: returned {shown!r} for [{self.name}], which "
+                f"breaks its constraint: {problem}",
+                hint="the server did not enforce the constraint; check its structured-outputs backend and version",
+            )
         if self.served.semantic_json and stop_matched is None:
             text = json.dumps(json.loads(text), ensure_ascii=False)
         return text, ended_by
 
 
-def plan_hole(name: str, constraint: C.Constraint | None, features: ServerFeatures, model: str,
-              heal: str = "", terminator: str | None = None, tokens=None,
-              next_token: int | None = None) -> HoleRequest:
+def plan_hole(
+    name: str,
+    constraint: C.Constraint | None,
+    features: ServerFeatures,
+    model: str,
+    heal: str = "",
+    terminator: str | None = None,
+    tokens=None,
+    next_token: int | None = None,
+) -> HoleRequest:
     """The request for one hole. `heal`: the seam text held back from the
     prompt; `terminator`: the text of the next chunk's first token (None: no
     next text); `tokens` (served_prompt.Tokens) and `next_token` (that token's
@@ -134,7 +157,7 @@ def plan_hole(name: str, constraint: C.Constraint | None, features: ServerFeatur
             heal, structured = "", served.structured
     stops = served.stops
     if terminator and features.engine == "vllm" and _may_end(served, terminator):
-        assert structured is not None     # _may_end holds only for choice and regex forms, which carry one
+        assert structured is not None  # _may_end holds only for choice and regex forms, which carry one
         structured = _with_suffix(served.form, structured, terminator)
         stops = stops + (terminator,) if terminator not in stops else stops
     else:
@@ -142,11 +165,12 @@ def plan_hole(name: str, constraint: C.Constraint | None, features: ServerFeatur
     return HoleRequest(name, c, served, structured, stops, heal, terminator, budget)
 
 
-def _canonical_choice(name, c, served: ServedConstraint, heal: str, terminator: str | None, tokens,
-                      next_token: int | None, budget: int) -> HoleRequest:
+def _canonical_choice(
+    name, c, served: ServedConstraint, heal: str, terminator: str | None, tokens, next_token: int | None, budget: int
+) -> HoleRequest:
     """A choice as a grammar of its options' canonical token paths (after the
     held-back seam), optionally followed by the next text's first token."""
-    assert served.plan.options is not None      # the choice form: a Choice shape
+    assert served.plan.options is not None  # the choice form: a Choice shape
     paths = [tokens.tok_info.encode(heal + o) for o in served.plan.options]
     body = " | ".join(" ".join(f"<[{t}]>" for t in p) for p in paths if p)
     grammar = f"start: choice\nchoice: {body}\n"
@@ -165,7 +189,7 @@ def _healed(served: ServedConstraint, heal: str, features: ServerFeatures):
         assert served.plan.options is not None  # the choice form: a Choice shape
         return {"choice": [heal + o for o in served.plan.options]}
     if form == "regex":
-        assert served.structured is not None    # the regex form always carries its regex
+        assert served.structured is not None  # the regex form always carries its regex
         return {"regex": f"{rx}(?:{served.structured['regex']})"}
     if form == "free" and features.structured and features.engine == "vllm":
         return {"regex": f"{rx}(?s:.*)"}

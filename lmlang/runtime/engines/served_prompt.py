@@ -14,6 +14,7 @@ Without it, prompts go as text: the chat template is the server's own
 hole is held back as text, and the next text's first token cannot end a
 value (the server tokenizes; see served_holes).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 @dataclass
 class Tokens:
     """A model's tokenizer without its weights: what prompts and healing need."""
-    tokenizer: Any                    # a transformers tokenizer
+
+    tokenizer: Any  # a transformers tokenizer
     tok_info: TokenizerInfo
     eos_ids: frozenset
     folder: str
@@ -72,16 +74,17 @@ def load_tokens(folder: str) -> Tokens:
 class Cursor:
     """One row's prompt as its holes are filled: `prompt()` is what the request
     for the current hole continues; `advance(value)` moves past it."""
+
     rendered: RenderedPrompt
     tokens: Tokens | None
-    heals: list = field(default_factory=list)          # per hole: seam text held back ("" for none)
-    held: list = field(default_factory=list)           # per hole: the held-back seam as ids (exact path)
-    terminators: list = field(default_factory=list)    # per hole: text of the next chunk's first token
-    next_tokens: list = field(default_factory=list)    # per hole: the next chunk's first token id (exact path)
-    ids: list | None = None                            # exact path: the prompt so far
-    text: str | None = None                            # text path: the prompt so far
+    heals: list = field(default_factory=list)  # per hole: seam text held back ("" for none)
+    held: list = field(default_factory=list)  # per hole: the held-back seam as ids (exact path)
+    terminators: list = field(default_factory=list)  # per hole: text of the next chunk's first token
+    next_tokens: list = field(default_factory=list)  # per hole: the next chunk's first token id (exact path)
+    ids: list | None = None  # exact path: the prompt so far
+    text: str | None = None  # text path: the prompt so far
     hole: int = 0
-    first_ids: list = field(default_factory=list)      # exact path: the healed first chunk (distribution)
+    first_ids: list = field(default_factory=list)  # exact path: the healed first chunk (distribution)
 
     @classmethod
     def start(cls, rendered: RenderedPrompt, tokens: Tokens | None) -> "Cursor":
@@ -96,10 +99,10 @@ class Cursor:
         from ...constraints.hole import seam_to_heal
 
         tk, chunks = self.tokens, self.rendered.chunks
-        assert tk is not None             # start() takes the exact path only with tokens
+        assert tk is not None  # start() takes the exact path only with tokens
         ids = [tk.encode(c, first=(i == 0)) if c else [] for i, c in enumerate(chunks)]
         if not ids[0]:
-            ids[0] = [min(tk.eos_ids)]     # a prompt that opens with a hole starts after EOS (as decode.QueryRun)
+            ids[0] = [min(tk.eos_ids)]  # a prompt that opens with a hole starts after EOS (as decode.QueryRun)
         for i in range(len(self.rendered.holes)):
             heal = seam_to_heal(ids[i], tk.decode, tk.eos_ids, tk.tok_info)
             self.heals.append(heal)
@@ -128,7 +131,7 @@ class Cursor:
         i = self.hole
         if self.ids is not None:
             return list(self.ids) + (list(self.held[i]) if with_seam else [])
-        assert self.text is not None      # the text path: _start_text set it
+        assert self.text is not None  # the text path: _start_text set it
         return self.text + (self.heals[i] if with_seam else "")
 
     def advance(self, value: str) -> None:
@@ -140,24 +143,29 @@ class Cursor:
         chunk = self.rendered.chunks[i + 1]
         piece = self.heals[i] + value + chunk
         if self.ids is not None:
-            assert self.tokens is not None     # the exact path (ids) has tokens
+            assert self.tokens is not None  # the exact path (ids) has tokens
             feed = self.tokens.encode(piece)
             if self.heals[i + 1] and feed:
                 self.held[i + 1] = feed[-1:]
-                feed = feed[:-1]                 # the next hole heals its own seam
+                feed = feed[:-1]  # the next hole heals its own seam
             if not feed:
-                raise LmlangRuntimeError("two holes touch with no text between them",
-                                         hint="put literal text between holes so the first one can end")
+                raise LmlangRuntimeError(
+                    "two holes touch with no text between them",
+                    hint="put literal text between holes so the first one can end",
+                )
             self.ids.extend(feed)
         else:
             kept = chunk[:-1] if self.heals[i + 1] else chunk
             if not kept:
-                raise LmlangRuntimeError("two holes touch with no text between them",
-                                         hint="put literal text between holes so the first one can end")
+                raise LmlangRuntimeError(
+                    "two holes touch with no text between them",
+                    hint="put literal text between holes so the first one can end",
+                )
             self.text += self.heals[i] + value + kept
 
 
 # ---------------------------------------------------------------- rendering
+
 
 class TemplateVia:
     """A stand-in tokenizer for prompt.render whose chat template is applied by
@@ -168,7 +176,7 @@ class TemplateVia:
     chat_template = "applied elsewhere"
 
     def __init__(self, apply):
-        self.apply = apply               # (messages, add_generation_prompt) -> rendered text
+        self.apply = apply  # (messages, add_generation_prompt) -> rendered text
 
     def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
         return self.apply(messages, add_generation_prompt)
