@@ -75,7 +75,10 @@ def test_a_ray_run_equals_the_local_run_row_by_row(cluster, tiny_model_dir, tmp_
 
 
 def test_an_actor_killed_with_sigkill_loses_and_repeats_no_row(cluster, tiny_model_dir, tmp_path):
-    s, d = script(tmp_path, tiny_model_dir), data(tmp_path, 12)
+    # 12 chunks over 2 actors: when the first row is written, the actor asked
+    # for its pid (which waits behind its current chunk) still has chunks to
+    # run, whatever the machine's load, so its death is seen and replaced.
+    s, d = script(tmp_path, tiny_model_dir), data(tmp_path, 24)
     prog = lmlang.compile_file(s, batch_size=2)
     runner = RayDataRun(prog, actors=2)
     out = []
@@ -87,7 +90,7 @@ def test_an_actor_killed_with_sigkill_loses_and_repeats_no_row(cluster, tiny_mod
 
     summary = runner.run(D.read_rows(d), write, chunk_size=2)
     assert runner.replaced >= 1
-    assert by_row(out) == local_results(s, d, 2) and summary.ok == 12
+    assert by_row(out) == local_results(s, d, 2) and summary.ok == 24
 
 
 def test_a_killed_driver_resumes_without_losing_or_repeating_a_row(cluster, tiny_model_dir, tmp_path):

@@ -48,8 +48,11 @@ model m = merge linear {{ models: {{ a: 1.0, b: 1.0 }} }}
 query q(x: str) using m {{ "{{x}} [v]" where v in ["yes", "no"] }}
 flow {{ r = q("hi") emit v = r.v }}
 '''
-    with pytest.raises(lmlang.LmlangRuntimeError) as e:
-        lmlang.compile(src).run()
+    # Models that cannot merge are a check error now (their config.json says
+    # so), positioned at the merge, before anything loads.
+    with pytest.raises(lmlang.CheckError) as e:
+        lmlang.compile(src)
+    assert e.value.span.line == 4, e.value
     assert "shape" in str(e.value).lower() or "differ" in str(e.value).lower()
 
 

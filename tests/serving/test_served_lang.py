@@ -135,6 +135,16 @@ def test_a_vllm_source_must_exist_like_any_model_source(tmp_path):
     assert got == ["model not found: ./no/such/folder"]
 
 
+def test_a_vllm_hub_id_not_in_the_local_cache_is_a_warning_not_a_crash(tmp_path, monkeypatch):
+    # The check once read `.path` off the vllm node here (AttributeError).
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    from lmlang.frontend import build
+
+    fe = build('model m = vllm "some-org/not-cached-model"\n', "t.lm")
+    w = [w for w in fe.warnings if w.code == "hub-not-cached"]
+    assert w and "not in the local Hugging Face cache" in w[0].message and w[0].span.line == 1
+
+
 def test_good_options_check_clean():
     compile_(f'''
 model a = server "{URL}" {{ model: "smollm2", api_key_env: "LMLANG_API_KEY", concurrency: 8, timeout: 30.5,
