@@ -57,7 +57,12 @@ def lora_dir() -> Path:
     sees the same folder under the same module name."""
     from lmlang.home import cache_dir
 
-    return make_lora(cache_dir("test-adapters") / LORA)
+    folder = make_lora(cache_dir("test-adapters") / LORA)
+    # Scripts in the tests name this folder by its absolute path: allow it, as
+    # a user allows a shared adapters folder (scripts are confined otherwise).
+    allowed = [p for p in os.environ.get("LMLANG_ALLOW_PATH", "").split(os.pathsep) if p]
+    os.environ["LMLANG_ALLOW_PATH"] = os.pathsep.join([*allowed, str(Path(folder).parent)])
+    return folder
 
 
 @pytest.fixture(scope="session")

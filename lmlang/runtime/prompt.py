@@ -120,6 +120,9 @@ def _through_template(tokenizer, resolved) -> list[tuple[str, str]]:
                 slots.append((kind, val))
         messages.append({"role": role, "content": "".join(content)})
     full = _apply_template(tokenizer, messages)
+    # A template whose output is a data format (a chat-only server's JSON
+    # messages) says how a value is written inside it; text templates take it as is.
+    escape = getattr(tokenizer, "escape_value", None) or (lambda v: v)
     out: list[tuple[str, str]] = []
     rest = full
     for k, slot in enumerate(slots):
@@ -130,7 +133,8 @@ def _through_template(tokenizer, resolved) -> list[tuple[str, str]]:
             raise LmlangRuntimeError(
                 f"the chat template dropped or repeated {what}", hint="this model's template rewrites message text"
             )
-        out += [("text", before), slot]
+        kind, val = slot
+        out += [("text", before), (kind, escape(val) if kind == "interp" else val)]
     if opener in rest:
         raise LmlangRuntimeError(
             "the chat template repeated message text", hint="this model's template rewrites message text"

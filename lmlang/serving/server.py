@@ -238,6 +238,11 @@ def start_server(options: ServerOptions, progress: bool = True) -> ManagedServer
     """The running server for these options, started (and health-checked) if needed.
     A running server started for other options is reused when it serves these
     (see ManagedServer.serves); their LoRA modules are loaded into it."""
+    for lname, lpath in options.lora_modules:  # before any server is started or reused
+        if not (Path(lpath) / "adapter_config.json").is_file():
+            raise ServerStartError(
+                f"LoRA module '{lname}': {lpath} is not a PEFT adapter folder (no adapter_config.json)"
+            )
     key = options.key()
     with _LOCK:
         server = _SERVERS.get(key)
@@ -289,11 +294,6 @@ def _say(progress: bool, text: str) -> None:
 def _launch(options: ServerOptions, progress: bool) -> ManagedServer:
     from ..models.loader import model_name, resolve_model
 
-    for lname, lpath in options.lora_modules:
-        if not (Path(lpath) / "adapter_config.json").is_file():
-            raise ServerStartError(
-                f"LoRA module '{lname}': {lpath} is not a PEFT adapter folder (no adapter_config.json)"
-            )
     folder = resolve_model(options.model)
     name = options.name or model_name(folder)
     env = ensure_vllm(progress=progress)

@@ -137,7 +137,7 @@ class _Rows:
         if dep.tokens is not None and dep.api != "chat":
             return render(spec.segments, env, dep.tokens.tokenizer, True, spec.loc)
         if dep.api == "chat":
-            return render(spec.segments, env, TemplateVia(self._capture), True, spec.loc)
+            return render(spec.segments, env, TemplateVia(self._capture, _json_string_body), True, spec.loc)
         if not dep.is_vllm:
             raise LmlangRuntimeError(
                 f"{self.where}: cannot render the chat template: lmlang has no tokenizer "
@@ -161,7 +161,7 @@ class _Rows:
     def _capture(messages, add_generation_prompt) -> str:
         """For a chat-only endpoint: the messages themselves, as JSON (the checker
         made the one hole the whole last assistant message)."""
-        return json.dumps(messages[:-1]) + messages[-1]["content"]
+        return json.dumps(messages[:-1], ensure_ascii=False) + messages[-1]["content"]
 
     # ------------------------------------------------------------ decoders
     async def decode(self, i: int, rendered) -> _Run:
@@ -311,3 +311,8 @@ def _vote(runs: list[_Run], last: str) -> _Run:
 def _logsumexp(xs: list[float]) -> float:
     top = max(xs)
     return top + math.log(sum(math.exp(x - top) for x in xs))
+
+
+def _json_string_body(value: str) -> str:
+    """A value as it is written inside a JSON string (no quotes)."""
+    return json.dumps(value, ensure_ascii=False)[1:-1]

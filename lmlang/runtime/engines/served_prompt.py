@@ -175,8 +175,9 @@ class TemplateVia:
 
     chat_template = "applied elsewhere"
 
-    def __init__(self, apply):
+    def __init__(self, apply, escape_value=None):
         self.apply = apply  # (messages, add_generation_prompt) -> rendered text
+        self.escape_value = escape_value  # how a value is written inside that text (None: as is)
 
     def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
         return self.apply(messages, add_generation_prompt)
