@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from ..constraints.pointer import resolve_local_ref
+
 MAX_SCHEMA_DEPTH = 128  # nested JSON objects and arrays in one schema
 MAX_REF_CHAIN = 100  # `$ref`s followed one inside another (recursion cut at the cycle)
 MAX_GRAMMAR_RULES = 256  # rule and terminal definitions in one grammar file
@@ -88,20 +90,6 @@ def _refs_below(node) -> list[str]:
     return out
 
 
-def _resolve(root, ref: str):
-    """The node a local JSON pointer names, or None."""
-    node = root
-    for part in ref[1:].split("/")[1:] if ref.startswith("#/") else []:
-        part = part.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return None
-    return node if ref in ("#", "") or ref.startswith("#/") else None
-
-
 def _ref_chain(root) -> int:
     """The longest chain of `$ref`s where each target holds the next ref.
 
@@ -113,7 +101,7 @@ def _ref_chain(root) -> int:
 
     def targets(ref: str) -> list[str]:
         if ref not in edges:
-            node = _resolve(root, ref)
+            node = resolve_local_ref(root, ref)
             edges[ref] = _refs_below(node) if node is not None else []
         return edges[ref]
 

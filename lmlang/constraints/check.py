@@ -42,6 +42,7 @@ from .lower import (
 )
 from .shapes import int_bounds, int_range, split_options, strip_anchors
 from .kinds import kind_of
+from .pointer import resolve_local_ref
 from .kinds import split as split_by_role
 from .spec import (
     BoolType,
@@ -403,16 +404,8 @@ def _dicts(root):
 
 
 def _resolve_ref(root, ref: str):
-    cur = root
-    for part in [p for p in ref[1:].split("/") if p]:
-        part = part.replace("~1", "/").replace("~0", "~")
-        if isinstance(cur, dict) and part in cur:
-            cur = cur[part]
-        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
-            cur = cur[int(part)]
-        else:
-            return True  # unresolvable: not judged here
-    return cur
+    node = resolve_local_ref(root, ref)
+    return True if node is None else node  # unresolvable: not judged here
 
 
 def check_grammar(text: str) -> list[ConstraintProblem]:

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import json
 
+from .pointer import resolve_local_ref
+
 _OPEN = ("additionalProperties", "patternProperties", "unevaluatedProperties")
 _COMBINED = ("allOf", "anyOf", "oneOf", "not", "$ref", "if", "then", "else", "dependentSchemas")
 # Where subschemas sit: (keyword, how its value holds them)
@@ -97,21 +99,6 @@ def _children(node: dict):
                 yield key, sub
 
 
-def _resolve(root: dict, ref: str):
-    if not ref.startswith("#"):
-        return None
-    cur = root
-    for part in [p for p in ref[1:].split("/") if p]:
-        part = part.replace("~1", "/").replace("~0", "~")
-        if isinstance(cur, dict) and part in cur:
-            cur = cur[part]
-        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
-            cur = cur[int(part)]
-        else:
-            return None
-    return cur
-
-
 def _reach(root: dict, starts: list) -> set[int]:
     """ids of every subschema reachable from starts (through keywords and local $refs)."""
     seen: set[int] = set()
@@ -124,7 +111,7 @@ def _reach(root: dict, starts: list) -> set[int]:
         todo.extend(sub for _, sub in _children(node))
         ref = node.get("$ref")
         if isinstance(ref, str):
-            todo.append(_resolve(root, ref))
+            todo.append(resolve_local_ref(root, ref))
     return seen
 
 
@@ -167,5 +154,5 @@ def _positive(root: dict) -> list[dict]:
                 todo.append(sub)
         ref = node.get("$ref")
         if isinstance(ref, str):
-            todo.append(_resolve(root, ref))
+            todo.append(resolve_local_ref(root, ref))
     return out

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 from functools import lru_cache
+from .pointer import resolve_local_ref
 
 ENFORCE = "enforce"
 ANNOTATE = "annotate"
@@ -316,22 +317,6 @@ def _escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
-def _resolve(root, ref: str):
-    """The node a local `#/...` reference names, or None."""
-    if not ref.startswith("#"):
-        return None
-    node = root
-    for part in [p for p in ref[1:].split("/") if p]:
-        part = part.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return None
-    return node
-
-
 def subschemas(root):
     """Every subschema (dict) of `root` with its JSON pointer ("#/..."), each once:
     through the keywords that hold schemas and through local `$ref`s (which may
@@ -353,7 +338,7 @@ def subschemas(root):
             if key in _SCHEMA_LISTS and isinstance(value, list):
                 todo.extend((v, f"{at}/{i}") for i, v in enumerate(value))
             if key == "$ref" and isinstance(value, str):
-                target = _resolve(root, value)
+                target = resolve_local_ref(root, value)
                 if target is not None:
                     todo.append((target, value if value.startswith("#/") else where))
 

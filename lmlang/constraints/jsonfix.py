@@ -21,6 +21,8 @@ import json
 import re
 from typing import TYPE_CHECKING
 
+from .pointer import resolve_local_ref
+
 if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions
 
@@ -29,19 +31,9 @@ _NUMERIC = {"integer", "number"}
 
 def _resolve(root, node, depth: int = 0):
     while isinstance(node, dict) and "$ref" in node and isinstance(node["$ref"], str) and depth < 20:
-        ref = node["$ref"]
-        if not ref.startswith("#"):
+        node = resolve_local_ref(root, node["$ref"])
+        if node is None:
             return None
-        cur = root
-        for part in [p for p in ref[1:].split("/") if p]:
-            part = part.replace("~1", "/").replace("~0", "~")
-            if isinstance(cur, dict) and part in cur:
-                cur = cur[part]
-            elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
-                cur = cur[int(part)]
-            else:
-                return None
-        node = cur
         depth += 1
     return node
 
