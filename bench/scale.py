@@ -41,24 +41,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-TEXTS = [
-    "The pasta was perfect.",
-    "Rude staff, never again.",
-    "Nice view, average food.",
-    "Cold coffee.",
-    "Delicious and cheap!",
-    "The table was dirty.",
-    "Lovely garden seating.",
-    "Way too salty.",
-    "Quick and friendly service.",
-    "Burnt toast and weak tea.",
-    "A hidden gem.",
-    "Noisy and cramped.",
-    "Great cocktails.",
-    "Slow kitchen.",
-    "Generous portions.",
-    "Stale croissants.",
-]
+# The same short restaurant reviews as bench/prefix.py (a sibling script).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prefix import QUESTIONS as TEXTS  # noqa: E402
+
 SUMS = [f"What is {a} + {b}?" for a, b in [(3, 4), (12, 9), (7, 8), (20, 15), (6, 6), (11, 30), (9, 14), (25, 25)]]
 
 ONE_QUERY = '''model base = default
