@@ -313,7 +313,33 @@ class CLen(Node):
     n: int
 
 
-Cond = Union[CIn, CMatches, CIs, CJson, CGrammar, CStop, CLen]
+# ---- second wave (issue #15): `or`, parentheses, `not in`, `in NAME` ---------
+
+
+@frozen
+class CNotIn(Node):
+    hole: str
+    options: ListValue
+
+
+@frozen
+class CInName(Node):
+    """`x in labels`: the options are a `list[str]` parameter's value."""
+
+    hole: str
+    param: str
+
+
+@frozen
+class COr(Node):
+    """`a or b or (c and d)`: each branch a conjunction of one hole's
+    constraints. `hole` is the first branch's (the checker compares the rest)."""
+
+    hole: str
+    branches: tuple[tuple["Cond", ...], ...]
+
+
+Cond = Union[CIn, CMatches, CIs, CJson, CGrammar, CStop, CLen, CNotIn, CInName, COr]
 
 
 @frozen

@@ -587,7 +587,25 @@ def _make_transformer_class():
             )
 
         def where_clause(self, meta, ch):
-            return A.Where(tuple(ch), span=self.sp(meta))
+            # a top-level `a and b` is the clause's list of conditions
+            return A.Where(tuple(ch[0]) if isinstance(ch[0], tuple) else (ch[0],), span=self.sp(meta))
+
+        # -- second wave (issue #15): `or`, parentheses, `not in`, `in NAME`
+        def c_and(self, meta, ch):
+            out: list = []
+            for c in ch:
+                out.extend(c if isinstance(c, tuple) else (c,))
+            return tuple(out)  # a conjunction is a plain tuple of conditions
+
+        def c_or(self, meta, ch):
+            branches = tuple(c if isinstance(c, tuple) else (c,) for c in ch)
+            return A.COr(branches[0][0].hole, branches, span=self.sp(meta))
+
+        def c_in_name(self, meta, ch):
+            return A.CInName(str(ch[0]), str(ch[1]), span=self.sp(meta))
+
+        def c_not_in(self, meta, ch):
+            return A.CNotIn(str(ch[0]), ch[1], span=self.sp(meta))
 
         def distribution_clause(self, meta, ch):
             return A.Distribution(str(ch[0]), ch[1], span=self.sp(meta))

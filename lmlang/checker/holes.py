@@ -32,8 +32,13 @@ def lower_constraints(cx: Context, hole: str, conds: list, node: A.Hole, q: A.Qu
     shapes: list[tuple[C.Constraint, A.Node]] = []
     stops: list[C.Constraint] = []
     bounds: dict[str, int] = {}  # "tokens" | "len" -> the tightest bound
+    excluded: list[tuple[C.NotIn, A.Node]] = []  # second wave: `not in [...]`
     for c in conds:
-        if isinstance(c, A.CStop):
+        if isinstance(c, A.CNotIn):
+            ex = _not_in(cx, hole, c)
+            if ex is not None:
+                excluded.append((ex, c))
+        elif isinstance(c, A.CStop):
             if not c.text:
                 cx.error("a stop string cannot be empty", c)
             else:
@@ -43,7 +48,7 @@ def lower_constraints(cx: Context, hole: str, conds: list, node: A.Hole, q: A.Qu
             if n is not None:
                 bounds[c.fn] = min(bounds.get(c.fn, n), n)
         else:
-            shape = _shape(cx, hole, c)
+            shape = _shape(cx, hole, c, q)
             if shape is not None:
                 shapes.append((shape, c))
     shape = shapes[0][0] if shapes else None
@@ -51,7 +56,13 @@ def lower_constraints(cx: Context, hole: str, conds: list, node: A.Hole, q: A.Qu
         shape = _merge(cx, hole, shapes)
         if shape is None:
             return None
+    if excluded:
+        shape, kept = _exclude(cx, hole, shape, shapes, excluded)
+        if kept is None:
+            return None
     parts: list = [shape] if shape is not None else []
+    if excluded and kept:
+        parts.append(C.NotIn(kept))
     parts.extend(stops)
     if "tokens" in bounds:
         parts.append(C.MaxTokens(bounds["tokens"]))
@@ -76,6 +87,13 @@ def _merge(cx: Context, hole: str, shapes: list):
     from ..constraints.shapes import merge_shapes  # only holes with two shapes need the rule
 
     (a, _an), (b, bn) = shapes[0], shapes[1]
+    if isinstance(a, C.ChoiceParam) or isinstance(b, C.ChoiceParam):
+        cx.error(
+            f"a run-time list on [{hole}] cannot be combined with another shape",
+            bn,
+            "a run-time list combines with `not in`, stops and length bounds; filter the list before the call",
+        )
+        return None
     merged = merge_shapes(a, b)
     if merged is None:
         cx.error(f"constraints on [{hole}] contradict: {_shape_words(a)} and {_shape_words(b)}", bn, "keep one of them")
@@ -98,8 +116,12 @@ def _length_bound(cx: Context, hole: str, c: A.CLen) -> int | None:
     return n
 
 
-def _shape(cx: Context, hole: str, c) -> C.Constraint | None:
+def _shape(cx: Context, hole: str, c, q: A.QueryDecl | None = None) -> C.Constraint | None:
     """The shape one `in` / `matches` / `is` constraint says (None on error)."""
+    if isinstance(c, A.COr):
+        return _or_shape(cx, hole, c, q)
+    if isinstance(c, A.CInName):
+        return _in_param(cx, hole, c, q)
     if isinstance(c, A.CIn):
         opts = plain_value(c.options)
         if not isinstance(opts, list) or not opts or not all(isinstance(o, str) for o in opts):
@@ -282,3 +304,120 @@ def _span_over(nodes) -> Span:
     if a.filename != b.filename or (b.end_line, b.end_col) < (a.line, a.col):
         return a
     return Span(a.line, a.col, b.end_line, b.end_col, a.filename)
+
+
+# ---- second wave (issue #15): `or`, parentheses, `not in`, `in NAME` ---------
+# `or` is over one hole's shapes (in, matches, is int/float/bool, a run-time
+# list); each branch's shapes merge by the same rule as `and` at top level, and
+# the branches' union is one regex (constraints/shapes.any_of). A JSON or
+# grammar shape, a stop, a length bound or a `not in` inside `or` has no exact
+# union with the other branches in every backend: refused here, with a hint.
+
+_OR_SHAPES = (A.CIn, A.CInName, A.CMatches, A.CIs)
+
+
+def _or_shape(cx: Context, hole: str, c: A.COr, q: A.QueryDecl | None) -> C.Constraint | None:
+    from ..constraints.shapes import any_of
+
+    alternatives: list[C.Constraint] = []
+    ok = True
+    for branch in c.branches:
+        shapes: list[tuple[C.Constraint, A.Node]] = []
+        for part in branch:
+            if part.hole != hole:
+                cx.error(
+                    f"`or` joins constraints of one hole: [{part.hole}] and [{hole}]",
+                    part,
+                    "write a separate `where` clause for each hole",
+                )
+                ok = False
+            elif not isinstance(part, _OR_SHAPES + (A.COr,)):
+                cx.error(
+                    f"{_cond_words(part)} cannot be one side of `or`",
+                    part,
+                    f"`or` joins shapes (in, matches, is int/float/bool); put stops, length bounds and `not in` "
+                    f"outside the parentheses: `where ({hole} ... or {hole} ...) and tokens({hole}) <= N`",
+                )
+                ok = False
+            else:
+                shape = _shape(cx, hole, part, q)
+                ok = ok and shape is not None
+                if shape is not None:
+                    shapes.append((shape, part))
+        if not ok or not shapes:
+            continue
+        merged = shapes[0][0] if len(shapes) == 1 else _merge(cx, hole, shapes)
+        if merged is None:
+            return None
+        alternatives.append(merged)
+    return any_of(alternatives) if ok and alternatives else None
+
+
+def _cond_words(c) -> str:
+    if isinstance(c, A.CIs) and c.type in ("json", "grammar"):
+        return f"`is {c.type}`"
+    return {
+        A.CJson: "`is json`",
+        A.CGrammar: "`is grammar`",
+        A.CStop: "a stop string",
+        A.CLen: "a length bound",
+        A.CNotIn: "`not in`",
+    }.get(type(c), "this constraint")
+
+
+def _in_param(cx: Context, hole: str, c: A.CInName, q: A.QueryDecl | None) -> C.Constraint | None:
+    """`x in NAME`: NAME must be a `list[str]` parameter of the query."""
+    params = {p.name: p for p in q.params} if q is not None else {}
+    p = params.get(c.param)
+    if p is None:
+        cx.error(
+            f"`{hole} in {c.param}`: {c.param} is not a parameter of this query",
+            c,
+            cx.did_you_mean(c.param, params) or f"add `{c.param}: list[str]` to the query's parameters",
+        )
+        return None
+    t = p.type
+    if t is None or t.name != "list" or t.arg is None or t.arg.name != "str":
+        cx.error(
+            f"`{hole} in {c.param}` takes a list[str] parameter, but {c.param} is "
+            + (t.describe() if t is not None else "untyped"),
+            c,
+            f"declare it `{c.param}: list[str]`",
+        )
+        return None
+    return C.ChoiceParam(c.param)
+
+
+def _not_in(cx: Context, hole: str, c: A.CNotIn) -> C.NotIn | None:
+    opts = plain_value(c.options)
+    if not isinstance(opts, list) or not opts or not all(isinstance(o, str) for o in opts):
+        cx.error(f"`{hole} not in [...]` takes a non-empty list of strings", c.options)
+        return None
+    return C.NotIn(tuple(dict.fromkeys(opts)))
+
+
+def _exclude(cx: Context, hole: str, shape, shapes: list, excluded: list):
+    """(the shape, the texts still to exclude while decoding) after `not in`;
+    (shape, None) after an error. A literal choice loses the options right
+    here (excluding all of them is a contradiction); a JSON or grammar shape
+    cannot be intersected with a complement in every backend: refused."""
+    texts = tuple(dict.fromkeys(o for ex, _ in excluded for o in ex.options))
+    at = excluded[0][1]
+    if isinstance(shape, C.Choice):
+        left = tuple(o for o in shape.options if o not in texts)
+        if not left:
+            cx.error(
+                f"constraints on [{hole}] contradict: `not in` excludes every option of the choice",
+                at,
+                "drop an option from the `not in` list",
+            )
+            return shape, None
+        return C.Choice(left), ()
+    if isinstance(shape, (C.JsonSchema, C.Grammar)):
+        cx.error(
+            f"`not in` cannot be combined with {_shape_words(shape)} on [{hole}]",
+            at,
+            "`not in` combines with in, matches, is int/float/bool, a run-time list or free text",
+        )
+        return shape, None
+    return shape, texts

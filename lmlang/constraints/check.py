@@ -43,8 +43,10 @@ from .lower import (
 from .shapes import int_bounds, int_range, split_options, strip_anchors
 from .kinds import kind_of
 from .pointer import resolve_local_ref
+from .runtime_lists import has_runtime_list
 from .kinds import split as split_by_role
 from .spec import (
+    AnyOf,
     BoolType,
     Choice,
     Constraint,
@@ -54,6 +56,7 @@ from .spec import (
     JsonSchema,
     MaxChars,
     MaxTokens,
+    NotIn,
     Regex,
     Stop,
     flatten,
@@ -553,6 +556,10 @@ _SHAPE_JUDGES = {
     "json": lambda s, shapes, stops, parts: check_schema(s.schema, s.formats),
     "grammar": lambda s, shapes, stops, parts: check_grammar(s.lark),
     "choice": lambda s, shapes, stops, parts: _check_choice(s, shapes, stops, parts),
+    # second wave: each regex alternative of an `or` is judged as written
+    "or": lambda s, shapes, stops, parts: [
+        p for a in s.alternatives if isinstance(a, Regex) for p in check_regex(a.pattern)
+    ],
 }
 
 
@@ -599,6 +606,8 @@ def check_constraint(c: Constraint | None) -> list[ConstraintProblem]:
             problems += judge(s, shapes, stops, parts)
     if problems:
         return problems
+    if has_runtime_list(c):
+        return problems  # its list is known when the query is called (runtime_lists.py judges it then)
     try:
         plan = with_stops_folded(lower(c))
     except LoweringError as e:
@@ -606,6 +615,7 @@ def check_constraint(c: Constraint | None) -> list[ConstraintProblem]:
     if plan.options is not None or not plan.has_shape:
         return problems
     folded = plan.kind == "lark" and plan.source != "grammar" and (plan.source.endswith("&len") or plan.stops)
+    folded = folded or bool(split.excluded)  # `not in` intersects the shape with a complement
     if len(shapes) > 1 or folded:
         if plan_is_empty(plan):
             what = " and ".join(_describe(s) for s in shapes)
@@ -613,6 +623,8 @@ def check_constraint(c: Constraint | None) -> list[ConstraintProblem]:
                 what += f" within len(x) <= {max_chars}"
             for stop in stops:
                 what += f" that {'stops at' if stop.include else 'stops before'} {stop.text!r}"
+            if split.excluded:
+                what = (what or "text") + f" not in {list(split.excluded)[:5]}"
             return [ConstraintProblem(f"no value satisfies {what}", code="unsatisfiable")]
     elif max_chars is not None and plan.kind == "lark":
         shortest = grammar_min_length(plan.text)
@@ -646,6 +658,7 @@ def _describe(s: Constraint) -> str:
         JsonSchema: "JSON schema",
         Grammar: "grammar",
         Choice: "choice",
+        AnyOf: "`or` of shapes",
     }.get(type(s), type(s).__name__)
 
 
@@ -694,6 +707,10 @@ def _check_choice(ch: Choice, shapes, stops, parts) -> list[ConstraintProblem]:
         )
     cut_set = set(cut)
     options = [o for o in options if o not in cut_set]
+    excluded = {o for p in parts if isinstance(p, NotIn) for o in p.options}  # second wave: `not in`
+    if excluded and options and all(o in excluded for o in options):
+        return out + [ConstraintProblem("`not in` excludes every option of the choice", code="unsatisfiable")]
+    options = [o for o in options if o not in excluded]
     max_chars = min((p.n for p in parts if isinstance(p, MaxChars)), default=None)
     if max_chars is not None:
         fits = [o for o in options if len(o) <= max_chars]

@@ -16,13 +16,15 @@ from . import spec as C
 from ..frozen import frozen
 
 SHAPE, STOP, LIMIT, GROUP = "shape", "stop", "limit", "group"
+EXCLUDE = "exclude"  # `not in [...]`: texts the value may not be (second wave)
 
 
 @frozen
 class ConstraintKind:
     """`role`: SHAPE (what the value looks like; at most one per hole after
     the checker intersects them, see shapes.py), STOP (where the value ends),
-    LIMIT (a budget; the tightest of each kind wins), GROUP (a conjunction).
+    LIMIT (a budget; the tightest of each kind wins), GROUP (a conjunction),
+    EXCLUDE (whole texts the value may not be; they add up).
     `lowers_to`: the mask backend's language for a shape ("regex", "json",
     "lark"), "" otherwise. `is_type`: the word after `is` for the shapes a
     script writes as `x is TYPE` (int, float, bool)."""
@@ -52,6 +54,10 @@ CONSTRAINT_KINDS: dict[str, ConstraintKind] = {
         ConstraintKind("max_tokens", C.MaxTokens, LIMIT, "tokens(x) <= 20", "", ("tokens",)),
         ConstraintKind("max_chars", C.MaxChars, LIMIT, "len(x) <= 80", "", ("len",)),
         ConstraintKind("all", C.All, GROUP, "a and b", "", ("and",)),
+        # second wave (issue #15)
+        ConstraintKind("or", C.AnyOf, SHAPE, 'x is int or x in ["unknown"]', "regex", ("or",)),
+        ConstraintKind("not_in", C.NotIn, EXCLUDE, 'x not in ["other"]', "", ("not", "in")),
+        ConstraintKind("in_param", C.ChoiceParam, SHAPE, "x in labels  (labels: list[str])", "regex", ("in",)),
     )
 }
 
@@ -73,6 +79,7 @@ class Parts:
     stops: tuple
     max_tokens: int | None
     max_chars: int | None
+    excluded: tuple = ()  # the texts of every `not in`, in order, once each
 
 
 def split(c: C.Constraint | None) -> Parts:
@@ -82,4 +89,5 @@ def split(c: C.Constraint | None) -> Parts:
         stops=tuple(p for p in parts if isinstance(p, C.Stop)),
         max_tokens=min((p.n for p in parts if isinstance(p, C.MaxTokens)), default=None),
         max_chars=min((p.n for p in parts if isinstance(p, C.MaxChars)), default=None),
+        excluded=tuple(dict.fromkeys(o for p in parts if isinstance(p, C.NotIn) for o in p.options)),
     )

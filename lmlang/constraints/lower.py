@@ -29,8 +29,8 @@ from .closed import closed_schema_text
 from .formats import lower_schema_text
 from .kinds import kind_of
 from .kinds import split as split_by_role
-from .shapes import shape_regex, split_options
-from .spec import Choice, Constraint, Grammar, JsonSchema, Stop
+from .shapes import shape_regex, split_options, union_regex
+from .spec import AnyOf, Choice, ChoiceParam, Constraint, Grammar, JsonSchema, Stop
 
 if TYPE_CHECKING:  # the type only: the front end never imports llguidance
     from llguidance._lib import JsonCompileOptions
@@ -173,16 +173,21 @@ def lower(c: Constraint | None) -> Plan:
     split = split_by_role(c)
     stops, max_chars, shapes = split.stops, split.max_chars, list(split.shapes)
     limits: dict[str, Any] = dict(stops=stops, max_tokens=split.max_tokens, max_chars=max_chars)
+    if any(isinstance(s, ChoiceParam) or (isinstance(s, AnyOf) and union_regex(s) is None) for s in shapes):
+        raise LoweringError("a run-time list (`in NAME`) is lowered once the query is called")
+    if split.excluded and not any(isinstance(s, Choice) for s in shapes):  # a choice drops them below
+        return _lower_excluding(shapes, split.excluded, limits)
     if not shapes:
         return Plan("free", **limits, source="free")
 
     choices = [s for s in shapes if isinstance(s, Choice)]
+    excluded = set(split.excluded)
     if choices:
         options = list(dict.fromkeys(choices[0].options))
         for other in shapes:
             if other is not choices[0]:
                 options = list(split_options(options, other)[0])
-        options = [o for o in options if option_survives_stops(o, stops)]
+        options = [o for o in options if option_survives_stops(o, stops) and o not in excluded]
         if max_chars is not None:
             options = [o for o in options if len(o) <= max_chars]
         opts = tuple(options)
@@ -208,6 +213,30 @@ def lower(c: Constraint | None) -> Plan:
     if isinstance(shape, Grammar):
         return Plan("lark", shape.lark, **limits, source="grammar")
     raise LoweringError(f"unknown constraint {type(shape).__name__}")
+
+
+# ---- second wave (issue #15): `not in [...]` ---------------------------------
+
+
+def _lower_excluding(shapes: list, excluded: tuple[str, ...], limits: dict) -> Plan:
+    """A shape (or free text) minus whole texts (a choice drops its options
+    in lower() instead). A regex-like shape (or none) is intersected with the complement of the
+    literals, one lark lexeme (`~` and `&` in llguidance's lexer), so the mask
+    refuses exactly the tokens that could only complete an excluded text. A
+    JSON or grammar shape has no such lexeme: refused (the checker says so
+    first)."""
+    if any(isinstance(s, (JsonSchema, Grammar)) for s in shapes):
+        raise LoweringError("`not in` cannot be combined with a JSON or grammar shape")
+    rxs = [rx for s in shapes if (rx := _shape_regex(s)) is not None]
+    assert len(rxs) == len(shapes)  # JSON and grammar shapes were ruled out above
+    # free text is any run of whole characters (a bare complement would allow invalid UTF-8)
+    terms = [lark_regex(r) for r, _ in rxs] or [lark_regex("(?s:.*)")]
+    terms.append("~" + lark_regex(choice_regex(excluded)))
+    source = "+".join([src for _, src in rxs] + ["not_in"])
+    if limits["max_chars"] is not None:
+        terms.append(lark_regex(f"(?s:.{{0,{limits['max_chars']}}})"))
+        source += "&len"
+    return Plan("lark", "start: VALUE\nVALUE: " + " & ".join(terms) + "\n", **limits, source=source)
 
 
 def _literal(text: str) -> str:

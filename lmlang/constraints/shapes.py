@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 
-from .spec import BoolType, Choice, Constraint, FloatType, Grammar, IntType, JsonSchema, Regex
+from .spec import AnyOf, BoolType, Choice, ChoiceParam, Constraint, FloatType, Grammar, IntType, JsonSchema, Regex
 
 # `x is int` without bounds is an int64: a model never writes 256 digits,
 # and every value fits the integer types of the languages that read it.
@@ -55,7 +55,31 @@ def shape_regex(c: Constraint) -> str | None:
         return FLOAT_REGEX
     if isinstance(c, BoolType):
         return BOOL_REGEX
+    if isinstance(c, AnyOf):
+        return union_regex(c)
     return None
+
+
+# ---- second wave (issue #15): `or` over one hole's shapes --------------------
+
+
+def alternative_regex(c: Constraint) -> str | None:
+    """One alternative of an `or` as a regex (a choice as its literals)."""
+    if isinstance(c, Choice):
+        from .lower import choice_regex  # lower.py imports this module
+
+        return choice_regex(c.options)
+    return shape_regex(c)
+
+
+def union_regex(c: AnyOf) -> str | None:
+    """The union of the alternatives' regexes, each group-wrapped; None when
+    one has no regex (a run-time list not yet resolved, a JSON or grammar
+    shape: the checker refuses those inside `or`)."""
+    parts = [alternative_regex(a) for a in c.alternatives]
+    if any(p is None for p in parts):
+        return None
+    return "|".join(f"(?:{p})" for p in parts)
 
 
 def int_bounds(c: IntType) -> tuple[int | None, int | None]:
@@ -120,6 +144,10 @@ def option_fits(option: str, other: Constraint) -> bool:
     """Whether one option of a choice is a value of the shape `other`."""
     if isinstance(other, Choice):
         return option in other.options
+    if isinstance(other, AnyOf):
+        return any(option_fits(option, a) for a in other.alternatives)
+    if isinstance(other, ChoiceParam):
+        return True  # known only at run time (runtime_lists.resolve filters then)
     if isinstance(other, IntType):
         if not re.fullmatch(r"-?(?:0|[1-9][0-9]*)", option) or option == "-0":
             return False
@@ -173,7 +201,11 @@ def merge_shapes(a: Constraint, b: Constraint) -> Constraint | None:
     the author's); a choice and a regex-like shape (int, float, bool,
     `matches`) make the choice, if every option fits: a partial fit is a
     contradiction the author should see, not a silent narrowing. A JSON or
-    grammar shape combines with nothing (as in lowering)."""
+    grammar shape combines with nothing (as in lowering). An `or` with
+    another shape distributes (every alternative must merge, or it is a
+    contradiction); a run-time list merges with nothing (the checker says why)."""
+    if isinstance(a, ChoiceParam) or isinstance(b, ChoiceParam):
+        return None
     if isinstance(b, Choice) and not isinstance(a, Choice):
         a, b = b, a
     if isinstance(a, Choice):
@@ -188,6 +220,28 @@ def merge_shapes(a: Constraint, b: Constraint) -> Constraint | None:
         if isinstance(b, Choice):
             return Choice(fit) if fit else None
         return a if not unfit else None
+    if isinstance(b, AnyOf) and not isinstance(a, AnyOf):
+        a, b = b, a
+    if isinstance(a, AnyOf):
+        if a == b:
+            return a
+        merged = [merge_shapes(alt, b) for alt in a.alternatives]
+        if any(m is None for m in merged):
+            return None
+        return any_of([m for m in merged if m is not None])
     if type(a) is type(b) and a == b:
         return a
     return None
+
+
+def any_of(alternatives) -> Constraint:
+    """Alternatives of `or` as one shape: nested `or`s flattened, duplicates
+    dropped, all-choice alternatives folded into one Choice (their union),
+    a single alternative as itself."""
+    flat: list[Constraint] = []
+    for a in alternatives:
+        flat.extend(a.alternatives if isinstance(a, AnyOf) else (a,))
+    flat = list(dict.fromkeys(flat))
+    if all(isinstance(a, Choice) for a in flat):
+        return Choice(tuple(dict.fromkeys(o for a in flat for o in a.options)))  # type: ignore[attr-defined]
+    return flat[0] if len(flat) == 1 else AnyOf(tuple(flat))

@@ -90,6 +90,39 @@ class MaxChars(Constraint):
     n: int
 
 
+# ---- second wave (issue #15): `or`, `not in`, run-time lists ----------------
+
+
+@frozen
+class AnyOf(Constraint):
+    """`x is int or x in ["unknown"]`: the value is a value of one of the
+    alternatives. The checker builds it from `or` over ONE hole's shapes; each
+    alternative is a regex-like shape (Choice, Regex, Int, Float, Bool) or a
+    run-time list (ChoiceParam), so the union is one regex (shapes.shape_regex).
+    Alternatives that are all choices are folded into one Choice instead."""
+
+    alternatives: tuple[Constraint, ...]
+
+
+@frozen
+class NotIn(Constraint):
+    """`x not in ["a", "b"]`: the whole value is none of these texts. With a
+    literal choice the checker removes the options; with any other regex-like
+    shape (or none) lowering intersects the shape with the complement."""
+
+    options: tuple[str, ...]
+
+
+@frozen
+class ChoiceParam(Constraint):
+    """`x in labels` where `labels: list[str]` is a parameter of the query: a
+    choice whose options are known only when the query is called. The runtime
+    replaces it with a Choice of the argument's strings (runtime_lists.resolve)
+    before the hole's mask is compiled."""
+
+    param: str
+
+
 @frozen
 class All(Constraint):
     """Conjunction. The checker normalises: at most one 'shape' constraint

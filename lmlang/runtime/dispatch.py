@@ -186,6 +186,7 @@ def prepare_runs(lm, jobs: list[Job]) -> tuple[list, list[Job]]:
     """Each job's prompt rendered and tokenized for lm, as a QueryRun; a job
     whose prompt fails (or cannot fit the model's window: refused before
     tokenizing and again before any forward pass) gets its error instead."""
+    from ..constraints import runtime_lists
     from .decode import QueryRun
     from .prompt import render
     from .window import refuse_overlong
@@ -196,7 +197,9 @@ def prepare_runs(lm, jobs: list[Job]) -> tuple[list, list[Job]]:
         try:
             prompt = render(spec.segments, job.env, lm.tokenizer, spec.chat, spec.loc)
             refuse_overlong(lm, spec.name, prompt.chunks, loc=spec.loc)
-            run = QueryRun(lm, prompt, dict(spec.constraints), spec.name, spec.loc)
+            # run-time lists (`in NAME`) take this call's argument (issue #15)
+            constraints = runtime_lists.resolve(dict(spec.constraints), job.env)
+            run = QueryRun(lm, prompt, constraints, spec.name, spec.loc)
             refuse_overlong(lm, spec.name, prompt.chunks, run.chunk_ids, loc=spec.loc)
             runs.append(run)
             ok.append(job)

@@ -328,12 +328,24 @@ def _strategies():
         st.sampled_from(_SCHEMAS).map(lambda d: C.JsonSchema(json.dumps(d, sort_keys=True))),
     )
     extra = st.one_of(st.none(), regex.map(C.Regex))  # a second regex (with a choice or alone)
+    # second wave (issue #15): `or` over regex-like shapes, `not in`
+    from lmlang.constraints.shapes import any_of
+
+    alternative = st.one_of(
+        regex.map(C.Regex),
+        st.lists(word, min_size=1, max_size=3, unique=True).map(lambda o: C.Choice(tuple(o))),
+        st.tuples(st.integers(-20, 20), st.integers(-20, 200)).map(lambda r: C.IntType(*r)),
+        st.just(C.BoolType()),
+    )
+    shape = st.one_of(shape, st.lists(alternative, min_size=2, max_size=3).map(any_of))
+    not_in = st.one_of(st.none(), st.lists(word, min_size=1, max_size=3, unique=True).map(lambda o: C.NotIn(tuple(o))))
     return st.tuples(
         shape,
         extra,
         st.one_of(st.none(), st.integers(0, 8).map(C.MaxChars)),
         st.one_of(st.none(), st.integers(1, 8).map(C.MaxTokens)),
         st.one_of(st.none(), st.tuples(st.sampled_from(["a", "b", "ab"]), st.booleans()).map(lambda s: C.Stop(*s))),
+        not_in,
     ), st.integers(0, 2**31)
 
 
@@ -371,6 +383,10 @@ def _satisfies(part, value: str, gen: list[int]) -> bool:
     if isinstance(part, C.Stop):
         at = value.find(part.text)
         return at < 0 if not part.include else at in (-1, len(value) - len(part.text))
+    if isinstance(part, C.AnyOf):
+        return any(_satisfies(a, value, gen) for a in part.alternatives)
+    if isinstance(part, C.NotIn):
+        return value not in part.options
     raise AssertionError(part)
 
 
