@@ -29,11 +29,15 @@ SAMPLING = {
 
 DECODERS: dict[str, dict[str, Opt]] = {
     "argmax": {},
-    "sample": dict(SAMPLING),
+    "sample": {"n": Opt(int, 1, 1, 64, doc="values per hole; n > 1 makes each hole a list of n samples"), **SAMPLING},
     "beam": {"width": Opt(int, 4, 1, 64, doc="beams kept per step")},
     "best_of": {"n": Opt(int, 4, 1, 64, doc="samples drawn; the most likely wins"), **SAMPLING},
     "vote": {"n": Opt(int, 5, 1, 64, doc="samples drawn; the most frequent last hole wins"), **SAMPLING},
 }
+
+# The result fields a decoder adds beside the holes (issue #15; runtime/samples.py
+# fills them, the checker types them and keeps holes off their names).
+DETAIL_FIELDS: dict[str, tuple[str, ...]] = {"vote": ("samples", "votes"), "best_of": ("scores",)}
 
 
 def resolve(name: str, given: dict) -> dict:

@@ -73,6 +73,9 @@ def check_query(cx: Context, q: A.QueryDecl) -> QueryInfo | None:
     if len(cx.report.errors) > n_errors:
         return None
     result_fields = {h: hole_type(lowered[h]) for h in holes}
+    _sample_fields(cx, decoder, given, holes, hole_nodes, result_fields)  # second wave: sample(n), vote, best_of
+    if len(cx.report.errors) > n_errors:
+        return None
     if distribution:
         result_fields["distribution"] = T.JSON
     if isinstance(using, A.RouterCall):
@@ -238,3 +241,25 @@ def check_interp(cx: Context, part: A.Interp, params: dict) -> None:
                 cx.error(f"no field '{f}'", part)
                 return
             t = ft
+
+
+# ---- second wave (issue #15): what sample(n: k), vote and best_of return ------
+
+
+def _sample_fields(cx: Context, decoder: A.Decoder, given: dict, holes: list, hole_nodes: dict, fields: dict) -> None:
+    """sample(n: k > 1) makes every hole a list of its k samples; vote adds
+    `samples` (the voted hole's values) and `votes` (value -> count), best_of
+    `scores` (each sample's log-probability). Their names are the decoder's
+    there: a hole may not take them (runtime/samples.py fills them)."""
+    taken = D.DETAIL_FIELDS.get(decoder.name, ())
+    for h in holes:
+        if h in taken:
+            cx.error(f"'{h}' is a result field of {decoder.name}", hole_nodes[h], "rename the hole")
+    if decoder.name == "sample" and given.get("n", 1) > 1:
+        for h in holes:
+            fields[h] = T.list_of(fields[h])
+    if decoder.name == "vote" and holes:
+        fields["samples"] = T.list_of(fields[holes[-1]])
+        fields["votes"] = T.JSON
+    if decoder.name == "best_of":
+        fields["scores"] = T.list_of(T.FLOAT)

@@ -12,7 +12,6 @@ model writes the first token of the literal text that follows the hole (so
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +22,7 @@ from ..errors import LmlangError, LmlangRuntimeError
 from ..source import span_of
 from .lm import LM, Batch
 from .prefix import prefill
+from . import samples
 from .prompt import RenderedPrompt
 
 NEG_INF = float("-inf")
@@ -47,6 +47,7 @@ class Decoded:
     holes: list = field(default_factory=list)
     distribution: dict | None = None
     token_ids: list = field(default_factory=list)  # everything the row's cache holds, in order
+    details: dict = field(default_factory=dict)  # vote's samples/votes, best_of's scores (runtime/samples.py)
 
 
 class Sampler:
@@ -293,25 +294,40 @@ def run_decoder(
     opts = dict(opts)
     if distribution is not None:
         return [score_distribution(run, distribution) for run in runs]
-    if name in ("argmax", "sample"):
+    if name == "argmax" or (name == "sample" and samples.sample_count(decoder) == 1):
         return decode_rows(lm, runs, [sampler_for(decoder, seed=seed) for _ in runs], on_token=on_token)
-    if name in ("best_of", "vote"):
-        out = []
-        for run in runs:
-            n = opts["n"]
-            results = decode_rows(lm, [run] * n, [sampler_for(decoder, k, seed) for k in range(n)])
-            if name == "best_of":
-                best = max(results, key=lambda r: r.logprob)
-            else:
-                last = run.prompt.holes[-1]
-                counts = Counter(json.dumps(r.values[last], sort_keys=True) for r in results)
-                winner = counts.most_common(1)[0][0]
-                best = next(r for r in results if json.dumps(r.values[last], sort_keys=True) == winner)
-            out.append(best)
-        return out
+    if name in ("best_of", "vote", "sample"):
+        return [_draw_samples(lm, run, decoder, seed) for run in runs]
     if name == "beam":
         return [beam_search(run, opts["width"]) for run in runs]
     raise LmlangRuntimeError(f"unknown decoder {name}")
+
+
+def _draw_samples(lm: LM, run: QueryRun, decoder: tuple, seed: int | None) -> Decoded:
+    """n samples of one row (seeds seed+k), as one batch; then sample(n: k)
+    lists every hole's values, best_of and vote keep one sample and say why
+    (runtime/samples.py)."""
+    name, opts = decoder
+    n = dict(opts)["n"]
+    results = decode_rows(lm, [run] * n, [sampler_for(decoder, k, seed) for k in range(n)])
+    if name == "sample":
+        holes = run.prompt.holes
+        merged = Decoded(
+            samples.as_lists([r.values for r in results], holes),
+            samples.as_lists([r.texts for r in results], holes),
+            sum(r.logprob for r in results),
+            results[0].forward_passes,
+            [h for r in results for h in r.holes],
+        )
+        merged.token_ids = results[0].token_ids
+        return merged
+    if name == "best_of":
+        k, details = samples.best_of([r.logprob for r in results])
+    else:
+        k, details = samples.vote([r.values for r in results], run.prompt.holes[-1])
+    best = results[k]
+    best.details = details
+    return best
 
 
 def score_distribution(run: QueryRun, distribution: tuple) -> Decoded:

@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from ..errors import LmlangError
 from ..graph import QuerySpec
+from .samples import sample_count
 from .trace import QueryTrace
 
 SAMPLING = ("sample", "best_of", "vote")
@@ -137,7 +138,12 @@ def plan(jobs: list[Job], strategy: Strategy, batch_size: int, mixed_lm) -> list
     lanes: dict = {}
     for job in jobs:
         loaded = getattr(job.lm, "loaded", None)
-        shared = job.spec.decoder[0] in SHARED_DECODERS and job.spec.distribution is None and loaded is not None
+        shared = (
+            job.spec.decoder[0] in SHARED_DECODERS
+            and sample_count(job.spec.decoder) == 1  # sample(n: k > 1) draws k rows per call: solo
+            and job.spec.distribution is None
+            and loaded is not None
+        )
         base = id(loaded) if loaded is not None else id(job.lm)
         key: tuple = ("shared",) if shared else ("solo", job.spec.name, id(job.lm))
         if shared and strategy.queries == "separate":
@@ -273,6 +279,7 @@ def finish(execu, job: Job, prompt: str, d, wall: float) -> None:
         out["distribution"] = d.distribution
     if job.expert is not None:
         out["expert"] = job.expert
+    out.update(d.details)  # vote: samples, votes; best_of: scores
     job.result, job.texts, job.prompt = out, dict(d.texts), prompt
     holes = [vars(h) for h in d.holes]
     execu.trace.add(
@@ -289,5 +296,6 @@ def finish(execu, job: Job, prompt: str, d, wall: float) -> None:
             decoder=job.spec.decoder[0],
             expert=job.expert,
             row=job.row,
+            details=dict(d.details),
         )
     )

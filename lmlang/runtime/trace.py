@@ -23,6 +23,7 @@ class QueryTrace:
     expert: str | None = None
     row: int | None = None
     cached: bool = False  # answered from the result cache (nothing decoded)
+    details: dict = field(default_factory=dict)  # vote: samples, votes; best_of: scores (runtime/samples.py)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -20,7 +20,10 @@ EXAMPLE = {
     C.BoolType: C.BoolType(),
     C.JsonSchema: C.JsonSchema('{"type": "integer"}'),
     C.Grammar: C.Grammar('start: "x"'),
+    C.AnyOf: C.AnyOf((C.IntType(), C.Choice(("none",)))),
 }
+# shapes known only when a query is called: lowered after runtime_lists.resolve
+RUNTIME = {C.ChoiceParam: (C.ChoiceParam("labels"), {"labels": ["a", "b"]}, "choice")}
 
 
 def test_every_constraint_class_has_one_kind():
@@ -33,7 +36,11 @@ def test_every_constraint_class_has_one_kind():
 
 
 def test_every_shape_lowers_to_its_declared_language():
-    assert set(K.SHAPES) == set(EXAMPLE)
+    assert set(K.SHAPES) == set(EXAMPLE) | set(RUNTIME)
+    from lmlang.constraints.runtime_lists import resolve
+
+    for cls, (c, env, source) in RUNTIME.items():
+        assert lower(resolve({"x": c}, env)["x"]).source == source, cls
     for cls, c in EXAMPLE.items():
         plan = lower(c)
         kind = K.kind_of(c)

@@ -31,11 +31,13 @@ import contextlib
 import json
 import math
 import time
-from collections import Counter
+
 from dataclasses import dataclass, field
 
 from ...errors import LmlangError, LmlangRuntimeError
+from .. import samples
 from ..prompt import render
+from ..samples import sample_count
 from ..trace import QueryTrace
 from .base import Engine, RowsJob
 from .deploy import Deployment, served_model
@@ -54,6 +56,7 @@ class _Run:
     tokens: int = 0
     requests: int = 0
     distribution: dict | None = None
+    details: dict = field(default_factory=dict)  # vote: samples, votes; best_of: scores (runtime/samples.py)
 
 
 class ServedEngine(Engine):
@@ -108,6 +111,7 @@ class _Rows:
             out["distribution"] = run.distribution
         if job.expert is not None:
             out["expert"] = job.expert
+        out.update(run.details)
         job.results[i] = out
         self.records.append(
             (
@@ -123,6 +127,7 @@ class _Rows:
                     tokens_forced=0,
                     wall_seconds=time.perf_counter() - t0,
                     decoder=spec.decoder[0],
+                    details=dict(run.details),
                     expert=job.expert,
                     row=job.row_ids[i] if job.row_ids else None,
                 ),
@@ -172,15 +177,26 @@ class _Rows:
         seed = opts.get("seed") if self.job.seed is None else self.job.seed
         if name == "argmax":
             return await self.sample_run(i, rendered, {"temperature": 0.0}, stream=True)
-        if name == "sample":
+        if name == "sample" and sample_count(self.spec.decoder) == 1:
             assert seed is not None  # sampling decoders resolve a default seed (decoders.SAMPLING)
             return await self.sample_run(i, rendered, _sampling(opts, seed), stream=True)
-        if name in ("best_of", "vote"):
+        if name in ("best_of", "vote", "sample"):
             assert seed is not None  # as for sample
             runs = await asyncio.gather(
                 *(self.sample_run(i, rendered, _sampling(opts, seed + k), logprobs=True) for k in range(opts["n"]))
             )
-            best = _best_of(runs) if name == "best_of" else _vote(runs, rendered.holes[-1])
+            if name == "sample":  # sample(n: k): every hole a list (runtime/samples.py)
+                holes = rendered.holes
+                best = _Run(
+                    samples.as_lists([r.values for r in runs], holes), samples.as_lists([r.texts for r in runs], holes)
+                )
+                best.holes = [h for r in runs for h in r.holes]
+            elif name == "best_of":
+                k, details = samples.best_of([r.logprob for r in runs])
+                best, best.details = runs[k], details
+            else:
+                k, details = samples.vote([r.values for r in runs], rendered.holes[-1])
+                best, best.details = runs[k], details
             best.tokens, best.requests = sum(r.tokens for r in runs), sum(r.requests for r in runs)
             return best
         raise LmlangRuntimeError(f"served model '{self.label}' cannot run decoder {name}")  # the checker refuses beam
@@ -296,16 +312,6 @@ def _sampling(opts: dict, seed: int) -> dict:
     if opts.get("top_k"):
         out["top_k"] = int(opts["top_k"])
     return out
-
-
-def _best_of(runs: list[_Run]) -> _Run:
-    return max(runs, key=lambda r: r.logprob)
-
-
-def _vote(runs: list[_Run], last: str) -> _Run:
-    counts = Counter(json.dumps(r.values[last], sort_keys=True) for r in runs)
-    winner = counts.most_common(1)[0][0]
-    return next(r for r in runs if json.dumps(r.values[last], sort_keys=True) == winner)
 
 
 def _logsumexp(xs: list[float]) -> float:
