@@ -403,6 +403,15 @@ class QueryDecl(Named):
     segments: tuple[Segment, ...]
     wheres: tuple[Where, ...]
     distribution: Distribution | None
+    guard: "Guard | None" = None  # second wave: `guard leak(...)`
+
+
+@frozen
+class Guard(Node):
+    """`guard leak(max_overlap: 0.3, ngram: 4)` on a query (guards.py has the table)."""
+
+    name: str
+    options: tuple["KwArg", ...] = ()
 
 
 # ------------------------------------------------------------------ flow

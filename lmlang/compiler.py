@@ -210,6 +210,7 @@ class Compiler:
                 info.decoder,
                 info.distribution,
                 self.loc(q),
+                info.guard,
             ),
             q.name,
             q.name,

@@ -56,14 +56,19 @@ def validate(name: str, given: dict) -> list[Problem]:
     option a problem is about; "" for the decoder itself)."""
     if name not in DECODERS:
         return [Problem(f"unknown decoder '{name}'", did_you_mean(name, DECODERS, known="decoders"), "unknown-decoder")]
-    spec = DECODERS[name]
+    return validate_options("decoder", name, DECODERS[name], given)
+
+
+def validate_options(what: str, name: str, spec: dict[str, Opt], given: dict) -> list[Problem]:
+    """Every problem with the options of one entry of an option table (a
+    decoder's, a guard's): unknown names, types, ranges."""
     problems = []
     for key, value in given.items():
         if key not in spec:
             hint = did_you_mean(key, spec) or (
                 f"{name} takes: " + ", ".join(spec) if spec else f"{name} takes no options"
             )
-            problems.append(Problem(f"unknown option '{key}' for decoder {name}", hint, "unknown-option", option=key))
+            problems.append(Problem(f"unknown option '{key}' for {what} {name}", hint, "unknown-option", option=key))
             continue
         o = spec[key]
         if (

@@ -580,6 +580,9 @@ def _make_transformer_class():
         def decoder(self, meta, ch):
             return A.Decoder(str(ch[0]), ch[1] or (), span=self.sp(meta))
 
+        def guard(self, meta, ch):  # second wave: `guard leak(...)`
+            return A.Guard(str(ch[0]), ch[1] or (), span=self.sp(meta))
+
         def segment(self, meta, ch):
             role, s = ch
             return A.Segment(
@@ -689,6 +692,7 @@ def _make_transformer_class():
                 segments,
                 wheres,
                 dists[0] if dists else None,
+                guard=next((c for c in rest if isinstance(c, A.Guard)), None),
                 span=self.sp(meta),
                 name_span=self.tsp(name),
             )

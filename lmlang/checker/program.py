@@ -29,6 +29,7 @@ class QueryInfo:
     chat: bool
     distribution: tuple[str, tuple[str, ...]] | None
     result_type: T.T
+    guard: tuple | None = None  # second wave: ("leak", ((option, value), ...)) (guards.py)
 
     @property
     def name(self) -> str:

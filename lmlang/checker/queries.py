@@ -62,6 +62,7 @@ def check_query(cx: Context, q: A.QueryDecl) -> QueryInfo | None:
                 continue
             conds[c.hole].append(c)
     distribution = _check_distribution(cx, q, holes, conds, decoder)
+    guard = _check_guard(cx, q, decoder, distribution)  # second wave: `guard leak(...)`
     lowered: dict = {}
     for h in holes:
         if distribution and h == distribution[0]:
@@ -89,6 +90,7 @@ def check_query(cx: Context, q: A.QueryDecl) -> QueryInfo | None:
         chat,
         distribution,
         T.record(**result_fields),
+        guard,
     )
 
 
@@ -263,3 +265,38 @@ def _sample_fields(cx: Context, decoder: A.Decoder, given: dict, holes: list, ho
         fields["votes"] = T.JSON
     if decoder.name == "best_of":
         fields["scores"] = T.list_of(T.FLOAT)
+
+
+# ---- second wave (issue #15): `guard leak(...)` ---------------------------------
+
+
+def _check_guard(cx: Context, q: A.QueryDecl, decoder: A.Decoder, distribution) -> tuple | None:
+    """The query's guard, resolved (guards.py), or None. A leak guard masks
+    tokens while a value is sampled: it needs a system message to guard, and
+    a decoder that samples token by token (beam and distribution score whole
+    values; served models are refused in checker/served.py)."""
+    from .. import guards as G
+
+    g = q.guard
+    if g is None:
+        return None
+    given: dict = {}
+    for kw in g.options:
+        if kw.name in given:
+            cx.error(f"option '{kw.name}' given twice", kw)
+        given[kw.name] = plain_value(kw.value)
+    problems = G.validate(g.name, given)
+    for p in problems:
+        cx.error(p.message, next((kw for kw in g.options if kw.name == p.option), g), p.hint)
+    if problems:
+        return None
+    if not any(s.role == "system" for s in q.segments):
+        cx.error(f"guard {g.name} guards the system message, and this query has none", g, 'add `system "..."`')
+        return None
+    if decoder.name == "beam" or distribution:
+        what = "beam search" if decoder.name == "beam" else "a distribution"
+        cx.error(
+            f"guard {g.name} masks sampled tokens; {what} scores whole values", g, "use argmax, sample, best_of or vote"
+        )
+        return None
+    return G.resolve(g.name, given)

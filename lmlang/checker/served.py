@@ -95,6 +95,14 @@ def _check_query_on(cx: Context, info, expr, model: str, kind: sources.SourceKin
             'use api: "completions"',
             code="served-unsupported",
         )
+    if info.guard is not None:  # second wave: the leak guard masks logits in this process
+        cx.error(
+            f"{where} cannot run `guard {info.guard[0]}`: the guard masks tokens while decoding, "
+            "which needs this process's logits",
+            q.guard or q,
+            "run this query on a local model",
+            code="served-unsupported",
+        )
     if not kind.raw_prompt:
         _check_chat_only(cx, info, where)
     options = _declared_options(cx, expr)

@@ -228,6 +228,7 @@ class QuerySpec(Spec):
     decoder: tuple  # (name, ((key, value), ...))
     distribution: tuple | None  # (hole, options) | None
     loc: str = ""
+    guard: tuple | None = None  # second wave: ("leak", ((option, value), ...)) (guards.py)
 
     def deps(self):
         return (self.model,)
@@ -322,7 +323,8 @@ def content_digest(spec: Spec, root: str | None = None) -> str:
     """A hash of the spec's content, locations excluded, so the same
     expression written twice is one node. Paths under `root` (the script's
     folder) hash relative to it, so ids do not depend on where a checkout lives."""
-    content = {k: v for k, v in _hash_form(spec).items() if k != "loc"}
+    # an unset guard is left out, so queries without one keep their ids
+    content = {k: v for k, v in _hash_form(spec).items() if k != "loc" and not (k == "guard" and v is None)}
     text = json.dumps(content, sort_keys=True, default=str)
     if root:
         text = text.replace(root.rstrip("/") + "/", "$ROOT/")

@@ -36,6 +36,7 @@ class HoleTrace:
     generated: int = 0
     forced: int = 0
     ended_by: str = ""
+    leak_masked: int = 0  # tokens the leak guard masked (runtime/leak_guard.py); 0 without a guard
 
 
 @dataclass
@@ -126,8 +127,10 @@ class QueryRun:
     `query` and `loc` (the query's name and "file:line:col") position the
     errors a hole raises while decoding."""
 
-    def __init__(self, lm: LM, prompt: RenderedPrompt, constraints: dict, query: str = "", loc: str = ""):
+    def __init__(self, lm: LM, prompt: RenderedPrompt, constraints: dict, query: str = "", loc: str = "", guard=None):
+        """guard: a LeakGuard for this call (runtime/leak_guard.py) or None."""
         self.lm = lm
+        self.guard = guard
         self.prompt = prompt
         self.query, self.span = query, span_of(loc)
         self.chunk_ids = [prompt.chunk_ids(lm, i) for i in range(len(prompt.chunks))]
@@ -187,6 +190,7 @@ class RowDecoder:
             return
         self.current = self.run.holes[self.hole].start()
         self._streamed = 0
+        self.leak = self.run.guard.start() if self.run.guard is not None else None
 
     def step(self, logits: torch.Tensor, batch: Batch, row: int) -> list[int]:
         """Decide this row's next block of tokens to feed ([] when done)."""
@@ -205,10 +209,15 @@ class RowDecoder:
         hole = self.current
         kind = hole.next(logits)
         if kind == FEED:
+            if self.leak is not None:
+                for t in hole.block:
+                    self.leak.take(t)
             return hole.block
         if kind == SAMPLE:
             masked = hole.masked
             assert masked is not None  # SAMPLE: hole.next set it
+            if self.leak is not None:
+                self._mask_leaks(masked)
             tok = self.sampler.pick(masked)
             while not hole.fits(tok):
                 # The value could not be completed within its budget after
@@ -218,14 +227,34 @@ class RowDecoder:
                     raise hole._error("no token leaves room to complete the value within its budget")
                 tok = self.sampler.pick(masked)
             self.logprob += float(torch.log_softmax(masked, dim=-1)[tok])
+            if self.leak is not None:
+                self.leak.take(tok)
             if not hole.take(tok):
                 return [tok]
         return self._finish_hole(batch, row)
+
+    def _mask_leaks(self, masked: torch.Tensor) -> None:
+        """The leak guard's mask over the hole's (runtime/leak_guard.py): the
+        tokens that would copy one system-prompt n-gram too many, unless that
+        leaves no token (then the constraint wins)."""
+        assert self.leak is not None
+        banned = self.leak.banned()
+        if not banned:
+            return
+        ids = torch.tensor(banned, device=masked.device)
+        kept = masked[ids].clone()
+        masked[ids] = NEG_INF
+        if not torch.isfinite(masked).any():
+            masked[ids] = kept
+            self.leak.overridden += 1
+            return
+        self.leak.masked += int(torch.isfinite(kept).sum())
 
     def _finish_hole(self, batch: Batch, row: int) -> list[int]:
         run, lm, hole = self.run, self.run.lm, self.current
         trace = self.traces[self.hole]
         trace.generated, trace.forced, trace.ended_by = hole.generated, hole.forced, hole.ended_by
+        trace.leak_masked = self.leak.masked if self.leak is not None else 0
         name = hole.plan.name
         value = hole.value()
         self.texts[name] = value

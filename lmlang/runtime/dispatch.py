@@ -205,13 +205,22 @@ def prepare_runs(lm, jobs: list[Job]) -> tuple[list, list[Job]]:
             refuse_overlong(lm, spec.name, prompt.chunks, loc=spec.loc)
             # run-time lists (`in NAME`) take this call's argument (issue #15)
             constraints = runtime_lists.resolve(dict(spec.constraints), job.env)
-            run = QueryRun(lm, prompt, constraints, spec.name, spec.loc)
+            run = QueryRun(lm, prompt, constraints, spec.name, spec.loc, _leak_guard(lm, spec, job.env))
             refuse_overlong(lm, spec.name, prompt.chunks, run.chunk_ids, loc=spec.loc)
             runs.append(run)
             ok.append(job)
         except LmlangError as e:
             job.result = e
     return runs, ok
+
+
+def _leak_guard(lm, spec, env: dict):
+    """This call's leak guard (`guard leak(...)` on the query), or None."""
+    if spec.guard is None:
+        return None
+    from .leak_guard import LeakGuard, system_text
+
+    return LeakGuard.for_call(spec.guard, system_text(spec.segments, env, spec.loc), lm.tok_info.encode)
 
 
 def decode_shared(execu, lm, jobs: list[Job]) -> None:
