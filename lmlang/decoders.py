@@ -18,6 +18,9 @@ class Opt:
     hi: float | None = None
     lo_open: bool = False  # lo itself excluded (temperature > 0)
     doc: str = ""
+    # left out of the resolved options while unset (an option added later:
+    # programs that do not write it keep their node ids)
+    implicit: bool = False
 
 
 SAMPLING = {
@@ -29,7 +32,10 @@ SAMPLING = {
 
 DECODERS: dict[str, dict[str, Opt]] = {
     "argmax": {},
-    "sample": {"n": Opt(int, 1, 1, 64, doc="values per hole; n > 1 makes each hole a list of n samples"), **SAMPLING},
+    "sample": {
+        "n": Opt(int, 1, 1, 64, doc="values per hole; n > 1 makes each hole a list of n samples", implicit=True),
+        **SAMPLING,
+    },
     "beam": {"width": Opt(int, 4, 1, 64, doc="beams kept per step")},
     "best_of": {"n": Opt(int, 4, 1, 64, doc="samples drawn; the most likely wins"), **SAMPLING},
     "vote": {"n": Opt(int, 5, 1, 64, doc="samples drawn; the most frequent last hole wins"), **SAMPLING},
@@ -43,10 +49,10 @@ DETAIL_FIELDS: dict[str, tuple[str, ...]] = {"vote": ("samples", "votes"), "best
 def resolve(name: str, given: dict) -> dict:
     """Defaults filled in; assumes `given` passed validate()."""
     spec = DECODERS[name]
-    out: dict[str, Any] = {k: o.default for k, o in spec.items()}
+    out: dict[str, Any] = {k: o.default for k, o in spec.items() if not o.implicit}
     out.update(given)
     for k, o in spec.items():
-        if o.type is float:
+        if o.type is float and k in out:
             out[k] = float(out[k])
     return out
 

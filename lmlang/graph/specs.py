@@ -228,7 +228,9 @@ class QuerySpec(Spec):
     decoder: tuple  # (name, ((key, value), ...))
     distribution: tuple | None  # (hole, options) | None
     loc: str = ""
-    guard: tuple | None = None  # second wave: ("leak", ((option, value), ...)) (guards.py)
+    # second wave: ("leak", ((option, value), ...)) (guards.py); left out of the
+    # JSON and the id while unset, so queries without a guard keep both
+    guard: tuple | None = dataclasses.field(default=None, metadata={"omit_unset": True})
 
     def deps(self):
         return (self.model,)
@@ -287,10 +289,20 @@ _JSON_TYPES = {**SPEC_TYPES, **CONSTRAINT_TYPES, **IR_TYPES}
 assert len(_JSON_TYPES) == len(SPEC_TYPES) + len(CONSTRAINT_TYPES) + len(IR_TYPES), "a $type name is used twice"
 
 
+def _set_fields(v) -> list:
+    """A node's fields, less those marked `omit_unset` that hold their default
+    (fields added later, so older graphs keep their JSON and their ids)."""
+    return [
+        f
+        for f in dataclasses.fields(v)
+        if not (f.metadata.get("omit_unset") and getattr(v, f.name) == f.default)
+    ]
+
+
 def to_jsonable(v):
     """Specs, constraints and IR nodes as `{"$type": class name, field: ...}`."""
     if dataclasses.is_dataclass(v):
-        return {"$type": type(v).__name__, **{f.name: to_jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)}}
+        return {"$type": type(v).__name__, **{f.name: to_jsonable(getattr(v, f.name)) for f in _set_fields(v)}}
     if isinstance(v, (tuple, list)):
         return [to_jsonable(x) for x in v]
     return v
@@ -313,7 +325,7 @@ def _hash_form(v):
     if isinstance(v, IRNode):
         return _hash_form(ir_form(v))
     if dataclasses.is_dataclass(v):
-        return {"$type": type(v).__name__, **{f.name: _hash_form(getattr(v, f.name)) for f in dataclasses.fields(v)}}
+        return {"$type": type(v).__name__, **{f.name: _hash_form(getattr(v, f.name)) for f in _set_fields(v)}}
     if isinstance(v, (tuple, list)):
         return [_hash_form(x) for x in v]
     return v
@@ -323,8 +335,7 @@ def content_digest(spec: Spec, root: str | None = None) -> str:
     """A hash of the spec's content, locations excluded, so the same
     expression written twice is one node. Paths under `root` (the script's
     folder) hash relative to it, so ids do not depend on where a checkout lives."""
-    # an unset guard is left out, so queries without one keep their ids
-    content = {k: v for k, v in _hash_form(spec).items() if k != "loc" and not (k == "guard" and v is None)}
+    content = {k: v for k, v in _hash_form(spec).items() if k != "loc"}
     text = json.dumps(content, sort_keys=True, default=str)
     if root:
         text = text.replace(root.rstrip("/") + "/", "$ROOT/")
