@@ -136,6 +136,9 @@ def main():
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the emitted values (or a data run's summary) as JSON.")
 @click.option(
+    "--stream", is_flag=True, help="Print each value to stderr as it grows, token by token (one flow run, not --data)."
+)
+@click.option(
     "--trace", "trace_path", type=click.Path(dir_okay=False), help="Append a JSONL trace of every query to this file."
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -178,6 +181,7 @@ def run(
     batch_size,
     seed,
     as_json,
+    stream,
     trace_path,
     device,
     no_progress,
@@ -206,6 +210,8 @@ def run(
         ):
             if given:
                 raise click.UsageError(f"{flag} needs --data")
+    elif stream:
+        raise click.UsageError("--stream runs the flow once; it cannot be used with --data")
     prog = P.compile_file(
         file,
         device=device,
@@ -241,7 +247,7 @@ def run(
                 ray_address=ray_address,
             )
             sys.exit(code)
-        result = prog.run(**_parse_sets(sets))
+        result = _run_once(prog, _parse_sets(sets), stream)
     except LmlangError as e:
         src = prog.frontend.source  # a runtime error positioned in the script shows its line too
         if e.span.filename == src.filename:
@@ -256,6 +262,19 @@ def run(
 
         for k, v in result.items():
             click.echo(f"{k}: {value_text(v)}")
+
+
+def _run_once(prog, inputs: dict, stream: bool) -> dict:
+    """One flow run; with --stream each value is printed to stderr as it grows (streaming.py)."""
+    if not stream:
+        return prog.run(**inputs)
+    from .streaming import StreamPrinter
+
+    printer = StreamPrinter(sys.stderr)
+    try:
+        return prog.run_streamed(printer, **inputs)
+    finally:
+        printer.close()
 
 
 def _check_trace(path: str, protect: dict) -> None:

@@ -316,6 +316,16 @@ class Program:
         """Run the flow once; returns the emitted values by name."""
         return self._executor().run(inputs)
 
+    def run_streamed(self, on_token, **inputs) -> dict:
+        """Run the flow once, calling on_token(query, hole, piece) with each
+        piece of a value's text as it decodes (`lmlang run --stream`)."""
+        execu = self._executor()
+        execu.flow_stream = on_token
+        try:
+            return execu.run(inputs)
+        finally:
+            execu.flow_stream = None
+
     def run_batch(self, rows: list[dict], *, errors: str = "raise", progress=False) -> list:
         """Run the flow for many input rows, batching queries across rows.
 

@@ -23,7 +23,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import LmlangError, ScriptError
 from .source import Source, brackets
@@ -141,6 +141,7 @@ class Session:
     vars: dict = field(default_factory=dict)
     loaded_flow: tuple[str, str] | None = None  # (file, flow source) from :load
     last_program: Program | None = None
+    on_token: Any = None  # on a terminal: values printed as they grow (streaming.StreamPrinter)
 
     # ------------------------------------------------------------ entries
     def feed(self, entry: str) -> list[str]:
@@ -326,9 +327,20 @@ class Session:
         self.last_program = prog
         inputs = {k: v for k, v in self.vars.items() if k in prog.inputs}
         try:
-            return prog.run(**inputs)
+            return self._run_flow(prog, inputs)
         except LmlangError as e:
             raise _Rejected(e.render(), e.exit_code) from None
+
+    def _run_flow(self, prog, inputs: dict) -> dict:
+        """prog's flow, streamed through on_token when the session has one."""
+        if self.on_token is None:
+            return prog.run(**inputs)
+        try:
+            return prog.run_streamed(self.on_token, **inputs)
+        finally:
+            close = getattr(self.on_token, "close", None)
+            if close is not None:
+                close()
 
     # ------------------------------------------------------------ commands
     def command(self, text: str) -> list[str]:
@@ -417,7 +429,7 @@ class Session:
         inputs.update(sets)
         self.last_program = prog
         try:
-            values = prog.run(**inputs)
+            values = self._run_flow(prog, inputs)
         except LmlangError as e:
             raise _Rejected(e.render(), e.exit_code) from None
         return [f"{k}: {show(v)}" for k, v in values.items()]
@@ -511,6 +523,9 @@ def run_repl(file: str | None = None, device: str = "auto", stdin=None, stdout=N
             error(e.render())
             worst = max(worst, e.exit_code)
     if interactive:
+        from .streaming import StreamPrinter
+
+        session.on_token = StreamPrinter(stdout)  # values grow on screen, as `lmlang run --stream`
         return _interactive(session, emit, error)
     buf = ""
     for line in stdin:

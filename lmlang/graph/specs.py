@@ -292,11 +292,7 @@ assert len(_JSON_TYPES) == len(SPEC_TYPES) + len(CONSTRAINT_TYPES) + len(IR_TYPE
 def _set_fields(v) -> list:
     """A node's fields, less those marked `omit_unset` that hold their default
     (fields added later, so older graphs keep their JSON and their ids)."""
-    return [
-        f
-        for f in dataclasses.fields(v)
-        if not (f.metadata.get("omit_unset") and getattr(v, f.name) == f.default)
-    ]
+    return [f for f in dataclasses.fields(v) if not (f.metadata.get("omit_unset") and getattr(v, f.name) == f.default)]
 
 
 def to_jsonable(v):

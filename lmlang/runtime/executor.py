@@ -246,6 +246,7 @@ class Executor:
         self._keys: CallKeys | None = None  # made at the first cached call
         self._torch_ready = False
         self._engines: dict = {}  # model node id -> its engine (engine_for)
+        self.flow_stream = None  # on_token(query, hole, piece) for the flow's calls (Program.run_streamed)
         from .build import Builder
 
         self.builder = Builder(compiled, device=device)
@@ -613,9 +614,20 @@ class Executor:
                 on_done(outcomes[r])
 
         def dispatch(slots):
+            stream = self.flow_stream  # `lmlang run --stream` (Program.run_streamed)
             try:
                 return self.run_calls(
-                    [(s.call.name, s.call.args, s.call.kwargs, s.row.id, s.call.position, None) for s in slots]
+                    [
+                        (
+                            s.call.name,
+                            s.call.args,
+                            s.call.kwargs,
+                            s.row.id,
+                            s.call.position,
+                            (lambda h, t, q=s.call.name: stream(q, h, t)) if stream else None,
+                        )
+                        for s in slots
+                    ]
                 )
             except LmlangError as e:
                 return [e] * len(slots)
