@@ -220,7 +220,7 @@ def _leak_guard(lm, spec, env: dict):
         return None
     from .leak_guard import LeakGuard, system_text
 
-    return LeakGuard.for_call(spec.guard, system_text(spec.segments, env, spec.loc), lm.tok_info.encode)
+    return LeakGuard.for_call(spec.guard, system_text(spec.segments, env, spec.loc), lm.tok_info)
 
 
 def decode_shared(execu, lm, jobs: list[Job]) -> None:
