@@ -22,6 +22,7 @@ DECLARATIONS = ("input", "model", "adapter", "router", "query", "flow", "use")
 _CORE_KEYWORDS = (
     "using",
     "decode",
+    "guard",  # second wave: `guard leak(...)` on a query
     "where",
     "distribution",
     "if",

@@ -78,6 +78,17 @@ RUNS = {
     "router.lm": ([], lambda o: len(o["experts"]) == 3 and all(len(row) == 3 for row in o["experts"])),
     "experts.lm": (["--set", "n=4"], check_experts),  # reduced: 4 held-out rows per task
     "served.lm": ([], None),  # runs on the test run's one vLLM server, in test_served_vllm.py
+    # second wave (issue #15): run-time labels, `or`, sample(n: 3); the leak guard
+    "classify_runtime.lm": (
+        [],
+        lambda o: (
+            len(o["labels"]) == 3
+            and set(o["labels"]) <= {"praise", "complaint", "question"}
+            and o["first"] == o["labels"][0]
+            and o["stars"] in ("1", "2", "3", "4", "5", "unknown")
+        ),
+    ),
+    "guarded.lm": ([], lambda o: one_line(o["answer"]) and "4417" not in o["answer"].replace(" ", "")),
 }
 
 

@@ -171,3 +171,14 @@ def test_token_keys_make_copies_independent_of_word_boundaries(lmlang_home):
     want = {sys_keys[i + 1] for i in range(len(sys_keys) - 1) if sys_keys[i] == tail}
     assert want and set(s.banned()) == {t for k in want for t in ids_of[k]}  # every spelling of the next key
     assert len({tok.token_bytes[t] for t in s.banned()}) >= 1
+
+
+def test_the_highlighter_knows_guard():
+    from pygments import lex
+    from pygments.token import Keyword
+
+    from lmlang.highlight import LmlangLexer
+
+    src = 'query h(q: str) using m guard leak(ngram: 3) {\n  system "s"\n  "[a]"\n  where a not in ["x"] or a is int\n}\n'
+    toks = [(t, v) for t, v in lex(src, LmlangLexer()) if v.strip()]
+    assert (Keyword, "guard") in toks and (Keyword, "or") in toks and (Keyword, "not") in toks
