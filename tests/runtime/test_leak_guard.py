@@ -179,6 +179,8 @@ def test_the_highlighter_knows_guard():
 
     from lmlang.highlight import LmlangLexer
 
-    src = 'query h(q: str) using m guard leak(ngram: 3) {\n  system "s"\n  "[a]"\n  where a not in ["x"] or a is int\n}\n'
+    src = (
+        'query h(q: str) using m guard leak(ngram: 3) {\n  system "s"\n  "[a]"\n  where a not in ["x"] or a is int\n}\n'
+    )
     toks = [(t, v) for t, v in lex(src, LmlangLexer()) if v.strip()]
     assert (Keyword, "guard") in toks and (Keyword, "or") in toks and (Keyword, "not") in toks
