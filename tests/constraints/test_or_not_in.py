@@ -211,3 +211,17 @@ def test_or_decodes_through_a_program(tmp_path, tiny_model_dir):
         prog = program(tmp_path, tiny_model_dir, body.replace("seed: 3", f"seed: {seed}"), "r = q() emit a = r.answer")
         a = prog.run()["a"]
         assert a == "unknown" or (a.isdigit() and 0 <= int(a) <= 99 and str(int(a)) == a), a
+
+
+def test_a_runtime_list_inside_or_resolves_per_call():
+    from lmlang.constraints.lower import lower
+    from lmlang.constraints.runtime_lists import resolve
+
+    c = C.All((any_of([C.ChoiceParam("ls"), C.Choice(("none",))]), C.NotIn(("b",))))
+    got = resolve({"x": c}, {"ls": ["a", "b"]})["x"]
+    assert lower(got).options == ("a", "none")
+    mixed = resolve({"x": any_of([C.ChoiceParam("ls"), C.IntType(0, 9)])}, {"ls": ["n/a"]})["x"]
+    assert mixed == C.AnyOf((C.Choice(("n/a",)), C.IntType(0, 9))) and lower(mixed).kind == "regex"
+    with pytest.raises(LmlangRuntimeError) as e:
+        resolve({"x": C.ChoiceParam("ls")}, {"ls": "abc"})
+    assert "needs a list of strings" in str(e.value)
