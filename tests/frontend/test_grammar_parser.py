@@ -1,0 +1,73 @@
+"""The generated parser (lmlang/grammar_parser.py) against its one source,
+grammar/lmlang.lark: it is current (regenerating it gives the committed
+bytes), and it parses exactly as lark's parser built from the grammar does
+(the fallback parser.py uses while the module is stale), trees and syntax
+errors alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmlang import grammar_parser, parser
+from lmlang.errors import LmlangSyntaxError
+from lmlang.grammar_file import grammar_sha256, grammar_text
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = sorted((REPO / "examples").rglob("*.lm")) + sorted((REPO / "tests" / "fixtures").glob("*.lm"))
+BAD = [
+    "input x: str\nquery q() { \"a\" \n",  # unclosed brace
+    'input x: str = "never closed\n',  # unclosed string
+    "model m = defualt\nqeury q() using m { \"x\" }\n",  # a misspelt keyword
+    "input x: str\n@\n",  # an unexpected character
+    "input : str\n",  # a missing name
+    "flow { emit }\n",
+]
+
+
+def test_generated_parser_is_current():
+    from lmlang.grammar_gen import TARGET, generate
+
+    assert grammar_parser.GRAMMAR_SHA256 == grammar_sha256(grammar_text()), (
+        "grammar/lmlang.lark changed: run `python -m lmlang.grammar_gen` and commit lmlang/grammar_parser.py"
+    )
+    assert generate() == TARGET.read_text(encoding="utf-8"), (
+        "lmlang/grammar_parser.py differs from what `python -m lmlang.grammar_gen` writes (another lark, or an "
+        "edit by hand): regenerate it"
+    )
+
+
+def test_generated_module_has_no_pickle_or_regex_import():
+    text = Path(grammar_parser.__file__).read_text(encoding="utf-8")
+    assert "import regex" not in text and "import pickle" not in text
+
+
+@pytest.fixture
+def lark_backend(monkeypatch):
+    """parser.parse on lark's parser, as when the generated module is stale."""
+    monkeypatch.setattr(grammar_parser, "GRAMMAR_SHA256", "stale")
+    parser._backend.cache_clear()
+    yield
+    parser._backend.cache_clear()
+
+
+def _outcome(text: str, name: str):
+    try:
+        return parser.parse(text, name)
+    except LmlangSyntaxError as e:
+        return ("error", e.message, e.hint, e.span)
+
+
+def test_both_parsers_agree(lark_backend):
+    cases = [(p.read_text(encoding="utf-8"), p.name) for p in SCRIPTS] + [(t, f"bad{i}.lm") for i, t in enumerate(BAD)]
+    assert len(SCRIPTS) > 20
+    from_lark = [_outcome(t, n) for t, n in cases]
+    assert type(parser._backend().parser).__module__.startswith("lark")
+    parser._backend.cache_clear()
+    grammar_parser.GRAMMAR_SHA256 = grammar_sha256(grammar_text())  # monkeypatch restores the real value
+    generated = [_outcome(t, n) for t, n in cases]
+    assert parser._backend().parser.__class__.__module__ == "lmlang.grammar_parser"
+    assert generated == from_lark
+    errors = [o for o in generated if isinstance(o, tuple)]
+    assert len(errors) >= len(BAD)  # the bad inputs really fail
