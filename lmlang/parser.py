@@ -36,12 +36,13 @@ MAX_SOURCE_BYTES = 4 * 1024 * 1024  # check time stays a few seconds at this siz
 
 
 class _Backend(NamedTuple):
-    """One parser and what goes with it: its module's Transformer (ToAst)
-    and exception classes."""
+    """One parser and what goes with it: its module's Transformer (ToAst),
+    its exception classes, and the disk cache of its lexer's regexes."""
 
     parser: Any
     to_ast: Any
     exceptions: Any
+    lexer_re: Any = None  # grammar_lexer.CachedRe for the generated parser
 
 
 @lru_cache(maxsize=1)
@@ -53,7 +54,12 @@ def _backend() -> _Backend:
 
     grammar = grammar_text()
     if G.GRAMMAR_SHA256 == grammar_sha256(grammar):
-        return _Backend(G.Lark_StandAlone(), make_transformer_class(G), G)
+        from .grammar_lexer import CachedRe, cache_path, install
+
+        parser = G.Lark_StandAlone()
+        lexer_re = CachedRe(cache_path(G.GRAMMAR_SHA256))
+        install(parser.parser.lexer, lexer_re)
+        return _Backend(parser, make_transformer_class(G), G, lexer_re)
     import lark
 
     from .parser_cache import load_parser
@@ -93,6 +99,9 @@ def parse(text: str, filename: str = "<string>") -> A.Program:
         raise
     except RecursionError:
         raise _too_deep(source) from None
+    finally:
+        if backend.lexer_re is not None:
+            backend.lexer_re.save()  # the scanners this script met first, for the next process
 
 
 _ELSE_IF = re.compile(r"\belse\s+if\b")

@@ -71,3 +71,50 @@ def test_both_parsers_agree(lark_backend):
     assert generated == from_lark
     errors = [o for o in generated if isinstance(o, tuple)]
     assert len(errors) >= len(BAD)  # the bad inputs really fail
+
+
+def test_lexer_regexes_come_back_from_disk_as_the_same_patterns(lmlang_home):
+    from lmlang.grammar_lexer import CachedRe, cache_path
+
+    parser._backend.cache_clear()
+    try:
+        for p in SCRIPTS[:10]:
+            parser.parse(p.read_text(encoding="utf-8"), p.name)  # meets states, writes the entry
+    finally:
+        parser._backend.cache_clear()
+    path = cache_path(grammar_parser.GRAMMAR_SHA256)
+    assert path is not None and path.is_file() and str(path).startswith(str(lmlang_home))
+    later = CachedRe(path)  # what the next process reads
+    assert len(later.stored) > 10
+    import re
+
+    for key in later.stored:
+        flags, _, pattern = key.partition(":")
+        got, want = later.compile(pattern, int(flags)), re.compile(pattern, int(flags))
+        assert (got.pattern, got.flags, got.groupindex, got.groups) == (
+            want.pattern,
+            want.flags,
+            want.groupindex,
+            want.groups,
+        )
+        for text in ("model", "query q", '"a [b] c"', "123.5e3", "# note\n", "  x", "flow {"):
+            m, n = got.match(text), want.match(text)
+            assert (m and (m.group(0), m.lastgroup)) == (n and (n.group(0), n.lastgroup))
+    assert not later.added  # every pattern came from the entry, none was compiled again
+
+
+def test_forged_lexer_entry_is_recompiled(lmlang_home):
+    import json
+
+    from lmlang import cachefile
+    from lmlang.grammar_lexer import KIND, CachedRe, cache_path
+
+    path = cache_path(grammar_parser.GRAMMAR_SHA256)
+    pattern = "(?P<NAME>[a-z]+)|(?P<NUMBER>[0-9]+)"
+    forged = {f"0:{pattern}": [0, [1, 2, 3, 999999], 2, {"NAME": 1, "NUMBER": 2}, [None, "NAME", "NUMBER"]]}
+    cachefile.write(path, KIND, json.dumps(forged).encode())
+    cached = CachedRe(path)
+    assert cached.stored  # the entry was read ...
+    m = cached.compile(pattern).match("42")
+    assert m is not None and m.lastgroup == "NUMBER"  # ... _sre refused its code, and re compiled the pattern
+    assert f"0:{pattern}" in cached.added
