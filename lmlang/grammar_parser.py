@@ -275,17 +275,22 @@ class MissingVariableError(LarkError):
 
 
 import sys, re
-import logging
 from dataclasses import dataclass
 from typing import Generic, AnyStr
 
-logger: logging.Logger = logging.getLogger("lark")
-logger.addHandler(logging.StreamHandler())
+class _SilentLogger:
+    # lmlang: Lark's logger, set to CRITICAL, logs nothing here; this stub spares the logging import
+    def _drop(self, *args, **kwargs):
+        pass
+
+    debug = info = warning = error = exception = critical = _drop
+
+
+logger = _SilentLogger()
 ##
 
 ##
 
-logger.setLevel(logging.CRITICAL)
 
 
 NO_VALUE = object()
