@@ -15,9 +15,10 @@ iterating sets, which changes from process to process; the generator
 renumbers both canonically (tokens by name, states breadth-first from the
 start state along shifts in token order), so the same grammar and Lark give
 the same bytes and a regenerated module diffs cleanly.
-Three edits to Lark's template, each checked to apply exactly once: the
-`import pickle` line goes (nothing in it unpickles: the tables are
-literals); so does the optional `import regex` (the grammar uses no Unicode
+Edits to Lark's template, each checked to apply: the `import pickle` line
+goes (nothing in it unpickles: the tables are literals), and the calls in
+Lark's cache code (its `cache=` option, `save`, `load`, which lmlang never
+uses) raise instead of pickling; so does the optional `import regex` (the grammar uses no Unicode
 categories, and that import alone costs more than parsing a script); and
 the `logging` logger becomes a stub that drops every message (Lark sets its
 logger to CRITICAL and logs nothing at that level; `import logging` costs
@@ -37,6 +38,12 @@ _PICKLE_IMPORT = "import pickle, zlib, base64\n"
 _LOGGING_IMPORT = "import sys, re\nimport logging\n"
 _LOGGER = 'logger: logging.Logger = logging.getLogger("lark")\nlogger.addHandler(logging.StreamHandler())\n'
 _LOGGER_LEVEL = "logger.setLevel(logging.CRITICAL)\n"
+_NEVER_PICKLE = """
+
+def _never_pickle(*args, **kwargs):
+    # lmlang: Lark's pickling cache (cache=, save, load) is not for lmlang's parser: its tables are literals.
+    raise ConfigurationError("lmlang's generated parser never pickles (no cache=, save or load)")
+"""
 _SILENT_LOGGER = """class _SilentLogger:
     # lmlang: Lark's logger, set to CRITICAL, logs nothing here; this stub spares the logging import
     def _drop(self, *args, **kwargs):
@@ -75,6 +82,13 @@ def generate() -> str:
         if body.count(old) != 1:
             raise SystemExit(f"lark {lark.__version__}'s standalone template changed: cannot find {old!r}")
         body = body.replace(old, new)
+    for call in (f"pickle.{name}(" for name in ("load", "dump")):
+        if call not in body:
+            raise SystemExit(f"lark {lark.__version__}'s standalone template changed: cannot find {call!r}")
+        body = body.replace(call, "_never_pickle(")
+    body = body.replace("protocol=pickle.HIGHEST_PROTOCOL", "protocol=None") + _NEVER_PICKLE
+    if "pickle." in body:
+        raise SystemExit(f"lark {lark.__version__}'s standalone template pickles in a way this generator misses")
     if "logging." in body:
         raise SystemExit(f"lark {lark.__version__}'s standalone template uses logging beyond its logger")
     header = (

@@ -3170,9 +3170,9 @@ class Lark(Serialize):
                         for name in (set(options) - _LOAD_ALLOWED_OPTIONS):
                             del options[name]
                         file_sha256 = f.readline().rstrip(b'\n')
-                        cached_used_files = pickle.load(f)
+                        cached_used_files = _never_pickle(f)
                         if file_sha256 == cache_sha256.encode('utf8') and verify_used_files(cached_used_files):
-                            cached_parser_data = pickle.load(f)
+                            cached_parser_data = _never_pickle(f)
                             self._load(cached_parser_data, **options)
                             return
                 except FileNotFoundError:
@@ -3292,7 +3292,7 @@ class Lark(Serialize):
                 with FS.open(cache_fn, 'wb') as f:
                     assert cache_sha256 is not None
                     f.write(cache_sha256.encode('utf8') + b'\n')
-                    pickle.dump(used_files, f)
+                    _never_pickle(used_files, f)
                     self.save(f, _LOAD_ALLOWED_OPTIONS)
             except IOError as e:
                 logger.exception("Failed to save Lark to cache: %r.", cache_fn, e)
@@ -3342,7 +3342,7 @@ class Lark(Serialize):
         data, m = self.memo_serialize([TerminalDef, Rule])
         if exclude_options:
             data["options"] = {n: v for n, v in data["options"].items() if n not in exclude_options}
-        pickle.dump({'data': data, 'memo': m}, f, protocol=pickle.HIGHEST_PROTOCOL)
+        _never_pickle({'data': data, 'memo': m}, f, protocol=None)
 
     @classmethod
     def load(cls: Type[_T], f) -> _T:
@@ -3364,7 +3364,7 @@ class Lark(Serialize):
         if isinstance(f, dict):
             d = f
         else:
-            d = pickle.load(f)
+            d = _never_pickle(f)
         memo_json = d['memo']
         data = d['data']
 
@@ -3576,3 +3576,8 @@ Shift = 0
 Reduce = 1
 def Lark_StandAlone(**kwargs):
   return Lark._load_from_dict(DATA, MEMO, **kwargs)
+
+
+def _never_pickle(*args, **kwargs):
+    # lmlang: Lark's pickling cache (cache=, save, load) is not for lmlang's parser: its tables are literals.
+    raise ConfigurationError("lmlang's generated parser never pickles (no cache=, save or load)")
