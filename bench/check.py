@@ -8,7 +8,9 @@ Three measurements per file:
   (interpreter start-up, imports, the parser's disk cache, parse, check,
   compile), best of --repeat runs, and the child's CPU time (user + sys),
   which a busy shared machine inflates much less than wall time; the child
-  also reports whether torch, transformers or networkx got imported;
+  also reports which heavy modules got imported (torch, transformers,
+  networkx, the constraint backends, lark; a regex or schema hole's first
+  check imports its judge's backend, later checks read the answer from disk);
 * cold: the same fresh-process check with an empty LMLANG_HOME, so the
   parser tables are rebuilt and every regex/schema/grammar is judged anew
   (what the first check after installing, or after editing a schema, pays);
@@ -51,7 +53,7 @@ try:
     main(["check", sys.argv[1]])
 except SystemExit as e:
     code = e.code
-heavy = [m for m in ("torch", "transformers", "networkx") if m in sys.modules]
+heavy = [m for m in ("torch", "transformers", "networkx", "outlines", "xgrammar", "llguidance", "jsonschema", "lark", "regex") if m in sys.modules]
 import json
 sys.stderr.write("\n@@" + json.dumps([code, heavy, time.perf_counter() - t0]) + "\n")
 """

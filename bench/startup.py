@@ -95,7 +95,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.json"
-        timed(run_cmd[:-1] + [str(trace)], env)
+        timed([str(trace) if a == os.devnull else a for a in run_cmd], env)  # the same run, its trace kept
         records = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
         n_tokens = max(1, sum(r.get("tokens_generated", 0) + r.get("tokens_forced", 0) for r in records))
     floor_cmd = [sys.executable, "-c", FLOOR, str(folder), str(n_tokens), str(args.threads)]

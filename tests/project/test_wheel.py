@@ -17,6 +17,8 @@ def test_wheel_contains_grammar(tmp_path):
     wheel = next(tmp_path.glob("lmlang-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "lmlang/grammar/lmlang.lark" in names
+    # The generated parser `lmlang check` imports, and the CLI package's `python -m` entry.
+    assert {"lmlang/grammar_parser.py", "lmlang/cli/__init__.py", "lmlang/cli/__main__.py"} <= set(names)
     assert (
         zipfile.ZipFile(wheel).read("lmlang/grammar/lmlang.lark").decode()
         == (REPO / "grammar" / "lmlang.lark").read_text()

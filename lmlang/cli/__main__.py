@@ -1,0 +1,5 @@
+"""`python -m lmlang.cli ...`, the same as the `lmlang` console script."""
+
+from . import main
+
+main()

@@ -1,0 +1,75 @@
+"""What a fresh `lmlang check` / `lmlang run` process imports (issues #11 and
+#18): each command pays only for what the script needs. Each case runs the
+CLI's `main` in a new interpreter, with an empty LMLANG_HOME (no cached
+answers hiding an import), and reads sys.modules afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "examples").glob("*.lm"))
+
+# Never in the front end: the model stack, the graph library, the constraint backends.
+MODEL_STACK = ("torch", "transformers", "networkx", "outlines", "outlines_core", "xgrammar", "safetensors", "peft")
+# Only when a hole's constraint needs them (a regex, a schema, a grammar, a choice).
+CONSTRAINT_BACKENDS = ("llguidance", "jsonschema")
+# Never for parsing a script: the parser is the generated module (lmlang/grammar_parser.py).
+PARSER_LIBS = ("lark", "regex", "pickle")
+
+PROBE = r"""
+import json, sys
+from lmlang.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+print("@@" + json.dumps([code, sorted(m.split(".")[0] for m in sys.modules)]))
+"""
+
+
+def _cli_modules(args: list[str], home: Path, **env: str) -> set[str]:
+    p = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "LMLANG_HOME": str(home), "HF_HUB_OFFLINE": "1", **env},
+    )
+    marker = [line for line in p.stdout.splitlines() if line.startswith("@@")]
+    assert marker, p.stdout + p.stderr
+    code, modules = json.loads(marker[-1][2:])
+    assert code == 0, p.stdout + p.stderr
+    return set(modules)
+
+
+def test_check_imports_no_model_stack_and_no_parser_library(tmp_path):
+    loaded = _cli_modules(["check", str(REPO / "examples" / "hello.lm")], tmp_path)
+    assert "lmlang" in loaded and "click" in loaded  # the probe saw the command's own imports
+    heavy = sorted(loaded & set(MODEL_STACK + CONSTRAINT_BACKENDS + PARSER_LIBS))
+    assert not heavy, f"`lmlang check hello.lm` imported {heavy}"
+
+
+def test_check_of_every_example_imports_no_model_stack(tmp_path):
+    assert len(EXAMPLES) > 5
+    loaded = _cli_modules(["check", *map(str, EXAMPLES)], tmp_path)
+    heavy = sorted(loaded & set(MODEL_STACK))
+    assert not heavy, f"`lmlang check examples/*.lm` imported {heavy}"
+
+
+def test_run_without_a_constrained_hole_imports_no_backend(tiny_model_dir, tmp_path):
+    script = tmp_path / "free.lm"
+    script.write_text(
+        f'model m = "{tiny_model_dir}"\n'
+        'query q() using m {\n    "Say [a]"\n    where tokens(a) <= 3\n}\n'
+        "flow {\n    r = q()\n    emit answer = r.a\n}\n"
+    )
+    loaded = _cli_modules(["run", str(script), "--json", "--no-cache"], tmp_path / "home", LMLANG_THREADS="1")
+    assert {"torch", "transformers"} <= loaded  # it really ran the model
+    # (torch itself imports pickle and transformers' tokenizers `regex`: only lark is the parser's to avoid)
+    heavy = sorted(loaded & {"networkx", "outlines", "outlines_core", "xgrammar", "lark", *CONSTRAINT_BACKENDS})
+    assert not heavy, f"`lmlang run` of a script without constrained holes imported {heavy}"
