@@ -219,3 +219,18 @@ def test_budget_below_the_shortest_value_fails_before_decoding(tok):
     ) as e:
         plan(tok, C.All((C.JsonSchema(schema), C.MaxTokens(3))))
     assert e.value.code == "no-value-fits" and "tokens(v) <= 3" in e.value.hint
+
+
+def test_a_grammar_bounding_its_characters_allows_every_token_that_fits(tok):
+    """`x matches R and len(x) <= n` is one grammar (llguidance `&`) that
+    bounds the characters itself: a token fits when some value of at most n
+    characters starts with it, with no slack kept on top (the server allows
+    the same tokens)."""
+    by_bytes = tok.token_by_bytes()
+    cap, ital = by_bytes[b"cap"], by_bytes[b"ital"]
+    p = plan(tok, C.All((C.Regex("[a-z]+"), C.MaxChars(4))))
+    assert p.compiled.plan.source.endswith("&len")
+    allowed = p.start().guide.allowed_mask()
+    assert allowed[cap] and allowed[ital]  # once masked: 4 - 1 (the shortest close) - 2 (slack) < 3
+    tight = plan(tok, C.All((C.Regex("[a-z]+"), C.MaxChars(3)))).start().guide.allowed_mask()
+    assert tight[cap] and not tight[ital]
