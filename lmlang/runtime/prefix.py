@@ -1,7 +1,9 @@
 """Prefill with KV prefix reuse.
 
 Rows of one batch that share a prefix (the system prompt, a few-shot block,
-the chat template's header) compute it once and fan out. Across queries, a
+the chat template's header) compute it once and fan out; rows that go on
+alike past it (several calls over one row's text) share that part too, one
+padded forward per level (_fan_out). Across queries, a
 small LRU of prefix caches per model (the LM's `prefix_cache` field) lets the
 next query skip whatever it shares with an earlier one (the same system
 prompt, row after row).
