@@ -1,6 +1,10 @@
 """Past one process: Ray data runs, the result cache, parallel steps, mixed-adapter batches.
 
-    python bench/scale.py [--json] [--rows 32]
+    python bench/scale.py [--json] [--rows 32] [--only parallel,mixed]
+
+`--only` runs some of the parts: cache, ray, parallel (parallel steps and
+cross-query batches), mixed (mixed-adapter batches), models (concurrent
+models).
 
 On the bundled model (CPU, fp32), it prints:
 
@@ -312,19 +316,32 @@ def ray_ratio(work: Path, rows: int) -> dict:
     }
 
 
+PARTS = ("cache", "ray", "parallel", "mixed", "models")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--rows", type=int, default=32, help="rows of the Ray and cache runs")
+    ap.add_argument("--only", default=",".join(PARTS), help="comma-separated parts: " + ", ".join(PARTS))
     args = ap.parse_args()
+    only = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = sorted(set(only) - set(PARTS))
+    if unknown:
+        ap.error(f"--only: unknown part(s) {', '.join(unknown)}; parts: {', '.join(PARTS)}")
     result = {"load_before": os.getloadavg(), "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="lmlang-scale-") as tmp:
         work = Path(tmp)
-        result.update(cache_hit(work, args.rows))
-        result.update(ray_ratio(work, args.rows))
-    result.update(parallel_steps(8))
-    result.update(mixed_adapters())
-    result.update(concurrent_models())
+        if "cache" in only:
+            result.update(cache_hit(work, args.rows))
+        if "ray" in only:
+            result.update(ray_ratio(work, args.rows))
+    if "parallel" in only:
+        result.update(parallel_steps(8))
+    if "mixed" in only:
+        result.update(mixed_adapters())
+    if "models" in only:
+        result.update(concurrent_models())
     result["load_after"] = os.getloadavg()
     if args.json:
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}))

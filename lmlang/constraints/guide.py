@@ -212,7 +212,9 @@ class Guide:
         if plan.max_chars is not None:
             eos_ok = out[eos]
             limit = plan.max_chars - self._chars
-            if self._closing is not None and plan.has_shape and plan.options is None:
+            # A grammar that bounds the characters itself (`&len`) allows only
+            # tokens some short-enough value continues: no slack to keep there.
+            if self._closing is not None and plan.has_shape and plan.options is None and not self._exact_chars:
                 limit -= self._closing_chars + _SLACK_CHARS
                 if self._closing:
                     keep = self._closing[0]

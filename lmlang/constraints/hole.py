@@ -125,13 +125,29 @@ class HolePlan:
         )
         self._check_a_value_fits()
         self.heal_healed = self.heal_rest = None
+        self.heal_split = self.heal_split_first = None
         self.heal_space: list[int] = []
+        self._split_rests: dict[int, list[int]] = {}
         if heal:
             pairs = tok.heal_pairs(heal)
             assert pairs is not None  # seam_to_heal holds back only a seam some tokens carry
             healed, rest = pairs
             self.heal_healed, self.heal_rest = torch.from_numpy(healed), torch.from_numpy(rest)
+            split, first = tok.heal_splits(heal)
+            self.heal_split, self.heal_split_first = torch.from_numpy(split), torch.from_numpy(first)
             self.heal_space = tok.encode(heal)
+
+    def split_rest(self, token: int) -> list[int] | None:
+        """For a healed token whose text after the seam is several tokens
+        (" multiplication" -> "multi" "plication"): that text's canonical
+        tokens, which the guide takes in its place; None for any other token."""
+        rest = self._split_rests.get(token)
+        if rest is None:
+            b, seam = self.tok.token_bytes[token], self.heal.encode()
+            if len(b) <= len(seam) or not b.startswith(seam) or b[len(seam) :] in self.tok.token_by_bytes():
+                return None
+            rest = self._split_rests[token] = self.tok.encode(b[len(seam) :].decode("utf-8"))
+        return rest
 
     def _check_a_value_fits(self) -> None:
         """Before decoding: some value of the constraint fits the budget, or
@@ -247,6 +263,9 @@ class HoleGuide:
             plan = self.plan
             if len(plan.heal_space) == 1 and tok == plan.heal_space[0]:
                 return self.guide.fits_spending(1)
+            split = plan.split_rest(tok)
+            if split is not None:
+                return self._split_fits(split)
             assert plan.heal_healed is not None and plan.heal_rest is not None  # healing: set with the seam
             idx = int((plan.heal_healed == tok).nonzero()[0])
             return self.guide.fits(int(plan.heal_rest[idx]))
@@ -304,10 +323,17 @@ class HoleGuide:
         plan = self.plan
         healed, rest, space = plan.heal_healed, plan.heal_rest, plan.heal_space
         assert healed is not None and rest is not None  # healing: set with the seam
-        ok = torch.from_numpy(self.guide.allowed_mask())[rest]
+        allowed = torch.from_numpy(self.guide.allowed_mask())
+        ok = allowed[rest]
         masked = self._scratch_for(logits)
         masked.fill_(NEG_INF)
         masked[healed[ok]] = logits[healed[ok]]
+        split, first = plan.heal_split, plan.heal_split_first
+        if split is not None and len(split):
+            # A token whose text after the seam is several tokens: admitted
+            # when the guide allows its first byte; fits() checks the whole text.
+            kept = split[allowed[first]]
+            masked[kept] = logits[kept]
         if len(space) == 1:
             masked[space[0]] = logits[space[0]]
         if self._choice is not None:
@@ -330,6 +356,14 @@ class HoleGuide:
         if len(plan.heal_space) == 1 and tok == plan.heal_space[0]:
             self.guide.spend(1)  # the bare space: the value starts with the next token
             return False
+        split = plan.split_rest(tok)
+        if split is not None:
+            try:
+                _advance_split(self.guide, split)
+            except GuideError as e:
+                raise self._error(str(e)) from None
+            self.generated += 1
+            return False
         assert plan.heal_healed is not None and plan.heal_rest is not None  # healing: set with the seam
         idx = int((plan.heal_healed == tok).nonzero()[0])
         try:
@@ -338,6 +372,14 @@ class HoleGuide:
             raise self._error(str(e)) from None
         self.generated += 1
         return False
+
+    def _split_fits(self, rest: list[int]) -> bool:
+        """Whether the guide takes a split healed token's text (on a copy)."""
+        guide = self.guide.clone()
+        try:
+            return _advance_split(guide, rest, check=True)
+        except GuideError:
+            return False
 
     # ------------------------------------------------------------ buffers
     def _scratch_for(self, logits: torch.Tensor) -> torch.Tensor:
@@ -353,3 +395,19 @@ class HoleGuide:
 def _allows(guide: Guide, tok: int) -> bool:
     m = guide.allowed_mask()
     return tok < len(m) and bool(m[tok])
+
+
+def _advance_split(guide: Guide, rest: list[int], check: bool = False) -> bool:
+    """Advance the guide by the tokens of one healed model token's text after
+    the seam. The budget counts the model's one token, not the len(rest)
+    tokens the guide takes (the credit comes first, so no count runs over on
+    the way). check: stop at the first token that would break the value or
+    its budget (False)."""
+    guide.spend(1 - len(rest))
+    for t in rest:
+        if guide.is_finished():
+            break  # a stop string inside the token's text: the value ends there
+        if check and not (_allows(guide, t) and guide.fits(t)):
+            return False
+        guide.advance(t)
+    return True

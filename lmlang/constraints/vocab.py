@@ -114,6 +114,7 @@ class TokenizerInfo:
         self._single_byte: dict[int, int] | None = None
         self._by_bytes: dict[bytes, int] | None = None
         self._heal: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}  # seam text -> heal_pairs
+        self._heal_split: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # seam text -> heal_splits
         self._crossing: dict[tuple[bytes, int], np.ndarray] = {}  # (stop, k) -> stop_crossing
 
     # ------------------------------------------------------------------ build
@@ -197,6 +198,28 @@ class TokenizerInfo:
                         rest.append(r)
             self._heal[prefix] = (np.array(healed, dtype=np.int64), np.array(rest, dtype=np.int64)) if healed else None
         return self._heal[prefix]
+
+    def heal_splits(self, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+        """Token healing's other half: (healed, first_byte), int64 arrays, for
+        every token that is `prefix` followed by text that is NOT one token
+        (" multiplication" when "multiplication" is "multi" + "plication"),
+        and the single-byte token of that text's first byte (a byte-level
+        guide that allows the text allows its first byte: the mask's cheap
+        superset; the whole text is checked when the token is picked).
+        Empty arrays when no token is. Built once per prefix."""
+        if prefix not in self._heal_split:
+            pb = prefix.encode()
+            by_bytes = self.token_by_bytes()
+            single = self.single_byte_tokens()
+            healed, first = [], []
+            for i, b in enumerate(self.token_bytes):
+                if len(b) > len(pb) and b.startswith(pb):
+                    rest = b[len(pb) :]
+                    if rest not in by_bytes and rest[0] in single and _is_utf8(rest):
+                        healed.append(i)
+                        first.append(single[rest[0]])
+            self._heal_split[prefix] = (np.array(healed, dtype=np.int64), np.array(first, dtype=np.int64))
+        return self._heal_split[prefix]
 
     def stop_crossing(self, stop: bytes, k: int) -> np.ndarray:
         """Tokens that would complete `stop` before their own end, when the
@@ -326,3 +349,11 @@ def _read_cached(path, n: int) -> dict | None:
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
     return {"token_bytes": token_bytes, "special_ids": special, "char_len": char_len}
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -228,6 +228,32 @@ class HFBatch(Batch):
         other._passes = 0
         return other
 
+    @classmethod
+    def merged(cls, lm: HFModel, parts: list[Batch]) -> "HFBatch":
+        """One batch of `lm` holding the rows of every part in order (parts
+        prefilled by other HFModels over the same weights, each with its
+        own adapter stack and prefix cache: a mixed-adapter batch). Shorter
+        parts are padded on the left with masked positions. Plain key/value
+        caches only (a layer of another kind raises TypeError)."""
+        hf = [p for p in parts if isinstance(p, HFBatch)]
+        if len(hf) != len(parts):
+            raise TypeError("only HFBatches merge")
+        width = max(p.mask.shape[1] for p in hf)
+        out = cls(lm, sum(p.rows for p in hf))
+        for i, layer in enumerate(out.cache.layers):
+            kvs = [_left_padded(p.cache.layers[i], width) for p in hf]
+            keys, values = torch.cat([k for k, _ in kvs]), torch.cat([v for _, v in kvs])
+            init: Any = layer
+            init.lazy_initialization(keys, values)
+            init.keys, init.values = keys, values
+        out.mask = torch.cat([torch.nn.functional.pad(p.mask, (width - p.mask.shape[1], 0)) for p in hf])
+        out.next_pos = [n for p in hf for n in p.next_pos]
+        out.ids = [list(x) for p in hf for x in p.ids]
+        out.dense = all(p.dense for p in hf) and bool(out.mask.all())
+        out._logits = torch.cat([p.logits for p in hf])
+        out._passes = sum(p._passes for p in hf)
+        return out
+
     def crop(self, length: int) -> None:
         """Keep the first `length` positions of every row (prefix caching)."""
         cur = self.mask.shape[1]
@@ -239,6 +265,18 @@ class HFBatch(Batch):
         self.ids = [x[:n] for x, n in zip(self.ids, self.next_pos)]
         self.dense = bool(self.mask.all())
         self._logits = None
+
+
+def _left_padded(layer: Any, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's keys and values, zero-padded on the left to `width` positions."""
+    k, v = getattr(layer, "keys", None), getattr(layer, "values", None)
+    if not isinstance(k, torch.Tensor) or not isinstance(v, torch.Tensor) or k.dim() != 4:
+        raise TypeError(f"cannot merge a {type(layer).__name__} cache layer")
+    pad = width - k.shape[-2]
+    if pad:
+        k = torch.cat([k.new_zeros(*k.shape[:-2], pad, k.shape[-1]), k], dim=-2)
+        v = torch.cat([v.new_zeros(*v.shape[:-2], pad, v.shape[-1]), v], dim=-2)
+    return k, v
 
 
 class _null:

@@ -1,7 +1,9 @@
 """Prefill with KV prefix reuse.
 
 Rows of one batch that share a prefix (the system prompt, a few-shot block,
-the chat template's header) compute it once and fan out. Across queries, a
+the chat template's header) compute it once and fan out; rows that go on
+alike past it (several calls over one row's text) share that part too, one
+padded forward per level (_fan_out). Across queries, a
 small LRU of prefix caches per model (the LM's `prefix_cache` field) lets the
 next query skip whatever it shares with an earlier one (the same system
 prompt, row after row).
@@ -97,13 +99,83 @@ def prefill(lm: LM, first_chunks: list[list[int]], reuse: bool | None = None) ->
             batch.feed([common[covered:]])
         if reuse:
             pc.store(common, batch)
+        rest = [c[len(common) :] for c in first_chunks]
+        if len(first_chunks) > 1 and reuse:
+            return _fan_out(lm, batch, rest)
         if len(first_chunks) > 1:
             batch.select([0] * len(first_chunks))
-        rest = [c[len(common) :] for c in first_chunks]
         if any(rest):
             batch.feed(rest)
         return batch
+    if reuse and len(first_chunks) > 1:
+        return _fan_out(lm, None, first_chunks)
     # Nothing shared: one padded prefill.
     batch = lm.new_batch(len(first_chunks))
     batch.feed(first_chunks)
     return batch
+
+
+# ---------------------------------------------------------------- shared starts inside one batch
+
+SHARE_MIN = 8  # tokens a group must save ((members - 1) x its length) to get a forward row of its own
+
+
+def _fan_out(lm: LM, root: Batch | None, seqs: list[list[int]]) -> Batch:
+    """Row r of the result holds (root +) seqs[r], rows that start alike
+    computing their shared start once (a radix tree fed level by level: one
+    padded forward per level, each node a batch row selected from its
+    parent). Independent calls of one row (parallel steps) open with the
+    same text (the row's argument after the same header); without this every
+    call would compute it again. root: a one-row batch holding what every
+    row starts with, or None."""
+    nodes = [(list(range(len(seqs))), 0)]  # (rows, tokens of their seqs already in the node's batch row)
+    batch = root
+    while not all(_finished(members, end, seqs) for members, end in nodes):
+        parents, blocks, level = [], [], []
+        for p, (members, start) in enumerate(nodes):
+            groups = [(members, start)] if _finished(members, start, seqs) else _groups(members, start, seqs)
+            for group, end in groups:
+                parents.append(p)
+                blocks.append(seqs[group[0]][start:end])
+                level.append((group, end))
+        if batch is None:
+            batch = lm.new_batch(len(blocks))  # the first level's rows share nothing before it
+        else:
+            batch.select(parents)
+        batch.feed(blocks)
+        nodes = level
+    assert batch is not None  # seqs is not empty: the loop ran, or root was given
+    where = {r: i for i, (members, _) in enumerate(nodes) for r in members}
+    batch.select([where[r] for r in range(len(seqs))])
+    return batch
+
+
+def _finished(members: list[int], end: int, seqs: list[list[int]]) -> bool:
+    return all(len(seqs[m]) == end for m in members)
+
+
+def _groups(rows: list[int], start: int, seqs: list[list[int]], at: int | None = None) -> list[tuple[list[int], int]]:
+    """The children of a node whose rows hold seqs[:start]: rows that go on
+    alike for long enough share a child (their common part, then more
+    levels); every other row gets its whole remaining text; rows that end
+    here keep the node's state. `at`: the rows agree on seqs[start:at]
+    (a split below a common part too short to share)."""
+    at = start if at is None else at
+    ended: list[int] = []
+    by_token: dict[int, list[int]] = {}
+    for r in rows:
+        if len(seqs[r]) == at:
+            ended.append(r)
+        else:
+            by_token.setdefault(seqs[r][at], []).append(r)
+    out = [(ended, at)] if ended else []
+    for members in by_token.values():
+        if len(members) == 1:
+            out.append((members, len(seqs[members[0]])))
+            continue
+        end = at + len(_common_prefix([seqs[m][at:] for m in members]))
+        if (len(members) - 1) * (end - start) >= SHARE_MIN or _finished(members, end, seqs):
+            out.append((members, end))
+        else:
+            out += _groups(members, start, seqs, end)
+    return out

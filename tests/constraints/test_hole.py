@@ -120,10 +120,18 @@ def test_regex_with_healed_space(tok):
         if b.startswith(b" ") and re.fullmatch(rb"[a-z]{1,6}", b[1:]) and b[1:] in by_bytes
     }
     assert healed
+    # Healed tokens whose text after the space is several tokens (" step" ->
+    # "st" "ep"): admitted on their first byte, checked whole when picked.
+    split = {
+        i
+        for i, b in enumerate(tok.token_bytes)
+        if b.startswith(b" ") and len(b) > 1 and b[1:] not in by_bytes and re.fullmatch(rb"[a-z]", b[1:2])
+    }
+    assert {tok.token_by_bytes()[b" step"], tok.token_by_bytes()[b" capital"]} <= split
     hole = p.start()
     x = logits(tok)
     assert hole.next(x) == SAMPLE
-    assert finite(hole.masked) == set(healed) | set(space)
+    assert finite(hole.masked) == set(healed) | set(space) | split
     first = max(healed, key=lambda i: len(tok.token_bytes[i]))
     assert hole.take(first) is False
     rest = tok.token_bytes[healed[first]].decode()
@@ -136,6 +144,35 @@ def test_regex_with_healed_space(tok):
     assert bare.take(space[0]) is False
     assert bare.gen == space and bare.text() == "" and bare.generated == 0
     assert bare.next(x) == SAMPLE and finite(bare.masked) == guide_allowed(bare)
+
+
+def test_healed_token_split_in_two_after_the_seam(tok):
+    """ " step" is one model token, but "step" alone is "st" + "ep": healing
+    still offers it (the guide takes "st" "ep"; the budget counts one token),
+    and " capital" (7 letters) is refused by [a-z]{2,6} when picked."""
+    step, capital = tok.token_by_bytes()[b" step"], tok.token_by_bytes()[b" capital"]
+    p = plan(tok, C.Regex("[a-z]{2,6}"), heal=" ", next_text="\n")
+    hole = p.start()
+    assert hole.next(logits(tok)) == SAMPLE and torch.isfinite(hole.masked[capital])
+    assert hole.fits(capital) is False and hole.fits(step) is True
+    assert hole.take(step) is False
+    assert hole.gen == [step] and hole.value() == "step" and hole.generated == 1
+    assert hole.guide.remaining_tokens() == DEFAULT_MAX_TOKENS - 1  # one model token spent, not the guide's two
+
+
+def test_choice_option_healed_into_one_token(tok):
+    """A choice after a held-back space follows the options' healed spelling
+    (" capital", one token) even where the bare option is several tokens:
+    the most likely option wins, as on a server given the same token paths."""
+    capital, step = tok.token_by_bytes()[b" capital"], tok.token_by_bytes()[b" step"]
+    x = torch.zeros(tok.vocab_size)
+    x[capital], x[step] = 2.0, 1.0
+    hole = plan(tok, C.Choice(("step", "capital")), heal=" ").start()
+    assert hole.next(x) == SAMPLE
+    assert finite(hole.masked) == {capital, step}
+    assert hole.fits(capital) and hole.take(capital) is False
+    assert hole.next(x) == ENDED  # the guide ends the value: no option continues "capital"
+    assert hole.value() == "capital" and hole.gen == [capital]
 
 
 def test_budget_one_place(tok):
@@ -182,3 +219,18 @@ def test_budget_below_the_shortest_value_fails_before_decoding(tok):
     ) as e:
         plan(tok, C.All((C.JsonSchema(schema), C.MaxTokens(3))))
     assert e.value.code == "no-value-fits" and "tokens(v) <= 3" in e.value.hint
+
+
+def test_a_grammar_bounding_its_characters_allows_every_token_that_fits(tok):
+    """`x matches R and len(x) <= n` is one grammar (llguidance `&`) that
+    bounds the characters itself: a token fits when some value of at most n
+    characters starts with it, with no slack kept on top (the server allows
+    the same tokens)."""
+    by_bytes = tok.token_by_bytes()
+    cap, ital = by_bytes[b"cap"], by_bytes[b"ital"]
+    p = plan(tok, C.All((C.Regex("[a-z]+"), C.MaxChars(4))))
+    assert p.compiled.plan.source.endswith("&len")
+    allowed = p.start().guide.allowed_mask()
+    assert allowed[cap] and allowed[ital]  # once masked: 4 - 1 (the shortest close) - 2 (slack) < 3
+    tight = plan(tok, C.All((C.Regex("[a-z]+"), C.MaxChars(3)))).start().guide.allowed_mask()
+    assert tight[cap] and not tight[ital]

@@ -98,6 +98,47 @@ def test_four_independent_calls_of_one_row_decode_as_one_batch(tiny_model_dir, m
     assert sizes == [1, 1, 1, 1]
 
 
+def test_rows_that_start_alike_compute_their_start_once(tiny_model_dir):
+    """prefix.prefill: a header every row shares, then the row's own text
+    that several calls share, then each call's tail: the shared parts are
+    fed once (fewer token slots than one padded prefill), and every row's
+    cache and logits are those of the flat prefill."""
+    from lmlang.models.loader import load_model
+    from lmlang.runtime.lm import HFModel
+    from lmlang.runtime.prefix import prefill
+
+    lm = HFModel(load_model(tiny_model_dir, device="cpu"))
+    header = lm.encode("You answer questions about short reviews of restaurants. Review: ", first=True)
+    texts = [lm.encode(t) for t in ("the pasta was perfect and cheap", "rude staff, cold soup, never again")]
+    tails = [lm.encode(t) for t in ("\nLabel:", "\nTopic of it:", "\nStars:", "")]
+    shared = [header + t + tail for t in texts for tail in tails]
+    fed: list = []
+    original = type(lm.new_batch(1)).feed
+
+    def feed(batch, blocks, all_logits=False):
+        fed.append(sum(max((len(b) for b in blocks), default=0) for _ in blocks))
+        return original(batch, blocks, all_logits)
+
+    # With the header as the common root (cached), and with a row that ends
+    # inside it (no root: the header is a shared level like the texts).
+    for seqs in (shared, shared + [header[:3]]):
+        type(lm.new_batch(1)).feed = feed
+        try:
+            lm.prefix_reuse, fed[:] = False, []
+            flat = prefill(lm, seqs)
+            flat_slots, fed[:] = sum(fed), []
+            lm.prefix_reuse = True
+            lm.prefix_cache.clear()
+            tree = prefill(lm, seqs)
+        finally:
+            type(lm.new_batch(1)).feed = original
+        assert sum(fed) < flat_slots and len(fed) >= 3  # levels: header, texts, tails
+        assert tree.ids == flat.ids == seqs
+        assert torch.allclose(tree.logits, flat.logits, atol=1e-4)
+        step = [[7] for _ in seqs]  # one more token on every row: the caches agree too
+        assert torch.allclose(tree.feed(step), flat.feed(step), atol=1e-4)
+
+
 def test_queries_kept_apart_when_the_strategy_says_so(tiny_model_dir, monkeypatch):
     sizes = count_batches(monkeypatch)
     p = program(tiny_model_dir, FLOWS["independent"])
@@ -224,3 +265,34 @@ def test_a_mixed_model_gives_each_row_its_own_experts_logits(tiny_model_dir, exp
     assert torch.allclose(b.logits, torch.stack(alone), atol=1e-5)
     assert not torch.allclose(alone[0], alone[1], atol=1e-3)  # the experts do differ
     assert ex.mixed_lm([ea, ea]) is ea
+
+
+def test_a_mixed_batch_is_prefilled_per_expert_and_merged(tiny_model_dir, experts):
+    """Each expert prefills its own rows (sharing their header, filling its
+    own prefix cache); the merged batch then steps every row with its own
+    expert exactly as the experts' own batches do."""
+    from lmlang.runtime.lm import HFBatch
+    from lmlang.runtime.prefix import prefill
+
+    prog = routed(tiny_model_dir, experts)
+    ex = prog._executor()
+    ea, eb = ex.lm(prog.frontend.compiled.names["ea"]), ex.lm(prog.frontend.compiled.names["eb"])
+    head = ea.encode("You answer one question about food or maths, briefly. Question:", first=True)
+    rows_a = [head + ea.encode(t) for t in (" what is two plus two", " is soup hot")]
+    rows_b = [head + ea.encode(" pasta?")]
+    a, b = prefill(ea, rows_a), prefill(eb, rows_b)
+    assert ea.prefix_cache.entries and eb.prefix_cache.entries  # each expert cached its own header
+    merged = HFBatch.merged(ex.mixed_lm([ea, ea, eb]), [a.fork(), b.fork()])
+    assert merged.ids == rows_a + rows_b and not merged.dense  # the shorter part is padded
+    assert torch.allclose(merged.logits, torch.cat([a.logits, b.logits]), atol=1e-5)
+    step = merged.feed([[5], [6], [7]])
+    assert torch.allclose(step, torch.cat([a.feed([[5], [6]]), b.feed([[7]])]), atol=1e-4)
+
+
+def test_routed_rows_in_a_mixed_unit_reuse_each_experts_prefix_cache(tiny_model_dir, experts):
+    prog = routed(tiny_model_dir, experts)
+    prog._executor().strategy = Strategy(adapters="mixed")
+    prog.run_batch(ROUTED_ROWS)
+    ex = prog._executor()
+    names = prog.frontend.compiled.names
+    assert ex.lm(names["ea"]).prefix_cache.entries and ex.lm(names["eb"]).prefix_cache.entries

@@ -50,10 +50,29 @@ def test_a_held_back_seam_prefixes_the_shape_and_is_cut_off_the_value():
     assert free.value(completion(" a b\n", stop_reason="\n"), "s") == ("a b", "stop")
 
 
-def test_json_and_grammar_holes_give_the_seam_back():
+def test_json_holes_give_the_seam_back():
     schema = C.JsonSchema(json.dumps({"type": "object", "properties": {"a": {"type": "integer"}}}))
     req = plan_hole("j", schema, EXACT, "m", heal=" ")
     assert req.heal == "" and "json" in req.structured
+
+
+ARITH = 'start: expr\nexpr: NUMBER (" * " NUMBER)*\nNUMBER: /[0-9]+/ // start "start"\n'
+
+
+def test_a_grammar_gets_the_seam_and_the_next_text_under_a_new_start_rule():
+    """As locally: the seam space in front, and the next text's first token
+    may end a complete value (a stop string, trimmed off)."""
+    req = plan_hole("g", C.Grammar(ARITH), EXACT, "m", heal=" ", terminator="\n")
+    grammar = req.structured["grammar"]
+    assert grammar.startswith('start: " " lmlang_value | " " lmlang_value "\\n"\nlmlang_value: expr\n')
+    assert grammar.endswith('// start "start"\n')  # the comment is left alone
+    assert req.kwargs()["stop"] == ["\n"] and req.kwargs()["include_stop"] is True
+    assert req.value(completion(" 12 * 4\n", stop_reason="\n"), "s") == ("12 * 4", "next-text")
+    assert req.value(completion(" 12"), "s") == ("12", "eos")
+    plain = plan_hole("g", C.Grammar(ARITH), EXACT, "m")
+    assert plain.structured == {"grammar": "start: lmlang_value\nlmlang_value: expr\n" + ARITH.split("\n", 1)[1]}
+    other = plan_hole("g", C.Grammar(ARITH), XGRAMMAR, "m", heal=" ", terminator="\n")
+    assert other.structured == {"grammar": ARITH} and other.heal == "" and other.terminator is None
 
 
 def test_the_next_texts_first_token_ends_a_complete_value_where_it_cannot_continue_it():

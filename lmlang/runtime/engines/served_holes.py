@@ -10,9 +10,11 @@ than the constraint itself says:
   not " " then "42"). On a server the prompt goes without that space and
   the request's shape is the space followed by the hole's shape (a choice of
   " " + option, the regex `\\x20(?:R)`, free text `\\x20(?s:.*)`); the space
-  is cut off the value again. JSON and grammar holes cannot be prefixed
-  through the request fields: there the space stays in the prompt (the
-  value is still exact; the greedy path can differ, see docs/serving.md).
+  is cut off the value again. A Lark grammar on llguidance gets a new
+  start rule, `start: " " lmlang_value` (its own start renamed). JSON holes
+  cannot be prefixed through the request fields: there the space stays in
+  the prompt (the value is still exact; the greedy path can differ, see
+  docs/serving.md).
 * canonical choices. Locally a choice is decoded along its options' own
   tokenizations ("London", never "L" + "ondon"). Where lmlang has the
   tokenizer and the server runs llguidance, the request is a grammar of
@@ -23,8 +25,8 @@ than the constraint itself says:
   ends n at the period). On a server that token is added to the shape as an
   optional suffix and ends the request (a stop token after a choice's token
   paths; a stop string after an int, bool or float whose characters it
-  cannot continue). For other regexes, JSON and grammars only EOS or a
-  complete shape ends the value.
+  cannot continue, and after a Lark grammar on llguidance). For other
+  regexes and JSON only EOS or a complete shape ends the value.
 * the budget: `tokens(x) <= n` or lmlang's default (256) is `max_tokens`.
 
 Every value is checked again with lmlang's own matcher (structured.validate)
@@ -35,6 +37,7 @@ naming the server and the request, never a wrong value.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from ...constraints import spec as C
@@ -151,6 +154,8 @@ def plan_hole(
     if served.form == "choice" and tokens is not None and features.exact:
         return _canonical_choice(name, c, served, heal, terminator, tokens, next_token, budget)
     structured = served.structured
+    if served.form == "grammar" and features.exact and structured is not None:
+        return _wrapped_grammar(name, c, served, heal, terminator, budget)
     if heal:
         structured = _healed(served, heal, features)
         if structured is False:
@@ -179,6 +184,32 @@ def _canonical_choice(
         grammar = f"start: choice | choice <[{next_token}]>\nchoice: {body}\n"
         stop_token = next_token
     return HoleRequest(name, c, served, {"grammar": grammar}, served.stops, heal, None, budget, stop_token)
+
+
+def _wrapped_grammar(name, c, served: ServedConstraint, heal: str, terminator: str | None, budget: int) -> HoleRequest:
+    """A Lark grammar (llguidance) under a new start rule: the held-back seam
+    in front, and the next text's first token as an optional end, which the
+    grammar admits only after a complete value (the local engine's rule; a
+    grammar that could also read that token as more of its value may end
+    earlier here than locally). The token is a stop string, trimmed off."""
+    assert served.structured is not None  # the grammar form always carries its text
+    body = (json.dumps(heal) + " " if heal else "") + _VALUE_RULE
+    start = f"{body} | {body} {json.dumps(terminator)}" if terminator else body
+    grammar = f"start: {start}\n{_renamed_start(served.structured['grammar'])}"
+    stops = served.stops
+    if terminator and terminator not in stops:
+        stops = stops + (terminator,)
+    return HoleRequest(name, c, served, {"grammar": grammar}, stops, heal, terminator, budget)
+
+
+_VALUE_RULE = "lmlang_value"
+# `start` as a rule name: outside strings, regexes and comments of the Lark text.
+_LARK_START = re.compile(r'(//[^\n]*|"(?:\\.|[^"\\])*"|/(?:\\.|[^/\\\n])+/[imslux]*)|\bstart\b')
+
+
+def _renamed_start(text: str) -> str:
+    """The user's grammar with its start rule renamed to _VALUE_RULE."""
+    return _LARK_START.sub(lambda m: m.group(1) or _VALUE_RULE, text)
 
 
 def _healed(served: ServedConstraint, heal: str, features: ServerFeatures):
