@@ -26,7 +26,9 @@ lists fed to the model:
     kind = hole.next(logits)        # ENDED: hole.ended_by says why
                                     # FEED:  feed hole.block (a forced run, or the space given back)
                                     # SAMPLE: pick a token from hole.masked, then
-    ended = hole.take(token)        #   True when that token ended the value
+    ended = hole.take(token)        #   True when that token ended the value, else
+    run = hole.take_forced()        #   the run it forces, fed with it in one pass
+    hole.ended()                    #   True when the value is over (ended_by says why)
 
 Beam search masks through `hole.mask(logits)` (no healing, no terminators:
 beams start on a token boundary and end on EOS). Masks are applied to the
@@ -209,26 +211,10 @@ class HoleGuide:
     def next(self, logits: torch.Tensor) -> int:
         """What this step is, given the model's next-token logits (1-D):
         ENDED, FEED (self.block) or SAMPLE (self.masked, then take())."""
-        guide, n = self.guide, len(self.gen)
-        if guide.is_finished() or n >= self.plan.budget:
-            self.ended_by = guide.ended_by or ("budget" if n >= self.plan.budget else "constraint")
-            if not guide.complete():  # never returned cut short (the guide's witness prevents it)
-                raise self._error("the token budget ran out before the value was complete")
+        if self.ended():
             return ENDED
-        forced = guide.forced_tokens()
+        forced = self.take_forced()
         if forced:
-            taken = 0
-            try:
-                for t in forced:
-                    guide.advance(t)
-                    taken += 1
-                    if guide.is_finished():
-                        break
-            except GuideError as e:
-                raise self._error(str(e)) from None
-            forced = forced[:taken]
-            self.gen.extend(forced)
-            self.forced += len(forced)
             self.block = forced
             return FEED
         if self.healing:
@@ -238,6 +224,42 @@ class HoleGuide:
             raise self._error("no token satisfies the constraint here")
         self.masked = masked
         return SAMPLE
+
+    def ended(self) -> bool:
+        """Whether the value is over (its guide finished, or the budget spent);
+        ended_by then says why."""
+        guide, n = self.guide, len(self.gen)
+        if not (guide.is_finished() or n >= self.plan.budget):
+            return False
+        self.ended_by = guide.ended_by or ("budget" if n >= self.plan.budget else "constraint")
+        if not guide.complete():  # never returned cut short (the guide's witness prevents it)
+            raise self._error("the token budget ran out before the value was complete")
+        return True
+
+    def take_forced(self) -> list[int]:
+        """Take the run the constraint forces from here (fast-forward), up to
+        the first token that ends the value; [] when the model has a choice.
+        The decoding loop feeds it in one forward pass, together with the
+        sampled token before it when there is one."""
+        guide = self.guide
+        if guide.is_finished() or len(self.gen) >= self.plan.budget:
+            return []
+        forced = guide.forced_tokens()
+        if not forced:
+            return []
+        taken = 0
+        try:
+            for t in forced:
+                guide.advance(t)
+                taken += 1
+                if guide.is_finished():
+                    break
+        except GuideError as e:
+            raise self._error(str(e)) from None
+        forced = forced[:taken]
+        self.gen.extend(forced)
+        self.forced += len(forced)
+        return forced
 
     def fits(self, tok: int) -> bool:
         """Whether the value can still be completed within its budget after
