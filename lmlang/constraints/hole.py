@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 
 from ..errors import LmlangRuntimeError
@@ -220,7 +221,7 @@ class HoleGuide:
         if self.healing:
             return self._heal_mask(logits)
         masked = self.mask(logits)
-        if not torch.isfinite(masked).any():
+        if not any_allowed(masked):
             raise self._error("no token satisfies the constraint here")
         self.masked = masked
         return SAMPLE
@@ -292,13 +293,16 @@ class HoleGuide:
             self._choice.restrict(self.gen, masked)
         if self.ends:
             # Where the value may end, the text after the hole may start.
-            width = masked.shape[0]
-            eos_ok = any(masked[e] > NEG_INF for e in self.plan.eos_ids if e < width)
+            dst, src = host_view(masked), host_view(logits)
+            out = dst if dst is not None else masked
+            raw = src if src is not None else logits
+            width = out.shape[0]
+            eos_ok = any(out[e] > NEG_INF for e in self.plan.eos_ids if e < width)
             if eos_ok:
                 for t in self.ends:
-                    if masked[t] == NEG_INF:
-                        masked[t] = logits[t]
-            self._eos_ok = eos_ok
+                    if out[t] == NEG_INF:
+                        out[t] = raw[t]
+            self._eos_ok = bool(eos_ok)
         return masked
 
     def take(self, tok: int) -> bool:
@@ -334,7 +338,7 @@ class HoleGuide:
             masked[space[0]] = logits[space[0]]
         if self._choice is not None:
             self._choice.restrict(self.gen, masked)
-        if not torch.isfinite(masked).any():
+        if not any_allowed(masked):
             # Nothing healed fits (a choice whose options cannot follow a space
             # token): give the space back and decode plainly.
             self.healing, self.heal_text = "", ""
@@ -369,7 +373,31 @@ class HoleGuide:
         return s
 
     def _copy(self, logits: torch.Tensor) -> torch.Tensor:
-        return self._scratch_for(logits).copy_(logits)
+        s = self._scratch_for(logits)
+        src, dst = host_view(logits), host_view(s)
+        if src is not None and dst is not None:
+            np.copyto(dst, src)
+        else:
+            s.copy_(logits)
+        return s
+
+
+def host_view(t: torch.Tensor) -> np.ndarray | None:
+    """A numpy view of a CPU fp32 vector (no copy), else None. The per-token
+    work on one row's logits (copy, mask, checks, argmax) runs in numpy there:
+    single-threaded, where a torch op on a 49k vector wakes the intra-op
+    thread pool every step, which costs milliseconds on a busy machine."""
+    if t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() and not t.requires_grad:
+        return t.numpy()
+    return None
+
+
+def any_allowed(masked: torch.Tensor) -> bool:
+    """Whether some token is above -inf."""
+    host = host_view(masked)
+    if host is not None:
+        return bool(np.isfinite(host).any())
+    return bool(torch.isfinite(masked).any())
 
 
 def _allows(guide: Guide, tok: int) -> bool:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..constraints import spec as C
-from ..constraints.hole import FEED, SAMPLE, HoleGuide, HolePlan, seam_to_heal
+from ..constraints.hole import FEED, SAMPLE, HoleGuide, HolePlan, any_allowed, host_view, seam_to_heal
 from ..errors import LmlangError, LmlangRuntimeError
 from ..source import span_of
 from .lm import LM, Batch
@@ -42,7 +42,7 @@ class HoleTrace:
 class Decoded:
     values: dict  # hole -> typed value
     texts: dict  # hole -> raw text
-    logprob: float = 0.0
+    logprob: float = 0.0  # of the sampled tokens; 0.0 for argmax (nothing ranks it)
     forward_passes: int = 0
     holes: list = field(default_factory=list)
     distribution: dict | None = None
@@ -77,7 +77,8 @@ class Sampler:
 
     def pick(self, masked: torch.Tensor) -> int:
         if self.greedy:
-            return int(torch.argmax(masked))
+            host = host_view(masked)
+            return int(host.argmax()) if host is not None else int(torch.argmax(masked))
         logits = masked / self.temperature
         if self.top_k and self.top_k < logits.shape[-1]:
             kth = torch.topk(logits, self.top_k).values[-1]
@@ -232,10 +233,11 @@ class RowDecoder:
             # The value could not be completed within its budget after
             # tok: pick again without it (the guide's witness always fits).
             masked[tok] = NEG_INF
-            if not torch.isfinite(masked).any():
+            if not any_allowed(masked):
                 raise hole._error("no token leaves room to complete the value within its budget")
             tok = self.sampler.pick(masked)
-        self.logprob += float(torch.log_softmax(masked, dim=-1)[tok])
+        if not self.sampler.greedy:  # best_of ranks samples by it; argmax runs (like generate) skip the softmax
+            self.logprob += float(torch.log_softmax(masked, dim=-1)[tok])
         return tok
 
     def _finish_hole(self, batch: Batch, row: int, unfed: int = 0) -> list[int]:

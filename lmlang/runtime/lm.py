@@ -189,7 +189,7 @@ class HFBatch(Batch):
             out = lm.model(input_ids=ids.to(dev), use_cache=True, logits_to_keep=0 if all_logits else 1, **kwargs)
         self._passes += 1
         last = out.logits[:, -1].float()
-        if self._logits is not None:
+        if self._logits is not None and not all(blocks):  # a row fed nothing keeps its logits
             fed = torch.tensor([len(b) > 0 for b in blocks], device=last.device)
             last = torch.where(fed[:, None], last, self._logits)
         self._logits = last
