@@ -46,7 +46,9 @@ class Decoded:
     forward_passes: int = 0
     holes: list = field(default_factory=list)
     distribution: dict | None = None
-    token_ids: list = field(default_factory=list)  # the row's tokens in order: its cache, then the last value's unfed tail
+    token_ids: list = field(
+        default_factory=list
+    )  # the row's tokens in order: its cache, then the last value's unfed tail
 
 
 class Sampler:

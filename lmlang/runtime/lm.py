@@ -113,7 +113,8 @@ class HFModel(LM):
         elif isinstance(gen_eos, (list, tuple)):
             eos.update(gen_eos)
         self._eos_ids = {e for e in eos if e is not None}
-        self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        head = self.model.get_output_embeddings().weight
+        self.vocab_size = (head() if callable(head) else head).shape[0]  # int8 Linear: weight() unpacks
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self._eos_ids))
         )
