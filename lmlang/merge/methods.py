@@ -114,9 +114,20 @@ def _kth_largest_mask(w: Tensor, k: int, compat: str) -> Tensor:
     if n_above + n_eq == k or float(v) == 0.0:
         return above | eq
     if compat == "mergekit":
-        mask = torch.zeros(n, dtype=torch.bool)
-        mask[torch.argsort(w, descending=True)[:k]] = True
-        return mask
+        # mergekit keeps argsort(w, descending)[:k]: the n_above larger
+        # entries fill its first places, so only places n_above..k-1 (the
+        # ties it keeps, in its unstable sort's order) are read. Nothing
+        # else full-size is alive during the sort (the embedding's is the
+        # merge's peak).
+        del eq
+        if bool(torch.isnan(w).any()):  # NaNs sort first: take mergekit's first k as they are
+            del above
+            mask = torch.zeros(n, dtype=torch.bool)
+            mask[torch.argsort(w, descending=True)[:k]] = True
+            return mask
+        kept_ties = torch.argsort(w, descending=True)[n_above:k].clone()
+        above[kept_ties] = True
+        return above
     idx = eq.nonzero().flatten()[: k - n_above]
     above[idx] = True
     return above
