@@ -8,6 +8,17 @@ Figures are tokens per second of the constrained value (lmlang counts
 fast-forwarded tokens too: that is the point of fast-forward). Each figure is
 the median of --reps calls after one warm-up call; outlines' first call is
 reported separately because it pays its index compilation there.
+
+The memory-bandwidth bound: at batch 1 every token reads every weight once,
+so no decoder beats (machine bandwidth) / (weight bytes) tokens per second.
+The bandwidth is the best of a few large-array copies with torch (bytes read
+plus bytes written, per second: a copy is what the bus sustains); the weight
+bytes are the model's tensors as loaded (a tied embedding counted once, as the
+output head; int8 layers at one byte a weight). `bound_tok_s` is that bound and
+`fraction_of_bound` each decoder's tokens/s over it (lmlang above 1 means
+fast-forward fed tokens the model never had to choose).
+
+    python bench/decode.py --dtype int8      # or bfloat16, float32 (default)
 """
 
 from __future__ import annotations
@@ -60,6 +71,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--no-outlines", action="store_true")
+    ap.add_argument("--dtype", default="float32", help="float32, bfloat16 or int8 (both sides run the same weights)")
     args = ap.parse_args()
 
     import tempfile
@@ -80,9 +92,13 @@ def main() -> None:
         f'query q_{k}(x: str) using base {{\n  system "{SYSTEM}"\n  user "{{x}}"\n  assistant "[v]"\n  {KINDS[k][1]}\n}}'
         for k in kinds
     )
-    prog = lmlang.compile(source, str(work / "bench.lm"), base_dir=work, cache=False)  # time decoding, not the cache
-    loaded = load_model(resolve_model("default"))
+    # time decoding, not the cache
+    prog = lmlang.compile(source, str(work / "bench.lm"), base_dir=work, cache=False, dtype=args.dtype)
+    loaded = load_model(resolve_model("default"), dtype=args.dtype)
     model, tok = loaded.model, loaded.tokenizer
+    bandwidth = copy_bandwidth()
+    weights = weight_bytes(model)
+    bound = bandwidth / weights
     results = {}
     for kind in kinds:
         prompt_text, _ = KINDS[kind]
@@ -124,6 +140,8 @@ def main() -> None:
             "hf_s": round(hf_wall, 4),
             "hf_tok_s": round(hf_tps, 2),
             "ratio_vs_hf": round(lm_tps / hf_tps, 3),
+            "fraction_of_bound": round(lm_tps / bound, 3),
+            "hf_fraction_of_bound": round(hf_tps / bound, 3),
         }
         if not args.no_outlines:
             row.update(bench_outlines(kind, model, tok, chat, n_tokens, args.reps, lm_tps))
@@ -138,8 +156,23 @@ def main() -> None:
             ),
             flush=True,
         )
+    ratio_min = min(r["ratio_vs_hf"] for r in results.values())
+    print(
+        f"bound: {bandwidth / 1e9:.1f} GB/s over {weights / 1e6:.0f} MB of weights = {bound:.1f} tok/s; "
+        f"lowest ratio vs generate x{ratio_min:.2f}",
+        flush=True,
+    )
     summary = {
-        "ratio_vs_hf": min(r["ratio_vs_hf"] for r in results.values()),
+        "dtype": args.dtype,
+        "ratio_vs_hf": ratio_min,
+        "ratio_vs_hf_min": ratio_min,
+        "bandwidth_gb_s": round(bandwidth / 1e9, 2),
+        "weight_mb": round(weights / 1e6, 1),
+        "bound_tok_s": round(bound, 2),
+        "fraction_of_bound": {
+            "lmlang": round(statistics.median(r["fraction_of_bound"] for r in results.values()), 3),
+            "generate": round(statistics.median(r["hf_fraction_of_bound"] for r in results.values()), 3),
+        },
         "ratio_vs_outlines": min(
             (r["ratio_vs_outlines"] for r in results.values() if "ratio_vs_outlines" in r), default=None
         ),
@@ -147,6 +180,50 @@ def main() -> None:
     }
     if args.json:
         print(json.dumps(summary))
+
+
+def copy_bandwidth(mb: int = 256, reps: int = 5) -> float:
+    """Bytes per second a large tensor copy moves (read + write), best of reps:
+    arrays far beyond the caches, so this is the memory bus."""
+    import torch
+
+    src = torch.ones(mb * (1 << 20) // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / best
+
+
+def weight_bytes(model) -> int:
+    """Bytes of weights one token reads: every tensor once (a tied output
+    head shares the embedding's storage and counts once), dynamically
+    quantized Linear layers by their packed int8 weights. An input embedding
+    counts only through a head tied to it: a token reads one of its rows."""
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+
+    def add(t) -> None:
+        nonlocal total
+        if t is None or t.data_ptr() in seen:
+            return
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+
+    for m in model.modules():
+        if isinstance(m, torch.ao.nn.quantized.dynamic.Linear):
+            w, b = m._packed_params._weight_bias()
+            add(w)
+            add(b)
+        if isinstance(m, torch.nn.Embedding):
+            continue
+        for p in m.parameters(recurse=False):
+            add(p)
+    return total
 
 
 def bench_outlines(kind, model, tok, chat, n_tokens, reps, lm_tps) -> dict:

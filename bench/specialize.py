@@ -1,7 +1,7 @@
 """Specialists, merges, routers and fusion on three toy tasks, all through lmlang scripts.
 
     python bench/specialize.py [--json] [--reduced] [--out TABLE.md|TABLE.json]
-                               [--only NAME,...] [--workdir DIR]
+                               [--only NAME,...] [--workdir DIR] [--dtype D]
 
 Three seeded toy tasks (bench/specialize/spec_tasks.py): sentiment of short
 synthetic reviews (a choice hole), small-number arithmetic (`is int`) and
@@ -241,7 +241,7 @@ def evaluate(v: Variant, cfg: dict, workdir: Path, test_rows: list[dict], log) -
     t0 = time.perf_counter()
     prog = None
     try:
-        prog = lmlang.compile_file(path, cache=False)
+        prog = lmlang.compile_file(path, cache=False, dtype=cfg.get("dtype", "auto"))
         outs = prog.run_batch([{"x": r["x"], "task": r["task"]} for r in test_rows], errors="return")
     except LmlangError as e:
         res.error = f"{type(e).__name__}: {e.message}"
@@ -625,6 +625,12 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--threads", type=int, help="torch intra-op threads (1 is much faster on a machine shared with other jobs)"
     )
+    ap.add_argument(
+        "--dtype",
+        default="auto",
+        help="inference dtype of every variant (float32, bfloat16, int8: compare with a float32 run; "
+        "int8 takes no adapters, so experts, routers and fusions report an error under it)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         import torch
@@ -632,6 +638,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     cfg = dict(REDUCED if args.reduced else FULL)
+    cfg["dtype"] = args.dtype
     mode = "reduced" if args.reduced else "full"
     from lmlang.home import cache_dir
 
@@ -667,6 +674,7 @@ def main(argv=None) -> int:
         "n_test": cfg["n_test"],
         "epochs": cfg["epochs"],
         "lr": cfg["lr"],
+        "dtype": args.dtype,
         "adapters": adapters,
         "seconds": time.perf_counter() - start,
     }

@@ -384,11 +384,11 @@ def _check_batch_size(n) -> int:
 
 
 def _check_dtype(dtype):
-    names = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16", "half")
+    names = ("auto", "float32", "bfloat16", "float16", "int8", "fp32", "bf16", "fp16", "half")
     for d in dtype.values() if isinstance(dtype, dict) else [dtype]:
         if d not in names:
             raise ValueError(
-                f"dtype must be one of {', '.join(names[:4])} (or a dict of them by model name), got {d!r}"
+                f"dtype must be one of {', '.join(names[:5])} (or a dict of them by model name), got {d!r}"
             )
     return dict(dtype) if isinstance(dtype, dict) else dtype
 

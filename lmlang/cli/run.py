@@ -63,7 +63,7 @@ from .common import THREADS_HELP, allow_path_option, parse_dtypes, parse_sets
     "dtypes",
     multiple=True,
     metavar="[MODEL=]D",
-    help="Inference dtype: float32, bfloat16 or float16 for every model, or MODEL=D per model (default: auto).",
+    help="Inference dtype: float32, bfloat16, float16 or int8 (CPU) for every model, or MODEL=D per model (default: auto).",
 )
 @click.option(
     "--device-map",

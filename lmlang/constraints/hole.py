@@ -26,7 +26,9 @@ lists fed to the model:
     kind = hole.next(logits)        # ENDED: hole.ended_by says why
                                     # FEED:  feed hole.block (a forced run, or the space given back)
                                     # SAMPLE: pick a token from hole.masked, then
-    ended = hole.take(token)        #   True when that token ended the value
+    ended = hole.take(token)        #   True when that token ended the value, else
+    run = hole.take_forced()        #   the run it forces, fed with it in one pass
+    hole.ended()                    #   True when the value is over (ended_by says why)
 
 Beam search masks through `hole.mask(logits)` (no healing, no terminators:
 beams start on a token boundary and end on EOS). Masks are applied to the
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 
 from ..errors import LmlangRuntimeError
@@ -225,35 +228,55 @@ class HoleGuide:
     def next(self, logits: torch.Tensor) -> int:
         """What this step is, given the model's next-token logits (1-D):
         ENDED, FEED (self.block) or SAMPLE (self.masked, then take())."""
-        guide, n = self.guide, len(self.gen)
-        if guide.is_finished() or n >= self.plan.budget:
-            self.ended_by = guide.ended_by or ("budget" if n >= self.plan.budget else "constraint")
-            if not guide.complete():  # never returned cut short (the guide's witness prevents it)
-                raise self._error("the token budget ran out before the value was complete")
+        if self.ended():
             return ENDED
-        forced = guide.forced_tokens()
+        forced = self.take_forced()
         if forced:
-            taken = 0
-            try:
-                for t in forced:
-                    guide.advance(t)
-                    taken += 1
-                    if guide.is_finished():
-                        break
-            except GuideError as e:
-                raise self._error(str(e)) from None
-            forced = forced[:taken]
-            self.gen.extend(forced)
-            self.forced += len(forced)
             self.block = forced
             return FEED
         if self.healing:
             return self._heal_mask(logits)
         masked = self.mask(logits)
-        if not torch.isfinite(masked).any():
+        if not any_allowed(masked):
             raise self._error("no token satisfies the constraint here")
         self.masked = masked
         return SAMPLE
+
+    def ended(self) -> bool:
+        """Whether the value is over (its guide finished, or the budget spent);
+        ended_by then says why."""
+        guide, n = self.guide, len(self.gen)
+        if not (guide.is_finished() or n >= self.plan.budget):
+            return False
+        self.ended_by = guide.ended_by or ("budget" if n >= self.plan.budget else "constraint")
+        if not guide.complete():  # never returned cut short (the guide's witness prevents it)
+            raise self._error("the token budget ran out before the value was complete")
+        return True
+
+    def take_forced(self) -> list[int]:
+        """Take the run the constraint forces from here (fast-forward), up to
+        the first token that ends the value; [] when the model has a choice.
+        The decoding loop feeds it in one forward pass, together with the
+        sampled token before it when there is one."""
+        guide = self.guide
+        if guide.is_finished() or len(self.gen) >= self.plan.budget:
+            return []
+        forced = guide.forced_tokens()
+        if not forced:
+            return []
+        taken = 0
+        try:
+            for t in forced:
+                guide.advance(t)
+                taken += 1
+                if guide.is_finished():
+                    break
+        except GuideError as e:
+            raise self._error(str(e)) from None
+        forced = forced[:taken]
+        self.gen.extend(forced)
+        self.forced += len(forced)
+        return forced
 
     def fits(self, tok: int) -> bool:
         """Whether the value can still be completed within its budget after
@@ -289,13 +312,16 @@ class HoleGuide:
             self._choice.restrict(self.gen, masked)
         if self.ends:
             # Where the value may end, the text after the hole may start.
-            width = masked.shape[0]
-            eos_ok = any(masked[e] > NEG_INF for e in self.plan.eos_ids if e < width)
+            dst, src = host_view(masked), host_view(logits)
+            out = dst if dst is not None else masked
+            raw = src if src is not None else logits
+            width = out.shape[0]
+            eos_ok = any(out[e] > NEG_INF for e in self.plan.eos_ids if e < width)
             if eos_ok:
                 for t in self.ends:
-                    if masked[t] == NEG_INF:
-                        masked[t] = logits[t]
-            self._eos_ok = eos_ok
+                    if out[t] == NEG_INF:
+                        out[t] = raw[t]
+            self._eos_ok = bool(eos_ok)
         return masked
 
     def take(self, tok: int) -> bool:
@@ -338,7 +364,7 @@ class HoleGuide:
             masked[space[0]] = logits[space[0]]
         if self._choice is not None:
             self._choice.restrict(self.gen, masked)
-        if not torch.isfinite(masked).any():
+        if not any_allowed(masked):
             # Nothing healed fits (a choice whose options cannot follow a space
             # token): give the space back and decode plainly.
             self.healing, self.heal_text = "", ""
@@ -389,7 +415,31 @@ class HoleGuide:
         return s
 
     def _copy(self, logits: torch.Tensor) -> torch.Tensor:
-        return self._scratch_for(logits).copy_(logits)
+        s = self._scratch_for(logits)
+        src, dst = host_view(logits), host_view(s)
+        if src is not None and dst is not None:
+            np.copyto(dst, src)
+        else:
+            s.copy_(logits)
+        return s
+
+
+def host_view(t: torch.Tensor) -> np.ndarray | None:
+    """A numpy view of a CPU fp32 vector (no copy), else None. The per-token
+    work on one row's logits (copy, mask, checks, argmax) runs in numpy there:
+    single-threaded, where a torch op on a 49k vector wakes the intra-op
+    thread pool every step, which costs milliseconds on a busy machine."""
+    if t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() and not t.requires_grad:
+        return t.numpy()
+    return None
+
+
+def any_allowed(masked: torch.Tensor) -> bool:
+    """Whether some token is above -inf."""
+    host = host_view(masked)
+    if host is not None:
+        return bool(np.isfinite(host).any())
+    return bool(torch.isfinite(masked).any())
 
 
 def _allows(guide: Guide, tok: int) -> bool:

@@ -45,6 +45,10 @@ class TensorContext:
     name: str = ""
     compat: str = "lmlang"
     seed: int = 0
+    # The input tensors are the merge's own buffers (the streaming merge read
+    # them for this call alone): a method may overwrite them instead of
+    # allocating copies, which is what bounds a merge's peak memory.
+    scratch: bool = False
 
 
 # ----------------------------------------------------------------- sparsify
@@ -110,9 +114,20 @@ def _kth_largest_mask(w: Tensor, k: int, compat: str) -> Tensor:
     if n_above + n_eq == k or float(v) == 0.0:
         return above | eq
     if compat == "mergekit":
-        mask = torch.zeros(n, dtype=torch.bool)
-        mask[torch.argsort(w, descending=True)[:k]] = True
-        return mask
+        # mergekit keeps argsort(w, descending)[:k]: the n_above larger
+        # entries fill its first places, so only places n_above..k-1 (the
+        # ties it keeps, in its unstable sort's order) are read. Nothing
+        # else full-size is alive during the sort (the embedding's is the
+        # merge's peak).
+        del eq
+        if bool(torch.isnan(w).any()):  # NaNs sort first: take mergekit's first k as they are
+            del above
+            mask = torch.zeros(n, dtype=torch.bool)
+            mask[torch.argsort(w, descending=True)[:k]] = True
+            return mask
+        kept_ties = torch.argsort(w, descending=True)[n_above:k].clone()
+        above[kept_ties] = True
+        return above
     idx = eq.nonzero().flatten()[: k - n_above]
     above[idx] = True
     return above
@@ -253,34 +268,34 @@ def generalized_task_arithmetic(
     """
     if not tensors:
         return base
-    # Peak memory matters (a 49k x 576 embedding is 113 MB per copy): deltas
-    # are written into one preallocated stack, and the sign election runs
-    # over column chunks, so its temporaries (signs, masks, products) stay
-    # small. Every step is elementwise across models, so chunking changes no
-    # value.
-    deltas = base.new_empty((len(tensors), *base.shape))
+    # Peak memory matters (a 49k x 576 embedding is 113 MB per copy, and
+    # mergekit's tie order needs a full argsort of it): with scratch inputs
+    # each delta is computed in its input's own buffer and the result in the
+    # base's, so nothing full-size is allocated beyond the sparsifier's
+    # temporaries; otherwise one new delta per model. The sign election runs
+    # over column chunks (stacked per chunk), so its temporaries stay small.
+    # Every step is elementwise across models, so chunking changes no value.
+    deltas: list[Tensor] = []
     for i, tensor in enumerate(tensors):
-        torch.sub(tensor, base, out=deltas[i])
+        d = tensor.sub_(base) if ctx.scratch else torch.sub(tensor, base)
         if sparsify == "magnitude":
-            _magnitude_(deltas[i], densities[i], rescale, ctx.compat)
+            _magnitude_(d, densities[i], rescale, ctx.compat)
         elif sparsify == "random":
-            deltas[i] = bernoulli(deltas[i], densities[i], rescale, _generator(ctx, i), ctx.compat)
+            d = bernoulli(d, densities[i], rescale, _generator(ctx, i), ctx.compat)
         elif sparsify == "outliers":
-            deltas[i] = magnitude_outliers(
-                deltas[i], densities[i], (gammas or [0.01] * len(tensors))[i], rescale, ctx.compat
-            )
-    w = torch.tensor(list(weights), dtype=deltas.dtype)
+            d = magnitude_outliers(d, densities[i], (gammas or [0.01] * len(tensors))[i], rescale, ctx.compat)
+        deltas.append(d.reshape(-1))
+    w = torch.tensor(list(weights), dtype=deltas[0].dtype)
     n = len(tensors)
-    flat = deltas.reshape(n, -1)
-    flat.mul_(w.unsqueeze(-1))
-    total = flat.shape[1]
-    out = torch.empty(total, dtype=deltas.dtype)
+    total = deltas[0].shape[0]
     base_flat = base.reshape(-1)
+    out = base_flat if ctx.scratch else torch.empty(total, dtype=deltas[0].dtype)
     w_col = w.unsqueeze(-1)
     tiny_sum = abs(float(w.sum())) < 1e-8
     chunk = max(1, _GTA_CHUNK // n)
     for s in range(0, total, chunk):
-        d = flat[:, s : s + chunk]
+        d = torch.stack([x[s : s + chunk] for x in deltas])
+        d.mul_(w_col)
         if consensus:
             mask_dtype = torch.int8 if int8_mask else d.dtype
             sign = d.sign().to(mask_dtype)
@@ -538,7 +553,7 @@ class GTAMethod(MergeMethod):
             sparsify=self.config.sparsify,
             consensus=self.config.consensus,
             int8_mask=params["int8_mask"],
-            ctx=TensorContext(ctx.name, ctx.compat, int(params.get("seed", ctx.seed))),
+            ctx=TensorContext(ctx.name, ctx.compat, int(params.get("seed", ctx.seed)), ctx.scratch),
         )
 
 

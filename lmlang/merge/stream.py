@@ -633,8 +633,10 @@ def merge_models(
             for t in tensors[1:]:
                 dt = torch.promote_types(dt, t.dtype)
         xs = [t.to(dt) for t in tensors]
+        del tensors[:]  # xs holds what the method needs; a converted input's original goes now
         glob, per = resolver.resolve(name, positions[name])
-        ctx = TensorContext(name, compat, seed)
+        # The inputs were read for this call alone: the method may overwrite them.
+        ctx = TensorContext(name, compat, seed, scratch=True)
         out = impl.merge(xs[n_base:], xs[0] if n_base else None, per, glob, ctx)
         return out.to(odt)
 

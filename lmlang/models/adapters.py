@@ -542,6 +542,13 @@ class AdapterHost:
         host in its `adapter_host` field: one host, one set of hooks, per model."""
         self.loaded = loaded_model
         base = loaded_model.model
+        if getattr(loaded_model, "dtype", None) == "int8":
+            raise LmlangRuntimeError(
+                "adapters cannot apply to a model loaded as int8: its Linear layers are quantized "
+                "and take no LoRA hooks",
+                hint="give this model (and its base) float32 or bfloat16",
+                code="int8-adapters",
+            )
         if loaded_model.adapter_host is not None:
             raise LmlangRuntimeError(
                 "this model already has an AdapterHost; use AdapterHost.for_model(loaded) to share it"

@@ -46,7 +46,7 @@ class LoadedModel:
     model: Any  # a transformers PreTrainedModel, in eval mode
     tokenizer: Any  # left-padding, always has a pad token
     device: str  # "cpu", "cuda", ...
-    dtype: str  # "float32", "bfloat16" or "float16"
+    dtype: str  # "float32", "bfloat16", "float16" or "int8" (Linear layers quantized, CPU only)
     path: Path
     name: str
     # State that belongs to this loaded model, declared here rather than hung
@@ -369,6 +369,7 @@ _DTYPES = {
     "float16": "float16",
     "fp16": "float16",
     "half": "float16",
+    "int8": "int8",
 }
 
 
@@ -389,8 +390,51 @@ def _pick_device_dtype(device: str, dtype: str) -> tuple[str, str]:
         cuda_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
         return device, "bfloat16" if cuda_bf16 else "float32"
     if dtype not in _DTYPES:
-        raise LmlangRuntimeError(f"unknown dtype '{dtype}'", hint="use auto, float32, bfloat16 or float16")
-    return device, _DTYPES[dtype]
+        raise LmlangRuntimeError(f"unknown dtype '{dtype}'", hint="use auto, float32, bfloat16, float16 or int8")
+    dtype = _DTYPES[dtype]
+    if dtype == "int8" and device != "cpu":
+        raise LmlangRuntimeError(
+            f"dtype int8 runs on the CPU only (torch's dynamic quantization), not on '{device}'",
+            hint="use --device cpu, or bfloat16 on a GPU",
+        )
+    return device, dtype
+
+
+def cpu_has_bf16() -> bool:
+    """Whether torch's CPU kernels compute bf16 natively here (oneDNN's
+    AVX512-BF16 / AMX paths); elsewhere bf16 still loads (half the bytes)
+    but its matmuls are converted, often slower than fp32 (bench/decode.py
+    reports which)."""
+    import torch
+
+    mkldnn = getattr(torch.backends, "mkldnn", None)
+    probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    if mkldnn is not None and mkldnn.is_available() and probe is not None:
+        try:
+            return bool(probe())
+        except RuntimeError:  # pragma: no cover - an op missing from this build
+            pass
+    return torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX")
+
+
+def quantize_int8(model):
+    """Every nn.Linear as a dynamically quantized int8 Linear (weights int8
+    per output channel, activations quantized per batch on the fly): a quarter of
+    fp32's bytes read per token. The embedding stays fp32 for lookups; a tied
+    output head gets its own int8 copy."""
+    import warnings
+
+    import torch
+    from torch import nn
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    with warnings.catch_warnings():
+        # torch.ao.quantization announces its move to torchao; the eager API is what torch 2.13 ships.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        return torch.ao.quantization.quantize_dynamic(
+            model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
+        )
 
 
 def load_model(
@@ -432,7 +476,11 @@ def _load_uncached(path: Path, device: str, dtype: str, device_map=None) -> Load
     try:
         with _HeldLoadReport() as report:
             model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=getattr(torch, dtype), use_safetensors=True, **placement, **common
+                path,
+                dtype=torch.float32 if dtype == "int8" else getattr(torch, dtype),
+                use_safetensors=True,
+                **placement,
+                **common,
             )
             report.release()  # loaded: its notes (reinitialised tensors) are worth seeing
     except (ImportError, MemoryError):
@@ -448,6 +496,8 @@ def _load_uncached(path: Path, device: str, dtype: str, device_map=None) -> Load
         # Inputs go where the first layer sits: the input embeddings' device.
         device = str(model.get_input_embeddings().weight.device)
     model.eval()
+    if dtype == "int8":
+        model = quantize_int8(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Batched decoding appends on the right, so prompts are padded on the left.

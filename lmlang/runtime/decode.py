@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..constraints import spec as C
-from ..constraints.hole import FEED, SAMPLE, HoleGuide, HolePlan, seam_to_heal
+from ..constraints.hole import FEED, SAMPLE, HoleGuide, HolePlan, any_allowed, host_view, seam_to_heal
 from ..errors import LmlangError, LmlangRuntimeError
 from ..source import span_of
 from .lm import LM, Batch
@@ -43,11 +43,13 @@ class HoleTrace:
 class Decoded:
     values: dict  # hole -> typed value
     texts: dict  # hole -> raw text
-    logprob: float = 0.0
+    logprob: float = 0.0  # of the sampled tokens; 0.0 for argmax (nothing ranks it)
     forward_passes: int = 0
     holes: list = field(default_factory=list)
     distribution: dict | None = None
-    token_ids: list = field(default_factory=list)  # everything the row's cache holds, in order
+    token_ids: list = field(
+        default_factory=list
+    )  # the row's tokens in order: its cache, then the last value's unfed tail
     details: dict = field(default_factory=dict)  # vote's samples/votes, best_of's scores (runtime/samples.py)
 
 
@@ -79,7 +81,8 @@ class Sampler:
 
     def pick(self, masked: torch.Tensor) -> int:
         if self.greedy:
-            return int(torch.argmax(masked))
+            host = host_view(masked)
+            return int(host.argmax()) if host is not None else int(torch.argmax(masked))
         logits = masked / self.temperature
         if self.top_k and self.top_k < logits.shape[-1]:
             kth = torch.topk(logits, self.top_k).values[-1]
@@ -181,6 +184,7 @@ class RowDecoder:
         self.logprob = 0.0
         self.traces = [HoleTrace(p.name, p.backend, p.compile_seconds) for p in run.holes]
         self.done = False
+        self.unfed: list[int] = []  # the last hole's final tokens, never fed (no logits needed after them)
         self._start_hole()
 
     def _start_hole(self) -> None:
@@ -198,12 +202,16 @@ class RowDecoder:
             block = self._step(logits, batch, row)
         except LmlangError as e:
             raise self.run.positioned(e) from None
-        if self.on_text is not None and not self.done:
+        if not self.done:
+            self._stream()
+        return block
+
+    def _stream(self) -> None:
+        if self.on_text is not None:
             text = self.current.text()
             if len(text) > self._streamed:
                 self.on_text(self.run.prompt.holes[self.hole], text[self._streamed :])
                 self._streamed = len(text)
-        return block
 
     def _step(self, logits: torch.Tensor, batch: Batch, row: int) -> list[int]:
         hole = self.current
@@ -213,25 +221,41 @@ class RowDecoder:
                 for t in hole.block:
                     self.leak.take(t)
             return hole.block
-        if kind == SAMPLE:
-            masked = hole.masked
-            assert masked is not None  # SAMPLE: hole.next set it
-            if self.leak is not None:
-                self._mask_leaks(masked)
+        if kind != SAMPLE:
+            return self._finish_hole(batch, row)
+        tok = self._pick(hole)
+        if self.leak is not None:
+            self.leak.take(tok)
+        if hole.take(tok):
+            return self._finish_hole(batch, row)
+        # One forward pass per sampled token, as generate pays: the run the
+        # constraint forces after it rides in the same pass, and a value that
+        # ends here hands its unfed tokens to the next chunk's feed (or, for
+        # the last hole, never feeds them: nothing reads their logits).
+        block = [tok] + hole.take_forced()
+        if self.leak is not None:
+            for t in block[1:]:
+                self.leak.take(t)
+        if hole.ended():
+            return self._finish_hole(batch, row, unfed=len(block))
+        return block
+
+    def _pick(self, hole: HoleGuide) -> int:
+        masked = hole.masked
+        assert masked is not None  # SAMPLE: hole.next set it
+        if self.leak is not None:
+            self._mask_leaks(masked)
+        tok = self.sampler.pick(masked)
+        while not hole.fits(tok):
+            # The value could not be completed within its budget after
+            # tok: pick again without it (the guide's witness always fits).
+            masked[tok] = NEG_INF
+            if not any_allowed(masked):
+                raise hole._error("no token leaves room to complete the value within its budget")
             tok = self.sampler.pick(masked)
-            while not hole.fits(tok):
-                # The value could not be completed within its budget after
-                # tok: pick again without it (the guide's witness always fits).
-                masked[tok] = NEG_INF
-                if not torch.isfinite(masked).any():
-                    raise hole._error("no token leaves room to complete the value within its budget")
-                tok = self.sampler.pick(masked)
+        if not self.sampler.greedy:  # best_of ranks samples by it; argmax runs (like generate) skip the softmax
             self.logprob += float(torch.log_softmax(masked, dim=-1)[tok])
-            if self.leak is not None:
-                self.leak.take(tok)
-            if not hole.take(tok):
-                return [tok]
-        return self._finish_hole(batch, row)
+        return tok
 
     def _mask_leaks(self, masked: torch.Tensor) -> None:
         """The leak guard's mask over the hole's (runtime/leak_guard.py): the
@@ -244,13 +268,16 @@ class RowDecoder:
         ids = torch.tensor(banned, device=masked.device)
         kept = masked[ids].clone()
         masked[ids] = NEG_INF
-        if not torch.isfinite(masked).any():
+        if not any_allowed(masked):
             masked[ids] = kept
             self.leak.overridden += 1
             return
         self.leak.masked += int(torch.isfinite(kept).sum())
 
-    def _finish_hole(self, batch: Batch, row: int) -> list[int]:
+    def _finish_hole(self, batch: Batch, row: int, unfed: int = 0) -> list[int]:
+        """Close the current hole; the tokens to feed next. unfed: how many
+        of the hole's last tokens were decided but not fed yet."""
+        self._stream()
         run, lm, hole = self.run, self.run.lm, self.current
         trace = self.traces[self.hole]
         trace.generated, trace.forced, trace.ended_by = hole.generated, hole.forced, hole.ended_by
@@ -261,19 +288,24 @@ class RowDecoder:
         self.values[name] = typed_value(value, hole.plan.constraint)
         i = self.hole
         last = i + 1 >= len(run.holes)
+        gen = hole.gen
+        fed = len(gen) - unfed
         feed: list[int] = []
-        if not last:
+        if last:
+            self.unfed = gen[fed:]
+        else:
             # The cache must hold the canonical tokens of value + next chunk:
             # forget generated tokens past the value (a `stops before`
             # string, text after a stop) or across a seam that tokenizes
-            # differently as one text.
+            # differently as one text. Unfed tokens that agree with the
+            # canonical ones are fed with the chunk; the others never are.
             target = hole.heal_text + value
             canon = run.prompt.chunk_ids(lm, i + 1, before=target)
-            gen = hole.gen
             keep = 0
             while keep < len(gen) and keep < len(canon) and gen[keep] == canon[keep]:
                 keep += 1
-            batch.drop_last(row, len(gen) - keep)
+            keep = min(keep, fed)
+            batch.drop_last(row, fed - keep)
             feed = canon[keep:]
             if run.holes[i + 1].heal and feed:
                 feed = feed[:-1]  # the next hole heals its own seam
@@ -309,7 +341,7 @@ def decode_rows(
             batch.feed(blocks)
     out = [row.result(batch.forward_passes) for row in rows]
     for r, d in enumerate(out):
-        d.token_ids = list(batch.ids[r])
+        d.token_ids = list(batch.ids[r]) + rows[r].unfed
     return out
 
 

@@ -113,7 +113,8 @@ class HFModel(LM):
         elif isinstance(gen_eos, (list, tuple)):
             eos.update(gen_eos)
         self._eos_ids = {e for e in eos if e is not None}
-        self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        head = self.model.get_output_embeddings().weight
+        self.vocab_size = (head() if callable(head) else head).shape[0]  # int8 Linear: weight() unpacks
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self._eos_ids))
         )
@@ -189,7 +190,7 @@ class HFBatch(Batch):
             out = lm.model(input_ids=ids.to(dev), use_cache=True, logits_to_keep=0 if all_logits else 1, **kwargs)
         self._passes += 1
         last = out.logits[:, -1].float()
-        if self._logits is not None:
+        if self._logits is not None and not all(blocks):  # a row fed nothing keeps its logits
             fed = torch.tensor([len(b) > 0 for b in blocks], device=last.device)
             last = torch.where(fed[:, None], last, self._logits)
         self._logits = last

@@ -109,7 +109,7 @@ def test_dtype_per_model_and_for_every_model(tiny_model_dir, tiny_model_dir_b):
     with pytest.raises(lmlang.LmlangRuntimeError, match="no model named 'c'"):
         lmlang.compile(src, device="cpu", cache=False, dtype={"c": "float16"}).run()
     with pytest.raises(ValueError, match="dtype"):
-        lmlang.compile(src, dtype="int8")
+        lmlang.compile(src, dtype="int4")
 
 
 def test_the_cli_dtype_option(tiny_model_dir, tmp_path):
