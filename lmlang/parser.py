@@ -39,6 +39,7 @@ TERMINAL_NAMES = {
     "NUMBER": "a number",
     "INT": "an integer",
     "ROLE": "a role (system, user, assistant)",
+    "ROLE_BLOCK": "a role (system, user, assistant)",
     "LENFN": "tokens() or len()",
     "CMP_OP": "a comparison",
     "ADD_OP": "'+' or '-'",
@@ -373,6 +374,11 @@ def scan_prompt(tok, source: Source) -> tuple:
                     f"close it with '{close}', or write \\{ch} for a literal '{ch}'",
                 )
             inner = body[i + 1 : j]
+            if ch == "{" and TOOL_CALL.match(inner):
+                flush(i)
+                parts.append(_tool_call(inner if raw else inner.replace('\\"', '"'), span(i, j + 1)))
+                i = j + 1
+                continue
             if ch == "{":
                 path = inner.strip().split(".")
                 if not all(IDENT.fullmatch(p) for p in path):
@@ -401,6 +407,48 @@ def scan_prompt(tok, source: Source) -> tuple:
         i += 1
     flush(len(body))
     return tuple(parts)
+
+
+# ---------------------------------------------------------------- tool calls in prompts (issue 15)
+
+TOOL_CALL = re.compile(r"\s*call\s*\(")
+_TOOL_ARG = re.compile(r'\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+(?:\.\d+)?)|([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*))\s*')
+
+
+def _tool_call(inner: str, span: Span) -> A.ToolCall:
+    """`call("name", arg, ...)` inside a prompt's braces. Arguments are
+    string or number literals and names (`expr`, `q.text`): a prompt holds
+    no full expressions, so its text stays readable and a brace never needs
+    nesting."""
+    hint = 'write {call("tool", arg, ...)} with string, number or name arguments'
+    body = inner.strip()
+    if not body.endswith(")"):
+        raise LmlangSyntaxError(f"invalid tool call {{{inner}}}", span, hint)
+    text = body[body.index("(") + 1 : -1]
+    args: list = []
+    pos = 0
+    while pos < len(text) and text[pos:].strip():
+        m = _TOOL_ARG.match(text, pos)
+        if not m:
+            raise LmlangSyntaxError(f"invalid tool call {{{inner}}}", span, hint)
+        if m.group(1) is not None:
+            args.append(A.Lit(m.group(1).replace('\\"', '"'), span=span))
+        elif m.group(2) is not None:
+            args.append(A.Lit(_number(m.group(2).lstrip("-"), span) * (-1 if m.group(2).startswith("-") else 1), span=span))
+        else:
+            head, *rest = m.group(3).split(".")
+            e: A.Expr = A.Var(head, span=span)
+            for f in rest:
+                e = A.Attr(e, f, span=span)
+            args.append(e)
+        pos = m.end()
+        if pos < len(text):
+            if text[pos] != ",":
+                raise LmlangSyntaxError(f"invalid tool call {{{inner}}}", span, hint)
+            pos += 1
+    if not args or not isinstance(args[0], A.Lit) or not isinstance(args[0].value, str):
+        raise LmlangSyntaxError("a tool call names its tool first, as a string", span, hint)
+    return A.ToolCall(args[0].value, tuple(args[1:]), span=span)
 
 
 # ---------------------------------------------------------------- tree -> AST
@@ -656,7 +704,7 @@ def _make_transformer_class():
                 None,
             )
             decoder = next((c for c in rest if isinstance(c, A.Decoder)), None)
-            segments = tuple(c for c in rest if isinstance(c, A.Segment))
+            segments = tuple(c for c in rest if isinstance(c, A.Segment))  # PromptBlocks too
             wheres = tuple(c for c in rest if isinstance(c, A.Where))
             dists = [c for c in rest if isinstance(c, A.Distribution)]
             if len(dists) > 1:
@@ -674,6 +722,44 @@ def _make_transformer_class():
                 span=self.sp(meta),
                 name_span=self.tsp(name),
             )
+
+        # -- grown prompts, while, def (issue 15): self-contained, so they move with the transformer
+        def prompt_block(self, meta, ch):
+            role, body = ch
+            return A.PromptBlock(str(role), (), body, span=self.sp(meta))
+
+        def plain_block(self, meta, ch):
+            return A.PromptBlock(None, (), (ch[0],), span=self.sp(meta))
+
+        def p_body(self, meta, ch):
+            return tuple(ch)
+
+        def p_seg(self, meta, ch):
+            return A.Segment(None, scan_prompt(ch[0].tok, self.source), span=self.sp(meta))
+
+        def p_for(self, meta, ch):
+            return A.PromptFor(str(ch[0]), ch[1], ch[2], span=self.sp(meta), name_span=self.tsp(ch[0]))
+
+        def p_if(self, meta, ch):
+            cond, then, orelse = ch
+            if isinstance(orelse, A.PromptIf):
+                orelse = (orelse,)
+            return A.PromptIf(cond, then, orelse or (), span=self.sp(meta))
+
+        def p_break(self, meta, ch):
+            return A.PromptBreak(span=self.sp(meta))
+
+        def while_stmt(self, meta, ch):
+            cond, n, body = ch  # no bound: max 0, which the checker refuses with a hint
+            return A.While(cond, _number(n, self.tsp(n)) if n is not None else 0, body, span=self.sp(meta))
+
+        def return_stmt(self, meta, ch):
+            return A.Return(ch[0], span=self.sp(meta))
+
+        def def_decl(self, meta, ch):
+            name, *params, body = ch
+            names = tuple(str(p) for p in params if p is not None)
+            return A.DefDecl(str(name), names, body, span=self.sp(meta), name_span=self.tsp(name))
 
         # -- flow
         def flow_decl(self, meta, ch):

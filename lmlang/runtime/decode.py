@@ -158,6 +158,9 @@ class QueryRun:
             setattr(e, "_query_named", True)  # a marker, read with getattr above
         return e
 
+    def row_decoder(self, sampler: "Sampler", on_text=None) -> "RowDecoder":
+        return RowDecoder(self, sampler, on_text)
+
     def _next_token(self, i: int) -> int | None:
         """The first token of the text after hole i (it ends the hole)."""
         nxt = self.chunk_ids[i + 1] if i + 1 < len(self.chunk_ids) else []
@@ -196,7 +199,7 @@ class RowDecoder:
         if self.on_text is not None and not self.done:
             text = self.current.text()
             if len(text) > self._streamed:
-                self.on_text(self.run.prompt.holes[self.hole], text[self._streamed :])
+                self.on_text(self.current.plan.name, text[self._streamed :])
                 self._streamed = len(text)
         return block
 
@@ -268,7 +271,7 @@ def decode_rows(
     if batch is None:
         batch = prefill(lm, [r.chunk_ids[0] for r in runs])
     rows = [
-        RowDecoder(run, s, (lambda h, t, r=r: on_token(r, h, t)) if on_token else None)
+        run.row_decoder(s, (lambda h, t, r=r: on_token(r, h, t)) if on_token else None)
         for r, (run, s) in enumerate(zip(runs, samplers))
     ]
     while True:
