@@ -185,3 +185,36 @@ def test_while_def_errors(old, new, message):
 def test_while_without_max_has_a_hint():
     got = diagnostics(DEFS.replace("max 3 {", "{"))
     assert "max N" in got[0][3]
+
+
+# ---------------------------------------------------------------- highlighter and REPL
+
+
+def test_highlighter_knows_the_constructs():
+    from pygments import lex
+    from pygments.token import Keyword, Name
+
+    from lmlang.highlight import LmlangLexer
+
+    toks = [(t, v) for t, v in lex(AGENT + DEFS, LmlangLexer()) if v.strip()]
+    assert (Keyword.Pseudo, "assistant") in toks  # a role before a block
+    assert (Name.Function, '{call(\\"calc\\", expr)}') in toks
+    for word in ("break", "while", "max", "return"):
+        assert (Keyword, word) in toks, word
+    assert (Keyword.Declaration, "def") in toks
+
+
+def test_repl_takes_def_and_while(tmp_path):
+    from lmlang.repl import Session
+
+    s = Session(base_dir=tmp_path)
+    assert s.feed("def double(x) { return x * 2 }") == ["defined double"]
+    assert s.feed("n = 1") == ["n = 1"]
+    assert s.feed("while n < 100 max 5 { n = double(n) }") == ["n = 32"]  # five doublings, the bound
+    assert s.feed("double(21)") == ["42"]
+
+
+def test_served_models_refuse_grown_prompts():
+    text = AGENT.replace("model base = default", 'model base = server "http://127.0.0.1:9/v1" { model: "m" }') + FLOW
+    got = diagnostics(text)
+    assert got and "cannot run a prompt with control flow or tool calls" in got[0][0]
