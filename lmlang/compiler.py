@@ -263,9 +263,7 @@ class Compiler:
             for i, stmt in enumerate(self.c.flow.body):
                 ir = stmt_ir(stmt)
                 fx = I.effects(ir)
-                call_ids = tuple(
-                    self.names[c] for c in sorted(fx.calls) if c in self.c.queries or c in self.c.defs
-                )
+                call_ids = tuple(self.names[c] for c in sorted(fx.calls) if c in self.c.queries or c in self.c.defs)
                 spec = StepSpec(i, ir, tuple(sorted(fx.reads)), tuple(sorted(fx.writes)), call_ids, self.loc(stmt))
                 nid = self.add(spec, str(i))
                 for r in fx.reads:

@@ -412,7 +412,9 @@ def scan_prompt(tok, source: Source) -> tuple:
 # ---------------------------------------------------------------- tool calls in prompts (issue 15)
 
 TOOL_CALL = re.compile(r"\s*call\s*\(")
-_TOOL_ARG = re.compile(r'\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+(?:\.\d+)?)|([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*))\s*')
+_TOOL_ARG = re.compile(
+    r'\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+(?:\.\d+)?)|([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*))\s*'
+)
 
 
 def _tool_call(inner: str, span: Span) -> A.ToolCall:
@@ -434,7 +436,9 @@ def _tool_call(inner: str, span: Span) -> A.ToolCall:
         if m.group(1) is not None:
             args.append(A.Lit(m.group(1).replace('\\"', '"'), span=span))
         elif m.group(2) is not None:
-            args.append(A.Lit(_number(m.group(2).lstrip("-"), span) * (-1 if m.group(2).startswith("-") else 1), span=span))
+            args.append(
+                A.Lit(_number(m.group(2).lstrip("-"), span) * (-1 if m.group(2).startswith("-") else 1), span=span)
+            )
         else:
             head, *rest = m.group(3).split(".")
             e: A.Expr = A.Var(head, span=span)

@@ -146,7 +146,9 @@ class Tool:
 
 TOOLS: dict[str, Tool] = {
     t.name: t
-    for t in (Tool("calc", calc, 1, "arithmetic over + - * / and parentheses, ints and decimals; errors as 'error: ...'"),)
+    for t in (
+        Tool("calc", calc, 1, "arithmetic over + - * / and parentheses, ints and decimals; errors as 'error: ...'"),
+    )
 }
 
 

@@ -68,7 +68,9 @@ def check_def_call(cx: Context, e: A.Call) -> T.T:
 def check_while(cx: Context, s: A.While) -> None:
     if s.max <= 0 or s.max > MAX_WHILE:
         cx.error(
-            "a while loop needs a bound: while COND max N { ... }" if s.max <= 0 else f"max {s.max} is above {MAX_WHILE}",
+            "a while loop needs a bound: while COND max N { ... }"
+            if s.max <= 0
+            else f"max {s.max} is above {MAX_WHILE}",
             s,
             f"write `max N` after the condition, N from 1 to {MAX_WHILE}: a loop the checker cannot see end is refused",
         )
@@ -82,7 +84,8 @@ def check_return(cx: Context, s: A.Return) -> None:
 def _check_recursion(cx: Context) -> None:
     """A call graph among functions; any cycle is an error at the call that closes it."""
     calls: dict[str, list[A.Call]] = {
-        name: [n for n in d.walk() if isinstance(n, A.Call) and n.func in cx.out.defs] for name, d in cx.out.defs.items()
+        name: [n for n in d.walk() if isinstance(n, A.Call) and n.func in cx.out.defs]
+        for name, d in cx.out.defs.items()
     }
     reported: set = set()
     for start in calls:

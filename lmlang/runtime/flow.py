@@ -202,7 +202,6 @@ class Interpreter:
             return (yield QueryCall(name, argv, kw, loc, path))
         raise FlowError(f"undefined function '{name}'", hint=f"at {loc}")
 
-
     def call_def(self, d, argv: list, path: tuple):
         """A flow function's body in an environment of its own (its
         parameters only); the call site joins the path, so the queries it

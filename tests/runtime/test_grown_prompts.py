@@ -33,7 +33,9 @@ query solve(q: str) using m {
 
 
 def compile_agent(model_dir, actions='["calculate"]', functions=None, body=AGENT):
-    src = f'model m = "{model_dir}"\n' + body.replace("ACTIONS", actions) + "\nflow { s = solve(\"3 + 4?\") emit s = s }"
+    src = (
+        f'model m = "{model_dir}"\n' + body.replace("ACTIONS", actions) + "\nflow { s = solve(\"3 + 4?\") emit s = s }"
+    )
     return lmlang.compile(src, functions=functions or {})
 
 
@@ -122,7 +124,9 @@ def test_one_cache_each_token_fed_once(lm, tiny_model_dir, monkeypatch):
 
     fed, dropped = [], []
     real_feed, real_drop = lm_mod.HFBatch.feed, lm_mod.HFBatch.drop_last
-    monkeypatch.setattr(lm_mod.HFBatch, "feed", lambda self, b, **k: fed.append(sum(map(len, b))) or real_feed(self, b, **k))
+    monkeypatch.setattr(
+        lm_mod.HFBatch, "feed", lambda self, b, **k: fed.append(sum(map(len, b))) or real_feed(self, b, **k)
+    )
     monkeypatch.setattr(
         lm_mod.HFBatch, "drop_last", lambda self, r, n: dropped.append(max(n, 0)) or real_drop(self, r, n)
     )
