@@ -119,6 +119,17 @@ def typed_value(text: str, constraint) -> object:
     return text
 
 
+def positioned(e: LmlangError, query: str, span) -> LmlangError:
+    """e, at the query's position (unless it has its own) and naming the query (once)."""
+    if not e.span.line and span.line:
+        e.span = span
+    if query and not getattr(e, "_query_named", False):
+        e.message = f"query {query}, {e.message}"
+        e.args = (e.message,)
+        setattr(e, "_query_named", True)  # a marker, read with getattr above
+    return e
+
+
 class QueryRun:
     """One rendered prompt: its chunks as token ids, and one HolePlan per hole
     (constraints/hole.py), which owns everything about the hole's mask.
@@ -149,14 +160,7 @@ class QueryRun:
             raise self.positioned(e) from None
 
     def positioned(self, e: LmlangError) -> LmlangError:
-        """e, at the query's position and naming the query (once)."""
-        if not e.span.line and self.span.line:
-            e.span = self.span
-        if self.query and not getattr(e, "_query_named", False):
-            e.message = f"query {self.query}, {e.message}"
-            e.args = (e.message,)
-            setattr(e, "_query_named", True)  # a marker, read with getattr above
-        return e
+        return positioned(e, self.query, self.span)
 
     def row_decoder(self, sampler: "Sampler", on_text=None) -> "RowDecoder":
         return RowDecoder(self, sampler, on_text)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from ..constraints.hole import HolePlan, seam_to_heal
 from ..errors import LmlangError, LmlangRuntimeError
 from ..source import span_of
-from .decode import HoleTrace, QueryRun, RowDecoder, typed_value
+from .decode import HoleTrace, RowDecoder, positioned, typed_value
 from .prompt import encode_text
 from .prompt_flow import Growth, join
 
@@ -46,7 +46,8 @@ class GrownRun:
         except LmlangError as e:
             raise self.positioned(e) from None
 
-    positioned = QueryRun.positioned  # the same positioning of a hole's errors
+    def positioned(self, e: LmlangError) -> LmlangError:
+        return positioned(e, self.query, self.span)
 
     def plan(self, name: str, heal: str, after: str) -> HolePlan:
         nxt = encode_text(self.lm.tokenizer, after) if after else []
@@ -66,7 +67,8 @@ class GrownRowDecoder(RowDecoder):
     come from the walk once the current value is known."""
 
     def __init__(self, run: GrownRun, sampler, on_text=None):
-        self.run, self.sampler = run, sampler  # type: ignore[assignment]
+        self.run, self.sampler = run, sampler  # type: ignore[assignment]  # positioned() is all RowDecoder reads of it
+        self.grown = run
         self.on_text = on_text
         self._streamed = 0
         self.hole = -1
@@ -87,7 +89,7 @@ class GrownRowDecoder(RowDecoder):
         self._streamed = 0
 
     def _finish_hole(self, batch, row: int) -> list[int]:
-        run, lm, hole = self.run, self.run.lm, self.current
+        run, lm, hole = self.grown, self.grown.lm, self.current
         trace = self.traces[-1]
         trace.generated, trace.forced, trace.ended_by = hole.generated, hole.forced, hole.ended_by
         name = hole.plan.name
@@ -124,5 +126,5 @@ class GrownRowDecoder(RowDecoder):
     def result(self, passes: int):
         from .decode import Decoded
 
-        g = self.run.growth
+        g = self.grown.growth
         return Decoded(dict(g.values), dict(g.texts), self.logprob, passes, self.traces)
