@@ -218,3 +218,43 @@ def test_served_models_refuse_grown_prompts():
     text = AGENT.replace("model base = default", 'model base = server "http://127.0.0.1:9/v1" { model: "m" }') + FLOW
     got = diagnostics(text)
     assert got and "cannot run a prompt with control flow or tool calls" in got[0][0]
+
+
+# ---------------------------------------------------------------- the calc tool (no eval)
+
+
+@pytest.mark.parametrize(
+    "expr, want",
+    [
+        ("3 + 4 - 2", "5"),
+        ("(3 + 4) * 2", "14"),
+        ("7 / 2", "3.5"),
+        ("0.1 + 0.2", "0.3"),  # decimal, not float
+        ("-(-3)", "3"),
+        ("10 / 4 * 2", "5"),
+        ("1 / 0", "error: division by zero"),
+        ("2 * (3", "error: the expression ends too early"),
+        ("3 4", "error: unexpected '4'"),
+        ("", "error: empty expression"),
+        ("__import__('os')", "error: unexpected character '_'"),
+        ("1e5", "error: unexpected character 'e'"),
+        ("(" * 30 + "1" + ")" * 30, "error: nested deeper than 20"),
+        ("1+" * 150 + "1", "error: expression longer than 200 characters"),
+        ("9" * 50, "error: a number longer than 40 digits"),
+    ],
+)
+def test_calc(expr, want):
+    from lmlang.tools import calc
+
+    assert calc(expr) == want
+
+
+def test_run_tool_prefers_registered_functions_and_turns_errors_into_values():
+    from lmlang.tools import ToolError, run_tool
+
+    assert run_tool("calc", ["1+1"], {}) == "2"
+    assert run_tool("calc", ["1+1"], {"calc": lambda e: "mine"}) == "mine"
+    assert run_tool("f", [1], {"f": lambda x: 1 / 0}) == "error: ZeroDivisionError: division by zero"
+    assert run_tool("f", [[1, 2]], {"f": lambda x: x}) == "[1, 2]"  # values read as text, JSON for lists
+    with pytest.raises(ToolError):
+        run_tool("nope", [], {})
