@@ -141,6 +141,8 @@ def test_one_cache_each_token_fed_once(lm, tiny_model_dir, monkeypatch):
     text = lm.decode(d.token_ids)
     for e in d.texts["expr"]:
         assert f"Input: {e}\nObservation: {calc(e)}\n" in text
+    # A forced value after a held-back seam space drops the space ("Answer:0"), as the static path does.
+    assert re.search(r"\nAnswer: ?" + re.escape(d.texts["answer"]) + "$", text)
 
 
 def test_unknown_tool_at_run_time_names_the_call(tiny_model_dir):
