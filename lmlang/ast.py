@@ -245,9 +245,59 @@ class Hole(Node):
 
 
 @frozen
+class ToolCall(Node):
+    """`{call("name", args...)}` in a segment: the tool's result, as prompt
+    text, when decoding reaches it (lmlang/tools.py)."""
+
+    name: str
+    args: tuple["Expr", ...]
+    name_span: Span | None = field(default=None, compare=False, repr=False, kw_only=True)
+
+
+@frozen
 class Segment(Node):
     role: str | None  # system | user | assistant | None (plain text)
-    parts: tuple[Union[Text, Interp, Hole], ...]
+    parts: tuple[Union[Text, Interp, Hole, ToolCall], ...]
+
+
+# grown prompts (issue 15): control flow around segments ------------
+
+
+@frozen
+class PromptFor(Named):
+    """`for NAME in EXPR { ... }` around segments; a hole inside is a list in the result."""
+
+    var: str
+    iter: "Expr"
+    body: tuple["PromptStmt", ...]
+
+
+@frozen
+class PromptIf(Node):
+    cond: "Expr"
+    then: tuple["PromptStmt", ...]
+    orelse: tuple["PromptStmt", ...] = ()
+
+
+@frozen
+class PromptBreak(Node):
+    """`break`: leaves the innermost prompt loop."""
+
+
+PromptStmt = Union[Segment, PromptFor, PromptIf, PromptBreak]
+
+
+@frozen
+class PromptBlock(Segment):
+    """`assistant { ... }` (or, in a plain prompt, a bare `for`/`if`): one
+    message whose text grows as decoding runs. A Segment with no parts of its
+    own, so code that reads a query's static segments passes it by."""
+
+    body: tuple[PromptStmt, ...] = ()
+
+    def segments(self):
+        """Every segment inside, at any depth, in source order."""
+        return [n for n in walk(self, Node) if isinstance(n, Segment) and not isinstance(n, PromptBlock)]
 
 
 @frozen
@@ -498,7 +548,30 @@ class Emit(Node):
     items: tuple[EmitItem, ...]
 
 
-Stmt = Union[Assign, If, For, Emit]
+@frozen
+class While(Node):
+    """`while COND max N { ... }`: at most N iterations (the bound is required)."""
+
+    cond: Expr
+    max: int
+    body: tuple["Stmt", ...]
+
+
+@frozen
+class Return(Node):
+    value: Expr
+
+
+Stmt = Union[Assign, If, For, Emit, While, Return]
+
+
+@frozen
+class DefDecl(Named):
+    """`def NAME(params) { ... return EXPR }`: a flow function (no recursion)."""
+
+    name: str
+    params: tuple[str, ...]
+    body: tuple[Stmt, ...]
 
 
 @frozen
@@ -506,7 +579,7 @@ class FlowDecl(Node):
     body: tuple[Stmt, ...]
 
 
-Decl = Union[UseDecl, InputDecl, ModelDecl, AdapterDecl, RouterDecl, QueryDecl, FlowDecl]
+Decl = Union[UseDecl, InputDecl, ModelDecl, AdapterDecl, RouterDecl, QueryDecl, FlowDecl, DefDecl]
 
 
 @frozen

@@ -36,7 +36,8 @@ from .graph import (
     content_digest,
 )
 from .graph import ir as I
-from .graph.specs import ServerSpec, VllmSpec
+from .frozen import walk
+from .graph.specs import DefSpec, ServerSpec, VllmSpec
 
 
 class Compiler:
@@ -195,7 +196,10 @@ class Compiler:
         else:
             model = self.model(info.using)
             router_args = ()
-        segments = tuple((s.role, tuple(_part(p) for p in s.parts)) for s in q.segments)
+        segments = tuple(
+            (s.role, (_part(s),) if isinstance(s, A.PromptBlock) else tuple(_part(p) for p in s.parts))
+            for s in q.segments
+        )
         params = tuple((p.name, p.type.describe() if p.type else "any") for p in q.params)
         nid = self.add(
             QuerySpec(
@@ -218,6 +222,27 @@ class Compiler:
         self.names[q.name] = nid
         return nid
 
+    def defs(self) -> None:
+        """Flow functions as nodes, callees first (the checker refused cycles),
+        each depending on the queries and functions it calls."""
+        done: set = set()
+
+        def add(name: str) -> None:
+            if name in done:
+                return
+            done.add(name)
+            d = self.c.defs[name]
+            body = _block(d.body)
+            called = sorted({n.func for s in body for n in walk(s, I.IRNode) if isinstance(n, I.Call)})
+            for c in called:
+                if c in self.c.defs:
+                    add(c)
+            calls = tuple(self.names[c] for c in called if c in self.c.queries or c in self.c.defs)
+            self.names[name] = self.add(DefSpec(name, d.params, body, calls, self.loc(d)), name, name)
+
+        for name in self.c.defs:
+            add(name)
+
     def compile(self) -> Compiled:
         for name, d in self.c.inputs.items():
             default = _plain_value(d.default) if d.default is not None else None
@@ -232,13 +257,14 @@ class Compiler:
             self.router(name)
         for info in self.c.queries.values():
             self.query(info)
+        self.defs()
         steps = []
         if self.c.flow is not None:
             defined: dict[str, str] = {}
             for i, stmt in enumerate(self.c.flow.body):
                 ir = stmt_ir(stmt)
                 fx = I.effects(ir)
-                call_ids = tuple(self.names[c] for c in sorted(fx.calls) if c in self.c.queries)
+                call_ids = tuple(self.names[c] for c in sorted(fx.calls) if c in self.c.queries or c in self.c.defs)
                 spec = StepSpec(i, ir, tuple(sorted(fx.reads)), tuple(sorted(fx.writes)), call_ids, self.loc(stmt))
                 nid = self.add(spec, str(i))
                 for r in fx.reads:
@@ -288,7 +314,27 @@ def stmt_ir(s: A.Stmt) -> I.Stmt:
             return I.For(var, expr_ir(it), _block(body))
         case A.Emit(items):
             return I.Emit(tuple((i.name, expr_ir(i.value)) for i in items))
+        case A.While(cond, bound, body):
+            return I.While(expr_ir(cond), bound, _block(body))
+        case A.Return(value):
+            return I.Return(expr_ir(value))
     raise TypeError(f"not a statement: {s!r}")
+
+
+def prompt_ir(body) -> tuple:
+    """A grown prompt's statements (issue 15) as IR."""
+    out: list = []
+    for st in body:
+        match st:
+            case A.PromptFor(var, it, inner):
+                out.append(I.PFor(var, expr_ir(it), prompt_ir(inner)))
+            case A.PromptIf(cond, then, orelse):
+                out.append(I.PIf(expr_ir(cond), prompt_ir(then), prompt_ir(orelse)))
+            case A.PromptBreak():
+                out.append(I.PBreak())
+            case A.Segment():
+                out.append(I.PSeg(tuple(_part(p) for p in st.parts)))
+    return tuple(out)
 
 
 def _block(stmts) -> tuple[I.Stmt, ...]:
@@ -296,6 +342,10 @@ def _block(stmts) -> tuple[I.Stmt, ...]:
 
 
 def _part(p) -> tuple:
+    if isinstance(p, A.PromptBlock):
+        return ("block", prompt_ir(p.body))
+    if isinstance(p, A.ToolCall):
+        return ("call", I.Call(p.name, tuple(expr_ir(a) for a in p.args), (), p.span.location()))
     if isinstance(p, A.Text):
         return ("text", p.text)
     if isinstance(p, A.Interp):

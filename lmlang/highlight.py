@@ -16,7 +16,7 @@ from .constraints.kinds import KEYWORDS as CONSTRAINT_KEYWORDS
 from .models.sources import SOURCE_KINDS
 from .router_kinds import ROUTER_KINDS
 
-DECLARATIONS = ("input", "model", "adapter", "router", "query", "flow", "use")
+DECLARATIONS = ("input", "model", "adapter", "router", "query", "flow", "def", "use")
 # Keywords come from the tables that define them (constraint kinds, model
 # sources written with a keyword), so a new kind highlights without an edit here.
 _CORE_KEYWORDS = (
@@ -30,6 +30,10 @@ _CORE_KEYWORDS = (
     "for",
     "in",
     "emit",
+    "while",
+    "max",
+    "break",
+    "return",
     "and",
     "or",
     "not",
@@ -67,7 +71,7 @@ class LmlangLexer(RegexLexer):
             (r"\s+", Whitespace),
             (r"#.*?$", Comment.Single),
             (words(DECLARATIONS, suffix=r"\b"), Keyword.Declaration),
-            (words(ROLES, suffix=r'(?=\s*r?")'), Keyword.Pseudo),
+            (words(ROLES, suffix=r'(?=\s*(r?"|\{))'), Keyword.Pseudo),  # `assistant "..."`, `assistant { ... }`
             (words(CONSTANTS, suffix=r"\b"), Keyword.Constant),
             (r"(route)(\s+)(" + "|".join(ROUTER_KINDS_WORDS) + r")\b", bygroups(Keyword, Whitespace, Name.Builtin)),
             (words(KEYWORDS, suffix=r"\b"), Keyword),
@@ -85,6 +89,7 @@ class LmlangLexer(RegexLexer):
             (r".", Text),
         ],
         "prompt": [
+            (r'\{call\((?:[^}\\]|\\.)*\)\}', Name.Function),  # a tool call: {call("calc", expr)}
             (r"\\.", String.Escape),
             (r"\{[A-Za-z_][\w.]*\}", String.Interpol),
             (r"\[[A-Za-z_]\w*\]", Name.Variable),

@@ -9,19 +9,18 @@ number digits) are enforced here, where the literal is read.
 
 from __future__ import annotations
 
-import math
-import re
 
 from . import ast as A
 from .errors import LmlangSyntaxError
 from .parser_strings import StringTok as _StringTok
+from .parser_strings import MAX_NUMBER_DIGITS as MAX_NUMBER_DIGITS
 from .parser_strings import decode_string, scan_prompt
+from .parser_strings import number_value as _number
 from .parser_strings import token_span as _token_span
 from .source import Source, Span
 
 MAX_STRING_CHARS = 1024 * 1024  # one string literal
 MAX_LIST_ITEMS = 10_000  # one list (a choice's options)
-MAX_NUMBER_DIGITS = 100  # digits of a number literal (Python refuses int() past 4,300)
 
 
 class _Rules:
@@ -280,7 +279,7 @@ class _Rules:
             None,
         )
         decoder = next((c for c in rest if isinstance(c, A.Decoder)), None)
-        segments = tuple(c for c in rest if isinstance(c, A.Segment))
+        segments = tuple(c for c in rest if isinstance(c, A.Segment))  # PromptBlocks too
         wheres = tuple(c for c in rest if isinstance(c, A.Where))
         dists = [c for c in rest if isinstance(c, A.Distribution)]
         if len(dists) > 1:
@@ -299,6 +298,44 @@ class _Rules:
             span=self.sp(meta),
             name_span=self.tsp(name),
         )
+
+    # -- grown prompts, while, def (issue 15)
+    def prompt_block(self, meta, ch):
+        role, body = ch
+        return A.PromptBlock(str(role), (), body, span=self.sp(meta))
+
+    def plain_block(self, meta, ch):
+        return A.PromptBlock(None, (), (ch[0],), span=self.sp(meta))
+
+    def p_body(self, meta, ch):
+        return tuple(ch)
+
+    def p_seg(self, meta, ch):
+        return A.Segment(None, scan_prompt(ch[0].tok, self.source), span=self.sp(meta))
+
+    def p_for(self, meta, ch):
+        return A.PromptFor(str(ch[0]), ch[1], ch[2], span=self.sp(meta), name_span=self.tsp(ch[0]))
+
+    def p_if(self, meta, ch):
+        cond, then, orelse = ch
+        if isinstance(orelse, A.PromptIf):
+            orelse = (orelse,)
+        return A.PromptIf(cond, then, orelse or (), span=self.sp(meta))
+
+    def p_break(self, meta, ch):
+        return A.PromptBreak(span=self.sp(meta))
+
+    def while_stmt(self, meta, ch):
+        cond, n, body = ch  # no bound: max 0, which the checker refuses with a hint
+        return A.While(cond, _number(n, self.tsp(n)) if n is not None else 0, body, span=self.sp(meta))
+
+    def return_stmt(self, meta, ch):
+        return A.Return(ch[0], span=self.sp(meta))
+
+    def def_decl(self, meta, ch):
+        name, *params, body = ch
+        names = tuple(str(p) for p in params if p is not None)
+        return A.DefDecl(str(name), names, body, span=self.sp(meta), name_span=self.tsp(name))
 
     # -- flow
     def flow_decl(self, meta, ch):
@@ -419,25 +456,3 @@ def make_transformer_class(lark_module):
 
     rules = {k: v for k, v in vars(_Rules).items() if not k.startswith("__")}
     return lark_module.v_args(meta=True)(type("ToAst", (base,), {**rules, "__init__": __init__}))
-
-
-def _number(tok, span: Span):
-    """A number literal's value. Longer than MAX_NUMBER_DIGITS digits, or a
-    float that overflows to infinity, is refused here with its span: no later
-    stage (range regexes, JSON export, int() of a bound) meets such a value."""
-    text = str(tok)
-    digits = len(text.split("e")[0].split("E")[0].replace(".", ""))
-    if digits > MAX_NUMBER_DIGITS:
-        raise LmlangSyntaxError(
-            f"number has {digits} digits, more than {MAX_NUMBER_DIGITS}",
-            span,
-            "write a smaller number (int holes hold 64-bit values)",
-        )
-    if re.fullmatch(r"\d+", text):
-        return int(text)
-    value = float(text)
-    if not math.isfinite(value):
-        raise LmlangSyntaxError(
-            f"number {text} is too large (not a finite 64-bit float)", span, "write a number below 1.8e308"
-        )
-    return value

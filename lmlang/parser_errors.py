@@ -19,6 +19,7 @@ TERMINAL_NAMES = {
     "NUMBER": "a number",
     "INT": "an integer",
     "ROLE": "a role (system, user, assistant)",
+    "ROLE_BLOCK": "a role (system, user, assistant)",
     "LENFN": "tokens() or len()",
     "CMP_OP": "a comparison",
     "ADD_OP": "'+' or '-'",

@@ -9,6 +9,7 @@ end_column): the same code serves the generated parser and lark's.
 
 from __future__ import annotations
 
+import math
 import re
 
 from . import ast as A
@@ -17,6 +18,7 @@ from .source import Source, Span
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0": "\0"}
+MAX_NUMBER_DIGITS = 100  # digits of a number literal (Python refuses int() past 4,300)
 PROMPT_ESCAPES = {"{": "{", "}": "}", "[": "[", "]": "]"}
 
 
@@ -117,6 +119,11 @@ def scan_prompt(tok, source: Source) -> tuple:
                     f"close it with '{close}', or write \\{ch} for a literal '{ch}'",
                 )
             inner = body[i + 1 : j]
+            if ch == "{" and TOOL_CALL.match(inner):
+                flush(i)
+                parts.append(_tool_call(inner if raw else inner.replace('\\"', '"'), span(i, j + 1)))
+                i = j + 1
+                continue
             if ch == "{":
                 path = inner.strip().split(".")
                 if not all(IDENT.fullmatch(p) for p in path):
@@ -154,3 +161,71 @@ class StringTok:
 
     def __init__(self, tok, value: str, span: Span):
         self.tok, self.value, self.span = tok, value, span
+
+
+# ---------------------------------------------------------------- tool calls in prompts (issue 15)
+
+TOOL_CALL = re.compile(r"\s*call\s*\(")
+_TOOL_ARG = re.compile(
+    r'\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+(?:\.\d+)?)|([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*))\s*'
+)
+
+
+def _tool_call(inner: str, span: Span) -> A.ToolCall:
+    """`call("name", arg, ...)` inside a prompt's braces. Arguments are
+    string or number literals and names (`expr`, `q.text`): a prompt holds
+    no full expressions, so its text stays readable and a brace never needs
+    nesting."""
+    hint = 'write {call("tool", arg, ...)} with string, number or name arguments'
+    body = inner.strip()
+    if not body.endswith(")"):
+        raise LmlangSyntaxError(f"invalid tool call {{{inner}}}", span, hint)
+    text = body[body.index("(") + 1 : -1]
+    args: list = []
+    pos = 0
+    while pos < len(text) and text[pos:].strip():
+        m = _TOOL_ARG.match(text, pos)
+        if not m:
+            raise LmlangSyntaxError(f"invalid tool call {{{inner}}}", span, hint)
+        if m.group(1) is not None:
+            args.append(A.Lit(m.group(1).replace('\\"', '"'), span=span))
+        elif m.group(2) is not None:
+            args.append(
+                A.Lit(number_value(m.group(2).lstrip("-"), span) * (-1 if m.group(2).startswith("-") else 1), span=span)
+            )
+        else:
+            head, *rest = m.group(3).split(".")
+            e: A.Expr = A.Var(head, span=span)
+            for f in rest:
+                e = A.Attr(e, f, span=span)
+            args.append(e)
+        pos = m.end()
+        if pos < len(text):
+            if text[pos] != ",":
+                raise LmlangSyntaxError(f"invalid tool call {{{inner}}}", span, hint)
+            pos += 1
+    if not args or not isinstance(args[0], A.Lit) or not isinstance(args[0].value, str):
+        raise LmlangSyntaxError("a tool call names its tool first, as a string", span, hint)
+    return A.ToolCall(args[0].value, tuple(args[1:]), span=span)
+
+
+def number_value(tok, span: Span):
+    """A number literal's value. Longer than MAX_NUMBER_DIGITS digits, or a
+    float that overflows to infinity, is refused here with its span: no later
+    stage (range regexes, JSON export, int() of a bound) meets such a value."""
+    text = str(tok)
+    digits = len(text.split("e")[0].split("E")[0].replace(".", ""))
+    if digits > MAX_NUMBER_DIGITS:
+        raise LmlangSyntaxError(
+            f"number has {digits} digits, more than {MAX_NUMBER_DIGITS}",
+            span,
+            "write a smaller number (int holes hold 64-bit values)",
+        )
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    value = float(text)
+    if not math.isfinite(value):
+        raise LmlangSyntaxError(
+            f"number {text} is too large (not a finite 64-bit float)", span, "write a number below 1.8e308"
+        )
+    return value

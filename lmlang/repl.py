@@ -31,8 +31,8 @@ from .source import Source, brackets
 if TYPE_CHECKING:
     from .program import Program
 
-DECL_WORDS = ("input", "model", "adapter", "router", "query", "use")
-STMT_WORDS = ("if", "for", "emit")
+DECL_WORDS = ("input", "model", "adapter", "router", "query", "def", "use")
+STMT_WORDS = ("if", "for", "while", "emit")
 _ASSIGN = re.compile(r"^\s*([A-Za-z_]\w*)\s*=(?!=)")
 _FIRST = re.compile(r"^\s*([A-Za-z_]\w*)")
 _SET = "__set_"
@@ -40,8 +40,8 @@ _VALUE = "__value"
 _REPL_FILE = "<repl>"
 
 HELP = """\
-Enter declarations (model, query, input, adapter, router, use), statements
-(x = ..., if, for, emit) or expressions; blocks continue while braces are open
+Enter declarations (model, query, input, adapter, router, def, use), statements
+(x = ..., if, for, while ... max N, emit) or expressions; blocks continue while braces are open
 (the prompt shows which). A line starting with a command runs it, even inside
 an unfinished entry, which is then dropped.
 

@@ -84,6 +84,7 @@ class Context:
     report: Reporter = field(default_factory=Reporter)
     decls: list = field(default_factory=list)  # every declaration (imports joined), in order
     emitted: set = field(default_factory=set)  # names the flow emits
+    in_def: str | None = None  # the flow function being checked (checker/defs.py), None in the flow
 
     def error(self, message: str, at, hint: str = "", code: str = "") -> None:
         self.report.error(message, at, hint, code)

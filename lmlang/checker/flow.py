@@ -50,7 +50,11 @@ def check_block(cx: Context, stmts, scope: dict) -> dict:
             inner = dict(scope)
             inner[s.var] = it.item or T.ANY if it.name == "list" else T.ANY
             check_block(cx, s.body, inner)
+        elif isinstance(s, (A.While, A.Return)):
+            _check_issue15_stmt(cx, s, scope)
         elif isinstance(s, A.Emit):
+            if cx.in_def is not None:
+                cx.error("emit inside a function", s, "return a value and emit it in the flow")
             names = set()
             for item in s.items:
                 if item.name in names:
@@ -59,6 +63,22 @@ def check_block(cx: Context, stmts, scope: dict) -> dict:
                 cx.emitted.add(item.name)
                 check_expr(cx, item.value, scope)
     return scope
+
+
+def _check_issue15_stmt(cx: Context, s, scope: dict) -> None:
+    """`while COND max N` and `return` (checker/defs.py owns their rules)."""
+    from .defs import check_return, check_while
+
+    if isinstance(s, A.While):
+        check_while(cx, s)
+        check_expr(cx, s.cond, scope)
+        inner = check_block(cx, s.body, dict(scope))
+        for k in inner:  # a name a loop reassigns keeps its type; new names stay inside
+            if k in scope and inner[k] != scope[k]:
+                scope[k] = T.ANY
+    else:
+        check_return(cx, s)
+        check_expr(cx, s.value, scope)
 
 
 def check_expr(cx: Context, e, scope: dict) -> T.T:
@@ -159,6 +179,10 @@ def check_call(cx: Context, e: A.Call, scope: dict) -> T.T:
         return _check_query_call(cx, e, arg_types, kw_types)
     if e.func in cx.functions:
         return T.ANY
+    if e.func in out.defs:
+        from .defs import check_def_call
+
+        return check_def_call(cx, e)
     if e.func in BUILTINS:
         return _check_builtin_call(cx, e, arg_types)
     kind = out.kind_of(e.func)
@@ -168,7 +192,7 @@ def check_call(cx: Context, e: A.Call, scope: dict) -> T.T:
         cx.error(
             f"undefined function '{e.func}'",
             e,
-            cx.did_you_mean(e.func, [*out.query_decls, *BUILTINS, *cx.functions])
+            cx.did_you_mean(e.func, [*out.query_decls, *out.defs, *BUILTINS, *cx.functions])
             or "call a query, a builtin, or a Python function registered with program.register()",
         )
     return T.ANY

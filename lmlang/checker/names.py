@@ -24,6 +24,7 @@ _TABLES = {
     A.AdapterDecl: "adapters",
     A.RouterDecl: "routers",
     A.QueryDecl: "query_decls",
+    A.DefDecl: "defs",
 }
 
 

@@ -18,6 +18,7 @@ from .flow import check_flow, check_unused
 from .models import check_models_and_adapters
 from .names import check_inputs, collect
 from .program import CheckedProgram, allowed_roots
+from .defs import check_defs
 from .queries import check_queries
 from .routers import check_routers
 from .served import check_served
@@ -28,6 +29,7 @@ PASSES = (
     check_routers,
     check_queries,
     check_served,
+    check_defs,
     check_flow,
     check_unused,
 )

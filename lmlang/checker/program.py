@@ -52,6 +52,7 @@ class CheckedProgram:
     functions: frozenset = frozenset()
     query_decls: dict[str, A.QueryDecl] = field(default_factory=dict)  # name -> QueryDecl (before checking)
     roots: tuple = ()  # resolved folders file references may reach
+    defs: dict = field(default_factory=dict)  # name -> DefDecl (flow functions)
 
     def path_for(self, text: str, node) -> Path:
         """A file reference resolved relative to the folder of the script
@@ -72,6 +73,7 @@ class CheckedProgram:
             (self.routers, "a router"),
             (self.inputs, "an input"),
             (self.query_decls, "a query"),
+            (self.defs, "a function"),
         ):
             if name in table:
                 return kind

@@ -25,6 +25,7 @@ from .holes import hole_type, lower_constraints
 from .context import Context, article, name_span
 from .models import check_model_expr
 from .names import type_of_ref
+from .prompt_flow import check_grown, grown_holes, is_grown
 from .program import QueryInfo
 
 RESERVED_FIELDS = ("distribution", "expert")
@@ -71,9 +72,12 @@ def check_query(cx: Context, q: A.QueryDecl) -> QueryInfo | None:
             lowered[h] = lower_constraints(cx, h, conds[h], hole_nodes[h], q)
     if decoder.name == "vote" and not holes:
         cx.error("vote needs a hole to vote on", decoder)
+    looped = grown_holes(q)
+    check_grown(cx, q, params, {h: hole_type(lowered[h]) if h in lowered else T.ANY for h in holes}, decoder)
+    _grown_refusals(cx, q, decoder, given)
     if len(cx.report.errors) > n_errors:
         return None
-    result_fields = {h: hole_type(lowered[h]) for h in holes}
+    result_fields = {h: T.list_of(hole_type(lowered[h])) if looped.get(h) else hole_type(lowered[h]) for h in holes}
     _sample_fields(cx, decoder, given, holes, hole_nodes, result_fields)  # second wave: sample(n), vote, best_of
     if len(cx.report.errors) > n_errors:
         return None
@@ -142,9 +146,10 @@ def _check_parts(cx: Context, q: A.QueryDecl, params: dict) -> tuple[list[str], 
     """The holes of the prompt, in order, and their nodes; interpolations checked."""
     holes: list[str] = []
     hole_nodes: dict[str, A.Hole] = {}
-    for s in q.segments:
+    grown = is_grown(q)
+    for s in _segments(q):
         for part in s.parts:
-            if isinstance(part, A.Interp):
+            if isinstance(part, A.Interp) and not grown:  # a grown prompt's scope grows too (prompt_flow.py)
                 check_interp(cx, part, params)
             if not isinstance(part, A.Hole):
                 continue
@@ -170,6 +175,17 @@ def _check_parts(cx: Context, q: A.QueryDecl, params: dict) -> tuple[list[str], 
             'add a hole for the model to fill, such as assistant "[answer]"',
         )
     return holes, hole_nodes
+
+
+def _segments(q: A.QueryDecl):
+    """The prompt's segments, those inside control-flow blocks too, each
+    with the role of its message."""
+    for s in q.segments:
+        if isinstance(s, A.PromptBlock):
+            for inner in s.segments():
+                yield A.Segment(s.role, inner.parts, span=inner.span)
+        else:
+            yield s
 
 
 def _check_distribution(cx: Context, q: A.QueryDecl, holes: list, conds: dict, decoder: A.Decoder):
@@ -300,3 +316,25 @@ def _check_guard(cx: Context, q: A.QueryDecl, decoder: A.Decoder, distribution) 
         )
         return None
     return G.resolve(g.name, given)
+
+
+def _grown_refusals(cx: Context, q: A.QueryDecl, decoder: A.Decoder, given: dict) -> None:
+    """A grown prompt (control flow, tool calls) decodes one value per hole
+    along one growing cache: k samples per hole would need k prompts, and the
+    leak guard watches a fixed prompt's values. Both are refused here rather
+    than half-applied at run time."""
+
+    if not is_grown(q):
+        return
+    if decoder.name == "sample" and given.get("n", 1) > 1:
+        cx.error(
+            "sample(n: k) with k > 1 needs a fixed prompt; this one grows as it decodes",
+            decoder,
+            "call the query k times in the flow (each call gets its own seed)",
+        )
+    if q.guard is not None:
+        cx.error(
+            "guard leak applies to a fixed prompt; this one grows as it decodes",
+            q.guard,
+            "guard a query without for/if/call in its messages",
+        )

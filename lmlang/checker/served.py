@@ -26,6 +26,7 @@ from ..values import key_name, plain_value
 from .context import Context
 from .holes import _span_over
 from .models import model_source, source_options
+from .prompt_flow import is_grown
 
 
 def check_served(cx: Context) -> None:
@@ -80,6 +81,14 @@ def _check_query_on(cx: Context, info, expr, model: str, kind: sources.SourceKin
 
     q = info.decl
     where = f"served model '{model}' ({kind.name})"
+    if is_grown(q):  # issue 15: the prompt grows between holes in this process's KV cache
+        cx.error(
+            f"{where} cannot run a prompt with control flow or tool calls: it grows one KV cache between holes",
+            q,
+            "run this query on a local model",
+            code="served-unsupported",
+        )
+        return
     if info.decoder[0] == "beam":
         cx.error(
             f"{where} cannot run `decode beam`: lmlang's beam search masks and scores every step in this "

@@ -62,7 +62,7 @@ def _display_label(compiled: Compiled, nid: str) -> str:
     spec = compiled.spec(nid)
     label = node_label(compiled, nid)
     names = compiled.node_names[nid]
-    if names and spec.kind not in ("query", "input", "router"):
+    if names and spec.kind not in ("query", "input", "router", "def"):
         label = f"{', '.join(names)} = {label}"
     return label
 

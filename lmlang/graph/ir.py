@@ -153,6 +153,65 @@ class Emit(Stmt):
     items: tuple[tuple[str, Expr], ...]  # (name, value), in source order
 
 
+@frozen
+class While(Stmt):
+    """`while cond max n { body }`: at most n iterations."""
+
+    tag = "while"
+    cond: Expr
+    max: int
+    body: tuple[Stmt, ...]
+
+
+@frozen
+class Return(Stmt):
+    """`return value`: ends a flow function (`def`)."""
+
+    tag = "return"
+    value: Expr
+
+
+# ---------------------------------------------------------------- grown prompts (issue 15)
+# A message whose text grows while it decodes: segments with control flow
+# around them. A segment's parts are the query's usual ("text", s),
+# ("interp", path), ("hole", name), plus ("call", Call) for a tool call.
+
+
+@frozen
+class PSeg(IRNode):
+    """A literal segment inside a grown prompt."""
+
+    tag = "pseg"
+    parts: tuple
+
+
+@frozen
+class PFor(IRNode):
+    """`for var in iter { body }` around segments."""
+
+    tag = "pfor"
+    var: str
+    iter: Expr
+    body: tuple
+
+
+@frozen
+class PIf(IRNode):
+    """`if cond { then } else { orelse }` around segments."""
+
+    tag = "pif"
+    cond: Expr
+    then: tuple
+    orelse: tuple
+
+
+@frozen
+class PBreak(IRNode):
+    """`break`: leaves the innermost prompt loop."""
+
+    tag = "pbreak"
+
+
 # ---------------------------------------------------------------- router payloads
 # What a router knows about each expert: a rule (rules routers), example
 # texts or a description (embedding routers; classify routers use descriptions).
@@ -210,6 +269,12 @@ IR_TYPES = {
         If,
         For,
         Emit,
+        While,
+        Return,
+        PSeg,
+        PFor,
+        PIf,
+        PBreak,
         Matches,
         Contains,
         Description,

@@ -46,7 +46,8 @@ def node_label(compiled, nid: str) -> str:
     if isinstance(spec, QuerySpec):
         params = ", ".join(p for p, _ in spec.params)
         holes = ", ".join(spec.holes)
-        return f"query {spec.name}({params}) -> [{holes}] using {name(spec.model)}"
+        grown = any(kind == "block" for _role, parts in spec.segments for kind, _ in parts)
+        return f"query {spec.name}({params}) -> [{holes}]{' (grown prompt)' if grown else ''} using {name(spec.model)}"
     if isinstance(spec, StepSpec):
         return stmt_text(spec.stmt)
     return spec.label()
@@ -97,6 +98,10 @@ def stmt_text(s: I.Stmt, limit: int = 60) -> str:
             text = f"for {var} in {expr_text(it)}"
         case I.Emit(items):
             text = "emit " + ", ".join(n for n, _ in items)
+        case I.While(cond, bound):
+            text = f"while {expr_text(cond)} max {bound}"
+        case I.Return(value):
+            text = f"return {expr_text(value)}"
         case _:
             text = s.tag
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -262,6 +262,25 @@ class StepSpec(Spec):
         return self.stmt.tag
 
 
+@frozen
+class DefSpec(Spec):
+    """A flow function (`def NAME(params) { ... }`, issue 15): its body as
+    statement IR, run by the flow interpreter when a step calls it."""
+
+    kind = "def"
+    name: str
+    params: tuple  # parameter names
+    body: tuple  # ir.Stmt, ...
+    calls: tuple  # node ids of the queries and functions it may call
+    loc: str = ""
+
+    def deps(self):
+        return self.calls
+
+    def label(self) -> str:
+        return f"def {self.name}({', '.join(self.params)})"
+
+
 SPEC_TYPES = {
     cls.__name__: cls
     for cls in (
@@ -278,6 +297,7 @@ SPEC_TYPES = {
         RouterSpec,
         QuerySpec,
         StepSpec,
+        DefSpec,
     )
 }
 CONSTRAINT_TYPES = {k.cls.__name__: k.cls for k in CONSTRAINT_KINDS.values()}

@@ -124,6 +124,17 @@ def typed_value(text: str, constraint) -> object:
     return text
 
 
+def positioned(e: LmlangError, query: str, span) -> LmlangError:
+    """e, at the query's position (unless it has its own) and naming the query (once)."""
+    if not e.span.line and span.line:
+        e.span = span
+    if query and not getattr(e, "_query_named", False):
+        e.message = f"query {query}, {e.message}"
+        e.args = (e.message,)
+        setattr(e, "_query_named", True)  # a marker, read with getattr above
+    return e
+
+
 class QueryRun:
     """One rendered prompt: its chunks as token ids, and one HolePlan per hole
     (constraints/hole.py), which owns everything about the hole's mask.
@@ -156,14 +167,10 @@ class QueryRun:
             raise self.positioned(e) from None
 
     def positioned(self, e: LmlangError) -> LmlangError:
-        """e, at the query's position and naming the query (once)."""
-        if not e.span.line and self.span.line:
-            e.span = self.span
-        if self.query and not getattr(e, "_query_named", False):
-            e.message = f"query {self.query}, {e.message}"
-            e.args = (e.message,)
-            setattr(e, "_query_named", True)  # a marker, read with getattr above
-        return e
+        return positioned(e, self.query, self.span)
+
+    def row_decoder(self, sampler: "Sampler", on_text=None) -> "RowDecoder":
+        return RowDecoder(self, sampler, on_text)
 
     def _next_token(self, i: int) -> int | None:
         """The first token of the text after hole i (it ends the hole)."""
@@ -210,7 +217,7 @@ class RowDecoder:
         if self.on_text is not None:
             text = self.current.text()
             if len(text) > self._streamed:
-                self.on_text(self.run.prompt.holes[self.hole], text[self._streamed :])
+                self.on_text(self.current.plan.name, text[self._streamed :])
                 self._streamed = len(text)
 
     def _step(self, logits: torch.Tensor, batch: Batch, row: int) -> list[int]:
@@ -330,7 +337,7 @@ def decode_rows(
     if batch is None:
         batch = prefill(lm, [r.chunk_ids[0] for r in runs])
     rows = [
-        RowDecoder(run, s, (lambda h, t, r=r: on_token(r, h, t)) if on_token else None)
+        run.row_decoder(s, (lambda h, t, r=r: on_token(r, h, t)) if on_token else None)
         for r, (run, s) in enumerate(zip(runs, samplers))
     ]
     while True:

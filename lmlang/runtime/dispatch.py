@@ -189,19 +189,26 @@ def _run_lane(execu, units: list[tuple]) -> None:
             decode_solo(execu, lm, jobs)
 
 
-def prepare_runs(lm, jobs: list[Job]) -> tuple[list, list[Job]]:
+def prepare_runs(lm, jobs: list[Job], functions: dict | None = None) -> tuple[list, list[Job]]:
     """Each job's prompt rendered and tokenized for lm, as a QueryRun; a job
     whose prompt fails (or cannot fit the model's window: refused before
-    tokenizing and again before any forward pass) gets its error instead."""
+    tokenizing and again before any forward pass) gets its error instead.
+    A grown prompt (control flow, tool calls) becomes a GrownRun instead;
+    `functions` are the registered Python functions its tool calls may run."""
     from ..constraints import runtime_lists
     from .decode import QueryRun
     from .prompt import render
+    from .prompt_flow import is_grown
     from .window import refuse_overlong
 
     runs, ok = [], []
     for job in jobs:
         spec = job.spec
         try:
+            if is_grown(spec.segments):
+                runs.append(_grown_run(lm, job, functions or {}))
+                ok.append(job)
+                continue
             prompt = render(spec.segments, job.env, lm.tokenizer, spec.chat, spec.loc)
             refuse_overlong(lm, spec.name, prompt.chunks, loc=spec.loc)
             # run-time lists (`in NAME`) take this call's argument (issue #15)
@@ -224,12 +231,31 @@ def _leak_guard(lm, spec, env: dict):
     return LeakGuard.for_call(spec.guard, system_text(spec.segments, env, spec.loc), lm.tok_info)
 
 
+def _grown_run(lm, job: Job, functions: dict):
+    """A grown prompt's run: its walk starts here (tool calls before the
+    first hole run now); the first chunk is held to the model's window."""
+    from ..constraints import runtime_lists
+    from .flow import Interpreter
+    from .grown import GrownRun
+    from .prompt_flow import Growth, render_grown
+    from .window import refuse_overlong
+
+    spec = job.spec
+    parts = render_grown(spec.segments, lm.tokenizer, spec.chat)
+    growth = Growth(parts, job.env, Interpreter(functions, set()), functions, spec.name, spec.loc)
+    # run-time lists (`in NAME`) take this call's argument, as in a fixed prompt
+    constraints = runtime_lists.resolve(dict(spec.constraints), job.env)
+    run = GrownRun(lm, growth, constraints, spec.name, spec.loc)
+    refuse_overlong(lm, spec.name, (), run.chunk_ids, loc=spec.loc)
+    return run
+
+
 def decode_shared(execu, lm, jobs: list[Job]) -> None:
     """argmax / sample calls (any queries) over one batch, each row with its own sampler."""
     from .decode import decode_rows, sampler_for
 
     t0 = time.perf_counter()
-    runs, ok = prepare_runs(lm, jobs)
+    runs, ok = prepare_runs(lm, jobs, execu.functions)
     if not runs:
         return
     samplers = [sampler_for(j.spec.decoder, seed=j.seed) for j in ok]
@@ -276,7 +302,7 @@ def decode_solo(execu, lm, jobs: list[Job]) -> None:
     from .decode import run_decoder
 
     t0 = time.perf_counter()
-    runs, ok = prepare_runs(lm, jobs)
+    runs, ok = prepare_runs(lm, jobs, execu.functions)
     if not runs:
         return
     spec = ok[0].spec

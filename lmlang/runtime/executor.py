@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Callable, cast
 
 from ..errors import LmlangError, LmlangRuntimeError, ScriptError
 from ..graph import ApplySpec, Compiled, InputSpec, QuerySpec, RouterSpec, StepSpec
+from ..graph.specs import DefSpec
 from ..source import span_of
 from .dispatch import SAMPLING, Job, Strategy, decode_jobs
 from .flow import Interpreter
@@ -605,7 +606,7 @@ class Executor:
         they decode in shared batches."""
         row_ids = row_ids or list(range(len(rows)))
         steps = [cast(StepSpec, self.c.spec(n)).stmt for n in self.c.steps]  # c.steps lists step nodes
-        interp = Interpreter(self.functions, set(self.query_ids), prefetch=self.parallel)
+        interp = Interpreter(self.functions, set(self.query_ids), prefetch=self.parallel, defs=self.defs())
         outcomes = [RowOutcome(rid) for rid in row_ids]
 
         def finish(r: int, values=None, error=None):
@@ -642,6 +643,10 @@ class Executor:
             sched.add_row(r, row_ids[r], interp.run_steps(steps, env))
         sched.run()
         return outcomes
+
+    def defs(self) -> dict:
+        """The program's flow functions (DefSpec nodes) by name."""
+        return {s.name: s for s in self.c.nodes.values() if isinstance(s, DefSpec)}
 
     def bind_inputs(self, inputs: dict) -> dict:
         if not isinstance(inputs, Mapping):

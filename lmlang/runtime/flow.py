@@ -70,15 +70,23 @@ class Join:
         self.task = task
 
 
+class _Return(Exception):
+    """`return` inside a flow function: unwinds to the call (issue 15)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
 class Interpreter:
     """Runs the statement IR as a generator per row (yielding QueryCalls).
     With `prefetch` on, the row also spawns a task that makes, ahead of time,
     every call whose arguments are already known (prefetch.py), so
     independent calls of one row decode together."""
 
-    def __init__(self, functions: dict, queries: set, prefetch: bool = False):
+    def __init__(self, functions: dict, queries: set, prefetch: bool = False, defs: dict | None = None):
         self.functions = functions
         self.queries = queries
+        self.defs = dict(defs or {})  # name -> graph.specs.DefSpec (flow functions)
         self.prefetcher = None
         if prefetch and queries:
             from .prefetch import Prefetcher
@@ -114,6 +122,15 @@ class Interpreter:
             case I.Emit(items):
                 for name, e in items:
                     emitted[name] = yield from self.expr(e, env, path)
+            case I.While(cond, bound, body):
+                for i in range(bound):  # the bound the checker required: the loop ends
+                    test = yield from self.expr(cond, env, path)
+                    if not _truthy(test):
+                        break
+                    for x in body:
+                        yield from self.stmt(x, env, emitted, path + (i,))
+            case I.Return(value):
+                raise _Return((yield from self.expr(value, env, path)))
 
     def expr(self, e: I.Expr, env: dict, path: tuple = ()):
         match e:
@@ -174,6 +191,8 @@ class Interpreter:
                 raise
             except Exception as exc:  # a user's Python function failed
                 raise FlowError(f"function {name}() failed: {type(exc).__name__}: {exc}", hint=f"at {loc}") from exc
+        if name in self.defs:
+            return (yield from self.call_def(self.defs[name], argv, path + (loc,)))
         if name in BUILTINS:
             try:
                 return BUILTINS[name].fn(*argv, **kw)
@@ -182,6 +201,19 @@ class Interpreter:
         if name in self.queries:
             return (yield QueryCall(name, argv, kw, loc, path))
         raise FlowError(f"undefined function '{name}'", hint=f"at {loc}")
+
+    def call_def(self, d, argv: list, path: tuple):
+        """A flow function's body in an environment of its own (its
+        parameters only); the call site joins the path, so the queries it
+        calls are told apart per call site. No recursion (the checker
+        refused cycles), so the depth is bounded."""
+        env = dict(zip(d.params, argv))
+        try:
+            for x in d.body:
+                yield from self.stmt(x, env, {}, path)
+        except _Return as r:
+            return r.value
+        return None
 
 
 def _index(obj, idx):

@@ -53,7 +53,7 @@ class Prefetcher:
             reads = frozenset(n.name for n in nodes if isinstance(n, I.Var))
             funcs = {n.func for n in nodes if isinstance(n, I.Call)}
             queries = bool(funcs & self.interp.queries)
-            effects = any(f in self.interp.functions for f in funcs)
+            effects = any(f in self.interp.functions or f in self.interp.defs for f in funcs)  # defs: run in order
             got = self._facts[key] = (reads, queries, effects)
             self._keep.append(e)
         return got

@@ -77,6 +77,15 @@ RUNS = {
     "fuse.lm": ([], lambda o: all(isinstance(o[k], int) for k in ("ensemble", "proxy", "contrastive"))),
     "router.lm": ([], lambda o: len(o["experts"]) == 3 and all(len(row) == 3 for row in o["experts"])),
     "experts.lm": (["--set", "n=4"], check_experts),  # reduced: 4 held-out rows per task
+    "agent.lm": (
+        [],
+        lambda o: (
+            isinstance(o["answer"], int)
+            and 1 <= o["steps"] <= 4
+            and len(o["expressions"]) in (o["steps"], o["steps"] - 1)  # a finishing step writes no expression
+            and all(re.fullmatch(r"[0-9+*/() -]{1,40}", e) for e in o["expressions"])
+        ),
+    ),
     "served.lm": ([], None),  # runs on the test run's one vLLM server, in test_served_vllm.py
     # second wave (issue #15): run-time labels, `or`, sample(n: 3); the leak guard
     "classify_runtime.lm": (

@@ -1,0 +1,175 @@
+"""Grown prompts (issue 15): control flow and tool calls inside a query's
+messages, checked for names, types and bounds.
+
+The rules that are choices, not facts:
+
+* A loop's bound is visible: `for NAME in range(N)` with N an int literal, or
+  a list (a literal or a list parameter). A prompt never loops on a value the
+  model is still writing, so a prompt's length is known before it runs.
+* A hole inside a loop is a list in the query's result (one value per
+  iteration, in order); inside the loop's own conditions and tool calls it is
+  the current iteration's value. A hole outside loops stays a single value.
+* A condition, a loop's list or a tool's argument may read a hole only once
+  the text has passed it (the hole is written earlier in the prompt); they may
+  not call queries (a prompt is one decoding, not a flow).
+* `break` leaves the innermost loop of the prompt; outside a loop it is an error.
+* `call("NAME", ...)`: NAME is a built-in tool (lmlang.tools.TOOLS) or a
+  Python function registered with `program.register` before the check.
+"""
+
+from __future__ import annotations
+
+from .. import ast as A
+from .. import types as T
+from ..tools import TOOLS
+from .context import Context, article
+from .flow import check_expr
+
+
+def grown_holes(q: A.QueryDecl) -> dict[str, bool]:
+    """Every hole of the prompt in order, with whether it sits inside a loop."""
+    out: dict[str, bool] = {}
+    for s in q.segments:
+        if isinstance(s, A.PromptBlock):
+            _holes_in(s.body, False, out)
+    return out
+
+
+def _holes_in(body, looped: bool, out: dict) -> None:
+    for st in body:
+        if isinstance(st, A.Segment):
+            for p in st.parts:
+                if isinstance(p, A.Hole):
+                    out.setdefault(p.name, looped)
+        elif isinstance(st, A.PromptFor):
+            _holes_in(st.body, True, out)
+        elif isinstance(st, A.PromptIf):
+            _holes_in(st.then, looped, out)
+            _holes_in(st.orelse, looped, out)
+
+
+def is_grown(q: A.QueryDecl) -> bool:
+    return any(isinstance(s, A.PromptBlock) for s in q.segments) or any(
+        isinstance(p, A.ToolCall) for s in q.segments for p in s.parts
+    )
+
+
+def check_grown(cx: Context, q: A.QueryDecl, params: dict, hole_types: dict, decoder: A.Decoder) -> None:
+    """Names, types and bounds of the prompt's control flow and tool calls."""
+    if not is_grown(q):
+        return
+    if decoder.name not in ("argmax", "sample"):
+        cx.error(
+            f"a prompt with control flow or tool calls decodes with argmax or sample, not {decoder.name}",
+            decoder,
+            "it grows one prompt as it decodes; several candidates would each grow their own",
+        )
+    if q.distribution is not None:
+        cx.error("distribution scores one fixed prompt; this one grows as it decodes", q.distribution)
+    scope = dict(params)
+    for s in q.segments:
+        if isinstance(s, A.PromptBlock):
+            _check_body(cx, s.body, scope, hole_types, loops=0)
+        else:
+            _check_segment(cx, s, scope, hole_types)
+
+
+def _check_body(cx: Context, body, scope: dict, hole_types: dict, loops: int) -> None:
+    for st in body:
+        if isinstance(st, A.Segment):
+            _check_segment(cx, st, scope, hole_types)
+        elif isinstance(st, A.PromptBreak):
+            if not loops:
+                cx.error("break outside a loop", st, "break leaves a prompt's `for` loop; put it inside one")
+        elif isinstance(st, A.PromptIf):
+            _check_cond(cx, st.cond, scope, hole_types)
+            _check_body(cx, st.then, scope, hole_types, loops)
+            _check_body(cx, st.orelse, scope, hole_types, loops)
+        elif isinstance(st, A.PromptFor):
+            item = _check_bound(cx, st, scope, hole_types)
+            inner = dict(scope)
+            inner[st.var] = item
+            _check_body(cx, st.body, inner, hole_types, loops + 1)
+            for name, t in inner.items():  # holes decoded inside stay readable after it (their last value)
+                if name in hole_types and name not in scope:
+                    scope[name] = t
+
+
+def _check_segment(cx: Context, s: A.Segment, scope: dict, hole_types: dict) -> None:
+    """Interpolations and tool arguments read the scope as it is here; each
+    hole joins the scope once the text passes it."""
+    from .queries import check_interp
+
+    for p in s.parts:
+        if isinstance(p, A.Interp):
+            check_interp(cx, p, scope)  # parameters, loop variables, holes already decoded
+        elif isinstance(p, A.ToolCall):
+            _check_tool(cx, p, scope, hole_types)
+        elif isinstance(p, A.Hole) and p.name in hole_types:
+            scope[p.name] = hole_types[p.name]
+
+
+def _check_tool(cx: Context, call: A.ToolCall, scope: dict, hole_types: dict) -> None:
+    for a in call.args:
+        _check_cond(cx, a, scope, hole_types)
+    if call.name in cx.functions:
+        return
+    tool = TOOLS.get(call.name)
+    if tool is None:
+        cx.error(
+            f"unknown tool '{call.name}'",
+            call,
+            cx.did_you_mean(call.name, [*TOOLS, *cx.functions])
+            or "built-in tools: "
+            + ", ".join(TOOLS)
+            + "; register a Python function with program.register(name, fn) before checking",
+        )
+    elif len(call.args) != tool.arity:
+        cx.error(f"tool '{call.name}' takes {tool.arity} argument{'s' * (tool.arity != 1)}, got {len(call.args)}", call)
+
+
+def _check_cond(cx: Context, e, scope: dict, hole_types: dict) -> T.T:
+    """An expression of the prompt: names in scope, no query calls."""
+    for n in e.walk():
+        if isinstance(n, A.Call) and n.func in cx.out.query_decls:
+            cx.error(
+                f"a prompt cannot call query '{n.func}'",
+                n,
+                "call it in the flow and pass its value as a parameter",
+            )
+            return T.ANY
+        if isinstance(n, A.Var) and n.name not in scope and n.name in hole_types:
+            cx.error(
+                f"hole [{n.name}] is read before it is decoded",
+                n,
+                "a condition can read a hole only after the prompt's text has passed it",
+            )
+            return T.ANY
+    return check_expr(cx, e, dict(scope))
+
+
+def _check_bound(cx: Context, st: A.PromptFor, scope: dict, hole_types: dict) -> T.T:
+    """The type of the loop's items; an error unless its length is visible."""
+    it = st.iter
+    if isinstance(it, A.Call) and it.func == "range":
+        if len(it.args) != 1 or not (isinstance(it.args[0], A.Lit) and type(it.args[0].value) is int):
+            cx.error(
+                "a prompt loop's range takes an int literal",
+                it,
+                "write range(4): the prompt's length must be known before it runs",
+            )
+        elif not 0 < it.args[0].value <= MAX_PROMPT_LOOP:
+            cx.error(f"range({it.args[0].value}) is not between 1 and {MAX_PROMPT_LOOP}", it)
+        return T.INT
+    t = _check_cond(cx, it, scope, hole_types)
+    if isinstance(it, A.ListExpr) or (isinstance(it, A.Var) and it.name in scope and t.name == "list"):
+        return t.item or T.ANY
+    cx.error(
+        f"unbounded prompt loop over {article(t)}",
+        it,
+        "loop over range(N), a list literal or a list parameter: a prompt loop's bound must be visible",
+    )
+    return T.ANY
+
+
+MAX_PROMPT_LOOP = 1000

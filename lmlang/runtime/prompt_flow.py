@@ -1,0 +1,205 @@
+"""Grown prompts (issue 15): a query whose messages hold control flow
+(`for`, `if`, `break`) and tool calls around their segments. The prompt's
+text after a hole depends on the values decoded so far, so it is produced
+step by step, as decoding reaches it, and fed into the same KV cache
+(runtime/grown.py drives the decoding).
+
+The chat template is rendered once, with one marker per control-flow block,
+value, hole and tool call (runtime/prompt.py's private-use markers): the
+template's text around them is trusted text; what a block produces is the
+script's literal text plus values (parameters, loop variables, tool
+results), and values are plain text (special tokens inside them are split,
+as for any value).
+
+Torch-free: the walk is plain Python over the graph IR.
+"""
+
+from __future__ import annotations
+
+from ..builtins import value_text
+from ..errors import LmlangRuntimeError
+from ..graph import ir as I
+from ..source import span_of
+from ..tools import ToolError, run_tool
+from .prompt import _through_template, lookup
+
+Piece = tuple[str, bool]  # (text, is a value)
+
+
+def is_grown(segments) -> bool:
+    """Whether a query's segments (QuerySpec.segments) hold a block or a tool call."""
+    return any(kind in ("block", "call") for _role, parts in segments for kind, _ in parts)
+
+
+def render_grown(segments, tokenizer, chat: bool) -> tuple:
+    """The prompt's parts in order, with the chat template's text as trusted
+    text: ("text", s), ("interp", path), ("hole", name), ("call", Call),
+    ("block", statements). Interpolations are looked up during the walk (a
+    block may read loop variables and holes)."""
+    lazy = [(role, [("path" if k == "interp" else k, v) for k, v in parts]) for role, parts in segments]
+    if not chat:
+        flat = [p for _role, parts in lazy for p in parts]
+    else:
+        flat = _through_template(tokenizer, lazy)
+    return tuple(("interp", v) if k == "path" else (k, v) for k, v in flat)
+
+
+class _Break(Exception):
+    pass
+
+
+class Growth:
+    """One row's walk through a grown prompt: the text up to each hole,
+    then, given the hole's value, the text up to the next one.
+
+    `values` holds each hole's result: a list for a hole inside a loop (one
+    value per iteration that reached it), else the value (None when the
+    prompt never reached it). `interp` (runtime/flow.Interpreter) evaluates
+    conditions and arguments; `functions` are the registered Python functions."""
+
+    def __init__(self, parts: tuple, env: dict, interp, functions: dict, query: str = "", loc: str = ""):
+        self.parts = parts
+        self.env = dict(env)
+        self.interp, self.functions = interp, functions
+        self.query, self.loc = query, loc
+        looped, plain = _holes(parts)
+        self.values: dict = {h: None for h in plain}
+        self.texts: dict = {h: None for h in plain}
+        for h in looped:
+            self.values[h], self.texts[h] = [], []
+        self.transcript: list[str] = []
+        self._gen = self._walk()
+        self._started = False
+
+    def advance(self, value=None) -> tuple[list[Piece], str | None, str]:
+        """Run to the next hole: the pieces of text before it, the hole's
+        name (None at the end of the prompt) and the literal text right after
+        it in its segment ("" if none: it ends the hole)."""
+        pieces: list[Piece] = []
+        try:
+            ev = self._gen.send(value) if self._started else next(self._gen)
+            self._started = True
+            while ev[0] != "hole":
+                pieces.append((ev[1], ev[0] == "data"))
+                self.transcript.append(ev[1])
+                ev = next(self._gen)
+        except StopIteration:
+            return pieces, None, ""
+        self.transcript.append(f"[{ev[1]}]")
+        return pieces, ev[1], ev[2]
+
+    def record(self, name: str, text: str, value) -> None:
+        """A hole's decoded value: it joins the scope (conditions read the
+        current iteration's value) and the result."""
+        self.env[name] = value
+        if isinstance(self.values.get(name), list):
+            self.values[name].append(value)
+            self.texts[name].append(text)
+        else:
+            self.values[name], self.texts[name] = value, text
+
+    def display(self) -> str:
+        return "".join(self.transcript)
+
+    # ------------------------------------------------------------ the walk
+    def _walk(self):
+        parts = self.parts
+        for i, (kind, val) in enumerate(parts):
+            if kind == "block":
+                try:
+                    yield from self._body(val)
+                except _Break:  # pragma: no cover - the checker keeps break inside loops
+                    pass
+            else:
+                after = parts[i + 1][1] if i + 1 < len(parts) and parts[i + 1][0] == "text" else ""
+                yield from self._part(kind, val, after)
+
+    def _body(self, stmts):
+        for st in stmts:
+            match st:
+                case I.PSeg(parts):
+                    for i, (kind, val) in enumerate(parts):
+                        after = parts[i + 1][1] if i + 1 < len(parts) and parts[i + 1][0] == "text" else ""
+                        yield from self._part(kind, val, after)
+                case I.PIf(cond, then, orelse):
+                    yield from self._body(then if self._eval(cond) else orelse)
+                case I.PFor(var, it, body):
+                    items = self._eval(it)
+                    if not isinstance(items, (list, tuple)):
+                        raise self._error(f"a prompt loop runs over a list, got {type(items).__name__}")
+                    for item in items:
+                        self.env[var] = item
+                        try:
+                            yield from self._body(body)
+                        except _Break:
+                            break
+                case I.PBreak():
+                    raise _Break()
+
+    def _part(self, kind: str, val, after: str | None):
+        if kind == "text":
+            yield ("text", val)
+        elif kind == "interp":
+            yield ("data", value_text(lookup(tuple(val), self.env, self.loc)))
+        elif kind == "call":
+            yield ("data", self._tool(val))
+        elif kind == "hole":
+            yield ("hole", val, after or "")
+
+    def _eval(self, e: I.Expr):
+        gen = self.interp.expr(e, self.env)
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+        raise self._error("a prompt's condition cannot call a query")  # the checker refuses it
+
+    def _tool(self, call: I.Call) -> str:
+        args = [self._eval(a) for a in call.args]
+        try:
+            return run_tool(call.func, args, self.functions)
+        except ToolError:
+            raise LmlangRuntimeError(
+                f"unknown tool '{call.func}'",
+                span_of(call.loc),  # the call's own position (the query's name is added by the run)
+                hint="register it with program.register(name, fn) before running",
+            ) from None
+
+    def _error(self, message: str) -> LmlangRuntimeError:
+        return LmlangRuntimeError(message, span_of(self.loc))
+
+
+def _holes(parts: tuple) -> tuple[list[str], list[str]]:
+    """(holes inside a loop, the others), in order."""
+    looped: list[str] = []
+    plain: list[str] = []
+
+    def visit(stmts, in_loop: bool) -> None:
+        for st in stmts:
+            if isinstance(st, I.PSeg):
+                for kind, val in st.parts:
+                    if kind == "hole" and val not in looped and val not in plain:
+                        (looped if in_loop else plain).append(val)
+            elif isinstance(st, I.PFor):
+                visit(st.body, True)
+            elif isinstance(st, I.PIf):
+                visit(st.then, in_loop)
+                visit(st.orelse, in_loop)
+
+    for kind, val in parts:
+        if kind == "block":
+            visit(val, False)
+        elif kind == "hole" and val not in plain:
+            plain.append(val)
+    return looped, plain
+
+
+def join(pieces: list[Piece], offset: int = 0) -> tuple[str, tuple]:
+    """Pieces -> one text and the spans of its values (shifted by offset)."""
+    text, spans, size = [], [], offset
+    for t, is_data in pieces:
+        if is_data and t:
+            spans.append((size, size + len(t)))
+        text.append(t)
+        size += len(t)
+    return "".join(text), tuple(spans)
