@@ -77,6 +77,8 @@ class GrownRowDecoder(RowDecoder):
         self.logprob = 0.0
         self.traces: list[HoleTrace] = []
         self.done = False
+        self.leak = None  # guard leak is refused on grown prompts at check time
+        self.unfed: list[int] = []  # the last value's tokens decided but never fed
         self._begin(run.first)
 
     def _begin(self, plan: HolePlan | None) -> None:
@@ -88,7 +90,11 @@ class GrownRowDecoder(RowDecoder):
         self.traces.append(HoleTrace(plan.name, plan.backend, plan.compile_seconds))
         self._streamed = 0
 
-    def _finish_hole(self, batch, row: int) -> list[int]:
+    def _finish_hole(self, batch, row: int, unfed: int = 0) -> list[int]:
+        """Close the current hole; the next text's tokens to feed. unfed: how
+        many of the hole's last tokens were decided but not fed yet (the
+        cache holds gen[:-unfed]), as in RowDecoder._finish_hole."""
+        self._stream()
         run, lm, hole = self.grown, self.grown.lm, self.current
         trace = self.traces[-1]
         trace.generated, trace.forced, trace.ended_by = hole.generated, hole.forced, hole.ended_by
@@ -97,7 +103,10 @@ class GrownRowDecoder(RowDecoder):
         growth = run.growth
         growth.record(name, value, typed_value(value, hole.plan.constraint))
         pieces, nxt, after = growth.advance(growth.env[name])
+        gen = hole.gen
+        fed = len(gen) - unfed
         if nxt is None:
+            self.unfed = gen[fed:]
             self.done = True
             return []
         # The cache must hold the canonical tokens of value + the text that
@@ -106,11 +115,11 @@ class GrownRowDecoder(RowDecoder):
         target = hole.heal_text + value
         text, spans = join(pieces, len(target))
         canon = encode_text(lm.tokenizer, target + text, ((0, len(target)), *spans) if target else spans)
-        gen = hole.gen
         keep = 0
         while keep < len(gen) and keep < len(canon) and gen[keep] == canon[keep]:
             keep += 1
-        batch.drop_last(row, len(gen) - keep)
+        keep = min(keep, fed)
+        batch.drop_last(row, fed - keep)
         feed = canon[keep:]
         heal = seam_to_heal(canon, lm.decode, lm.eos_ids, lm.tok_info) if len(feed) > 1 else ""
         if heal:
