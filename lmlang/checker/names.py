@@ -24,6 +24,8 @@ _TABLES = {
     A.AdapterDecl: "adapters",
     A.RouterDecl: "routers",
     A.QueryDecl: "query_decls",
+    A.DataDecl: "datasets",
+    A.EvalDecl: "evals",
 }
 
 
@@ -41,6 +43,9 @@ def collect(cx: Context, program: A.Program) -> list:
                 cx.error("a program has one flow", d, "merge the two flow blocks")
             elif getattr(d.span, "filename", None) == cx.source.filename:
                 out.flow = d
+            continue
+        if isinstance(d, A.ExportDecl):
+            out.exports.append(d)
             continue
         name = d.name
         if name in seen and seen[name].span == d.span:

@@ -15,6 +15,7 @@ from ..errors import CheckError
 from ..source import Source
 from .context import Context, Stop
 from .flow import check_flow, check_unused
+from .lifecycle import check_lifecycle
 from .models import check_models_and_adapters
 from .names import check_inputs, collect
 from .program import CheckedProgram, allowed_roots
@@ -29,6 +30,7 @@ PASSES = (
     check_queries,
     check_served,
     check_flow,
+    check_lifecycle,
     check_unused,
 )
 
