@@ -77,6 +77,7 @@ RUNS = {
     "fuse.lm": ([], lambda o: all(isinstance(o[k], int) for k in ("ensemble", "proxy", "contrastive"))),
     "router.lm": ([], lambda o: len(o["experts"]) == 3 and all(len(row) == 3 for row in o["experts"])),
     "experts.lm": (["--set", "n=4"], check_experts),  # reduced: 4 held-out rows per task
+    "lifecycle.lm": ([], lambda o: o["label"] in ("positive", "negative")),  # eval/export: tests/lifecycle
     "served.lm": ([], None),  # runs on the test run's one vLLM server, in test_served_vllm.py
 }
 
