@@ -538,7 +538,9 @@ class FlowDecl(Node):
     body: tuple[Stmt, ...]
 
 
-Decl = Union[UseDecl, InputDecl, ModelDecl, AdapterDecl, RouterDecl, QueryDecl, FlowDecl, DataDecl, EvalDecl, ExportDecl]
+Decl = Union[
+    UseDecl, InputDecl, ModelDecl, AdapterDecl, RouterDecl, QueryDecl, FlowDecl, DataDecl, EvalDecl, ExportDecl
+]
 
 
 @frozen

@@ -66,8 +66,10 @@ def _print_tables(results) -> None:
     console = Console()
     for model in dict.fromkeys(r.model for r in results):
         table = Table(title=f"model {model}")
-        for col, justify in (("eval", "left"), ("query", "left"), ("metric", "left"), ("n", "right"), ("score", "right")):
-            table.add_column(col, justify=justify)
+        for col in ("eval", "query", "metric"):
+            table.add_column(col)
+        for col in ("n", "score"):
+            table.add_column(col, justify="right")
         for r in results:
             if r.model == model:
                 score = f"{r.score:.4f}" + (f" ({r.errors} errors)" if r.errors else "")
@@ -88,7 +90,9 @@ def export_command(file, only, device, threads, allow_paths):
     targets = {d.target for d in prog.frontend.checked.exports}
     missing = [n for n in only if n not in targets]
     if missing:
-        raise ScriptError(f"no export of '{missing[0]}' in {file}", hint=f"exports: {', '.join(sorted(targets)) or 'none'}")
+        raise ScriptError(
+            f"no export of '{missing[0]}' in {file}", hint=f"exports: {', '.join(sorted(targets)) or 'none'}"
+        )
     try:
         done = run_exports(prog, tuple(only))
     finally:

@@ -101,7 +101,7 @@ def run_eval(program, decl, data: DataSets) -> EvalResult:
     size = max(1, program.batch_size)
     for start in range(0, len(rows), size):
         chunk = rows[start : start + size]
-        calls = [
+        calls: list[tuple] = [
             (decl.query, [], {p: row[p] for p in params}, start + j, None, None) for j, row in enumerate(chunk)
         ]
         for row, out in zip(chunk, execu.run_calls(calls)):

@@ -132,12 +132,7 @@ def recipe(checked, compiled, nid: str) -> dict:
             closure.add(n)
             todo.extend(compiled.spec(n).deps())
     names = {name for n in closure for name in compiled.node_names.get(n, ())}
-    decls = [
-        d
-        for table in (checked.models, checked.adapters)
-        for name, d in table.items()
-        if name in names
-    ]
+    decls = [d for table in (checked.models, checked.adapters) for name, d in table.items() if name in names]
     decls.sort(key=lambda d: (d.span.filename, d.span.line, d.span.col))
     statements = [_statement_text(checked, d) for d in decls]
     inputs = {}

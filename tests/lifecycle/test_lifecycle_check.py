@@ -43,7 +43,9 @@ def one(src: str, folder: Path, message: str, col_word: str):
 
 
 def test_a_good_script_checks(folder):
-    src = QUERY + '''
+    src = (
+        QUERY
+        + '''
 model base = default
 adapter a = lora "adapter"
 data tests = "test.jsonl"
@@ -54,6 +56,7 @@ eval acc = exact_match(classify, tests, expected: label)
 eval acc2 = f1(classify, csv, expected: label)
 export base to "out/base"
 '''
+    )
     (folder / "adapter").mkdir()
     (folder / "adapter" / "adapter_config.json").write_text("{}")
     prog = lmlang.compile(src, "s.lm", base_dir=folder)
@@ -73,7 +76,11 @@ export base to "out/base"
     [
         ('eval e = exact_match(classify, "pairs.jsonl", expected: label)', "has no columns 'text', 'label'", '"pairs'),
         ('eval e = exact_match(clasify, "test.jsonl", expected: label)', "undefined query 'clasify'", "clasify"),
-        ('eval e = exact_macth(classify, "test.jsonl", expected: label)', "unknown metric 'exact_macth'", "exact_macth"),
+        (
+            'eval e = exact_macth(classify, "test.jsonl", expected: label)',
+            "unknown metric 'exact_macth'",
+            "exact_macth",
+        ),
         ('eval e = f1(classify, "test.jsonl", wanted: label)', "with `expected:`, not `wanted:`", "wanted"),
         ('eval e = f1(classify, "test.jsonl", expected: labl)', "no hole 'labl'", "labl"),
         ('eval e = f1(classify, nothing, expected: label)', "undefined data set 'nothing'", "nothing"),
@@ -115,7 +122,9 @@ def test_two_exports_to_one_folder(folder):
 
 
 def test_lifecycle_words_stay_names_elsewhere(folder):
-    src = QUERY + '''
+    src = (
+        QUERY
+        + '''
 flow {
     data = classify("x")
     eval = data.label
@@ -123,5 +132,6 @@ flow {
     emit select = export, by = 1, like = 2, to = 3
 }
 '''
+    )
     prog = lmlang.compile(src, "s.lm", base_dir=folder)
     assert prog.frontend.checked.flow is not None

@@ -28,7 +28,9 @@ def lmlang(*args, cwd: Path) -> subprocess.CompletedProcess:
 def test_lifecycle_example(tmp_path):
     ex = tmp_path / "examples"
     shutil.copytree(EXAMPLES, ex, ignore=shutil.ignore_patterns("out"))
-    picked = [json.loads(x) for x in lmlang("data", "show", "picked", "lifecycle.lm", "--json", cwd=ex).stdout.splitlines()]
+    picked = [
+        json.loads(x) for x in lmlang("data", "show", "picked", "lifecycle.lm", "--json", cwd=ex).stdout.splitlines()
+    ]
     assert len(picked) == 6 and all(r["prompt"].startswith("Review:") for r in picked)
 
     results = {r["name"]: r for r in json.loads(lmlang("eval", "lifecycle.lm", "--json", cwd=ex).stdout)}
