@@ -110,3 +110,28 @@ def test_export_replaces_its_own_folder_but_never_a_foreign_one(exported, tmp_pa
     (tmp_path / "out" / "senti" / MARKER).unlink()
     with pytest.raises(LmlangRuntimeError, match="did not write"):
         run_exports(prog, ("senti",))
+
+
+def test_an_adapter_merge_exports_as_a_peft_folder(tmp_path, tiny_model_dir, lmlang_home):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    (tmp_path / "other.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS[::-1][:4]), encoding="utf-8")
+    src = script(tiny_model_dir) + (
+        'adapter other = train lora on "other.jsonl" { base: base, rank: 4, epochs: 1, batch_size: 2, seed: 3 }\n'
+        "adapter mixed = merge linear { models: { senti: 0.5, other: 0.5 } }\n"
+        "model both = base + mixed\n"
+        'export mixed to "out/mixed"\n'
+    )
+    prog = lmlang.compile(src, base_dir=tmp_path, device="cpu", dtype="float32")
+    (done,) = run_exports(prog, ("mixed",))
+    card = (done.path / "README.md").read_text(encoding="utf-8")
+    assert "adapter mixed = merge linear" in card and "adapter other = train lora" in card
+    ids = AutoTokenizer.from_pretrained(tiny_model_dir)(PROMPT)["input_ids"]
+    ours = lmlang_logits(prog, "both", ids)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base, str(done.path)).eval()
+    with torch.no_grad():
+        theirs = peft_model(input_ids=torch.tensor([ids])).logits[0].float()
+    assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
