@@ -123,6 +123,7 @@ def _imported_decls(sub_out: CheckedProgram) -> list:
         *sub_out.routers.values(),
         *sub_out.inputs.values(),
         *[q.decl for q in sub_out.queries.values()],
+        *sub_out.datasets.values(),  # data sets are shared; evals and exports run only in their own script
     ]
 
 

@@ -135,3 +135,22 @@ flow {
     )
     prog = lmlang.compile(src, "s.lm", base_dir=folder)
     assert prog.frontend.checked.flow is not None
+
+
+def test_a_used_file_shares_its_data_sets_with_paths_relative_to_it(folder):
+    lib = folder / "lib"
+    lib.mkdir()
+    (lib / "rows.jsonl").write_text(json.dumps({"text": "b", "label": "negative"}) + "\n", encoding="utf-8")
+    (lib / "data.lm").write_text(
+        'data shared = "rows.jsonl"\nmodel m = default\nexport m to "out/m"\n', encoding="utf-8"
+    )
+    prog = lmlang.compile(
+        'use "lib/data.lm"\n' + QUERY + "eval e = exact_match(classify, shared, expected: label)\n",
+        "s.lm",
+        base_dir=folder,
+    )
+    c = prog.frontend.checked
+    assert c.data_columns["shared"] == ("text", "label") and c.exports == []
+    from lmlang.lifecycle.data import DataSets
+
+    assert DataSets(prog).rows("shared") == [{"text": "b", "label": "negative"}]
