@@ -224,6 +224,73 @@ class RouterDecl(Named):
     experts: Block
 
 
+# ------------------------------------------------------------------ lifecycle: data, eval, export
+
+
+@frozen
+class DataRef(Node):
+    """A data argument: a file (`"rows.jsonl"`) or a declared data set's name."""
+
+    path: str | None = None
+    name: str | None = None
+
+    def describe(self) -> str:
+        return self.name if self.name is not None else repr(self.path)
+
+
+@frozen
+class DataFile(Node):
+    """`data NAME = "rows.jsonl"` (or .csv)."""
+
+    path: str
+
+
+@frozen
+class DataSelect(Node):
+    """`data NAME = select K from POOL like TARGET by gzip|embedding` (ZIP-FIT)."""
+
+    k: int
+    pool: DataRef
+    target: DataRef
+    method: str
+    method_span: Span | None = field(default=None, compare=False, repr=False, kw_only=True)
+
+
+@frozen
+class DataDecl(Named):
+    """A data set. `source` is one of the data-source nodes (a file, a
+    selection; a generation where the grammar writes one): every reader of a
+    data set dispatches on the source's type, never on the declaration."""
+
+    name: str
+    source: Node
+
+
+@frozen
+class EvalDecl(Named):
+    """`eval NAME = METRIC(QUERY, DATA, expected: FIELD)`."""
+
+    name: str
+    metric: str
+    query: str
+    data: DataRef
+    keyword: str  # `expected` (any other word is a check error)
+    expected: str
+    metric_span: Span | None = field(default=None, compare=False, repr=False, kw_only=True)
+    query_span: Span | None = field(default=None, compare=False, repr=False, kw_only=True)
+    keyword_span: Span | None = field(default=None, compare=False, repr=False, kw_only=True)
+    expected_span: Span | None = field(default=None, compare=False, repr=False, kw_only=True)
+
+
+@frozen
+class ExportDecl(Node):
+    """`export NAME to "dir"`: an adapter as a PEFT folder, a model as an HF folder."""
+
+    target: str
+    path: str
+    target_span: Span | None = field(default=None, compare=False, repr=False, kw_only=True)
+
+
 # ------------------------------------------------------------------ queries
 
 
@@ -579,7 +646,9 @@ class FlowDecl(Node):
     body: tuple[Stmt, ...]
 
 
-Decl = Union[UseDecl, InputDecl, ModelDecl, AdapterDecl, RouterDecl, QueryDecl, FlowDecl, DefDecl]
+Decl = Union[
+    UseDecl, InputDecl, ModelDecl, AdapterDecl, RouterDecl, QueryDecl, FlowDecl, DefDecl, DataDecl, EvalDecl, ExportDecl
+]
 
 
 @frozen

@@ -16,7 +16,7 @@ from .constraints.kinds import KEYWORDS as CONSTRAINT_KEYWORDS
 from .models.sources import SOURCE_KINDS
 from .router_kinds import ROUTER_KINDS
 
-DECLARATIONS = ("input", "model", "adapter", "router", "query", "flow", "def", "use")
+DECLARATIONS = ("input", "model", "adapter", "router", "query", "flow", "def", "use", "data", "eval", "export")
 # Keywords come from the tables that define them (constraint kinds, model
 # sources written with a keyword), so a new kind highlights without an edit here.
 _CORE_KEYWORDS = (
@@ -45,6 +45,11 @@ _CORE_KEYWORDS = (
     "route",
     "json",
     "contains",
+    "select",  # data NAME = select K from POOL like TARGET by METHOD; export NAME to "dir"
+    "from",
+    "like",
+    "by",
+    "to",
 )
 CONSTANTS = ("true", "false", "default")
 ROLES = ("system", "user", "assistant")

@@ -179,6 +179,46 @@ class _Rules:
             str(name), str(kind), opts or (), using, block, span=self.sp(meta), name_span=self.tsp(name)
         )
 
+    # -- lifecycle: data sets, evals, exports
+    def data_arg(self, meta, ch):
+        (v,) = ch
+        if isinstance(v, _StringTok):
+            return A.DataRef(path=v.value, span=v.span)
+        return A.DataRef(name=str(v), span=self.tsp(v))
+
+    def data_file(self, meta, ch):
+        return A.DataFile(ch[0].value, span=ch[0].span)
+
+    def data_select(self, meta, ch):
+        k, pool, target, method = ch
+        return A.DataSelect(
+            _number(k, self.tsp(k)), pool, target, str(method), span=self.sp(meta), method_span=self.tsp(method)
+        )
+
+    def data_decl(self, meta, ch):
+        return A.DataDecl(str(ch[0]), ch[1], span=self.sp(meta), name_span=self.tsp(ch[0]))
+
+    def eval_decl(self, meta, ch):
+        name, metric, query, data, keyword, expected = ch
+        return A.EvalDecl(
+            str(name),
+            str(metric),
+            str(query),
+            data,
+            str(keyword),
+            str(expected),
+            span=self.sp(meta),
+            name_span=self.tsp(name),
+            metric_span=self.tsp(metric),
+            query_span=self.tsp(query),
+            keyword_span=self.tsp(keyword),
+            expected_span=self.tsp(expected),
+        )
+
+    def export_decl(self, meta, ch):
+        target, path = ch
+        return A.ExportDecl(str(target), path.value, span=self.sp(meta), target_span=self.tsp(target))
+
     # -- queries
     def param(self, meta, ch):
         return A.Param(str(ch[0]), ch[1], span=self.sp(meta), name_span=self.tsp(ch[0]))

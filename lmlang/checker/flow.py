@@ -243,6 +243,7 @@ def check_unused(cx: Context) -> None:
     if cx.out.flow is None:
         return
     called = {n.func for n in cx.out.flow.walk() if isinstance(n, A.Call)}
+    called |= {e.query for e in cx.out.evals.values()}  # an eval block calls its query
     for name, d in cx.out.queries.items():
         if name not in called and d.decl.span.filename == cx.source.filename:
             cx.warn(

@@ -25,6 +25,8 @@ _TABLES = {
     A.RouterDecl: "routers",
     A.QueryDecl: "query_decls",
     A.DefDecl: "defs",
+    A.DataDecl: "datasets",
+    A.EvalDecl: "evals",
 }
 
 
@@ -42,6 +44,9 @@ def collect(cx: Context, program: A.Program) -> list:
                 cx.error("a program has one flow", d, "merge the two flow blocks")
             elif getattr(d.span, "filename", None) == cx.source.filename:
                 out.flow = d
+            continue
+        if isinstance(d, A.ExportDecl):
+            out.exports.append(d)
             continue
         name = d.name
         if name in seen and seen[name].span == d.span:
@@ -119,6 +124,7 @@ def _imported_decls(sub_out: CheckedProgram) -> list:
         *sub_out.routers.values(),
         *sub_out.inputs.values(),
         *[q.decl for q in sub_out.queries.values()],
+        *sub_out.datasets.values(),  # data sets are shared; evals and exports run only in their own script
     ]
 
 

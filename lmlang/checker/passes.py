@@ -15,6 +15,7 @@ from ..errors import CheckError
 from ..source import Source
 from .context import Context, Stop
 from .flow import check_flow, check_unused
+from .lifecycle import check_lifecycle
 from .models import check_models_and_adapters
 from .names import check_inputs, collect
 from .program import CheckedProgram, allowed_roots
@@ -31,6 +32,7 @@ PASSES = (
     check_served,
     check_defs,
     check_flow,
+    check_lifecycle,
     check_unused,
 )
 

@@ -53,6 +53,10 @@ class CheckedProgram:
     query_decls: dict[str, A.QueryDecl] = field(default_factory=dict)  # name -> QueryDecl (before checking)
     roots: tuple = ()  # resolved folders file references may reach
     defs: dict = field(default_factory=dict)  # name -> DefDecl (flow functions)
+    datasets: dict = field(default_factory=dict)  # name -> DataDecl
+    data_columns: dict = field(default_factory=dict)  # data set name -> its columns (None: known when it runs)
+    evals: dict = field(default_factory=dict)  # name -> EvalDecl
+    exports: list = field(default_factory=list)  # ExportDecl, in order
 
     def path_for(self, text: str, node) -> Path:
         """A file reference resolved relative to the folder of the script
@@ -74,6 +78,8 @@ class CheckedProgram:
             (self.inputs, "an input"),
             (self.query_decls, "a query"),
             (self.defs, "a function"),
+            (self.datasets, "a data set"),
+            (self.evals, "an eval"),
         ):
             if name in table:
                 return kind

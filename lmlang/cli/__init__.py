@@ -17,6 +17,7 @@ import click
 from ..merge.cli import merge_command
 from .common import Group, parse_dtypes
 from .frontend import check, graph
+from .lifecycle import data_group, eval_command, export_command
 from .models import declared_models, declared_models_table, models, models_table
 from .run import run
 from .tools import cache, compare, repl
@@ -32,6 +33,6 @@ def main():
     """lmlang: prompts, constraints, adapters, merges and routing in one language."""
 
 
-for _command in (run, check, graph, models, repl, compare, cache):
+for _command in (run, check, graph, models, repl, compare, cache, eval_command, export_command, data_group):
     main.add_command(_command)
 main.add_command(merge_command, "merge")  # the merge engine's command lives with the merge package

@@ -86,6 +86,7 @@ RUNS = {
             and all(re.fullmatch(r"[0-9+*/() -]{1,40}", e) for e in o["expressions"])
         ),
     ),
+    "lifecycle.lm": ([], lambda o: o["label"] in ("positive", "negative")),  # eval/export: tests/lifecycle
     "served.lm": ([], None),  # runs on the test run's one vLLM server, in test_served_vllm.py
     # second wave (issue #15): run-time labels, `or`, sample(n: 3); the leak guard
     "classify_runtime.lm": (
