@@ -145,6 +145,8 @@ class Compiler:
                     opts.append((key, _plain_value(e.value)))
             if base is None:
                 base = self.model(A.DefaultModel(span=src.span))
+            if src.method != "lora":  # plain lora keeps the node ids it always had
+                opts.append(("method", src.method))
             data = str(self.c.path_for(src.data, src))
             nid = self.add(TrainSpec(base, data, tuple(sorted((k, _freeze(v)) for k, v in opts)), self.loc(src)), name)
         else:

@@ -105,7 +105,8 @@ class LoraSpec(Spec):
 
 @frozen
 class TrainSpec(Spec):
-    """A LoRA adapter trained on a data file (cached by content)."""
+    """An adapter trained on a data file (cached by content); its method
+    (dora, ia3, adalora) is the option `method`, absent for plain lora."""
 
     kind = "train"
     base: str  # node id
@@ -117,7 +118,8 @@ class TrainSpec(Spec):
         return (self.base,)
 
     def label(self) -> str:
-        return f"train lora on {self.data.rsplit('/', 1)[-1]}"
+        method = dict(self.options).get("method", "lora")
+        return f"train {method} on {self.data.rsplit('/', 1)[-1]}"
 
 
 @frozen
