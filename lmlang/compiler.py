@@ -141,6 +141,8 @@ class Compiler:
                 key = _key_name(e.key)
                 if key == "base":
                     base = self.model(e.value)
+                elif key == "compatible_with":  # the old model: a node the trainer builds first
+                    opts.append((key, self.model(e.value)))
                 else:
                     opts.append((key, _plain_value(e.value)))
             if base is None:

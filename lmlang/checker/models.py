@@ -342,7 +342,7 @@ def _check_train_options(cx: Context, src: A.TrainSource) -> None:
         seen.add(key)
         if key in model_options.TRAIN_MODEL_OPTIONS:
             check_model_expr(cx, e.value, allow_router=False)
-            _refuse(cx, e.value, "weights", "be trained on")
+            _refuse(cx, e.value, "weights", "be trained on" if key == "base" else "be the old model of an update")
             continue
         value = plain_value(e.value)
         problem = model_options.check_train_option(key, None if value is NOT_PLAIN else value, method)
@@ -350,6 +350,13 @@ def _check_train_options(cx: Context, src: A.TrainSource) -> None:
             cx.error(problem.message, e.value, problem.hint)
         else:
             given[key] = (value, e)
+    if "flip_weight" in given and "compatible_with" not in seen:
+        cx.error(
+            "flip_weight needs compatible_with",
+            given["flip_weight"][1].key,
+            "name the old model the update must stay compatible with: compatible_with: base + old",
+        )
+    given.pop("flip_weight", None)
     problem = model_options.check_train_combination(method, {k: v for k, (v, _) in given.items()})
     if problem is not None:
         node = given[problem.option][1].value if problem.option in given else src

@@ -115,7 +115,8 @@ class TrainSpec(Spec):
     loc: str = ""
 
     def deps(self):
-        return (self.base,)
+        old = dict(self.options).get("compatible_with")  # MUSCLE: the old model, a node id
+        return (self.base,) if old is None else (self.base, old)
 
     def label(self) -> str:
         method = dict(self.options).get("method", "lora")

@@ -123,15 +123,27 @@ TRAIN_METHOD_DOCS = {
     "ia3": "learned scaling vectors on activations (Liu et al. 2022)",
     "adalora": "LoRA in SVD form whose rank budget is pruned while training (Zhang et al. 2023)",
 }
-# A script's `train` block also takes `base: MODEL` (what to train on);
-# the checker resolves it as a model expression, the runtime gets it built.
-TRAIN_MODEL_OPTIONS = ("base",)
+# A script's `train` block also takes `base: MODEL` (what to train on) and
+# `compatible_with: MODEL` (the old model an update must stay compatible with,
+# MUSCLE); the checker resolves them as model expressions, the runtime gets them built.
+TRAIN_MODEL_OPTIONS = ("base", "compatible_with")
+# Options of every method that only mean something with `compatible_with`
+# (kept out of the method tables so a plain adapter's cache key never changes).
+COMPAT_OPTIONS: dict[str, Range] = {
+    "flip_weight": Range(
+        "number",
+        1.0,
+        0,
+        lo_open=False,
+        doc="weight of the term KL(old || new) on the rows the old model gets right (MUSCLE)",
+    ),
+}
 _TYPE_WORDS = {"int": "an integer", "number": "a number", "names": "a list"}
 
 
 def train_option_names(method: str = "lora") -> tuple[str, ...]:
     """Every option a `train METHOD` block takes, in documentation order."""
-    return (*TRAIN_MODEL_OPTIONS, *TRAIN_METHODS[method])
+    return (*TRAIN_MODEL_OPTIONS, *TRAIN_METHODS[method], *COMPAT_OPTIONS)
 
 
 def train_defaults(method: str = "lora") -> dict[str, Any]:
@@ -151,7 +163,7 @@ def check_train_method(method: str) -> Problem | None:
 def check_train_option(name: str, value: Any, method: str = "lora") -> Problem | None:
     """The problem with one training hyperparameter (not `base`), or None."""
     table = TRAIN_METHODS[method]
-    spec = table.get(name)
+    spec = table.get(name) or COMPAT_OPTIONS.get(name)
     if spec is None:
         hint = did_you_mean(name, table, known="options")
         owners = [m for m, t in TRAIN_METHODS.items() if name in t]
@@ -210,7 +222,12 @@ def normalize_train_options(
     cache key hashes, so its shape must not change without a format bump:
     plain `lora` has no `method` key (its keys predate the other methods)."""
     options = dict(options or {})
+    flip_weight = options.pop("flip_weight", None)
     table = TRAIN_METHODS[method]
+    if flip_weight is not None:
+        problem = check_train_option("flip_weight", flip_weight, method)
+        if problem is not None:
+            return {**train_defaults(method), **options}, [problem]
     problems = [p for p in (check_train_option(k, v, method) for k, v in options.items()) if p is not None]
     problems.sort(key=lambda p: p.code != "unknown-option")  # an unknown name first: it explains the rest
     out = {**train_defaults(method), **options}
@@ -226,6 +243,8 @@ def normalize_train_options(
             out[key] = sorted(set(out[key]))
     if method != "lora":
         out["method"] = method
+    if flip_weight is not None:
+        out["flip_weight"] = float(flip_weight)
     return out, []
 
 

@@ -306,14 +306,28 @@ def adapter_cache_key(base_key: str, data: bytes, options: dict) -> str:
 
 
 def train_lora(
-    base_path: Path, data_path: Path, options: dict | None = None, progress: bool = True, device: str = "cpu"
+    base_path: Path,
+    data_path: Path,
+    options: dict | None = None,
+    progress: bool = True,
+    device: str = "cpu",
+    compatible_with: tuple | None = None,
 ) -> TrainResult:
-    """Fine-tune a LoRA on `data_path` over the HF folder `base_path`; the cached PEFT folder.
-    The cache key does not include the device: an adapter trained on a GPU
-    serves CPU runs and the other way round."""
+    """Fine-tune an adapter (options["method"], default lora) on `data_path`
+    over the HF folder `base_path`; the cached PEFT folder. The cache key does
+    not include the device: an adapter trained on a GPU serves CPU runs and the
+    other way round. `compatible_with`: (old base folder, ((adapter folder,
+    scale), ...)), the old model of a MUSCLE update (training_compat.py)."""
+    from .training_compat import compat_key
+
     start = time.perf_counter()
     base_path, data_path = Path(base_path), Path(data_path)
     opts = normalize_options(options)
+    if compatible_with is None and "flip_weight" in opts:
+        raise LmlangRuntimeError("flip_weight needs compatible_with (the old model)")
+    if compatible_with is not None:
+        opts.setdefault("flip_weight", 1.0)
+        opts["compatible_with"] = compat_key(compatible_with, base_content_key)
     if not base_path.is_dir():
         raise LmlangRuntimeError(f"base model folder not found: {base_path}")
     try:
@@ -332,9 +346,16 @@ def train_lora(
     opts_run = dict(opts)
     if opts.get("method") == "adalora" and opts["total_step"] is None:  # the schedule spans the run
         opts_run["total_step"] = math.ceil(len(examples) / opts["batch_size"]) * opts["epochs"]
+    dev = training_device(device)
+    old = None
+    if compatible_with is not None:
+        from .training_compat import old_predictions
+
+        model.to(dev)
+        old = old_predictions(model, tokenizer, base_path, compatible_with, examples, opts["batch_size"])
     peft_model = _wrap(model, opts_run, base_path)
-    peft_model.to(training_device(device))
-    losses, steps = _fit(peft_model, tokenizer, examples, opts_run, progress)
+    peft_model.to(dev)
+    losses, steps = _fit(peft_model, tokenizer, examples, opts_run, progress, old)
     final_loss = losses[-1] if losses else float("nan")
     seconds = time.perf_counter() - start
     tmp = final.parent / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -450,8 +471,15 @@ def peft_config(opts: dict):
     )
 
 
-def _fit(peft_model, tokenizer, examples: list[Example], opts: dict, progress: bool) -> tuple[list[float], int]:
+def _fit(
+    peft_model, tokenizer, examples: list[Example], opts: dict, progress: bool, old=None
+) -> tuple[list[float], int]:
+    """The training loop. `old` (MUSCLE): per example, the old model's
+    log-probabilities at its completion positions where it got the row right,
+    else None; the loss then adds flip_weight * KL(old || new) on those rows."""
     import torch
+
+    from .training_compat import compat_term
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     device = next(peft_model.parameters()).device
@@ -466,6 +494,8 @@ def _fit(peft_model, tokenizer, examples: list[Example], opts: dict, progress: b
     loss_fn = _head_on_labels_only(peft_model, sample) or _full_logits_loss(peft_model)
     # AdaLoRA moves its rank budget after each step, from the gradients (before they are cleared).
     allocate = getattr(peft_model.base_model, "update_and_allocate", None) if opts.get("method") == "adalora" else None
+    import torch.nn.functional as F
+
     peft_model.train()
     epoch_losses: list[float] = []
     step = 0
@@ -474,11 +504,16 @@ def _fit(peft_model, tokenizer, examples: list[Example], opts: dict, progress: b
             order = torch.randperm(len(examples), generator=generator).tolist()
             running = 0.0
             for i in range(0, len(order), batch):
+                rows = order[i : i + batch]
                 ids, mask, labels = (
-                    t.to(device, non_blocking=True)
-                    for t in collate([examples[j] for j in order[i : i + batch]], pad_id)
+                    t.to(device, non_blocking=True) for t in collate([examples[j] for j in rows], pad_id)
                 )
-                loss = loss_fn(ids, mask, labels)
+                logits, targets = loss_fn(ids, mask, labels)
+                loss = F.cross_entropy(logits.float(), targets)
+                if old is not None:
+                    loss = loss + opts["flip_weight"] * compat_term(
+                        logits, [old[j] for j in rows], [examples[j] for j in rows]
+                    )
                 loss.backward()
                 optimizer.step()
                 if allocate is not None:
@@ -494,13 +529,12 @@ def _fit(peft_model, tokenizer, examples: list[Example], opts: dict, progress: b
 
 
 def _full_logits_loss(peft_model):
-    import torch.nn.functional as F
+    """(logits, targets) at the label positions, row by row (as _head_on_labels_only)."""
 
     def loss_fn(ids, mask, labels):
         logits = peft_model(input_ids=ids, attention_mask=mask).logits
-        return F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
-        )
+        keep = labels[:, 1:] != -100
+        return logits[:, :-1][keep], labels[:, 1:][keep]
 
     return loss_fn
 
@@ -511,7 +545,6 @@ def _head_on_labels_only(peft_model, sample):
     backward dominate a small model's step. Used only if, on a sample batch, it
     reproduces the model's own logits (no soft-capping, scaling, ... in between)."""
     import torch
-    import torch.nn.functional as F
 
     model = peft_model.get_base_model()
     try:
@@ -537,11 +570,10 @@ def _head_on_labels_only(peft_model, sample):
     if fast.shape != full.shape or not torch.allclose(fast, full, rtol=1e-4, atol=1e-4):
         return None
 
-    def loss_fn(ids, mask, labels):
-        logits, targets = selected_logits(ids, mask, labels)
-        return F.cross_entropy(logits.float(), targets)
+    return selected_logits
 
-    return loss_fn
+
+_METHOD_NAMES = {"lora": "LoRA", "dora": "DoRA", "ia3": "IA3", "adalora": "AdaLoRA"}  # as the papers write them
 
 
 class _Progress:
@@ -564,7 +596,7 @@ class _Progress:
             )
 
             self._progress = Progress(
-                TextColumn(f"training {self.method}"),
+                TextColumn(f"training {_METHOD_NAMES.get(self.method, self.method)}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]}"),
