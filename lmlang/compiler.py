@@ -136,7 +136,8 @@ class Compiler:
         if isinstance(src, A.LoraSource):
             nid = self.add(LoraSpec(str(self.c.path_for(src.path, src)), self.loc(src)), name)
         elif isinstance(src, A.TrainSource):
-            base, opts = None, []
+            base = None
+            opts: list[tuple] = []
             for e in src.options.entries:
                 key = _key_name(e.key)
                 if key == "base":

@@ -99,7 +99,7 @@ class Builder:
                 )
             options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.options}
             old = options.pop("compatible_with", None)  # MUSCLE: the old model, built first
-            old_value = None if old is None else self.value(old)
+            old_value = None if old is None else self.value(str(old))
             if old_value is not None and not isinstance(old_value, (Folder, Stacked)):
                 raise LmlangRuntimeError(
                     f"adapter {self.c.display_name(nid)}: compatible_with takes a model or a model with adapters",
