@@ -201,6 +201,7 @@ class LoraSource(Node):
 class TrainSource(Node):
     data: str
     options: Block
+    method: str = "lora"  # a name of models.options.TRAIN_METHODS (the checker says if it is not)
 
 
 @frozen

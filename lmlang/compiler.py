@@ -137,15 +137,20 @@ class Compiler:
         if isinstance(src, A.LoraSource):
             nid = self.add(LoraSpec(str(self.c.path_for(src.path, src)), self.loc(src)), name)
         elif isinstance(src, A.TrainSource):
-            base, opts = None, []
+            base = None
+            opts: list[tuple] = []
             for e in src.options.entries:
                 key = _key_name(e.key)
                 if key == "base":
                     base = self.model(e.value)
+                elif key == "compatible_with":  # the old model: a node the trainer builds first
+                    opts.append((key, self.model(e.value)))
                 else:
                     opts.append((key, _plain_value(e.value)))
             if base is None:
                 base = self.model(A.DefaultModel(span=src.span))
+            if src.method != "lora":  # plain lora keeps the node ids it always had
+                opts.append(("method", src.method))
             data = str(self.c.path_for(src.data, src))
             nid = self.add(TrainSpec(base, data, tuple(sorted((k, _freeze(v)) for k, v in opts)), self.loc(src)), name)
         else:

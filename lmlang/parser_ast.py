@@ -164,8 +164,9 @@ class _Rules:
         return A.LoraSource(ch[0].value, span=self.sp(meta))
 
     def train_source(self, meta, ch):
-        data, block = ch
-        return A.TrainSource(data.value, block or A.Block((), span=self.sp(meta)), span=self.sp(meta))
+        method, data, block = ch
+        block = block or A.Block((), span=self.sp(meta))
+        return A.TrainSource(data.value, block, str(method), span=self.sp(meta))
 
     def adapter_merge(self, meta, ch):
         return A.AdapterMerge(str(ch[0]), ch[1], span=self.sp(meta))

@@ -98,7 +98,7 @@ def source_refs(source) -> Iterator[tuple[str, A.Node]]:
     trained adapter's `base:` model, the adapters an adapter merge merges."""
     if isinstance(source, A.TrainSource):
         for entry in source.options.entries:
-            if key_name(entry.key) == "base":
+            if key_name(entry.key) in ("base", "compatible_with"):
                 yield from model_refs(entry.value)
     elif isinstance(source, A.AdapterMerge):
         for entry in source.options.entries:  # an adapter merge has no base: only its models

@@ -14,6 +14,7 @@ model, else the bundled default.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .. import ast as A
@@ -40,7 +41,7 @@ def check_models_and_adapters(cx: Context) -> None:
             data = cx.file_ref("training data", src.data, src)
             if data is not None:
                 _check_train_data(cx, data, src)
-            _check_train_options(cx, src.options)
+            _check_train_options(cx, src)
         elif isinstance(src, A.AdapterMerge):
             check_merge(cx, src.method, src.options, over_adapters=True)
     check_cycles(cx)
@@ -314,31 +315,88 @@ def _check_train_data(cx: Context, path: Path, src: A.TrainSource) -> None:
         cx.error(f"cannot read training data {src.data}: {e.strerror}", src)
 
 
-def _check_train_options(cx: Context, block: A.Block) -> None:
+def _check_train_options(cx: Context, src: A.TrainSource) -> None:
     from ..models import options as model_options  # only scripts that train pay for the table
 
+    problem = model_options.check_train_method(src.method)
+    if problem is not None:
+        cx.error(problem.message, src, problem.hint)
+        return
+    method, block = src.method, src.options
     seen = set()
+    given: dict[str, tuple] = {}  # option -> (value, entry), for the rules across options
     for e in block.entries:
         key = key_name(e.key)
-        if key is None or key not in model_options.train_option_names():
+        if key is None or key not in model_options.train_option_names(method):
             text = key_text(e.key)
-            cx.error(
-                f"unknown training option '{text}'",
-                e.key,
-                cx.did_you_mean(text, model_options.train_option_names(), known="options"),
-            )
+            if key is not None and key not in model_options.TRAIN_MODEL_OPTIONS:
+                p = model_options.check_train_option(key, None, method)
+                hint = p.hint if p is not None else ""
+            else:
+                hint = cx.did_you_mean(text, model_options.train_option_names(method), known="options")
+            where = f" for train {method}" if method != "lora" else ""
+            cx.error(f"unknown training option '{text}'{where}", e.key, hint)
             continue
         if key in seen:
             cx.error(f"option '{key}' given twice", e.key)
         seen.add(key)
         if key in model_options.TRAIN_MODEL_OPTIONS:
             check_model_expr(cx, e.value, allow_router=False)
-            _refuse(cx, e.value, "weights", "be trained on")
+            _refuse(cx, e.value, "weights", "be trained on" if key == "base" else "be the old model of an update")
             continue
         value = plain_value(e.value)
-        problem = model_options.check_train_option(key, None if value is NOT_PLAIN else value)
+        problem = model_options.check_train_option(key, None if value is NOT_PLAIN else value, method)
         if problem is not None:
             cx.error(problem.message, e.value, problem.hint)
+        else:
+            given[key] = (value, e)
+    if "flip_weight" in given and "compatible_with" not in seen:
+        cx.error(
+            "flip_weight needs compatible_with",
+            given["flip_weight"][1].key,
+            "name the old model the update must stay compatible with: compatible_with: base + old",
+        )
+    given.pop("flip_weight", None)
+    problem = model_options.check_train_combination(method, {k: v for k, (v, _) in given.items()})
+    if problem is not None:
+        node = given[problem.option][1].value if problem.option in given else src
+        cx.error(problem.message, node, problem.hint)
+
+
+def adapter_method(cx: Context, name: str) -> str:
+    """The PEFT method of a declared adapter: its `train` method, or what a
+    `lora "folder"`'s adapter_config.json says (lora, dora, ia3, adalora);
+    "lora" for merges of adapters and folders that cannot be read."""
+    d = cx.out.adapters.get(name)
+    src = getattr(d, "source", None)
+    if isinstance(src, A.TrainSource):
+        return src.method
+    if isinstance(src, A.LoraSource):
+        try:
+            path = cx.out.path_for(src.path, src) / "adapter_config.json"
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, LmlangError, AttributeError):
+            return "lora"
+        if not isinstance(config, dict):
+            return "lora"
+        kind = str(config.get("peft_type", "LORA")).lower()
+        return "dora" if kind == "lora" and config.get("use_dora") else kind
+    return "lora"
+
+
+def _refuse_unmergeable(cx: Context, member) -> None:
+    """A merge folds LoRA deltas B A into weights; a DoRA, IA3 or AdaLoRA
+    adapter is not such a delta, so merging it is refused here, not at run time."""
+    for name, node in model_refs(member):
+        if name in cx.out.adapters:
+            method = adapter_method(cx, name)
+            if method != "lora":
+                cx.error(
+                    f"adapter '{name}' is a {method} adapter; merges combine LoRA deltas only",
+                    node,
+                    "apply it at query time instead (base + " + name + "), or train it with `train lora`",
+                    code="merge-method",
+                )
 
 
 # ---------------------------------------------------------------- merges
@@ -457,6 +515,7 @@ class _MergeEntries:
             return
         for member, weight in members:
             self.n_models += 1
+            _refuse_unmergeable(cx, member)
             if not self.over_adapters:
                 check_model_expr(cx, member, allow_router=False)
                 _refuse(cx, member, "merge", "be merged")

@@ -105,7 +105,8 @@ class LoraSpec(Spec):
 
 @frozen
 class TrainSpec(Spec):
-    """A LoRA adapter trained on a data file (cached by content)."""
+    """An adapter trained on a data file (cached by content); its method
+    (dora, ia3, adalora) is the option `method`, absent for plain lora."""
 
     kind = "train"
     base: str  # node id
@@ -114,10 +115,12 @@ class TrainSpec(Spec):
     loc: str = ""
 
     def deps(self):
-        return (self.base,)
+        old = dict(self.options).get("compatible_with")  # MUSCLE: the old model, a node id
+        return (self.base,) if old is None else (self.base, old)
 
     def label(self) -> str:
-        return f"train lora on {self.data.rsplit('/', 1)[-1]}"
+        method = dict(self.options).get("method", "lora")
+        return f"train {method} on {self.data.rsplit('/', 1)[-1]}"
 
 
 @frozen

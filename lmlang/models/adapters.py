@@ -1,4 +1,4 @@
-"""LoRA adapters applied at query time, on top of an untouched base model.
+"""PEFT adapters (LoRA, DoRA, AdaLoRA, IA3) applied at query time, on top of an untouched base model.
 
 `model tuned = base + polite * 0.8 + math` must not copy or merge weights, and
 two queries in a row (or two rows of one batch) may use different adapters. So
@@ -8,6 +8,15 @@ adapted module of the base gets one forward hook, installed once, that adds
 moment. Switching is O(1) (it swaps one reference), the base weights are never
 written, and a stack of several adapters or a per-row choice of stacks costs one
 small matmul pair per adapter and module.
+
+The other PEFT kinds are computed the way PEFT's own layers compute them, as a
+delta on the module's output: DoRA (LoRA with ``use_dora``) rescales each
+output row to its learned magnitude, ``(m / ||W + s B A||_row - 1) * W x +
+(m / ||W + s B A||_row) * s B A x`` (the norm is a constant of the frozen base,
+computed once at load); AdaLoRA's SVD form ``B (A * E) x * alpha / init_r`` is a
+LoRA; IA3 multiplies a module's output by a vector (``(v - 1) * out``), or,
+for its feed-forward modules, the module's input (``W ((v - 1) * x)``). A
+scale on any of them scales the delta (interpolates towards the base).
 
 Every adapter is checked against its base before it is used: PEFT type and
 features, the architecture it was trained on, that its target modules exist,
@@ -54,7 +63,6 @@ LMLANG_META = "lmlang_adapter.json"  # written by lmlang's trainer; optional
 _PREFIX = "base_model.model."
 # PEFT flags that change the forward in ways the hooks do not implement.
 _UNSUPPORTED = {
-    "use_dora": "DoRA (use_dora)",
     "lora_bias": "LoRA bias terms (lora_bias)",
     "trainable_token_indices": "trainable tokens (trainable_token_indices)",
     "target_parameters": "parameter targeting (target_parameters)",
@@ -93,6 +101,45 @@ class _LinearLora(_Op):
         if x.dtype != self.A.dtype:
             x = x.to(self.A.dtype)
         return F.linear(F.linear(x, self.A), self.B).to(out.dtype)
+
+
+@dataclass
+class _DoraLinear(_Op):
+    """DoRA on a linear layer: `norm_scale` is m / ||W + B A||_row (B scaled)."""
+
+    A: torch.Tensor  # (r, in)
+    B: torch.Tensor  # (out, r), already multiplied by alpha / r
+    norm_scale: torch.Tensor  # (out,)
+    bias: torch.Tensor | None  # the base layer's bias, taken out of W x
+
+    def to(self, device, dtype):
+        bias = None if self.bias is None else self.bias.to(device, dtype)
+        return _DoraLinear(self.A.to(device, dtype), self.B.to(device, dtype), self.norm_scale.to(device, dtype), bias)
+
+    def delta(self, module, x, out):
+        if x.dtype != self.A.dtype:
+            x = x.to(self.A.dtype)
+        wx = out.to(self.A.dtype) if self.bias is None else out.to(self.A.dtype) - self.bias
+        lora = F.linear(F.linear(x, self.A), self.B)
+        return ((self.norm_scale - 1) * wx + self.norm_scale * lora).to(out.dtype)
+
+
+@dataclass
+class _IA3(_Op):
+    """IA3: a learned vector scales the module's output, or its input
+    (`on_input`, PEFT's feedforward_modules)."""
+
+    v: torch.Tensor  # (out,) or (in,)
+    on_input: bool
+
+    def to(self, device, dtype):
+        return _IA3(self.v.to(device, dtype), self.on_input)
+
+    def delta(self, module, x, out):
+        if not self.on_input:
+            return (out.to(self.v.dtype) * (self.v - 1)).to(out.dtype)
+        xs = x.to(self.v.dtype) * (self.v - 1)
+        return F.linear(xs, module.weight.to(self.v.dtype)).to(out.dtype)
 
 
 @dataclass
@@ -183,10 +230,21 @@ def read_adapter_files(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, tensors
 
 
+PEFT_TYPES = ("LORA", "ADALORA", "IA3")
+
+
 def _check_config(path: Path, config: dict) -> None:
     peft_type = str(config.get("peft_type", "")).upper()
-    if peft_type != "LORA":
-        raise _fail(path, f"PEFT type {config.get('peft_type')!r} is not supported; only LoRA adapters are")
+    if peft_type not in PEFT_TYPES:
+        raise _fail(
+            path,
+            f"PEFT type {config.get('peft_type')!r} is not supported",
+            "supported: LoRA (and DoRA), AdaLoRA, IA3",
+        )
+    if config.get("use_dora") and peft_type != "LORA":
+        raise _fail(path, f"DoRA (use_dora) on a {peft_type} adapter is not supported")
+    if config.get("fan_in_fan_out") and (peft_type == "IA3" or config.get("use_dora")):
+        raise _fail(path, "fan_in_fan_out (GPT-2 style Conv1D layers) is not supported for IA3 and DoRA")
     for key, what in _UNSUPPORTED.items():
         if config.get(key):
             raise _fail(path, f"{what} is not supported")
@@ -228,6 +286,11 @@ def _module_key(path: Path, key: str) -> tuple[str, str]:
     for suffix, kind in (
         (".lora_A.weight", "lora_A"),
         (".lora_B.weight", "lora_B"),
+        (".lora_A", "lora_A"),  # AdaLoRA: parameters, not Linear modules
+        (".lora_B", "lora_B"),
+        (".lora_E", "lora_E"),
+        (".lora_magnitude_vector", "magnitude"),  # DoRA
+        (".ia3_l", "ia3"),
         (".lora_embedding_A", "emb_A"),
         (".lora_embedding_B", "emb_B"),
         (".base_layer.weight", "base_weight"),
@@ -310,6 +373,9 @@ def build_adapter(
         owner, kind = _module_key(path, key)
         grouped.setdefault(owner, {})[kind] = tensor
 
+    peft_type = str(config.get("peft_type", "")).upper()
+    adalora = peft_type == "ADALORA"
+    dora = bool(config.get("use_dora"))
     r_default = config.get("r", 8)
     alpha_default = config.get("lora_alpha", r_default)
     rslora = bool(config.get("use_rslora", False))
@@ -328,12 +394,32 @@ def build_adapter(
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         module_ops: list[_Op] = []
+        lora_parts = {"lora_A", "lora_B", "lora_E", "emb_A", "emb_B", "magnitude"} & set(parts)
+        if dora and "lora_A" in parts and "magnitude" not in parts:
+            raise _fail(path, f"{module_name}: a DoRA adapter (use_dora) needs its lora_magnitude_vector")
+        if (
+            ("ia3" in parts and peft_type != "IA3")
+            or (lora_parts and peft_type == "IA3")
+            or ("magnitude" in parts and not dora)
+        ):
+            raise _fail(
+                path, f"{module_name}: its tensors ({', '.join(sorted(parts))}) do not fit a {peft_type} config"
+            )
+        if "ia3" in parts:
+            module_ops.append(_ia3_op(path, config, module_name, module, parts["ia3"]).to(device, dtype))
+        if "lora_E" in parts and not adalora:
+            raise _fail(path, f"{module_name}: lora_E (AdaLoRA) in a {peft_type} adapter")
         if "lora_A" in parts or "lora_B" in parts or "emb_A" in parts or "emb_B" in parts:
             embedding = "emb_A" in parts or "emb_B" in parts
             a = parts.get("emb_A" if embedding else "lora_A")
             b = parts.get("emb_B" if embedding else "lora_B")
             if a is None or b is None:
                 raise _fail(path, f"{module_name} has only one of the two LoRA matrices")
+            if adalora:  # SVD form: B (A * E); E holds the singular values, pruned ones are 0
+                e = parts.get("lora_E")
+                if e is None or e.shape != (a.shape[0], 1):
+                    raise _fail(path, f"{module_name}: AdaLoRA needs lora_E shaped ({a.shape[0]}, 1)")
+                a = a * e
             if a.dim() != 2 or b.dim() != 2:
                 raise _fail(
                     path, f"{module_name}: LoRA matrices must be 2-D, got {tuple(a.shape)} and {tuple(b.shape)}"
@@ -380,15 +466,21 @@ def build_adapter(
                     raise _fail(
                         path, f"rank mismatch at {module_name}: lora_A has rank {rank}, lora_B has rank {b.shape[1]}"
                     )
-            if rank != expected_r:
+            if adalora:  # PEFT: lora_alpha / (ranknum + 1e-5); ranknum stays init_r when pruning shrinks A
+                scaling = float(alpha_default) / (float(config.get("init_r", r_default)) + 1e-5)
+            elif rank != expected_r:
                 raise _fail(
                     path,
                     f"rank mismatch at {module_name}: the config says r={expected_r}, the weights have rank {rank}",
                 )
-            scaling = alpha / math.sqrt(rank) if rslora else alpha / rank
+            else:
+                scaling = alpha / math.sqrt(rank) if rslora else alpha / rank
             a32, b32 = a.float(), b.float() * scaling
-            op = _EmbeddingLora(a32, b32) if embedding else _LinearLora(a32, b32)
-            module_ops.append(op.to(device, dtype))
+            if dora:
+                module_ops.append(_dora_op(path, module_name, module, a32, b32, parts["magnitude"]).to(device, dtype))
+            else:
+                op = _EmbeddingLora(a32, b32) if embedding else _LinearLora(a32, b32)
+                module_ops.append(op.to(device, dtype))
         if "base_weight" in parts:  # PEFT saves the embedding itself with save_embedding_layers
             saved = parts["base_weight"]
             weight = getattr(module, "weight", None)
@@ -446,6 +538,44 @@ def build_adapter(
     if touches_vocab and tokenizer is not None:
         _check_tokenizer(path, tokenizer)
     return LoraAdapter(name=name, path=path, config=config, ops=ops)
+
+
+def _dora_op(path: Path, name: str, module: nn.Module, a32, b32, magnitude) -> _DoraLinear:
+    """DoRA's constant m / ||W + s B A||_row, from the frozen base weight (PEFT
+    detaches the norm too: it is not a function of the input)."""
+    if not isinstance(module, nn.Linear):
+        raise _fail(path, f"DoRA on {name} ({type(module).__name__}) is not supported; only on linear layers")
+    weight = module.weight.detach().float().cpu()
+    if magnitude.shape != (weight.shape[0],):
+        raise _fail(
+            path,
+            f"shape mismatch at {name}: lora_magnitude_vector is {tuple(magnitude.shape)}, expected ({weight.shape[0]},)",
+        )
+    norm = torch.linalg.norm(weight + b32 @ a32, dim=1)
+    bias = None if module.bias is None else module.bias.detach().float().cpu()
+    return _DoraLinear(a32, b32, magnitude.float() / norm, bias)
+
+
+def _ia3_op(path: Path, config: dict, name: str, module: nn.Module, vector) -> _IA3:
+    """IA3's vector of one module: on the input when the module is one of the
+    config's feedforward_modules (shaped (1, in)), else on the output ((out, 1))."""
+    if not isinstance(module, nn.Linear):
+        raise _fail(path, f"IA3 on {name} ({type(module).__name__}) is not supported; only on linear layers")
+    ff = config.get("feedforward_modules") or []
+    on_input = bool(re.fullmatch(ff, name)) if isinstance(ff, str) else _target_matches_one(ff, name)
+    want = (1, module.in_features) if on_input else (module.out_features, 1)
+    if tuple(vector.shape) != want:
+        raise _fail(
+            path,
+            f"shape mismatch at {name}: ia3_l is {tuple(vector.shape)}, expected {want}"
+            f" ({'input' if on_input else 'output'} scaling)",
+        )
+    return _IA3(vector.float().reshape(-1), on_input)
+
+
+def _target_matches_one(targets: list, name: str) -> bool:
+    """PEFT's list rule: a target is a module name or a suffix at a dot."""
+    return any(isinstance(t, str) and (name == t or name.endswith("." + t)) for t in targets)
 
 
 def _output_embeddings(base: nn.Module):
@@ -746,10 +876,10 @@ class AdapterHost:
 def _first_device(adapter: LoraAdapter) -> torch.device:
     for ops in adapter.ops.values():
         for op in ops:
-            tensor = getattr(op, "A", None)
-            if tensor is None:
-                tensor = getattr(op, "weight")
-            return tensor.device
+            for attr in ("A", "weight", "v"):
+                tensor = getattr(op, attr, None)
+                if tensor is not None:
+                    return tensor.device
     return torch.device("cpu")
 
 

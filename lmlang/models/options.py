@@ -50,51 +50,127 @@ class Range:
 
 # ---------------------------------------------------------------- training
 
-TRAIN_OPTIONS: dict[str, Range] = {
-    "rank": Range("int", 8, 1, doc="LoRA rank r"),
-    "alpha": Range("number", 16, 0, lo_open=True, doc="LoRA alpha (the update is scaled by alpha / r)"),
+_LR = Range(
+    "number",
+    1e-3,
+    0,
+    1,
+    lo_open=True,
+    hi_open=True,
+    hint="a typical LoRA learning rate is 1e-4 to 1e-3",
+    doc="AdamW learning rate",
+)
+# What every method's loop takes (lmlang's own training loop, not PEFT's).
+_LOOP: dict[str, Range] = {
     "epochs": Range("int", 3, 1, doc="passes over the data"),
-    "lr": Range(
-        "number",
-        1e-3,
-        0,
-        1,
-        lo_open=True,
-        hi_open=True,
-        hint="a typical LoRA learning rate is 1e-4 to 1e-3",
-        doc="AdamW learning rate",
-    ),
-    "target_modules": Range("names", ("q_proj", "v_proj"), doc="names of the modules that get a LoRA"),
-    "seed": Range("int", 0, doc="seed of the LoRA initialisation, dropout and data order"),
+    "lr": _LR,
+    "seed": Range("int", 0, doc="seed of the adapter's initialisation, dropout and data order"),
     "batch_size": Range("int", 8, 1, doc="rows per optimizer step"),
     "max_length": Range("int", 512, 8, doc="tokens per row; longer rows lose prompt tokens from the left"),
-    "dropout": Range("number", 0.0, 0, 1, hi_open=True, doc="LoRA dropout"),
 }
-# A script's `train lora` block also takes `base: MODEL` (what to train on);
-# the checker resolves it as a model expression, the runtime gets it built.
-TRAIN_MODEL_OPTIONS = ("base",)
+_ALPHA = Range("number", 16, 0, lo_open=True, doc="LoRA alpha (the update is scaled by alpha / r)")
+_DROPOUT = Range("number", 0.0, 0, 1, hi_open=True, doc="dropout on the adapter's input")
+_TARGETS = Range("names", ("q_proj", "v_proj"), doc="names of the modules that get an adapter")
+
+# `train lora` as it always was: its normalized options (the adapter cache
+# key) keep exactly these keys, so adapters trained before methods existed
+# stay cached.
+TRAIN_OPTIONS: dict[str, Range] = {
+    "rank": Range("int", 8, 1, doc="LoRA rank r"),
+    "alpha": _ALPHA,
+    "epochs": _LOOP["epochs"],
+    "lr": _LR,
+    "target_modules": _TARGETS,
+    "seed": _LOOP["seed"],
+    "batch_size": _LOOP["batch_size"],
+    "max_length": _LOOP["max_length"],
+    "dropout": _DROPOUT,
+}
+
+# train METHOD on DATA { ... }: the options each PEFT method takes. DoRA is
+# LoRA with a learned magnitude per output row (LoraConfig(use_dora=True));
+# IA3 learns one scaling vector per module (on the output, or on the input of
+# the feed-forward modules); AdaLoRA starts at rank init_r and prunes to an
+# average of target_r over total_step steps (default: the run's step count).
+TRAIN_METHODS: dict[str, dict[str, Range]] = {
+    "lora": TRAIN_OPTIONS,
+    "dora": TRAIN_OPTIONS,
+    "ia3": {
+        "target_modules": Range(
+            "names", ("k_proj", "v_proj", "down_proj"), doc="names of the modules whose activations are scaled"
+        ),
+        "feedforward_modules": Range(
+            "names",
+            ("down_proj",),
+            doc="the target modules whose input (not output) is scaled; a subset of target_modules",
+        ),
+        **_LOOP,
+        "lr": Range("number", 3e-3, 0, 1, lo_open=True, hi_open=True, doc="AdamW learning rate"),
+    },
+    "adalora": {
+        "init_r": Range("int", 12, 1, doc="the rank every module starts with"),
+        "target_r": Range("int", 8, 1, doc="the average rank the budget prunes to"),
+        "total_step": Range("int", None, 1, doc="steps of the rank schedule (default: the run's own step count)"),
+        "alpha": _ALPHA,
+        "dropout": _DROPOUT,
+        "target_modules": _TARGETS,
+        **_LOOP,
+    },
+}
+TRAIN_METHOD_DOCS = {
+    "lora": "low-rank update B A (Hu et al. 2021)",
+    "dora": "LoRA plus a learned magnitude per output row (Liu et al. 2024)",
+    "ia3": "learned scaling vectors on activations (Liu et al. 2022)",
+    "adalora": "LoRA in SVD form whose rank budget is pruned while training (Zhang et al. 2023)",
+}
+# A script's `train` block also takes `base: MODEL` (what to train on) and
+# `compatible_with: MODEL` (the old model an update must stay compatible with,
+# MUSCLE); the checker resolves them as model expressions, the runtime gets them built.
+TRAIN_MODEL_OPTIONS = ("base", "compatible_with")
+# Options of every method that only mean something with `compatible_with`
+# (kept out of the method tables so a plain adapter's cache key never changes).
+COMPAT_OPTIONS: dict[str, Range] = {
+    "flip_weight": Range(
+        "number",
+        1.0,
+        0,
+        lo_open=False,
+        doc="weight of the term KL(old || new) on the rows the old model gets right (MUSCLE)",
+    ),
+}
 _TYPE_WORDS = {"int": "an integer", "number": "a number", "names": "a list"}
 
 
-def train_option_names() -> tuple[str, ...]:
-    """Every option a `train lora` block takes, in documentation order."""
-    return (*TRAIN_MODEL_OPTIONS, *TRAIN_OPTIONS)
+def train_option_names(method: str = "lora") -> tuple[str, ...]:
+    """Every option a `train METHOD` block takes, in documentation order."""
+    return (*TRAIN_MODEL_OPTIONS, *TRAIN_METHODS[method], *COMPAT_OPTIONS)
 
 
-def train_defaults() -> dict[str, Any]:
-    return {k: list(o.default) if o.type == "names" else o.default for k, o in TRAIN_OPTIONS.items()}
+def train_defaults(method: str = "lora") -> dict[str, Any]:
+    return {k: list(o.default) if o.type == "names" else o.default for k, o in TRAIN_METHODS[method].items()}
 
 
-def check_train_option(name: str, value: Any) -> Problem | None:
+def check_train_method(method: str) -> Problem | None:
+    if method in TRAIN_METHODS:
+        return None
+    return Problem(
+        f"unknown training method '{method}'",
+        did_you_mean(method, TRAIN_METHODS, known="methods"),
+        code="unknown-method",
+    )
+
+
+def check_train_option(name: str, value: Any, method: str = "lora") -> Problem | None:
     """The problem with one training hyperparameter (not `base`), or None."""
-    spec = TRAIN_OPTIONS.get(name)
+    table = TRAIN_METHODS[method]
+    spec = table.get(name) or COMPAT_OPTIONS.get(name)
     if spec is None:
-        return Problem(
-            f"unknown training option '{name}'",
-            did_you_mean(name, TRAIN_OPTIONS, known="options"),
-            code="unknown-option",
-            option=name,
-        )
+        hint = did_you_mean(name, table, known="options")
+        owners = [m for m, t in TRAIN_METHODS.items() if name in t]
+        if owners and not hint.startswith("did you mean"):
+            hint = f"'{name}' is an option of {' and '.join(owners)}; {method} takes: {', '.join(table)}"
+        where = f" for train {method}" if method != "lora" else ""
+        return Problem(f"unknown training option '{name}'{where}", hint, code="unknown-option", option=name)
     if spec.type == "names":
         if not isinstance(value, (list, tuple)):
             return Problem(f"training option '{name}' must be a list", code="bad-type", option=name)
@@ -116,21 +192,59 @@ def check_train_option(name: str, value: Any) -> Problem | None:
     return None
 
 
-def normalize_train_options(options: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[Problem]]:
-    """(defaults filled in, numbers as float, target_modules sorted and
+def check_train_combination(method: str, options: Mapping[str, Any]) -> Problem | None:
+    """Rules across options (each option already valid on its own)."""
+    out = {**train_defaults(method), **options}
+    if method == "ia3":
+        outside = sorted(set(out["feedforward_modules"]) - set(out["target_modules"]))
+        if outside:
+            return Problem(
+                f"feedforward module '{outside[0]}' is not one of the target_modules",
+                "IA3 scales the input of a feed-forward module it adapts: list it in target_modules too",
+                code="bad-value",
+                option="feedforward_modules" if "feedforward_modules" in options else "target_modules",
+            )
+    if method == "adalora" and out["target_r"] > out["init_r"]:
+        return Problem(
+            f"target_r ({out['target_r']}) is above init_r ({out['init_r']})",
+            "AdaLoRA prunes from init_r down to target_r",
+            code="bad-value",
+            option="target_r" if "target_r" in options else "init_r",
+        )
+    return None
+
+
+def normalize_train_options(
+    options: Mapping[str, Any] | None, method: str = "lora"
+) -> tuple[dict[str, Any], list[Problem]]:
+    """(defaults filled in, numbers as float, module lists sorted and
     deduplicated; the problems). The normalized dict is what an adapter's
-    cache key hashes, so its shape must not change without a format bump."""
+    cache key hashes, so its shape must not change without a format bump:
+    plain `lora` has no `method` key (its keys predate the other methods)."""
     options = dict(options or {})
-    problems = [p for p in (check_train_option(k, v) for k, v in options.items()) if p is not None]
+    flip_weight = options.pop("flip_weight", None)
+    table = TRAIN_METHODS[method]
+    if flip_weight is not None:
+        problem = check_train_option("flip_weight", flip_weight, method)
+        if problem is not None:
+            return {**train_defaults(method), **options}, [problem]
+    problems = [p for p in (check_train_option(k, v, method) for k, v in options.items()) if p is not None]
     problems.sort(key=lambda p: p.code != "unknown-option")  # an unknown name first: it explains the rest
-    out = {**train_defaults(), **options}
+    out = {**train_defaults(method), **options}
+    if not problems:
+        combined = check_train_combination(method, options)
+        problems = [combined] if combined is not None else []
     if problems:
         return out, problems
-    for key, spec in TRAIN_OPTIONS.items():
+    for key, spec in table.items():
         if spec.type == "number":
             out[key] = float(out[key])
         elif spec.type == "names":
             out[key] = sorted(set(out[key]))
+    if method != "lora":
+        out["method"] = method
+    if flip_weight is not None:
+        out["flip_weight"] = float(flip_weight)
     return out, []
 
 

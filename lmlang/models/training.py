@@ -1,4 +1,10 @@
-"""`train lora on "data.jsonl" { ... }`: fine-tune a LoRA adapter, cached by content.
+"""`train lora|dora|ia3|adalora on "data.jsonl" { ... }`: fine-tune a PEFT adapter, cached by content.
+
+The method is the option `method` (absent: lora); each method's options and
+defaults are one table, lmlang.models.options.TRAIN_METHODS. DoRA is PEFT's
+LoraConfig(use_dora=True), IA3 its IA3Config, AdaLoRA its AdaLoraConfig with
+the rank budget updated after every optimizer step (update_and_allocate); the
+loop, the data and the cache are the same for all four.
 
 Data shape: a JSONL file (read by lmlang.jsonl: UTF-8, blank lines skipped, a
 bad line named by its number), one JSON object per line:
@@ -55,7 +61,7 @@ from typing import Any
 from ..errors import DataError, LmlangRuntimeError
 from ..home import cache_dir
 from ..suggest import did_you_mean
-from .options import normalize_train_options, train_defaults
+from .options import check_train_method, normalize_train_options, train_defaults
 
 FORMAT_VERSION = 1  # bump when the training recipe changes what an option set produces
 
@@ -101,8 +107,14 @@ class Example:
 
 def normalize_options(options: dict | None) -> dict[str, Any]:
     """Defaults filled in, checked by the same rules as `lmlang check`,
-    target_modules sorted: the cache key's view."""
-    out, problems = normalize_train_options(options)
+    target_modules sorted: the cache key's view. `method` (default lora)
+    picks the table; it stays in the result for every method but lora."""
+    options = dict(options or {})
+    method = options.pop("method", "lora")
+    problem = check_train_method(str(method))
+    if problem is not None:
+        raise LmlangRuntimeError(problem.message, hint=problem.hint)
+    out, problems = normalize_train_options(options, method)
     if problems:
         p = problems[0]
         got = f", got {(options or {})[p.option]!r}" if p.code != "unknown-option" else ""
@@ -294,14 +306,28 @@ def adapter_cache_key(base_key: str, data: bytes, options: dict) -> str:
 
 
 def train_lora(
-    base_path: Path, data_path: Path, options: dict | None = None, progress: bool = True, device: str = "cpu"
+    base_path: Path,
+    data_path: Path,
+    options: dict | None = None,
+    progress: bool = True,
+    device: str = "cpu",
+    compatible_with: tuple | None = None,
 ) -> TrainResult:
-    """Fine-tune a LoRA on `data_path` over the HF folder `base_path`; the cached PEFT folder.
-    The cache key does not include the device: an adapter trained on a GPU
-    serves CPU runs and the other way round."""
+    """Fine-tune an adapter (options["method"], default lora) on `data_path`
+    over the HF folder `base_path`; the cached PEFT folder. The cache key does
+    not include the device: an adapter trained on a GPU serves CPU runs and the
+    other way round. `compatible_with`: (old base folder, ((adapter folder,
+    scale), ...)), the old model of a MUSCLE update (training_compat.py)."""
+    from .training_compat import compat_key
+
     start = time.perf_counter()
     base_path, data_path = Path(base_path), Path(data_path)
     opts = normalize_options(options)
+    if compatible_with is None and "flip_weight" in opts:
+        raise LmlangRuntimeError("flip_weight needs compatible_with (the old model)")
+    if compatible_with is not None:
+        opts.setdefault("flip_weight", 1.0)
+        opts["compatible_with"] = compat_key(compatible_with, base_content_key)
     if not base_path.is_dir():
         raise LmlangRuntimeError(f"base model folder not found: {base_path}")
     try:
@@ -317,9 +343,19 @@ def train_lora(
 
     model, tokenizer = _load_base(base_path)
     examples = encode_rows(tokenizer, rows, opts["max_length"], data_path)
-    peft_model = _wrap(model, opts, base_path)
-    peft_model.to(training_device(device))
-    losses, steps = _fit(peft_model, tokenizer, examples, opts, progress)
+    opts_run = dict(opts)
+    if opts.get("method") == "adalora" and opts["total_step"] is None:  # the schedule spans the run
+        opts_run["total_step"] = math.ceil(len(examples) / opts["batch_size"]) * opts["epochs"]
+    dev = training_device(device)
+    old = None
+    if compatible_with is not None:
+        from .training_compat import old_predictions
+
+        model.to(dev)
+        old = old_predictions(model, tokenizer, base_path, compatible_with, examples, opts["batch_size"])
+    peft_model = _wrap(model, opts_run, base_path)
+    peft_model.to(dev)
+    losses, steps = _fit(peft_model, tokenizer, examples, opts_run, progress, old)
     final_loss = losses[-1] if losses else float("nan")
     seconds = time.perf_counter() - start
     tmp = final.parent / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -332,7 +368,7 @@ def train_lora(
             "base": str(base_path),
             "data": str(data_path),
             "rows": len(examples),
-            "options": opts,
+            "options": opts_run,
             "final_loss": final_loss,
             "epoch_losses": losses,
             "steps": steps,
@@ -391,7 +427,7 @@ def training_device(device: str):
 
 def _wrap(model, opts: dict, base_path: Path):
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n}
     missing = [t for t in opts["target_modules"] if t not in names]
@@ -401,19 +437,49 @@ def _wrap(model, opts: dict, base_path: Path):
             hint=did_you_mean(missing[0], sorted(names)),
         )
     torch.manual_seed(opts["seed"])  # LoRA A initialisation
-    config = LoraConfig(
+    return get_peft_model(model, peft_config(opts))
+
+
+def peft_config(opts: dict):
+    """The PEFT config of a normalized option set (one per method)."""
+    from peft import AdaLoraConfig, IA3Config, LoraConfig
+
+    method = opts.get("method", "lora")
+    targets = list(opts["target_modules"])
+    if method == "ia3":
+        return IA3Config(
+            target_modules=targets, feedforward_modules=list(opts["feedforward_modules"]), task_type="CAUSAL_LM"
+        )
+    if method == "adalora":
+        return AdaLoraConfig(
+            init_r=opts["init_r"],
+            target_r=opts["target_r"],
+            total_step=opts["total_step"],
+            lora_alpha=opts["alpha"],
+            lora_dropout=opts["dropout"],
+            target_modules=targets,
+            task_type="CAUSAL_LM",
+        )
+    return LoraConfig(
         r=opts["rank"],
         lora_alpha=opts["alpha"],
         lora_dropout=opts["dropout"],
-        target_modules=list(opts["target_modules"]),
+        target_modules=targets,
+        use_dora=method == "dora",
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
 
 
-def _fit(peft_model, tokenizer, examples: list[Example], opts: dict, progress: bool) -> tuple[list[float], int]:
+def _fit(
+    peft_model, tokenizer, examples: list[Example], opts: dict, progress: bool, old=None
+) -> tuple[list[float], int]:
+    """The training loop. `old` (MUSCLE): per example, the old model's
+    log-probabilities at its completion positions where it got the row right,
+    else None; the loss then adds flip_weight * KL(old || new) on those rows."""
     import torch
+
+    from .training_compat import compat_term
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     device = next(peft_model.parameters()).device
@@ -426,21 +492,32 @@ def _fit(peft_model, tokenizer, examples: list[Example], opts: dict, progress: b
     total = per_epoch * opts["epochs"]
     sample = tuple(t.to(device) for t in collate(examples[:batch], pad_id))
     loss_fn = _head_on_labels_only(peft_model, sample) or _full_logits_loss(peft_model)
+    # AdaLoRA moves its rank budget after each step, from the gradients (before they are cleared).
+    allocate = getattr(peft_model.base_model, "update_and_allocate", None) if opts.get("method") == "adalora" else None
+    import torch.nn.functional as F
+
     peft_model.train()
     epoch_losses: list[float] = []
     step = 0
-    with _Progress(total, progress) as bar:
+    with _Progress(total, progress, opts.get("method", "lora")) as bar:
         for _epoch in range(opts["epochs"]):
             order = torch.randperm(len(examples), generator=generator).tolist()
             running = 0.0
             for i in range(0, len(order), batch):
+                rows = order[i : i + batch]
                 ids, mask, labels = (
-                    t.to(device, non_blocking=True)
-                    for t in collate([examples[j] for j in order[i : i + batch]], pad_id)
+                    t.to(device, non_blocking=True) for t in collate([examples[j] for j in rows], pad_id)
                 )
-                loss = loss_fn(ids, mask, labels)
+                logits, targets = loss_fn(ids, mask, labels)
+                loss = F.cross_entropy(logits.float(), targets)
+                if old is not None:
+                    loss = loss + opts["flip_weight"] * compat_term(
+                        logits, [old[j] for j in rows], [examples[j] for j in rows]
+                    )
                 loss.backward()
                 optimizer.step()
+                if allocate is not None:
+                    allocate(step)
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 value = float(loss.detach())
@@ -452,13 +529,12 @@ def _fit(peft_model, tokenizer, examples: list[Example], opts: dict, progress: b
 
 
 def _full_logits_loss(peft_model):
-    import torch.nn.functional as F
+    """(logits, targets) at the label positions, row by row (as _head_on_labels_only)."""
 
     def loss_fn(ids, mask, labels):
         logits = peft_model(input_ids=ids, attention_mask=mask).logits
-        return F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
-        )
+        keep = labels[:, 1:] != -100
+        return logits[:, :-1][keep], labels[:, 1:][keep]
 
     return loss_fn
 
@@ -469,7 +545,6 @@ def _head_on_labels_only(peft_model, sample):
     backward dominate a small model's step. Used only if, on a sample batch, it
     reproduces the model's own logits (no soft-capping, scaling, ... in between)."""
     import torch
-    import torch.nn.functional as F
 
     model = peft_model.get_base_model()
     try:
@@ -495,18 +570,17 @@ def _head_on_labels_only(peft_model, sample):
     if fast.shape != full.shape or not torch.allclose(fast, full, rtol=1e-4, atol=1e-4):
         return None
 
-    def loss_fn(ids, mask, labels):
-        logits, targets = selected_logits(ids, mask, labels)
-        return F.cross_entropy(logits.float(), targets)
+    return selected_logits
 
-    return loss_fn
+
+_METHOD_NAMES = {"lora": "LoRA", "dora": "DoRA", "ia3": "IA3", "adalora": "AdaLoRA"}  # as the papers write them
 
 
 class _Progress:
     """A rich bar (steps, loss, ETA) on stderr, or nothing."""
 
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = total, enabled
+    def __init__(self, total: int, enabled: bool, method: str = "lora"):
+        self.total, self.enabled, self.method = total, enabled, method
         self._progress = None
 
     def __enter__(self):
@@ -522,7 +596,7 @@ class _Progress:
             )
 
             self._progress = Progress(
-                TextColumn("training LoRA"),
+                TextColumn(f"training {_METHOD_NAMES.get(self.method, self.method)}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]}"),

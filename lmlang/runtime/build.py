@@ -98,7 +98,23 @@ class Builder:
                     hint=f"at {spec.loc}",
                 )
             options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.options}
-            result = train_lora(base.path, Path(spec.data), options, progress=True, device=self.device)
+            old = options.pop("compatible_with", None)  # MUSCLE: the old model, built first
+            old_value = None if old is None else self.value(str(old))
+            if old_value is not None and not isinstance(old_value, (Folder, Stacked)):
+                raise LmlangRuntimeError(
+                    f"adapter {self.c.display_name(nid)}: compatible_with takes a model or a model with adapters",
+                    hint=f"at {spec.loc}",
+                )
+            compatible = (
+                None
+                if old_value is None
+                else (old_value.path, ())
+                if isinstance(old_value, Folder)
+                else (old_value.base, tuple(old_value.stack))
+            )
+            result = train_lora(
+                base.path, Path(spec.data), options, progress=True, device=self.device, compatible_with=compatible
+            )
             if not result.cached:
                 say(
                     f"trained adapter {self.c.display_name(nid)} on {Path(spec.data).name} in {result.seconds:.0f} s "
