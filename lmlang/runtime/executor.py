@@ -538,6 +538,8 @@ class Executor:
 
     def _from_cache(self, jobs: list[Job], texts: dict, results: list) -> list[Job]:
         """Answer the calls the result cache holds; the others come back."""
+        from .prompt_flow import is_grown
+
         if self._keys is None:
             from .result_cache import CallKeys
 
@@ -548,6 +550,11 @@ class Executor:
         for job in jobs:
             if self.is_remote(job.spec.model):
                 misses.append(job)  # a remote server's answers may change behind its URL: never cached
+                continue
+            if self.functions and is_grown(job.spec.segments):
+                # a registered Python function may answer differently on each
+                # call, and its code is not part of the key: never cached
+                misses.append(job)
                 continue
             try:
                 job.key = self._keys.call_key(job.spec, job.env, job.seed, texts.get(job.index))

@@ -153,3 +153,23 @@ def test_unknown_tool_at_run_time_names_the_call(tiny_model_dir):
         prog.run()
     assert "query solve, unknown tool 'gone'" in str(e.value)
     assert (e.value.span.line, e.value.span.col) == (10, 27)  # the call inside the prompt
+
+
+def test_a_registered_tool_runs_again_with_the_result_cache_on(tiny_model_dir):
+    """The result cache keys a call by its compiled query, inputs and model:
+    a registered Python function's code and state are not in the key, so a
+    grown prompt that may call one is never answered from the cache."""
+    seen = []
+
+    def lookup(x):
+        seen.append(x)
+        return "ok"
+
+    body = AGENT.replace('{call(\\"calc\\", expr)}', '{call(\\"lookup\\", expr)}')
+    src = f'model m = "{tiny_model_dir}"\n' + body.replace("ACTIONS", '["calculate"]')
+    src += '\nflow { s = solve("3 + 4?") emit s = s }'
+    first = lmlang.compile(src, functions={"lookup": lookup}, cache=True).run()["s"]
+    assert seen == first["expr"] and seen
+    second = lmlang.compile(src, functions={"lookup": lookup}, cache=True).run()["s"]
+    assert second == first
+    assert seen == first["expr"] * 2  # the tool ran again: not a cache hit
