@@ -230,12 +230,15 @@ class HoleGuide:
         ENDED, FEED (self.block) or SAMPLE (self.masked, then take())."""
         if self.ended():
             return ENDED
+        if self.healing:
+            # The held-back seam text comes first, even before a forced run:
+            # fed bare, a forced value would follow the prompt without its
+            # space ("Answer:0"). The model picks " 0" or the bare space.
+            return self._heal_mask(logits)
         forced = self.take_forced()
         if forced:
             self.block = forced
             return FEED
-        if self.healing:
-            return self._heal_mask(logits)
         masked = self.mask(logits)
         if not any_allowed(masked):
             raise self._error("no token satisfies the constraint here")

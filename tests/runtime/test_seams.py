@@ -59,3 +59,13 @@ def test_stops_before_drops_the_stop_text_from_cache(lm):
     assert "e" not in d.texts["s"] or len(d.texts["s"]) > 0
     expect = lm.encode(full_text(chunks, holes, d.texts)[: -len(chunks[-1])], first=True)
     assert d.token_ids == expect
+
+
+@pytest.mark.parametrize("cons", [C.Choice(("yes",)), C.Regex("42")], ids=["one-option", "fixed-regex"])
+def test_a_forced_value_after_a_held_back_space_keeps_the_space(lm, cons):
+    """A value the constraint forces whole, after a prompt that ends in a
+    space (held back for healing): the space is still in the cache, before
+    the value (it was fed bare once: "Answer:yes")."""
+    run, d = decode(lm, ["Answer: "], ["a"], {"a": cons})
+    assert d.texts["a"] in ("yes", "42")
+    assert lm.decode(d.token_ids).endswith("Answer: " + d.texts["a"])
