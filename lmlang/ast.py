@@ -199,7 +199,7 @@ class LoraSource(Node):
 
 @frozen
 class TrainSource(Node):
-    data: str
+    data: "DataRef"  # a file or a declared data set's name
     options: Block
     method: str = "lora"  # a name of models.options.TRAIN_METHODS (the checker says if it is not)
 

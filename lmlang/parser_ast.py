@@ -166,7 +166,7 @@ class _Rules:
     def train_source(self, meta, ch):
         method, data, block = ch
         block = block or A.Block((), span=self.sp(meta))
-        return A.TrainSource(data.value, block, str(method), span=self.sp(meta))
+        return A.TrainSource(data, block, str(method), span=self.sp(meta))
 
     def adapter_merge(self, meta, ch):
         return A.AdapterMerge(str(ch[0]), ch[1], span=self.sp(meta))
