@@ -258,6 +258,18 @@ class DataSelect(Node):
 
 
 @frozen
+class DataGenerate(Node):
+    """`data NAME = generate using MODEL from DATA { task, instruction, n, seed, where ... }`
+    (Bonito, SELF-GUIDE): the model writes each unlabeled row's `output`
+    under the where clauses, through an internal query (lifecycle/generate.py)."""
+
+    model: "ModelExpr"
+    source: DataRef
+    options: Block
+    wheres: tuple["Where", ...]
+
+
+@frozen
 class DataDecl(Named):
     """A data set. `source` is one of the data-source nodes (a file, a
     selection; a generation where the grammar writes one): every reader of a

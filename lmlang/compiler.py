@@ -179,7 +179,7 @@ class Compiler:
         if ref.path is not None:
             return TrainSpec(base, str(self.c.path_for(ref.path, ref)), opts, self.loc(src))
         name = ref.name or ""
-        rec = recipe(self.c, name)
+        rec = recipe(self.c, name, lambda q: self.query(self.c.queries[q]))
         if rec[0] == "file":
             return TrainSpec(base, rec[1], opts, self.loc(src))
         return TrainSpec(base, "", opts, self.loc(src), dataset=name, recipe=rec)

@@ -147,7 +147,7 @@ def recipe(checked, compiled, nid: str) -> dict:
         elif isinstance(spec, TrainSpec) and spec.dataset:
             from .data import recipe_key
 
-            blob = json.dumps(recipe_key(spec.recipe), sort_keys=True).encode()
+            blob = json.dumps(recipe_key(spec.recipe, lambda nid: nid), sort_keys=True).encode()
             inputs[f"training data set {spec.dataset}"] = hashlib.sha256(blob).hexdigest()
         elif isinstance(spec, TrainSpec):
             inputs[f"training data {spec.data}"] = content_hash(Path(spec.data))

@@ -252,7 +252,7 @@ class CallKeys:
         elif isinstance(spec, TrainSpec) and spec.dataset:
             from ..lifecycle.data import recipe_key
 
-            form["recipe"] = recipe_key(spec.recipe)
+            form["recipe"] = recipe_key(spec.recipe, self.model_hash)
         elif isinstance(spec, TrainSpec):
             try:
                 form["data"] = hashlib.sha256(Path(spec.data).read_bytes()).hexdigest()
