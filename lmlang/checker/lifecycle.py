@@ -40,8 +40,8 @@ def check_lifecycle(cx: Context) -> None:
     for d in cx.out.datasets.values():
         cx.out.data_columns[d.name] = _dataset_columns(cx, d, ())
     for d in cx.out.datasets.values():
-        if isinstance(d.source, A.DataGenerate):
-            _check_generate(cx, d, d.source)
+        if isinstance(d.source, A.DataGenerate):  # its options and query: add_generate_queries
+            data_ref_columns(cx, d.source.source, (d.name,))
     for e in cx.out.evals.values():
         _check_eval(cx, e)
     seen: dict[Path, A.ExportDecl] = {}
@@ -64,7 +64,7 @@ def _dataset_columns(cx: Context, d: A.DataDecl, stack: tuple) -> tuple | None:
     elif isinstance(src, A.DataSelect):
         cols = _check_select(cx, d, src, (*stack, d.name))
     elif isinstance(src, A.DataGenerate):
-        cols = GENERATED_COLUMNS  # its source and query are checked by _check_generate
+        cols = GENERATED_COLUMNS  # its source is checked by check_lifecycle, its query by add_generate_queries
     else:
         return None  # a source checked by its own pass (columns known when it runs)
     cx.out.data_columns[d.name] = cols
@@ -85,14 +85,20 @@ def _check_select(cx: Context, d: A.DataDecl, src: A.DataSelect, stack: tuple) -
     return pool
 
 
-def _check_generate(cx: Context, d: A.DataDecl, src: A.DataGenerate) -> None:
-    """The source rows, the options, and the internal query that writes each
-    row's `output` (lifecycle/generate.py runs it): the query is checked like
-    any query, so a where clause on another hole or a model that cannot run a
-    query is an error at the script's own words."""
-    from .queries import check_query
+def add_generate_queries(cx: Context) -> None:
+    """A pass before the query passes: each generation's internal query
+    (its options checked first) joins the script's queries, so the query
+    passes check it like any query (holes, where clauses, the model, what a
+    served engine can decode) at the script's own words."""
+    for d in cx.out.datasets.values():
+        if isinstance(d.source, A.DataGenerate) and _check_generate_options(cx, d.source):
+            q = generate_query(d.name, d.source)
+            cx.out.query_decls[q.name] = q
+            cx.decls.append(q)
 
-    data_ref_columns(cx, src.source, (d.name,))
+
+def _check_generate_options(cx: Context, src: A.DataGenerate) -> bool:
+    """Errors in a generation's options; False when it has no instruction."""
     seen: set = set()
     for e in src.options.entries:
         key = key_name(e.key)
@@ -119,12 +125,8 @@ def _check_generate(cx: Context, d: A.DataDecl, src: A.DataGenerate) -> None:
             src.options,
             'e.g. { instruction: "Label the review positive or negative." }',
         )
-        return
-    q = generate_query(d.name, src)
-    info = check_query(cx, q)
-    if info is not None:
-        cx.out.query_decls[q.name] = q
-        cx.out.queries[q.name] = info
+        return False
+    return True
 
 
 def generate_query(name: str, src: A.DataGenerate) -> A.QueryDecl:

@@ -144,3 +144,19 @@ def test_check_errors_are_positioned(folder):
 def test_a_generated_data_set_has_training_columns(folder):
     src = script("default", "adapter a = train lora on synth { rank: 4 }\n")
     assert lmlang.compile(src, base_dir=folder).frontend.checked.data_columns["synth"] == ("prompt", "completion")
+
+
+def test_a_generation_on_a_served_model_is_checked_like_any_query(folder):
+    # the internal query joins the query passes, so what a server cannot
+    # decode is refused at check time, positioned at the where clause
+    src = (
+        'model srv = server "http://127.0.0.1:9/v1" { backend: none }\n'
+        'data reviews = "reviews.jsonl"\n'
+        "data synth = generate using srv from reviews {\n"
+        '    instruction: "Label it."\n'
+        '    where output in ["positive", "negative"]\n'
+        "}\n"
+    )
+    (d,) = errors(src, folder)
+    assert d.message.startswith("served model 'srv' cannot enforce a choice") and d.code == "served-unsupported"
+    assert at(src, d).startswith('output in ["positive"')
