@@ -199,7 +199,7 @@ class LoraSource(Node):
 
 @frozen
 class TrainSource(Node):
-    data: str
+    data: "DataRef"  # a file or a declared data set's name
     options: Block
     method: str = "lora"  # a name of models.options.TRAIN_METHODS (the checker says if it is not)
 
@@ -255,6 +255,18 @@ class DataSelect(Node):
     target: DataRef
     method: str
     method_span: Span | None = field(default=None, compare=False, repr=False, kw_only=True)
+
+
+@frozen
+class DataGenerate(Node):
+    """`data NAME = generate using MODEL from DATA { task, instruction, n, seed, where ... }`
+    (Bonito, SELF-GUIDE): the model writes each unlabeled row's `output`
+    under the where clauses, through an internal query (lifecycle/generate.py)."""
+
+    model: "ModelExpr"
+    source: DataRef
+    options: Block
+    wheres: tuple["Where", ...]
 
 
 @frozen

@@ -151,8 +151,8 @@ class Compiler:
                 base = self.model(A.DefaultModel(span=src.span))
             if src.method != "lora":  # plain lora keeps the node ids it always had
                 opts.append(("method", src.method))
-            data = str(self.c.path_for(src.data, src))
-            nid = self.add(TrainSpec(base, data, tuple(sorted((k, _freeze(v)) for k, v in opts)), self.loc(src)), name)
+            frozen_opts = tuple(sorted((k, _freeze(v)) for k, v in opts))
+            nid = self.add(self._train_spec(src, base, frozen_opts), name)
         else:
             adapters, opts = [], []
             for e in src.options.entries:
@@ -168,6 +168,21 @@ class Compiler:
         self.names[name] = nid
         self.name(nid, name)
         return nid
+
+    def _train_spec(self, src: A.TrainSource, base: str, opts: tuple) -> TrainSpec:
+        """A file, or a data set read straight from one, trains on that file
+        (one node either way); any other data set's rows are made when the
+        adapter is built, and its recipe keys the node."""
+        from .lifecycle.data import recipe
+
+        ref = src.data
+        if ref.path is not None:
+            return TrainSpec(base, str(self.c.path_for(ref.path, ref)), opts, self.loc(src))
+        name = ref.name or ""
+        rec = recipe(self.c, name, lambda q: self.query(self.c.queries[q]))
+        if rec[0] == "file":
+            return TrainSpec(base, rec[1], opts, self.loc(src))
+        return TrainSpec(base, "", opts, self.loc(src), dataset=name, recipe=rec)
 
     def router(self, name: str) -> str:
         if name in self.names:

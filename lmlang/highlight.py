@@ -46,6 +46,7 @@ _CORE_KEYWORDS = (
     "json",
     "contains",
     "select",  # data NAME = select K from POOL like TARGET by METHOD; export NAME to "dir"
+    "generate",  # data NAME = generate using MODEL from DATA { ... }
     "from",
     "like",
     "by",

@@ -166,7 +166,7 @@ class _Rules:
     def train_source(self, meta, ch):
         method, data, block = ch
         block = block or A.Block((), span=self.sp(meta))
-        return A.TrainSource(data.value, block, str(method), span=self.sp(meta))
+        return A.TrainSource(data, block, str(method), span=self.sp(meta))
 
     def adapter_merge(self, meta, ch):
         return A.AdapterMerge(str(ch[0]), ch[1], span=self.sp(meta))
@@ -195,6 +195,15 @@ class _Rules:
         return A.DataSelect(
             _number(k, self.tsp(k)), pool, target, str(method), span=self.sp(meta), method_span=self.tsp(method)
         )
+
+    def gen_block(self, meta, ch):
+        entries = tuple(c for c in ch if isinstance(c, A.Entry))
+        wheres = tuple(c for c in ch if isinstance(c, A.Where))
+        return A.Block(entries, span=self.sp(meta)), wheres
+
+    def data_generate(self, meta, ch):
+        model, source, (block, wheres) = ch
+        return A.DataGenerate(model, source, block, wheres, span=self.sp(meta))
 
     def data_decl(self, meta, ch):
         return A.DataDecl(str(ch[0]), ch[1], span=self.sp(meta), name_span=self.tsp(ch[0]))

@@ -212,6 +212,9 @@ class Program:
                 dtype=self.dtype,
                 device_map=self.device_map,
             )
+            from .lifecycle.data import DataSets
+
+            self._exec.builder.data_rows = DataSets(self).rows  # adapters trained on a data set
         return self._exec
 
     def prepare_models(self, load: bool | None = None) -> list[str]:

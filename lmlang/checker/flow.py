@@ -6,6 +6,7 @@ registered Python functions, and queries the flow never calls.
 from __future__ import annotations
 
 from .. import ast as A
+from ..lifecycle.tables import generate_query_name
 from .. import types as T
 from ..builtins import BUILTINS
 from .context import Context, article, name_span
@@ -244,6 +245,7 @@ def check_unused(cx: Context) -> None:
         return
     called = {n.func for n in cx.out.flow.walk() if isinstance(n, A.Call)}
     called |= {e.query for e in cx.out.evals.values()}  # an eval block calls its query
+    called |= {generate_query_name(n) for n in cx.out.datasets}  # a generation's internal query
     for name, d in cx.out.queries.items():
         if name not in called and d.decl.span.filename == cx.source.filename:
             cx.warn(

@@ -4,9 +4,12 @@ exports (`export`).
 A data set's columns are known at check time when its rows come from a file
 (the first row's keys, or a CSV header) or from a selection (the pool's
 columns): every use of the data set (an eval's query parameters and
-expected field, a selection) is checked against them here, before any model
-loads. A source whose columns are known only when it runs (rows a model
-generates) has columns None and its uses are checked at run time.
+expected field, a selection, training) is checked against them here, before
+any model loads. A generation's rows are training rows (prompt, completion);
+its options and its internal query (the instruction, the row's text, the
+hole `output` under the block's where clauses) are checked here too, the
+query by the same code as any query. A source whose columns are known only
+when it runs would have columns None, its uses checked at run time.
 
 What an export cannot write is refused here with the declaration's
 position: a router (no weights of its own), a fusion (its members' logits
@@ -19,7 +22,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import ast as A
-from ..lifecycle.tables import DATA_FORMATS, METRICS, SELECT_METHODS
+from ..lifecycle.tables import (
+    DATA_FORMATS,
+    GENERATE_OPTIONS,
+    GENERATED_COLUMNS,
+    GENERATED_HOLE,
+    METRICS,
+    SELECT_METHODS,
+    generate_query_name,
+)
+from ..values import NOT_PLAIN, key_name, key_text, plain_value
 from .context import Context, probe
 from .program import PathRefused
 
@@ -27,6 +39,9 @@ from .program import PathRefused
 def check_lifecycle(cx: Context) -> None:
     for d in cx.out.datasets.values():
         cx.out.data_columns[d.name] = _dataset_columns(cx, d, ())
+    for d in cx.out.datasets.values():
+        if isinstance(d.source, A.DataGenerate):  # its options and query: add_generate_queries
+            data_ref_columns(cx, d.source.source, (d.name,))
     for e in cx.out.evals.values():
         _check_eval(cx, e)
     seen: dict[Path, A.ExportDecl] = {}
@@ -48,6 +63,8 @@ def _dataset_columns(cx: Context, d: A.DataDecl, stack: tuple) -> tuple | None:
         cols = file_columns(cx, "data file", src.path, src)
     elif isinstance(src, A.DataSelect):
         cols = _check_select(cx, d, src, (*stack, d.name))
+    elif isinstance(src, A.DataGenerate):
+        cols = GENERATED_COLUMNS  # its source is checked by check_lifecycle, its query by add_generate_queries
     else:
         return None  # a source checked by its own pass (columns known when it runs)
     cx.out.data_columns[d.name] = cols
@@ -66,6 +83,67 @@ def _check_select(cx: Context, d: A.DataDecl, src: A.DataSelect, stack: tuple) -
     pool = data_ref_columns(cx, src.pool, stack)
     data_ref_columns(cx, src.target, stack)
     return pool
+
+
+def add_generate_queries(cx: Context) -> None:
+    """A pass before the query passes: each generation's internal query
+    (its options checked first) joins the script's queries, so the query
+    passes check it like any query (holes, where clauses, the model, what a
+    served engine can decode) at the script's own words."""
+    for d in cx.out.datasets.values():
+        if isinstance(d.source, A.DataGenerate) and _check_generate_options(cx, d.source):
+            q = generate_query(d.name, d.source)
+            cx.out.query_decls[q.name] = q
+            cx.decls.append(q)
+
+
+def _check_generate_options(cx: Context, src: A.DataGenerate) -> bool:
+    """Errors in a generation's options; False when it has no instruction."""
+    seen: set = set()
+    for e in src.options.entries:
+        key = key_name(e.key)
+        if key not in GENERATE_OPTIONS:
+            text = key_text(e.key)
+            cx.error(
+                f"unknown generate option '{text}'", e.key, cx.did_you_mean(text, GENERATE_OPTIONS, known="options")
+            )
+            continue
+        if key in seen:
+            cx.error(f"option '{key}' given twice", e.key)
+        seen.add(key)
+        want = GENERATE_OPTIONS[key][0]
+        value = plain_value(e.value)
+        if value is NOT_PLAIN or type(value) is not want:
+            cx.error(f"generate option '{key}' takes {'a string' if want is str else 'an integer'}", e.value)
+        elif key == "n" and isinstance(value, int) and value <= 0:
+            cx.error(f"generate takes a positive number of rows, got n: {value}", e.value)
+        elif key == "instruction" and isinstance(value, str) and not value.strip():
+            cx.error("the instruction is empty", e.value, "say what the model writes for each row")
+    if "instruction" not in seen:
+        cx.error(
+            "generate needs an instruction",
+            src.options,
+            'e.g. { instruction: "Label the review positive or negative." }',
+        )
+        return False
+    return True
+
+
+def generate_query(name: str, src: A.DataGenerate) -> A.QueryDecl:
+    """The internal query of a generation: the instruction (after the task's
+    name, if given) and the row's text as the user's message, the model's
+    answer as the hole `output`, under the generation's where clauses."""
+    opts = {key_name(e.key): plain_value(e.value) for e in src.options.entries}
+    head = f"Task: {opts['task']}\n" if isinstance(opts.get("task"), str) else ""
+    at = src.span
+    user = A.Segment(
+        "user",
+        (A.Text(f"{head}{opts.get('instruction', '')}\n\n", span=at), A.Interp(("input",), span=at)),
+        span=at,
+    )
+    answer = A.Segment("assistant", (A.Hole(GENERATED_HOLE, span=at),), span=at)
+    param = A.Param("input", A.TypeRef("str", span=at), span=at)
+    return A.QueryDecl(generate_query_name(name), (param,), src.model, None, (user, answer), src.wheres, None, span=at)
 
 
 def data_ref_columns(cx: Context, ref: A.DataRef, stack: tuple = ()) -> tuple | None:

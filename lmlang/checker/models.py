@@ -38,9 +38,7 @@ def check_models_and_adapters(cx: Context) -> None:
             if path is not None and not probe(path / "adapter_config.json", "file"):
                 cx.error(f"'{src.path}' is not a PEFT LoRA folder (no adapter_config.json)", src)
         elif isinstance(src, A.TrainSource):
-            data = cx.file_ref("training data", src.data, src)
-            if data is not None:
-                _check_train_data(cx, data, src)
+            _check_train_source_data(cx, src)
             _check_train_options(cx, src)
         elif isinstance(src, A.AdapterMerge):
             check_merge(cx, src.method, src.options, over_adapters=True)
@@ -300,6 +298,51 @@ def _check_fuse(cx: Context, e: A.FuseExpr) -> None:
 # ---------------------------------------------------------------- training
 
 
+def _check_train_source_data(cx: Context, src: A.TrainSource) -> None:
+    """A file is read here with the trainer's reader; a data set's columns
+    must hold a training row (prompt and completion, or messages), and a
+    data set read straight from a file has its rows checked like a file."""
+    ref = src.data
+    if ref.path is not None:
+        data = cx.file_ref("training data", ref.path, src)
+        if data is not None:
+            _check_train_data(cx, data, src)
+        return
+    from .lifecycle import data_ref_columns
+
+    cols = data_ref_columns(cx, ref)
+    if cols is None:
+        return  # unknown until it runs (generated rows), or an error already reported
+    problem = train_columns_problem(cols)
+    if problem is not None:
+        cx.error(
+            f"data set '{ref.name}' {problem}",
+            ref,
+            f"its columns: {', '.join(cols) or 'none'}; training reads prompt and completion, or messages",
+        )
+        return
+    decl = cx.out.datasets[ref.name]
+    if isinstance(decl.source, A.DataFile):
+        try:
+            path = cx.out.path_for(decl.source.path, decl.source)
+        except (PathRefused, OSError, ValueError, RuntimeError):
+            return  # the data set's own check reports it
+        _check_train_data(cx, path, src)
+
+
+def train_columns_problem(cols) -> str | None:
+    """What keeps rows with these columns from being training rows (the
+    row format models/training.py reads), or None."""
+    if "messages" in cols:
+        if "prompt" in cols or "completion" in cols:
+            return "has both messages and prompt/completion columns"
+        return None
+    missing = [c for c in ("prompt", "completion") if c not in cols]
+    if missing:
+        return f"has no column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}"
+    return None
+
+
 def _check_train_data(cx: Context, path: Path, src: A.TrainSource) -> None:
     """The rows' shape, with the same reader training uses (torch-free),
     so a bad row is a check error naming its line, before any training."""
@@ -312,7 +355,7 @@ def _check_train_data(cx: Context, path: Path, src: A.TrainSource) -> None:
     except LmlangError as e:
         cx.error(f"bad training data: {e.message}", src, e.hint or f"see the data format in {training.__name__}")
     except OSError as e:
-        cx.error(f"cannot read training data {src.data}: {e.strerror}", src)
+        cx.error(f"cannot read training data {src.data.describe()}: {e.strerror}", src)
 
 
 def _check_train_options(cx: Context, src: A.TrainSource) -> None:

@@ -15,7 +15,7 @@ from ..errors import CheckError
 from ..source import Source
 from .context import Context, Stop
 from .flow import check_flow, check_unused
-from .lifecycle import check_lifecycle
+from .lifecycle import add_generate_queries, check_lifecycle
 from .models import check_models_and_adapters
 from .names import check_inputs, collect
 from .program import CheckedProgram, allowed_roots
@@ -28,6 +28,7 @@ PASSES = (
     check_inputs,
     check_models_and_adapters,
     check_routers,
+    add_generate_queries,  # a generation's internal query, checked by the query passes
     check_queries,
     check_served,
     check_defs,

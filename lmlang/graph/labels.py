@@ -35,7 +35,7 @@ def node_label(compiled, nid: str) -> str:
             text += f"{sign}{'' if abs(w) == 1 else f'{abs(w):g}*'}{name(m)}"
         return f"fuse {spec.mode}: {text}"
     if isinstance(spec, TrainSpec):
-        return f"train lora on {spec.data.rsplit('/', 1)[-1]} (base: {name(spec.base)})"
+        return f"train lora on {spec.dataset or spec.data.rsplit('/', 1)[-1]} (base: {name(spec.base)})"
     if isinstance(spec, RouterSpec):
         return (
             f"router {spec.name} ({spec.mode}: "

@@ -110,9 +110,13 @@ class TrainSpec(Spec):
 
     kind = "train"
     base: str  # node id
-    data: str  # absolute path
+    data: str  # absolute path ("" when the rows are a data set's)
     options: tuple  # sorted (key, value)
     loc: str = ""
+    # a data set's name (the runtime makes its rows: selected, generated) and how
+    # it is made, files as absolute paths (lifecycle.data.recipe); unset for a file
+    dataset: str = dataclasses.field(default="", metadata={"omit_unset": True})
+    recipe: tuple = dataclasses.field(default=(), metadata={"omit_unset": True})
 
     def deps(self):
         old = dict(self.options).get("compatible_with")  # MUSCLE: the old model, a node id
@@ -120,7 +124,7 @@ class TrainSpec(Spec):
 
     def label(self) -> str:
         method = dict(self.options).get("method", "lora")
-        return f"train {method} on {self.data.rsplit('/', 1)[-1]}"
+        return f"train {method} on {self.dataset or self.data.rsplit('/', 1)[-1]}"
 
 
 @frozen

@@ -4,18 +4,27 @@ argument (a file or a data set's name).
 One function per source kind, chosen by the source node's type in
 `source_rows`: a file is read with the reader data runs use (datarun.py:
 JSONL or CSV, every bad row named by file and line); a selection is made by
-select.py. A new source kind (rows a model generates) adds its node type and
-one branch there.
+select.py, a generation by generate.py. A new source kind adds its node
+type and one branch there (and one in `recipe`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import uuid
 from pathlib import Path
+from typing import Callable
 
 from .. import ast as A
 from ..errors import DataError, LmlangRuntimeError
+from .tables import generate_query_name
 
 MAX_ROWS = 1_000_000  # a data set held in memory (selection, evaluation)
+TRAINING_DATA_DIR = (
+    "training-data"  # LMLANG_HOME/training-data/<sha256>.jsonl: a data set's rows as training reads them
+)
 
 
 def read_file_rows(path: Path) -> list[dict]:
@@ -69,4 +78,80 @@ class DataSets:
             pool = self.rows_of_ref(src.pool)
             target = self.rows_of_ref(src.target)
             return select_rows(self.program, src.method, src.k, pool, target)
+        if isinstance(src, A.DataGenerate):
+            from .generate import generate_rows
+
+            return generate_rows(self.program, decl.name, src, self.rows_of_ref(src.source))
         raise LmlangRuntimeError(f"data set '{decl.name}': no reader for a {type(src).__name__} source")
+
+
+# ---------------------------------------------------------------- training on a data set
+
+
+def recipe(checked, name: str, query_node: Callable[[str], str], stack: tuple = ()) -> tuple:
+    """How data set `name` is made, as plain nested tuples with files as
+    absolute paths and a generation's internal query as ("node", its node
+    id; `query_node` gives it): the graph's train node carries it, so the
+    node (and the result cache, through recipe_key) follows what the rows
+    come from. Torch-free: the compiler calls it."""
+    src = checked.datasets[name].source
+    stack = (*stack, name)
+    if isinstance(src, A.DataFile):
+        return ("file", str(checked.path_for(src.path, src)))
+    if isinstance(src, A.DataSelect):
+        pool, target = (_ref_recipe(checked, r, query_node, stack) for r in (src.pool, src.target))
+        return ("select", src.method, src.k, pool, target)
+    if isinstance(src, A.DataGenerate):
+        from .generate import options
+
+        opts = tuple(sorted((k, v) for k, v in options(src).items() if k in ("n", "seed")))
+        query = ("node", query_node(generate_query_name(name)))
+        return ("generate", query, opts, _ref_recipe(checked, src.source, query_node, stack))
+    return (type(src).__name__, name)  # a source with no recipe yet: its name
+
+
+def _ref_recipe(checked, ref: A.DataRef, query_node: Callable[[str], str], stack: tuple) -> tuple:
+    if ref.path is not None:
+        return ("file", str(checked.path_for(ref.path, ref)))
+    name = ref.name or ""
+    if name in stack or name not in checked.datasets:  # the checker refused it already
+        return ("name", name)
+    return recipe(checked, name, query_node, stack)
+
+
+def recipe_key(rec, node_hash: Callable[[str], str]) -> object:
+    """The recipe with every file replaced by its content's sha256 and every
+    node by its content hash (`node_hash`: the result cache's), so a result
+    cached from an adapter trained on a data set goes stale when a file
+    under it, or the model that generated its rows, changes."""
+    if isinstance(rec, (tuple, list)) and len(rec) == 2 and rec[0] == "file":
+        try:
+            return ["file", hashlib.sha256(Path(rec[1]).read_bytes()).hexdigest()]
+        except OSError:
+            return ["file", "missing"]
+    if isinstance(rec, (tuple, list)) and len(rec) == 2 and rec[0] == "node":
+        return ["node", node_hash(str(rec[1]))]
+    if isinstance(rec, (tuple, list)):
+        return [recipe_key(x, node_hash) for x in rec]
+    return rec
+
+
+def training_file(rows: list[dict]) -> Path:
+    """The rows as a JSONL file under LMLANG_HOME named by the sha256 of its
+    bytes: the trainer reads it like any data file and keys the adapter on
+    those bytes, so the adapter's cache follows the rows' content, not the
+    data set's name. Written once, by an atomic rename."""
+    from ..home import cache_dir
+
+    body = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8")
+    path = cache_dir(TRAINING_DATA_DIR) / f"{hashlib.sha256(body).hexdigest()}.jsonl"
+    if path.is_file() and path.stat().st_size == len(body):
+        return path
+    tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_bytes(body)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

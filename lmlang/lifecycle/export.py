@@ -144,6 +144,11 @@ def recipe(checked, compiled, nid: str) -> dict:
             inputs[f"model {spec.source}"] = content_hash(resolve_model(spec.source))
         elif isinstance(spec, LoraSpec):
             inputs[f"adapter {spec.path}"] = content_hash(Path(spec.path))
+        elif isinstance(spec, TrainSpec) and spec.dataset:
+            from .data import recipe_key
+
+            blob = json.dumps(recipe_key(spec.recipe, lambda nid: nid), sort_keys=True).encode()
+            inputs[f"training data set {spec.dataset}"] = hashlib.sha256(blob).hexdigest()
         elif isinstance(spec, TrainSpec):
             inputs[f"training data {spec.data}"] = content_hash(Path(spec.data))
     return {"recipe": statements, "inputs": inputs}

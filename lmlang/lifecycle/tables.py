@@ -16,3 +16,19 @@ SELECT_METHODS = {
 }
 
 DATA_FORMATS = (".jsonl", ".csv")
+
+# `data NAME = generate using MODEL from DATA { ... }`: option -> (type, what it is)
+GENERATE_OPTIONS = {
+    "instruction": (str, "what the model is asked to do with each row (required)"),
+    "task": (str, "the task's name, written before the instruction"),
+    "n": (int, "how many rows to generate (default: one per source row; at most that)"),
+    "seed": (int, "picks which n source rows (default 0)"),
+}
+GENERATED_HOLE = "output"  # the hole the model writes; a generation's where clauses constrain it
+GENERATED_COLUMNS = ("prompt", "completion")  # a generated row: a training row
+
+
+def generate_query_name(data_name: str) -> str:
+    """The internal query of data set `data_name`'s generation (not a name a
+    script can write, so it never collides with a declaration)."""
+    return f"{data_name}.generate"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import LmlangError, LmlangRuntimeError, MergeError
 from ..source import span_of
@@ -71,6 +72,9 @@ class Builder:
         self.c = compiled
         self.device = device  # where adapters train (the program's device)
         self.values: dict[str, object] = {}  # node id -> its built value, once per process
+        # a data set's rows by name (lifecycle.data.DataSets.rows), for adapters
+        # trained on a selected or generated data set; the program sets it
+        self.data_rows: Callable[[str], list[dict]] | None = None
 
     def value(self, nid: str):
         if nid not in self.values:
@@ -112,12 +116,12 @@ class Builder:
                 if isinstance(old_value, Folder)
                 else (old_value.base, tuple(old_value.stack))
             )
-            result = train_lora(
-                base.path, Path(spec.data), options, progress=True, device=self.device, compatible_with=compatible
-            )
+            data = self._training_data(nid, spec)
+            result = train_lora(base.path, data, options, progress=True, device=self.device, compatible_with=compatible)
             if not result.cached:
+                source = f"data set {spec.dataset}" if spec.dataset else data.name
                 say(
-                    f"trained adapter {self.c.display_name(nid)} on {Path(spec.data).name} in {result.seconds:.0f} s "
+                    f"trained adapter {self.c.display_name(nid)} on {source} in {result.seconds:.0f} s "
                     f"(final loss {result.final_loss:.3f}; cached for later runs)"
                 )
             return Path(result.path)
@@ -160,6 +164,25 @@ class Builder:
         if isinstance(spec, RouterSpec):
             raise LmlangRuntimeError("a router is not a model", hint=f"at {spec.loc}")
         raise LmlangRuntimeError(f"cannot build a {spec.kind} node")
+
+    def _training_data(self, nid: str, spec: TrainSpec) -> Path:
+        """The file training reads: the script's file, or a data set's rows
+        written to a content-keyed JSONL (lifecycle.data.training_file)."""
+        if not spec.dataset:
+            return Path(spec.data)
+        if self.data_rows is None:
+            raise LmlangRuntimeError(
+                f"adapter {self.c.display_name(nid)}: data set '{spec.dataset}' has no rows here",
+                hint="run the script through lmlang.Program, which makes its data sets",
+            )
+        from ..lifecycle.data import training_file
+
+        rows = self.data_rows(spec.dataset)
+        if not rows:
+            raise LmlangRuntimeError(
+                f"adapter {self.c.display_name(nid)}: data set '{spec.dataset}' has no rows", hint=f"at {spec.loc}"
+            )
+        return training_file(rows)
 
     def _merge(self, nid: str, spec: MergeSpec):
         from ..merge.lora import merge_loras

@@ -249,6 +249,10 @@ class CallKeys:
             form["source"] = folder_key(resolve_model(spec.source, self.base_dir))
         elif isinstance(spec, LoraSpec):
             form["path"] = folder_key(Path(spec.path))
+        elif isinstance(spec, TrainSpec) and spec.dataset:
+            from ..lifecycle.data import recipe_key
+
+            form["recipe"] = recipe_key(spec.recipe, self.model_hash)
         elif isinstance(spec, TrainSpec):
             try:
                 form["data"] = hashlib.sha256(Path(spec.data).read_bytes()).hexdigest()

@@ -62,7 +62,7 @@ def test_adapter_application_with_scales():
 def test_adapter_sources():
     assert isinstance(one('adapter a = lora "folder"').source, A.LoraSource)
     t = one('adapter a = train lora on "d.jsonl" { base: m, rank: 8 }').source
-    assert isinstance(t, A.TrainSource) and t.data == "d.jsonl" and len(t.options.entries) == 2
+    assert isinstance(t, A.TrainSource) and t.data.path == "d.jsonl" and len(t.options.entries) == 2
     assert one('adapter a = train lora on "d.jsonl"').source.options.entries == ()
     assert isinstance(one("adapter a = merge linear { models: { x: 1 } }").source, A.AdapterMerge)
 

@@ -1,0 +1,162 @@
+"""`data NAME = generate using MODEL from DATA { task, instruction, n, seed, where ... }`:
+rows the model writes through an internal query, cached by content, shown
+by `lmlang data show`, trained on by `train ... on NAME`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lmlang
+from lmlang.errors import CheckError
+from lmlang.lifecycle import generate as G
+from lmlang.lifecycle.data import DataSets
+from lmlang.lifecycle.select import row_text
+
+REVIEWS = ["I loved it", "Awful food", "Great service", "Cold soup", "Friendly staff"]
+LABELS = ["positive", "negative"]
+
+
+def script(model: str, extra: str = "", opts: str = 'n: 3, seed: 1') -> str:
+    return (
+        f'model base = "{model}"\n'
+        'data reviews = "reviews.jsonl"\n'
+        "data synth = generate using base from reviews {\n"
+        f'    task: "sentiment", instruction: "Label the review positive or negative.", {opts}\n'
+        '    where output in ["positive", "negative"]\n'
+        "}\n" + extra
+    )
+
+
+@pytest.fixture()
+def folder(tmp_path) -> Path:
+    (tmp_path / "reviews.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in REVIEWS), encoding="utf-8")
+    return tmp_path
+
+
+def test_pick_rows_is_seeded_and_keeps_source_order():
+    rows = [{"i": i} for i in range(10)]
+    a = G.pick_rows(rows, 4, seed=1)
+    assert a == G.pick_rows(rows, 4, seed=1) and len(a) == 4
+    assert [r["i"] for r in a] == sorted(r["i"] for r in a)
+    assert G.pick_rows(rows, 4, seed=2) != a
+    assert G.pick_rows(rows, None, 0) == rows and G.pick_rows(rows, 99, 0) == rows
+
+
+def test_generated_rows_obey_the_where_clause_and_are_cached(folder, tiny_model_dir, lmlang_home, monkeypatch):
+    prog = lmlang.compile(script(str(tiny_model_dir)), base_dir=folder, device="cpu")
+    rows = DataSets(prog).rows("synth")
+    picked = G.pick_rows([{"text": t} for t in REVIEWS], 3, 1)
+    assert [r["prompt"] for r in rows] == [
+        f"Task: sentiment\nLabel the review positive or negative.\n\n{row_text(r)}" for r in picked
+    ]
+    assert all(r["completion"] in LABELS for r in rows)
+    assert len(list((lmlang_home / "generate").glob("*.json"))) == 1
+    # the same outputs as calling the internal query directly
+    direct = prog.call_query("synth.generate", kwargs={"input": picked[0]["text"]})
+    assert direct["output"] == rows[0]["completion"]
+
+    def boom(*a, **k):
+        raise AssertionError("decoded again")
+
+    again = lmlang.compile(script(str(tiny_model_dir)), base_dir=folder, device="cpu")
+    monkeypatch.setattr(type(again._executor()), "run_calls", boom)
+    assert DataSets(again).rows("synth") == rows
+    # another instruction is another query: generated again
+    other = lmlang.compile(
+        script(str(tiny_model_dir)).replace("Label the", "Classify the"), base_dir=folder, device="cpu"
+    )
+    monkeypatch.setattr(type(other._executor()), "run_calls", boom)
+    with pytest.raises(AssertionError, match="decoded again"):
+        DataSets(other).rows("synth")
+
+
+def test_training_on_generated_rows(folder, tiny_model_dir, lmlang_home):
+    from lmlang.graph import TrainSpec
+
+    extra = "adapter a = train lora on synth { base: base, rank: 4, epochs: 1, batch_size: 2, max_length: 64 }\n"
+    prog = lmlang.compile(script(str(tiny_model_dir), extra), base_dir=folder, device="cpu")
+    c = prog.frontend.compiled
+    spec = c.spec(c.names["a"])
+    assert isinstance(spec, TrainSpec) and spec.dataset == "synth"
+    assert spec.recipe[0] == "generate" and spec.recipe[1] == ("node", c.names["synth.generate"])
+    adapter = Path(prog._executor().builder.value(c.names["a"]))
+    (data,) = (lmlang_home / "training-data").glob("*.jsonl")
+    assert [json.loads(x) for x in data.read_text(encoding="utf-8").splitlines()] == DataSets(prog).rows("synth")
+    assert (adapter / "adapter_model.safetensors").is_file()
+
+
+def test_cli_data_show_generates(folder, tiny_model_dir, lmlang_home):
+    (folder / "s.lm").write_text(script(str(tiny_model_dir)), encoding="utf-8")
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmlang.cli",
+        "data",
+        "show",
+        "synth",
+        str(folder / "s.lm"),
+        "--json",
+        "--device",
+        "cpu",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    shown = [json.loads(x) for x in out.stdout.splitlines()]
+    assert len(shown) == 3 and all(r["completion"] in LABELS for r in shown)
+
+
+def errors(src: str, folder: Path) -> list:
+    with pytest.raises(CheckError) as info:
+        lmlang.compile(src, "s.lm", base_dir=folder)
+    return info.value.diagnostics
+
+
+def at(src: str, d) -> str:
+    return src.splitlines()[d.span.line - 1][d.span.col - 1 :]
+
+
+def test_check_errors_are_positioned(folder):
+    bad_hole = script("default").replace("where output", "where label")
+    (d,) = errors(bad_hole, folder)
+    assert "constraint on [label]" in d.message and at(bad_hole, d).startswith("label in") and "output" in d.hint
+    bad_opts = script("default", opts='n: 0, sed: 1, task: 3')
+    found = {d.message: at(bad_opts, d) for d in errors(bad_opts, folder)}
+    assert found["generate takes a positive number of rows, got n: 0"].startswith("0,")
+    assert found["unknown generate option 'sed'"].startswith("sed:")
+    # `task` given twice (a string above, an integer here): both reported
+    assert any(m.startswith("generate option 'task' takes a string") for m in found)
+    no_instruction = script("default").replace('instruction: "Label the review positive or negative.", ', "")
+    (d,) = errors(no_instruction, folder)
+    assert d.message == "generate needs an instruction" and at(no_instruction, d).startswith("{")
+    missing = script("default").replace("from reviews", "from review")
+    (d,) = [d for d in errors(missing, folder) if "undefined data set" in d.message]
+    assert at(missing, d).startswith("review {") and "reviews" in d.hint
+    not_a_model = script("default").replace("using base", "using reviews")
+    (d,) = errors(not_a_model, folder)
+    assert d.message == "'reviews' is a data set, not a model" and at(not_a_model, d).startswith("reviews from")
+
+
+def test_a_generated_data_set_has_training_columns(folder):
+    src = script("default", "adapter a = train lora on synth { rank: 4 }\n")
+    assert lmlang.compile(src, base_dir=folder).frontend.checked.data_columns["synth"] == ("prompt", "completion")
+
+
+def test_a_generation_on_a_served_model_is_checked_like_any_query(folder):
+    # the internal query joins the query passes, so what a server cannot
+    # decode is refused at check time, positioned at the where clause
+    src = (
+        'model srv = server "http://127.0.0.1:9/v1" { backend: none }\n'
+        'data reviews = "reviews.jsonl"\n'
+        "data synth = generate using srv from reviews {\n"
+        '    instruction: "Label it."\n'
+        '    where output in ["positive", "negative"]\n'
+        "}\n"
+    )
+    (d,) = errors(src, folder)
+    assert d.message.startswith("served model 'srv' cannot enforce a choice") and d.code == "served-unsupported"
+    assert at(src, d).startswith('output in ["positive"')
