@@ -318,7 +318,7 @@ def _check_targets(path: Path, config: dict, base: nn.Module) -> None:
         {
             n.rsplit(".", 1)[-1]
             for n, m in base.named_modules()
-            if isinstance(m, (nn.Linear, nn.Embedding)) or type(m).__name__ == "Conv1D"
+            if isinstance(m, (nn.Linear, nn.Embedding)) or _is_int8_linear(m) or type(m).__name__ == "Conv1D"
         }
     )
     if isinstance(targets, str):
@@ -341,10 +341,33 @@ def _check_targets(path: Path, config: dict, base: nn.Module) -> None:
             )
 
 
+def _is_int8_linear(module: nn.Module) -> bool:
+    """A Linear that dtype int8 replaced (torch's dynamic quantization). LoRA
+    hooks see its float input and output like a plain Linear's; only its
+    weight is packed (`module.weight()` unpacks it)."""
+    return type(module).__module__.startswith("torch.ao.nn.quantized") and hasattr(module, "in_features")
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or _is_int8_linear(module)
+
+
+def _linear_weight(module: nn.Module) -> torch.Tensor:
+    """The float weight of a plain or an int8 Linear (int8: dequantized once)."""
+    if _is_int8_linear(module):
+        return module.weight().dequantize()  # type: ignore[operator]
+    return module.weight  # type: ignore[return-value]
+
+
+def _linear_bias(module: nn.Module) -> torch.Tensor | None:
+    bias = module.bias() if _is_int8_linear(module) else getattr(module, "bias", None)  # type: ignore[operator]
+    return bias
+
+
 def _layer_shape(module: nn.Module) -> tuple[int, int] | None:
     """(in_features, out_features) of a layer LoRA can adapt, else None."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
+    if _is_linear(module):
+        return module.in_features, module.out_features  # type: ignore[return-value]
     if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # GPT-2 style, weight (in, out)
         return module.weight.shape[0], module.weight.shape[1]  # type: ignore[index, return-value]  # torch types Module attributes as Tensor | Module
     return None
@@ -496,6 +519,12 @@ def build_adapter(
             if not torch.allclose(saved.to(weight.device, torch.float32), weight.float(), rtol=1e-3, atol=1e-5):
                 module_ops.append(_Replace(saved).to(device, dtype))
         if "weight" in parts or "bias" in parts:  # modules_to_save replacements
+            if _is_int8_linear(module):
+                raise _fail(
+                    path,
+                    f"{module_name} is replaced whole by this adapter (modules_to_save) and the model is loaded as int8",
+                    "load this model as float32 or bfloat16 (dtype option)",
+                )
             if not isinstance(module, (nn.Linear, nn.Embedding)):
                 raise _fail(
                     path,
@@ -543,26 +572,33 @@ def build_adapter(
 def _dora_op(path: Path, name: str, module: nn.Module, a32, b32, magnitude) -> _DoraLinear:
     """DoRA's constant m / ||W + s B A||_row, from the frozen base weight (PEFT
     detaches the norm too: it is not a function of the input)."""
-    if not isinstance(module, nn.Linear):
+    if not _is_linear(module):
         raise _fail(path, f"DoRA on {name} ({type(module).__name__}) is not supported; only on linear layers")
-    weight = module.weight.detach().float().cpu()
+    weight = _linear_weight(module).detach().float().cpu()
     if magnitude.shape != (weight.shape[0],):
         raise _fail(
             path,
             f"shape mismatch at {name}: lora_magnitude_vector is {tuple(magnitude.shape)}, expected ({weight.shape[0]},)",
         )
     norm = torch.linalg.norm(weight + b32 @ a32, dim=1)
-    bias = None if module.bias is None else module.bias.detach().float().cpu()
+    base_bias = _linear_bias(module)
+    bias = None if base_bias is None else base_bias.detach().float().cpu()
     return _DoraLinear(a32, b32, magnitude.float() / norm, bias)
 
 
 def _ia3_op(path: Path, config: dict, name: str, module: nn.Module, vector) -> _IA3:
     """IA3's vector of one module: on the input when the module is one of the
     config's feedforward_modules (shaped (1, in)), else on the output ((out, 1))."""
-    if not isinstance(module, nn.Linear):
+    if not _is_linear(module):
         raise _fail(path, f"IA3 on {name} ({type(module).__name__}) is not supported; only on linear layers")
     ff = config.get("feedforward_modules") or []
     on_input = bool(re.fullmatch(ff, name)) if isinstance(ff, str) else _target_matches_one(ff, name)
+    if on_input and _is_int8_linear(module):  # its delta multiplies the weight again at every step
+        raise _fail(
+            path,
+            f"IA3 on the input of {name} needs the layer's float weight, and the model is loaded as int8",
+            "load this model as float32 or bfloat16 (dtype option), or use a LoRA adapter",
+        )
     want = (1, module.in_features) if on_input else (module.out_features, 1)
     if tuple(vector.shape) != want:
         raise _fail(
@@ -672,13 +708,6 @@ class AdapterHost:
         host in its `adapter_host` field: one host, one set of hooks, per model."""
         self.loaded = loaded_model
         base = loaded_model.model
-        if getattr(loaded_model, "dtype", None) == "int8":
-            raise LmlangRuntimeError(
-                "adapters cannot apply to a model loaded as int8: its Linear layers are quantized "
-                "and take no LoRA hooks",
-                hint="give this model (and its base) float32 or bfloat16",
-                code="int8-adapters",
-            )
         if loaded_model.adapter_host is not None:
             raise LmlangRuntimeError(
                 "this model already has an AdapterHost; use AdapterHost.for_model(loaded) to share it"
