@@ -165,3 +165,14 @@ def test_fuse_dynamic_errors_at_their_position(tmp_path, fuse, message, col_text
 
 def test_fuse_dynamic_with_an_anchor_takes_one_expert(tmp_path):
     assert messages(tmp_path, fuse_script("fuse dynamic(anchor: a) { b }")) == []
+
+
+def test_a_pool_on_a_served_base_is_refused(pool):
+    diags = diagnostics(
+        pool,
+        'model s = server "http://127.0.0.1:9/v1" { model: "m" }\n'
+        'router many = route pool "adapters/*" { base: s }\n'
+        'query q(x: str) using many(x) { "{x} [v]" where v in ["a", "b"] }\n',
+    )
+    assert [d.code for d in diags] == ["served-unsupported"]
+    assert diags[0].message.startswith("route pool: base must run in this process") and diags[0].span.line == 2
