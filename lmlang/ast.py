@@ -144,9 +144,12 @@ class MergeExpr(Node):
 
 @frozen
 class FuseExpr(Node):
-    mode: str  # "linear" | "contrastive"
+    mode: str  # "linear" | "contrastive" | "dynamic"
     options: tuple[KwArg, ...]
     members: Block
+    # `fuse dynamic { a, b }`: members listed without weights (each entry's
+    # value is then its key: no weight was written)
+    listed: bool = False
 
 
 @frozen
@@ -219,10 +222,11 @@ class AdapterDecl(Named):
 @frozen
 class RouterDecl(Named):
     name: str
-    kind: str  # embedding | classify | rules
+    kind: str  # embedding | classify | rules | pool
     options: tuple[KwArg, ...]
     using: "ModelExpr | None"
-    experts: Block
+    experts: Block  # a pool's block holds its options instead
+    source: "Literal | None" = None  # `route pool "adapters/*"`: the glob of adapter folders
 
 
 # ------------------------------------------------------------------ lifecycle: data, eval, export

@@ -107,10 +107,18 @@ class Compiler:
                     options.append((_key_text(entry.key), _option_value(entry.value)))  # `density:` or `"density":`
             return self.add(MergeSpec(e.method, base, tuple(models), tuple(sorted(options)), self.loc(e)), e.method)
         if isinstance(e, A.FuseExpr):
-            members = tuple((self.model(m.key), float(_plain_value(m.value))) for m in e.members.entries)
-            fuse_opts = tuple(sorted((kw.name, _plain_value(kw.value)) for kw in e.options))
-            return self.add(FuseSpec(e.mode, members, fuse_opts, self.loc(e)), e.mode)
+            return self.fuse(e)
         raise TypeError(f"not a model expression: {e!r}")  # the checker rejects these
+
+    def fuse(self, e: A.FuseExpr) -> str:
+        if e.listed:  # fuse dynamic { a, b }: no weights written (each step picks them)
+            members = tuple((self.model(m.key), 1.0) for m in e.members.entries)
+        else:
+            members = tuple((self.model(m.key), float(_plain_value(m.value))) for m in e.members.entries)
+        roles = {kw.name: self.model(kw.value) for kw in e.options if kw.name in ("anchor", "target")}
+        fuse_opts = tuple(sorted((kw.name, _plain_value(kw.value)) for kw in e.options if kw.name not in roles))
+        spec = FuseSpec(e.mode, members, fuse_opts, self.loc(e), roles.get("anchor"), roles.get("target"))
+        return self.add(spec, e.mode)
 
     def source_path(self, p: str, node) -> str:
         """A model source as the loader reads it: "default", a hub id, or an
@@ -188,6 +196,8 @@ class Compiler:
         if name in self.names:
             return self.names[name]
         r = self.c.routers[name]
+        if ROUTER_KINDS[r.kind].takes_source:
+            return self.pool_router(name, r)
         experts, default = [], None
         for e in r.experts.entries:
             if ROUTER_KINDS[r.kind].has_default and _key_name(e.key) == "default":
@@ -202,6 +212,29 @@ class Compiler:
             )
         )
         nid = self.add(RouterSpec(name, r.kind, tuple(experts), default, using, opts, self.loc(r)), name, name)
+        self.names[name] = nid
+        return nid
+
+    def pool_router(self, name: str, r: A.RouterDecl) -> str:
+        """`route pool "GLOB" { base: MODEL, option: value }`: the glob resolved
+        against the script's folder (matched again when the program runs)."""
+        assert r.source is not None  # the checker requires the glob
+        base: str | None = None
+        opts: list[tuple[str, object]] = []
+        for e in r.experts.entries:
+            key = _key_name(e.key) or ""
+            if key == "base":
+                base = self.model(e.value)
+            elif key == "examples":
+                examples = tuple(
+                    sorted((_key_text(x.key), tuple(_plain_value(x.value))) for x in e.value.entries)  # type: ignore[union-attr]
+                )
+                opts.append((key, examples))
+            else:
+                opts.append((key, _option_value(e.value)))
+        pattern = str(self.c.path_for(str(r.source.value), r.source))
+        spec = RouterSpec(name, r.kind, (), None, None, tuple(sorted(opts)), self.loc(r), pattern, base)
+        nid = self.add(spec, name, name)
         self.names[name] = nid
         return nid
 

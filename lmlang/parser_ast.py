@@ -160,6 +160,14 @@ class _Rules:
         mode, opts, block = ch
         return A.FuseExpr(str(mode) if mode is not None else "linear", opts or (), block, span=self.sp(meta))
 
+    def fuse_list_expr(self, meta, ch):
+        mode, opts, members = ch
+        return A.FuseExpr(str(mode), opts or (), members, listed=True, span=self.sp(meta))
+
+    def fuse_list(self, meta, ch):
+        # each member an entry with itself as value: no weight was written
+        return A.Block(tuple(A.Entry(m, m, span=m.span) for m in ch), span=self.sp(meta))
+
     def lora_source(self, meta, ch):
         return A.LoraSource(ch[0].value, span=self.sp(meta))
 
@@ -175,9 +183,10 @@ class _Rules:
         return A.AdapterDecl(str(ch[0]), ch[1], span=self.sp(meta), name_span=self.tsp(ch[0]))
 
     def router_decl(self, meta, ch):
-        name, kind, opts, using, block = ch
+        name, kind, source, opts, using, block = ch
+        glob = A.Literal(source.value, span=source.span) if source is not None else None
         return A.RouterDecl(
-            str(name), str(kind), opts or (), using, block, span=self.sp(meta), name_span=self.tsp(name)
+            str(name), str(kind), opts or (), using, block, glob, span=self.sp(meta), name_span=self.tsp(name)
         )
 
     # -- lifecycle: data sets, evals, exports

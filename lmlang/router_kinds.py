@@ -24,6 +24,13 @@ class RouterKind:
     has_default: bool = False  # exactly one `default: MODEL` entry
     min_experts: int = 2
     runtime: str = ""  # "module:Class" of the runtime implementation
+    # `route KIND "GLOB" { option: value }`: a kind that takes a source reads
+    # its block as options, not experts (pool: the glob of adapter folders)
+    takes_source: bool = False
+    block_options: tuple = ()  # (BlockOption, ...)
+
+    def block_option(self, name: str) -> "BlockOption | None":
+        return next((o for o in self.block_options if o.name == name), None)
 
     def option(self, name: str):
         return next((o for o in self.options if o[0] == name), None)
@@ -32,6 +39,34 @@ class RouterKind:
         if not self.options:
             return f"route {self.name} takes no options"
         return f"route {self.name} takes " + ", ".join(f"{o[0]}: {'|'.join(o[1])}" for o in self.options)
+
+
+@frozen
+class BlockOption:
+    """One option of a block read as options (`route pool "..." { top_k: 2 }`).
+    type: "model", "int" (>= lo), "number" (> lo), "word" (one of `words`),
+    "examples" ({ "member": ["text", ...] })."""
+
+    name: str
+    type: str
+    default: object = None
+    lo: float = 0
+    words: tuple = ()
+    required: bool = False
+    doc: str = ""
+
+
+POOL_OPTIONS = (
+    BlockOption("base", "model", required=True, doc="the model every adapter of the pool was trained on"),
+    BlockOption("top_k", "int", 1, lo=1, doc="how many adapters are mixed per row"),
+    BlockOption("by", "word", "embedding", words=("embedding", "gate"), doc="how rows are scored against adapters"),
+    BlockOption("encoder", "word", "minilm", words=("minilm", "base"), doc="by: embedding's sentence encoder"),
+    BlockOption("temperature", "number", 0.05, lo=0, doc="the softmax temperature over the chosen scores"),
+    BlockOption("n_examples", "int", 8, lo=1, doc="training prompts read per adapter as its examples"),
+    BlockOption(
+        "examples", "examples", doc='{ "folder name": ["text", ...] }: examples that replace an adapter\'s own'
+    ),
+)
 
 
 ROUTER_KINDS: dict[str, RouterKind] = {
@@ -64,6 +99,15 @@ ROUTER_KINDS: dict[str, RouterKind] = {
             has_default=True,
             min_experts=1,
             runtime="lmlang.runtime.routing:Router",
+        ),
+        RouterKind(
+            "pool",
+            "any number of LoRA folders (a glob); each row mixes its top_k adapters, weighted by their scores",
+            (),
+            min_experts=0,
+            takes_source=True,
+            block_options=POOL_OPTIONS,
+            runtime="lmlang.runtime.routing:PoolRouter",
         ),
     )
 }

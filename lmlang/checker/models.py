@@ -276,10 +276,26 @@ def _check_fuse(cx: Context, e: A.FuseExpr) -> None:
     if e.mode not in model_options.FUSE_MODES:
         cx.error(f"unknown fuse mode '{e.mode}'", e, cx.did_you_mean(e.mode, model_options.FUSE_MODES, known="modes"))
         return
+    roles = []  # models given as options (fuse dynamic's anchor and target)
     for kw in e.options:
+        if (e.mode, kw.name) in model_options.FUSE_MODEL_OPTIONS:
+            check_model_expr(cx, kw.value, allow_router=False)
+            _refuse(cx, kw.value, "logits", "fuse")
+            roles.append(kw)
+            continue
         problem = model_options.check_fuse_option(e.mode, kw.name, plain_value(kw.value))
         if problem is not None:
             cx.error(problem.message, kw if problem.code == "unknown-option" else kw.value, problem.hint)
+    if e.mode == "dynamic":
+        _check_dynamic_members(cx, e, roles)
+        return
+    if e.listed:
+        cx.error(
+            f"fuse {e.mode} takes a weight per model",
+            e.members,
+            "write { MODEL: WEIGHT, ... }; only `fuse dynamic { a, b }` picks its weights itself",
+        )
+        return
     if len(e.members.entries) < 2:
         cx.error("fuse needs at least two models", e.members)
     else:
@@ -293,6 +309,38 @@ def _check_fuse(cx: Context, e: A.FuseExpr) -> None:
     numbers = [w for w in weights if isinstance(w, (int, float))]
     if e.mode == "contrastive" and not (any(w > 0 for w in numbers) and any(w < 0 for w in numbers)):
         cx.error("contrastive fusion needs an expert (positive weight) and an amateur (negative weight)", e.members)
+
+
+def _check_dynamic_members(cx: Context, e: A.FuseExpr, roles: list) -> None:
+    """`fuse dynamic[(anchor: A, target: T)] { a, b }`: models without weights
+    (each step chooses them), sharing a vocabulary with the anchor and target."""
+    if not e.listed:
+        cx.error(
+            "fuse dynamic picks its weights at every step",
+            e.members,
+            "list the models without weights: fuse dynamic { base + a, base + b }",
+        )
+        return
+    names = {kw.name: kw for kw in roles}
+    if "target" in names and "anchor" not in names:
+        cx.error(
+            "fuse dynamic: a target needs an anchor (the model the experts were tuned from)",
+            names["target"],
+            "add anchor: MODEL, e.g. fuse dynamic(anchor: base, target: big) { ... }",
+        )
+    least = 1 if "anchor" in names else 2
+    if len(e.members.entries) < least:
+        cx.error(
+            "fuse dynamic needs at least two models" if least == 2 else "fuse dynamic needs at least one model",
+            e.members,
+            "" if least == 1 else "or give an anchor: fuse dynamic(anchor: base) { base + a }",
+        )
+    for m in e.members.entries:
+        check_model_expr(cx, m.key, allow_router=False)
+        _refuse(cx, m.key, "logits", "fuse")
+    members = [m.key for m in e.members.entries] + [kw.value for kw in roles]
+    if len(members) >= 2:
+        check_compatible(cx, members, "fuse")
 
 
 # ---------------------------------------------------------------- training

@@ -48,6 +48,10 @@ def _targets(cx: Context, using) -> list:
             return []
         out = []
         for e in r.experts.entries:
+            if r.source is not None:  # a pool's block holds options: it runs on its base
+                if key_name(e.key) == "base":
+                    out.append((e.value, _name(e.value)))
+                continue
             if r.kind == "rules" and key_name(e.key) == "default":
                 out.append((e.value, _name(e.value)))
             else:

@@ -183,12 +183,16 @@ class FuseSpec(Spec):
 
     kind = "fuse"
     mode: str
-    members: tuple  # ((node id, weight), ...)
+    members: tuple  # ((node id, weight), ...); fuse dynamic: weight 1.0 (each step picks them)
     options: tuple
     loc: str = ""
+    # fuse dynamic's anchor and target model node ids; left out of the JSON
+    # and the id while unset, so other fusions keep both
+    anchor: str | None = dataclasses.field(default=None, metadata={"omit_unset": True})
+    target: str | None = dataclasses.field(default=None, metadata={"omit_unset": True})
 
     def deps(self):
-        return tuple(m for m, _ in self.members)
+        return tuple(dict.fromkeys([*(m for m, _ in self.members), *(x for x in (self.anchor, self.target) if x)]))
 
     def label(self) -> str:
         return f"fuse {self.mode}"
@@ -200,12 +204,16 @@ class RouterSpec(Spec):
 
     kind = "router"
     name: str
-    mode: str  # embedding | classify | rules
+    mode: str  # embedding | classify | rules | pool
     experts: tuple[tuple[str, Payload], ...]  # ((expert node id, what routes to it), ...)
     default: str | None
     using: str | None
     options: tuple
     loc: str = ""
+    # route pool: the glob of adapter folders (absolute) and the base model's
+    # node id; left out of the JSON and the id while unset (other routers)
+    pool: str | None = dataclasses.field(default=None, metadata={"omit_unset": True})
+    base: str | None = dataclasses.field(default=None, metadata={"omit_unset": True})
 
     def deps(self):
         ids = [e for e, _ in self.experts]
@@ -213,6 +221,8 @@ class RouterSpec(Spec):
             ids.append(self.default)
         if self.using:
             ids.append(self.using)
+        if self.base:
+            ids.append(self.base)
         return tuple(dict.fromkeys(ids))
 
     def label(self) -> str:

@@ -264,6 +264,19 @@ FUSE_MODES: dict[str, dict[str, Range]] = {
             "of their most likely token's probability",
         ),
     },
+    # fuse dynamic(anchor: MODEL, target: MODEL, grid: N, max: X) { a, b }:
+    # per-step weights (runtime/fusion_dynamic.py); anchor and target are
+    # models, checked as models (FUSE_MODEL_OPTIONS), not numbers
+    "dynamic": {
+        "grid": Range("int", 10, 1, doc="weights are searched in steps of 1/grid (anchored: max/grid)"),
+        "max": Range("number", 2.0, 0.0, lo_open=True, doc="anchored: the largest weight of one expert's shift"),
+    },
+}
+
+# Options whose value is a model: (mode, option) -> what it means.
+FUSE_MODEL_OPTIONS: dict[tuple[str, str], str] = {
+    ("dynamic", "anchor"): "the model the fused experts were tuned from",
+    ("dynamic", "target"): "the model that receives the experts' shifts (default: the anchor)",
 }
 
 
@@ -279,10 +292,15 @@ def check_fuse_option(mode: str, name: str, value: Any) -> Problem | None:
     """The problem with one option of `fuse MODE(...)` (MODE known), or None."""
     allowed = FUSE_MODES[mode]
     if name not in allowed:
+        known = [*allowed, *(o for m, o in FUSE_MODEL_OPTIONS if m == mode)]
         return Problem(
-            f"unknown option '{name}' for fuse {mode}", did_you_mean(name, allowed), code="unknown-option", option=name
+            f"unknown option '{name}' for fuse {mode}", did_you_mean(name, known), code="unknown-option", option=name
         )
     spec = allowed[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not spec.fits(value):
-        return Problem(f"fuse {name} must be a number in {spec.interval()}", code="bad-value", option=name)
+    whole = spec.type == "int"
+    if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or not spec.fits(value):
+        what = "whole number" if whole else "number"
+        bounds = spec.bounds_text()
+        text = f"a positive {what}" if bounds == "positive" else f"a {what} {bounds}"
+        return Problem(f"fuse {name} must be {text}", code="bad-value", option=name)
     return None

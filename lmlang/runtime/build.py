@@ -48,6 +48,8 @@ class Fused:
     mode: str
     members: tuple  # ((ModelValue, weight), ...)
     options: tuple
+    anchor: object = None  # fuse dynamic: the ModelValue the experts were tuned from
+    target: object = None  # fuse dynamic: the ModelValue that receives their shifts
 
 
 def say(msg: str) -> None:
@@ -160,7 +162,9 @@ class Builder:
         if isinstance(spec, MergeSpec):
             return self._merge(nid, spec)
         if isinstance(spec, FuseSpec):
-            return Fused(spec.mode, tuple((self.value(m), w) for m, w in spec.members), spec.options)
+            members = tuple((self.value(m), w) for m, w in spec.members)
+            anchor, target = (self.value(x) if x else None for x in (spec.anchor, spec.target))
+            return Fused(spec.mode, members, spec.options, anchor, target)
         if isinstance(spec, RouterSpec):
             raise LmlangRuntimeError("a router is not a model", hint=f"at {spec.loc}")
         raise LmlangRuntimeError(f"cannot build a {spec.kind} node")

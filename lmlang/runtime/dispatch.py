@@ -59,6 +59,8 @@ class Job:
     row: int | None = None
     seed: int | None = None  # this call's sampling seed (None: the decoder does not sample)
     expert: str | None = None  # a routed call's expert name
+    mix: tuple | None = None  # a pool-routed call's adapters ((member, weight), ...)
+    mix_router: str | None = None  # ... and the pool router's node id
     stream: Callable | None = None  # stream(hole, text)
     key: str | None = None  # its result cache key
     lm: Any = None  # the LM that decodes it (runtime.lm.LM; set before decoding)
@@ -83,7 +85,7 @@ def decode_jobs(execu, jobs: list[Job], strategy: Strategy) -> None:
     ready = []
     for job in local:
         try:
-            job.lm = execu.lm(job.lm_nid)
+            job.lm = execu.lm(job.lm_nid) if job.mix is None else execu.pool_lm(job.mix_router, job.mix)
             ready.append(job)
         except LmlangError as e:
             job.result = e
@@ -306,6 +308,8 @@ def decode_solo(execu, lm, jobs: list[Job]) -> None:
     if not runs:
         return
     spec = ok[0].spec
+    # fuse dynamic: its per-step weights go into the trace (argmax decodes all rows in one batch)
+    dynamic = hasattr(lm, "weight_steps") and spec.decoder[0] == "argmax" and spec.distribution is None
     try:
         if spec.decoder[0] in SAMPLING:  # each call samples with its own seed
             decoded = []
@@ -321,8 +325,34 @@ def decode_solo(execu, lm, jobs: list[Job]) -> None:
         _isolate(execu, ok, e, decode_solo)
         return
     wall = (time.perf_counter() - t0) / len(runs)
+    if dynamic and len(decoded) == len(ok):
+        for d, summary in zip(decoded, dynamic_summaries(lm, len(ok))):
+            d.details = {**d.details, "fuse_weights": summary}
     for job, run, d in zip(ok, runs, decoded):
         finish(execu, job, run.prompt.display(), d, wall)
+
+
+def dynamic_summaries(lm, rows: int) -> list[dict]:
+    """fuse dynamic: per row of the latest batch, its weights' mean over the
+    decoding steps and the first and last step's weights, per member."""
+    steps = [w for w in lm.weight_steps() if w.dim() == 2 and w.shape[0] == rows]
+    names = [m.name for m, _ in lm.members[: lm.n_experts]]
+    names = [f"{n} #{i + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+    if not steps:
+        return [{} for _ in range(rows)]
+    out = []
+    for r in range(rows):
+        per = [w[r].tolist() for w in steps]
+        mean = [sum(x[i] for x in per) / len(per) for i in range(len(names))]
+        out.append(
+            {
+                "steps": len(per),
+                "mean": dict(zip(names, (round(x, 4) for x in mean))),
+                "first": dict(zip(names, (round(x, 4) for x in per[0]))),
+                "last": dict(zip(names, (round(x, 4) for x in per[-1]))),
+            }
+        )
+    return out
 
 
 def _isolate(execu, jobs: list[Job], error: LmlangError, again) -> None:
@@ -341,8 +371,11 @@ def finish(execu, job: Job, prompt: str, d, wall: float) -> None:
         out["distribution"] = d.distribution
     if job.expert is not None:
         out["expert"] = job.expert
-    out.update(d.details)  # vote: samples, votes; best_of: scores
+    out.update({k: v for k, v in d.details.items() if k != "fuse_weights"})  # vote: samples, votes; best_of: scores
     job.result, job.texts, job.prompt = out, dict(d.texts), prompt
+    details = dict(d.details)
+    if job.mix is not None:  # a pool-routed row: every adapter it mixed, with its weight
+        details["adapters"] = {name: round(w, 6) for name, w in job.mix}
     holes = [vars(h) for h in d.holes]
     execu.trace.add(
         QueryTrace(
@@ -358,6 +391,6 @@ def finish(execu, job: Job, prompt: str, d, wall: float) -> None:
             decoder=job.spec.decoder[0],
             expert=job.expert,
             row=job.row,
-            details=dict(d.details),
+            details=details,
         )
     )

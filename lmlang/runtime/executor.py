@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, cast
 
 from ..errors import LmlangError, LmlangRuntimeError, ScriptError
-from ..graph import ApplySpec, Compiled, InputSpec, QuerySpec, RouterSpec, StepSpec
+from ..graph import ApplySpec, Compiled, FuseSpec, InputSpec, QuerySpec, RouterSpec, StepSpec
 from ..graph.specs import DefSpec
 from ..source import span_of
 from .dispatch import SAMPLING, Job, Strategy, decode_jobs
@@ -240,6 +240,7 @@ class Executor:
         self.device_map = device_map
         self.strategy = Strategy()
         self._lms: dict = {}  # model node id -> its LM
+        self._pool_lms: dict = {}  # (pool router node id, adapter stack) -> its LM
         self._routers: dict = {}  # router node id -> Router
         self._base_lms: dict = {}  # base folder -> the plain model (hidden-state embeddings)
         self._stacks: dict[int, tuple] = {}  # id(LM) -> (its AdapterHost, adapter stack), for mixed batches
@@ -267,7 +268,10 @@ class Executor:
             self._prepare_torch()
             name = self.c.display_name(nid)
             try:
-                self._lms[nid] = self.lm_for_value(self.builder.value(nid), name)
+                spec = self.c.spec(nid)
+                # fuse dynamic: members named as the script names them (the trace's weights)
+                members = [self.expert_name(m) for m, _ in spec.members] if isinstance(spec, FuseSpec) else None
+                self._lms[nid] = self.lm_for_value(self.builder.value(nid), name, members)
             except LmlangError as e:
                 raise e.at_node(span_of(getattr(self.c.spec(nid), "loc", "")), name)
         return self._lms[nid]
@@ -307,7 +311,7 @@ class Executor:
             table[str(Path(folder).resolve())] = dt
         return table
 
-    def lm_for_value(self, value, name: str):
+    def lm_for_value(self, value, name: str, member_names: list | None = None):
         from transformers.utils import logging as hf_logging
 
         from .build import Folder, Fused, Stacked
@@ -332,6 +336,16 @@ class Executor:
             lm = base_lm.with_hook(name, lambda: host.activate(stack))
             self._stacks[id(lm)] = (host, stack)
             return lm
+        if isinstance(value, Fused) and value.mode == "dynamic":
+            from .fusion_dynamic import DynamicFusedLM
+
+            names = member_names or [f"{name}[{i}]" for i in range(len(value.members))]
+            experts = [self.lm_for_value(v, names[i]) for i, (v, _) in enumerate(value.members)]
+            anchor, target = (
+                None if v is None else self.lm_for_value(v, f"{name}.{role}")
+                for v, role in ((value.anchor, "anchor"), (value.target, "target"))
+            )
+            return DynamicFusedLM(experts, anchor, target, dict(value.options), name=name)
         if isinstance(value, Fused):
             from .fusion import FusedLM
 
@@ -380,14 +394,49 @@ class Executor:
 
     def router(self, nid: str):
         if nid not in self._routers:
-            from .routing import Router
+            from .routing import PoolRouter, Router
 
             self._prepare_torch()
             spec = self.c.spec(nid)
             assert isinstance(spec, RouterSpec)  # router() is asked only about router nodes
-            names = {e: self.expert_name(e) for e, _ in spec.experts}
-            self._routers[nid] = Router(spec, names, self.lm, self.base_lm)
+            if spec.pool is not None:
+                assert spec.base is not None  # the checker requires `base:`
+                self._routers[nid] = PoolRouter(spec, self.base_lm(spec.base), self._pool_base(spec.base))
+            else:
+                names = {e: self.expert_name(e) for e, _ in spec.experts}
+                self._routers[nid] = Router(spec, names, self.lm, self.base_lm)
         return self._routers[nid]
+
+    def _pool_base(self, nid: str) -> Path:
+        """The folder of a pool's base: its adapters load into that model."""
+        from .build import Folder
+
+        value = self.builder.value(nid)
+        if not isinstance(value, Folder):
+            raise LmlangRuntimeError(
+                "route pool: the base must be a plain model (not adapted, merged or fused)",
+                hint="its adapters are trained on one model: name that model as base",
+            )
+        return Path(value.path)
+
+    def pool_lm(self, rid: str, stack: tuple):
+        """The base of pool router `rid` with one row's adapter mixture
+        ((member, weight), ...) in effect; made once per mixture, and known
+        to mixed_lm, so rows of different mixtures can share one batch."""
+        key = (rid, stack)
+        if key not in self._pool_lms:
+            from ..models.adapters import AdapterHost
+
+            router = self.router(rid)
+            path = self._pool_base(router.spec.base)
+            loaded = self._load(path)
+            host = AdapterHost.for_model(loaded)
+            router.pool.attach(host)
+            label = " + ".join(n if w == 1.0 else f"{n} * {w:.3g}" for n, w in stack)
+            lm = self._base_lm(loaded, path).with_hook(f"{router.spec.name}[{label}]", lambda: host.activate(stack))
+            self._stacks[id(lm)] = (host, stack)
+            self._pool_lms[key] = lm
+        return self._pool_lms[key]
 
     def _base_lm(self, loaded, path):
         from .lm import HFModel
@@ -528,7 +577,13 @@ class Executor:
                 by_router.setdefault(job.spec.model, []).append(job)
         for rid, group in by_router.items():
             try:
-                choices = self.router(rid).route([texts[j.index] for j in group])
+                router = self.router(rid)
+                if getattr(router, "pool", None) is not None:
+                    # a pool: each row decodes on the base with its own adapter mixture
+                    for job, (stack, top) in zip(group, router.mixtures([texts[j.index] for j in group])):
+                        job.lm_nid, job.expert, job.mix, job.mix_router = router.spec.base, top, stack, rid
+                    continue
+                choices = router.route([texts[j.index] for j in group])
             except LmlangError as e:
                 for j in group:
                     j.result = e

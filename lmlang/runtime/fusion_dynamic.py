@@ -206,6 +206,7 @@ class DynamicFusedLM(FusedLM):
 
     anchor_index: int | None
     target_index: int | None
+    latest: "DynamicFusedBatch | None" = None  # the batch new_batch made last (weight_steps reads it)
 
     def __init__(self, experts: Sequence, anchor=None, target=None, options: dict | None = None, name: str = "fuse"):
         if target is not None and anchor is None:
@@ -235,12 +236,22 @@ class DynamicFusedLM(FusedLM):
         )
 
     def new_batch(self, rows: int) -> "DynamicFusedBatch":
-        return DynamicFusedBatch(self, [lm.new_batch(rows) for lm, _ in self.members])
+        self.latest = DynamicFusedBatch(self, [lm.new_batch(rows) for lm, _ in self.members])
+        return self.latest
+
+    def weight_steps(self) -> list[torch.Tensor]:
+        """The weights of every step of the latest batch (for the trace)."""
+        latest = getattr(self, "latest", None)
+        return list(latest.steps) if latest is not None else []
 
 
 class DynamicFusedBatch(FusedBatch):
     lm: DynamicFusedLM
     last_weights: torch.Tensor | None = None
+
+    def __init__(self, lm: DynamicFusedLM, parts: list):
+        super().__init__(lm, parts)
+        self.steps: list[torch.Tensor] = []  # last_weights of every step, in order (the trace's summary)
 
     def _combine(self, outs: list[torch.Tensor]) -> torch.Tensor:
         lm = self.lm
@@ -253,6 +264,7 @@ class DynamicFusedBatch(FusedBatch):
             experts, anchor, target, grid=lm.grid, max_weight=lm.max_weight, max_candidates=lm.max_candidates
         )
         self.last_weights = w.reshape(*shape, lm.n_experts)
+        self.steps.append(self.last_weights)
         fused = fuse_with(experts, w, anchor, target)
         return fused.reshape(*shape, fused.shape[-1])
 

@@ -260,6 +260,12 @@ class CallKeys:
                 form["data"] = "missing"
         elif isinstance(spec, RouterSpec) and spec.mode == "embedding":
             form["encoder_files"] = _minilm_version()
+        elif isinstance(spec, RouterSpec) and spec.pool is not None:
+            # a pool's members are whatever its glob matches now, by content
+            import glob as globlib
+
+            form["pool_files"] = [[Path(p).name, folder_key(Path(p))] for p in sorted(globlib.glob(spec.pool))]
+            form["encoder_files"] = _minilm_version()
         text = json.dumps(form, sort_keys=True, ensure_ascii=False, default=str)
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 

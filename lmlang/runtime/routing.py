@@ -8,8 +8,12 @@
   base model's hidden states (`encoder: "base"`).
 - classify: a constrained choice over the expert names, asked of a model and
   scored exactly (whole-option probabilities).
+- pool: any number of LoRA folders matched by a glob (runtime/pool.py's
+  AdapterPool scores them by embedding or PHATGOOSE gates); each row gets
+  its top_k adapters, mixed with softmax weights over their scores.
 Routing happens before decoding; rows are then grouped per expert so each
-expert decodes its rows as one batch.
+expert decodes its rows as one batch (a pool's rows: per adapter mixture,
+or all in one batch with row-indexed deltas when adapters are "mixed").
 """
 
 from __future__ import annotations
@@ -148,3 +152,37 @@ class Router:
             d = score_distribution(run, ("expert", tuple(labels)))
             out.append(self.spec.experts[labels.index(d.values["expert"])][0])
         return out
+
+
+class PoolRouter:
+    """`route pool "GLOB" { base: MODEL, top_k: K, by: embedding|gate }`:
+    per row, the adapters to mix over the base and their weights.
+
+    base_lm: the plain model of the base (embeddings with encoder: base, the
+    gates' forward passes); base_path: its folder (gates are trained there)."""
+
+    def __init__(self, spec: RouterSpec, base_lm, base_path):
+        from .pool import AdapterPool
+
+        opts = dict(spec.options)
+        self.spec = spec
+        assert spec.pool is not None  # the compiler gives a pool router its glob
+        self.pool = AdapterPool(
+            spec.pool,
+            examples={name: list(texts) for name, texts in opts.get("examples", ())},
+            n_examples=int(opts.get("n_examples", 8)),
+            by=str(opts.get("by", "embedding")),
+            encoder=str(opts.get("encoder", "minilm")),
+            top_k=int(opts.get("top_k", 1)),
+            temperature=float(opts.get("temperature", 0.05)),
+            base_lm=base_lm,
+            base_path=base_path,
+        )
+
+    def mixtures(self, texts: list[str]) -> list[tuple[tuple[tuple[str, float], ...], str]]:
+        """Per row: its adapter stack ((member, weight), ...) in the pool's
+        order, and the name of the heaviest member (the row's `expert`)."""
+        from .pool import stacks_for
+
+        weights = self.pool.route(texts)
+        return list(zip(stacks_for(weights, self.pool.names), self.pool.top(weights)))
