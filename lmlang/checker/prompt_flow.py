@@ -7,8 +7,9 @@ The rules that are choices, not facts:
   a list (a literal or a list parameter). A prompt never loops on a value the
   model is still writing, so a prompt's length is known before it runs.
 * A hole inside a loop is a list in the query's result (one value per
-  iteration, in order); inside the loop's own conditions and tool calls it is
-  the current iteration's value. A hole outside loops stays a single value.
+  iteration, in order; inside nested loops a list of lists, one level per
+  loop); inside the loop's own conditions and tool calls it is the current
+  iteration's value. A hole outside loops stays a single value.
 * A condition, a loop's list or a tool's argument may read a hole only once
   the text has passed it (the hole is written earlier in the prompt); they may
   not call queries (a prompt is one decoding, not a flow).
@@ -26,26 +27,34 @@ from .context import Context, article
 from .flow import check_expr
 
 
-def grown_holes(q: A.QueryDecl) -> dict[str, bool]:
-    """Every hole of the prompt in order, with whether it sits inside a loop."""
-    out: dict[str, bool] = {}
+def grown_holes(q: A.QueryDecl) -> dict[str, int]:
+    """Every hole of the prompt in order, with how many loops enclose it
+    (0: a single value; 1: a list; 2: a list of lists, ...)."""
+    out: dict[str, int] = {}
     for s in q.segments:
         if isinstance(s, A.PromptBlock):
-            _holes_in(s.body, False, out)
+            _holes_in(s.body, 0, out)
     return out
 
 
-def _holes_in(body, looped: bool, out: dict) -> None:
+def grown_type(t: T.T, depth: int) -> T.T:
+    """A hole's result type inside `depth` loops: one list level per loop."""
+    for _ in range(depth):
+        t = T.list_of(t)
+    return t
+
+
+def _holes_in(body, depth: int, out: dict) -> None:
     for st in body:
         if isinstance(st, A.Segment):
             for p in st.parts:
                 if isinstance(p, A.Hole):
-                    out.setdefault(p.name, looped)
+                    out.setdefault(p.name, depth)
         elif isinstance(st, A.PromptFor):
-            _holes_in(st.body, True, out)
+            _holes_in(st.body, depth + 1, out)
         elif isinstance(st, A.PromptIf):
-            _holes_in(st.then, looped, out)
-            _holes_in(st.orelse, looped, out)
+            _holes_in(st.then, depth, out)
+            _holes_in(st.orelse, depth, out)
 
 
 def is_grown(q: A.QueryDecl) -> bool:

@@ -60,3 +60,32 @@ def test_flow_code_that_uses_a_union_as_an_int_is_a_check_error(flow, message):
     assert diags[0][1] == 11 and diags[0][2] > 1  # on the flow's line
     if "'+'" in message:
         assert "int(...)" in diags[0][3]
+
+
+NESTED = """
+model m = default
+query q() using m {
+    user "Fill the grid."
+    assistant {
+        for i in range(3) {
+            "Row {i} [y]:"
+            for j in range(2) {
+                " [x]"
+                if x == "stop" { break }
+            }
+            "\\n"
+        }
+        "Total: [n]"
+    }
+    where x in ["a", "stop"]
+    where y in ["r"]
+    where n is int
+}
+"""
+
+
+def test_nested_prompt_loops_type_holes_as_nested_lists():
+    t = result_type(NESTED + "flow { r = q() emit x = r.x[0][1], y = r.y[0], n = r.n + 1 }", "q")
+    assert (str(t.field("x")), str(t.field("y")), str(t.field("n"))) == ("list[list[str]]", "list[str]", "int")
+    _fe, diags = check(NESTED + "flow { r = q() emit x = r.x[0] + 1 }")
+    assert diags and diags[0][0] == "cannot apply '+' to list[str] and int"

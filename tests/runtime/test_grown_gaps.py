@@ -42,3 +42,52 @@ def test_a_hole_under_or_is_an_int_when_the_int_branch_matched(tiny_model_dir):
 def test_union_value_picks_the_alternative(alternatives, text, want):
     got = union_value(text, C.AnyOf(alternatives))
     assert got == want and type(got) is type(want)
+
+
+NESTED = """
+model m = "{model}"
+query q() using m {{
+    user "Fill the grid."
+    assistant {{
+        for i in range(3) {{
+            "Row {{i}} [y]:"
+            for j in range(2) {{
+                if i != SKIP {{
+                    " [x]"
+                    if x == "stop" {{ break }}
+                }}
+            }}
+            "\\n"
+        }}
+    }}
+    where x in OPTIONS
+    where y in ["r"]
+}}
+flow {{ r = q() emit x = r.x, y = r.y }}
+"""
+
+
+def run_nested(model_dir, options: str, skip: int = -1):
+    prog = lmlang.compile(NESTED.format(model=model_dir).replace("OPTIONS", options).replace("SKIP", str(skip)))
+    return prog.run(), prog.trace.records[-1]
+
+
+def test_nested_prompt_loops_give_nested_lists(tiny_model_dir):
+    out, record = run_nested(tiny_model_dir, '["a"]')
+    assert out["x"] == [["a", "a"], ["a", "a"], ["a", "a"]]  # x[i][j]
+    assert out["y"] == ["r", "r", "r"]  # one loop around it: a flat list
+    assert record.prompt.count("[x]") == 6 and [f"Row {i} [y]:" in record.prompt for i in range(3)] == [True] * 3
+    assert record.values["x"] == out["x"]  # the trace holds the same nesting
+    assert [h["name"] for h in record.holes] == ["y", "x", "x"] * 3  # one entry per decoding, in prompt order
+
+
+def test_break_leaves_the_innermost_prompt_loop(tiny_model_dir):
+    out, record = run_nested(tiny_model_dir, '["stop"]')
+    assert out["x"] == [["stop"], ["stop"], ["stop"]]  # the outer loop ran on
+    assert record.prompt.count("[x]") == 3 and "Row 2 [y]:" in record.prompt
+    assert [h["name"] for h in record.holes] == ["y", "x"] * 3
+
+
+def test_an_iteration_that_decodes_nothing_is_an_empty_list(tiny_model_dir):
+    out, _record = run_nested(tiny_model_dir, '["a"]', skip=1)
+    assert out["x"] == [["a", "a"], [], ["a", "a"]]
