@@ -119,8 +119,10 @@ def _check_segment(cx: Context, s: A.Segment, scope: dict, hole_types: dict) -> 
 
 
 def _check_tool(cx: Context, call: A.ToolCall, scope: dict, hole_types: dict) -> None:
-    for a in call.args:
-        _check_cond(cx, a, scope, hole_types)
+    """Arguments are flow expressions, typed in the prompt's scope; a
+    built-in tool's arguments must have the types it takes (a registered
+    function takes any value)."""
+    types = [_check_cond(cx, a, scope, hole_types) for a in call.args]
     if call.name in cx.functions:
         return
     tool = TOOLS.get(call.name)
@@ -135,6 +137,14 @@ def _check_tool(cx: Context, call: A.ToolCall, scope: dict, hole_types: dict) ->
         )
     elif len(call.args) != tool.arity:
         cx.error(f"tool '{call.name}' takes {tool.arity} argument{'s' * (tool.arity != 1)}, got {len(call.args)}", call)
+    else:
+        for i, (a, t, wants) in enumerate(zip(call.args, types, tool.args)):
+            if t.name not in ("any", "json") and not set(t.names()) <= set(wants):
+                cx.error(
+                    f"tool '{call.name}' argument {i + 1} must be {' or '.join(wants)}, got {t}",
+                    a,
+                    "convert it first: str(x), or index a list: xs[0]" if t.name == "list" else "",
+                )
 
 
 def _check_cond(cx: Context, e, scope: dict, hole_types: dict) -> T.T:

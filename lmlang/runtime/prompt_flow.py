@@ -17,7 +17,7 @@ Torch-free: the walk is plain Python over the graph IR.
 from __future__ import annotations
 
 from ..builtins import value_text
-from ..errors import LmlangRuntimeError
+from ..errors import LmlangError, LmlangRuntimeError
 from ..graph import ir as I
 from ..source import span_of
 from ..tools import ToolError, run_tool
@@ -164,7 +164,14 @@ class Growth:
         raise self._error("a prompt's condition cannot call a query")  # the checker refuses it
 
     def _tool(self, call: I.Call) -> str:
-        args = [self._eval(a) for a in call.args]
+        try:
+            args = [self._eval(a) for a in call.args]
+        except LmlangError as e:  # an argument failed (an index out of range, ...): at the call
+            if not e.span.line:
+                e.span = span_of(call.loc)
+                e.message = f"tool '{call.func}': {e.message}"
+                e.args = (e.message,)
+            raise
         try:
             return run_tool(call.func, args, self.functions)
         except ToolError:

@@ -89,3 +89,71 @@ def test_nested_prompt_loops_type_holes_as_nested_lists():
     assert (str(t.field("x")), str(t.field("y")), str(t.field("n"))) == ("list[list[str]]", "list[str]", "int")
     _fe, diags = check(NESTED + "flow { r = q() emit x = r.x[0] + 1 }")
     assert diags and diags[0][0] == "cannot apply '+' to list[str] and int"
+
+
+TOOLS = """
+model m = default
+query q(xs: list[str], n: int) using m {
+    user "Go."
+    assistant {
+        for i in range(2) {
+            "Expr: [expr]\\n"
+            "Result: {call(\\"calc\\", ARG)}\\n"
+        }
+        "Answer: [answer]"
+    }
+    where expr matches r"[0-9]{1,2}[+*][0-9]{1,2}"
+    where answer is int
+}
+flow { r = q(["1+1"], 3) emit a = r.answer }
+"""
+
+
+def tool_diags(arg: str):
+    return check(TOOLS.replace("ARG", arg))[1]
+
+
+@pytest.mark.parametrize(
+    "arg",
+    ['expr + \\"*2\\"', "xs[i]", 'str(n * 2) + \\"+\\" + expr', "-n", "(n + i) * 2", "len(xs) + 1"],
+)
+def test_tool_arguments_take_flow_expressions(arg):
+    assert tool_diags(arg) == []
+
+
+@pytest.mark.parametrize(
+    "arg, message, at",
+    [
+        ("expr + 1", "cannot apply '+' to str and int", "expr + 1"),
+        ("xs", "tool 'calc' argument 1 must be str or int or float, got list[str]", "xs"),
+        ("xs[expr]", "a list index must be an int", "expr]"),
+        ('answer + \\"1\\"', "hole [answer] is read before it is decoded", "answer"),
+        ("nope * 2", "undefined name 'nope'", "nope"),
+    ],
+)
+def test_tool_argument_errors_are_positioned(arg, message, at):
+    diags = tool_diags(arg)
+    assert diags and diags[0][0] == message
+    line = TOOLS.replace("ARG", arg).splitlines()[diags[0][1] - 1]
+    assert line[diags[0][2] - 1 :].startswith(at)  # the argument's own column
+
+
+def test_a_tool_argument_parses_to_the_flow_ast():
+    from lmlang import ast as A
+    from lmlang.parser import parse
+
+    prog = parse('query q(n: int) { "{call(\\"f\\", n * 2 + 1, [\\"a\\", \\"b\\"][0], not true)} [x]" }')
+    call = next(p for p in prog.decls[0].segments[0].parts if isinstance(p, A.ToolCall))
+    a, b, c = call.args
+    assert isinstance(a, A.BinOp) and a.op == "+" and isinstance(a.left, A.BinOp) and a.left.op == "*"
+    assert isinstance(b, A.Index) and isinstance(b.obj, A.ListExpr) and isinstance(c, A.UnaryOp)
+
+
+@pytest.mark.parametrize("arg", ["expr +", "expr expr", "(expr", "expr ; 1"])
+def test_a_bad_tool_argument_is_a_positioned_syntax_error(arg):
+    from lmlang.errors import LmlangSyntaxError
+    from lmlang.parser import parse
+
+    with pytest.raises(LmlangSyntaxError) as e:
+        parse(TOOLS.replace("ARG", arg))
+    assert "tool call" in e.value.message and e.value.span.line == 8 and e.value.span.col > 20

@@ -91,3 +91,52 @@ def test_break_leaves_the_innermost_prompt_loop(tiny_model_dir):
 def test_an_iteration_that_decodes_nothing_is_an_empty_list(tiny_model_dir):
     out, _record = run_nested(tiny_model_dir, '["a"]', skip=1)
     assert out["x"] == [["a", "a"], [], ["a", "a"]]
+
+
+TOOL_ARGS = """
+model m = "{model}"
+query q(xs: list[str], n: int) using m {{
+    user "Go."
+    assistant {{
+        for i in range(2) {{
+            "Expr: [expr]\\n"
+            "Calc: {{call(\\"calc\\", expr + \\"*2\\")}}\\n"
+            "Rec: {{call(\\"rec\\", xs[i], n * (i + 1), expr)}}\\n"
+        }}
+        "Answer: [answer]"
+    }}
+    where expr matches r"[0-9]{{1,2}}[+*][0-9]{{1,2}}"
+    where answer is int and tokens(answer) <= 3
+}}
+flow {{ r = q(["a", "b"], 5) emit expr = r.expr }}
+"""
+
+
+def test_tool_arguments_are_flow_expressions_evaluated_when_decoding_reaches_them(tiny_model_dir):
+    from lmlang.tools import calc
+
+    seen = []
+
+    def rec(item, k, expr):
+        seen.append((item, k, expr))
+        return f"ok {k}"
+
+    prog = lmlang.compile(TOOL_ARGS.format(model=tiny_model_dir), functions={"rec": rec})
+    exprs = prog.run()["expr"]
+    assert seen == [("a", 5, exprs[0]), ("b", 10, exprs[1])]  # a list item, int arithmetic, a hole just decoded
+    prompt = prog.trace.records[-1].prompt
+    for e in exprs:
+        assert f"Calc: {calc(e + '*2')}\n" in prompt  # string concatenation, then the tool
+    assert "Rec: ok 5\n" in prompt and "Rec: ok 10\n" in prompt
+
+
+def test_a_tool_argument_that_fails_at_run_time_names_its_position(tiny_model_dir):
+    from lmlang.errors import LmlangRuntimeError
+
+    src = TOOL_ARGS.format(model=tiny_model_dir).replace("xs[i]", "xs[i + 5]")
+    prog = lmlang.compile(src, functions={"rec": lambda *a: "ok"})
+    with pytest.raises(LmlangRuntimeError) as e:
+        prog.run()
+    line = src.splitlines()[e.value.span.line - 1]
+    assert e.value.message == "query q, tool 'rec': index 5 out of range for list ['a', 'b']"
+    assert line[e.value.span.col - 1 :].startswith("{call(")  # the call's position, never a traceback
