@@ -3,8 +3,9 @@ messages, checked for names, types and bounds.
 
 The rules that are choices, not facts:
 
-* A loop's bound is visible: `for NAME in range(N)` with N an int literal, or
-  a list (a literal or a list parameter). A prompt never loops on a value the
+* A loop's bound is visible: `for NAME in range(N)` with N an int literal or
+  an int expression of parameters and loop variables (never a hole), or a
+  list (a literal or a list parameter). A prompt never loops on a value the
   model is still writing, so a prompt's length is known before it runs.
 * A hole inside a loop is a list in the query's result (one value per
   iteration, in order; inside nested loops a list of lists, one level per
@@ -171,14 +172,7 @@ def _check_bound(cx: Context, st: A.PromptFor, scope: dict, hole_types: dict) ->
     """The type of the loop's items; an error unless its length is visible."""
     it = st.iter
     if isinstance(it, A.Call) and it.func == "range":
-        if len(it.args) != 1 or not (isinstance(it.args[0], A.Lit) and type(it.args[0].value) is int):
-            cx.error(
-                "a prompt loop's range takes an int literal",
-                it,
-                "write range(4): the prompt's length must be known before it runs",
-            )
-        elif not 0 < it.args[0].value <= MAX_PROMPT_LOOP:
-            cx.error(f"range({it.args[0].value}) is not between 1 and {MAX_PROMPT_LOOP}", it)
+        _check_range(cx, it, scope, hole_types)
         return T.INT
     t = _check_cond(cx, it, scope, hole_types)
     if isinstance(it, A.ListExpr) or (isinstance(it, A.Var) and it.name in scope and t.name == "list"):
@@ -189,6 +183,28 @@ def _check_bound(cx: Context, st: A.PromptFor, scope: dict, hole_types: dict) ->
         "loop over range(N), a list literal or a list parameter: a prompt loop's bound must be visible",
     )
     return T.ANY
+
+
+def _check_range(cx: Context, it: A.Call, scope: dict, hole_types: dict) -> None:
+    """`range(N)` / `range(A, B)`: int literals, or int expressions of the
+    parameters and loop variables (known before the prompt runs; the run
+    refuses more than MAX_PROMPT_LOOP iterations). Never a hole: the model
+    does not choose how long its own prompt is."""
+    hint = "write range(4) or range(n) with n an int parameter: the prompt's length must be known before it runs"
+    if not 1 <= len(it.args) <= 2 or it.kwargs:
+        cx.error("a prompt loop's range takes one or two ints", it, hint)
+        return
+    for a in it.args:
+        hole = next((n for n in a.walk() if isinstance(n, A.Var) and n.name in hole_types), None)
+        if hole is not None:
+            cx.error(f"a prompt loop's range cannot read hole [{hole.name}]", hole, hint)
+            return
+        t = _check_cond(cx, a, scope, hole_types)
+        if t.name not in ("int", "any", "json"):
+            cx.error(f"a prompt loop's range takes ints, got {article(t)}", a, hint)
+            return
+    if len(it.args) == 1 and isinstance(it.args[0], A.Lit) and not 0 < it.args[0].value <= MAX_PROMPT_LOOP:
+        cx.error(f"range({it.args[0].value}) is not between 1 and {MAX_PROMPT_LOOP}", it)
 
 
 MAX_PROMPT_LOOP = 1000

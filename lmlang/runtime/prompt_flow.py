@@ -24,6 +24,7 @@ from ..tools import ToolError, run_tool
 from .prompt import _through_template, lookup
 
 Piece = tuple[str, bool]  # (text, is a value)
+MAX_PROMPT_LOOP = 1000  # iterations of one prompt loop: checker/prompt_flow.py's bound for literals
 
 
 def is_grown(segments) -> bool:
@@ -125,7 +126,7 @@ class Growth:
                 case I.PIf(cond, then, orelse):
                     yield from self._body(then if self._eval(cond) else orelse)
                 case I.PFor(var, it, body):
-                    items = self._eval(it)
+                    items = self._loop_items(it)
                     if not isinstance(items, (list, tuple)):
                         raise self._error(f"a prompt loop runs over a list, got {type(items).__name__}")
                     self._level += 1
@@ -154,6 +155,24 @@ class Growth:
             yield ("data", self._tool(val))
         elif kind == "hole":
             yield ("hole", val, after or "")
+
+    def _loop_items(self, it: I.Expr):
+        """A loop's items; `range(...)` is bounded before it is built (its
+        ints may come from parameters, checked only now)."""
+        if not (isinstance(it, I.Call) and it.func == "range"):
+            return self._eval(it)
+        bounds = [self._eval(a) for a in it.args]
+        if not all(type(b) is int for b in bounds):
+            raise self._error(f"a prompt loop's range takes ints, got {bounds}")
+        items = range(*bounds)
+        if len(items) > MAX_PROMPT_LOOP:
+            raise LmlangRuntimeError(
+                f"a prompt loop over range({', '.join(map(str, bounds))}) runs {len(items)} times, "
+                f"more than {MAX_PROMPT_LOOP}",
+                span_of(it.loc),
+                hint="pass a smaller bound: a prompt grows by one body per iteration",
+            )
+        return list(items)
 
     def _eval(self, e: I.Expr):
         gen = self.interp.expr(e, self.env)

@@ -140,3 +140,29 @@ def test_a_tool_argument_that_fails_at_run_time_names_its_position(tiny_model_di
     line = src.splitlines()[e.value.span.line - 1]
     assert e.value.message == "query q, tool 'rec': index 5 out of range for list ['a', 'b']"
     assert line[e.value.span.col - 1 :].startswith("{call(")  # the call's position, never a traceback
+
+
+RANGE_PARAM = """
+model m = "{model}"
+query q(k: int) using m {{
+    user "Count."
+    assistant {{
+        for i in range(k) {{ "Item {{i}}: [x]\\n" }}
+    }}
+    where x in ["a"]
+}}
+flow {{ r = q(K) emit x = r.x }}
+"""
+
+
+def test_a_prompt_loop_over_a_parameters_range(tiny_model_dir):
+    from lmlang.checker.prompt_flow import MAX_PROMPT_LOOP
+    from lmlang.errors import LmlangRuntimeError
+    from lmlang.runtime import prompt_flow
+
+    assert prompt_flow.MAX_PROMPT_LOOP == MAX_PROMPT_LOOP  # the run holds parameters to the checker's bound
+    assert lmlang.compile(RANGE_PARAM.format(model=tiny_model_dir).replace("K", "2")).run()["x"] == ["a", "a"]
+    prog = lmlang.compile(RANGE_PARAM.format(model=tiny_model_dir).replace("K", "5000"))
+    with pytest.raises(LmlangRuntimeError) as e:
+        prog.run()
+    assert "runs 5000 times, more than 1000" in e.value.message and e.value.span.line == 6
