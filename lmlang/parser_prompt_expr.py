@@ -27,7 +27,7 @@ _TOKEN = re.compile(
       (?P<str>"(?:[^"\\]|\\.)*")
     | (?P<num>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
     | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
-    | (?P<op>==|!=|<=|>=|[-+*/%<>()\[\].,:])
+    | (?P<op>==|!=|<=|>=|[-+*/%<>()\[\].,:=])
     )""",
     re.VERBOSE,
 )
@@ -47,6 +47,12 @@ def parse_call(text: str, at: Callable[[int, int], Span], whole: Span) -> A.Tool
     """`call("name", arg, ...)` (text: the braces' inside, escapes resolved)
     as a ToolCall; a LmlangSyntaxError positioned at the offending token."""
     p = _Parser(text, at, whole)
+    bind = None
+    if len(p.toks) > 1 and p.toks[0].kind == "name" and p.toks[1].text == "=":  # `{obs = call(...)}`
+        bind = p.toks[0].text
+        if bind in _KEYWORDS or bind == "call":
+            raise LmlangSyntaxError(f"'{bind}' cannot name a tool's result", p.at(0, len(bind)), HINT)
+        p.i = 2
     if not (p.take_if("name", "call") and p.take_if("op", "(")):
         raise LmlangSyntaxError(f"invalid tool call {{{text}}}", whole, HINT)
     args = p.items(")")
@@ -55,7 +61,7 @@ def parse_call(text: str, at: Callable[[int, int], Span], whole: Span) -> A.Tool
         raise p.error(p.peek())
     if not args or not isinstance(args[0], A.Lit) or not isinstance(args[0].value, str):
         raise LmlangSyntaxError("a tool call names its tool first, as a string", whole, HINT)
-    return A.ToolCall(args[0].value, tuple(args[1:]), span=whole, name_span=args[0].span)
+    return A.ToolCall(args[0].value, tuple(args[1:]), bind, span=whole, name_span=args[0].span)
 
 
 class _Parser:

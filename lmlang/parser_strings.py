@@ -165,7 +165,7 @@ class StringTok:
 
 # ---------------------------------------------------------------- tool calls in prompts (issue 15)
 
-TOOL_CALL = re.compile(r"\s*call\s*\(")
+TOOL_CALL = re.compile(r"\s*(?:[A-Za-z_][A-Za-z0-9_]*\s*=\s*)?call\s*\(")  # `{call(...)}`, `{obs = call(...)}`
 
 
 def _tool_call(inner: str, raw: bool, base: int, span, whole: Span) -> A.ToolCall:

@@ -17,6 +17,7 @@ The rules that are choices, not facts:
 * `break` leaves the innermost loop of the prompt; outside a loop it is an error.
 * `call("NAME", ...)`: NAME is a built-in tool (lmlang.tools.TOOLS) or a
   Python function registered with `program.register` before the check.
+  `{obs = call(...)}` names the result (a str) for what follows.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def check_grown(cx: Context, q: A.QueryDecl, params: dict, hole_types: dict, dec
         )
     if q.distribution is not None:
         cx.error("distribution scores one fixed prompt; this one grows as it decodes", q.distribution)
+    _check_binds(cx, q, params, hole_types)
     scope = dict(params)
     for s in q.segments:
         if isinstance(s, A.PromptBlock):
@@ -100,8 +102,8 @@ def _check_body(cx: Context, body, scope: dict, hole_types: dict, loops: int) ->
             inner = dict(scope)
             inner[st.var] = item
             _check_body(cx, st.body, inner, hole_types, loops + 1)
-            for name, t in inner.items():  # holes decoded inside stay readable after it (their last value)
-                if name in hole_types and name not in scope:
+            for name, t in inner.items():  # holes and tool results inside stay readable after it (their last value)
+                if name not in scope and name != st.var:
                     scope[name] = t
 
 
@@ -115,6 +117,8 @@ def _check_segment(cx: Context, s: A.Segment, scope: dict, hole_types: dict) -> 
             check_interp(cx, p, scope)  # parameters, loop variables, holes already decoded
         elif isinstance(p, A.ToolCall):
             _check_tool(cx, p, scope, hole_types)
+            if p.bind is not None:
+                scope[p.bind] = T.STR  # a tool's result is prompt text (_check_binds)
         elif isinstance(p, A.Hole) and p.name in hole_types:
             scope[p.name] = hole_types[p.name]
 
@@ -146,6 +150,28 @@ def _check_tool(cx: Context, call: A.ToolCall, scope: dict, hole_types: dict) ->
                     a,
                     "convert it first: str(x), or index a list: xs[0]" if t.name == "list" else "",
                 )
+
+
+def _check_binds(cx: Context, q: A.QueryDecl, params: dict, hole_types: dict) -> None:
+    """`{obs = call(...)}` names the result (a str) for the prompt's later
+    conditions, interpolations and tool arguments, so a prompt can branch on
+    `"error" in obs`. The name is never a parameter, a hole or a loop
+    variable (one name, one meaning in a prompt); two calls may share it."""
+    loop_vars = {n.var for s in q.segments for n in s.walk() if isinstance(n, A.PromptFor)}
+    for s in q.segments:
+        for n in s.walk():
+            if isinstance(n, A.ToolCall) and n.bind is not None:
+                taken = (
+                    "a parameter"
+                    if n.bind in params
+                    else "a hole"
+                    if n.bind in hole_types
+                    else "a loop variable"
+                    if n.bind in loop_vars
+                    else None
+                )
+                if taken is not None:
+                    cx.error(f"'{n.bind}' is {taken} and cannot name a tool's result", n, "pick another name")
 
 
 def _check_cond(cx: Context, e, scope: dict, hole_types: dict) -> T.T:

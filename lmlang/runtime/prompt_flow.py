@@ -29,7 +29,7 @@ MAX_PROMPT_LOOP = 1000  # iterations of one prompt loop: checker/prompt_flow.py'
 
 def is_grown(segments) -> bool:
     """Whether a query's segments (QuerySpec.segments) hold a block or a tool call."""
-    return any(kind in ("block", "call") for _role, parts in segments for kind, _ in parts)
+    return any(kind in ("block", "call", "call_as") for _role, parts in segments for kind, _ in parts)
 
 
 def render_grown(segments, tokenizer, chat: bool) -> tuple:
@@ -153,6 +153,10 @@ class Growth:
             yield ("data", value_text(lookup(tuple(val), self.env, self.loc)))
         elif kind == "call":
             yield ("data", self._tool(val))
+        elif kind == "call_as":  # `{obs = call(...)}`: the result is also a name from here on
+            call, name = val
+            self.env[name] = self._tool(call)
+            yield ("data", self.env[name])
         elif kind == "hole":
             yield ("hole", val, after or "")
 

@@ -157,3 +157,27 @@ def test_a_bad_tool_argument_is_a_positioned_syntax_error(arg):
     with pytest.raises(LmlangSyntaxError) as e:
         parse(TOOLS.replace("ARG", arg))
     assert "tool call" in e.value.message and e.value.span.line == 8 and e.value.span.col > 20
+
+
+def test_a_named_tool_result_is_a_str_the_prompt_can_branch_on():
+    named = '"Result: {obs = call(\\"calc\\", expr)}\\n"\n            if "error" in obs { break }'
+    ok = TOOLS.replace('"Result: {call(\\"calc\\", ARG)}\\n"', named)
+    assert "{obs = call(" in ok and check(ok)[1] == []
+    for name, what in [("n", "a parameter"), ("expr", "a hole"), ("i", "a loop variable")]:
+        bad = ok.replace("{obs = call", "{" + name + " = call").replace("in obs {", "in " + name + " {")
+        diags = check(bad)[1]
+        assert diags and diags[0][0] == f"'{name}' is {what} and cannot name a tool's result", bad
+    diags = check(ok.replace('if "error" in obs', "if obs + 1 > 2"))[1]
+    assert diags and diags[0][0] == "cannot apply '+' to str and int"
+
+
+def test_the_graph_keeps_expression_arguments_and_named_results():
+    from lmlang.graph import graph_from_json, graph_to_json
+
+    named = '"Result: {obs = call(\\"calc\\", str(n) + expr)}\\n"\n            if "error" in obs { break }'
+    fe, diags = check(TOOLS.replace('"Result: {call(\\"calc\\", ARG)}\\n"', named))
+    assert diags == []
+    assert graph_from_json(graph_to_json(fe.compiled)).nodes == fe.compiled.nodes
+    spec = next(s for s in fe.compiled.nodes.values() if getattr(s, "kind", "") == "query")
+    kinds = [p[0] for _role, parts in spec.segments for p in parts]
+    assert "block" in kinds

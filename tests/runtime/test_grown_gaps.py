@@ -166,3 +166,31 @@ def test_a_prompt_loop_over_a_parameters_range(tiny_model_dir):
     with pytest.raises(LmlangRuntimeError) as e:
         prog.run()
     assert "runs 5000 times, more than 1000" in e.value.message and e.value.span.line == 6
+
+
+NAMED = """
+model m = "{model}"
+query q() using m {{
+    user "Go."
+    assistant {{
+        for i in range(3) {{
+            "Expr: [expr]\\n"
+            "Check: {{obs = call(\\"check\\", expr)}}\\n"
+            if "error" in obs {{ break }}
+            "Fine: {{obs}}\\n"
+        }}
+        "Answer: [answer]"
+    }}
+    where expr matches r"[0-9]{{1,2}}[+*][0-9]{{1,2}}"
+    where answer is int and tokens(answer) <= 3
+}}
+flow {{ r = q() emit expr = r.expr }}
+"""
+
+
+def test_the_prompt_branches_on_a_named_tool_result(tiny_model_dir):
+    replies = iter(["ok", "error: no"])
+    prog = lmlang.compile(NAMED.format(model=tiny_model_dir), functions={"check": lambda e: next(replies)})
+    assert len(prog.run()["expr"]) == 2  # the second result was an error value: the loop broke
+    prompt = prog.trace.records[-1].prompt
+    assert "Check: ok\nFine: ok\n" in prompt and "Check: error: no\nAnswer:" in prompt
