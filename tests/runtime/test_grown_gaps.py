@@ -194,3 +194,34 @@ def test_the_prompt_branches_on_a_named_tool_result(tiny_model_dir):
     assert len(prog.run()["expr"]) == 2  # the second result was an error value: the loop broke
     prompt = prog.trace.records[-1].prompt
     assert "Check: ok\nFine: ok\n" in prompt and "Check: error: no\nAnswer:" in prompt
+
+
+BUNDLED = """
+model base = default
+query grid(players: list[str], rounds: int) using base {
+    user "Rate each player's rounds from 0 to 9."
+    assistant {
+        for p in players {
+            "{p}:"
+            for r in range(rounds) { " [score]" }
+            " best x10 = {total = call(\\"calc\\", str(score) + \\"*10\\")}\\n"
+            if "error" in total { break }
+        }
+        "Verdict: [verdict]"
+    }
+    where score is int(0..9)
+    where verdict is int(0..9) or verdict in ["tie"]
+}
+flow { g = grid(["Ann", "Bob"], 2) emit score = g.score, verdict = g.verdict }
+"""
+
+
+@pytest.mark.e2e
+def test_nested_loops_named_tools_and_or_on_the_bundled_model():
+    prog = lmlang.compile(BUNDLED)
+    out = prog.run()
+    assert len(out["score"]) == 2 and all(len(row) == 2 for row in out["score"])
+    assert all(type(v) is int and 0 <= v <= 9 for row in out["score"] for v in row)
+    assert out["verdict"] == "tie" or (type(out["verdict"]) is int and 0 <= out["verdict"] <= 9)
+    prompt = prog.trace.records[-1].prompt
+    assert f"best x10 = {out['score'][1][-1] * 10}\n" in prompt  # the tool read the hole just decoded
