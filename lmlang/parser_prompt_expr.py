@@ -14,12 +14,13 @@ text in the source (`at` maps offsets of the call's text to spans).
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Callable, TypeVar
 
 from . import ast as A
 from .errors import LmlangSyntaxError
 from .source import Span
 
+_R = TypeVar("_R")
 MAX_DEPTH = 64  # nesting of parentheses, brackets and unary operators
 
 _TOKEN = re.compile(
@@ -115,6 +116,11 @@ class _Parser:
             f"unexpected '{tok.text}' in a tool call{': ' + what if what else ''}", self.at(tok.start, tok.end), HINT
         )
 
+    def _here(self) -> int:
+        """The offset where the next token starts (the end at the end)."""
+        t = self.peek()
+        return t.start if t is not None else len(self.text)
+
     def span(self, start: int) -> Span:
         return self.at(start, self.toks[self.i - 1].end)
 
@@ -134,20 +140,20 @@ class _Parser:
         return self._chain(self.not_expr, "and")
 
     def _chain(self, sub, word: str) -> A.Expr:
-        start = self.peek().start if self.peek() else len(self.text)
+        start = self._here()
         e = sub()
         while self.take_if("name", word):
             e = A.BinOp(word, e, sub(), span=self.span(start))
         return e
 
     def not_expr(self) -> A.Expr:
-        start = self.peek().start if self.peek() else len(self.text)
+        start = self._here()
         if self.take_if("name", "not"):
             return A.UnaryOp("not", self._nested(self.not_expr), span=self.span(start))
         return self.comparison()
 
     def comparison(self) -> A.Expr:
-        start = self.peek().start if self.peek() else len(self.text)
+        start = self._here()
         left = self.arith()
         t = self.peek()
         if t is not None and ((t.kind == "op" and t.text in _CMP) or (t.kind == "name" and t.text == "in")):
@@ -162,7 +168,7 @@ class _Parser:
         return self._ops(self.factor, ("*", "/", "%"))
 
     def _ops(self, sub, ops: tuple) -> A.Expr:
-        start = self.peek().start if self.peek() else len(self.text)
+        start = self._here()
         e = sub()
         while (t := self.peek()) is not None and t.kind == "op" and t.text in ops:
             self.i += 1
@@ -170,12 +176,12 @@ class _Parser:
         return e
 
     def factor(self) -> A.Expr:
-        start = self.peek().start if self.peek() else len(self.text)
+        start = self._here()
         if self.take_if("op", "-"):
             return A.UnaryOp("-", self._nested(self.factor), span=self.span(start))
         return self.postfix()
 
-    def _nested(self, sub) -> A.Expr:
+    def _nested(self, sub: Callable[[], _R]) -> _R:
         self.depth += 1
         if self.depth > MAX_DEPTH:
             raise LmlangSyntaxError(f"a tool call's argument nests deeper than {MAX_DEPTH}", self.whole, HINT)
@@ -185,7 +191,7 @@ class _Parser:
             self.depth -= 1
 
     def postfix(self) -> A.Expr:
-        start = self.peek().start if self.peek() else len(self.text)
+        start = self._here()
         e = self.atom()
         while True:
             if self.take_if("op", "."):

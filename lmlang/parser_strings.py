@@ -184,7 +184,9 @@ def _tool_call(inner: str, raw: bool, base: int, span, whole: Span) -> A.ToolCal
         where.append(k)
         k += 1
     where.append(len(inner))
-    return parse_call("".join(text), lambda a, b: span(base + where[a], base + (where[b - 1] + 1 if b > a else where[a])), whole)
+    return parse_call(
+        "".join(text), lambda a, b: span(base + where[a], base + (where[b - 1] + 1 if b > a else where[a])), whole
+    )
 
 
 def number_value(tok, span: Span):

@@ -229,8 +229,9 @@ def _check_range(cx: Context, it: A.Call, scope: dict, hole_types: dict) -> None
         if t.name not in ("int", "any", "json"):
             cx.error(f"a prompt loop's range takes ints, got {article(t)}", a, hint)
             return
-    if len(it.args) == 1 and isinstance(it.args[0], A.Lit) and not 0 < it.args[0].value <= MAX_PROMPT_LOOP:
-        cx.error(f"range({it.args[0].value}) is not between 1 and {MAX_PROMPT_LOOP}", it)
+    n = it.args[0].value if len(it.args) == 1 and isinstance(it.args[0], A.Lit) else None
+    if isinstance(n, int) and not 0 < n <= MAX_PROMPT_LOOP:
+        cx.error(f"range({n}) is not between 1 and {MAX_PROMPT_LOOP}", it)
 
 
 MAX_PROMPT_LOOP = 1000

@@ -32,7 +32,9 @@ def union_value(text: str, c: C.AnyOf):
     value of (the regex the decoder enforced decides), else the text."""
     for a in c.alternatives:
         kind = TYPED.get(type(a))
-        pattern = shape_regex(a) if kind else None
+        if kind is None:
+            continue
+        pattern = shape_regex(a)
         if pattern is not None and re.fullmatch(pattern, text):
             return _convert(kind, text)
     return text
