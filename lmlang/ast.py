@@ -331,10 +331,12 @@ class Hole(Node):
 @frozen
 class ToolCall(Node):
     """`{call("name", args...)}` in a segment: the tool's result, as prompt
-    text, when decoding reaches it (lmlang/tools.py)."""
+    text, when decoding reaches it (lmlang/tools.py). `{obs = call(...)}`
+    also names the result (`bind`) for the prompt's later conditions."""
 
     name: str
     args: tuple["Expr", ...]
+    bind: str | None = None
     name_span: Span | None = field(default=None, compare=False, repr=False, kw_only=True)
 
 

@@ -398,7 +398,8 @@ def _part(p) -> tuple:
     if isinstance(p, A.PromptBlock):
         return ("block", prompt_ir(p.body))
     if isinstance(p, A.ToolCall):
-        return ("call", I.Call(p.name, tuple(expr_ir(a) for a in p.args), (), p.span.location()))
+        call = I.Call(p.name, tuple(expr_ir(a) for a in p.args), (), p.span.location())
+        return ("call", call) if p.bind is None else ("call_as", (call, p.bind))  # `{obs = call(...)}`
     if isinstance(p, A.Text):
         return ("text", p.text)
     if isinstance(p, A.Interp):

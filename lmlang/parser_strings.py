@@ -121,7 +121,7 @@ def scan_prompt(tok, source: Source) -> tuple:
             inner = body[i + 1 : j]
             if ch == "{" and TOOL_CALL.match(inner):
                 flush(i)
-                parts.append(_tool_call(inner if raw else inner.replace('\\"', '"'), span(i, j + 1)))
+                parts.append(_tool_call(inner, raw, i + 1, span, span(i, j + 1)))
                 i = j + 1
                 continue
             if ch == "{":
@@ -165,48 +165,28 @@ class StringTok:
 
 # ---------------------------------------------------------------- tool calls in prompts (issue 15)
 
-TOOL_CALL = re.compile(r"\s*call\s*\(")
-_TOOL_ARG = re.compile(
-    r'\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+(?:\.\d+)?)|([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*))\s*'
-)
+TOOL_CALL = re.compile(r"\s*(?:[A-Za-z_][A-Za-z0-9_]*\s*=\s*)?call\s*\(")  # `{call(...)}`, `{obs = call(...)}`
 
 
-def _tool_call(inner: str, span: Span) -> A.ToolCall:
-    """`call("name", arg, ...)` inside a prompt's braces. Arguments are
-    string or number literals and names (`expr`, `q.text`): a prompt holds
-    no full expressions, so its text stays readable and a brace never needs
-    nesting."""
-    hint = 'write {call("tool", arg, ...)} with string, number or name arguments'
-    body = inner.strip()
-    if not body.endswith(")"):
-        raise LmlangSyntaxError(f"invalid tool call {{{inner}}}", span, hint)
-    text = body[body.index("(") + 1 : -1]
-    args: list = []
-    pos = 0
-    while pos < len(text) and text[pos:].strip():
-        m = _TOOL_ARG.match(text, pos)
-        if not m:
-            raise LmlangSyntaxError(f"invalid tool call {{{inner}}}", span, hint)
-        if m.group(1) is not None:
-            args.append(A.Lit(m.group(1).replace('\\"', '"'), span=span))
-        elif m.group(2) is not None:
-            args.append(
-                A.Lit(number_value(m.group(2).lstrip("-"), span) * (-1 if m.group(2).startswith("-") else 1), span=span)
-            )
-        else:
-            head, *rest = m.group(3).split(".")
-            e: A.Expr = A.Var(head, span=span)
-            for f in rest:
-                e = A.Attr(e, f, span=span)
-            args.append(e)
-        pos = m.end()
-        if pos < len(text):
-            if text[pos] != ",":
-                raise LmlangSyntaxError(f"invalid tool call {{{inner}}}", span, hint)
-            pos += 1
-    if not args or not isinstance(args[0], A.Lit) or not isinstance(args[0].value, str):
-        raise LmlangSyntaxError("a tool call names its tool first, as a string", span, hint)
-    return A.ToolCall(args[0].value, tuple(args[1:]), span=span)
+def _tool_call(inner: str, raw: bool, base: int, span, whole: Span) -> A.ToolCall:
+    """`call("name", arg, ...)` inside a prompt's braces: the arguments are
+    flow expressions (parser_prompt_expr.py), positioned in the source. In a
+    plain prompt string the call's quotes are written \\" : resolved here,
+    with each character's offset in the source kept for the spans."""
+    from .parser_prompt_expr import parse_call
+
+    text, where = [], []
+    k = 0
+    while k < len(inner):
+        if not raw and inner.startswith('\\"', k):
+            k += 1
+        text.append(inner[k])
+        where.append(k)
+        k += 1
+    where.append(len(inner))
+    return parse_call(
+        "".join(text), lambda a, b: span(base + where[a], base + (where[b - 1] + 1 if b > a else where[a])), whole
+    )
 
 
 def number_value(tok, span: Span):

@@ -138,16 +138,26 @@ def _number_text(v: Decimal) -> str:
 
 @frozen
 class Tool:
+    """A built-in tool. `args`: per argument, the flow types it takes (the
+    checker refuses others at the argument's position)."""
+
     name: str
     fn: Callable
     arity: int
     doc: str
+    args: tuple[tuple[str, ...], ...] = ()
 
 
 TOOLS: dict[str, Tool] = {
     t.name: t
     for t in (
-        Tool("calc", calc, 1, "arithmetic over + - * / and parentheses, ints and decimals; errors as 'error: ...'"),
+        Tool(
+            "calc",
+            calc,
+            1,
+            "arithmetic over + - * / and parentheses, ints and decimals; errors as 'error: ...'",
+            (("str", "int", "float"),),
+        ),
     )
 }
 

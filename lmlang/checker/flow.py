@@ -167,9 +167,19 @@ def _check_binop(cx: Context, e: A.BinOp, scope: dict) -> T.T:
     cx.error(
         f"cannot apply '{e.op}' to {lt} and {rt}",
         e,
-        "use str(x) to join text and numbers" if "str" in (lt.name, rt.name) else "",
+        _binop_hint(lt, rt),
     )
     return T.ANY
+
+
+def _binop_hint(lt: T.T, rt: T.T) -> str:
+    union = next((t for t in (lt, rt) if t.name == "union"), None)
+    if union is not None:  # a hole under `or`: its value may be any member
+        return (
+            f"the value may be {' or '.join(union.names())} (a hole under `or`): compare it with its text "
+            "options first, then convert it with int(...), float(...) or str(...)"
+        )
+    return "use str(x) to join text and numbers" if "str" in (lt.name, rt.name) else ""
 
 
 def check_call(cx: Context, e: A.Call, scope: dict) -> T.T:
@@ -234,7 +244,7 @@ def _check_builtin_call(cx: Context, e: A.Call, arg_types: list) -> T.T:
         return b.result
     for i, (arg, t) in enumerate(zip(e.args, arg_types)):
         wants = b.args[i : i + 1]
-        if wants and t.name not in _UNKNOWN and t.name not in wants[0]:
+        if wants and t.name not in _UNKNOWN and not set(t.names()) <= set(wants[0]):  # a union: every member
             cx.error(f"{e.func}() argument {i + 1} must be {' or '.join(wants[0])}, got {t}", arg)
     return b.result
 

@@ -295,7 +295,14 @@ def hole_type(c) -> T.T:
             return T.BOOL
         if isinstance(part, C.JsonSchema):
             return T.JSON
+        if isinstance(part, C.AnyOf):  # `x is int or x in ["none"]`: int|str (constraints/alternatives.py)
+            from ..constraints.alternatives import alternative_types
+
+            return T.union(*(_TYPE_WORDS[w] for w in alternative_types(part)))
     return T.STR
+
+
+_TYPE_WORDS = {"int": T.INT, "float": T.FLOAT, "bool": T.BOOL, "str": T.STR}
 
 
 def _span_over(nodes) -> Span:

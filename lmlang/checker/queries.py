@@ -25,7 +25,7 @@ from .holes import hole_type, lower_constraints
 from .context import Context, article, name_span
 from .models import check_model_expr
 from .names import type_of_ref
-from .prompt_flow import check_grown, grown_holes, is_grown
+from .prompt_flow import check_grown, grown_holes, grown_type, is_grown
 from .program import QueryInfo
 
 RESERVED_FIELDS = ("distribution", "expert")
@@ -77,7 +77,7 @@ def check_query(cx: Context, q: A.QueryDecl) -> QueryInfo | None:
     _grown_refusals(cx, q, decoder, given)
     if len(cx.report.errors) > n_errors:
         return None
-    result_fields = {h: T.list_of(hole_type(lowered[h])) if looped.get(h) else hole_type(lowered[h]) for h in holes}
+    result_fields = {h: grown_type(hole_type(lowered[h]), looped.get(h, 0)) for h in holes}
     _sample_fields(cx, decoder, given, holes, hole_nodes, result_fields)  # second wave: sample(n), vote, best_of
     if len(cx.report.errors) > n_errors:
         return None

@@ -174,7 +174,8 @@ class Return(Stmt):
 # ---------------------------------------------------------------- grown prompts (issue 15)
 # A message whose text grows while it decodes: segments with control flow
 # around them. A segment's parts are the query's usual ("text", s),
-# ("interp", path), ("hole", name), plus ("call", Call) for a tool call.
+# ("interp", path), ("hole", name), plus ("call", Call) for a tool call and
+# ("call_as", (Call, name)) for one whose result is named (`{obs = call(...)}`).
 
 
 @frozen

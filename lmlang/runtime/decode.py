@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..constraints import spec as C
+from ..constraints.alternatives import union_value
 from ..constraints.hole import FEED, SAMPLE, HoleGuide, HolePlan, any_allowed, host_view, seam_to_heal
 from ..errors import LmlangError, LmlangRuntimeError
 from ..source import span_of
@@ -119,6 +120,8 @@ def typed_value(text: str, constraint) -> object:
                 return text == "true"
             if isinstance(part, C.JsonSchema):
                 return json.loads(text)
+            if isinstance(part, C.AnyOf):  # `x is int or x in [...]`: the alternative the text is
+                return union_value(text, part)
         except ValueError as e:
             raise LmlangRuntimeError(f"decoded value {text!r} does not parse: {e}") from None
     return text

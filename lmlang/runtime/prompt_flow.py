@@ -17,18 +17,19 @@ Torch-free: the walk is plain Python over the graph IR.
 from __future__ import annotations
 
 from ..builtins import value_text
-from ..errors import LmlangRuntimeError
+from ..errors import LmlangError, LmlangRuntimeError
 from ..graph import ir as I
 from ..source import span_of
 from ..tools import ToolError, run_tool
 from .prompt import _through_template, lookup
 
 Piece = tuple[str, bool]  # (text, is a value)
+MAX_PROMPT_LOOP = 1000  # iterations of one prompt loop: checker/prompt_flow.py's bound for literals
 
 
 def is_grown(segments) -> bool:
     """Whether a query's segments (QuerySpec.segments) hold a block or a tool call."""
-    return any(kind in ("block", "call") for _role, parts in segments for kind, _ in parts)
+    return any(kind in ("block", "call", "call_as") for _role, parts in segments for kind, _ in parts)
 
 
 def render_grown(segments, tokenizer, chat: bool) -> tuple:
@@ -53,8 +54,9 @@ class Growth:
     then, given the hole's value, the text up to the next one.
 
     `values` holds each hole's result: a list for a hole inside a loop (one
-    value per iteration that reached it), else the value (None when the
-    prompt never reached it). `interp` (runtime/flow.Interpreter) evaluates
+    value per iteration that reached it; inside nested loops a list of
+    lists, one level per loop: `for i { for j { [x] } }` gives x[i][j]),
+    else the value (None when the prompt never reached it). `interp` (runtime/flow.Interpreter) evaluates
     conditions and arguments; `functions` are the registered Python functions."""
 
     def __init__(self, parts: tuple, env: dict, interp, functions: dict, query: str = "", loc: str = ""):
@@ -62,11 +64,10 @@ class Growth:
         self.env = dict(env)
         self.interp, self.functions = interp, functions
         self.query, self.loc = query, loc
-        looped, plain = _holes(parts)
-        self.values: dict = {h: None for h in plain}
-        self.texts: dict = {h: None for h in plain}
-        for h in looped:
-            self.values[h], self.texts[h] = [], []
+        self.depth = hole_depths(parts)  # hole -> how many prompt loops enclose it
+        self.values: dict = {h: [] if d else None for h, d in self.depth.items()}
+        self.texts: dict = {h: [] if d else None for h, d in self.depth.items()}
+        self._level = 0  # the prompt loops the walk is inside now
         self.transcript: list[str] = []
         self._gen = self._walk()
         self._started = False
@@ -92,9 +93,10 @@ class Growth:
         """A hole's decoded value: it joins the scope (conditions read the
         current iteration's value) and the result."""
         self.env[name] = value
-        if isinstance(self.values.get(name), list):
-            self.values[name].append(value)
-            self.texts[name].append(text)
+        depth = self.depth.get(name, 0)
+        if depth:
+            _current(self.values[name], depth).append(value)
+            _current(self.texts[name], depth).append(text)
         else:
             self.values[name], self.texts[name] = value, text
 
@@ -124,15 +126,23 @@ class Growth:
                 case I.PIf(cond, then, orelse):
                     yield from self._body(then if self._eval(cond) else orelse)
                 case I.PFor(var, it, body):
-                    items = self._eval(it)
+                    items = self._loop_items(it)
                     if not isinstance(items, (list, tuple)):
                         raise self._error(f"a prompt loop runs over a list, got {type(items).__name__}")
-                    for item in items:
-                        self.env[var] = item
-                        try:
-                            yield from self._body(body)
-                        except _Break:
-                            break
+                    self._level += 1
+                    deeper = [h for h, d in _depths(body, self._level).items() if d > self._level]
+                    try:
+                        for item in items:
+                            self.env[var] = item
+                            for h in deeper:  # this iteration's list in each nested loop's hole
+                                _current(self.values[h], self._level).append([])
+                                _current(self.texts[h], self._level).append([])
+                            try:
+                                yield from self._body(body)
+                            except _Break:
+                                break
+                    finally:
+                        self._level -= 1
                 case I.PBreak():
                     raise _Break()
 
@@ -143,8 +153,30 @@ class Growth:
             yield ("data", value_text(lookup(tuple(val), self.env, self.loc)))
         elif kind == "call":
             yield ("data", self._tool(val))
+        elif kind == "call_as":  # `{obs = call(...)}`: the result is also a name from here on
+            call, name = val
+            self.env[name] = self._tool(call)
+            yield ("data", self.env[name])
         elif kind == "hole":
             yield ("hole", val, after or "")
+
+    def _loop_items(self, it: I.Expr):
+        """A loop's items; `range(...)` is bounded before it is built (its
+        ints may come from parameters, checked only now)."""
+        if not (isinstance(it, I.Call) and it.func == "range"):
+            return self._eval(it)
+        bounds = [self._eval(a) for a in it.args]
+        if not all(type(b) is int for b in bounds):
+            raise self._error(f"a prompt loop's range takes ints, got {bounds}")
+        items = range(*bounds)
+        if len(items) > MAX_PROMPT_LOOP:
+            raise LmlangRuntimeError(
+                f"a prompt loop over range({', '.join(map(str, bounds))}) runs {len(items)} times, "
+                f"more than {MAX_PROMPT_LOOP}",
+                span_of(it.loc),
+                hint="pass a smaller bound: a prompt grows by one body per iteration",
+            )
+        return list(items)
 
     def _eval(self, e: I.Expr):
         gen = self.interp.expr(e, self.env)
@@ -155,7 +187,14 @@ class Growth:
         raise self._error("a prompt's condition cannot call a query")  # the checker refuses it
 
     def _tool(self, call: I.Call) -> str:
-        args = [self._eval(a) for a in call.args]
+        try:
+            args = [self._eval(a) for a in call.args]
+        except LmlangError as e:  # an argument failed (an index out of range, ...): at the call
+            if not e.span.line:
+                e.span = span_of(call.loc)
+                e.message = f"tool '{call.func}': {e.message}"
+                e.args = (e.message,)
+            raise
         try:
             return run_tool(call.func, args, self.functions)
         except ToolError:
@@ -169,29 +208,38 @@ class Growth:
         return LmlangRuntimeError(message, span_of(self.loc))
 
 
-def _holes(parts: tuple) -> tuple[list[str], list[str]]:
-    """(holes inside a loop, the others), in order."""
-    looped: list[str] = []
-    plain: list[str] = []
-
-    def visit(stmts, in_loop: bool) -> None:
-        for st in stmts:
-            if isinstance(st, I.PSeg):
-                for kind, val in st.parts:
-                    if kind == "hole" and val not in looped and val not in plain:
-                        (looped if in_loop else plain).append(val)
-            elif isinstance(st, I.PFor):
-                visit(st.body, True)
-            elif isinstance(st, I.PIf):
-                visit(st.then, in_loop)
-                visit(st.orelse, in_loop)
-
+def hole_depths(parts: tuple) -> dict[str, int]:
+    """Every hole of the prompt in order, with how many loops enclose it."""
+    out: dict[str, int] = {}
     for kind, val in parts:
         if kind == "block":
-            visit(val, False)
-        elif kind == "hole" and val not in plain:
-            plain.append(val)
-    return looped, plain
+            out.update((h, d) for h, d in _depths(val, 0).items() if h not in out)
+        elif kind == "hole":
+            out.setdefault(val, 0)
+    return out
+
+
+def _depths(stmts, level: int) -> dict[str, int]:
+    """The holes of a block, with their loop depth (level: the loops around it)."""
+    out: dict[str, int] = {}
+    for st in stmts:
+        if isinstance(st, I.PSeg):
+            for kind, val in st.parts:
+                if kind == "hole":
+                    out.setdefault(val, level)
+        elif isinstance(st, I.PFor):
+            out.update((h, d) for h, d in _depths(st.body, level + 1).items() if h not in out)
+        elif isinstance(st, I.PIf):
+            for branch in (st.then, st.orelse):
+                out.update((h, d) for h, d in _depths(branch, level).items() if h not in out)
+    return out
+
+
+def _current(values: list, depth: int) -> list:
+    """The list this iteration appends to: the last item, depth - 1 levels down."""
+    for _ in range(depth - 1):
+        values = values[-1]
+    return values
 
 
 def join(pieces: list[Piece], offset: int = 0) -> tuple[str, tuple]:

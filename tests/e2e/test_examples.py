@@ -95,7 +95,8 @@ RUNS = {
             len(o["labels"]) == 3
             and set(o["labels"]) <= {"praise", "complaint", "question"}
             and o["first"] == o["labels"][0]
-            and o["stars"] in ("1", "2", "3", "4", "5", "unknown")
+            and o["stars"] in (1, 2, 3, 4, 5, "unknown")  # the int side of `or` gives an int
+            and o["percent"] == (0 if o["stars"] == "unknown" else o["stars"] * 20)
         ),
     ),
     "guarded.lm": ([], lambda o: one_line(o["answer"]) and "4417" not in o["answer"].replace(" ", "")),

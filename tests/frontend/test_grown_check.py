@@ -81,7 +81,9 @@ def test_graph_round_trip_keeps_the_prompt_ir():
     "edit, message, hint_word",
     [
         (('if action == "finish" { break }', ""), None, None),  # the clean base case
-        (("range(4)", "range(n)"), "a prompt loop's range takes an int literal", "range(4)"),
+        (("range(4)", "range(q)"), "a prompt loop's range takes ints, got a str", "range(4)"),
+        (("range(4)", "range(len(q) + 1)"), None, None),  # an int expression of the parameters
+        (("range(4)", "range(answer)"), "a prompt loop's range cannot read hole [answer]", "known"),
         (("range(4)", "split(q)"), "unbounded prompt loop over a list[str]", "bound"),
         (('if action == "finish"', 'if expr == "1"'), "hole [expr] is read before it is decoded", "passed"),
         (('\\"calc\\"', '\\"calcc\\"'), "unknown tool 'calcc'", "calc"),
