@@ -310,7 +310,7 @@ class Executor:
     def lm_for_value(self, value, name: str):
         from transformers.utils import logging as hf_logging
 
-        from .build import Folder, Fused, Stacked
+        from .build import Folder, Fused, Stacked, Twin
         from .lm import HFModel
 
         hf_logging.disable_progress_bar()  # lmlang prints its own progress
@@ -332,6 +332,10 @@ class Executor:
             lm = base_lm.with_hook(name, lambda: host.activate(stack))
             self._stacks[id(lm)] = (host, stack)
             return lm
+        if isinstance(value, Twin):
+            from .twin_lm import twin_lm
+
+            return twin_lm(self, value, name)
         if isinstance(value, Fused):
             from .fusion import FusedLM
 
