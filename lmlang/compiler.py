@@ -444,7 +444,7 @@ def _option_value(v):
 def _twin_router(c: CheckedProgram, value, members) -> tuple[str, tuple]:
     """A twin's router: ("by_example", ()) or (name, the declared embedding
     router's examples ordered as the twin's models; the checker matched them)."""
-    if value is None or value.name == "by_example":
+    if value is None or (value.name == "by_example" and value.name not in c.routers):
         return "by_example", ()
     router = c.routers[value.name]
 

@@ -171,9 +171,9 @@ def _check_router(cx: Context, entry: A.Entry, members: list) -> None:
     if name is None:
         cx.error("router: names a router", v, f"routers: {', '.join(choices)}")
         return
-    if name == C.DEFAULT_ROUTER:
+    r = cx.out.routers.get(name)  # a declared router of that name wins over the default
+    if r is None and name == C.DEFAULT_ROUTER:
         return
-    r = cx.out.routers.get(name)
     if r is None:
         kind = cx.out.kind_of(name)
         hint = cx.did_you_mean(name, choices) or f"routers: {', '.join(choices)}"

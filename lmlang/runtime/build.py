@@ -252,10 +252,15 @@ class Builder:
         data = self._training_data(nid, spec)
         name = self.c.display_name(nid)
         res = fit_atlas(base, experts, data, dict(spec.options))
-        say(f"{name}{' (cached)' if res.cached else ''}: atlas coefficients ({len(res.groups)} groups)")
-        for group in res.groups:
-            coef = res.coefficients[group]
-            say(f"  {group}: " + ", ".join(f"{n} {c:.4f}" for n, c in coef.items()))
+        say(f"{name}{' (cached)' if res.cached else ''}: atlas coefficients over {len(res.groups)} groups")
+        if len(res.groups) <= 4:
+            for group in res.groups:
+                say(f"  {group}: " + ", ".join(f"{n} {c:.4f}" for n, c in res.coefficients[group].items()))
+        else:  # one line per expert; every coefficient is in the folder's atlas.json
+            for n in res.experts:
+                cs = [res.coefficients[g][n] for g in res.groups]
+                say(f"  {n}: mean {sum(cs) / len(cs):.4f}, min {min(cs):.4f}, max {max(cs):.4f}")
+            say(f"  all coefficients: {res.path / 'atlas.json'}")
         return Folder(Path(res.path))
 
     def _training_data(self, nid: str, spec) -> Path:
