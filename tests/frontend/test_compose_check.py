@@ -11,6 +11,7 @@ import pytest
 
 from lmlang.errors import CheckError
 from lmlang.frontend import build_file
+from lmlang.graph import from_jsonable, to_jsonable
 from lmlang.merge import atlas, compress, twin
 from lmlang.merge import compose_options as C
 
@@ -66,6 +67,9 @@ def test_the_three_forms_check_and_compile(folder):
     m = c.spec(c.names["m"])
     assert m.kind == "atlas" and m.data == str(folder / "train.jsonl") and dict(m.options) == {"granularity": "block"}
     assert len(m.models) == 2 and all(c.spec(x).kind == "apply" for x in m.models)
+    for name in ("small", "t1", "t2", "m"):  # the graph's JSON form round-trips the new specs
+        spec = c.spec(c.names[name])
+        assert from_jsonable(json.loads(json.dumps(to_jsonable(spec)))) == spec
 
 
 def test_compress_errors(folder):
@@ -177,3 +181,22 @@ def test_the_table_agrees_with_the_library():
     assert C.GRANULARITY == atlas.GRANULARITY
     assert C.TWIN_CORES == twin.CORE_METHODS
     assert {k: v.default for k, v in C.ATLAS.items()} == {k: v for k, v in atlas.DEFAULTS.items() if k != "output"}
+
+
+def test_a_twin_cannot_be_exported_an_atlas_and_a_compressed_adapter_can(folder):
+    body = (
+        "adapter small = compress senti\n"
+        "model t = merge twin { base: base, models: [base + senti, base + math] }\n"
+        'model m = merge atlas { base: base, models: [base + senti], fit_on: "train.jsonl" }\n'
+        'export small to "out/small"\n'
+        'export m to "out/m"\n'
+        'export t to "out/t"\n'
+    )
+    got = diagnostics(folder, body + USE)
+    assert [(line, col, msg) for line, col, msg, _ in got] == [
+        (
+            6,
+            8,
+            "model 't' cannot be exported: a twin merge weighs its experts per input and has no single set of weights",
+        )
+    ]
