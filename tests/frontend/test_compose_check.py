@@ -200,3 +200,23 @@ def test_a_twin_cannot_be_exported_an_atlas_and_a_compressed_adapter_can(folder)
             "model 't' cannot be exported: a twin merge weighs its experts per input and has no single set of weights",
         )
     ]
+
+
+def test_results_of_an_atlas_follow_its_rows(folder):
+    """The result cache keys an atlas model on its fit_on rows' bytes, as it
+    keys a trained adapter on its data: new rows, new results."""
+    from lmlang.runtime.result_cache import CallKeys
+
+    (folder / "dev.jsonl").write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    body = 'model m = merge atlas { base: base, models: [base + senti], fit_on: "dev.jsonl" }\n'
+    assert diagnostics(folder, body + USE) == []
+
+    def key() -> str:
+        c = build_file(folder / "main.lm").compiled
+        return CallKeys(c, {}).model_hash(c.names["m"])
+
+    before = key()
+    assert key() == before
+    with (folder / "dev.jsonl").open("a") as f:  # not the adapter's own training data
+        f.write(json.dumps({"prompt": "e", "completion": "f"}) + "\n")
+    assert key() != before
