@@ -214,9 +214,18 @@ class AdapterMerge(Node):
 
 
 @frozen
+class AdapterCompress(Node):
+    """`compress ADAPTER { density, quantize, alpha }` (ComPEFT, issue #17)."""
+
+    adapter: str
+    options: Block
+    adapter_span: Span | None = field(default=None, compare=False, repr=False, kw_only=True)
+
+
+@frozen
 class AdapterDecl(Named):
     name: str
-    source: Union[LoraSource, TrainSource, AdapterMerge]
+    source: Union[LoraSource, TrainSource, AdapterMerge, AdapterCompress]
 
 
 @frozen

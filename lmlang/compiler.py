@@ -37,7 +37,7 @@ from .graph import (
 )
 from .graph import ir as I
 from .frozen import walk
-from .graph.specs import DefSpec, ServerSpec, VllmSpec
+from .graph.specs import AtlasSpec, CompressSpec, DefSpec, ServerSpec, TwinSpec, VllmSpec
 
 
 class Compiler:
@@ -94,6 +94,8 @@ class Compiler:
             base = self.model(e.base)
             adapters = tuple((self.adapter(a.adapter), float(a.scale)) for a in e.adapters)
             return self.add(ApplySpec(base, adapters), "+".join(a.adapter for a in e.adapters))
+        if isinstance(e, A.MergeExpr) and e.method in ("twin", "atlas"):
+            return self._compose_merge(e)
         if isinstance(e, A.MergeExpr):
             base, models, options = None, [], []
             for entry in e.options.entries:
@@ -161,6 +163,9 @@ class Compiler:
                 opts.append(("method", src.method))
             frozen_opts = tuple(sorted((k, _freeze(v)) for k, v in opts))
             nid = self.add(self._train_spec(src, base, frozen_opts), name)
+        elif isinstance(src, A.AdapterCompress):
+            options = tuple(sorted((_key_text(e.key), _option_value(e.value)) for e in src.options.entries))
+            nid = self.add(CompressSpec(self.adapter(src.adapter), options, self.loc(src)), name)
         else:
             adapters, opts = [], []
             for e in src.options.entries:
@@ -176,6 +181,38 @@ class Compiler:
         self.names[name] = nid
         self.name(nid, name)
         return nid
+
+    def _compose_merge(self, e: A.MergeExpr) -> str:
+        """`merge twin` / `merge atlas`: the base, the `base + adapter`
+        experts as nodes, the router's examples or the fitting data."""
+        entries = {_key_name(x.key): x.value for x in e.options.entries}
+        base = self.model(entries["base"])
+        models = tuple(self.model(m) for m, _ in merge_members(entries["models"]))
+        skip = ("base", "models", "router", "fit_on")
+        options = tuple(
+            sorted(
+                (_key_text(x.key), _option_value(x.value)) for x in e.options.entries if _key_name(x.key) not in skip
+            )
+        )
+        if e.method == "twin":
+            router, examples = _twin_router(self.c, entries.get("router"), entries["models"])
+            if router != "by_example" and "encoder" not in dict(options):
+                # the declared router's encoder, unless the twin names one
+                enc = next((kw.value for kw in self.c.routers[router].options if kw.name == "encoder"), None)
+                if enc is not None:
+                    options = tuple(sorted((*options, ("encoder", _option_value(enc)))))
+            spec: Spec = TwinSpec(base, models, router, examples, options, self.loc(e))
+        else:
+            fit_on = entries["fit_on"]
+            if isinstance(fit_on, A.ModelRef):  # a data set: a file's own path, else made at run time
+                from .lifecycle.data import recipe
+
+                rec = recipe(self.c, fit_on.name, lambda q: self.query(self.c.queries[q]))
+                data, dataset, rec = (rec[1], "", ()) if rec[0] == "file" else ("", fit_on.name, rec)
+            else:
+                data, dataset, rec = str(self.c.path_for(_plain_value(fit_on), fit_on)), "", ()
+            spec = AtlasSpec(base, models, data, options, self.loc(e), dataset=dataset, recipe=rec)
+        return self.add(spec, e.method)
 
     def _train_spec(self, src: A.TrainSource, base: str, opts: tuple) -> TrainSpec:
         """A file, or a data set read straight from one, trains on that file
@@ -436,6 +473,26 @@ def _option_value(v):
     if isinstance(v, A.ModelRef):
         return v.name
     return _freeze(_plain_value(v))
+
+
+def _twin_router(c: CheckedProgram, value, members) -> tuple[str, tuple]:
+    """A twin's router: ("by_example", ()) or (name, the declared embedding
+    router's examples ordered as the twin's models; the checker matched them)."""
+    if value is None or (value.name == "by_example" and value.name not in c.routers):
+        return "by_example", ()
+    router = c.routers[value.name]
+
+    def key(e) -> str:
+        if isinstance(e, A.Adapted):
+            return " + ".join([key(e.base), *(a.adapter for a in e.adapters)])
+        return e.name if isinstance(e, A.ModelRef) else "default"
+
+    payloads = {key(x.key): _router_payload(x.value) for x in router.experts.entries}
+    examples = []
+    for m, _ in merge_members(members):
+        p = payloads[key(m)]
+        examples.append(tuple(p.texts) if isinstance(p, I.Examples) else (getattr(p, "text", ""),))
+    return value.name, tuple(examples)
 
 
 def _router_payload(v) -> I.Payload:

@@ -41,6 +41,7 @@ _CORE_KEYWORDS = (
     "train",
     "on",
     "merge",
+    "compress",  # adapter NAME = compress ADAPTER { ... } (issue #17)
     "fuse",
     "route",
     "json",

@@ -179,6 +179,11 @@ class _Rules:
     def adapter_merge(self, meta, ch):
         return A.AdapterMerge(str(ch[0]), ch[1], span=self.sp(meta))
 
+    def adapter_compress(self, meta, ch):
+        name, block = ch
+        block = block or A.Block((), span=self.sp(meta))
+        return A.AdapterCompress(str(name), block, span=self.sp(meta), adapter_span=self.tsp(name))
+
     def adapter_decl(self, meta, ch):
         return A.AdapterDecl(str(ch[0]), ch[1], span=self.sp(meta), name_span=self.tsp(ch[0]))
 

@@ -105,3 +105,5 @@ def source_refs(source) -> Iterator[tuple[str, A.Node]]:
             if key_name(entry.key) == "models":
                 for member, _weight in merge_members(entry.value):
                     yield from model_refs(member)
+    elif isinstance(source, A.AdapterCompress):  # the adapter it compresses
+        yield source.adapter, source

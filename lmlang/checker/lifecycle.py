@@ -291,6 +291,11 @@ def unexportable(cx: Context, e, stack: tuple) -> tuple[str, str] | None:
         )
     if isinstance(e, (A.ServerModel, A.VllmModel)):
         return ("a served model's weights live in its server", "export the local model or adapter it serves")
+    if isinstance(e, A.MergeExpr) and e.method == "twin":
+        return (
+            "a twin merge weighs its experts per input and has no single set of weights",
+            "export its adapters, or a static merge of them (`merge ties { ... }`)",
+        )
     if isinstance(e, A.Adapted):
         return unexportable(cx, e.base, stack)
     return None

@@ -26,6 +26,7 @@ from .compat import check_compatible
 from .program import PathRefused
 
 MAX_CHECKED_DATA_BYTES = 16 * 1024 * 1024
+COMPOSE_MERGES = ("twin", "atlas")  # merge/compose_options.py MERGES, checked by checker/compose.py
 
 
 def check_models_and_adapters(cx: Context) -> None:
@@ -42,6 +43,10 @@ def check_models_and_adapters(cx: Context) -> None:
             _check_train_options(cx, src)
         elif isinstance(src, A.AdapterMerge):
             check_merge(cx, src.method, src.options, over_adapters=True)
+        elif isinstance(src, A.AdapterCompress):
+            from .compose import check_compress
+
+            check_compress(cx, src)
     check_cycles(cx)
 
 
@@ -76,6 +81,10 @@ def check_model_expr(cx: Context, e, allow_router: bool) -> None:
                     a,
                     "" if kind else cx.did_you_mean(a.adapter, cx.out.adapters),
                 )
+    elif isinstance(e, A.MergeExpr) and e.method in COMPOSE_MERGES:
+        from .compose import check_compose_merge
+
+        check_compose_merge(cx, e)
     elif isinstance(e, A.MergeExpr):
         check_merge(cx, e.method, e.options)
     elif isinstance(e, A.FuseExpr):
@@ -498,6 +507,13 @@ def check_merge(cx: Context, method: str, block: A.Block, over_adapters: bool = 
     adapters (`over_adapters`: no base; the members are adapters)."""
     from ..merge import options as merge_options  # only scripts that merge pay for the table
 
+    if method in COMPOSE_MERGES:
+        cx.error(
+            f"merge {method} makes a model, not an adapter",
+            block,
+            f"declare it as a model: model NAME = merge {method} {{ base: ..., models: [base + a, ...] }}",
+        )
+        return
     if method not in merge_options.METHODS:
         cx.error(
             f"unknown merge method '{method}'",

@@ -55,6 +55,7 @@ _DOT_SHAPES = {
     "lora": "folder",
     "train": "folder",
     "adapter_merge": "folder",
+    "compress": "folder",
 }
 
 

@@ -199,6 +199,65 @@ class FuseSpec(Spec):
 
 
 @frozen
+class CompressSpec(Spec):
+    """An adapter compressed (ComPEFT: sparse factors, one scale per module):
+    a PEFT folder like any adapter's (merge/compress.py)."""
+
+    kind = "compress"
+    adapter: str  # node id of the adapter compressed
+    options: tuple  # sorted (key, value): density, quantize, alpha
+    loc: str = ""
+
+    def deps(self):
+        return (self.adapter,)
+
+    def label(self) -> str:
+        opts = dict(self.options)
+        return f"compress {opts.get('quantize', 'ternary')} density {opts.get('density', 0.1):g}"
+
+
+@frozen
+class TwinSpec(Spec):
+    """Twin-Merging: a core merged once plus each expert's exclusive part,
+    mixed per row by a router's weights (merge/twin.py)."""
+
+    kind = "twin"
+    base: str  # node id
+    models: tuple  # node ids of the `base + adapter` experts, in order
+    router: str  # "by_example" (the experts' training prompts) or a declared router's name
+    examples: tuple  # per expert, the router's examples ((text, ...), ...); () for by_example
+    options: tuple  # sorted (key, value): core, density, rank, examples, top_k, temperature, encoder
+    loc: str = ""
+
+    def deps(self):
+        return (self.base, *self.models)
+
+    def label(self) -> str:
+        return f"merge twin (router {self.router})"
+
+
+@frozen
+class AtlasSpec(Spec):
+    """aTLAS: coefficients per block and expert learned on labelled rows,
+    the merged model folder cached by content (merge/atlas.py)."""
+
+    kind = "atlas"
+    base: str  # node id
+    models: tuple  # node ids of the `base + adapter` experts, in order
+    data: str  # absolute path of the rows ("" when they are a data set's)
+    options: tuple  # sorted (key, value): granularity, steps, lr, ...
+    loc: str = ""
+    dataset: str = ""  # a data set's name, its rows made at run time
+    recipe: tuple = ()  # how that data set is made (lifecycle.data.recipe)
+
+    def deps(self):
+        return (self.base, *self.models)
+
+    def label(self) -> str:
+        return f"merge atlas ({dict(self.options).get('granularity', 'block')})"
+
+
+@frozen
 class RouterSpec(Spec):
     """Picks an expert model per input row."""
 
@@ -311,6 +370,9 @@ SPEC_TYPES = {
         ApplySpec,
         MergeSpec,
         FuseSpec,
+        CompressSpec,
+        TwinSpec,
+        AtlasSpec,
         RouterSpec,
         QuerySpec,
         StepSpec,

@@ -28,7 +28,7 @@ from ..graph import (
     RouterSpec,
     TrainSpec,
 )
-from ..graph.specs import VllmSpec
+from ..graph.specs import AtlasSpec, CompressSpec, TwinSpec, VllmSpec
 from ..merge.options import STEP_OPTIONS
 
 
@@ -41,6 +41,17 @@ class Folder:
 class Stacked:
     base: Path
     stack: tuple  # ((adapter folder, scale), ...)
+
+
+@dataclass(frozen=True)
+class Twin:
+    """A Twin-Merging model (merge/twin.py): the core folder, the exclusive
+    parts, and the router's examples per expert; rows are weighted and mixed
+    when they decode (runtime/twin_lm.py)."""
+
+    model: object  # merge.twin.TwinModel
+    examples: tuple  # ((text, ...), ...) per expert, in the twin's order
+    options: tuple  # sorted (key, value): top_k, temperature, encoder
 
 
 @dataclass(frozen=True)
@@ -165,11 +176,98 @@ class Builder:
             members = tuple((self.value(m), w) for m, w in spec.members)
             anchor, target = (self.value(x) if x else None for x in (spec.anchor, spec.target))
             return Fused(spec.mode, members, spec.options, anchor, target)
+        if isinstance(spec, CompressSpec):
+            return self._compress(nid, spec)
+        if isinstance(spec, TwinSpec):
+            return self._twin(nid, spec)
+        if isinstance(spec, AtlasSpec):
+            return self._atlas(nid, spec)
         if isinstance(spec, RouterSpec):
             raise LmlangRuntimeError("a router is not a model", hint=f"at {spec.loc}")
         raise LmlangRuntimeError(f"cannot build a {spec.kind} node")
 
-    def _training_data(self, nid: str, spec: TrainSpec) -> Path:
+    # ------------------------------------------------------------ composition (issue #17)
+    def _compress(self, nid: str, spec: CompressSpec) -> Path:
+        """ComPEFT: a PEFT folder, cached by content; its size and error said."""
+        from ..merge.compress import compress_lora
+
+        opts = dict(spec.options)
+        res = compress_lora(
+            self.value(spec.adapter), opts.get("density", 0.1), opts.get("quantize", "ternary"), opts.get("alpha")
+        )
+        say(
+            f"{'compressed' if not res.cached else 'compressed (cached)'} {self.c.display_name(nid)}: "
+            f"{res.bytes} bytes ({res.size_ratio:.1%} of {res.original_bytes}; packed {res.packed_ratio:.1%}), "
+            f"reconstruction error {res.overall_error:.4f}"
+        )
+        return Path(res.path)
+
+    def _experts(self, nid: str, spec) -> tuple[Path, list[tuple[str, Path]]]:
+        """The base folder and the (adapter name, LoRA folder) of each
+        `base + adapter` expert of a twin or atlas merge."""
+        base = self.value(spec.base)
+        if not isinstance(base, Folder):
+            raise MergeError(f"{self.c.display_name(nid)}: the base must be a plain model", hint=f"at {spec.loc}")
+        experts = []
+        for m in spec.models:
+            v = self.value(m)
+            if not (isinstance(v, Stacked) and v.base == base.path and len(v.stack) == 1 and v.stack[0][1] == 1.0):
+                raise MergeError(
+                    f"{self.c.display_name(nid)}: {self.c.display_name(m)} is not the base plus one adapter",
+                    hint=f"at {spec.loc}",
+                )
+            applied = self.c.spec(m)
+            name = self.c.display_name(applied.adapters[0][0]) if isinstance(applied, ApplySpec) else m
+            experts.append((name, Path(v.stack[0][0])))
+        return base.path, experts
+
+    def _twin(self, nid: str, spec: TwinSpec) -> Twin:
+        from ..merge.twin import build_twin
+
+        opts = dict(spec.options)
+        base, experts = self._experts(nid, spec)
+        core = opts.get("core", "ties")
+        params = {"density": opts["density"]} if "density" in opts else None
+        model = build_twin(base, experts, core=core, core_params=params, rank=opts.get("rank"))
+        errors = ", ".join(f"{n} {e:.3g}" for n, e in model.errors.items())
+        say(
+            f"{self.c.display_name(nid)}{' (cached)' if model.cached else ''}: twin merge, {core} core, "
+            f"exclusive parts at rank {model.rank} (relative error {errors})"
+        )
+        examples = spec.examples
+        if not examples:  # by_example: each expert's own training prompts
+            from .pool import training_prompts
+
+            examples = tuple(tuple(training_prompts(folder, int(opts.get("examples", 16)))) for _, folder in experts)
+            missing = [n for (n, _), ex in zip(experts, examples) if not ex]
+            if missing:
+                raise MergeError(
+                    f"{self.c.display_name(nid)}: no training prompts recorded for {', '.join(missing)}",
+                    hint="router: by_example reads an lmlang-trained adapter's data; declare a `route embedding` "
+                    "router with examples over the same models and name it: router: NAME",
+                )
+        keep = ("top_k", "temperature", "encoder")
+        return Twin(model, examples, tuple((k, v) for k, v in sorted(opts.items()) if k in keep))
+
+    def _atlas(self, nid: str, spec: AtlasSpec) -> Folder:
+        from ..merge.atlas import fit_atlas
+
+        base, experts = self._experts(nid, spec)
+        data = self._training_data(nid, spec)
+        name = self.c.display_name(nid)
+        res = fit_atlas(base, experts, data, dict(spec.options))
+        say(f"{name}{' (cached)' if res.cached else ''}: atlas coefficients over {len(res.groups)} groups")
+        if len(res.groups) <= 4:
+            for group in res.groups:
+                say(f"  {group}: " + ", ".join(f"{n} {c:.4f}" for n, c in res.coefficients[group].items()))
+        else:  # one line per expert; every coefficient is in the folder's atlas.json
+            for n in res.experts:
+                cs = [res.coefficients[g][n] for g in res.groups]
+                say(f"  {n}: mean {sum(cs) / len(cs):.4f}, min {min(cs):.4f}, max {max(cs):.4f}")
+            say(f"  all coefficients: {res.path / 'atlas.json'}")
+        return Folder(Path(res.path))
+
+    def _training_data(self, nid: str, spec) -> Path:
         """The file training reads: the script's file, or a data set's rows
         written to a content-keyed JSONL (lifecycle.data.training_file)."""
         if not spec.dataset:

@@ -314,7 +314,7 @@ class Executor:
     def lm_for_value(self, value, name: str, member_names: list | None = None):
         from transformers.utils import logging as hf_logging
 
-        from .build import Folder, Fused, Stacked
+        from .build import Folder, Fused, Stacked, Twin
         from .lm import HFModel
 
         hf_logging.disable_progress_bar()  # lmlang prints its own progress
@@ -346,6 +346,10 @@ class Executor:
                 for v, role in ((value.anchor, "anchor"), (value.target, "target"))
             )
             return DynamicFusedLM(experts, anchor, target, dict(value.options), name=name)
+        if isinstance(value, Twin):
+            from .twin_lm import twin_lm
+
+            return twin_lm(self, value, name)
         if isinstance(value, Fused):
             from .fusion import FusedLM
 

@@ -35,7 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..graph import Compiled, LoraSpec, ModelSpec, QuerySpec, RouterSpec, TrainSpec
-from ..graph.specs import to_jsonable
+from ..graph.specs import AtlasSpec, TwinSpec, to_jsonable
 
 FORMAT = 1
 KIND = "results"
@@ -249,16 +249,16 @@ class CallKeys:
             form["source"] = folder_key(resolve_model(spec.source, self.base_dir))
         elif isinstance(spec, LoraSpec):
             form["path"] = folder_key(Path(spec.path))
-        elif isinstance(spec, TrainSpec) and spec.dataset:
+        elif isinstance(spec, (TrainSpec, AtlasSpec)) and spec.dataset:
             from ..lifecycle.data import recipe_key
 
             form["recipe"] = recipe_key(spec.recipe, self.model_hash)
-        elif isinstance(spec, TrainSpec):
+        elif isinstance(spec, (TrainSpec, AtlasSpec)):  # an atlas fits on its rows as training does
             try:
                 form["data"] = hashlib.sha256(Path(spec.data).read_bytes()).hexdigest()
             except OSError:
                 form["data"] = "missing"
-        elif isinstance(spec, RouterSpec) and spec.mode == "embedding":
+        elif (isinstance(spec, RouterSpec) and spec.mode == "embedding") or isinstance(spec, TwinSpec):
             form["encoder_files"] = _minilm_version()
         elif isinstance(spec, RouterSpec) and spec.pool is not None:
             # a pool's members are whatever its glob matches now, by content

@@ -99,6 +99,15 @@ RUNS = {
             and o["percent"] == (0 if o["stars"] == "unknown" else o["stars"] * 20)
         ),
     ),
+    # issue #17: compress, merge twin, merge atlas (two small adapters, one epoch)
+    "compose.lm": (
+        [],
+        lambda o: (
+            o["twin_label"] in ("positive", "negative")
+            and o["compressed_label"] in ("positive", "negative")
+            and all(one_line(o[k].rstrip("\n")) for k in ("atlas_sum", "twin_sum"))
+        ),
+    ),
     "guarded.lm": ([], lambda o: one_line(o["answer"]) and "4417" not in o["answer"].replace(" ", "")),
 }
 
