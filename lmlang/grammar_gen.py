@@ -106,6 +106,9 @@ def _tables(parser) -> dict[str, Any]:
     lexer = frontend.lexer
     if type(lexer).__name__ != "ContextualLexer" or len(table.start_states) != 1:
         raise GrammarGenError("the driver runs one start rule on Lark's contextual lexer")
+    o = parser.options
+    if o.propagate_positions is not True or o.postlex or o.lexer_callbacks or o.keep_all_tokens or o.tree_class:
+        raise GrammarGenError("the driver always propagates positions; no postlex, lexer callbacks or tree class")
     states = table.states
     start = table.start_states["start"]
     order: list = []
@@ -131,7 +134,7 @@ def _tables(parser) -> dict[str, Any]:
                 actions.append(-1 - rule_id.setdefault(arg, len(rule_id)))
             names.append(str(name))
         rows.append((tuple(names), tuple(actions)))
-    rules = [_rule_row(rule, frontend) for rule in sorted(rule_id, key=rule_id.__getitem__)]
+    rules = [_rule_row(rule, o.maybe_placeholders) for rule in sorted(rule_id, key=rule_id.__getitem__)]
     scanners: dict = {}
     state_lexer = tuple(scanners.setdefault(_scanner_row(lexer.lexers[old]), len(scanners)) for old in order)
     terminals = {t.name: t for t in lexer.root_lexer.terminals}
@@ -152,7 +155,7 @@ def _tables(parser) -> dict[str, Any]:
     }
 
 
-def _rule_row(rule, frontend) -> tuple:
+def _rule_row(rule, maybe_placeholders: bool) -> tuple:
     """(origin, size, tree name, expand1, to_include or None, nones to append):
     how Lark's ParseTreeBuilder shapes this rule's node (LALR, no ambiguity)."""
     from lark.parse_tree_builder import ChildFilterLALR, ChildFilterLALR_NoPlaceholders, maybe_create_child_filter
@@ -160,7 +163,8 @@ def _rule_row(rule, frontend) -> tuple:
     options = rule.options
     if options.keep_all_tokens:
         raise GrammarGenError(f"rule {rule}: `!` rules (keep_all_tokens) are not driven")
-    made = maybe_create_child_filter(rule.expansion, False, False, options.empty_indices)
+    empty = options.empty_indices if maybe_placeholders else []  # Lark passes None: the same (falsy)
+    made = maybe_create_child_filter(rule.expansion, False, False, empty)
     include: tuple | None
     if made is None:
         include, append_none = None, 0
