@@ -1,154 +1,222 @@
-"""Writes lmlang/grammar_parser.py: the LALR parser for grammar/lmlang.lark
-as a plain Python module (Lark's standalone generator), so `lmlang check`
-imports neither lark nor the `regex` module and reads no parser tables.
+"""Writes lmlang/grammar_parser.py: grammar/lmlang.lark's LALR tables as
+plain Python literals, run by lmlang/lalr_driver.py, so `lmlang check`
+imports neither lark nor the `regex` module and builds no parser objects.
 
     python -m lmlang.grammar_gen           # regenerate after editing the grammar
     python -m lmlang.grammar_gen --check   # exit 1 when the module is stale
+
+Lark builds the parser here (the same options parser_cache.py gives it) and
+the module records what its runtime would use: the parse table (per state:
+the names it has actions for, shift = a state, reduce = -1 - rule), per rule
+how Lark shapes its node (tree name, `?rule` expansion, which children stay
+or are inlined, where None placeholders go), and Lark's contextual lexer
+(per state the index of its scanner; per scanner the terminal names in
+Lark's order, chunked as Lark compiles them, the keywords it recognises
+inside a matched name, the terminals that may hold a newline and the ones it
+reports as allowed). Everything the driver assumes is checked against
+Lark's own objects here, and generation stops when one does not hold.
 
 The grammar file stays the one source of truth: the module records the
 grammar's sha256, parser.py uses it only while that matches (and builds the
 parser with lark otherwise), and tests/frontend/test_grammar_parser.py
 regenerates it and fails when the committed copy differs.
 
-Lark numbers its LALR states and tokens in the order it meets them while
-iterating sets, which changes from process to process; the generator
-renumbers both canonically (tokens by name, states breadth-first from the
-start state along shifts in token order), so the same grammar and Lark give
-the same bytes and a regenerated module diffs cleanly.
-Edits to Lark's template, each checked to apply: the `import pickle` line
-goes (nothing in it unpickles: the tables are literals), and the calls in
-Lark's cache code (its `cache=` option, `save`, `load`, which lmlang never
-uses) raise instead of pickling; so does the optional `import regex` (the grammar uses no Unicode
-categories, and that import alone costs more than parsing a script); and
-the `logging` logger becomes a stub that drops every message (Lark sets its
-logger to CRITICAL and logs nothing at that level; `import logging` costs
-`lmlang check` ~6 ms).
+Lark numbers its LALR states in the order it meets them while iterating
+sets, which changes from process to process; the module numbers them
+canonically (breadth-first from the start state along shifts in name
+order), rules in the order the states first reduce them and scanners in the
+order the states first use them, so the same grammar and Lark give the same
+bytes and a regenerated module diffs cleanly.
 """
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
+from typing import Any
 
 TARGET = Path(__file__).resolve().parent / "grammar_parser.py"
 
-_REGEX_IMPORT = "try:\n    import regex\n    _has_regex = True\nexcept ImportError:\n    _has_regex = False\n"
-_PICKLE_IMPORT = "import pickle, zlib, base64\n"
-_LOGGING_IMPORT = "import sys, re\nimport logging\n"
-_LOGGER = 'logger: logging.Logger = logging.getLogger("lark")\nlogger.addHandler(logging.StreamHandler())\n'
-_LOGGER_LEVEL = "logger.setLevel(logging.CRITICAL)\n"
-_NEVER_PICKLE = """
 
-def _never_pickle(*args, **kwargs):
-    # lmlang: Lark's pickling cache (cache=, save, load) is not for lmlang's parser: its tables are literals.
-    raise ConfigurationError("lmlang's generated parser never pickles (no cache=, save or load)")
-"""
-_SILENT_LOGGER = """class _SilentLogger:
-    # lmlang: Lark's logger, set to CRITICAL, logs nothing here; this stub spares the logging import
-    def _drop(self, *args, **kwargs):
-        pass
-
-    debug = info = warning = error = exception = critical = _drop
-
-
-logger = _SilentLogger()
-"""
+class GrammarGenError(SystemExit):
+    """Lark built something the driver does not reproduce: nothing is written."""
 
 
 def generate() -> str:
-    """The module's text for the current grammar and the installed Lark
-    (its parse table renumbered canonically, so the bytes are stable)."""
+    """The module's text for the current grammar and the installed Lark."""
     import lark
-    from lark.tools.standalone import gen_standalone
 
     from .grammar_file import grammar_sha256, grammar_text
     from .parser_cache import OPTIONS
 
     grammar = grammar_text()
     if "\\p{" in grammar:
-        raise SystemExit("the grammar uses a Unicode category (\\p{...}): the standalone parser has no `regex` module")
-    out = io.StringIO()
-    gen_standalone(_Canonical(lark.Lark(grammar, **OPTIONS)), out=out)
-    body = out.getvalue()
-    edits = {
-        _REGEX_IMPORT: "_has_regex = False\n",
-        _PICKLE_IMPORT: "",
-        _LOGGING_IMPORT: "import sys, re\n",
-        _LOGGER: _SILENT_LOGGER,
-        _LOGGER_LEVEL: "",
-    }
-    for old, new in edits.items():
-        if body.count(old) != 1:
-            raise SystemExit(f"lark {lark.__version__}'s standalone template changed: cannot find {old!r}")
-        body = body.replace(old, new)
-    for call in (f"pickle.{name}(" for name in ("load", "dump")):
-        if call not in body:
-            raise SystemExit(f"lark {lark.__version__}'s standalone template changed: cannot find {call!r}")
-        body = body.replace(call, "_never_pickle(")
-    body = body.replace("protocol=pickle.HIGHEST_PROTOCOL", "protocol=None") + _NEVER_PICKLE
-    if "pickle." in body:
-        raise SystemExit(f"lark {lark.__version__}'s standalone template pickles in a way this generator misses")
-    if "logging." in body:
-        raise SystemExit(f"lark {lark.__version__}'s standalone template uses logging beyond its logger")
+        raise GrammarGenError("the grammar uses a Unicode category (\\p{...}): the generated parser has no `regex`")
+    parser = lark.Lark(grammar, **OPTIONS)
+    tables = _tables(parser)
     header = (
         "# GENERATED by `python -m lmlang.grammar_gen` from grammar/lmlang.lark: do not edit.\n"
-        "# Lark's standalone LALR parser (Lark is MIT-licensed) with lmlang's parse tables.\n"
+        f"# The LALR tables Lark {lark.__version__} (MIT-licensed) builds for it, run by lmlang/lalr_driver.py.\n"
         "# fmt: off\n"
         "# ruff: noqa\n"
         "# mypy: ignore-errors\n"
         f'GRAMMAR_SHA256 = "{grammar_sha256(grammar)}"\n'
+        "\n"
+        "from .lalr_driver import LALRParser\n"
+        "from .lalr_driver import Transformer, Tree, Token, v_args  # parser_ast.py's Transformer base\n"
+        "from .lalr_driver import UnexpectedInput, UnexpectedCharacters, UnexpectedToken, UnexpectedEOF, VisitError\n"
+        "\n"
     )
-    return header + body
+    lines = [header]
+    for name in ("START", "END", "FLAGS", "PATTERNS", "TERMINALS", "ROOT_LEXER", "STATE_LEXER"):
+        lines.append(f"{name} = {tables[name]!r}\n")
+    lines.append(f"IGNORE = frozenset({tables['IGNORE']!r})\n")  # a set's repr has no fixed order
+    for name in ("STATES", "RULES", "LEXERS"):  # one entry a line: a grammar edit diffs as the entries it changes
+        lines.append(f"{name} = (\n" + "".join(f"    {row!r},\n" for row in tables[name]) + ")\n")
+    lines.append(
+        "\n\nclass Parser(LALRParser):\n"
+        '    """lmlang\'s LALR parser: the tables above, run by lalr_driver.LALRParser."""\n\n'
+        + "".join(
+            f"    {name} = {name}\n"
+            for name in (
+                "START",
+                "END",
+                "FLAGS",
+                "IGNORE",
+                "PATTERNS",
+                "TERMINALS",
+                "ROOT_LEXER",
+                "STATE_LEXER",
+                "STATES",
+                "RULES",
+                "LEXERS",
+            )
+        )
+    )
+    return "".join(lines)
 
 
-class _Canonical:
-    """What gen_standalone reads of a Lark instance (`memo_serialize`), with
-    the parse table renumbered canonically."""
+def _tables(parser) -> dict[str, Any]:
+    """What lalr_driver.LALRParser reads, from a built lark.Lark (LALR,
+    contextual lexer), numbered canonically."""
+    from lark.parsers.lalr_analysis import Shift
 
-    def __init__(self, parser) -> None:
-        self.parser = parser
-
-    def memo_serialize(self, types):
-        data, memo = self.parser.memo_serialize(types)
-        data["parser"]["parser"] = canonical_table(data["parser"]["parser"])
-        return data, memo
-
-
-def canonical_table(table: dict) -> dict:
-    """A serialized LALR table ({'tokens', 'states', 'start_states',
-    'end_states'}) with token ids in name order and state ids in
-    breadth-first order from the start states, shifts taken in token-name
-    order: the same automaton always gets the same numbers."""
-    names = table["tokens"]  # id -> name
-    token_id = {name: i for i, name in enumerate(sorted(names.values()))}
-    states = table["states"]
-    order: list[int] = []
-    seen: set[int] = set()
-    queue = [table["start_states"][k] for k in sorted(table["start_states"])]
-    while queue:
+    frontend = parser.parser
+    table = frontend.parser.parser.parse_table
+    lexer = frontend.lexer
+    if type(lexer).__name__ != "ContextualLexer" or len(table.start_states) != 1:
+        raise GrammarGenError("the driver runs one start rule on Lark's contextual lexer")
+    o = parser.options
+    if o.propagate_positions is not True or o.postlex or o.lexer_callbacks or o.keep_all_tokens or o.tree_class:
+        raise GrammarGenError("the driver always propagates positions; no postlex, lexer callbacks or tree class")
+    states = table.states
+    start = table.start_states["start"]
+    order: list = []
+    seen = {start}
+    queue = [start]
+    while queue:  # breadth-first along shifts and gotos, names in order
         s = queue.pop(0)
-        if s in seen:
-            continue
-        seen.add(s)
         order.append(s)
-        for tok, (action, arg) in sorted(states[s].items(), key=lambda kv: names[kv[0]]):
-            if action == 0 and arg not in seen:
+        for name, (action, arg) in sorted(states[s].items()):
+            if action is Shift and arg not in seen:
+                seen.add(arg)
                 queue.append(arg)
     order += sorted(set(states) - seen)  # none in an LALR automaton; kept so nothing is lost
     state_id = {old: new for new, old in enumerate(order)}
-    new_states = {}
+    rule_id: dict = {}
+    rows = []
     for old in order:
-        row = {}
-        for tok, (action, arg) in sorted(states[old].items(), key=lambda kv: names[kv[0]]):
-            row[token_id[names[tok]]] = (0, state_id[arg]) if action == 0 else (action, arg)
-        new_states[state_id[old]] = row
+        names, actions = [], []
+        for name, (action, arg) in sorted(states[old].items()):
+            if action is Shift:
+                actions.append(state_id[arg])
+            else:
+                actions.append(-1 - rule_id.setdefault(arg, len(rule_id)))
+            names.append(str(name))
+        rows.append((tuple(names), tuple(actions)))
+    rules = [_rule_row(rule, o.maybe_placeholders) for rule in sorted(rule_id, key=rule_id.__getitem__)]
+    scanners: dict = {}
+    state_lexer = tuple(scanners.setdefault(_scanner_row(lexer.lexers[old]), len(scanners)) for old in order)
+    terminals = {t.name: t for t in lexer.root_lexer.terminals}
     return {
-        "tokens": {i: name for name, i in token_id.items()},
-        "states": new_states,
-        "start_states": {k: state_id[v] for k, v in table["start_states"].items()},
-        "end_states": {k: state_id[v] for k, v in table["end_states"].items()},
+        "START": state_id[start],
+        "END": state_id[table.end_states["start"]],
+        "FLAGS": lexer.root_lexer.g_regex_flags,
+        "IGNORE": tuple(sorted(lexer.root_lexer.ignore_types)),
+        "PATTERNS": {name: terminals[name].pattern.to_regexp() for name in sorted(terminals)},
+        "TERMINALS": {
+            name: (terminals[name].pattern.type, terminals[name].pattern.value) for name in sorted(terminals)
+        },
+        "ROOT_LEXER": _scanner_row(lexer.root_lexer),
+        "STATE_LEXER": state_lexer,
+        "STATES": tuple(rows),
+        "RULES": tuple(rules),
+        "LEXERS": tuple(sorted(scanners, key=scanners.__getitem__)),
     }
+
+
+def _rule_row(rule, maybe_placeholders: bool) -> tuple:
+    """(origin, size, tree name, expand1, to_include or None, nones to append):
+    how Lark's ParseTreeBuilder shapes this rule's node (LALR, no ambiguity)."""
+    from lark.parse_tree_builder import ChildFilterLALR, ChildFilterLALR_NoPlaceholders, maybe_create_child_filter
+
+    options = rule.options
+    if options.keep_all_tokens:
+        raise GrammarGenError(f"rule {rule}: `!` rules (keep_all_tokens) are not driven")
+    empty = options.empty_indices if maybe_placeholders else []  # Lark passes None: the same (falsy)
+    made = maybe_create_child_filter(rule.expansion, False, False, empty)
+    include: tuple | None
+    if made is None:
+        include, append_none = None, 0
+    elif made.func is ChildFilterLALR:
+        to_include, append_none = made.args
+        include = tuple((i, bool(x), n) for i, x, n in to_include)
+    elif made.func is ChildFilterLALR_NoPlaceholders:
+        (to_include,) = made.args
+        include, append_none = tuple((i, bool(x), 0) for i, x in to_include), 0
+    else:
+        raise GrammarGenError(f"rule {rule}: Lark's child filter {made.func.__name__} is not driven")
+    name = rule.alias or options.template_source or rule.origin.name
+    return (
+        str(rule.origin.name),
+        len(rule.expansion),
+        str(name),
+        bool(options.expand1 and not rule.alias),
+        include,
+        append_none,
+    )
+
+
+def _scanner_row(basic) -> tuple:
+    """(chunks of terminal names, keyword pairs, newline types, allowed) of
+    one Lark BasicLexer, checked against the scanner Lark compiles."""
+    from lark.lexer import UnlessCallback
+
+    scanner = basic.scanner  # built now, as Lark builds it on first use
+    names = [t.name for t in scanner.terminals]
+    chunks, at = [], 0
+    for mre in scanner._mres:
+        count = sum(1 for n in mre.groupindex if n in set(names))
+        chunk = tuple(names[at : at + count])
+        text = "|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in scanner.terminals[at : at + count])
+        if text != mre.pattern or mre.flags & ~32 != basic.g_regex_flags:  # 32: re.UNICODE, implied for str
+            raise GrammarGenError("Lark's scanner compiles a pattern the driver would not")
+        chunks.append(chunk)
+        at += count
+    if at != len(names):
+        raise GrammarGenError("Lark's scanner chunks its terminals in a way the driver does not follow")
+    keywords = []
+    for kind in sorted(basic.callback):
+        cb = basic.callback[kind]
+        words = getattr(cb, "scanner", None)
+        if not isinstance(cb, UnlessCallback) or words is None:
+            raise GrammarGenError(f"terminal {kind}: a lexer callback the driver does not run")
+        if any(t.pattern.type != "str" or t.pattern.flags for t in words.terminals):
+            raise GrammarGenError(f"terminal {kind}: keywords with flags are matched by exact text in the driver")
+        keywords.append((kind, tuple(sorted((t.pattern.value, t.name) for t in words.terminals))))
+    allowed = tuple(sorted(scanner.allowed_types - basic.ignore_types))
+    newline = tuple(sorted(basic.newline_types))
+    return (tuple(chunks), tuple(keywords), newline, allowed)
 
 
 def main(argv: list[str] | None = None) -> int:

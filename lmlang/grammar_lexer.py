@@ -1,7 +1,7 @@
 """The contextual lexer's compiled regexes, kept on disk as data.
 
-Lark's contextual lexer builds one scanner per set of terminals a parser
-state accepts: a regex alternation of 60-150 terminals, compiled by Python's
+The contextual lexer (lalr_driver.py, as Lark's) builds one scanner per
+set of terminals a parser state accepts: a regex alternation of 60-150 terminals, compiled by Python's
 `re` the first time the state is met. A script meets some 30-50 of them,
 and `re` parses each pattern in pure Python: ~20 ms of a 0.2 s
 `lmlang check`, every fresh process.
@@ -36,9 +36,9 @@ FORMAT = 1
 
 
 class CachedRe:
-    """The part of the `re` module Lark's lexer calls (`compile`, `match`,
+    """The part of the `re` module a lexer calls (`compile`, `match`,
     `error`), answering `compile` from the disk entry where it can. Handed
-    to the lexers in place of `re` (their `.re` attribute)."""
+    to the generated parser (lalr_driver.LALRParser) in place of `re`."""
 
     error = re.error
 
@@ -134,10 +134,3 @@ def _compile_recording(pattern: str, flags: int) -> tuple[re.Pattern, list | Non
         return _sre.compile(pattern, flags | entry[0], entry[1], entry[2], groupindex, tuple(indexgroup)), entry
     except Exception:
         return re.compile(pattern, flags), None
-
-
-def install(lexer, cached: CachedRe) -> None:
-    """Hand `cached` to every lexer of a Lark ContextualLexer (their
-    scanners are built lazily, on first use, through `.re`)."""
-    for sub in (*lexer.lexers.values(), lexer.root_lexer):
-        sub.re = cached

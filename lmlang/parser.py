@@ -1,14 +1,14 @@
 """Source text -> lmlang AST: the entry point and the limits.
 
 The LALR parser (contextual lexer, propagate_positions) is the generated
-module lmlang/grammar_parser.py: Lark's standalone parser with the tables
-of grammar/lmlang.lark as literals, so a `lmlang check` imports neither
-lark nor `regex` and reads no tables (`python -m lmlang.grammar_gen`
-regenerates it). While the grammar file has changed since (an edit not yet
-regenerated), lark builds the parser from the grammar instead, its tables
-cached as JSON (parser_cache.py), so editing the grammar never breaks a
-checkout; tests/frontend/test_grammar_parser.py fails until it is
-regenerated.
+module lmlang/grammar_parser.py: the tables Lark builds for
+grammar/lmlang.lark as Python literals, run by lalr_driver.py, so a `lmlang
+check` imports neither lark nor `regex` and builds no parser objects
+(`python -m lmlang.grammar_gen` regenerates it). While the grammar file has
+changed since (an edit not yet regenerated), lark builds the parser from the
+grammar instead, its tables cached as JSON (parser_cache.py), so editing the
+grammar never breaks a checkout; tests/frontend/test_grammar_parser.py fails
+until it is regenerated.
 
 The tree becomes frozen AST nodes with spans in parser_ast.py (strings and
 prompts in parser_strings.py); Lark's exceptions become LmlangSyntaxError
@@ -54,12 +54,10 @@ def _backend() -> _Backend:
 
     grammar = grammar_text()
     if G.GRAMMAR_SHA256 == grammar_sha256(grammar):
-        from .grammar_lexer import CachedRe, cache_path, install
+        from .grammar_lexer import CachedRe, cache_path
 
-        parser = G.Lark_StandAlone()
         lexer_re = CachedRe(cache_path(G.GRAMMAR_SHA256))
-        install(parser.parser.lexer, lexer_re)
-        return _Backend(parser, make_transformer_class(G), G, lexer_re)
+        return _Backend(G.Parser(lexer_re), make_transformer_class(G), G, lexer_re)
     import lark
 
     from .parser_cache import load_parser

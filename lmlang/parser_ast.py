@@ -1,8 +1,9 @@
 """Lark's parse tree -> lmlang's frozen AST nodes, each with its span.
 
 The Transformer class is made per parser module (`make_transformer_class`):
-Lark's Transformer recognises subtrees by its own Tree class, so the
-generated parser (lmlang/grammar_parser.py) and lark's need one each.
+each Transformer recognises subtrees by its own Tree class, so the
+generated parser (lmlang/grammar_parser.py, run by lalr_driver.py) and
+lark's need one each.
 Limits that bound what later stages meet (string length, list length,
 number digits) are enforced here, where the literal is read.
 """
@@ -510,8 +511,8 @@ class _Rules:
 
 def make_transformer_class(lark_module):
     """The AST-building Transformer for trees made by `lark_module` (lark
-    itself, or the generated standalone module: both have Transformer and
-    v_args)."""
+    itself, or the generated module, which re-exports lalr_driver's
+    Transformer and v_args)."""
     base = lark_module.Transformer
 
     def __init__(self, source: Source):

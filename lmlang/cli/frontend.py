@@ -1,6 +1,7 @@
 """The front-end commands, `lmlang check` and `lmlang graph`: they parse,
 check and compile a script and never load a model (nor import torch,
-transformers or networkx; tests/interfaces/test_startup_imports.py holds it)."""
+transformers or networkx; tests/interfaces/test_startup_imports.py holds it).
+`check`'s body is cli/checking.py, which also runs it without click."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import sys
 
 import click
 
-from ..errors import LmlangError
-from .common import allow_path_option, print_error
+from .checking import check_files
+from .common import allow_path_option
 
 
 @click.command()
@@ -19,31 +20,7 @@ from .common import allow_path_option, print_error
 @allow_path_option
 def check(files, fmt, allow_paths):
     """Check FILES without running them (no model is loaded)."""
-    from ..frontend import build_file
-
-    worst = 0
-    report = []
-    for f in files:
-        try:
-            fe = build_file(f, allow_paths=allow_paths)
-        except LmlangError as e:
-            worst = max(worst, e.exit_code)
-            if fmt == "json":
-                report.append({"file": f, "ok": False, "diagnostics": [d.to_dict() for d in e.diagnostics]})
-            else:
-                print_error(e)
-            continue
-        if fmt == "json":
-            report.append({"file": f, "ok": True, "diagnostics": [d.to_dict() for d in fe.warnings]})
-        else:
-            for w in fe.warnings:
-                click.echo(w.render(fe.source), err=True)
-            click.echo(
-                f"{f}: ok" + (f" ({len(fe.warnings)} warning{'s' * (len(fe.warnings) != 1)})" if fe.warnings else "")
-            )
-    if fmt == "json":
-        click.echo(json.dumps(report if len(report) > 1 else report[0], indent=2))
-    sys.exit(worst)
+    sys.exit(check_files(files, fmt, allow_paths))
 
 
 @click.command()

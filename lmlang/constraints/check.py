@@ -492,7 +492,7 @@ def grammar_min_length(text: str) -> int | None:
 # mtime, which a reinstall or an edit changes; reading package metadata would
 # cost more than the check itself).
 _EXPENSIVE = (Regex, JsonSchema, Grammar)
-_JUDGES = ("check.py", "lower.py", "shapes.py", "jsonfix.py", "formats.py", "spec.py", "closed.py")
+_JUDGES = ("check.py", "lower.py", "shapes.py", "jsonfix.py", "formats.py", "spec.py", "closed.py", "linear_regex.py")
 
 
 @lru_cache(maxsize=1)
@@ -521,6 +521,36 @@ def _cache_path(c: Constraint):
 
     digest = hashlib.sha256(f"{_code_fingerprint()}\n{c!r}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return cache_dir("check") / f"{digest}.json"
+
+
+def cached_verdict(question: str, judge) -> str:
+    """judge()'s answer (a string) to `question`, from the same disk cache
+    when the same code answered it before: a route rule's regex is judged by
+    llguidance (linear_regex.unsupported), and a later check of the script
+    then needs no llguidance import."""
+    import hashlib
+
+    try:
+        from ..home import cache_dir
+
+        digest = hashlib.sha256(f"{_code_fingerprint()}\n{question}".encode("utf-8", "surrogatepass")).hexdigest()
+        path = cache_dir("check") / f"v-{digest[:32]}.json"
+    except OSError:
+        return judge()
+    try:
+        answer = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(answer, str):
+            return answer
+    except (OSError, ValueError):
+        pass
+    answer = judge()
+    try:
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(answer), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return answer
 
 
 def check_constraint_cached(c: Constraint | None) -> list[ConstraintProblem]:

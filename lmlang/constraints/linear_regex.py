@@ -60,8 +60,13 @@ def _reason(err: str) -> str:
 
 
 def unsupported(pattern: str, search: bool = True) -> str:
-    """Why the linear-time engine cannot run this pattern ("" when it can)."""
-    return _grammar(search_pattern(pattern) if search else pattern)[1]
+    """Why the linear-time engine cannot run this pattern ("" when it can);
+    the checker's question, so the answer is kept in the check cache
+    (constraints/check.py: `lmlang check` imports llguidance only the first time)."""
+    from .check import cached_verdict
+
+    full = search_pattern(pattern) if search else pattern
+    return cached_verdict(f"linear-regex unsupported\n{full}", lambda: _grammar(full)[1])
 
 
 def _fullmatch(full: str, text: str) -> bool:

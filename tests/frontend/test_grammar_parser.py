@@ -38,10 +38,19 @@ def test_generated_parser_is_current():
     )
 
 
-def test_generated_module_imports_no_pickle_regex_or_logging():
+def test_generated_module_imports_no_lark_regex_pickle_or_logging():
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; import lmlang.grammar_parser; "
+        "print(sorted(m for m in ('lark', 'regex', 'pickle', 'logging') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"
     text = Path(grammar_parser.__file__).read_text(encoding="utf-8")
-    assert "import regex" not in text and "import pickle" not in text and "import logging" not in text
-    assert grammar_parser.logger.warning("dropped") is None  # the stub logger takes lark's calls
+    assert "import " not in text.replace("from .lalr_driver import ", "")  # the tables are literals
+    assert issubclass(grammar_parser.Parser, grammar_parser.LALRParser)
 
 
 @pytest.fixture
@@ -119,3 +128,55 @@ def test_forged_lexer_entry_is_recompiled(lmlang_home):
     m = cached.compile(pattern).match("42")
     assert m is not None and m.lastgroup == "NUMBER"  # ... _sre refused its code, and re compiled the pattern
     assert f"0:{pattern}" in cached.added
+
+
+_META = ("line", "column", "start_pos", "end_line", "end_column", "end_pos", "empty")
+_CONTAINER = tuple(f"container_{k}" for k in _META[:-1])
+
+
+def _shape(node):
+    """A tree of either parser as plain data: names, every position (the
+    container positions an inlined `?rule` hands its parent too), tokens."""
+    if node is None:
+        return None
+    if hasattr(node, "data"):
+        meta = tuple(getattr(node.meta, k, "-") for k in _META + _CONTAINER)
+        return (node.data, meta, tuple(_shape(c) for c in node.children))
+    return (node.type, str(node), node.start_pos, node.line, node.column, node.end_line, node.end_column, node.end_pos)
+
+
+def _raw_outcome(p, text: str):
+    try:
+        return _shape(p.parse(text))
+    except Exception as e:  # either parser's UnexpectedToken / UnexpectedCharacters
+        seen = getattr(e, "expected", None) or getattr(e, "allowed", None) or ()
+        token = getattr(e, "token", None)
+        return (type(e).__name__, e.line, e.column, e.pos_in_stream, sorted(seen), token and _shape(token))
+
+
+def test_trees_positions_and_errors_match_lark_on_damaged_scripts():
+    """Below the AST: the driver's raw trees, token positions and error
+    fields (expected sets included) are lark's, on every script and on
+    damaged copies of them (characters cut, inserted, the tail dropped)."""
+    import random
+
+    import lark
+
+    from lmlang.parser_cache import OPTIONS
+
+    ours, theirs = grammar_parser.Parser(), lark.Lark(grammar_text(), **OPTIONS)
+    rng = random.Random(11)
+    pieces = list('{}()[]"\n =:,.+-*?#r\\@') + ["model", "query", "else", '"""', "where", "x is"]
+    kinds = set()
+    for path in SCRIPTS:
+        text = path.read_text(encoding="utf-8")
+        cases = [text]
+        for _ in range(3):
+            i = rng.randrange(len(text) + 1)
+            cut = text[:i] + text[i + rng.randrange(1, 5) :]
+            cases += [cut, text[:i] + rng.choice(pieces) + text[i:], text[:i]]
+        for case in cases:
+            want = _raw_outcome(theirs, case)
+            assert _raw_outcome(ours, case) == want, (path.name, case)
+            kinds.add(want[0] if want and want[0] in ("UnexpectedToken", "UnexpectedCharacters") else "tree")
+    assert kinds == {"tree", "UnexpectedToken", "UnexpectedCharacters"}  # every path was compared

@@ -47,11 +47,24 @@ def _cli_modules(args: list[str], home: Path, **env: str) -> set[str]:
     return set(modules)
 
 
-def test_check_imports_no_model_stack_and_no_parser_library(tmp_path):
+def test_check_imports_no_model_stack_no_parser_library_and_no_click(tmp_path):
     loaded = _cli_modules(["check", str(REPO / "examples" / "hello.lm")], tmp_path)
-    assert "lmlang" in loaded and "click" in loaded  # the probe saw the command's own imports
-    heavy = sorted(loaded & set(MODEL_STACK + CONSTRAINT_BACKENDS + PARSER_LIBS))
+    assert "lmlang" in loaded  # the probe saw the command's own imports
+    # click too: `check FILES` is read by lmlang/cli/checking.py (click stays for --help and the other commands)
+    heavy = sorted(loaded & set(MODEL_STACK + CONSTRAINT_BACKENDS + PARSER_LIBS + ("click",)))
     assert not heavy, f"`lmlang check hello.lm` imported {heavy}"
+
+
+def test_a_repeated_check_imports_no_constraint_backend(tmp_path):
+    """A regex, schema or grammar hole and a route rule's regex are judged
+    once (llguidance, jsonschema); the next check reads the answers from
+    LMLANG_HOME, so no example needs a backend twice."""
+    files = [str(p) for p in EXAMPLES]
+    first = _cli_modules(["check", *files], tmp_path)
+    assert "llguidance" in first  # some example has a hole or a rule that needs judging
+    again = _cli_modules(["check", *files], tmp_path)
+    heavy = sorted(again & set(CONSTRAINT_BACKENDS + ("click",)))
+    assert not heavy, f"a second `lmlang check examples/*.lm` imported {heavy}"
 
 
 def test_check_of_every_example_imports_no_model_stack(tmp_path):
