@@ -3,8 +3,9 @@
 The method is the option `method` (absent: lora); each method's options and
 defaults are one table, lmlang.models.options.TRAIN_METHODS. DoRA is PEFT's
 LoraConfig(use_dora=True), IA3 its IA3Config, AdaLoRA its AdaLoraConfig with
-the rank budget updated after every optimizer step (update_and_allocate); the
-loop, the data and the cache are the same for all four.
+the rank budget updated after every optimizer step (update_and_allocate) and
+its orthogonality penalty in the loss (adalora_orth_penalty); the loop, the
+data and the cache are the same for all four.
 
 Data shape: a JSONL file (read by lmlang.jsonl: UTF-8, blank lines skipped, a
 bad line named by its number), one JSON object per line:
@@ -312,12 +313,16 @@ def train_lora(
     progress: bool = True,
     device: str = "cpu",
     compatible_with: tuple | None = None,
+    recipe: tuple = (),
 ) -> TrainResult:
     """Fine-tune an adapter (options["method"], default lora) on `data_path`
     over the HF folder `base_path`; the cached PEFT folder. The cache key does
     not include the device: an adapter trained on a GPU serves CPU runs and the
     other way round. `compatible_with`: (old base folder, ((adapter folder,
-    scale), ...)), the old model of a MUSCLE update (training_compat.py)."""
+    scale), ...)), the old model of a MUSCLE update (training_compat.py).
+    `recipe`: how a data set's rows were made (lifecycle.data.recipe: the
+    files, the generating query, a selection's encoder), recorded in the
+    adapter's metadata; the cache key holds the rows' bytes already."""
     from .training_compat import compat_key
 
     start = time.perf_counter()
@@ -367,6 +372,7 @@ def train_lora(
             "vocab_size": len(tokenizer),
             "base": str(base_path),
             "data": str(data_path),
+            **({"recipe": recipe} if recipe else {}),
             "rows": len(examples),
             "options": opts_run,
             "final_loss": final_loss,
