@@ -474,6 +474,7 @@ def main(argv=None) -> int:
     def save() -> str:
         """The table so far (written to --out after every key: a long run
         stopped half way keeps what it measured)."""
+        report.pop("meta", None)  # last in the JSON
         report["meta"] = {"mode": mode, **cfg, "seconds": round(time.perf_counter() - start, 1)}
         table = markdown(report, mode)
         if args.out:
