@@ -224,7 +224,7 @@ class Compiler:
         if ref.path is not None:
             return TrainSpec(base, str(self.c.path_for(ref.path, ref)), opts, self.loc(src))
         name = ref.name or ""
-        rec = recipe(self.c, name, lambda q: self.query(self.c.queries[q]))
+        rec = recipe(self.c, name, lambda q: self.query(self.c.queries[q]), model_node=self.named_model)
         if rec[0] == "file":
             return TrainSpec(base, rec[1], opts, self.loc(src))
         return TrainSpec(base, "", opts, self.loc(src), dataset=name, recipe=rec)

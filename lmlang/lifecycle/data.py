@@ -88,35 +88,56 @@ class DataSets:
 # ---------------------------------------------------------------- training on a data set
 
 
-def recipe(checked, name: str, query_node: Callable[[str], str], stack: tuple = ()) -> tuple:
+def recipe(
+    checked,
+    name: str,
+    query_node: Callable[[str], str],
+    stack: tuple = (),
+    model_node: Callable[[str], str] | None = None,
+) -> tuple:
     """How data set `name` is made, as plain nested tuples with files as
     absolute paths and a generation's internal query as ("node", its node
     id; `query_node` gives it): the graph's train node carries it, so the
     node (and the result cache, through recipe_key) follows what the rows
-    come from. Torch-free: the compiler calls it."""
+    come from. A selection by embedding ends with ("encoder", ("node", the
+    node of the model that embeds; `model_node` gives it)): the script's
+    first declared model (select.py embeds with it), so the recipe names the
+    encoder and follows its content. Torch-free: the compiler calls it."""
     src = checked.datasets[name].source
     stack = (*stack, name)
     if isinstance(src, A.DataFile):
         return ("file", str(checked.path_for(src.path, src)))
     if isinstance(src, A.DataSelect):
-        pool, target = (_ref_recipe(checked, r, query_node, stack) for r in (src.pool, src.target))
+        pool, target = (_ref_recipe(checked, r, query_node, stack, model_node) for r in (src.pool, src.target))
+        if src.method == "embedding" and model_node is not None:
+            encoder = encoder_name(checked)
+            enc = ("node", model_node(encoder)) if encoder else ("default",)
+            return ("select", src.method, src.k, pool, target, ("encoder", enc))
         return ("select", src.method, src.k, pool, target)
     if isinstance(src, A.DataGenerate):
         from .generate import options
 
         opts = tuple(sorted((k, v) for k, v in options(src).items() if k in ("n", "seed")))
         query = ("node", query_node(generate_query_name(name)))
-        return ("generate", query, opts, _ref_recipe(checked, src.source, query_node, stack))
+        return ("generate", query, opts, _ref_recipe(checked, src.source, query_node, stack, model_node))
     return (type(src).__name__, name)  # a source with no recipe yet: its name
 
 
-def _ref_recipe(checked, ref: A.DataRef, query_node: Callable[[str], str], stack: tuple) -> tuple:
+def encoder_name(checked) -> str | None:
+    """The model a selection by embedding embeds with: the script's first
+    declared model (None: the bundled default)."""
+    return next(iter(checked.models), None)
+
+
+def _ref_recipe(
+    checked, ref: A.DataRef, query_node: Callable[[str], str], stack: tuple, model_node: Callable[[str], str] | None
+) -> tuple:
     if ref.path is not None:
         return ("file", str(checked.path_for(ref.path, ref)))
     name = ref.name or ""
     if name in stack or name not in checked.datasets:  # the checker refused it already
         return ("name", name)
-    return recipe(checked, name, query_node, stack)
+    return recipe(checked, name, query_node, stack, model_node)
 
 
 def recipe_key(rec, node_hash: Callable[[str], str]) -> object:

@@ -114,6 +114,9 @@ TRAIN_METHODS: dict[str, dict[str, Range]] = {
         "alpha": _ALPHA,
         "dropout": _DROPOUT,
         "target_modules": _TARGETS,
+        "orth_reg_weight": Range(
+            "number", 0.5, 0, doc="weight of the penalty keeping P and Q orthogonal (the SVD form's ||PP^T - I||)"
+        ),
         **_LOOP,
     },
 }

@@ -3,8 +3,9 @@
 The method is the option `method` (absent: lora); each method's options and
 defaults are one table, lmlang.models.options.TRAIN_METHODS. DoRA is PEFT's
 LoraConfig(use_dora=True), IA3 its IA3Config, AdaLoRA its AdaLoraConfig with
-the rank budget updated after every optimizer step (update_and_allocate); the
-loop, the data and the cache are the same for all four.
+the rank budget updated after every optimizer step (update_and_allocate) and
+its orthogonality penalty in the loss (adalora_orth_penalty); the loop, the
+data and the cache are the same for all four.
 
 Data shape: a JSONL file (read by lmlang.jsonl: UTF-8, blank lines skipped, a
 bad line named by its number), one JSON object per line:
@@ -312,12 +313,16 @@ def train_lora(
     progress: bool = True,
     device: str = "cpu",
     compatible_with: tuple | None = None,
+    recipe: tuple = (),
 ) -> TrainResult:
     """Fine-tune an adapter (options["method"], default lora) on `data_path`
     over the HF folder `base_path`; the cached PEFT folder. The cache key does
     not include the device: an adapter trained on a GPU serves CPU runs and the
     other way round. `compatible_with`: (old base folder, ((adapter folder,
-    scale), ...)), the old model of a MUSCLE update (training_compat.py)."""
+    scale), ...)), the old model of a MUSCLE update (training_compat.py).
+    `recipe`: how a data set's rows were made (lifecycle.data.recipe: the
+    files, the generating query, a selection's encoder), recorded in the
+    adapter's metadata; the cache key holds the rows' bytes already."""
     from .training_compat import compat_key
 
     start = time.perf_counter()
@@ -367,6 +372,7 @@ def train_lora(
             "vocab_size": len(tokenizer),
             "base": str(base_path),
             "data": str(data_path),
+            **({"recipe": recipe} if recipe else {}),
             "rows": len(examples),
             "options": opts_run,
             "final_loss": final_loss,
@@ -458,6 +464,7 @@ def peft_config(opts: dict):
             lora_alpha=opts["alpha"],
             lora_dropout=opts["dropout"],
             target_modules=targets,
+            orth_reg_weight=opts["orth_reg_weight"],
             task_type="CAUSAL_LM",
         )
     return LoraConfig(
@@ -492,8 +499,13 @@ def _fit(
     total = per_epoch * opts["epochs"]
     sample = tuple(t.to(device) for t in collate(examples[:batch], pad_id))
     loss_fn = _head_on_labels_only(peft_model, sample) or _full_logits_loss(peft_model)
-    # AdaLoRA moves its rank budget after each step, from the gradients (before they are cleared).
-    allocate = getattr(peft_model.base_model, "update_and_allocate", None) if opts.get("method") == "adalora" else None
+    # AdaLoRA moves its rank budget after each step, from the gradients (before
+    # they are cleared), and its loss keeps P and Q orthogonal (orth_reg_weight):
+    # PEFT adds that term only to a loss the model computes from labels, and this
+    # loop computes its own loss, so it adds the term itself.
+    adalora = opts.get("method") == "adalora"
+    allocate = peft_model.base_model.update_and_allocate if adalora else None
+    orth_weight = float(opts["orth_reg_weight"]) if adalora else 0.0
     import torch.nn.functional as F
 
     peft_model.train()
@@ -514,10 +526,16 @@ def _fit(
                     loss = loss + opts["flip_weight"] * compat_term(
                         logits, [old[j] for j in rows], [examples[j] for j in rows]
                     )
+                if orth_weight:
+                    loss = loss + orth_weight * adalora_orth_penalty(peft_model)
                 loss.backward()
                 optimizer.step()
                 if allocate is not None:
-                    allocate(step)
+                    # PEFT's step count: the steps done. The last call is step
+                    # total_step, where PEFT fixes the budget at target_r (with a
+                    # 0-based count that step never comes: the saved ranks stay
+                    # above the target).
+                    allocate(step + 1)
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 value = float(loss.detach())
@@ -526,6 +544,27 @@ def _fit(
             epoch_losses.append(running / per_epoch)
     peft_model.eval()
     return epoch_losses, step
+
+
+def adalora_orth_penalty(peft_model):
+    """AdaLoRA's orthogonality regularizer (Zhang et al. 2023, eq. 4), as
+    PEFT's AdaLoraModel.forward computes it: the mean over the adapter's P
+    (lora_B) and Q (lora_A) matrices of ||Q Q^T - I||_F and ||P^T P - I||_F,
+    which keeps the update in SVD form so pruning a singular value (lora_E)
+    removes one rank."""
+    import torch
+
+    total, count = None, 0
+    for name, p in peft_model.named_parameters():
+        if not p.requires_grad or not ("lora_A" in name or "lora_B" in name):
+            continue
+        cov = p @ p.T if "lora_A" in name else p.T @ p
+        term = torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype))
+        total = term if total is None else total + term
+        count += 1
+    if total is None:
+        raise LmlangRuntimeError("AdaLoRA: the model has no trainable lora_A/lora_B matrices to regularize")
+    return total / count
 
 
 def _full_logits_loss(peft_model):

@@ -130,7 +130,15 @@ class Builder:
                 else (old_value.base, tuple(old_value.stack))
             )
             data = self._training_data(nid, spec)
-            result = train_lora(base.path, data, options, progress=True, device=self.device, compatible_with=compatible)
+            result = train_lora(
+                base.path,
+                data,
+                options,
+                progress=True,
+                device=self.device,
+                compatible_with=compatible,
+                recipe=spec.recipe,
+            )
             if not result.cached:
                 source = f"data set {spec.dataset}" if spec.dataset else data.name
                 say(

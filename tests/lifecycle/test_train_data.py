@@ -176,3 +176,32 @@ def test_the_result_cache_key_follows_the_files_under_a_data_set(folder):
     assert key() == before
     write_jsonl(folder / "pool.jsonl", [{"prompt": "What is 1 plus 1?", "completion": "2"}])
     assert key() != before
+
+
+def test_a_selection_by_embedding_names_its_encoder(folder, tiny_model_dir, tiny_model_dir_b, lmlang_home):
+    """The encoder (the script's first model) is in the train node's recipe,
+    so the node and the results cached from it follow it, and in the trained
+    adapter's metadata."""
+    from lmlang.runtime.result_cache import CallKeys
+
+    def src(model: Path) -> str:
+        return (
+            f'model base = "{model}"\n'
+            'data picked = select 3 from "pool.jsonl" like "target.jsonl" by embedding\n'
+            f"adapter a = train lora on picked {{ base: base, {OPTS} }}\n"
+        )
+
+    prog = lmlang.compile(src(tiny_model_dir), base_dir=folder, device="cpu")
+    c = prog.frontend.compiled
+    spec = c.spec(c.names["a"])
+    assert isinstance(spec, TrainSpec) and spec.recipe[:3] == ("select", "embedding", 3)
+    assert spec.recipe[-1] == ("encoder", ("node", c.names["base"]))
+    other = lmlang.compile(src(tiny_model_dir_b), base_dir=folder, device="cpu").frontend.compiled
+    assert CallKeys(other, {}).model_hash(other.names["a"]) != CallKeys(c, {}).model_hash(c.names["a"])
+    # by gzip there is no encoder
+    gz = lmlang.compile(src(tiny_model_dir).replace("embedding", "gzip"), base_dir=folder).frontend.compiled
+    assert not any(part[0] == "encoder" for part in gz.spec(gz.names["a"]).recipe if isinstance(part, tuple))
+
+    meta = json.loads((build(prog, "a") / META_FILE).read_text(encoding="utf-8"))
+    assert meta["recipe"][-1] == ["encoder", ["node", c.names["base"]]]
+    assert meta["recipe"][3] == ["file", str(folder / "pool.jsonl")]

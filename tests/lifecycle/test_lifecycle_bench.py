@@ -1,0 +1,94 @@
+"""bench/lifecycle.py: its generated scripts check (fast, no model) and the
+reduced bench runs end to end on the bundled model (e2e: trains ten tiny
+adapters, cached in the real LMLANG_HOME after the first run)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lmlang
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "bench" / "lifecycle.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("lifecycle_bench", BENCH)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["lifecycle_bench"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_generated_scripts_check(bench, tmp_path):
+    """Every script the bench writes compiles; the data files they read exist
+    and the random rows are pool rows."""
+    cfg = bench.REDUCED
+    data = bench.write_data(cfg, tmp_path)
+    scripts = {
+        "synthetic": bench.synthetic_script(cfg, "arithmetic"),
+        "select": bench.select_script(cfg, "dates"),
+        "dora": bench.dora_script(cfg, "dates"),
+        "flip": bench.flip_script(cfg, "sentiment"),
+    }
+    for name, text in scripts.items():
+        path = tmp_path / f"{name}.lm"
+        path.write_text(text, encoding="utf-8")
+        prog = lmlang.compile_file(path)
+        checked = prog.frontend.checked
+        if name == "synthetic":
+            assert "synth" in checked.datasets and {"base_acc", "tuned_acc"} <= set(checked.evals)
+        if name == "flip":
+            assert {"old", "plain", "compat", "current"} <= set(checked.models)
+    assert "output is int" in scripts["synthetic"] and "compatible_with: base + old_a" in scripts["flip"]
+    pool = [json.loads(line) for line in (tmp_path / "pool.jsonl").read_text().splitlines()]
+    rnd = [json.loads(line) for line in (tmp_path / f"random_{cfg['n_train']}.jsonl").read_text().splitlines()]
+    assert len(pool) == 3 * cfg["n_train"] and len(rnd) == cfg["n_train"] and all(r in pool for r in rnd)
+    assert len(data["flip_test"]) == cfg["flip_test"]
+
+
+@pytest.mark.e2e
+def test_reduced_bench_runs(tmp_path):
+    table = tmp_path / "lifecycle.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--reduced",
+            "--json",
+            "--out",
+            str(table),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--threads",
+            "1",
+            "--vllm",
+            "off",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(report["synthetic_gain"]) == {"sentiment", "arithmetic", "dates"}
+    for d in report["synthetic_gain"].values():
+        assert d["gain"] == pytest.approx(d["tuned"] - d["base"]) and d["generated_rows"] == 8
+    sel = report["select_gain"]
+    assert sel["k"] == 12 and 0.0 <= sel["select_precision"] <= 1.0
+    assert {"accuracy", "train_seconds"} <= set(report["dora_vs_lora"]["dora"])
+    flip = report["flip_rate_ratio"]
+    assert flip["rows"] == 6 and {"accuracy", "negative_flip_rate"} <= set(flip["with"])
+    assert report["export_parity"]["peft"] is True  # the exported folder decodes as lmlang does
+    assert report["export_parity"]["vllm"] == "skipped (--vllm off)"
+    text = table.read_text()
+    assert "| synthetic_gain sentiment |" in text and "flip_rate_ratio" in text
