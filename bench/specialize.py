@@ -529,7 +529,14 @@ def composition(cfg: dict, workdir: Path, log, only: set | None = None) -> tuple
         )
         res = timed("atlas", lambda: _run_with(prog, HFModel(load_model(fit.path), name="atlas"), rows))
         summary["atlas_over_expert_min"] = over(res)
-        summary["atlas_loss"] = [round(fit.losses[0], 4), round(fit.losses[-1], 4)]
+        # Each step's loss is one shuffled mini-batch's: compare the first and the last pass over the rows.
+        per_pass = max(1, -(-len(dev) // 8))
+        first, last = fit.losses[:per_pass], fit.losses[-per_pass:]
+        summary["atlas_loss"] = [round(sum(first) / len(first), 4), round(sum(last) / len(last), 4)]
+        summary["atlas_coefficients_range"] = [
+            round(min(min(row.values()) for row in fit.coefficients.values()), 4),
+            round(max(max(row.values()) for row in fit.coefficients.values()), 4),
+        ]
     if want("dynamic_fusion"):
         lm = DynamicFusedLM(
             [execu.lm(names[t]) for t in tasks],

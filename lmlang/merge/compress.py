@@ -317,7 +317,8 @@ def compress_lora(
         lora_scale, r = _module_scale(config, module)
         res = compress_module(a, b, lora_scale, density, quantize, alpha)
         if balance:
-            other = compress_module(*balance_factors(a, b), lora_scale, density, quantize, alpha)
+            bal_a, bal_b = balance_factors(a, b)
+            other = compress_module(bal_a, bal_b, lora_scale, density, quantize, alpha)
             if other["diff_sq"] < res["diff_sq"]:
                 res = other
                 balanced += 1
