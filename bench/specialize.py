@@ -36,10 +36,15 @@ LMLANG_HOME/bench/specialize/<full|reduced> unless --workdir says otherwise.
 it): nine experts (the three tasks plus spec_tasks.EXTRA_TASKS; --tasks picks
 a subset) and, calling lmlang's library modules directly until the syntax
 exists, Twin-Merging, aTLAS, dynamic logit fusion, an adapter pool routed by
-embedding (top_k 2) and ComPEFT; keys twin_over_expert_min,
-atlas_over_expert_min, dynamic_fusion_over_expert_min, pool_router_accuracy,
-pool_routed_over_expert_min, compeft_size_ratio (+ compeft_packed_ratio,
-compeft_error). Data and scripts go to <workdir>-composition.
+embedding (top_k 2), ComPEFT, and the static merges aTLAS is held to
+(ties, tsv on the same experts); keys twin_over_expert_min,
+atlas_over_expert_min, best_static_over_expert_min,
+dynamic_fusion_over_expert_min, pool_router_accuracy,
+pool_routed_over_expert_min, compeft_size_ratio (the packed ComPEFT
+encoding over the adapter's bytes, at the smallest setting that keeps >= 0.98
+of every expert's accuracy; compeft_over_expert_min, compeft_settings).
+--only twin,atlas,static,dynamic_fusion,pool,compeft picks parts (the
+experts always run). Data and scripts go to <workdir>-composition.
 """
 
 from __future__ import annotations
@@ -402,7 +407,9 @@ COMPOSITION = dict(
     twin_rank=None,
     fusion_grid=4,
     fusion_max=2.0,
-    compeft_density=0.1,
+    # (quantize, density) settings; the key reports the smallest packed size that keeps >= 0.98 of every expert
+    compeft=(("ternary", 0.2), ("ternary", 0.7), ("int8", 0.4)),
+    static_merges=("ties", "tsv"),
 )
 
 
@@ -413,7 +420,9 @@ def _composition_program(cfg: dict, workdir: Path, tasks: tuple):
     path.write_text(
         header(cfg, tasks) + "\nmodel variant = base\n\n" + queries_and_flow("variant", False, tasks), encoding="utf-8"
     )
-    return lmlang.compile_file(path)
+    # No result cache: every variant runs on the one `variant` node (its LM swapped in), so a cached
+    # call would return the first variant's answer (the experts') for all of them.
+    return lmlang.compile_file(path, cache=False, dtype=cfg.get("dtype", "auto"))
 
 
 def _score(name: str, rows: list[dict], outs: list, tasks: tuple, seconds: float) -> Result:
@@ -452,7 +461,6 @@ def _run_with(prog, lm, rows: list[dict], per_row=None) -> list:
 def composition(cfg: dict, workdir: Path, log, only: set | None = None) -> tuple[list[Result], dict]:
     """The --composition variants and their summary keys (see COMPOSITION)."""
     from lmlang.merge.atlas import fit_atlas
-    from lmlang.merge.compress import compress_lora
     from lmlang.merge.twin import TwinRouter, build_twin
     from lmlang.models.adapters import AdapterHost
     from lmlang.models.loader import load_model
@@ -521,7 +529,14 @@ def composition(cfg: dict, workdir: Path, log, only: set | None = None) -> tuple
         )
         res = timed("atlas", lambda: _run_with(prog, HFModel(load_model(fit.path), name="atlas"), rows))
         summary["atlas_over_expert_min"] = over(res)
-        summary["atlas_loss"] = [round(fit.losses[0], 4), round(fit.losses[-1], 4)]
+        # Each step's loss is one shuffled mini-batch's: compare the first and the last pass over the rows.
+        per_pass = max(1, -(-len(dev) // 8))
+        first, last = fit.losses[:per_pass], fit.losses[-per_pass:]
+        summary["atlas_loss"] = [round(sum(first) / len(first), 4), round(sum(last) / len(last), 4)]
+        summary["atlas_coefficients_range"] = [
+            round(min(min(row.values()) for row in fit.coefficients.values()), 4),
+            round(max(max(row.values()) for row in fit.coefficients.values()), 4),
+        ]
     if want("dynamic_fusion"):
         lm = DynamicFusedLM(
             [execu.lm(names[t]) for t in tasks],
@@ -555,17 +570,93 @@ def composition(cfg: dict, workdir: Path, log, only: set | None = None) -> tuple
         )
         res.routing = summary["pool_router_accuracy"]
         summary["pool_routed_over_expert_min"] = over(res)
+    if want("static"):
+        summary.update(_static_merges(opts["static_merges"], base_path, experts, prog, rows, timed, over))
     if want("compeft"):
-        comp = [compress_lora(folder, density=opts["compeft_density"], quantize="ternary") for _, folder in experts]
-        summary["compeft_size_ratio"] = sum(c.size_ratio for c in comp) / len(comp)
-        summary["compeft_packed_ratio"] = sum(c.packed_ratio for c in comp) / len(comp)
-        summary["compeft_error"] = max(c.overall_error for c in comp)
-        log(
-            f"  compeft: size ratio {summary['compeft_size_ratio']:.3f}, packed {summary['compeft_packed_ratio']:.3f}, "
-            f"max error {summary['compeft_error']:.3f}"
-        )
+        summary.update(_compeft(opts, base_path, experts, prog, rows, tasks, expert_acc, results, log))
     summary["composition_expert_accuracy"] = expert_acc
     return results, summary
+
+
+def _static_merges(methods, base_path: Path, experts: list, prog, rows: list[dict], timed, over) -> dict:
+    """The static merges of the same experts (aTLAS's goal is the best of them)."""
+    from lmlang.merge.lora import merge_loras
+    from lmlang.models.loader import load_model
+    from lmlang.runtime.lm import HFModel
+
+    best: tuple[float, str] = (-1.0, "")
+    for method in methods:
+        params = {"density": 0.5} if method in ("ties", "dare_ties", "pcb") else {}
+        merged = merge_loras(method, [(f, {"weight": 1.0}) for _, f in experts], params, base_model=base_path)
+        res = timed(f"merge:{method}", lambda: _run_with(prog, HFModel(load_model(merged.path), name=method), rows))
+        best = max(best, (over(res), method))
+    return {"best_static_over_expert_min": best[0], "best_static_merge": best[1]}
+
+
+def _compeft(opts: dict, base_path: Path, experts: list, prog, rows, tasks, expert_acc, results, log) -> dict:
+    """ComPEFT on every expert at each (quantize, density) setting: the packed
+    encoding's size (what a ComPEFT adapter takes to store or send:
+    compeft.safetensors) and the PEFT folder's over the original adapter's
+    bytes, and each compressed adapter's accuracy on its own task over the
+    uncompressed expert's. compeft_size_ratio is the smallest packed ratio
+    among the settings that keep >= 0.98 of every expert (else the most
+    accurate setting's, with compeft_goal_met false)."""
+    from lmlang.models.adapters import AdapterHost
+    from lmlang.models.loader import load_model
+    from lmlang.runtime.lm import HFModel
+
+    loaded = load_model(base_path)
+    base_lm, host = HFModel(loaded, name="compeft"), AdapterHost.for_model(loaded)
+    settings = []
+    for quantize, density in opts["compeft"]:
+        s = _compeft_setting(quantize, density, base_lm, host, experts, prog, rows, tasks, expert_acc)
+        results.append(s.pop("result"))
+        settings.append(s)
+        log(
+            f"  compeft {quantize}@{density}: packed {s['size_ratio']:.3f}, PEFT folder {s['peft_ratio']:.3f}, "
+            f"over expert (min) {s['over_expert_min']:.2f}, max delta error {s['error']:.3f} ({s['seconds']:.0f} s)"
+        )
+    good = [s for s in settings if s["over_expert_min"] >= 0.98]
+    pick = min(good, key=lambda s: s["size_ratio"]) if good else max(settings, key=lambda s: s["over_expert_min"])
+    return {
+        "compeft_size_ratio": pick["size_ratio"],
+        "compeft_over_expert_min": pick["over_expert_min"],
+        "compeft_setting": f"{pick['quantize']}@{pick['density']}",
+        "compeft_goal_met": bool(good),
+        "compeft_error": pick["error"],
+        "compeft_settings": settings,
+    }
+
+
+def _compeft_setting(quantize, density, base_lm, host, experts, prog, rows, tasks, expert_acc) -> dict:
+    from lmlang.merge.compress import PACKED, compress_lora
+    from lmlang.runtime.pool import RowMixedLM
+
+    t0, comp, packed = time.perf_counter(), [], []
+    outs: list = [None] * len(rows)
+    for t, folder in experts:
+        c = compress_lora(folder, density=density, quantize=quantize, packed=True)
+        comp.append(c)
+        packed.append((c.path / PACKED).stat().st_size / c.original_bytes)
+        name = f"compeft:{quantize}@{density}:{t}"
+        if name not in host.names:
+            host.add(name, c.path)
+        idx = [i for i, r in enumerate(rows) if r["task"] == t]
+        got = _run_with(prog, RowMixedLM(base_lm, host, [((name, 1.0),)]), [rows[i] for i in idx])
+        for i, o in zip(idx, got):
+            outs[i] = o
+    res = _score(f"compeft:{quantize}@{density}", rows, outs, tasks, time.perf_counter() - t0)
+    return {
+        "quantize": quantize,
+        "density": density,
+        "size_ratio": sum(packed) / len(packed),
+        "peft_ratio": sum(c.size_ratio for c in comp) / len(comp),
+        "over_expert_min": min(ratio(res.accuracy[t], expert_acc[t]) for t in tasks),
+        "error": max(c.overall_error for c in comp),
+        "balanced_modules": sum(c.balanced_modules for c in comp),
+        "seconds": res.seconds,
+        "result": res,
+    }
 
 
 def composition_main(args, cfg: dict, mode: str, workdir: Path, log, start: float) -> int:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from lmlang.errors import MergeError
-from lmlang.merge.compress import compress_lora, unpack
+from lmlang.merge.compress import balance_factors, compress_lora, unpack
 
 TOKENS = torch.tensor([[5, 17, 42, 99, 7, 230, 12], [3, 150, 88, 61, 19, 44, 301]])
 
@@ -96,7 +96,7 @@ def test_full_density_without_quantization_is_lossless(lora, tmp_path):
 @pytest.mark.parametrize("which", ["lora", "lora_rs"])
 def test_ternary_matches_direct_computation_and_loads_in_peft(which, request, tiny_model_dir, tmp_path):
     src = request.getfixturevalue(which)
-    res = compress_lora(src, density=0.5, quantize="ternary", out_dir=tmp_path / "c")
+    res = compress_lora(src, density=0.5, quantize="ternary", balance=False, out_dir=tmp_path / "c")
     stored = load_file(res.path / "adapter_model.safetensors")
     assert all(t.dtype == torch.int8 and set(t.unique().tolist()) <= {-1, 0, 1} for t in stored.values())
     merged = peft_merged(tiny_model_dir, res.path)
@@ -115,6 +115,54 @@ def test_ternary_matches_direct_computation_and_loads_in_peft(which, request, ti
         norm_sq += float((exact**2).sum())
     assert res.overall_error == pytest.approx(math.sqrt(diff_sq / norm_sq), rel=1e-4)
     assert 0 < res.overall_error < 1
+
+
+def svd_balanced(a, b):
+    """B' = U S^1/2, A' = S^1/2 V^T from a direct SVD of the product B A."""
+    u, s, vh = torch.linalg.svd((b @ a).double(), full_matrices=False)
+    r = a.shape[0]
+    return (s[:r].sqrt()[:, None] * vh[:r]).float(), (u[:, :r] * s[:r].sqrt()).float()
+
+
+def test_balance_factors_keeps_the_product_and_splits_the_singular_values(lora):
+    for module, (a, b, _) in factors(lora).items():
+        ba, bb = balance_factors(a, b)
+        assert ba.shape == a.shape and bb.shape == b.shape
+        assert torch.allclose(bb @ ba, b @ a, atol=1e-6), module
+        s = torch.linalg.svdvals((b @ a).double())[: a.shape[0]]
+        # B'^T B' = A' A'^T = diag(S): orthogonal components, the singular values shared evenly.
+        assert torch.allclose((bb.T @ bb).double(), torch.diag(s), atol=1e-5), module
+        assert torch.allclose((ba @ ba.T).double(), torch.diag(s), atol=1e-5), module
+
+
+def ternary_direct(a, b, scale, density):
+    """(c * signs, relative error) of least-squares-scaled ternary factors."""
+    exact = scale * (b @ a)
+    signs = top_fraction_signs(b, density) @ top_fraction_signs(a, density)
+    c = float((exact * signs).sum() / (signs * signs).sum())
+    return c * signs, float(torch.linalg.matrix_norm(exact - c * signs) / torch.linalg.matrix_norm(exact))
+
+
+@pytest.mark.parametrize("which,density", [("lora", 0.5), ("lora_rs", 0.5), ("lora", 0.15)])
+def test_each_module_keeps_the_better_of_trained_and_balanced_factors(
+    which, density, request, tiny_model_dir, tmp_path
+):
+    src = request.getfixturevalue(which)
+    res = compress_lora(src, density=density, quantize="ternary", out_dir=tmp_path / "c")
+    raw = compress_lora(src, density=density, quantize="ternary", balance=False, out_dir=tmp_path / "raw")
+    merged, base = peft_merged(tiny_model_dir, res.path), base_weights(tiny_model_dir)
+    chose_balanced = 0
+    for module, (a, b, scale) in factors(src).items():
+        # A sign flip of one component flips both factors: the product of their signs is unchanged.
+        as_trained = ternary_direct(a, b, scale, density)
+        balanced = ternary_direct(*svd_balanced(a, b), scale, density)
+        expect, err = min(as_trained, balanced, key=lambda x: x[1])
+        chose_balanced += balanced[1] < as_trained[1]
+        name = module + ".weight"
+        assert torch.allclose(merged[name], base[name] + expect, atol=1e-5), module
+        assert res.module_errors[module] == pytest.approx(err, rel=1e-4)
+    assert res.balanced_modules == chose_balanced
+    assert res.overall_error <= raw.overall_error
 
 
 def test_lmlang_adapter_host_loads_what_peft_loads(lora, tiny_model_dir, tmp_path):
@@ -139,7 +187,7 @@ def test_lmlang_adapter_host_loads_what_peft_loads(lora, tiny_model_dir, tmp_pat
 
 
 def test_int8_and_alpha_rules(lora, tiny_model_dir, tmp_path):
-    res = compress_lora(lora, density=1.0, quantize="int8", out_dir=tmp_path / "i8")
+    res = compress_lora(lora, density=1.0, quantize="int8", balance=False, out_dir=tmp_path / "i8")
     assert res.scale_rule == "absmax" and res.overall_error < 0.01
     merged, base = peft_merged(tiny_model_dir, res.path), base_weights(tiny_model_dir)
     for module, (a, b, scale) in factors(lora).items():
@@ -148,7 +196,7 @@ def test_int8_and_alpha_rules(lora, tiny_model_dir, tmp_path):
         expect = scale * (a.abs().max() / 127) * (b.abs().max() / 127) * (qb @ qa)
         assert torch.allclose(merged[module + ".weight"], base[module + ".weight"] + expect, atol=1e-5), module
 
-    ternary = compress_lora(lora, density=0.5, quantize="ternary", alpha=2.0, out_dir=tmp_path / "alpha")
+    ternary = compress_lora(lora, density=0.5, quantize="ternary", alpha=2.0, balance=False, out_dir=tmp_path / "alpha")
     assert ternary.scale_rule == "alpha_std"
     cfg = json.loads((ternary.path / "adapter_config.json").read_text())
     for module, (a, b, scale) in factors(lora).items():
