@@ -720,7 +720,7 @@ def main(argv=None) -> int:
         "--dtype",
         default="auto",
         help="inference dtype of every variant (float32, bfloat16, int8: compare with a float32 run; "
-        "int8 takes no adapters, so experts, routers and fusions report an error under it)",
+        "under int8 the LoRA experts apply on top of the quantized layers)",
     )
     args = ap.parse_args(argv)
     if args.threads:
