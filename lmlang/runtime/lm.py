@@ -222,15 +222,25 @@ class HFBatch(Batch):
         the token slots fed, so this saves (rows - fed) slots per step."""
         idx = torch.tensor(fed, dtype=torch.long, device=self.lm.device)
         sub = HFBatch(self.lm, len(fed))
+        mask = self.mask.index_select(0, idx)
+        real = mask.sum(dim=1)
+        # Rows with as many real positions (one row, say) leave their pads
+        # behind: the sub-batch is dense and takes the plain causal path.
+        keep = mask.nonzero()[:, 1].view(len(fed), -1) if bool((real == real[0]).all()) else None
         for mine, theirs in zip(self.cache.layers, sub.cache.layers):
-            _set_kv(theirs, mine.keys.index_select(0, idx), mine.values.index_select(0, idx))
-        sub.mask = self.mask.index_select(0, idx)
+            k, v = mine.keys.index_select(0, idx), mine.values.index_select(0, idx)
+            if keep is not None:
+                at = keep[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])
+                k, v = k.gather(2, at), v.gather(2, at)
+            _set_kv(theirs, k, v)
+        sub.mask = mask if keep is None else torch.ones_like(keep)
         sub.next_pos = [self.next_pos[r] for r in fed]
         sub.ids = [self.ids[r] for r in fed]  # the same lists: the sub-batch extends them
         sub.dense = bool(sub.mask.all())
         sub._logits = self.logits.index_select(0, idx)
+        before = sub.mask.shape[1]
         last = sub.feed([blocks[r] for r in fed])
-        width = sub.mask.shape[1] - self.mask.shape[1]
+        width = sub.mask.shape[1] - before  # the positions this forward added
         for mine, theirs in zip(self.cache.layers, sub.cache.layers):
             k, v = mine.keys, mine.values
             k = torch.cat([k, k.new_zeros(*k.shape[:-2], width, k.shape[-1])], dim=-2)
@@ -345,7 +355,12 @@ SIT_OUT = 2  # rows sit a forward out when at most 1 / SIT_OUT of them have toke
 def _plain_layer(layer: Any) -> bool:
     """A cache layer holding plain [rows, heads, positions, dim] keys and values."""
     k, v = getattr(layer, "keys", None), getattr(layer, "values", None)
-    return isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor) and k.dim() == 4 and not getattr(layer, "is_sliding", False)
+    return (
+        isinstance(k, torch.Tensor)
+        and isinstance(v, torch.Tensor)
+        and k.dim() == 4
+        and not getattr(layer, "is_sliding", False)
+    )
 
 
 def _set_kv(layer: Any, keys: torch.Tensor, values: torch.Tensor) -> None:
