@@ -39,6 +39,9 @@ from .trace import QueryTrace
 
 SAMPLING = ("sample", "best_of", "vote")
 SHARED_DECODERS = ("argmax", "sample")
+# How a shared unit decodes (batch_rule; the trace's `batch`, docs/cli.md "Parallel steps").
+ONE_BATCH = "one batch"
+CALL_BY_CALL = "call by call: every prompt cached"
 
 
 @dataclass
@@ -263,11 +266,6 @@ def decode_shared(execu, lm, jobs: list[Job]) -> None:
             _decode_batch(execu, lm, [job], [run], time.perf_counter(), rule)
         return
     _decode_batch(execu, lm, ok, runs, t0, rule)
-
-
-# How a shared unit decodes (the trace's `batch`, docs/cli.md "Parallel steps").
-ONE_BATCH = "one batch"
-CALL_BY_CALL = "call by call: every prompt cached"
 
 
 def batch_rule(lm, runs: list) -> str:

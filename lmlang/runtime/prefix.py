@@ -57,11 +57,7 @@ class PrefixCache:
         """A private copy of the best cached prefix state and how many of
         `ids` it covers (always leaves at least one token to feed unless the
         entry ends exactly at the end of `ids`)."""
-        best, best_n = None, 0
-        for key, batch in self.entries.items():
-            n = _match(key, ids)
-            if n > best_n or (n == best_n == len(key)):  # an exact entry beats a longer one: it has the logits
-                best, best_n = key, n
+        best, best_n = self._best(ids)
         if best is None or best_n < MIN_REUSE:
             return None, 0
         self.entries.move_to_end(best)
@@ -74,14 +70,19 @@ class PrefixCache:
 
     def covered(self, ids: list[int]) -> int:
         """How many of `ids` lookup would cover (0 below MIN_REUSE); no copy."""
-        best, best_n = (), 0
-        for key in self.entries:
-            n = _match(key, ids)
-            if n > best_n:
-                best, best_n = key, n
-        if best_n < MIN_REUSE:
+        best, best_n = self._best(ids)
+        if best is None or best_n < MIN_REUSE:
             return 0
         return best_n if best_n == len(best) == len(ids) else min(best_n, len(ids) - 1)
+
+    def _best(self, ids: list[int]) -> tuple[tuple | None, int]:
+        """The entry sharing the longest start with ids, and that length."""
+        best, best_n = None, 0
+        for key in self.entries:
+            n = _match(key, ids)
+            if n > best_n or (n == best_n == len(key)):  # an exact entry beats a longer one: it has the logits
+                best, best_n = key, n
+        return best, best_n
 
     def store(self, ids: list[int], batch: Batch, copy: bool = True, prune: bool = True) -> None:
         """Keep `batch` (one row holding `ids`, dense) as the entry for ids;
