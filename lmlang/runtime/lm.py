@@ -161,9 +161,9 @@ class HFBatch(Batch):
         width = max((len(b) for b in blocks), default=0)
         if width == 0:
             return self.logits
-        fed = [r for r, b in enumerate(blocks) if b]
-        if not all_logits and len(fed) * SIT_OUT <= self.rows and self._sits_out():
-            return self._feed_rows(fed, blocks)
+        feeding = [r for r, b in enumerate(blocks) if b]
+        if not all_logits and len(feeding) * SIT_OUT <= self.rows and self._sits_out():
+            return self._feed_rows(feeding, blocks)
         ids = torch.full((self.rows, width), lm.pad_id, dtype=torch.long)
         block_mask = torch.zeros((self.rows, width), dtype=torch.long)
         pos = torch.zeros((self.rows, width), dtype=torch.long)
@@ -226,8 +226,9 @@ class HFBatch(Batch):
         real = mask.sum(dim=1)
         # Rows with as many real positions (one row, say) leave their pads
         # behind: the sub-batch is dense and takes the plain causal path.
-        keep = mask.nonzero()[:, 1].view(len(fed), -1) if bool((real == real[0]).all()) else None
-        for mine, theirs in zip(self.cache.layers, sub.cache.layers):
+        same = bool((real == real[0]).all()) and int(real[0]) > 0
+        keep = mask.nonzero()[:, 1].view(len(fed), -1) if same else None
+        for mine, theirs in zip(_layers(self), _layers(sub)):
             k, v = mine.keys.index_select(0, idx), mine.values.index_select(0, idx)
             if keep is not None:
                 at = keep[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])
@@ -241,7 +242,7 @@ class HFBatch(Batch):
         before = sub.mask.shape[1]
         last = sub.feed([blocks[r] for r in fed])
         width = sub.mask.shape[1] - before  # the positions this forward added
-        for mine, theirs in zip(self.cache.layers, sub.cache.layers):
+        for mine, theirs in zip(_layers(self), _layers(sub)):
             k, v = mine.keys, mine.values
             k = torch.cat([k, k.new_zeros(*k.shape[:-2], width, k.shape[-1])], dim=-2)
             v = torch.cat([v, v.new_zeros(*v.shape[:-2], width, v.shape[-1])], dim=-2)
@@ -268,7 +269,7 @@ class HFBatch(Batch):
             return None
         real = (self.mask[row] == 1).nonzero().flatten()
         out = HFBatch(self.lm, 1)
-        for mine, theirs in zip(self.cache.layers, out.cache.layers):
+        for mine, theirs in zip(_layers(self), _layers(out)):
             _set_kv(theirs, mine.keys[row : row + 1, :, real].clone(), mine.values[row : row + 1, :, real].clone())
         out.mask = torch.ones((1, len(real)), dtype=torch.long, device=self.lm.device)
         out.next_pos = [len(real)]
@@ -350,6 +351,11 @@ class HFBatch(Batch):
 
 
 SIT_OUT = 2  # rows sit a forward out when at most 1 / SIT_OUT of them have tokens to feed
+
+
+def _layers(batch: "HFBatch") -> list[Any]:
+    """The cache's layers (plain key/value ones where _plain_layer says so)."""
+    return list(batch.cache.layers)
 
 
 def _plain_layer(layer: Any) -> bool:
