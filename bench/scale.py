@@ -18,7 +18,9 @@ On the bundled model (CPU, fp32), it prints:
   LMLANG_HOME/results; the converted model is linked in).
 - `parallel_steps_speedup`: a flow with 4 independent calls per row (3
   queries on one model), parallel steps on over off, 8 rows in one chunk
-  (`parallel_steps_speedup_one_row`: a single row).
+  (`parallel_steps_speedup_one_row`: a single row, the same one again, so
+  the prefix cache holds every call's prompt; `..._one_new_row`: a single
+  row neither program has seen).
 - `cross_query_speedup`: with parallel steps on, calls of different queries
   on one model sharing a batch over one batch per query.
 - `mixed_adapter_speedup`: 16 rows routed to 2 experts (trained LoRAs over
@@ -178,6 +180,16 @@ def parallel_steps(rows: int) -> dict:
     one_seq = min(timed(lambda: progs[False].run(text=TEXTS[1])) for _ in range(2))
     one_par = min(timed(lambda: progs[True].run(text=TEXTS[1])) for _ in range(2))
     out["parallel_steps_speedup_one_row"] = one_seq / one_par
+    # A row neither program has seen (the repeated row above is one the
+    # prefix cache holds whole): each timing a text of its own, new from
+    # its first token on.
+    new_seq = min(timed(lambda k=k: progs[False].run(text=f"({k}) {TEXTS[9]}")) for k in (1, 2))
+    new_par = min(timed(lambda k=k: progs[True].run(text=f"({k}) {TEXTS[9]}")) for k in (3, 4))
+    out["parallel_steps_speedup_one_new_row"] = new_seq / new_par
+    out["parallel_steps_one_row_seconds"] = {
+        "repeated": {"sequential": round(one_seq, 2), "parallel": round(one_par, 2)},
+        "new": {"sequential": round(new_seq, 2), "parallel": round(new_par, 2)},
+    }
     from lmlang.runtime.dispatch import Strategy
 
     progs[True]._executor().strategy = Strategy(queries="separate")
@@ -186,7 +198,8 @@ def parallel_steps(rows: int) -> dict:
     out["cross_query_seconds"] = {"separate": round(separate, 2), "shared": round(par, 2)}
     log(
         f"parallel steps: {rows} rows x 4 calls: sequential {seq:.2f} s, parallel {par:.2f} s "
-        f"(x{seq / par:.2f}); one row x{one_seq / one_par:.2f}; queries in separate batches {separate:.2f} s"
+        f"(x{seq / par:.2f}); one row x{one_seq / one_par:.2f} (a new row x{new_seq / new_par:.2f}); "
+        f"queries in separate batches {separate:.2f} s"
     )
     return out
 

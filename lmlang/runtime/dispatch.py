@@ -39,6 +39,9 @@ from .trace import QueryTrace
 
 SAMPLING = ("sample", "best_of", "vote")
 SHARED_DECODERS = ("argmax", "sample")
+# How a shared unit decodes (batch_rule; the trace's `batch`, docs/cli.md "Parallel steps").
+ONE_BATCH = "one batch"
+CALL_BY_CALL = "call by call: every prompt cached"
 
 
 @dataclass
@@ -253,13 +256,39 @@ def _grown_run(lm, job: Job, functions: dict):
 
 
 def decode_shared(execu, lm, jobs: list[Job]) -> None:
-    """argmax / sample calls (any queries) over one batch, each row with its own sampler."""
-    from .decode import decode_rows, sampler_for
-
+    """argmax / sample calls (any queries) over one batch, each row with its
+    own sampler; or call by call where `batch_rule` says so."""
     t0 = time.perf_counter()
     runs, ok = prepare_runs(lm, jobs, execu.functions)
     if not runs:
         return
+    rule = batch_rule(lm, runs)
+    if rule == CALL_BY_CALL:
+        for job, run in zip(ok, runs):
+            _decode_batch(execu, lm, [job], [run], time.perf_counter(), rule)
+        return
+    _decode_batch(execu, lm, ok, runs, t0, rule)
+
+
+def batch_rule(lm, runs: list) -> str:
+    """One batch, unless the model's prefix cache holds every call's whole
+    prompt (a row repeated with the result cache off): then nothing is left
+    to prefill, a batch could share only decoding steps, and its merged
+    cache entries, padding and copies cost more than that saves (measured
+    on bench/scale.py's one row: see docs/cli.md). A grown prompt or a
+    model without prefix reuse (a mixed-adapter unit) always batches."""
+    if len(runs) < 2 or not getattr(lm, "prefix_reuse", False):
+        return ONE_BATCH
+    from .decode import QueryRun
+
+    cache = lm.prefix_cache
+    cached = all(type(r) is QueryRun and cache.covered(r.chunk_ids[0]) == len(r.chunk_ids[0]) for r in runs)
+    return CALL_BY_CALL if cached else ONE_BATCH
+
+
+def _decode_batch(execu, lm, ok: list[Job], runs: list, t0: float, rule: str) -> None:
+    from .decode import decode_rows, sampler_for
+
     samplers = [sampler_for(j.spec.decoder, seed=j.seed) for j in ok]
     streams = [j.stream for j in ok]
     on_token = (lambda r, h, t: (s := streams[r]) and s(h, t)) if any(streams) else None
@@ -269,8 +298,9 @@ def decode_shared(execu, lm, jobs: list[Job]) -> None:
         _isolate(execu, ok, e, decode_shared)
         return
     wall = (time.perf_counter() - t0) / len(runs)
+    batch = {"calls": len(runs), "rule": rule}
     for job, run, d in zip(ok, runs, decoded):
-        finish(execu, job, run.prompt.display(), d, wall)
+        finish(execu, job, run.prompt.display(), d, wall, batch)
 
 
 def _mixed_prefill(lm, jobs: list[Job], runs: list):
@@ -365,7 +395,7 @@ def _isolate(execu, jobs: list[Job], error: LmlangError, again) -> None:
         again(execu, job.lm, [job])
 
 
-def finish(execu, job: Job, prompt: str, d, wall: float) -> None:
+def finish(execu, job: Job, prompt: str, d, wall: float, batch: dict | None = None) -> None:
     out = dict(d.values)
     if d.distribution is not None:
         out["distribution"] = d.distribution
@@ -392,5 +422,6 @@ def finish(execu, job: Job, prompt: str, d, wall: float) -> None:
             expert=job.expert,
             row=job.row,
             details=details,
+            batch=dict(batch or {}),
         )
     )

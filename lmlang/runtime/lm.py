@@ -60,6 +60,11 @@ class Batch(ABC):
     def forward_passes(self) -> int:
         return self._passes
 
+    def row_copy(self, row: int) -> "Batch | None":
+        """A dense one-row copy of `row` (its real tokens only), for the
+        prefix cache; None where the backend cannot make one."""
+        return None
+
 
 class LM(ABC):
     tokenizer: Any
@@ -156,6 +161,9 @@ class HFBatch(Batch):
         width = max((len(b) for b in blocks), default=0)
         if width == 0:
             return self.logits
+        feeding = [r for r, b in enumerate(blocks) if b]
+        if not all_logits and len(feeding) * SIT_OUT <= self.rows and self._sits_out():
+            return self._feed_rows(feeding, blocks)
         ids = torch.full((self.rows, width), lm.pad_id, dtype=torch.long)
         block_mask = torch.zeros((self.rows, width), dtype=torch.long)
         pos = torch.zeros((self.rows, width), dtype=torch.long)
@@ -196,6 +204,79 @@ class HFBatch(Batch):
         self._logits = last
         return out.logits.float() if all_logits else last
 
+    def _sits_out(self) -> bool:
+        """Whether rows with nothing to feed may sit a forward out: the
+        batch has logits already, plain key/value layers, and no forward
+        hook (a hook may index its adapter deltas by batch row)."""
+        return (
+            self._logits is not None
+            and self.lm.forward_hook is None
+            and all(_plain_layer(layer) for layer in self.cache.layers)
+        )
+
+    def _feed_rows(self, fed: list[int], blocks: list[list[int]]) -> torch.Tensor:
+        """One forward over the rows in `fed` only (most rows have nothing
+        to feed this step: finished calls, calls waiting in a parallel
+        batch); the others get masked pad positions, as a full forward
+        would give them, without computing them. On a CPU the time follows
+        the token slots fed, so this saves (rows - fed) slots per step."""
+        idx = torch.tensor(fed, dtype=torch.long, device=self.lm.device)
+        sub = HFBatch(self.lm, len(fed))
+        mask = self.mask.index_select(0, idx)
+        real = mask.sum(dim=1)
+        # Rows with as many real positions (one row, say) leave their pads
+        # behind: the sub-batch is dense and takes the plain causal path.
+        same = bool((real == real[0]).all()) and int(real[0]) > 0
+        keep = mask.nonzero()[:, 1].view(len(fed), -1) if same else None
+        for mine, theirs in zip(_layers(self), _layers(sub)):
+            k, v = mine.keys.index_select(0, idx), mine.values.index_select(0, idx)
+            if keep is not None:
+                at = keep[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])
+                k, v = k.gather(2, at), v.gather(2, at)
+            _set_kv(theirs, k, v)
+        sub.mask = mask if keep is None else torch.ones_like(keep)
+        sub.next_pos = [self.next_pos[r] for r in fed]
+        sub.ids = [self.ids[r] for r in fed]  # the same lists: the sub-batch extends them
+        sub.dense = bool(sub.mask.all())
+        sub._logits = self.logits.index_select(0, idx)
+        before = sub.mask.shape[1]
+        last = sub.feed([blocks[r] for r in fed])
+        width = sub.mask.shape[1] - before  # the positions this forward added
+        for mine, theirs in zip(_layers(self), _layers(sub)):
+            k, v = mine.keys, mine.values
+            k = torch.cat([k, k.new_zeros(*k.shape[:-2], width, k.shape[-1])], dim=-2)
+            v = torch.cat([v, v.new_zeros(*v.shape[:-2], width, v.shape[-1])], dim=-2)
+            k[idx, :, -width:] = theirs.keys[:, :, -width:]
+            v[idx, :, -width:] = theirs.values[:, :, -width:]
+            mine.keys, mine.values = k, v
+        mask = torch.nn.functional.pad(self.mask, (0, width))
+        mask[idx, -width:] = sub.mask[:, -width:]
+        self.mask = mask
+        for j, r in enumerate(fed):
+            self.next_pos[r] = sub.next_pos[j]
+        self.dense = False
+        logits = self.logits.clone()
+        logits[idx] = last
+        self._logits = logits
+        self._passes += 1
+        return logits
+
+    def row_copy(self, row: int) -> "HFBatch | None":
+        """Row `row` alone, its pad and dropped positions removed (the keys
+        keep the positions they were computed at, which are the row's token
+        indices): a dense batch the prefix cache can crop by tokens."""
+        if not all(_plain_layer(layer) for layer in self.cache.layers):
+            return None
+        real = (self.mask[row] == 1).nonzero().flatten()
+        out = HFBatch(self.lm, 1)
+        for mine, theirs in zip(_layers(self), _layers(out)):
+            _set_kv(theirs, mine.keys[row : row + 1, :, real].clone(), mine.values[row : row + 1, :, real].clone())
+        out.mask = torch.ones((1, len(real)), dtype=torch.long, device=self.lm.device)
+        out.next_pos = [len(real)]
+        out.ids = [list(self.ids[row])]
+        out._logits = None if self._logits is None else self._logits[row : row + 1].clone()
+        return out
+
     def drop_last(self, row: int, n: int) -> None:
         if n <= 0:
             return
@@ -235,7 +316,9 @@ class HFBatch(Batch):
         prefilled by other HFModels over the same weights, each with its
         own adapter stack and prefix cache: a mixed-adapter batch). Shorter
         parts are padded on the left with masked positions. Plain key/value
-        caches only (a layer of another kind raises TypeError)."""
+        caches only (a layer of another kind raises TypeError). A part
+        without logits yet (a cropped prefix-cache entry, prefix.py) gets
+        zeros: its caller feeds it before anything reads them."""
         hf = [p for p in parts if isinstance(p, HFBatch)]
         if len(hf) != len(parts):
             raise TypeError("only HFBatches merge")
@@ -243,15 +326,14 @@ class HFBatch(Batch):
         out = cls(lm, sum(p.rows for p in hf))
         for i, layer in enumerate(out.cache.layers):
             kvs = [_left_padded(p.cache.layers[i], width) for p in hf]
-            keys, values = torch.cat([k for k, _ in kvs]), torch.cat([v for _, v in kvs])
-            init: Any = layer
-            init.lazy_initialization(keys, values)
-            init.keys, init.values = keys, values
+            _set_kv(layer, torch.cat([k for k, _ in kvs]), torch.cat([v for _, v in kvs]))
         out.mask = torch.cat([torch.nn.functional.pad(p.mask, (width - p.mask.shape[1], 0)) for p in hf])
         out.next_pos = [n for p in hf for n in p.next_pos]
         out.ids = [list(x) for p in hf for x in p.ids]
         out.dense = all(p.dense for p in hf) and bool(out.mask.all())
-        out._logits = torch.cat([p.logits for p in hf])
+        out._logits = torch.cat(
+            [p._logits if p._logits is not None else torch.zeros(p.rows, lm.vocab_size) for p in hf]
+        )
         out._passes = sum(p._passes for p in hf)
         return out
 
@@ -266,6 +348,32 @@ class HFBatch(Batch):
         self.ids = [x[:n] for x, n in zip(self.ids, self.next_pos)]
         self.dense = bool(self.mask.all())
         self._logits = None
+
+
+SIT_OUT = 2  # rows sit a forward out when at most 1 / SIT_OUT of them have tokens to feed
+
+
+def _layers(batch: "HFBatch") -> list[Any]:
+    """The cache's layers (plain key/value ones where _plain_layer says so)."""
+    return list(batch.cache.layers)
+
+
+def _plain_layer(layer: Any) -> bool:
+    """A cache layer holding plain [rows, heads, positions, dim] keys and values."""
+    k, v = getattr(layer, "keys", None), getattr(layer, "values", None)
+    return (
+        isinstance(k, torch.Tensor)
+        and isinstance(v, torch.Tensor)
+        and k.dim() == 4
+        and not getattr(layer, "is_sliding", False)
+    )
+
+
+def _set_kv(layer: Any, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Give a (possibly fresh) plain cache layer these keys and values."""
+    if not getattr(layer, "is_initialized", False):
+        layer.lazy_initialization(keys, values)
+    layer.keys, layer.values = keys, values
 
 
 def _left_padded(layer: Any, width: int) -> tuple[torch.Tensor, torch.Tensor]:

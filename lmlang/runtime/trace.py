@@ -24,6 +24,7 @@ class QueryTrace:
     row: int | None = None
     cached: bool = False  # answered from the result cache (nothing decoded)
     details: dict = field(default_factory=dict)  # vote: samples, votes; best_of: scores (runtime/samples.py)
+    batch: dict = field(default_factory=dict)  # argmax/sample calls: calls in the batch, why (dispatch.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
