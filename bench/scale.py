@@ -21,6 +21,10 @@ On the bundled model (CPU, fp32), it prints:
   (`parallel_steps_speedup_one_row`: a single row, the same one again, so
   the prefix cache holds every call's prompt; `..._one_new_row`: a single
   row neither program has seen).
+- `parallel_steps_generate_speedup` (`..._one_row`): the same shape with
+  calls that write about 12 tokens of text each (FOUR_WRITES), where decode
+  steps dominate instead of the prompts' prefill; the repeated rows are the
+  same in both runs, so the prefix cache helps both alike.
 - `cross_query_speedup`: with parallel steps on, calls of different queries
   on one model sharing a batch over one batch per query.
 - `mixed_adapter_speedup`: 16 rows routed to 2 experts (trained LoRAs over
@@ -93,6 +97,35 @@ flow {
     emit label = a.l, topic = b.a, stars = c.n, again = d.l
 }
 '''
+# The same shape with calls that write text (about 12 tokens each) instead
+# of picking one option: decode steps, not prompt prefill, dominate, which
+# is where one batch for the row's calls saves the most.
+FOUR_WRITES = '''model base = default
+input text: str
+query gist(t: str) using base {
+    user "Review: {t}\\nSum up the review in a few words."
+    assistant "[g]"
+    where tokens(g) <= 12 and g matches r"[^\\n]+"
+}
+query reply(t: str) using base {
+    user "Review: {t}\\nWrite a short reply from the owner."
+    assistant "[r]"
+    where tokens(r) <= 12 and r matches r"[^\\n]+"
+}
+query title(t: str) using base {
+    user "Review: {t}\\nGive the review a title."
+    assistant "[h]"
+    where tokens(h) <= 12 and h matches r"[^\\n]+"
+}
+flow {
+    a = gist(text)
+    b = reply(text)
+    c = title(text)
+    d = gist(text + " (translated)")
+    emit gist = a.g, reply = b.r, title = c.h, again = d.g
+}
+'''
+
 
 EXPERTS = '''model base = default
 adapter sentiment = train lora on "data/sentiment.jsonl" { base: base, rank: 8, alpha: 16, epochs: 3, lr: 0.001, seed: 0 }
@@ -196,10 +229,22 @@ def parallel_steps(rows: int) -> dict:
     separate = min(timed(lambda: progs[True].run_batch(data)) for _ in range(2))
     out["cross_query_speedup"] = separate / par
     out["cross_query_seconds"] = {"separate": round(separate, 2), "shared": round(par, 2)}
+    writes = {par: lmlang.compile(FOUR_WRITES, cache=False, parallel=par, batch_size=32) for par in (False, True)}
+    for prog in writes.values():
+        prog.run_batch(data[:1])
+    w = {}
+    for n in (1, rows):
+        w[n] = {par: min(timed(lambda p=par: writes[p].run_batch(data[:n])) for _ in range(2)) for par in (False, True)}
+    out["parallel_steps_generate_speedup"] = w[rows][False] / w[rows][True]
+    out["parallel_steps_generate_speedup_one_row"] = w[1][False] / w[1][True]
+    out["parallel_steps_generate_seconds"] = {
+        str(n): {"sequential": round(t[False], 2), "parallel": round(t[True], 2)} for n, t in w.items()
+    }
     log(
         f"parallel steps: {rows} rows x 4 calls: sequential {seq:.2f} s, parallel {par:.2f} s "
         f"(x{seq / par:.2f}); one row x{one_seq / one_par:.2f} (a new row x{new_seq / new_par:.2f}); "
-        f"queries in separate batches {separate:.2f} s"
+        f"queries in separate batches {separate:.2f} s; writing calls: {rows} rows "
+        f"x{out['parallel_steps_generate_speedup']:.2f}, one row x{out['parallel_steps_generate_speedup_one_row']:.2f}"
     )
     return out
 
