@@ -47,12 +47,17 @@ def test_generated_scripts_check(bench, tmp_path):
         if name == "synthetic":
             assert "synth" in checked.datasets and {"base_acc", "tuned_acc"} <= set(checked.evals)
         if name == "flip":
-            assert {"old", "plain", "compat", "current"} <= set(checked.models)
+            assert {"old", "plain", "compat_1", "current"} <= set(checked.models)
     assert "output is int" in scripts["synthetic"] and "compatible_with: base + old_a" in scripts["flip"]
     pool = [json.loads(line) for line in (tmp_path / "pool.jsonl").read_text().splitlines()]
     rnd = [json.loads(line) for line in (tmp_path / f"random_{cfg['n_train']}.jsonl").read_text().splitlines()]
     assert len(pool) == 3 * cfg["n_train"] and len(rnd) == cfg["n_train"] and all(r in pool for r in rnd)
     assert len(data["flip_test"]) == cfg["flip_test"]
+    old, test, new = bench.flip_rows(bench.FULL)
+    inputs = [{r["prompt"] for r in old}, {r["x"] for r in test}, {r["prompt"] for r in new}]
+    assert [len(s) for s in inputs] == [64, 48, 32] and not inputs[0] & inputs[1]
+    assert not (inputs[0] | inputs[1]) & inputs[2]  # the update's rows are neither OLD's nor held out
+    assert "flip_weight: 3.0" in bench.flip_script(bench.FULL, "dates")
 
 
 @pytest.mark.e2e
@@ -87,7 +92,8 @@ def test_reduced_bench_runs(tmp_path):
     assert sel["k"] == 12 and 0.0 <= sel["select_precision"] <= 1.0
     assert {"accuracy", "train_seconds"} <= set(report["dora_vs_lora"]["dora"])
     flip = report["flip_rate_ratio"]
-    assert flip["rows"] == 6 and {"accuracy", "negative_flip_rate"} <= set(flip["with"])
+    assert flip["rows"] == 6 and {"accuracy", "negative_flip_rate", "ratio"} <= set(flip["with"]["1"])
+    assert flip["flip_weight"] == 1.0 and flip["ratio"] == flip["with"]["1"]["ratio"]
     assert report["export_parity"]["peft"] is True  # the exported folder decodes as lmlang does
     assert report["export_parity"]["vllm"] == "skipped (--vllm off)"
     text = table.read_text()
