@@ -71,9 +71,9 @@ def generate_rows(program, name: str, src: A.DataGenerate, source: list[dict]) -
     path = _cache_path(key)
     cached = cachefile.read(path, CACHE_KIND)
     if cached is not None:
-        outputs = json.loads(cached)
-        if isinstance(outputs, list) and len(outputs) == len(texts) and all(_well_formed(o, opts) for o in outputs):
-            return _rows(opts, texts, outputs)
+        stored = json.loads(cached)
+        if isinstance(stored, list) and len(stored) == len(texts) and all(_well_formed(o, opts) for o in stored):
+            return _rows(opts, texts, stored)
     outputs: list = []
     size = max(1, program.batch_size)
     for start in range(0, len(texts), size):
