@@ -35,6 +35,7 @@ def test_generated_scripts_check(bench, tmp_path):
     data = bench.write_data(cfg, tmp_path)
     scripts = {
         "synthetic": bench.synthetic_script(cfg, "arithmetic"),
+        "synthetic_vote": bench.synthetic_script(cfg, "dates", vote=True),
         "select": bench.select_script(cfg, "dates"),
         "dora": bench.dora_script(cfg, "dates"),
         "flip": bench.flip_script(cfg, "sentiment"),
@@ -48,6 +49,7 @@ def test_generated_scripts_check(bench, tmp_path):
             assert "synth" in checked.datasets and {"base_acc", "tuned_acc"} <= set(checked.evals)
         if name == "flip":
             assert {"old", "plain", "compat_1", "current"} <= set(checked.models)
+    assert "vote: 3, agree: 2" in scripts["synthetic_vote"] and "vote" not in scripts["synthetic"]
     assert "output is int" in scripts["synthetic"] and "compatible_with: base + old_a" in scripts["flip"]
     pool = [json.loads(line) for line in (tmp_path / "pool.jsonl").read_text().splitlines()]
     rnd = [json.loads(line) for line in (tmp_path / f"random_{cfg['n_train']}.jsonl").read_text().splitlines()]
