@@ -36,6 +36,7 @@ def test_generated_scripts_check(bench, tmp_path):
     scripts = {
         "synthetic": bench.synthetic_script(cfg, "arithmetic"),
         "synthetic_vote": bench.synthetic_script(cfg, "dates", vote=True),
+        "synthetic_more": bench.synthetic_script(cfg, "dates", more=True),
         "select": bench.select_script(cfg, "dates"),
         "dora": bench.dora_script(cfg, "dates"),
         "flip": bench.flip_script(cfg, "sentiment"),
@@ -49,7 +50,12 @@ def test_generated_scripts_check(bench, tmp_path):
             assert "synth" in checked.datasets and {"base_acc", "tuned_acc"} <= set(checked.evals)
         if name == "flip":
             assert {"old", "plain", "compat_1", "current"} <= set(checked.models)
-    assert "vote: 3, agree: 2" in scripts["synthetic_vote"] and "vote" not in scripts["synthetic"]
+    assert "vote: 3, agree: 2" in scripts["synthetic_vote"] and "vote" not in scripts["synthetic_more"]
+    assert (
+        scripts["synthetic_more"].count("unlabeled_dates_more.jsonl")
+        == 1
+        == scripts["synthetic_vote"].count("unlabeled_dates_more.jsonl")
+    )
     assert "output is int" in scripts["synthetic"] and "compatible_with: base + old_a" in scripts["flip"]
     pool = [json.loads(line) for line in (tmp_path / "pool.jsonl").read_text().splitlines()]
     rnd = [json.loads(line) for line in (tmp_path / f"random_{cfg['n_train']}.jsonl").read_text().splitlines()]
