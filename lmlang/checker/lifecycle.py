@@ -29,6 +29,7 @@ from ..lifecycle.tables import (
     GENERATED_HOLE,
     METRICS,
     SELECT_METHODS,
+    VOTE_TEMPERATURE,
     generate_query_name,
 )
 from ..values import NOT_PLAIN, key_name, key_text, plain_value
@@ -117,6 +118,10 @@ def _check_generate_options(cx: Context, src: A.DataGenerate) -> bool:
             cx.error(f"generate option '{key}' takes {'a string' if want is str else 'an integer'}", e.value)
         elif key == "n" and isinstance(value, int) and value <= 0:
             cx.error(f"generate takes a positive number of rows, got n: {value}", e.value)
+        elif key == "vote" and isinstance(value, int) and value < 2:
+            cx.error(f"a vote needs at least 2 samples, got vote: {value}", e.value, "leave vote out for one answer")
+        elif key == "agree":
+            _check_agree(cx, src, e.value, value)
         elif key == "instruction" and isinstance(value, str) and not value.strip():
             cx.error("the instruction is empty", e.value, "say what the model writes for each row")
     if "instruction" not in seen:
@@ -127,6 +132,15 @@ def _check_generate_options(cx: Context, src: A.DataGenerate) -> bool:
         )
         return False
     return True
+
+
+def _check_agree(cx: Context, src: A.DataGenerate, at, value) -> None:
+    """`agree: m` counts the votes of `vote: k`: 1 <= m <= k."""
+    vote = next((plain_value(e.value) for e in src.options.entries if key_name(e.key) == "vote"), None)
+    if not isinstance(vote, int):
+        cx.error("agree needs vote (the samples it counts)", at, "e.g. { vote: 5, agree: 4 }")
+    elif isinstance(value, int) and not 1 <= value <= vote:
+        cx.error(f"agree counts votes of {vote} samples: between 1 and {vote}, got {value}", at)
 
 
 def generate_query(name: str, src: A.DataGenerate) -> A.QueryDecl:
@@ -143,7 +157,18 @@ def generate_query(name: str, src: A.DataGenerate) -> A.QueryDecl:
     )
     answer = A.Segment("assistant", (A.Hole(GENERATED_HOLE, span=at),), span=at)
     param = A.Param("input", A.TypeRef("str", span=at), span=at)
-    return A.QueryDecl(generate_query_name(name), (param,), src.model, None, (user, answer), src.wheres, None, span=at)
+    decoder = None  # argmax: one answer per row
+    if isinstance(opts.get("vote"), int):  # vote: k samples, the rows they agree on (generate.filter_votes)
+        seed = opts.get("seed", 0)
+        kwargs = (
+            ("n", opts["vote"]),
+            ("temperature", VOTE_TEMPERATURE),
+            ("seed", seed if isinstance(seed, int) else 0),
+        )
+        decoder = A.Decoder("vote", tuple(A.KwArg(k, A.Literal(v, span=at), span=at) for k, v in kwargs), span=at)
+    return A.QueryDecl(
+        generate_query_name(name), (param,), src.model, decoder, (user, answer), src.wheres, None, span=at
+    )
 
 
 def data_ref_columns(cx: Context, ref: A.DataRef, stack: tuple = ()) -> tuple | None:

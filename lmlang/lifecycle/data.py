@@ -117,7 +117,7 @@ def recipe(
     if isinstance(src, A.DataGenerate):
         from .generate import options
 
-        opts = tuple(sorted((k, v) for k, v in options(src).items() if k in ("n", "seed")))
+        opts = tuple(sorted((k, v) for k, v in options(src).items() if k in ("n", "seed", "vote", "agree")))
         query = ("node", query_node(generate_query_name(name)))
         return ("generate", query, opts, _ref_recipe(checked, src.source, query_node, stack, model_node))
     return (type(src).__name__, name)  # a source with no recipe yet: its name

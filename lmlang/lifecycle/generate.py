@@ -11,7 +11,12 @@ same constraint machinery, batched by the executor). A row becomes
 `train ... on NAME` learns to answer the instruction without the base's help.
 
 Which rows: all of them, or `n` of them picked by `seed` (kept in source
-order). The rows are cached under LMLANG_HOME/generate, keyed by the
+order). With `vote: k` the internal query decodes with `vote(n: k,
+temperature: 0.7, seed)` and a row is kept only when at least `agree`
+(default k) of its k samples give the winning answer: the self-consistency
+filter of SELF-GUIDE-style generation, which drops the rows the model is
+unsure of (a wrong guess rarely wins every sample), so an adapter learns
+fewer wrong labels from fewer rows. The rows are cached under LMLANG_HOME/generate, keyed by the
 internal query (its prompt, constraints, decoder), the generating model's
 content and the input texts: a second run, or `lmlang data show`, reads them
 instead of decoding again.
@@ -30,7 +35,7 @@ from ..values import key_name, plain_value
 from .select import row_text
 from .tables import GENERATED_HOLE, generate_query_name
 
-CACHE_KIND = "generate-v1"
+CACHE_KIND = "generate-v1"  # a list of answers; with vote, [answer, its votes] pairs
 
 
 def options(src: A.DataGenerate) -> dict:
@@ -66,10 +71,10 @@ def generate_rows(program, name: str, src: A.DataGenerate, source: list[dict]) -
     path = _cache_path(key)
     cached = cachefile.read(path, CACHE_KIND)
     if cached is not None:
-        outputs = json.loads(cached)
-        if isinstance(outputs, list) and len(outputs) == len(texts) and all(isinstance(o, str) for o in outputs):
-            return _rows(opts, texts, outputs)
-    outputs = []
+        stored = json.loads(cached)
+        if isinstance(stored, list) and len(stored) == len(texts) and all(_well_formed(o, opts) for o in stored):
+            return _rows(opts, texts, stored)
+    outputs: list = []
     size = max(1, program.batch_size)
     for start in range(0, len(texts), size):
         calls: list[tuple] = [
@@ -81,17 +86,34 @@ def generate_rows(program, name: str, src: A.DataGenerate, source: list[dict]) -
                     f"data set '{name}': generating row {start + j} failed: {out.message}",
                     hint=f"at {src.span.location()}",
                 )
-            outputs.append(_text(out.get(GENERATED_HOLE)))
+            text = _text(out.get(GENERATED_HOLE))
+            won = max(out.get("votes", {}).values(), default=0)  # the winner's count: the most votes
+            outputs.append([text, int(won)] if "vote" in opts else text)
     cachefile.write(path, CACHE_KIND, json.dumps(outputs, ensure_ascii=False).encode("utf-8"))
     return _rows(opts, texts, outputs)
+
+
+def _well_formed(output, opts: dict) -> bool:
+    if "vote" in opts:
+        return (
+            isinstance(output, list) and len(output) == 2 and isinstance(output[0], str) and isinstance(output[1], int)
+        )
+    return isinstance(output, str)
 
 
 def _text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def _rows(opts: dict, texts: list[str], outputs: list[str]) -> list[dict]:
-    return [{"prompt": user_message(opts, t), "completion": o} for t, o in zip(texts, outputs)]
+def _rows(opts: dict, texts: list[str], outputs: list) -> list[dict]:
+    """The training rows; with vote, only those whose answer won `agree`
+    votes (default: every sample's)."""
+    if "vote" not in opts:
+        return [{"prompt": user_message(opts, t), "completion": o} for t, o in zip(texts, outputs)]
+    need = int(opts.get("agree", opts["vote"]))
+    return [
+        {"prompt": user_message(opts, t), "completion": o} for t, (o, votes) in zip(texts, outputs) if votes >= need
+    ]
 
 
 def _cache_key(execu, qname: str, texts: list[str]) -> str:

@@ -22,8 +22,11 @@ GENERATE_OPTIONS = {
     "instruction": (str, "what the model is asked to do with each row (required)"),
     "task": (str, "the task's name, written before the instruction"),
     "n": (int, "how many rows to generate (default: one per source row; at most that)"),
-    "seed": (int, "picks which n source rows (default 0)"),
+    "seed": (int, "picks which n source rows (default 0); seeds the vote's samples"),
+    "vote": (int, "sample this many answers per row and keep only the rows they agree on (default: one greedy answer)"),
+    "agree": (int, "with vote: how many of the samples must give the kept answer (default: all of them)"),
 }
+VOTE_TEMPERATURE = 0.7  # the vote's samples: varied enough that a guess splits the vote
 GENERATED_HOLE = "output"  # the hole the model writes; a generation's where clauses constrain it
 GENERATED_COLUMNS = ("prompt", "completion")  # a generated row: a training row
 

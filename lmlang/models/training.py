@@ -482,8 +482,9 @@ def _fit(
     peft_model, tokenizer, examples: list[Example], opts: dict, progress: bool, old=None
 ) -> tuple[list[float], int]:
     """The training loop. `old` (MUSCLE): per example, the old model's
-    log-probabilities at its completion positions where it got the row right,
-    else None; the loss then adds flip_weight * KL(old || new) on those rows."""
+    log-probabilities at the completion tokens it got right and their mask,
+    else None (training_compat.old_predictions); the loss then adds
+    flip_weight * KL(old || new) on those tokens."""
     import torch
 
     from .training_compat import compat_term

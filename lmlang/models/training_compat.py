@@ -3,14 +3,20 @@ compatible_with: OLD, flip_weight: w }`.
 
 An update that is more accurate on average can still break rows the old
 model answered right (negative flips). The trainer runs the old model once
-over the training rows, teacher-forced: a row is *right* for the old model
-when its greedy token equals the label at every completion position. On those
-rows the loss adds ``w * KL(p_old || p_new)`` over the completion positions
-(mean over them), so the new model keeps the old one's distribution where the
-old one was right, and learns freely elsewhere. The old model is a base
-folder plus a stack of adapters, applied with the query-time adapter host,
-before the new adapter is wrapped around the base.
+over the training rows, teacher-forced, and marks the completion *tokens* it
+gets right (its greedy token equals the label there). MUSCLE's loss masks
+tokens the same way: where the old model is right it distils the old model,
+``KL(p_old || p_new)``, so the update keeps the old model's likelihood of
+its right outputs (and the rest of its distribution there); where the old
+model is wrong MUSCLE distils the new task model, and here the update learns
+from the labels alone (the cross-entropy every row has; there is no separate
+new task model to distil). The loss adds ``w * KL`` as a mean over the
+batch's right tokens. An earlier version kept only rows right at every
+token, which left out the right part of a nearly right answer (the year of
+a date whose day is wrong): the cache key records the mask ("token").
 
+The old model is a base folder plus a stack of adapters, applied with the
+query-time adapter host, before the new adapter is wrapped around the base.
 The cache key holds the old model's content (its base's key and each adapter
 folder's files), not its path.
 """
@@ -34,7 +40,7 @@ def compat_key(compatible_with: tuple, base_key: Callable[[Path], str]) -> dict:
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             digest.update((Path(folder) / name).read_bytes())
         adapters.append([digest.hexdigest(), float(scale)])
-    return {"base": base_key(Path(old_base)), "adapters": adapters}
+    return {"base": base_key(Path(old_base)), "adapters": adapters, "mask": "token"}
 
 
 @dataclass
@@ -47,8 +53,9 @@ class _Loaded:
 
 
 def old_predictions(model, tokenizer, base_path: Path, compatible_with: tuple, examples: list, batch: int) -> list:
-    """Per example: the old model's log-probabilities (positions, vocab) at its
-    completion positions, on the CPU, where it gets the row right; else None."""
+    """Per example: (the old model's log-probabilities (right tokens, vocab) on
+    the CPU, a bool mask over the completion positions saying which are right),
+    or None when it gets no completion token right."""
     import torch
 
     from .adapters import AdapterHost
@@ -82,29 +89,31 @@ def old_predictions(model, tokenizer, base_path: Path, compatible_with: tuple, e
                 for row in range(len(chunk)):
                     keep = labels[row, 1:] != -100
                     row_logits, targets = logits[row][keep], labels[row, 1:][keep]
-                    right = bool((row_logits.argmax(-1) == targets).all())
-                    out.append(torch.log_softmax(row_logits, -1).cpu() if right else None)
+                    right = row_logits.argmax(-1) == targets
+                    kept = torch.log_softmax(row_logits[right], -1).cpu()
+                    out.append((kept, right.cpu()) if bool(right.any()) else None)
     finally:
         host.close()
     return out
 
 
 def compat_term(logits, old_rows: list, examples: list):
-    """KL(p_old || p_new), mean over the completion positions of the batch's
-    rows the old model got right; 0 when it got none right. `logits` are the
-    new model's at every row's completion positions, row after row."""
+    """KL(p_old || p_new), mean over the completion tokens of the batch the
+    old model got right (old_predictions); 0 when it got none right. `logits`
+    are the new model's at every row's completion positions, row after row."""
     import torch
     import torch.nn.functional as F
 
     keep, targets = [], []
     for example, old in zip(examples, old_rows):
-        n = sum(1 for label in example.labels[1:] if label != -100)
-        keep.extend([old is not None] * n)
-        if old is not None:
-            targets.append(old)
+        if old is None:
+            keep.append(torch.zeros(sum(1 for label in example.labels[1:] if label != -100), dtype=torch.bool))
+        else:
+            keep.append(old[1])
+            targets.append(old[0])
     if not targets:
         return logits.sum() * 0.0
-    mask = torch.tensor(keep, device=logits.device)
+    mask = torch.cat(keep).to(logits.device)
     new = F.log_softmax(logits[mask].float(), -1)
     old_lp = torch.cat(targets).to(logits.device)
     return F.kl_div(new, old_lp, log_target=True, reduction="sum") / new.shape[0]

@@ -1,6 +1,7 @@
 """`data NAME = generate using MODEL from DATA { task, instruction, n, seed, where ... }`:
 rows the model writes through an internal query, cached by content, shown
-by `lmlang data show`, trained on by `train ... on NAME`."""
+by `lmlang data show`, trained on by `train ... on NAME`; with `vote: k,
+agree: m`, k sampled answers per row and only the rows m of them agree on."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import lmlang
+from lmlang import cachefile
 from lmlang.errors import CheckError
 from lmlang.lifecycle import generate as G
 from lmlang.lifecycle.data import DataSets
@@ -160,3 +162,58 @@ def test_a_generation_on_a_served_model_is_checked_like_any_query(folder):
     (d,) = errors(src, folder)
     assert d.message.startswith("served model 'srv' cannot enforce a choice") and d.code == "served-unsupported"
     assert at(src, d).startswith('output in ["positive"')
+
+
+# ---------------------------------------------------------------- vote: k, agree: m
+
+
+def test_the_vote_samples_and_keeps_the_rows_its_samples_agree_on(folder, tiny_model_dir, lmlang_home):
+    prog = lmlang.compile(script(str(tiny_model_dir), opts="seed: 1, vote: 4, agree: 2"), base_dir=folder)
+    spec = prog._executor().c.spec(prog._executor().query_ids["synth.generate"])
+    assert spec.decoder[0] == "vote" and dict(spec.decoder[1])["n"] == 4  # sampled, not argmax
+    kept = DataSets(prog).rows("synth")
+    (cache,) = (lmlang_home / "generate").glob("*.json")
+    answers = json.loads(cachefile.read(cache, G.CACHE_KIND))  # [winner, its votes] per source row
+    assert len(answers) == len(REVIEWS) and all(1 <= votes <= 4 for _, votes in answers)
+    assert [r["completion"] for r in kept] == [a for a, votes in answers if votes >= 2]
+    # a stricter agreement keeps a subset of the same cached answers (no new decoding: same query)
+    strict = lmlang.compile(script(str(tiny_model_dir), opts="seed: 1, vote: 4"), base_dir=folder)
+    rows = DataSets(strict).rows("synth")
+    assert [r["completion"] for r in rows] == [a for a, votes in answers if votes == 4]
+    assert len(list((lmlang_home / "generate").glob("*.json"))) == 1
+
+
+def test_rows_keep_only_answers_with_enough_votes():
+    opts = {"instruction": "Label it.", "vote": 3, "agree": 2}
+    rows = G._rows(opts, ["a", "b", "c"], [["positive", 3], ["negative", 1], ["negative", 2]])
+    assert [(r["prompt"], r["completion"]) for r in rows] == [
+        ("Label it.\n\na", "positive"),
+        ("Label it.\n\nc", "negative"),
+    ]
+    assert [r["completion"] for r in G._rows({**opts, "agree": 3}, ["a", "b"], [["x", 3], ["y", 2]])] == ["x"]
+    assert not G._well_formed("x", opts) and G._well_formed(["x", 2], opts) and G._well_formed("x", {})
+
+
+def test_the_vote_is_in_the_recipe(folder):
+    def recipe(opts):
+        prog = lmlang.compile(script("default", "adapter a = train lora on synth { rank: 4 }\n", opts), base_dir=folder)
+        return prog.frontend.compiled.graph.nodes[prog.frontend.compiled.names["a"]]["spec"].recipe
+
+    assert recipe("n: 3, vote: 3") != recipe("n: 3, vote: 3, agree: 2") != recipe("n: 3")
+
+
+@pytest.mark.parametrize(
+    "opts, message, word",
+    [
+        ("vote: 1", "a vote needs at least 2 samples, got vote: 1", "1"),
+        ("agree: 2", "agree needs vote (the samples it counts)", "2"),
+        ("vote: 3, agree: 4", "agree counts votes of 3 samples: between 1 and 3, got 4", "4"),
+        ("vote: 3, agree: 0", "agree counts votes of 3 samples: between 1 and 3, got 0", "0"),
+        ('vote: "3"', "generate option 'vote' takes an integer", '"3"'),
+    ],
+)
+def test_vote_errors_are_positioned(folder, opts, message, word):
+    src = script("default", opts=opts)
+    (d,) = errors(src, folder)
+    assert d.message == message
+    assert src.splitlines()[d.span.line - 1][d.span.col - 1 :].startswith(word)

@@ -35,6 +35,8 @@ def test_generated_scripts_check(bench, tmp_path):
     data = bench.write_data(cfg, tmp_path)
     scripts = {
         "synthetic": bench.synthetic_script(cfg, "arithmetic"),
+        "synthetic_vote": bench.synthetic_script(cfg, "dates", vote=True),
+        "synthetic_more": bench.synthetic_script(cfg, "dates", more=True),
         "select": bench.select_script(cfg, "dates"),
         "dora": bench.dora_script(cfg, "dates"),
         "flip": bench.flip_script(cfg, "sentiment"),
@@ -47,12 +49,36 @@ def test_generated_scripts_check(bench, tmp_path):
         if name == "synthetic":
             assert "synth" in checked.datasets and {"base_acc", "tuned_acc"} <= set(checked.evals)
         if name == "flip":
-            assert {"old", "plain", "compat", "current"} <= set(checked.models)
+            assert {"old", "plain", "compat_1", "current"} <= set(checked.models)
+    assert "vote: 3, agree: 2" in scripts["synthetic_vote"] and "vote" not in scripts["synthetic_more"]
+    assert (
+        scripts["synthetic_more"].count("unlabeled_dates_more.jsonl")
+        == 1
+        == scripts["synthetic_vote"].count("unlabeled_dates_more.jsonl")
+    )
     assert "output is int" in scripts["synthetic"] and "compatible_with: base + old_a" in scripts["flip"]
     pool = [json.loads(line) for line in (tmp_path / "pool.jsonl").read_text().splitlines()]
     rnd = [json.loads(line) for line in (tmp_path / f"random_{cfg['n_train']}.jsonl").read_text().splitlines()]
     assert len(pool) == 3 * cfg["n_train"] and len(rnd) == cfg["n_train"] and all(r in pool for r in rnd)
     assert len(data["flip_test"]) == cfg["flip_test"]
+    old, test, new = bench.flip_rows(bench.FULL)
+    inputs = [{r["prompt"] for r in old}, {r["x"] for r in test}, {r["prompt"] for r in new}]
+    assert [len(s) for s in inputs] == [64, 48, 32] and not inputs[0] & inputs[1]
+    assert not (inputs[0] | inputs[1]) & inputs[2]  # the update's rows are neither OLD's nor held out
+    assert "flip_weight: 3.0" in bench.flip_script(bench.FULL, "dates")
+
+
+def test_the_flip_summary_takes_the_best_weight_that_keeps_accuracy(bench):
+    out = {
+        "with": {
+            "0.3": {"ratio": 1.0, "accuracy": 0.875, "accuracy_gap": 0.0},
+            "1": {"ratio": 0.33, "accuracy": 0.917, "accuracy_gap": 0.042},
+            "3": {"ratio": 0.0, "accuracy": 0.80, "accuracy_gap": 0.075},  # fewer flips, bought with accuracy
+        }
+    }
+    assert bench.best_ratio(out, lambda d: d["accuracy"] >= 0.875 - 0.02) == (1.0, 0.33)
+    assert bench.best_ratio(out, lambda d: d["accuracy_gap"] <= 0.02) == (0.3, 1.0)
+    assert bench.best_ratio(out, lambda d: False) == (None, None)
 
 
 @pytest.mark.e2e
@@ -87,7 +113,8 @@ def test_reduced_bench_runs(tmp_path):
     assert sel["k"] == 12 and 0.0 <= sel["select_precision"] <= 1.0
     assert {"accuracy", "train_seconds"} <= set(report["dora_vs_lora"]["dora"])
     flip = report["flip_rate_ratio"]
-    assert flip["rows"] == 6 and {"accuracy", "negative_flip_rate"} <= set(flip["with"])
+    assert flip["rows"] == 6 and {"accuracy", "negative_flip_rate", "ratio"} <= set(flip["with"]["1"])
+    assert flip["ratio"] in (None, flip["with"]["1"]["ratio"]) and "ratio_equal_accuracy" in flip
     assert report["export_parity"]["peft"] is True  # the exported folder decodes as lmlang does
     assert report["export_parity"]["vllm"] == "skipped (--vllm off)"
     text = table.read_text()
