@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -168,7 +167,7 @@ def training_file(rows: list[dict]) -> Path:
     path = cache_dir(TRAINING_DATA_DIR) / f"{hashlib.sha256(body).hexdigest()}.jsonl"
     if path.is_file() and path.stat().st_size == len(body):
         return path
-    tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(f".tmp-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         tmp.write_bytes(body)
         os.replace(tmp, path)
