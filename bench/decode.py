@@ -205,6 +205,7 @@ def weight_bytes(model) -> int:
     import torch
 
     seen: set[int] = set()
+    kept = []  # unpacked int8 weights are new tensors: keep them alive so no address is reused
     total = 0
 
     def add(t) -> None:
@@ -212,6 +213,7 @@ def weight_bytes(model) -> int:
         if t is None or t.data_ptr() in seen:
             return
         seen.add(t.data_ptr())
+        kept.append(t)
         total += t.numel() * t.element_size()
 
     for m in model.modules():
