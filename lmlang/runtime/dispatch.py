@@ -270,20 +270,28 @@ def decode_shared(execu, lm, jobs: list[Job]) -> None:
     _decode_batch(execu, lm, ok, runs, t0, rule)
 
 
+SHORT_HOLE_TOKENS = 4  # a hole that decodes at most this many tokens shares too few steps to batch
+
+
 def batch_rule(lm, runs: list) -> str:
     """One batch, unless the model's prefix cache holds every call's whole
-    prompt (a row repeated with the result cache off): then nothing is left
-    to prefill, a batch could share only decoding steps, and its merged
-    cache entries, padding and copies cost more than that saves (measured
-    on bench/scale.py's one row: see docs/cli.md). A grown prompt or a
-    model without prefix reuse (a mixed-adapter unit) always batches."""
+    prompt (a row repeated with the result cache off) and every hole is
+    short (a choice among options, or a budget of a few tokens): then
+    nothing is left to prefill, a batch could share only a step or two, and
+    its merged cache entries, padding and copies cost more than that saves
+    (measured on bench/scale.py's one row: see docs/cli.md). Holes that
+    write text share every decoding step in a batch, which wins even with
+    the prompts cached (bench/scale.py parallel_steps_generate_speedup). A
+    grown prompt or a model without prefix reuse (a mixed-adapter unit)
+    always batches."""
     if len(runs) < 2 or not getattr(lm, "prefix_reuse", False):
         return ONE_BATCH
     from .decode import QueryRun
 
     cache = lm.prefix_cache
     cached = all(type(r) is QueryRun and cache.covered(r.chunk_ids[0]) == len(r.chunk_ids[0]) for r in runs)
-    return CALL_BY_CALL if cached else ONE_BATCH
+    short = all(h.compiled.plan.options or h.budget <= SHORT_HOLE_TOKENS for r in runs for h in r.holes)
+    return CALL_BY_CALL if cached and short else ONE_BATCH
 
 
 def _decode_batch(execu, lm, ok: list[Job], runs: list, t0: float, rule: str) -> None:

@@ -158,3 +158,17 @@ def test_a_repeated_row_decodes_call_by_call_with_the_same_results(tiny_model_di
     par.trace.records.clear()
     assert par.run(t="a new row") == lmlang.compile(src, cache=False, parallel=False).run(t="a new row")
     assert [r.batch for r in par.trace.records] == [{"calls": 4, "rule": ONE_BATCH}] * 4
+
+
+def test_calls_that_write_text_batch_even_with_every_prompt_cached(tiny_model_dir):
+    """Holes that may write more than a few tokens share every decoding step
+    in one batch, so a repeated row still batches; the results are the
+    sequential ones."""
+    src = FLOW.replace("tokens(w) <= 3", "tokens(w) <= 8")
+    src = src.format(model=tiny_model_dir)
+    seq = lmlang.compile(src, cache=False, parallel=False).run(t="the soup was cold")
+    par = lmlang.compile(src, cache=False)
+    for _ in range(2):
+        par.trace.records.clear()
+        assert par.run(t="the soup was cold") == seq
+        assert [r.batch for r in par.trace.records] == [{"calls": 4, "rule": ONE_BATCH}] * 4
