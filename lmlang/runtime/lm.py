@@ -331,8 +331,10 @@ class HFBatch(Batch):
         out.next_pos = [n for p in hf for n in p.next_pos]
         out.ids = [list(x) for p in hf for x in p.ids]
         out.dense = all(p.dense for p in hf) and bool(out.mask.all())
+        like = next((p._logits for p in hf if p._logits is not None), None)
+        blank = {"device": lm.device} if like is None else {"device": like.device, "dtype": like.dtype}
         out._logits = torch.cat(
-            [p._logits if p._logits is not None else torch.zeros(p.rows, lm.vocab_size) for p in hf]
+            [p._logits if p._logits is not None else torch.zeros(p.rows, lm.vocab_size, **blank) for p in hf]
         )
         out._passes = sum(p._passes for p in hf)
         return out
