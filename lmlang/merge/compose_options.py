@@ -124,7 +124,7 @@ def check_option(form: str, name: str, value: Any) -> Problem | None:
     if not message:
         return None
     hint = did_you_mean(str(value), spec.choices) if spec.type == "choice" else ""
-    return Problem(message, hint, code="bad-value", option=name)
+    return Problem(message, hint or f"{name}: {spec.doc}", code="bad-value", option=name)
 
 
 def check_combination(form: str, given: Mapping[str, Any]) -> Problem | None:

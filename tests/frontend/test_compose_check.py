@@ -83,7 +83,7 @@ def test_compress_errors(folder):
     got = diagnostics(folder, body + 'query q(x: str) { user "{x}" assistant "[y]" }\n')
     assert got == [
         (1, 22, "undefined adapter 'sentii'", "did you mean 'senti'?"),
-        (2, 39, "density must be in (0, 1], got 0", ""),
+        (2, 39, "density must be in (0, 1], got 0", "density: fraction of each LoRA factor kept"),
         (2, 52, "quantize must be one of ternary, int8, none, got 'ternery'", "did you mean 'ternary'?"),
         (3, 30, "unknown option 'densty' for compress", "did you mean 'density'?"),
         (
