@@ -28,11 +28,17 @@ try:
     main(sys.argv[1:])
 except SystemExit as e:
     code = e.code
-print("@@" + json.dumps([code, sorted(m.split(".")[0] for m in sys.modules)]))
+print("@@" + json.dumps([code, sorted(sys.modules)]))
 """
 
 
 def _cli_modules(args: list[str], home: Path, **env: str) -> set[str]:
+    """The top-level packages a fresh CLI process imported."""
+    return {m.split(".")[0] for m in _cli_modules_full(args, home, **env)}
+
+
+def _cli_modules_full(args: list[str], home: Path, **env: str) -> set[str]:
+    """Every module (dotted names) a fresh CLI process imported."""
     p = subprocess.run(
         [sys.executable, "-c", PROBE, *args],
         capture_output=True,
@@ -53,6 +59,32 @@ def test_check_imports_no_model_stack_no_parser_library_and_no_click(tmp_path):
     # click too: `check FILES` is read by lmlang/cli/checking.py (click stays for --help and the other commands)
     heavy = sorted(loaded & set(MODEL_STACK + CONSTRAINT_BACKENDS + PARSER_LIBS + ("click",)))
     assert not heavy, f"`lmlang check hello.lm` imported {heavy}"
+
+
+def test_check_imports_neither_the_program_api_nor_the_runtime(tmp_path):
+    """`import lmlang` loads the API (lmlang.program) on first use, so a check
+    pays only for the front end."""
+    loaded = _cli_modules_full(["check", *map(str, EXAMPLES)], tmp_path)
+    assert "lmlang.frontend" in loaded  # it really checked
+    api = sorted(m for m in loaded if m == "lmlang.program" or m.split(".")[:2] == ["lmlang", "runtime"])
+    assert not api, f"`lmlang check examples/*.lm` imported {api}"
+
+
+def test_the_program_api_is_still_reachable_from_the_package():
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import lmlang, sys; assert 'lmlang.program' not in sys.modules; "
+            "from lmlang import compile, compile_file; from lmlang.program import Program; "
+            "assert lmlang.Program is Program and lmlang.compile is compile and lmlang.QueryFunction; "
+            "assert {'Program', 'compile'} <= set(dir(lmlang)); print('ok')",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert p.stdout.strip() == "ok", p.stderr
 
 
 def test_a_repeated_check_imports_no_constraint_backend(tmp_path):
