@@ -21,6 +21,8 @@ from .source import Source, decode_script
 
 @dataclass
 class FrontEnd:
+    """One script through the front end: its source, checked program and graph."""
+
     source: Source
     checked: CheckedProgram
     compiled: Compiled

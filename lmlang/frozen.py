@@ -6,9 +6,10 @@ per class with `exec` (`__init__`, `__repr__`, `__eq__`, `__hash__`,
 ~90 such classes (AST nodes, graph specs, constraints), which made class
 creation alone a third of `lmlang check`'s time budget.
 
-Here `dataclasses` only records the fields (init/repr/eq off, so nothing is
-exec'd) and one set of ordinary functions serves every class, reading a field
-table computed once per class. The result is still a dataclass:
+Here the fields are collected as dataclasses records them (real
+`dataclasses.Field`s, but without dataclasses' per-field typing lookups; see
+`_collect_fields`), and one set of ordinary functions serves every class,
+reading a field table computed once per class. The result is still a dataclass:
 `dataclasses.fields`, `replace`, `asdict`, `is_dataclass` and `match` work, and
 the semantics are the same as frozen=True: assignment raises
 `FrozenInstanceError`, equality compares same-class instances field by field
@@ -19,7 +20,9 @@ fields, kw_only fields and default factories behave as in dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
+import typing
 from dataclasses import MISSING, FrozenInstanceError
 
 # A version check, not try/except ImportError: mypy (python_version 3.10) follows it.
@@ -36,19 +39,17 @@ def frozen(cls=None, /):
     """Class decorator; use bare (`@frozen`)."""
     if cls is None:
         return frozen
-    # dataclasses writes a docstring from inspect.signature() for a class
-    # without one (~0.4 ms a class, ~25 ms over the check path): give it the name.
-    if cls.__dict__.get("__doc__") is None:
-        cls.__doc__ = cls.__name__
-    cls = dataclasses.dataclass(init=False, repr=False, eq=False)(cls)
-    fields = dataclasses.fields(cls)
-    init_fields = [f for f in fields if f.init]
+    fields = _collect_fields(cls)
+    cls.__dataclass_fields__ = fields
+    cls.__dataclass_params__ = _PARAMS
+    plain = [f for f in fields.values() if f._field_type is _FIELD_KIND]  # what dataclasses.fields() returns
+    init_fields = [f for f in plain if f.init]
     cls._lm_positional = tuple((f.name, f.default, f.default_factory) for f in init_fields if not f.kw_only)
     cls._lm_keyword = tuple((f.name, f.default, f.default_factory) for f in init_fields if f.kw_only)
-    cls._lm_compare = tuple(f.name for f in fields if f.compare)
-    cls._lm_repr = tuple(f.name for f in fields if f.repr)
+    cls._lm_compare = tuple(f.name for f in plain if f.compare)
+    cls._lm_repr = tuple(f.name for f in plain if f.repr)
     setattr(cls, "__match_args__", tuple(name for name, _, _ in cls._lm_positional))  # (read-only to mypy)
-    names = tuple(f.name for f in fields)
+    names = tuple(f.name for f in plain)
     cls._lm_fields = staticmethod(lambda: names)
     own = cls.__dict__
     for name, method in (
@@ -65,6 +66,69 @@ def frozen(cls=None, /):
     if own.get("__hash__") is None:
         cls.__hash__ = _hash
     return cls
+
+
+# What dataclasses.dataclass(init=False, repr=False, eq=False) records on a
+# class, taken once from a probe class: every @frozen class shares them.
+_PROBE: typing.Any = dataclasses.dataclass(init=False, repr=False, eq=False)(
+    type("_Probe", (), {"__doc__": "probe", "__annotations__": {"x": "int"}})
+)
+_PARAMS = _PROBE.__dataclass_params__
+_FIELD_KIND = _PROBE.__dataclass_fields__["x"]._field_type  # a plain field (not ClassVar, not InitVar)
+
+
+def _collect_fields(cls) -> dict:
+    """The fields dataclasses would record for `cls` (bases' first, then its
+    own annotations in order), as real `dataclasses.Field`s, so
+    `dataclasses.fields`, `replace` and `asdict` work. Why not call dataclasses.dataclass: per field it resolves the
+    annotation string against typing (ClassVar? InitVar? KW_ONLY?), ~70 us a
+    class, a tenth of `lmlang check`'s start over ~170 classes. A frozen
+    class declares plain fields only; the rest is refused here, not guessed."""
+    fields: dict = {}
+    for base in cls.__mro__[-1:0:-1]:
+        base_fields = getattr(base, "__dataclass_fields__", None)
+        if base_fields is not None:
+            fields.update(base_fields)
+    own = cls.__dict__
+    for name, annotation in own.get("__annotations__", {}).items():
+        if _special(annotation):
+            raise TypeError(f"@frozen {cls.__name__}.{name}: a frozen class declares plain fields only")
+        default = own.get(name, MISSING)
+        if isinstance(default, dataclasses.Field):
+            f = default
+            if f.default is MISSING:
+                delattr(cls, name)
+            else:
+                setattr(cls, name, f.default)
+        else:
+            f = dataclasses.field(default=default)
+        if f.default.__class__.__hash__ is None:  # dataclasses' mutable-default check
+            raise ValueError(f"mutable default {type(f.default)} for field {name} is not allowed: use default_factory")
+        f.name, f.type = name, annotation
+        f._field_type = _FIELD_KIND  # type: ignore[attr-defined]  # (dataclasses' own marker)
+        if f.kw_only is MISSING:
+            f.kw_only = False
+        fields[name] = f
+    for name, value in own.items():
+        if isinstance(value, dataclasses.Field) and name not in fields:
+            raise TypeError(f"{name!r} is a field but has no type annotation")
+    return fields
+
+
+def _special(annotation) -> bool:
+    """An annotation dataclasses would not read as a plain field: ClassVar,
+    InitVar or KW_ONLY, written as a string or as the object."""
+    if isinstance(annotation, str):
+        return _SPECIAL.match(annotation) is not None
+    special = (typing.ClassVar, dataclasses.InitVar, dataclasses.KW_ONLY)
+    return (
+        annotation in special
+        or typing.get_origin(annotation) is typing.ClassVar
+        or isinstance(annotation, dataclasses.InitVar)
+    )
+
+
+_SPECIAL = re.compile(r"\s*(?:\w+\s*\.\s*)?(?:ClassVar|InitVar|KW_ONLY)\b")
 
 
 def _init(self, *args, **kwargs):

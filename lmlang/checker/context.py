@@ -75,6 +75,9 @@ def _span(at) -> Span:
 
 @dataclass
 class Context:
+    """The state of one check: the output being built, the reporter, and
+    where in the script (imports, flow function) the checker is."""
+
     source: Source
     base_dir: Path
     out: CheckedProgram

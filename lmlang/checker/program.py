@@ -38,6 +38,9 @@ class QueryInfo:
 
 @dataclass
 class CheckedProgram:
+    """What the checker hands the compiler: the declarations by kind, their
+    types and lowered constraints, and the warnings."""
+
     source: Source
     base_dir: Path
     program: A.Program

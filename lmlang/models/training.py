@@ -85,6 +85,8 @@ _BASE_FILES = (
 
 @dataclass(frozen=True)
 class TrainResult:
+    """Where a trained adapter lies, and what training it cost."""
+
     path: Path
     cached: bool
     seconds: float

@@ -128,3 +128,56 @@ def test_did_you_mean_one_format():
     assert did_you_mean("tis", ["ties", "linear"]) == "did you mean 'ties'?"
     assert did_you_mean("zzz", ["ties", "linear"]) == ""
     assert did_you_mean("zzz", ["ties", "linear"], known="merge methods") == "merge methods: ties, linear"
+
+
+_FIELD_ATTRS = ("name", "type", "default", "default_factory", "init", "repr", "hash", "compare", "metadata", "kw_only")
+
+
+def test_fields_are_the_ones_dataclasses_records():
+    """frozen collects fields itself (not through dataclasses.dataclass): the
+    Field objects match what @dataclass(frozen=True) makes of the same body."""
+
+    def body(base):
+        class C(base):
+            a: int
+            b: str = "x"
+            c: tuple = dataclasses.field(default_factory=tuple, metadata={"m": 1})
+            d: int = dataclasses.field(default=0, compare=False, repr=False, kw_only=True)
+
+        return C
+
+    ours = frozen(body(Base))
+    theirs = dataclasses.dataclass(frozen=True)(
+        body(
+            dataclasses.dataclass(frozen=True)(
+                type(
+                    "B",
+                    (),
+                    {
+                        "__annotations__": {"span": "int"},
+                        "span": dataclasses.field(default=0, compare=False, repr=False, kw_only=True),
+                    },
+                )
+            )
+        )
+    )
+    assert [tuple(getattr(f, a) for a in _FIELD_ATTRS) for f in dataclasses.fields(ours)] == [
+        tuple(getattr(f, a) for a in _FIELD_ATTRS) for f in dataclasses.fields(theirs)
+    ]
+    assert (
+        ours.b == "x" and not hasattr(ours, "a") and not hasattr(ours, "c")
+    )  # class attributes as dataclasses leaves them
+    assert dataclasses.asdict(ours(1, span=2)) == {"span": 2, "a": 1, "b": "x", "c": (), "d": 0}
+
+
+@pytest.mark.parametrize("annotation", ["ClassVar[int]", "typing.ClassVar[int]", "InitVar[int]", "KW_ONLY"])
+def test_special_annotations_are_refused(annotation):
+    with pytest.raises(TypeError, match="plain fields only"):
+        frozen(type("C", (), {"__annotations__": {"x": annotation}}))
+
+
+def test_a_mutable_default_is_refused_as_dataclasses_does():
+    with pytest.raises(ValueError, match="mutable default"):
+        frozen(type("C", (), {"__annotations__": {"x": "list"}, "x": []}))
+    with pytest.raises(TypeError, match="no type annotation"):
+        frozen(type("C", (), {"x": dataclasses.field(default=1)}))
