@@ -8,7 +8,6 @@ merge method, a JSON type, a tool, a target module) is answered through
 
 from __future__ import annotations
 
-import difflib
 from typing import Iterable
 
 CUTOFF = 0.6  # difflib's default: 'tis' -> 'ties', 'defualt' -> 'default'
@@ -17,6 +16,8 @@ MAX_LISTED = 12  # a longer list of known names is cut with '...'
 
 def closest(name: str, candidates: Iterable[str]) -> str | None:
     """The closest candidate to `name`, or None."""
+    import difflib  # only a script with a mistake pays for it
+
     found = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=CUTOFF)
     return found[0] if found else None
 

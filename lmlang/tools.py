@@ -13,10 +13,12 @@ Torch-free and cheap to import: the checker reads TOOLS for names and arity.
 from __future__ import annotations
 
 import re
-from decimal import Decimal, DivisionByZero, InvalidOperation, localcontext
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .frozen import frozen
+
+if TYPE_CHECKING:  # decimal loads when calc runs, not when the checker reads TOOLS
+    from decimal import Decimal
 
 MAX_CALC_CHARS = 200  # an expression longer than this is refused, not parsed
 MAX_CALC_DEPTH = 20  # parentheses and unary minus nest at most this deep
@@ -88,6 +90,8 @@ class _Calc:
                 raise CalcError(f"unexpected '{tok}'")
             if len(tok.replace(".", "")) > MAX_CALC_DIGITS:
                 raise CalcError(f"a number longer than {MAX_CALC_DIGITS} digits")
+            from decimal import Decimal
+
             return Decimal(tok)
         finally:
             self.depth -= 1
@@ -109,6 +113,8 @@ def _tokens(text: str) -> list[str]:
 def calc(expression) -> str:
     """The value of an arithmetic expression as text (`"7"`, `"2.5"`), or
     `"error: ..."`. Integers stay integers; decimals print without exponent."""
+    from decimal import DivisionByZero, InvalidOperation, localcontext
+
     text = str(expression)
     if len(text) > MAX_CALC_CHARS:
         return f"error: expression longer than {MAX_CALC_CHARS} characters"
