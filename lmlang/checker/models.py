@@ -403,14 +403,14 @@ def train_columns_problem(cols) -> str | None:
 def _check_train_data(cx: Context, path: Path, src: A.TrainSource) -> None:
     """The rows' shape, with the same reader training uses (torch-free),
     so a bad row is a check error naming its line, before any training."""
-    from ..models import training
+    from ..models.train_rows import read_rows
 
     try:
         if path.stat().st_size > MAX_CHECKED_DATA_BYTES:
             return  # big data: checked row by row when training starts
-        training.read_rows(path)
+        read_rows(path)
     except LmlangError as e:
-        cx.error(f"bad training data: {e.message}", src, e.hint or f"see the data format in {training.__name__}")
+        cx.error(f"bad training data: {e.message}", src, e.hint or "see the data format in lmlang.models.training")
     except OSError as e:
         cx.error(f"cannot read training data {src.data.describe()}: {e.strerror}", src)
 
