@@ -312,10 +312,11 @@ class LALRParser:
         return UnexpectedToken(token, e.allowed) if token is not None else e
 
     def _feed(self, stack: list, values: list, token: Token, is_end: bool) -> Any:
-        rules = self.RULES
+        rules, tables, kind = self.RULES, self._states, token.type
         while True:
-            actions = self._actions(stack[-1])
-            action = actions.get(token.type)
+            state = stack[-1]
+            actions = tables[state] or self._actions(state)
+            action = actions.get(kind)
             if action is None:
                 raise UnexpectedToken(token, {s for s in actions if s.isupper()})
             if action >= 0:
@@ -329,7 +330,8 @@ class LALRParser:
                 del values[-size:]
             else:
                 children = []
-            stack.append(self._actions(stack[-1])[origin])
+            state = stack[-1]
+            stack.append((tables[state] or self._actions(state))[origin])
             values.append(_build(children, name, expand1, include, append_none))
             if is_end and stack[-1] == self.END:
                 return values[-1]
@@ -354,41 +356,55 @@ def _build(children: list, name: str, expand1: bool, include: tuple | None, appe
                 kept.append(children[i])
         if append_none:
             kept += [None] * append_none
-    res = kept[0] if expand1 and len(kept) == 1 else Tree(name, kept)
-    if isinstance(res, Tree):
-        _propagate_positions(res.meta, children)
-    return res
-
-
-def _first_meta(children) -> Any:
-    for c in children:
-        if isinstance(c, Tree):
-            if not c.meta.empty:
-                return c.meta
-        elif isinstance(c, Token):
-            return c
-    return None
+    if expand1 and len(kept) == 1:
+        res = kept[0]
+        if isinstance(res, Tree):
+            _propagate_positions(res.meta, children)
+        return res
+    meta = Meta()
+    _propagate_positions(meta, children)
+    return Tree(name, kept, meta)
 
 
 def _propagate_positions(meta: Meta, children: list) -> None:
     """Lark's PropagatePositions: a node spans its first child's container
-    to its last child's (a container: what an inlined `?rule` matched)."""
-    first = _first_meta(children)
-    if first is not None:
-        line = getattr(first, "container_line", first.line)
-        column = getattr(first, "container_column", first.column)
-        start_pos = getattr(first, "container_start_pos", first.start_pos)
-        if not hasattr(meta, "line"):
-            meta.line, meta.column, meta.start_pos, meta.empty = line, column, start_pos, False
-        meta.container_line, meta.container_column, meta.container_start_pos = line, column, start_pos
-    last = _first_meta(reversed(children))
-    if last is not None:
-        end_line = getattr(last, "container_end_line", last.end_line)
-        end_column = getattr(last, "container_end_column", last.end_column)
-        end_pos = getattr(last, "container_end_pos", last.end_pos)
-        if not hasattr(meta, "end_line"):
-            meta.end_line, meta.end_column, meta.end_pos, meta.empty = end_line, end_column, end_pos, False
-        meta.container_end_line, meta.container_end_column, meta.container_end_pos = end_line, end_column, end_pos
+    to its last child's (a container: what an inlined `?rule` matched); its
+    own line and end stay as first set. The first and last positioned
+    children: a Tree whose meta is not empty (then every container_* is set,
+    by this function) or a Token (its own positions are its container)."""
+    # (Any: a Token's positions are Optional to mypy; a parsed token has them all)
+    line: Any
+    column: Any
+    start_pos: Any
+    end_line: Any
+    end_column: Any
+    end_pos: Any
+    for c in children:
+        if isinstance(c, Tree):
+            m = c.meta
+            if not m.empty:
+                line, column, start_pos = m.container_line, m.container_column, m.container_start_pos
+                break
+        elif isinstance(c, Token):
+            line, column, start_pos = c.line, c.column, c.start_pos
+            break
+    else:
+        return  # no child has a position (so neither end has one)
+    for c in reversed(children):
+        if isinstance(c, Tree):
+            m = c.meta
+            if not m.empty:
+                end_line, end_column, end_pos = m.container_end_line, m.container_end_column, m.container_end_pos
+                break
+        elif isinstance(c, Token):
+            end_line, end_column, end_pos = c.end_line, c.end_column, c.end_pos
+            break
+    if meta.empty:  # both ends or neither: empty means no line and no end yet
+        meta.line, meta.column, meta.start_pos = line, column, start_pos
+        meta.end_line, meta.end_column, meta.end_pos = end_line, end_column, end_pos
+        meta.empty = False
+    meta.container_line, meta.container_column, meta.container_start_pos = line, column, start_pos
+    meta.container_end_line, meta.container_end_column, meta.container_end_pos = end_line, end_column, end_pos
 
 
 class _Lexer:
