@@ -248,6 +248,30 @@ def test_jsonl_contract():
     assert lines[1].problem == "expected a JSON object, got list"
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"a": "plain", "b": [1, {"c": 2.5}]}',
+        '{"a": "\\ud800"}',  # a lone surrogate escape
+        '{"a": "\\uDFFF x"}',
+        '{"a": "\\ud83d\\ude00"}',  # a pair: one character, fine
+        '{"a": "\\\\ud800"}',  # an escaped backslash, then text
+        '{"a": ' + "[" * 99 + "]" * 99 + "}",  # 100 levels: the limit
+        '{"a": ' + "[" * 100 + "]" * 100 + "}",  # 101: too deep
+        '{"a": "' + "[" * 150 + '"}',  # brackets inside a string
+    ],
+)
+def test_jsonl_skips_the_value_walk_only_where_it_cannot_find_a_problem(line):
+    """parse_jsonl walks a row's values (value_problem) only when its text
+    could hide a problem; the answer is the walk's, line by line."""
+    from lmlang.jsonl import loads_strict, value_problem
+
+    (got,) = parse_jsonl(line.encode())
+    code, problem = value_problem(loads_strict(line))
+    assert (got.code, got.problem) == (code, problem)
+    assert (got.value is None) == bool(code)
+
+
 def test_data_runs_and_training_read_jsonl_alike(tmp_path):
     row = {"prompt": "a\u2028b", "completion": "c"}
     path = _write(
