@@ -31,7 +31,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: typing_extensions (a pydantic dependency)
     from typing_extensions import dataclass_transform
 
-__all__ = ["frozen", "FrozenInstanceError", "children", "walk"]
+__all__ = ["frozen", "FrozenInstanceError", "children", "field_names", "walk"]
 
 
 @dataclass_transform(frozen_default=True, kw_only_default=False, field_specifiers=(dataclasses.field,))
@@ -190,6 +190,12 @@ def _delattr(self, name):
 # a node's children are the field values that are nodes of the same family,
 # directly or inside tuples and lists, in field order. Passes then say what
 # they look for, not how to walk.
+
+
+def field_names(cls: type) -> tuple[str, ...]:
+    """The names `dataclasses.fields` gives for a @frozen class, in order,
+    without building the Field tuple each call."""
+    return cls._lm_fields()  # type: ignore[attr-defined]
 
 
 def children(node, kind: type):

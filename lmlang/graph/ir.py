@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Union
 
-from ..frozen import children, frozen, walk
+from ..frozen import children, field_names, frozen, walk
 
 
 @frozen
@@ -288,7 +288,7 @@ def ir_form(node: IRNode) -> tuple:
     """The compact positional form `(tag, field, ...)`, nested. Node ids hash
     it: it is the form graph format 1 stored, so ids did not change when the
     IR became classes."""
-    return (node.tag, *(_form(getattr(node, f.name)) for f in dataclasses.fields(node)))
+    return (node.tag, *(_form(getattr(node, name)) for name in field_names(type(node))))
 
 
 def _form(v):

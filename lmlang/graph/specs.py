@@ -388,16 +388,29 @@ _JSON_TYPES = {**SPEC_TYPES, **CONSTRAINT_TYPES, **IR_TYPES}
 assert len(_JSON_TYPES) == len(SPEC_TYPES) + len(CONSTRAINT_TYPES) + len(IR_TYPES), "a $type name is used twice"
 
 
-def _set_fields(v) -> list:
-    """A node's fields, less those marked `omit_unset` that hold their default
-    (fields added later, so older graphs keep their JSON and their ids)."""
-    return [f for f in dataclasses.fields(v) if not (f.metadata.get("omit_unset") and getattr(v, f.name) == f.default)]
+def _set_fields(v) -> list[str]:
+    """A node's field names, less those marked `omit_unset` that hold their
+    default (fields added later, so older graphs keep their JSON and their ids)."""
+    return [name for name, omit, default in _fields_of(type(v)) if not (omit and getattr(v, name) == default)]
+
+
+_FIELDS_OF: dict[type, tuple] = {}
+
+
+def _fields_of(cls: type) -> tuple:
+    """(name, omit_unset, default) of each field of a node class, read from
+    dataclasses once per class (node ids hash every node of every spec)."""
+    fields = _FIELDS_OF.get(cls)
+    if fields is None:
+        fields = tuple((f.name, bool(f.metadata.get("omit_unset")), f.default) for f in dataclasses.fields(cls))
+        _FIELDS_OF[cls] = fields
+    return fields
 
 
 def to_jsonable(v):
     """Specs, constraints and IR nodes as `{"$type": class name, field: ...}`."""
     if dataclasses.is_dataclass(v):
-        return {"$type": type(v).__name__, **{f.name: to_jsonable(getattr(v, f.name)) for f in _set_fields(v)}}
+        return {"$type": type(v).__name__, **{name: to_jsonable(getattr(v, name)) for name in _set_fields(v)}}
     if isinstance(v, (tuple, list)):
         return [to_jsonable(x) for x in v]
     return v
@@ -417,13 +430,18 @@ def from_jsonable(v):
 def _hash_form(v):
     """What a node id hashes: the JSON form, with IR nodes in their compact
     positional form (`ir.ir_form`)."""
+    if v.__class__ in _PLAIN:  # most values: the leaves
+        return v
     if isinstance(v, IRNode):
         return _hash_form(ir_form(v))
     if dataclasses.is_dataclass(v):
-        return {"$type": type(v).__name__, **{f.name: _hash_form(getattr(v, f.name)) for f in _set_fields(v)}}
+        return {"$type": type(v).__name__, **{name: _hash_form(getattr(v, name)) for name in _set_fields(v)}}
     if isinstance(v, (tuple, list)):
         return [_hash_form(x) for x in v]
     return v
+
+
+_PLAIN = frozenset((str, int, float, bool, type(None)))
 
 
 def content_digest(spec: Spec, root: str | None = None) -> str:
