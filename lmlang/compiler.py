@@ -48,9 +48,10 @@ class Compiler:
         self.edges: set[tuple[str, str]] = set()
         self.by_content: dict[str, str] = {}
         self.names: dict[str, str] = {}
+        self.root = str(checked.base_dir.resolve())  # paths under it hash relative to it (once: a realpath is syscalls)
 
     def add(self, spec: Spec, hint: str = "", name: str | None = None) -> str:
-        digest = content_digest(spec, str(self.c.base_dir.resolve()))
+        digest = content_digest(spec, self.root)
         nid = self.by_content.get(digest)
         if nid is None:
             nid = f"{spec.kind}:{_clean_hint(hint) + ':' if hint else ''}{digest}"
