@@ -39,6 +39,8 @@ def frozen(cls=None, /):
     """Class decorator; use bare (`@frozen`)."""
     if cls is None:
         return frozen
+    if hasattr(cls, "__slots__"):
+        raise TypeError(f"@frozen {cls.__name__}: fields live in the instance dict (no __slots__)")
     fields = _collect_fields(cls)
     cls.__dataclass_fields__ = fields
     cls.__dataclass_params__ = _PARAMS
@@ -134,23 +136,30 @@ _SPECIAL = re.compile(r"\s*(?:\w+\s*\.\s*)?(?:ClassVar|InitVar|KW_ONLY)\b")
 def _init(self, *args, **kwargs):
     cls = type(self)
     positional = cls._lm_positional
-    if len(args) > len(positional):
-        raise TypeError(f"{cls.__name__}() takes {len(positional)} positional arguments but {len(args)} were given")
-    put = object.__setattr__
+    n = len(args)
+    if n > len(positional):
+        raise TypeError(f"{cls.__name__}() takes {len(positional)} positional arguments but {n} were given")
+    # Straight into the instance dict (what object.__setattr__ does for a
+    # field of a class without slots; `frozen` refuses __slots__): the AST
+    # builds a thousand nodes a script.
+    fields = self.__dict__
     for (name, _, _), value in zip(positional, args):
-        if name in kwargs:
-            raise TypeError(f"{cls.__name__}() got multiple values for argument '{name}'")
-        put(self, name, value)
-    for name, default, factory in positional[len(args) :] + cls._lm_keyword:
-        if name in kwargs:
-            value = kwargs.pop(name)
-        elif default is not MISSING:
-            value = default
-        elif factory is not MISSING:
-            value = factory()
-        else:
-            raise TypeError(f"{cls.__name__}() missing required argument: '{name}'")
-        put(self, name, value)
+        fields[name] = value
+    if kwargs:
+        for name, _, _ in positional[:n]:
+            if name in kwargs:
+                raise TypeError(f"{cls.__name__}() got multiple values for argument '{name}'")
+    for rest in (positional[n:], cls._lm_keyword):
+        for name, default, factory in rest:
+            if name in kwargs:
+                value = kwargs.pop(name)
+            elif default is not MISSING:
+                value = default
+            elif factory is not MISSING:
+                value = factory()
+            else:
+                raise TypeError(f"{cls.__name__}() missing required argument: '{name}'")
+            fields[name] = value
     if kwargs:
         raise TypeError(f"{cls.__name__}() got an unexpected keyword argument '{next(iter(kwargs))}'")
     post = getattr(self, "__post_init__", None)

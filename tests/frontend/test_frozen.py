@@ -181,3 +181,8 @@ def test_a_mutable_default_is_refused_as_dataclasses_does():
         frozen(type("C", (), {"__annotations__": {"x": "list"}, "x": []}))
     with pytest.raises(TypeError, match="no type annotation"):
         frozen(type("C", (), {"x": dataclasses.field(default=1)}))
+
+
+def test_slots_are_refused():
+    with pytest.raises(TypeError, match="no __slots__"):
+        frozen(type("C", (), {"__slots__": ("x",), "__annotations__": {"x": "int"}}))
