@@ -41,6 +41,8 @@ def frozen(cls=None, /):
         return frozen
     if hasattr(cls, "__slots__"):
         raise TypeError(f"@frozen {cls.__name__}: fields live in the instance dict (no __slots__)")
+    if cls.__dict__.get("__doc__") is None:
+        cls.__doc__ = cls.__name__  # (as before: dataclasses would have written a signature)
     fields = _collect_fields(cls)
     cls.__dataclass_fields__ = fields
     cls.__dataclass_params__ = _PARAMS
