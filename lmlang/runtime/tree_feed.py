@@ -177,7 +177,12 @@ def _packed_forward(root: HFBatch, lay: Layout, leaves: list[int]) -> tuple[HFBa
     bias = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
     where = torch.tensor([[lay.row_of[j], lay.path[j][-1]] for j in leaves], dtype=torch.long, device=dev)
 
+    picked: list[bool] = []
+
     def pick(_module, args):  # the output layer sees the leaves' last hidden states only
+        if not args:
+            return None
+        picked.append(True)
         return (args[0][where[:, 0], where[:, 1]][None],) + tuple(args[1:])
 
     head = lm.model.get_output_embeddings()
@@ -194,9 +199,6 @@ def _packed_forward(root: HFBatch, lay: Layout, leaves: list[int]) -> tuple[HFBa
     finally:
         handle.remove()
     logits = out.logits.float()
-    if logits.shape[:2] == (1, len(leaves)):
-        logits = logits[0]
-    else:  # the output layer was called another way: every position's logits came back
-        logits = logits[where[:, 0], where[:, 1]]
-    work.mask = torch.cat([root.mask.expand(n, -1), torch.ones((n, width), dtype=torch.long, device=dev)], dim=1)
+    # the output layer called without positional arguments: every position's logits came back
+    logits = logits[0] if picked else logits[where[:, 0], where[:, 1]]
     return work, logits
