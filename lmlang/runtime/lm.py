@@ -65,6 +65,14 @@ class Batch(ABC):
         prefix cache; None where the backend cannot make one."""
         return None
 
+    def feed_tree(self, nodes: list[tuple[int, list[int]]], leaves: list[int]) -> "Batch | None":
+        """A new batch, one row per leaf, holding this one-row batch's
+        tokens + the tokens on the leaf's path through `nodes` ((parent
+        index or -1, tokens), parents first), logits ready, the whole tree
+        fed in one forward pass (prefix.py's radix prefill); None where the
+        backend cannot (the caller feeds the tree level by level)."""
+        return None
+
 
 class LM(ABC):
     tokenizer: Any
@@ -260,6 +268,11 @@ class HFBatch(Batch):
         self._logits = logits
         self._passes += 1
         return logits
+
+    def feed_tree(self, nodes: list[tuple[int, list[int]]], leaves: list[int]) -> "HFBatch | None":
+        from .tree_feed import feed_tree
+
+        return feed_tree(self, nodes, leaves)
 
     def row_copy(self, row: int) -> "HFBatch | None":
         """Row `row` alone, its pad and dropped positions removed (the keys

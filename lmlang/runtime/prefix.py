@@ -213,10 +213,23 @@ def _shared_cost(pc: PrefixCache, seqs: list[list[int]]) -> int:
             start = covered
         elif covered < len(common):
             cost += FORWARD_SLOTS + len(common) - covered
-    rest = [s[start:] for s in seqs]
-    for level in _levels(rest):
-        cost += FORWARD_SLOTS + len(level) * max((len(block) for _, block, _ in level), default=0)
-    return cost
+    levels = _levels([s[start:] for s in seqs])
+    by_level = _level_cost(levels)
+    packed = common and len(levels) > 1 and _packable(levels)  # as _packed decides (with a root)
+    return cost + (min(by_level, _tree_cost(levels)) if packed else by_level)
+
+
+def _level_cost(levels: list) -> int:
+    """Token slots (forwards counted) of feeding the radix tree level by level."""
+    return sum(FORWARD_SLOTS + len(level) * max((len(block) for _, block, _ in level), default=0) for level in levels)
+
+
+def _tree_cost(levels: list) -> int:
+    """Token slots (forwards counted) of feeding it in one packed forward (tree_feed.py)."""
+    from .tree_feed import cost
+
+    rows, width = cost(_tree_nodes(levels)[0])
+    return FORWARD_SLOTS + rows * width
 
 
 # ---------------------------------------------------------------- shared starts inside one batch
@@ -232,8 +245,11 @@ def _fan_out(lm: LM, root: Batch | None, seqs: list[list[int]]) -> Batch:
     same text (the row's argument after the same header); without this every
     call would compute it again. root: a one-row batch holding what every
     row starts with, or None."""
-    batch = root
     levels = _levels(seqs)
+    packed = _packed(root, levels, len(seqs))
+    if packed is not None:
+        return packed
+    batch = root
     for level in levels:
         if batch is None:
             batch = lm.new_batch(len(level))  # the first level's rows share nothing before it
@@ -245,6 +261,48 @@ def _fan_out(lm: LM, root: Batch | None, seqs: list[list[int]]) -> Batch:
     where = {r: i for i, (_, _, members) in enumerate(last) for r in members}
     batch.select([where[r] for r in range(len(seqs))])
     return batch
+
+
+def _packed(root: Batch | None, levels: list, rows: int) -> Batch | None:
+    """The whole tree under `root` in one forward (tree_feed.py: each of
+    the root's subtrees packed into one row, a tree attention mask), when
+    that feeds fewer slots than the levels do (two levels or more: one
+    level is one padded forward either way) and the backend takes it;
+    None otherwise."""
+    if root is None or len(levels) < 2 or not _packable(levels):
+        return None
+    if _tree_cost(levels) >= _level_cost(levels):
+        return None
+    nodes, at = _tree_nodes(levels)
+    last = len(levels) - 1
+    where = {r: at[(last, i)] for i, (_, _, members) in enumerate(levels[-1]) for r in members}
+    return root.feed_tree(nodes, [where[r] for r in range(rows)])
+
+
+def _packable(levels: list) -> bool:
+    """Every row feeds at least one token past the root (a row that ends at
+    the root would need the root's own logits, which a packed forward does
+    not compute)."""
+    return bool(levels) and all(block for _, block, _ in levels[0])
+
+
+def _tree_nodes(levels: list) -> tuple[list[tuple[int, list[int]]], dict]:
+    """The levels as tree_feed's nodes (parent index or -1, tokens), each
+    node's subtree in one run (depth first: tree_feed packs a subtree in node
+    order), and where each (level, index) went."""
+    children: dict = {}
+    for d, level in enumerate(levels[1:], start=1):
+        for i, (parent, _, _) in enumerate(level):
+            children.setdefault((d - 1, parent), []).append((d, i))
+    nodes: list[tuple[int, list[int]]] = []
+    at: dict = {}
+    stack = [((0, i), -1) for i in reversed(range(len(levels[0])))]
+    while stack:
+        (d, i), parent = stack.pop()
+        at[(d, i)] = len(nodes)
+        nodes.append((parent, levels[d][i][1]))
+        stack += [(child, at[(d, i)]) for child in reversed(children.get((d, i), []))]
+    return nodes, at
 
 
 def _levels(seqs: list[list[int]]) -> list[list[tuple[int, list[int], list[int]]]]:

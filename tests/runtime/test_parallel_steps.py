@@ -98,45 +98,48 @@ def test_four_independent_calls_of_one_row_decode_as_one_batch(tiny_model_dir, m
     assert sizes == [1, 1, 1, 1]
 
 
-def test_rows_that_start_alike_compute_their_start_once(tiny_model_dir):
+@pytest.mark.parametrize("packed", [True, False], ids=["tree in one forward", "level by level"])
+def test_rows_that_start_alike_compute_their_start_once(tiny_model_dir, packed, monkeypatch):
     """prefix.prefill: a header every row shares, then the row's own text
     that several calls share, then each call's tail: the shared parts are
     fed once (fewer token slots than one padded prefill), and every row's
-    cache and logits are those of the flat prefill."""
+    cache and logits are those of the flat prefill. Under a root, the texts
+    and tails go in one packed forward (tree_feed.py); without it (or where
+    the backend refuses), level by level."""
     from lmlang.models.loader import load_model
-    from lmlang.runtime.lm import HFModel
+    from lmlang.runtime.lm import HFBatch, HFModel
     from lmlang.runtime.prefix import prefill
 
     lm = HFModel(load_model(tiny_model_dir, device="cpu"))
+    if not packed:
+        monkeypatch.setattr(HFBatch, "feed_tree", lambda self, nodes, leaves: None)
     header = lm.encode("You answer questions about short reviews of restaurants. Review: ", first=True)
     texts = [lm.encode(t) for t in ("the pasta was perfect and cheap", "rude staff, cold soup, never again")]
     tails = [lm.encode(t) for t in ("\nLabel:", "\nTopic of it:", "\nStars:", "")]
     shared = [header + t + tail for t in texts for tail in tails]
-    fed: list = []
-    original = type(lm.new_batch(1)).feed
-
-    def feed(batch, blocks, all_logits=False):
-        fed.append(sum(max((len(b) for b in blocks), default=0) for _ in blocks))
-        return original(batch, blocks, all_logits)
-
+    fed: list = []  # token slots of each forward pass
+    hook = lm.model.register_forward_pre_hook(
+        lambda mod, args, kwargs: fed.append(kwargs["input_ids"].numel()), with_kwargs=True
+    )
     # With the header as the common root (cached), and with a row that ends
     # inside it (no root: the header is a shared level like the texts).
-    for seqs in (shared, shared + [header[:3]]):
-        type(lm.new_batch(1)).feed = feed
-        try:
+    try:
+        # Packed: the header, then the tree; level by level (and always without a root): header, texts, tails.
+        for seqs, packs in ((shared, packed), (shared + [header[:3]], False)):
             lm.prefix_reuse, fed[:] = False, []
             flat = prefill(lm, seqs)
             flat_slots, fed[:] = sum(fed), []
             lm.prefix_reuse = True
             lm.prefix_cache.clear()
             tree = prefill(lm, seqs)
-        finally:
-            type(lm.new_batch(1)).feed = original
-        assert sum(fed) < flat_slots and len(fed) >= 3  # levels: header, texts, tails
-        assert tree.ids == flat.ids == seqs
-        assert torch.allclose(tree.logits, flat.logits, atol=1e-4)
-        step = [[7] for _ in seqs]  # one more token on every row: the caches agree too
-        assert torch.allclose(tree.feed(step), flat.feed(step), atol=1e-4)
+            assert sum(fed) < flat_slots
+            assert len(fed) == 2 if packs else len(fed) >= 3
+            assert tree.ids == flat.ids == seqs
+            assert torch.allclose(tree.logits, flat.logits, atol=1e-4)
+            step = [[7] for _ in seqs]  # one more token on every row: the caches agree too
+            assert torch.allclose(tree.feed(step), flat.feed(step), atol=1e-4)
+    finally:
+        hook.remove()
 
 
 def test_queries_kept_apart_when_the_strategy_says_so(tiny_model_dir, monkeypatch):
