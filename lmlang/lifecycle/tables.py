@@ -27,7 +27,10 @@ GENERATE_OPTIONS = {
     "seed": (int, "picks which n source rows (default 0); seeds the vote's samples"),
     "vote": (int, "sample this many answers per row and keep only the rows they agree on (default: one greedy answer)"),
     "agree": (int, "with vote: how many of the samples must give the kept answer (default: all of them)"),
-    "demos": (A.DataRef, "labelled rows (prompt, completion) shown to the model as worked examples (a file or a data set)"),
+    "demos": (
+        A.DataRef,
+        "labelled rows (prompt, completion) shown to the model as worked examples (a file or a data set)",
+    ),
     "shots": (int, "with demos: how many of its rows to show, picked by seed (default: every row)"),
 }
 VOTE_TEMPERATURE = 0.7  # the vote's samples: varied enough that a guess splits the vote

@@ -280,7 +280,11 @@ def test_demos_are_in_the_recipe(folder):
         prog = lmlang.compile(src, base_dir=folder)
         return prog.frontend.compiled.graph.nodes[prog.frontend.compiled.names["a"]]["spec"].recipe
 
-    plain, two, three = recipe("n: 3"), recipe('demos: "demos.jsonl", shots: 2'), recipe('demos: "demos.jsonl", shots: 3')
+    plain, two, three = (
+        recipe("n: 3"),
+        recipe('demos: "demos.jsonl", shots: 2'),
+        recipe('demos: "demos.jsonl", shots: 3'),
+    )
     assert len(plain) == 4 and two[-1] == ("demos", ("file", str(folder / "demos.jsonl")))
     assert ("shots", 2) in two[2] and two != three
     # a data set's name works as well as a file
