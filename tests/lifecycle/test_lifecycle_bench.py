@@ -117,6 +117,8 @@ def test_reduced_bench_runs(tmp_path):
     assert set(report["synthetic_gain"]) == {"sentiment", "arithmetic", "dates"}
     for d in report["synthetic_gain"].values():
         assert d["gain"] == pytest.approx(d["tuned"] - d["base"]) and d["generated_rows"] == 8
+    arith = report["synthetic_gain"]["arithmetic"]  # its generation showed demos: the base is scored with them too
+    assert arith["gain_vs_base_demos"] == pytest.approx(arith["tuned"] - arith["base_demos"])
     sel = report["select_gain"]
     assert sel["k"] == 12 and 0.0 <= sel["select_precision"] <= 1.0
     assert {"accuracy", "train_seconds"} <= set(report["dora_vs_lora"]["dora"])
