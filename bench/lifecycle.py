@@ -66,6 +66,7 @@ FULL = dict(
     vote_tasks=("dates", "arithmetic"),  # synthetic_gain again with the generation's vote filter, on these tasks
     vote=5,  # samples per unlabeled input
     agree=3,  # of them give the kept answer
+    agree_by_task={"arithmetic": 5},  # the model is often unanimous on a wrong sum: only 5 of 5 filters there
     vote_unlabeled=72,  # the vote's unlabeled inputs (the first n_unlabeled are the plain generation's)
     # SELF-GUIDE's seed examples: on these tasks the generation shows `shots`
     # labelled rows (demos_TASK.jsonl: none of them a held-out or unlabeled
@@ -111,6 +112,7 @@ REDUCED = dict(
     flip_test=6,
     flip_weights=(1.0,),
     vote_tasks=("dates",),
+    agree_by_task={},
     vote=3,
     agree=2,
     vote_unlabeled=8,
@@ -173,6 +175,10 @@ def demo_rows(task: str, cfg: dict) -> list[str]:
     return [json.dumps({"prompt": r["x"], "completion": r["y"]}) for r in cands[: cfg["shots"]]]
 
 
+def agree_of(cfg: dict, task: str) -> int:
+    return cfg.get("agree_by_task", {}).get(task, cfg["agree"])
+
+
 def synthetic_script(cfg: dict, task: str, vote: bool = False, more: bool = False) -> str:
     """With `vote`, the generation keeps only the rows `agree` of its `vote`
     samples agree on (SELF-GUIDE's filter of the generated rows), from the
@@ -181,7 +187,7 @@ def synthetic_script(cfg: dict, task: str, vote: bool = False, more: bool = Fals
     generation shows the task's demonstrations and the base is scored with
     that prompt too (q_base_demos)."""
     prompt = INSTRUCTION + "\n\n{x}"
-    filt = f", vote: {cfg['vote']}, agree: {cfg['agree']}" if vote else ""
+    filt = f", vote: {cfg['vote']}, agree: {agree_of(cfg, task)}" if vote else ""
     demos = task in cfg["demo_tasks"]
     if demos:
         filt += f', demos: "demos_{task}.jsonl", shots: {cfg["shots"]}'
@@ -344,7 +350,7 @@ def synthetic_gain(cfg: dict, workdir: Path, log) -> dict:
     for t in T.TASKS:
         out[t] = synthetic_one(cfg, workdir, t, False)
         if t in cfg["vote_tasks"]:
-            out[t]["vote"] = {"vote": cfg["vote"], "agree": cfg["agree"], **synthetic_one(cfg, workdir, t, True)}
+            out[t]["vote"] = {"vote": cfg["vote"], "agree": agree_of(cfg, t), **synthetic_one(cfg, workdir, t, True)}
             out[t]["unfiltered_more"] = synthetic_one(cfg, workdir, t, False, more=True)
         log(f"  synthetic {t}: {out[t]}")
     return out
