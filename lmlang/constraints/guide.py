@@ -549,7 +549,10 @@ class Guide:
             self._closing_mode = False
             return
         n = len(self._closing)
-        slack = _SLACK_TOKENS if n else 1
+        # Before the first value token only a witness that needs the whole
+        # budget forces: with slack there, `x is int and tokens(x) <= 3`
+        # (witness "0") was forced to 0 before the model picked a digit.
+        slack = 0 if not step else _SLACK_TOKENS if n else 1
         self._closing_mode = (rem_t is not None and n + slack >= rem_t) or (
             rem_c is not None and not exact_chars and self._closing_chars > 0 and self._closing_chars >= rem_c
         )

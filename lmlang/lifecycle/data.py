@@ -80,7 +80,11 @@ class DataSets:
         if isinstance(src, A.DataGenerate):
             from .generate import generate_rows
 
-            return generate_rows(self.program, decl.name, src, self.rows_of_ref(src.source))
+            from .tables import demos_ref
+
+            demos = demos_ref(src)
+            demo_rows = self.rows_of_ref(demos) if demos is not None else None
+            return generate_rows(self.program, decl.name, src, self.rows_of_ref(src.source), demo_rows)
         raise LmlangRuntimeError(f"data set '{decl.name}': no reader for a {type(src).__name__} source")
 
 
@@ -116,9 +120,16 @@ def recipe(
     if isinstance(src, A.DataGenerate):
         from .generate import options
 
-        opts = tuple(sorted((k, v) for k, v in options(src).items() if k in ("n", "seed", "vote", "agree")))
+        from .tables import demos_ref
+
+        keep = ("n", "seed", "vote", "agree", "shots")
+        opts = tuple(sorted((k, v) for k, v in options(src).items() if k in keep))
         query = ("node", query_node(generate_query_name(name)))
-        return ("generate", query, opts, _ref_recipe(checked, src.source, query_node, stack, model_node))
+        rec = ("generate", query, opts, _ref_recipe(checked, src.source, query_node, stack, model_node))
+        demos = demos_ref(src)
+        if demos is None:  # the recipe without demos is what it was: adapters stay cached
+            return rec
+        return (*rec, ("demos", _ref_recipe(checked, demos, query_node, stack, model_node)))
     return (type(src).__name__, name)  # a source with no recipe yet: its name
 
 

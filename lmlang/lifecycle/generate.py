@@ -16,7 +16,15 @@ temperature: 0.7, seed)` and a row is kept only when at least `agree`
 (default k) of its k samples give the winning answer: the self-consistency
 filter of SELF-GUIDE-style generation, which drops the rows the model is
 unsure of (a wrong guess rarely wins every sample), so an adapter learns
-fewer wrong labels from fewer rows. The rows are cached under LMLANG_HOME/generate, keyed by the
+fewer wrong labels from fewer rows.
+
+With `demos: DATA` (labelled rows: prompt, completion) the internal query is
+few-shot, as SELF-GUIDE prompts its generator with a few seed examples: the
+instruction, `shots` of the rows (picked by `seed`; default all) written as
+worked examples (tables.demo_text), then the input and `Answer: [output]`.
+The training row's prompt stays the zero-shot user message, so the adapter
+learns to answer without the examples what the base answered with them.
+The rows are cached under LMLANG_HOME/generate, keyed by the
 internal query (its prompt, constraints, decoder), the generating model's
 content and the input texts: a second run, or `lmlang data show`, reads them
 instead of decoding again.
@@ -33,7 +41,7 @@ from .. import cachefile
 from ..errors import LmlangError, LmlangRuntimeError
 from ..values import key_name, plain_value
 from .select import row_text
-from .tables import GENERATED_HOLE, generate_query_name
+from .tables import GENERATED_HOLE, demo_text, demos_ref, generate_query_name
 
 CACHE_KIND = "generate-v1"  # a list of answers; with vote, [answer, its votes] pairs
 
@@ -58,16 +66,27 @@ def user_message(opts: dict, text: str) -> str:
     return f"{head}{opts['instruction']}\n\n{text}"
 
 
-def generate_rows(program, name: str, src: A.DataGenerate, source: list[dict]) -> list[dict]:
-    """The generated training rows of data set `name` (cached by content)."""
+def demonstrations(src: A.DataGenerate, opts: dict, demo_rows: list[dict] | None) -> str:
+    """The worked examples the internal query shows ("" without demos)."""
+    if demos_ref(src) is None or demo_rows is None:
+        return ""
+    return demo_text(pick_rows(demo_rows, opts.get("shots"), int(opts.get("seed", 0))))
+
+
+def generate_rows(
+    program, name: str, src: A.DataGenerate, source: list[dict], demo_rows: list[dict] | None = None
+) -> list[dict]:
+    """The generated training rows of data set `name` (cached by content);
+    `demo_rows`: the rows of its `demos` (None without)."""
     opts = options(src)
+    demos = demonstrations(src, opts, demo_rows)
     picked = pick_rows(source, opts.get("n"), int(opts.get("seed", 0)))
     if not picked:
         raise LmlangRuntimeError(f"data set '{name}': the source {src.source.describe()} has no rows")
     texts = [row_text(r) for r in picked]
     qname = generate_query_name(name)
     execu = program._executor()
-    key = _cache_key(execu, qname, texts)
+    key = _cache_key(execu, qname, texts, demos)
     path = _cache_path(key)
     cached = cachefile.read(path, CACHE_KIND)
     if cached is not None:
@@ -77,8 +96,9 @@ def generate_rows(program, name: str, src: A.DataGenerate, source: list[dict]) -
     outputs: list = []
     size = max(1, program.batch_size)
     for start in range(0, len(texts), size):
+        extra = {"demos": demos} if demos_ref(src) is not None else {}
         calls: list[tuple] = [
-            (qname, [], {"input": t}, start + j, None, None) for j, t in enumerate(texts[start : start + size])
+            (qname, [], {"input": t, **extra}, start + j, None, None) for j, t in enumerate(texts[start : start + size])
         ]
         for j, out in enumerate(execu.run_calls(calls)):
             if isinstance(out, LmlangError):
@@ -116,9 +136,9 @@ def _rows(opts: dict, texts: list[str], outputs: list) -> list[dict]:
     ]
 
 
-def _cache_key(execu, qname: str, texts: list[str]) -> str:
+def _cache_key(execu, qname: str, texts: list[str], demos: str = "") -> str:
     """The internal query's spec (model replaced by its content hash, the
-    result cache's own node hash) and the inputs."""
+    result cache's own node hash), the demonstrations and the inputs."""
     from ..graph.specs import to_jsonable
     from ..runtime.result_cache import CallKeys
 
@@ -128,6 +148,8 @@ def _cache_key(execu, qname: str, texts: list[str]) -> str:
     form.pop("loc", None)
     form["model"] = CallKeys(execu.c, {}).model_hash(spec.model)
     h = hashlib.sha256(json.dumps([CACHE_KIND, form], sort_keys=True, default=str).encode())
+    if demos:  # without demos the key is what it was: earlier caches stay valid
+        h.update(b"demos:" + hashlib.sha256(demos.encode("utf-8", "surrogatepass")).digest())
     for t in texts:
         h.update(hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest())
     return h.hexdigest()

@@ -234,3 +234,23 @@ def test_a_grammar_bounding_its_characters_allows_every_token_that_fits(tok):
     assert allowed[cap] and allowed[ital]  # once masked: 4 - 1 (the shortest close) - 2 (slack) < 3
     tight = plan(tok, C.All((C.Regex("[a-z]+"), C.MaxChars(3)))).start().guide.allowed_mask()
     assert tight[cap] and not tight[ital]
+
+
+@pytest.mark.parametrize("heal", ["", " "])
+def test_a_small_budget_leaves_the_first_token_to_the_model(tok, heal):
+    """`y is int and tokens(y) <= 3` (or <= 4 after a healed space, which the
+    budget counts): the witness "0" plus the closing slack reached the budget
+    at once, so closing mode forced "0" before the model wrote anything and
+    every answer was 0. The first value token is the model's pick among the
+    digits (fits() still refuses one the budget cannot finish)."""
+    digits = {tok.token_by_bytes()[str(d).encode()] for d in range(10)}
+    hole = plan(tok, C.All((C.IntType(), C.MaxTokens(3 + len(heal)))), heal=heal).start()
+    x = logits(tok)
+    if heal:
+        assert hole.next(x) == SAMPLE
+        assert hole.take(tok.encode(" ")[0]) is False
+    assert hole.next(x) == SAMPLE
+    assert digits <= finite(hole.masked)
+    seven = tok.token_by_bytes()[b"7"]
+    assert hole.take(seven) is False
+    assert hole.value() == "7"

@@ -217,3 +217,95 @@ def test_vote_errors_are_positioned(folder, opts, message, word):
     (d,) = errors(src, folder)
     assert d.message == message
     assert src.splitlines()[d.span.line - 1][d.span.col - 1 :].startswith(word)
+
+
+# ---------------------------------------------------------------- demos: DATA, shots: k
+
+DEMOS = [("Service was slow", "negative"), ("Lovely room", "positive"), ("Rude waiter", "negative")]
+
+
+def with_demos(folder: Path, opts: str) -> str:
+    (folder / "demos.jsonl").write_text(
+        "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in DEMOS), encoding="utf-8"
+    )
+    return script("default", opts=opts)
+
+
+def test_demos_are_shown_to_the_generator_not_trained_on(folder, tiny_model_dir, lmlang_home, monkeypatch):
+    src = with_demos(folder, 'n: 3, seed: 1, demos: "demos.jsonl", shots: 2').replace("default", str(tiny_model_dir))
+    prog = lmlang.compile(src, base_dir=folder, device="cpu")
+    rows = DataSets(prog).rows("synth")
+    picked = G.pick_rows([{"text": t} for t in REVIEWS], 3, 1)
+    # the training rows are zero-shot: the user message without the examples
+    assert [r["prompt"] for r in rows] == [
+        f"Task: sentiment\nLabel the review positive or negative.\n\n{row_text(r)}" for r in picked
+    ]
+    assert all(r["completion"] in LABELS for r in rows)
+    shown = G.pick_rows([{"prompt": p, "completion": c} for p, c in DEMOS], 2, 1)
+    text = "".join(f"{r['prompt']}\nAnswer: {r['completion']}\n\n" for r in shown)
+    spec = prog._executor().c.spec(prog._executor().query_ids["synth.generate"])
+    assert [p[0] for p in spec.params] == ["input", "demos"]
+    direct = prog.call_query("synth.generate", kwargs={"input": picked[0]["text"], "demos": text})
+    assert direct["output"] == rows[0]["completion"]
+    # other demonstrations are another generation: decoded again, not read from the cache
+    monkeypatch.setattr(type(prog._executor()), "run_calls", lambda *a, **k: pytest.fail("decoded again"))
+    assert DataSets(prog).rows("synth") == rows
+    other = lmlang.compile(src.replace("shots: 2", "shots: 3"), base_dir=folder, device="cpu")
+
+    def boom(*a, **k):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(type(other._executor()), "run_calls", boom)
+    with pytest.raises(AssertionError, match="decoded again"):
+        DataSets(other).rows("synth")
+
+
+def test_demos_prompt_plain_text_few_shot(folder):
+    prog = lmlang.compile(with_demos(folder, 'demos: "demos.jsonl"'), base_dir=folder)
+    q = prog.frontend.checked.query_decls["synth.generate"]
+    (seg,) = q.segments  # one plain-text segment: no chat template
+    assert seg.role is None
+    texts = [getattr(p, "text", None) for p in seg.parts]
+    assert texts[0] == "Task: sentiment\nLabel the review positive or negative.\n\n"
+    assert texts[-3:] == ["\nAnswer: ", None, "\n"] and seg.parts[-2].name == "output"
+    rows = [{"prompt": "a", "completion": "b"}]
+    from lmlang.lifecycle.tables import demo_text
+
+    assert demo_text(rows) == "a\nAnswer: b\n\n"
+
+
+def test_demos_are_in_the_recipe(folder):
+    def recipe(opts):
+        src = with_demos(folder, opts) + "adapter a = train lora on synth { rank: 4 }\n"
+        prog = lmlang.compile(src, base_dir=folder)
+        return prog.frontend.compiled.graph.nodes[prog.frontend.compiled.names["a"]]["spec"].recipe
+
+    plain, two, three = (
+        recipe("n: 3"),
+        recipe('demos: "demos.jsonl", shots: 2'),
+        recipe('demos: "demos.jsonl", shots: 3'),
+    )
+    assert len(plain) == 4 and two[-1] == ("demos", ("file", str(folder / "demos.jsonl")))
+    assert ("shots", 2) in two[2] and two != three
+    # a data set's name works as well as a file
+    named = with_demos(folder, "demos: shots_data").replace(
+        'data reviews = "reviews.jsonl"\n', 'data reviews = "reviews.jsonl"\ndata shots_data = "demos.jsonl"\n'
+    )
+    assert lmlang.compile(named, base_dir=folder).frontend.checked.data_columns["synth"] == ("prompt", "completion")
+
+
+def test_demos_check_errors(folder):
+    (folder / "unlabelled.jsonl").write_text(json.dumps({"text": "x"}) + "\n", encoding="utf-8")
+    no_demos = script("default", opts="shots: 2")
+    (d,) = errors(no_demos, folder)
+    assert d.message == "shots needs demos (the rows it picks)" and at(no_demos, d).startswith("2")
+    zero = with_demos(folder, 'demos: "demos.jsonl", shots: 0')
+    (d,) = errors(zero, folder)
+    assert d.message == "shots takes a positive number of rows, got 0"
+    unlabelled = script("default", opts='demos: "unlabelled.jsonl"')
+    (d,) = errors(unlabelled, folder)
+    assert d.message == "the demonstrations 'unlabelled.jsonl' have no prompt or completion column"
+    assert at(unlabelled, d).startswith('"unlabelled.jsonl"')
+    number = script("default", opts="demos: 3")
+    (d,) = errors(number, folder)
+    assert d.message == "generate option 'demos' takes a data file or a data set's name" and at(number, d) == "3"

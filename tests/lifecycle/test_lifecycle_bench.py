@@ -46,8 +46,8 @@ def test_generated_scripts_check(bench, tmp_path):
         path.write_text(text, encoding="utf-8")
         prog = lmlang.compile_file(path)
         checked = prog.frontend.checked
-        if name == "synthetic":
-            assert "synth" in checked.datasets and {"base_acc", "tuned_acc"} <= set(checked.evals)
+        if name == "synthetic":  # arithmetic: the generation shows demos, the base is scored with them too
+            assert "synth" in checked.datasets and {"base_acc", "tuned_acc", "base_demos_acc"} <= set(checked.evals)
         if name == "flip":
             assert {"old", "plain", "compat_1", "current"} <= set(checked.models)
     assert "vote: 3, agree: 2" in scripts["synthetic_vote"] and "vote" not in scripts["synthetic_more"]
@@ -57,6 +57,14 @@ def test_generated_scripts_check(bench, tmp_path):
         == scripts["synthetic_vote"].count("unlabeled_dates_more.jsonl")
     )
     assert "output is int" in scripts["synthetic"] and "compatible_with: base + old_a" in scripts["flip"]
+    assert f'demos: "demos_arithmetic.jsonl", shots: {cfg["shots"]}' in scripts["synthetic"]
+    assert "demos" not in bench.synthetic_script(cfg, "dates")
+    demos = [json.loads(line) for line in (tmp_path / "demos_arithmetic.jsonl").read_text().splitlines()]
+    seen = {json.loads(line)["x"] for line in (tmp_path / "test_arithmetic.jsonl").read_text().splitlines()}
+    seen |= {
+        json.loads(line)["text"] for line in (tmp_path / "unlabeled_arithmetic_more.jsonl").read_text().splitlines()
+    }
+    assert len(demos) == cfg["shots"] and not {r["prompt"] for r in demos} & seen  # no held-out or unlabeled input
     pool = [json.loads(line) for line in (tmp_path / "pool.jsonl").read_text().splitlines()]
     rnd = [json.loads(line) for line in (tmp_path / f"random_{cfg['n_train']}.jsonl").read_text().splitlines()]
     assert len(pool) == 3 * cfg["n_train"] and len(rnd) == cfg["n_train"] and all(r in pool for r in rnd)
@@ -109,6 +117,8 @@ def test_reduced_bench_runs(tmp_path):
     assert set(report["synthetic_gain"]) == {"sentiment", "arithmetic", "dates"}
     for d in report["synthetic_gain"].values():
         assert d["gain"] == pytest.approx(d["tuned"] - d["base"]) and d["generated_rows"] == 8
+    arith = report["synthetic_gain"]["arithmetic"]  # its generation showed demos: the base is scored with them too
+    assert arith["gain_vs_base_demos"] == pytest.approx(arith["tuned"] - arith["base_demos"])
     sel = report["select_gain"]
     assert sel["k"] == 12 and 0.0 <= sel["select_precision"] <= 1.0
     assert {"accuracy", "train_seconds"} <= set(report["dora_vs_lora"]["dora"])
