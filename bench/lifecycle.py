@@ -165,12 +165,23 @@ def demo_query(cfg: dict, task: str) -> str:
     return f"query q_base_demos(x: str) using base {{\n    {prompt}\n    where {constraint(task, 'y')}\n}}\n"
 
 
+def unlabeled_rows(task: str, cfg: dict, n: int) -> list[dict]:
+    """The first n rows of the task's seed-2 draw whose input is not a
+    held-out input: the generation never labels a question the bench scores
+    (one-digit arithmetic has only 155 distinct questions, so draws of
+    different seeds overlap). Prefix-stable: the n_unlabeled rows are the
+    first of the vote_unlabeled ones."""
+    held_out = {r["x"] for r in T.make_split(task, cfg["n_train"], cfg["n_test"], seed=0)[1]}
+    draw = T.make_split(task, n + len(held_out), 0, seed=2)[0]
+    return [r for r in draw if r["x"] not in held_out][:n]
+
+
 def demo_rows(task: str, cfg: dict) -> list[str]:
     """The demonstrations of a task as JSONL lines: `shots` labelled rows of
     another seed, none of them a held-out or an unlabeled input."""
     train, test = T.make_split(task, cfg["n_train"], cfg["n_test"], seed=0)  # write_task_files' split
     taken = {r["x"] for r in train + test}
-    taken |= {r["x"] for r in T.make_split(task, cfg["vote_unlabeled"], 0, seed=2)[0]}
+    taken |= {r["x"] for r in unlabeled_rows(task, cfg, cfg["vote_unlabeled"])}
     cands = [r for r in T.make_split(task, 120, 0, seed=3)[0] if r["x"] not in taken]
     return [json.dumps({"prompt": r["x"], "completion": r["y"]}) for r in cands[: cfg["shots"]]]
 
@@ -281,9 +292,9 @@ def write_data(cfg: dict, workdir: Path) -> dict:
 
     files = T.write_task_files(workdir, cfg["n_train"], cfg["n_test"], seed=0)
     for t in T.TASKS:
-        unlabeled, _ = T.make_split(t, cfg["n_unlabeled"], 0, seed=2)  # inputs only: the labels are not used
+        unlabeled = unlabeled_rows(t, cfg, cfg["n_unlabeled"])  # inputs only: the labels are not used
         T.write_jsonl(workdir / f"unlabeled_{t}.jsonl", [{"text": r["x"]} for r in unlabeled])
-        more, _ = T.make_split(t, cfg["vote_unlabeled"], 0, seed=2)  # the vote keeps a few: more inputs
+        more = unlabeled_rows(t, cfg, cfg["vote_unlabeled"])  # the vote keeps a few: more inputs
         T.write_jsonl(workdir / f"unlabeled_{t}_more.jsonl", [{"text": r["x"]} for r in more])
         target, _ = T.make_split(t, cfg["n_target"], 0, seed=1)
         T.write_jsonl(workdir / f"target_{t}.jsonl", [{"prompt": r["x"], "completion": r["y"]} for r in target])
@@ -388,7 +399,7 @@ def generated_accuracy(rows: list[dict], task: str, cfg: dict) -> float:
     """How many generated labels are right (the unlabeled inputs' true answers
     are known to the bench, never to the script)."""
     n = max(cfg["n_unlabeled"], cfg["vote_unlabeled"])
-    truth = {r["x"]: r["y"] for r in T.make_split(task, n, 0, seed=2)[0]}
+    truth = {r["x"]: r["y"] for r in unlabeled_rows(task, cfg, n)}
     right = [truth.get(r["prompt"].rsplit("\n\n", 1)[-1]) == r["completion"].strip() for r in rows]
     return sum(right) / len(right) if right else 0.0
 
