@@ -213,7 +213,7 @@ def _base_fields(base) -> tuple[Field, ...]:
     out = []
     for f in real.values():
         if f._field_type is not _dataclasses_field_kind():
-            raise TypeError(f"@frozen base {base.__name__}.{f.name}: a frozen class declares plain fields only")
+            continue  # a ClassVar or InitVar pseudo-field: not a field of instances
         spec = _from_dataclasses(f)
         spec.name, spec.type, spec.kw_only = f.name, f.type, bool(f.kw_only)
         out.append(spec)
@@ -340,7 +340,7 @@ def fields(class_or_instance) -> tuple[Field, ...]:
     module's `Field`s (`name`, `type`, `default`, `metadata`, ...); any other
     dataclass through `dataclasses.fields`."""
     cls = class_or_instance if isinstance(class_or_instance, type) else type(class_or_instance)
-    specs = getattr(cls, "_lm_specs", None)
+    specs = _specs_of(cls)
     if specs is not None:
         return specs
     import dataclasses
@@ -351,7 +351,7 @@ def fields(class_or_instance) -> tuple[Field, ...]:
 def replace(obj, /, **changes):
     """A copy of `obj` with some fields changed (`dataclasses.replace`)."""
     cls = type(obj)
-    specs = getattr(cls, "_lm_specs", None)
+    specs = _specs_of(cls)
     if specs is None:
         import dataclasses
 
@@ -360,6 +360,19 @@ def replace(obj, /, **changes):
         if f.name not in changes:
             changes[f.name] = getattr(obj, f.name)
     return cls(**changes)
+
+
+def _specs_of(cls) -> tuple[Field, ...] | None:
+    """The field table of a @frozen/@record class (or of an undecorated
+    subclass of one); None for a class dataclasses made, even one whose
+    base is @frozen (its own table has the fields it added)."""
+    for klass in cls.__mro__:
+        own = klass.__dict__
+        if "_lm_specs" in own:
+            return own["_lm_specs"]
+        if "__dataclass_fields__" in own:
+            return None
+    return None
 
 
 def is_dataclass(obj) -> bool:

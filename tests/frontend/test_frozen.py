@@ -303,3 +303,20 @@ def test_declaring_and_using_nodes_does_not_import_dataclasses():
     repo = Path(__file__).resolve().parents[2]
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
     assert p.stdout.strip() == "ok", p.stderr
+
+
+def test_a_dataclass_subclass_of_a_frozen_class_keeps_its_own_fields():
+    @dataclasses.dataclass(frozen=True)
+    class Sub(Point):
+        extra: int = 0
+
+    s = Sub(1, extra=5)
+    assert [f.name for f in F.fields(s)] == ["span", "x", "y", "tags", "extra"]
+    assert F.replace(s, x=3) == Sub(3, extra=5)
+
+    @frozen
+    class Again(Sub):
+        more: str = ""
+
+    assert [f.name for f in F.fields(Again)] == ["span", "x", "y", "tags", "extra", "more"]
+    assert Again(1, more="m").extra == 0
