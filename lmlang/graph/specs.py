@@ -17,8 +17,8 @@ from .ir import IR_TYPES, Assign, Emit, IRNode, Payload, Stmt, ir_form
 
 @frozen
 class Spec:
-    """A graph node. Subclasses have docstrings: without one, dataclasses builds
-    one with inspect.signature, a measurable cost at import."""
+    """A graph node (a @frozen class: lmlang.frozen, no dataclasses on the
+    check path)."""
 
     kind = "spec"
 
