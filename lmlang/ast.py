@@ -8,11 +8,10 @@ expressions.
 
 from __future__ import annotations
 
-from dataclasses import field
 from typing import Union
 
 from .source import Span
-from .frozen import children, frozen, walk
+from .frozen import children, field, frozen, walk
 
 
 @frozen

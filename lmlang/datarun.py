@@ -22,11 +22,11 @@ import json
 import os
 import stat
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import DataError, LmlangError
+from .frozen import field, record
 
 
 # ---------------------------------------------------------------- reading rows
@@ -37,7 +37,7 @@ from .errors import DataError, LmlangError
 MAX_RECORD_LINES = 1000
 
 
-@dataclass
+@record
 class DataRow:
     index: int  # 0-based row number in the data file
     values: dict | None = None  # column -> value (None when unreadable)
@@ -424,7 +424,7 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
         return False  # one of them does not exist (yet)
 
 
-@dataclass
+@record
 class ResumeState:
     done: set = field(default_factory=set)  # row indices already recorded
     errors: int = 0  # of those, how many are errors
@@ -478,7 +478,7 @@ def resume_state(path: str | Path) -> ResumeState:
 # ---------------------------------------------------------------- the run
 
 
-@dataclass
+@record
 class DataRunSummary:
     total: int = 0  # rows in the data (after --limit)
     skipped: int = 0  # already in the output (--resume)

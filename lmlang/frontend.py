@@ -9,17 +9,17 @@ script may read besides its own (checker/program.py confines references)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from .checker import CheckedProgram, check_program
 from .compiler import Compiled, compile_checked
 from .errors import LmlangError
+from .frozen import record
 from .parser import parse
 from .source import Source, decode_script
 
 
-@dataclass
+@record
 class FrontEnd:
     """One script through the front end: its source, checked program and graph."""
 

@@ -9,12 +9,12 @@ position when the check ends.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import Diagnostic
 from ..source import NO_SPAN, Source, Span
 from ..suggest import did_you_mean
+from ..frozen import field, record
 from .program import CheckedProgram, PathRefused
 
 MAX_DIAGNOSTICS = 50
@@ -73,7 +73,7 @@ def _span(at) -> Span:
     return at if isinstance(at, Span) else getattr(at, "span", NO_SPAN)
 
 
-@dataclass
+@record
 class Context:
     """The state of one check: the output being built, the reporter, and
     where in the script (imports, flow function) the checker is."""

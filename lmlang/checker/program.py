@@ -10,12 +10,11 @@ inside the tree that points out of it is refused like the path it points to.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import ast as A
 from .. import types as T
-from ..frozen import frozen
+from ..frozen import field, frozen, record
 from ..source import Source
 
 
@@ -36,7 +35,7 @@ class QueryInfo:
         return self.decl.name
 
 
-@dataclass
+@record
 class CheckedProgram:
     """What the checker hands the compiler: the declarations by kind, their
     types and lowered constraints, and the warnings."""

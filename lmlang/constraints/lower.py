@@ -20,10 +20,8 @@ Torch-free, backend-free: the checker uses it too.
 from __future__ import annotations
 
 import json
-import dataclasses
-from dataclasses import field
 from typing import TYPE_CHECKING, Any
-from ..frozen import frozen
+from ..frozen import field, frozen, replace
 
 from .closed import closed_schema_text
 from .formats import lower_schema_text
@@ -266,7 +264,7 @@ def with_stops_folded(plan: Plan) -> Plan:
         text = "start: VALUE\nVALUE: " + " & ".join([lark_regex(plan.text)] + terms) + "\n"
     else:  # _bounded_lark's one VALUE line
         text = plan.text.rstrip("\n") + " & " + " & ".join(terms) + "\n"
-    return dataclasses.replace(plan, kind="lark", text=text)
+    return replace(plan, kind="lark", text=text)
 
 
 # --------------------------------------------------------------------- JSON Schema keyword support

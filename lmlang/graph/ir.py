@@ -13,16 +13,15 @@ these nodes (`effects`), not from a hand-written recursion.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Union
 
-from ..frozen import children, field_names, frozen, walk
+from ..frozen import children, field_names, fields, frozen, walk
 
 
 @frozen
 class IRNode:
-    """A node of the IR (every class has a docstring: dataclasses would otherwise
-    build one with inspect.signature, a measurable cost at import)."""
+    """A node of the IR (a @frozen class: lmlang.frozen, no dataclasses on the
+    check path)."""
 
     tag = "node"
 
@@ -339,7 +338,7 @@ def _free_reads(block: tuple, bound: frozenset, out: set) -> None:
 def _blocks(s: Stmt) -> list[tuple]:
     """The statement blocks directly inside `s` (a branch, a loop body)."""
     out = []
-    for f in dataclasses.fields(s):
+    for f in fields(s):
         v = getattr(s, f.name)
         if isinstance(v, tuple) and v and all(isinstance(x, Stmt) for x in v):
             out.append(v)

@@ -7,19 +7,18 @@ node with one deterministic id. Torch-free.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 
 from ..constraints.kinds import CONSTRAINT_KINDS
-from ..frozen import frozen
+from ..frozen import field, fields, frozen, is_dataclass
 from .ir import IR_TYPES, Assign, Emit, IRNode, Payload, Stmt, ir_form
 
 
 @frozen
 class Spec:
-    """A graph node. Subclasses have docstrings: without one, dataclasses builds
-    one with inspect.signature, a measurable cost at import."""
+    """A graph node (a @frozen class: lmlang.frozen, no dataclasses on the
+    check path)."""
 
     kind = "spec"
 
@@ -115,8 +114,8 @@ class TrainSpec(Spec):
     loc: str = ""
     # a data set's name (the runtime makes its rows: selected, generated) and how
     # it is made, files as absolute paths (lifecycle.data.recipe); unset for a file
-    dataset: str = dataclasses.field(default="", metadata={"omit_unset": True})
-    recipe: tuple = dataclasses.field(default=(), metadata={"omit_unset": True})
+    dataset: str = field(default="", metadata={"omit_unset": True})
+    recipe: tuple = field(default=(), metadata={"omit_unset": True})
 
     def deps(self):
         old = dict(self.options).get("compatible_with")  # MUSCLE: the old model, a node id
@@ -188,8 +187,8 @@ class FuseSpec(Spec):
     loc: str = ""
     # fuse dynamic's anchor and target model node ids; left out of the JSON
     # and the id while unset, so other fusions keep both
-    anchor: str | None = dataclasses.field(default=None, metadata={"omit_unset": True})
-    target: str | None = dataclasses.field(default=None, metadata={"omit_unset": True})
+    anchor: str | None = field(default=None, metadata={"omit_unset": True})
+    target: str | None = field(default=None, metadata={"omit_unset": True})
 
     def deps(self):
         return tuple(dict.fromkeys([*(m for m, _ in self.members), *(x for x in (self.anchor, self.target) if x)]))
@@ -271,8 +270,8 @@ class RouterSpec(Spec):
     loc: str = ""
     # route pool: the glob of adapter folders (absolute) and the base model's
     # node id; left out of the JSON and the id while unset (other routers)
-    pool: str | None = dataclasses.field(default=None, metadata={"omit_unset": True})
-    base: str | None = dataclasses.field(default=None, metadata={"omit_unset": True})
+    pool: str | None = field(default=None, metadata={"omit_unset": True})
+    base: str | None = field(default=None, metadata={"omit_unset": True})
 
     def deps(self):
         ids = [e for e, _ in self.experts]
@@ -306,7 +305,7 @@ class QuerySpec(Spec):
     loc: str = ""
     # second wave: ("leak", ((option, value), ...)) (guards.py); left out of the
     # JSON and the id while unset, so queries without a guard keep both
-    guard: tuple | None = dataclasses.field(default=None, metadata={"omit_unset": True})
+    guard: tuple | None = field(default=None, metadata={"omit_unset": True})
 
     def deps(self):
         return (self.model,)
@@ -399,17 +398,17 @@ _FIELDS_OF: dict[type, tuple] = {}
 
 def _fields_of(cls: type) -> tuple:
     """(name, omit_unset, default) of each field of a node class, read from
-    dataclasses once per class (node ids hash every node of every spec)."""
-    fields = _FIELDS_OF.get(cls)
-    if fields is None:
-        fields = tuple((f.name, bool(f.metadata.get("omit_unset")), f.default) for f in dataclasses.fields(cls))
-        _FIELDS_OF[cls] = fields
-    return fields
+    its field table once per class (node ids hash every node of every spec)."""
+    table = _FIELDS_OF.get(cls)
+    if table is None:
+        table = tuple((f.name, bool(f.metadata.get("omit_unset")), f.default) for f in fields(cls))
+        _FIELDS_OF[cls] = table
+    return table
 
 
 def to_jsonable(v):
     """Specs, constraints and IR nodes as `{"$type": class name, field: ...}`."""
-    if dataclasses.is_dataclass(v):
+    if is_dataclass(v):
         return {"$type": type(v).__name__, **{name: to_jsonable(getattr(v, name)) for name in _set_fields(v)}}
     if isinstance(v, (tuple, list)):
         return [to_jsonable(x) for x in v]
@@ -434,7 +433,7 @@ def _hash_form(v):
         return v
     if isinstance(v, IRNode):
         return _hash_form(ir_form(v))
-    if dataclasses.is_dataclass(v):
+    if is_dataclass(v):
         return {"$type": type(v).__name__, **{name: _hash_form(getattr(v, name)) for name in _set_fields(v)}}
     if isinstance(v, (tuple, list)):
         return [_hash_form(x) for x in v]

@@ -17,11 +17,10 @@ gradient list (`[0, 0.5, 1]`, interpolated over the layers) or a list of
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Mapping, Sequence
 
-from ..frozen import frozen
+from ..frozen import frozen, replace
 from ..problems import Problem
 from ..suggest import did_you_mean
 
@@ -472,7 +471,7 @@ def adapter_merge_problems(
         n_models=n - skip,
         has_base=METHODS[method].base != "ignored",
     )
-    return [p if p.model is None else dataclasses.replace(p, model=p.model + skip) for p in problems]
+    return [p if p.model is None else replace(p, model=p.model + skip) for p in problems]
 
 
 # ---- the merge step's own options ----

@@ -49,12 +49,12 @@ stop ends the value early); one ended by EOS must be complete.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 from ..constraints.check import ConstraintProblem, _matcher
 from ..constraints.lower import LoweringError, Plan, llguidance_json_options, lower
 from ..constraints.spec import Constraint
 from ..errors import LmlangRuntimeError
+from ..frozen import field, frozen
 
 GUIDANCE = "guidance"
 UNSUPPORTED_CODE = "served-unsupported"
@@ -64,7 +64,7 @@ class ServedValueError(LmlangRuntimeError):
     """A served model returned a value that breaks its constraint."""
 
 
-@dataclass(frozen=True)
+@frozen
 class ServerFeatures:
     engine: str = "vllm"  # "vllm": vLLM's extra request fields | "openai": the plain OpenAI API
     structured: bool = True  # structured outputs honoured (see client.Capabilities)
@@ -81,7 +81,7 @@ class ServerFeatures:
         return self.engine == "vllm" and self.structured and self.backend == GUIDANCE
 
 
-@dataclass(frozen=True)
+@frozen
 class Unsupported:
     feature: str  # what cannot run on this server, e.g. "a JSON schema"
     message: str
@@ -93,14 +93,14 @@ class Unsupported:
         )
 
 
-@dataclass(frozen=True)
+@frozen
 class ServedValue:
     value: str  # stop trimmed as the constraint says
     stop_matched: str | None  # the stop string that ended it
     ended_by: str  # "eos" | "stop" | "length"
 
 
-@dataclass(frozen=True)
+@frozen
 class ServedConstraint:
     plan: Plan
     form: str  # "free" | "choice" | "regex" | "json" | "grammar"

@@ -77,6 +77,22 @@ def test_check_imports_neither_the_program_api_nor_the_runtime(tmp_path):
     assert not api, f"`lmlang check examples/*.lm` imported {api}"
 
 
+def test_a_cached_check_imports_neither_dataclasses_nor_inspect(tmp_path):
+    """The front end's classes are lmlang.frozen's (@frozen, @record), which
+    build dataclasses' view only when something asks for it: `dataclasses`
+    (and the `inspect`, `ast`, `dis`, `tokenize` it imports) cost a tenth of a
+    check. The first check may import them through a constraint backend
+    (llguidance); the second reads the backends' answers from LMLANG_HOME."""
+    files = [str(p) for p in EXAMPLES]
+    _cli_modules(["check", *files], tmp_path)
+    again = _cli_modules_full(["check", *files], tmp_path)
+    assert "lmlang.frontend" in again and "lmlang.datarun" in again and "lmlang.serving.structured" in again
+    heavy = sorted(again & {"dataclasses", "inspect"})
+    assert not heavy, f"a second `lmlang check examples/*.lm` imported {heavy}"
+    fresh = _cli_modules_full(["check", str(REPO / "examples" / "hello.lm")], tmp_path / "empty")
+    assert not fresh & {"dataclasses", "inspect"}, "a fresh check of hello.lm imported dataclasses"
+
+
 def test_the_program_api_is_still_reachable_from_the_package():
     p = subprocess.run(
         [
