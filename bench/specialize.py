@@ -403,6 +403,7 @@ COMPOSITION = dict(
     atlas_rows=8,
     atlas_steps=20,
     atlas_lr=0.01,
+    atlas_init=None,  # every coefficient's start; None: 1 / the number of experts (fit_atlas's default)
     pool_top_k=2,
     twin_rank=None,
     fusion_grid=4,
@@ -525,7 +526,7 @@ def composition(cfg: dict, workdir: Path, log, only: set | None = None) -> tuple
             base_path,
             experts,
             workdir / "atlas_dev.jsonl",
-            {"steps": opts["atlas_steps"], "lr": opts["atlas_lr"], "granularity": "block"},
+            {"steps": opts["atlas_steps"], "lr": opts["atlas_lr"], "granularity": "block", "init": opts["atlas_init"]},
         )
         res = timed("atlas", lambda: _run_with(prog, HFModel(load_model(fit.path), name="atlas"), rows))
         summary["atlas_over_expert_min"] = over(res)
@@ -687,6 +688,7 @@ def composition_main(args, cfg: dict, mode: str, workdir: Path, log, start: floa
             "n_train": cfg["n_train"],
             "n_test": cfg["n_test"],
             "epochs": cfg["epochs"],
+            "settings": {**COMPOSITION, **cfg.get("composition", {})},
             "seconds": time.perf_counter() - start,
         },
     }
@@ -713,6 +715,13 @@ def main(argv=None) -> int:
         "ComPEFT over 9 experts (the three tasks plus spec_tasks.EXTRA_TASKS)",
     )
     ap.add_argument("--tasks", help="with --composition: comma-separated tasks (default all nine)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="with --composition: override one COMPOSITION setting, e.g. --set atlas_init=0.5 --set atlas_steps=40",
+    )
     ap.add_argument(
         "--threads", type=int, help="torch intra-op threads (1 is much faster on a machine shared with other jobs)"
     )
@@ -741,6 +750,13 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     if args.composition:
+        overrides = {}
+        for item in args.set:
+            key, _, value = item.partition("=")
+            if key not in COMPOSITION:
+                ap.error(f"--set {key}: not a composition setting (one of {', '.join(COMPOSITION)})")
+            overrides[key] = json.loads(value)
+        cfg["composition"] = overrides
         return composition_main(args, cfg, mode, workdir, log, start)
     files = T.write_task_files(workdir, cfg["n_train"], cfg["n_test"], seed=0)
     examples = {t: [r["x"] for r in files[t]["train_rows"][:EMBED_EXAMPLES]] for t in T.TASKS}
