@@ -405,6 +405,7 @@ COMPOSITION = dict(
     atlas_lr=0.01,
     atlas_init=None,  # every coefficient's start; None: 1 / the number of experts (fit_atlas's default)
     pool_top_k=2,
+    embed_examples=EMBED_EXAMPLES,  # training prompts per expert that the twin and pool routers embed
     twin_rank=None,
     fusion_grid=4,
     fusion_max=2.0,
@@ -487,7 +488,7 @@ def composition(cfg: dict, workdir: Path, log, only: set | None = None) -> tuple
         log(f"  {res.name}: {res.accuracy[t]:.2f} ({res.seconds:.0f} s)")
         results.append(res)
     expert_acc = {t: r.accuracy[t] for t, r in zip(tasks, results)}
-    examples = [[r["x"] for r in files[t]["train_rows"][:EMBED_EXAMPLES]] for t in tasks]
+    examples = [[r["x"] for r in files[t]["train_rows"][: opts["embed_examples"]]] for t in tasks]
     summary: dict = {"composition_experts": len(tasks)}
 
     def over(res: Result) -> float:
