@@ -401,16 +401,21 @@ def markdown(results: list[Result], summary: dict, meta: dict) -> str:
 # module's LM; per-row mixtures (twin, pool) run one row at a time.
 COMPOSITION = dict(
     atlas_rows=8,
-    atlas_steps=20,
+    atlas_steps=40,
     atlas_lr=0.01,
-    atlas_init=None,  # every coefficient's start; None: 1 / the number of experts (fit_atlas's default)
+    # every coefficient's start (None: 1 / the number of experts, fit_atlas's default). At 1/9 and 20
+    # steps the fit stayed near a diluted average (reverse at 1 of 30 rows, over expert 0.07, below
+    # tsv's 0.14); from 0.3 with 40 steps it reached 0.21 (docs/specialize.md, 2026-11-30).
+    atlas_init=0.3,
     pool_top_k=2,
-    embed_examples=EMBED_EXAMPLES,  # training prompts per expert that the twin and pool routers embed
+    # training prompts per expert that the twin and pool routers embed: with 6, one plural row of 270
+    # went to another adapter (pool over expert 0.97); with 16 the pool keeps every expert (1.00)
+    embed_examples=16,
     twin_rank=None,
     fusion_grid=4,
     fusion_max=2.0,
     # (quantize, density) settings; the key reports the smallest packed size that keeps >= 0.98 of every expert
-    compeft=(("ternary", 0.2), ("ternary", 0.7), ("int8", 0.4)),
+    compeft=(("ternary", 0.2), ("ternary", 0.7), ("int8", 0.35)),
     static_merges=("ties", "tsv"),
 )
 
