@@ -216,7 +216,7 @@ def _shared_cost(pc: PrefixCache, seqs: list[list[int]]) -> int:
     levels = _levels([s[start:] for s in seqs])
     by_level = _level_cost(levels)
     packed = common and len(levels) > 1 and _packable(levels)  # as _packed decides (with a root)
-    return cost + (min(by_level, _tree_cost(levels)) if packed else by_level)
+    return cost + (min(by_level, _tree_cost(_tree_nodes(levels)[0])) if packed else by_level)
 
 
 def _level_cost(levels: list) -> int:
@@ -224,11 +224,11 @@ def _level_cost(levels: list) -> int:
     return sum(FORWARD_SLOTS + len(level) * max((len(block) for _, block, _ in level), default=0) for level in levels)
 
 
-def _tree_cost(levels: list) -> int:
-    """Token slots (forwards counted) of feeding it in one packed forward (tree_feed.py)."""
+def _tree_cost(nodes: list[tuple[int, list[int]]]) -> int:
+    """Token slots (forwards counted) of feeding the tree's nodes (_tree_nodes) in one packed forward (tree_feed.py)."""
     from .tree_feed import cost
 
-    rows, width = cost(_tree_nodes(levels)[0])
+    rows, width = cost(nodes)
     return FORWARD_SLOTS + rows * width
 
 
@@ -271,9 +271,9 @@ def _packed(root: Batch | None, levels: list, rows: int) -> Batch | None:
     None otherwise."""
     if root is None or len(levels) < 2 or not _packable(levels):
         return None
-    if _tree_cost(levels) >= _level_cost(levels):
+    nodes, at = _tree_nodes(levels)  # built once: the cost and the feed both read it
+    if _tree_cost(nodes) >= _level_cost(levels):
         return None
-    nodes, at = _tree_nodes(levels)
     last = len(levels) - 1
     where = {r: at[(last, i)] for i, (_, _, members) in enumerate(levels[-1]) for r in members}
     return root.feed_tree(nodes, [where[r] for r in range(rows)])
